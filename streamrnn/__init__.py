@@ -1,0 +1,6 @@
+"""streamrnn: streaming online learning with recurrent cells (exact RTRL, TBPTT, BPTT)."""
+from .checkpoint import CheckpointError
+from .model import Model
+
+__all__ = ["Model", "CheckpointError"]
+__version__ = "0.1.0"

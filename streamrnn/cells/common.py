@@ -1,0 +1,128 @@
+"""Parameter layout and the pieces every gated cell shares.
+
+A cell with ``G`` gate blocks, ``n_in`` inputs and ``n`` hidden units keeps its
+parameters in one flat vector, in PyTorch's order and shapes::
+
+    weight_ih (G*n, n_in) | weight_hh (G*n, n) | bias_ih (G*n,) | bias_hh (G*n,)
+
+so ``P = G*n*(n_in + n + 2)``. Every gate pre-activation row ``j`` is
+``a_j = W_ih[j] x + b_ih[j] + W_hh[j] h + b_hh[j]``; its immediate partial with
+respect to the parameters (holding ``h`` fixed) touches only row ``j`` of each
+block. The helpers below exploit that sparsity, for forward-mode (RTRL) and
+reverse-mode (BPTT) derivatives alike.
+"""
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def n_cell_params(n_gates, n_in, n):
+    return n_gates * n * (n_in + n + 2)
+
+
+@njit(cache=True)
+def param_views(w, n_gates, n_in, n):
+    """Views ``(W_ih, W_hh, b_ih, b_hh)`` into the flat cell parameters ``w``."""
+    rows = n_gates * n
+    o_hh = rows * n_in
+    o_bih = o_hh + rows * n
+    o_bhh = o_bih + rows
+    W_ih = w[:o_hh].reshape((rows, n_in))
+    W_hh = w[o_hh:o_bih].reshape((rows, n))
+    return W_ih, W_hh, w[o_bih:o_bhh], w[o_bhh:o_bhh + rows]
+
+
+@njit(cache=True)
+def preactivations(w, n_gates, n_in, n, x, h, a_ih, a_hh):
+    """``a_ih = W_ih x + b_ih`` and ``a_hh = W_hh h + b_hh`` (PyTorch keeps them apart for GRU)."""
+    W_ih, W_hh, b_ih, b_hh = param_views(w, n_gates, n_in, n)
+    # Plain loops: at these sizes a BLAS call costs more than the arithmetic.
+    for j in range(n_gates * n):
+        acc = b_ih[j]
+        for k in range(n_in):
+            acc += W_ih[j, k] * x[k]
+        a_ih[j] = acc
+        acc = b_hh[j]
+        for k in range(n):
+            acc += W_hh[j, k] * h[k]
+        a_hh[j] = acc
+
+
+@njit(cache=True)
+def add_ih_immediate(D, row_start, row_stop, n_gates, n_in, n, x):
+    """Add d(W_ih x + b_ih)_j / dθ to rows ``j`` in [row_start, row_stop) of ``D`` (rows x P)."""
+    rows = n_gates * n
+    o_bih = rows * (n_in + n)
+    for j in range(row_start, row_stop):
+        base = j * n_in
+        for k in range(n_in):
+            D[j, base + k] += x[k]
+        D[j, o_bih + j] += 1.0
+
+
+@njit(cache=True)
+def add_hh_immediate(D, row_start, row_stop, n_gates, n_in, n, h):
+    """Add d(W_hh h + b_hh)_j / dθ (``h`` held fixed) to rows [row_start, row_stop) of ``D``."""
+    rows = n_gates * n
+    o_hh = rows * n_in
+    o_bhh = rows * (n_in + n + 1)
+    for j in range(row_start, row_stop):
+        base = o_hh + j * n
+        for k in range(n):
+            D[j, base + k] += h[k]
+        D[j, o_bhh + j] += 1.0
+
+
+@njit(cache=True)
+def accumulate_param_grad(grad, n_gates, n_in, n, x, h, da_ih, da_hh):
+    """Reverse mode: ``grad += dL/dθ`` given dL/d(a_ih) and dL/d(a_hh) for one step."""
+    rows = n_gates * n
+    o_hh = rows * n_in
+    o_bih = o_hh + rows * n
+    o_bhh = o_bih + rows
+    for j in range(rows):
+        gi = da_ih[j]
+        if gi != 0.0:
+            base = j * n_in
+            for k in range(n_in):
+                grad[base + k] += gi * x[k]
+        gh = da_hh[j]
+        if gh != 0.0:
+            base = o_hh + j * n
+            for k in range(n):
+                grad[base + k] += gh * h[k]
+        grad[o_bih + j] += gi
+        grad[o_bhh + j] += gh
+
+
+@njit(cache=True)
+def sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+@njit(cache=True)
+def hh_transpose_product(w, n_gates, n_in, n, da_hh, out):
+    """``out = W_hh^T da_hh``: how a gate gradient flows back into ``h_{t-1}``."""
+    W_hh = param_views(w, n_gates, n_in, n)[1]
+    for k in range(n):
+        out[k] = 0.0
+    for j in range(n_gates * n):
+        g = da_hh[j]
+        if g != 0.0:
+            for k in range(n):
+                out[k] += W_hh[j, k] * g
+
+
+@njit(cache=True)
+def hh_influence(w, n_gates, n_in, n, x, h, M_h, D, ih_rows):
+    """``D = d(a_hh)/dθ`` for every gate row, plus ``d(a_ih)/dθ`` for the first ``ih_rows``.
+
+    ``d(a_hh)/dθ = W_hh M_h`` (the O(G n^2 P) product, done by BLAS) plus the
+    immediate partial of ``W_hh h + b_hh``. Cells that sum both maps take
+    ``ih_rows = G n``; GRU's ``n`` gate scales its ``a_hh`` part by ``r`` and
+    adds its ``a_ih`` part itself.
+    """
+    W_hh = param_views(w, n_gates, n_in, n)[1]
+    np.dot(W_hh, M_h, D)
+    add_hh_immediate(D, 0, n_gates * n, n_gates, n_in, n, h)
+    add_ih_immediate(D, 0, ih_rows, n_gates, n_in, n, x)

@@ -1,0 +1,85 @@
+"""Select a cell's kernels by integer id inside compiled code.
+
+Numba specialises on types, not on Python objects, so learners take the cell
+as a small integer and branch here; every learner is then written once.
+"""
+import numpy as np
+from numba import njit
+
+from .gru import N_GATES as GRU_GATES, gru_backward, gru_forward, gru_tangent
+from .lstm import N_GATES as LSTM_GATES, STATE_FACTOR as LSTM_STATE, lstm_backward, lstm_forward, lstm_tangent
+from .rnn import N_GATES as RNN_GATES, rnn_backward, rnn_forward, rnn_tangent
+
+RNN, GRU, LSTM = 0, 1, 2
+CELL_IDS = {"rnn": RNN, "gru": GRU, "lstm": LSTM}
+CELL_NAMES = {v: k for k, v in CELL_IDS.items()}
+
+
+@njit(cache=True)
+def n_gates(cell):
+    if cell == RNN:
+        return RNN_GATES
+    if cell == GRU:
+        return GRU_GATES
+    return LSTM_GATES
+
+
+@njit(cache=True)
+def state_size(cell, n):
+    """Values per recurrent state: ``n`` for RNN and GRU, ``2n`` (h, c) for LSTM."""
+    return LSTM_STATE * n if cell == LSTM else n
+
+
+@njit(cache=True)
+def cache_size(cell, n):
+    """Scratch a forward step leaves for its derivative steps."""
+    return 2 * n_gates(cell) * n
+
+
+@njit(cache=True)
+def cell_forward(cell, w, n_in, n, x, s_prev, s_new, cache):
+    if cell == RNN:
+        rnn_forward(w, n_in, n, x, s_prev, s_new, cache)
+    elif cell == GRU:
+        gru_forward(w, n_in, n, x, s_prev, s_new, cache)
+    else:
+        lstm_forward(w, n_in, n, x, s_prev, s_new, cache)
+
+
+@njit(cache=True)
+def cell_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D):
+    if cell == RNN:
+        rnn_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D)
+    elif cell == GRU:
+        gru_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D)
+    else:
+        lstm_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D)
+
+
+@njit(cache=True)
+def cell_backward(cell, w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh):
+    if cell == RNN:
+        rnn_backward(w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh)
+    elif cell == GRU:
+        gru_backward(w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh)
+    else:
+        lstm_backward(w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh)
+
+
+@njit(cache=True)
+def cell_jacobians(cell, w, n_in, n, x, s_prev, s_new, cache, J, I):
+    """Dense ``J = ds'/ds`` (S x S) and immediate ``I = ∂s'/∂θ`` (S x P) of one step.
+
+    Row ``k`` of both is one reverse-mode pass seeded with ``e_k``. Learners use
+    the structured kernels; these dense forms serve checks and baselines.
+    """
+    S = J.shape[0]
+    rows = n_gates(cell) * n
+    seed = np.zeros(S, dtype=J.dtype)
+    da_ih = np.empty(rows, dtype=J.dtype)
+    da_hh = np.empty(rows, dtype=J.dtype)
+    for k in range(S):
+        seed[:] = 0.0
+        seed[k] = 1.0
+        I[k, :] = 0.0
+        cell_backward(cell, w, n_in, n, x, s_prev, s_new, cache, seed, J[k], I[k], da_ih, da_hh)

@@ -1,0 +1,80 @@
+"""GRU cell, as ``torch.nn.GRU`` (gate order r, z, n).
+
+::
+
+    r  = σ(W_ir x + b_ir + W_hr h + b_hr)
+    z  = σ(W_iz x + b_iz + W_hz h + b_hz)
+    n  = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+    h' = (1 - z) * n + z * h
+
+State ``s = h`` (n values). The cache keeps ``r, z, n`` in place of ``a_ih`` and
+``W_hn h + b_hn`` in the last block of ``a_hh``.
+"""
+import numpy as np
+from numba import njit
+
+from .common import (accumulate_param_grad, add_ih_immediate, hh_influence,
+                     hh_transpose_product, preactivations, sigmoid)
+
+N_GATES = 3
+STATE_FACTOR = 1
+
+
+@njit(cache=True)
+def gru_forward(w, n_in, n, x, s_prev, s_new, cache):
+    a_ih = cache[:3 * n]
+    a_hh = cache[3 * n:6 * n]
+    preactivations(w, 3, n_in, n, x, s_prev, a_ih, a_hh)
+    for j in range(n):
+        r = sigmoid(a_ih[j] + a_hh[j])
+        z = sigmoid(a_ih[n + j] + a_hh[n + j])
+        nn = np.tanh(a_ih[2 * n + j] + r * a_hh[2 * n + j])
+        cache[j] = r
+        cache[n + j] = z
+        cache[2 * n + j] = nn
+        s_new[j] = (1.0 - z) * nn + z * s_prev[j]
+
+
+@njit(cache=True)
+def gru_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D):
+    """``M_new = dh'/dθ`` from ``M_prev = dh/dθ`` (forward mode over all P parameters)."""
+    hh_influence(w, 3, n_in, n, x, s_prev, M_prev, D, 2 * n)
+    P = D.shape[1]
+    for j in range(n):
+        r = cache[j]
+        dr_da = r * (1.0 - r)
+        hn = cache[5 * n + j]
+        # d(a_in + r * hn) without a_in's immediate part, added below.
+        for p in range(P):
+            D[2 * n + j, p] = r * D[2 * n + j, p] + hn * dr_da * D[j, p]
+    add_ih_immediate(D, 2 * n, 3 * n, 3, n_in, n, x)
+    for j in range(n):
+        z = cache[n + j]
+        nn = cache[2 * n + j]
+        c_n = (1.0 - z) * (1.0 - nn * nn)
+        c_z = (s_prev[j] - nn) * z * (1.0 - z)
+        for p in range(P):
+            M_new[j, p] = c_n * D[2 * n + j, p] + c_z * D[n + j, p] + z * M_prev[j, p]
+
+
+@njit(cache=True)
+def gru_backward(w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh):
+    for j in range(n):
+        r = cache[j]
+        z = cache[n + j]
+        nn = cache[2 * n + j]
+        hn = cache[5 * n + j]
+        g = g_new[j]
+        da_n = g * (1.0 - z) * (1.0 - nn * nn)
+        da_r = da_n * hn * r * (1.0 - r)
+        da_z = g * (s_prev[j] - nn) * z * (1.0 - z)
+        da_ih[j] = da_r
+        da_hh[j] = da_r
+        da_ih[n + j] = da_z
+        da_hh[n + j] = da_z
+        da_ih[2 * n + j] = da_n
+        da_hh[2 * n + j] = da_n * r
+    accumulate_param_grad(grad, 3, n_in, n, x, s_prev, da_ih, da_hh)
+    hh_transpose_product(w, 3, n_in, n, da_hh, g_prev)
+    for j in range(n):
+        g_prev[j] += g_new[j] * cache[n + j]

@@ -1,0 +1,1 @@
+"""How a gradient is obtained: one module per learner, all compiled kernels."""

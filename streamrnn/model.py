@@ -1,0 +1,451 @@
+"""``Model``: a recurrent cell, a linear readout, a loss, a learner and an optimizer.
+
+The Model owns every array (parameters, optimizer state, per-key recurrent
+state and influence matrices, scratch) and hands them to compiled kernels; it
+does no arithmetic per sample in Python.
+"""
+from collections import OrderedDict
+import math
+
+import numpy as np
+
+from . import checkpoint
+from .cells.dispatch import CELL_IDS, n_gates, state_size
+from .cells.common import n_cell_params
+from .learners import rtrl as _rtrl
+from .learners.bptt import bptt_sequence_gradient
+from .learners.common import INFLUENCE_RESETS, N_COUNTERS, REJECTED_STATE, SKIPPED_NONFINITE, STEPS, UPDATES, predict_from_state
+from .losses import BINARY, CLASSIFICATION, REGRESSION, TASK_IDS
+from .optim import BETA1, BETA2, CLIP, EPS, LR, MOMENTUM, N_HYPER, OPTIMIZER_IDS, WEIGHT_DECAY
+
+__all__ = ["Model"]
+
+LEARNERS = ("rtrl",)
+GRADIENT_METHODS = ("rtrl", "bptt")
+_DTYPES = ("float64", "float32")
+_FORMAT_KIND = "streamrnn.Model"
+
+
+def _normalize_key(key):
+    """Keys are str or int (None is the default stream); anything else is a bad record."""
+    if key is None or isinstance(key, str):
+        return key
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+        return int(key)
+    if isinstance(key, np.str_):
+        return str(key)
+    raise ValueError(f"key must be a str or an int, got {type(key).__name__}: {key!r}")
+
+
+def _encode_key(key):
+    return ["n", None] if key is None else (["s", key] if isinstance(key, str) else ["i", key])
+
+
+class Model:
+    """A recurrent model that predicts, then learns, one sample at a time.
+
+    Parameters
+    ----------
+    cell : {"rnn", "gru", "lstm"}
+        Recurrent cell, with PyTorch's equations, gate order and parameter names.
+    n_inputs, n_hidden, n_outputs : int
+        Input width, hidden units, readout width (number of classes for
+        ``task="classification"``, 1 for ``"binary"``).
+    task : {"regression", "classification", "binary"}
+        Per-step loss: ½‖ŷ − y‖², softmax cross-entropy, or logistic loss.
+    learner : {"rtrl"}
+        How gradients are obtained online. ``"rtrl"`` is exact Real-Time
+        Recurrent Learning: O(S·P) memory per key, constant in stream length.
+    optimizer : {"adam", "sgd"}
+    lr : float
+    clip : float or None
+        Global gradient-norm clipping per update (as ``clip_grad_norm_``).
+    seed : int
+        Seeds PyTorch-style initialisation, U(−1/√n, 1/√n) for every parameter.
+    dtype : {"float64", "float32"}
+    max_keys : int
+        Most keys holding a recurrent state at once. A new key beyond that evicts
+        the least recently used key, whose state is dropped (it restarts from
+        zero if it comes back). Memory grows with the keys actually seen.
+    betas, eps, momentum, weight_decay : optimizer hyper-parameters (PyTorch meaning).
+
+    Predictions are ŷ for regression, class probabilities for classification
+    and P(y = 1) for binary, always as an array of ``n_outputs`` values.
+
+    Examples
+    --------
+    >>> import numpy as np, streamrnn as sr
+    >>> m = sr.Model(cell="gru", n_inputs=2, n_hidden=4, n_outputs=1, lr=0.01, seed=1)
+    >>> m.step([0.5, -1.0], y=[0.25]).shape
+    (1,)
+    >>> m.step_many(np.zeros((3, 2)), keys=["a", "b", "a"]).shape
+    (3, 1)
+    >>> sorted(m.keys, key=str)
+    [None, 'a', 'b']
+    """
+
+    def __init__(self, cell="gru", n_inputs=1, n_hidden=16, n_outputs=1, task="regression",
+                 learner="rtrl", optimizer="adam", lr=1e-3, clip=None, seed=0, dtype="float64",
+                 max_keys=1024, betas=(0.9, 0.999), eps=1e-8, momentum=0.0, weight_decay=0.0):
+        def choice(name, value, allowed):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+        def positive_int(name, value):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+            return int(value)
+
+        def finite_nonneg(name, value):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+                    or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+            return float(value)
+
+        choice("cell", cell, tuple(CELL_IDS))
+        choice("task", task, tuple(TASK_IDS))
+        choice("learner", learner, LEARNERS)
+        choice("optimizer", optimizer, tuple(OPTIMIZER_IDS))
+        choice("dtype", dtype, _DTYPES)
+        n_inputs = positive_int("n_inputs", n_inputs)
+        n_hidden = positive_int("n_hidden", n_hidden)
+        n_outputs = positive_int("n_outputs", n_outputs)
+        max_keys = positive_int("max_keys", max_keys)
+        if task == "classification" and n_outputs < 2:
+            raise ValueError(f"classification needs n_outputs >= 2 classes; got {n_outputs}")
+        if task == "binary" and n_outputs != 1:
+            raise ValueError(f"binary task has one output (the logit of class 1); got n_outputs={n_outputs}")
+        lr = finite_nonneg("lr", lr)
+        clip = 0.0 if clip is None else finite_nonneg("clip", clip)
+        eps = finite_nonneg("eps", eps)
+        momentum = finite_nonneg("momentum", momentum)
+        weight_decay = finite_nonneg("weight_decay", weight_decay)
+        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1); got {betas!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed must be an integer; got {seed!r}")
+
+        self.config = dict(cell=cell, n_inputs=n_inputs, n_hidden=n_hidden, n_outputs=n_outputs,
+                           task=task, learner=learner, optimizer=optimizer, lr=lr,
+                           clip=None if clip == 0.0 else clip, seed=int(seed), dtype=dtype,
+                           max_keys=max_keys, betas=[float(b) for b in betas], eps=eps,
+                           momentum=momentum, weight_decay=weight_decay)
+        self._cell = CELL_IDS[cell]
+        self._task = TASK_IDS[task]
+        self._opt = OPTIMIZER_IDS[optimizer]
+        self.dtype = np.dtype(dtype)
+        self.n_inputs, self.n_hidden, self.n_outputs = n_inputs, n_hidden, n_outputs
+        self.max_keys = max_keys
+        self._gates = n_gates(self._cell)
+        self._state_size = state_size(self._cell, n_hidden)
+        self.n_params_cell = n_cell_params(self._gates, n_inputs, n_hidden)
+        self.n_params = self.n_params_cell + n_outputs * (n_hidden + 1)
+
+        self.hyper = np.zeros(N_HYPER, np.float64)
+        self.hyper[[LR, BETA1, BETA2, EPS, MOMENTUM, WEIGHT_DECAY, CLIP]] = (
+            lr, betas[0], betas[1], eps, momentum, weight_decay, clip)
+        self.theta = self._initial_parameters(int(seed))
+        self.opt_state = np.zeros((2, self.n_params), self.dtype)
+        self.counters = np.zeros(N_COUNTERS, np.int64)
+        self._slots = OrderedDict()      # key -> slot, least recently used first
+        self._H = np.zeros((0, self._state_size), self.dtype)
+        self._M = np.zeros((0, self._state_size, self.n_params_cell), self.dtype)
+        self._ws = _rtrl.make_workspace(self._cell, n_inputs, n_hidden, n_outputs,
+                                        self.n_params_cell, self.n_params, self.dtype)
+
+    # ------------------------------------------------------------------ layout
+    def _layout(self):
+        """(name, shape) of each parameter block, in the order of the flat vector."""
+        G, n, m, o = self._gates, self.n_hidden, self.n_inputs, self.n_outputs
+        return [("weight_ih_l0", (G * n, m)), ("weight_hh_l0", (G * n, n)),
+                ("bias_ih_l0", (G * n,)), ("bias_hh_l0", (G * n,)),
+                ("readout.weight", (o, n)), ("readout.bias", (o,))]
+
+    def _initial_parameters(self, seed):
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / math.sqrt(self.n_hidden)   # PyTorch's RNN init; nn.Linear(n, o) has the same bound
+        return rng.uniform(-bound, bound, self.n_params).astype(self.dtype)
+
+    def get_weights(self):
+        """Copies of the parameters as a dict of arrays with PyTorch's names and shapes."""
+        out, pos = {}, 0
+        for name, shape in self._layout():
+            size = int(np.prod(shape))
+            out[name] = self.theta[pos:pos + size].reshape(shape).copy()
+            pos += size
+        return out
+
+    def set_weights(self, weights):
+        """Replace every parameter; ``weights`` must hold exactly the names of ``get_weights()``."""
+        layout = self._layout()
+        expected = {name for name, _ in layout}
+        if set(weights) != expected:
+            missing, extra = expected - set(weights), set(weights) - expected
+            raise ValueError(f"set_weights: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        new = np.empty_like(self.theta)
+        pos = 0
+        for name, shape in layout:
+            arr = np.asarray(weights[name], dtype=np.float64)
+            if arr.shape != shape:
+                raise ValueError(f"set_weights: {name} has shape {arr.shape}, expected {shape}")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"set_weights: {name} contains NaN or inf")
+            new[pos:pos + arr.size] = arr.ravel()
+            pos += arr.size
+        self.theta[:] = new
+
+    # ------------------------------------------------------------------ input checks
+    def _inputs(self, X):
+        X = np.asarray(X)
+        if X.ndim == 1 and self.n_inputs == X.shape[0]:
+            X = X[None, :]
+        if X.ndim != 2 or X.shape[1] != self.n_inputs:
+            raise ValueError(f"X must have shape (n_samples, {self.n_inputs}); got {X.shape}")
+        if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+            raise ValueError(f"X must be real numbers; got dtype {X.dtype}")
+        X = np.ascontiguousarray(X, dtype=self.dtype)
+        bad = ~np.isfinite(X).all(axis=1)
+        if bad.any():
+            raise ValueError(f"X row {int(np.argmax(bad))} contains NaN or inf (or overflows {self.dtype})")
+        return X
+
+    def _targets(self, Y, n_rows):
+        """Targets as (n_rows, width) plus a mask; NaN (or None) marks a row without target."""
+        width = self.n_outputs if self._task == REGRESSION else 1
+        if Y is None:
+            return np.zeros((n_rows, width), self.dtype), np.zeros(n_rows, np.bool_)
+        if isinstance(Y, (list, tuple)):
+            Y = [np.full(width, np.nan) if v is None else v for v in Y]
+        try:
+            Y = np.array(Y, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"targets must be numbers: {exc}") from None
+        if Y.ndim == 1 and width == 1 and Y.shape[0] == n_rows:
+            Y = Y[:, None]
+        if Y.shape != (n_rows, width):
+            raise ValueError(f"Y must have shape ({n_rows}, {width}); got {Y.shape}")
+        nan = np.isnan(Y)
+        partial = nan.any(axis=1) & ~nan.all(axis=1)
+        if partial.any():
+            raise ValueError(f"Y row {int(np.argmax(partial))} is partly NaN: give all targets or none")
+        has_y = ~nan[:, 0]
+        if np.isinf(Y).any():
+            raise ValueError(f"Y row {int(np.argmax(np.isinf(Y).any(axis=1)))} contains inf")
+        if self._task != REGRESSION:
+            labels = Y[has_y, 0]
+            n_classes = 2 if self._task == BINARY else self.n_outputs
+            bad = (labels != np.round(labels)) | (labels < 0) | (labels >= n_classes)
+            if bad.any():
+                raise ValueError(f"class label {labels[np.argmax(bad)]!r} is not an integer in [0, {n_classes})")
+        Y = np.where(nan, 0.0, Y)
+        if not np.isfinite(Y.astype(self.dtype)).all():
+            raise ValueError(f"a target overflows {self.dtype}")
+        return np.ascontiguousarray(Y, dtype=self.dtype), has_y
+
+    # ------------------------------------------------------------------ per-key state
+    @property
+    def keys(self):
+        """Keys holding a state, least recently used first."""
+        return list(self._slots)
+
+    def _ensure_capacity(self, n_slots):
+        cap = self._H.shape[0]
+        if n_slots <= cap:
+            return
+        new_cap = min(self.max_keys, max(n_slots, 2 * cap, 1))
+        H = np.zeros((new_cap,) + self._H.shape[1:], self.dtype)
+        M = np.zeros((new_cap,) + self._M.shape[1:], self.dtype)
+        H[:cap] = self._H
+        M[:cap] = self._M
+        self._H, self._M = H, M
+
+    def _assign_slots(self, keys, n_rows):
+        """Slot per record (LRU eviction) and whether it starts from a zero state.
+
+        ``keys`` are normalised (or None for the default stream). A key evicted
+        and reused within one batch is handled by the ``reset`` flag, so the
+        compiled loop sees exactly the sequential semantics.
+        """
+        slots_of = self._slots
+        reset = np.zeros(n_rows, np.bool_)
+        slots = np.empty(n_rows, np.int64)
+        for i, key in enumerate((None,) * n_rows if keys is None else keys):
+            slot = slots_of.get(key)
+            if slot is None:
+                if len(slots_of) < self.max_keys:
+                    slot = len(slots_of)
+                    self._ensure_capacity(slot + 1)
+                else:
+                    _, slot = slots_of.popitem(last=False)
+                reset[i] = True
+                slots_of[key] = slot
+            else:
+                slots_of.move_to_end(key)
+            slots[i] = slot
+        return slots, reset
+
+    def forget(self, key=None):
+        """Drop the recurrent state of ``key`` (it restarts from zero if it comes back)."""
+        key = _normalize_key(key)
+        if key not in self._slots:
+            return
+        # Keep slots dense: the last slot moves into the freed one.
+        slot = self._slots.pop(key)
+        last = len(self._slots)
+        if slot != last:
+            mover = next(k for k, s in self._slots.items() if s == last)
+            self._slots[mover] = slot
+            self._H[slot] = self._H[last]
+            self._M[slot] = self._M[last]
+
+    @property
+    def state_bytes_per_key(self):
+        """Bytes of recurrent state plus influence matrix held per key."""
+        return self._state_size * (1 + self.n_params_cell) * self.dtype.itemsize
+
+    # ------------------------------------------------------------------ streaming
+    def step(self, x, y=None, key=None):
+        """Predict for one sample, then learn from ``y`` if given; returns the prediction."""
+        return self.step_many(np.asarray(x)[None, :] if np.ndim(x) == 1 else x,
+                              None if y is None else [y], None if key is None else [key])[0]
+
+    def step_many(self, X, Y=None, keys=None, return_loss=False):
+        """Test-then-train over many samples in arrival order, in one compiled call.
+
+        ``X`` is ``(n_samples, n_inputs)``; ``Y`` holds a target per sample (NaN or
+        None where there is none); ``keys`` a key per sample, each key with its
+        own recurrent state. Returns the predictions made before each sample's
+        update, ``(n_samples, n_outputs)``; with ``return_loss`` also the loss per
+        sample (NaN where no target). Bad samples raise ``ValueError`` and nothing
+        in the batch is applied.
+        """
+        X = self._inputs(X)
+        n_rows = X.shape[0]
+        Y, has_y = self._targets(Y, n_rows)
+        if keys is not None and len(keys) != n_rows:
+            raise ValueError(f"keys has {len(keys)} entries for {n_rows} samples")
+        if keys is not None:
+            keys = [_normalize_key(k) for k in keys]   # validate all before any state changes
+        slots, reset = self._assign_slots(keys, n_rows)
+        out = np.empty((n_rows, self.n_outputs), self.dtype)
+        losses = np.empty(n_rows, self.dtype)
+        _rtrl.rtrl_step_many(self._cell, self._task, self._opt, self.n_inputs, self.n_hidden, self.n_outputs,
+                             self.theta, self.opt_state, self.hyper, self.counters, self._H, self._M,
+                             X, Y, has_y, slots, reset, self._ws, out, losses)
+        return (out, losses) if return_loss else out
+
+    def peek(self, x, key=None):
+        """The prediction ``step(x, key=key)`` would return, changing nothing."""
+        X = self._inputs(x)
+        if X.shape[0] != 1:
+            raise ValueError("peek takes one sample")
+        key = _normalize_key(key)
+        slot = self._slots.get(key)
+        s = self._H[slot] if slot is not None else np.zeros(self._state_size, self.dtype)
+        pred = np.empty(self.n_outputs, self.dtype)
+        predict_from_state(self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs,
+                           self.theta, self.n_params_cell, X[0], s, pred)
+        return pred
+
+    def hidden_state(self, key=None):
+        """A copy of the recurrent state of ``key`` (zeros if it has none)."""
+        slot = self._slots.get(_normalize_key(key))
+        return np.zeros(self._state_size, self.dtype) if slot is None else self._H[slot].copy()
+
+    @property
+    def stats(self):
+        """Counts of applied steps, updates, skipped non-finite updates, rejected samples
+        (non-finite state: nothing changed) and influence matrices zeroed after overflow."""
+        c = self.counters
+        return {"steps": int(c[STEPS]), "updates": int(c[UPDATES]),
+                "skipped_nonfinite": int(c[SKIPPED_NONFINITE]), "rejected_nonfinite_state": int(c[REJECTED_STATE]),
+                "influence_resets": int(c[INFLUENCE_RESETS])}
+
+    # ------------------------------------------------------------------ offline gradients
+    def gradient(self, X, Y, method="rtrl"):
+        """``Σ_t dL_t/dθ`` over one sequence from a zero state, at the current weights, no update.
+
+        ``method`` is ``"rtrl"`` or ``"bptt"``; the result is keyed like ``get_weights()``.
+        """
+        if method not in GRADIENT_METHODS:
+            raise ValueError(f"method must be one of {GRADIENT_METHODS}; got {method!r}")
+        X = self._inputs(X)
+        Y, has_y = self._targets(Y, X.shape[0])
+        grad = np.zeros(self.n_params, self.dtype)
+        args = (self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs, self.theta)
+        if method == "rtrl":
+            ws = _rtrl.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs,
+                                      self.n_params_cell, self.n_params, self.dtype)
+            _rtrl.rtrl_sequence_gradient(*args, X, Y, has_y, ws, grad)
+        else:
+            bptt_sequence_gradient(*args, self.n_params_cell, X, Y, has_y, grad)
+        return self._unflatten(grad)
+
+    def _unflatten(self, flat):
+        out, pos = {}, 0
+        for name, shape in self._layout():
+            size = int(np.prod(shape))
+            out[name] = flat[pos:pos + size].reshape(shape).copy()
+            pos += size
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def state_arrays(self):
+        """Everything needed to continue bit-identically, as ``(arrays, meta)``."""
+        order = list(self._slots.items())
+        idx = np.array([s for _, s in order], np.int64)
+        arrays = {"theta": self.theta, "opt_state": self.opt_state, "counters": self.counters,
+                  "hidden": self._H[idx], "influence": self._M[idx]}
+        meta = {"kind": _FORMAT_KIND, "config": self.config, "keys": [_encode_key(k) for k, _ in order]}
+        return arrays, meta
+
+    @classmethod
+    def from_state(cls, arrays, meta, source="<state>"):
+        if meta.get("kind") != _FORMAT_KIND:
+            raise checkpoint.CheckpointError(f"{source}: not a streamrnn Model (kind {meta.get('kind')!r})")
+        model = cls(**meta["config"])
+        model.load_state(arrays, meta, source)
+        return model
+
+    def load_state(self, arrays, meta, source="<state>"):
+        """Restore from ``state_arrays()`` output; the configuration must match this model's."""
+        if meta.get("kind") != _FORMAT_KIND or meta.get("config") != self.config:
+            raise checkpoint.CheckpointError(
+                f"{source}: the saved model has another configuration ({meta.get('config')}) "
+                f"than this one ({self.config})")
+        keys = [None if t == "n" else v for t, v in meta["keys"]]
+        n_keys = len(keys)
+        expected = {"theta": self.theta.shape, "opt_state": self.opt_state.shape,
+                    "counters": self.counters.shape,
+                    "hidden": (n_keys, self._state_size),
+                    "influence": (n_keys, self._state_size, self.n_params_cell)}
+        for name, shape in expected.items():
+            if name not in arrays or arrays[name].shape != shape:
+                raise checkpoint.CheckpointError(f"{source}: array {name!r} missing or of the wrong shape")
+        self.theta[:] = arrays["theta"]
+        self.opt_state[:] = arrays["opt_state"]
+        self.counters[:] = arrays["counters"]
+        self._slots = OrderedDict()
+        self._H = self._H[:0]
+        self._M = self._M[:0]
+        self._ensure_capacity(n_keys)
+        for slot, key in enumerate(keys):
+            self._slots[key] = slot
+        self._H[:n_keys] = arrays["hidden"]
+        self._M[:n_keys] = arrays["influence"]
+
+    def save(self, path):
+        """Write the whole model atomically (temp file, fsync, rename) with a checksum."""
+        checkpoint.save(path, *self.state_arrays())
+
+    @classmethod
+    def load(cls, path):
+        """Read a file written by :meth:`save`; a corrupt or foreign file raises ``CheckpointError``."""
+        arrays, meta = checkpoint.load(path)
+        return cls.from_state(arrays, meta, source=str(path))
+
+    def __repr__(self):
+        c = self.config
+        return (f"Model(cell={c['cell']!r}, n_inputs={c['n_inputs']}, n_hidden={c['n_hidden']}, "
+                f"n_outputs={c['n_outputs']}, task={c['task']!r}, learner={c['learner']!r}, "
+                f"optimizer={c['optimizer']!r}, lr={c['lr']}, dtype={c['dtype']!r})")
