@@ -12,7 +12,9 @@ import numpy as np
 from . import checkpoint
 from .cells.dispatch import CELL_IDS, n_gates, state_size
 from .cells.common import n_cell_params
+from .cells.dispatch import cache_size
 from .learners import rtrl as _rtrl
+from .learners import tbptt as _tbptt
 from .learners.bptt import bptt_sequence_gradient
 from .learners.common import INFLUENCE_RESETS, N_COUNTERS, REJECTED_STATE, SKIPPED_NONFINITE, STEPS, UPDATES, predict_from_state
 from .losses import BINARY, CLASSIFICATION, REGRESSION, TASK_IDS
@@ -20,8 +22,8 @@ from .optim import BETA1, BETA2, CLIP, EPS, LR, MOMENTUM, N_HYPER, OPTIMIZER_IDS
 
 __all__ = ["Model"]
 
-LEARNERS = ("rtrl",)
-GRADIENT_METHODS = ("rtrl", "bptt")
+LEARNERS = ("rtrl", "tbptt")
+GRADIENT_METHODS = ("rtrl", "bptt", "tbptt")
 _DTYPES = ("float64", "float32")
 _FORMAT_KIND = "streamrnn.Model"
 
@@ -53,9 +55,14 @@ class Model:
         ``task="classification"``, 1 for ``"binary"``).
     task : {"regression", "classification", "binary"}
         Per-step loss: ½‖ŷ − y‖², softmax cross-entropy, or logistic loss.
-    learner : {"rtrl"}
+    learner : {"rtrl", "tbptt"}
         How gradients are obtained online. ``"rtrl"`` is exact Real-Time
         Recurrent Learning: O(S·P) memory per key, constant in stream length.
+        ``"tbptt"`` is truncated BPTT: every ``stride`` steps of a key, the
+        losses of those steps are backpropagated through the last
+        ``truncation`` steps; O(truncation·(S + inputs)) memory per key.
+    truncation, stride : int, only for ``learner="tbptt"``
+        Window length k and update stride h (1 <= h <= k; default h = k).
     optimizer : {"adam", "sgd"}
     lr : float
     clip : float or None
@@ -86,7 +93,8 @@ class Model:
 
     def __init__(self, cell="gru", n_inputs=1, n_hidden=16, n_outputs=1, task="regression",
                  learner="rtrl", optimizer="adam", lr=1e-3, clip=None, seed=0, dtype="float64",
-                 max_keys=1024, betas=(0.9, 0.999), eps=1e-8, momentum=0.0, weight_decay=0.0):
+                 max_keys=1024, betas=(0.9, 0.999), eps=1e-8, momentum=0.0, weight_decay=0.0,
+                 truncation=None, stride=None):
         def choice(name, value, allowed):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
@@ -111,6 +119,15 @@ class Model:
         n_hidden = positive_int("n_hidden", n_hidden)
         n_outputs = positive_int("n_outputs", n_outputs)
         max_keys = positive_int("max_keys", max_keys)
+        if learner == "tbptt":
+            if truncation is None:
+                raise ValueError("learner='tbptt' needs truncation=k (a positive integer)")
+            truncation = positive_int("truncation", truncation)
+            stride = truncation if stride is None else positive_int("stride", stride)
+            if stride > truncation:
+                raise ValueError(f"stride must be <= truncation; got stride={stride}, truncation={truncation}")
+        elif truncation is not None or stride is not None:
+            raise ValueError(f"truncation and stride apply to learner='tbptt' only, not {learner!r}")
         if task == "classification" and n_outputs < 2:
             raise ValueError(f"classification needs n_outputs >= 2 classes; got {n_outputs}")
         if task == "binary" and n_outputs != 1:
@@ -129,7 +146,8 @@ class Model:
                            task=task, learner=learner, optimizer=optimizer, lr=lr,
                            clip=None if clip == 0.0 else clip, seed=int(seed), dtype=dtype,
                            max_keys=max_keys, betas=[float(b) for b in betas], eps=eps,
-                           momentum=momentum, weight_decay=weight_decay)
+                           momentum=momentum, weight_decay=weight_decay,
+                           truncation=truncation, stride=stride)
         self._cell = CELL_IDS[cell]
         self._task = TASK_IDS[task]
         self._opt = OPTIMIZER_IDS[optimizer]
@@ -147,11 +165,15 @@ class Model:
         self.theta = self._initial_parameters(int(seed))
         self.opt_state = np.zeros((2, self.n_params), self.dtype)
         self.counters = np.zeros(N_COUNTERS, np.int64)
+        self.learner, self.truncation, self.stride = learner, truncation, stride
         self._slots = OrderedDict()      # key -> slot, least recently used first
-        self._H = np.zeros((0, self._state_size), self.dtype)
-        self._M = np.zeros((0, self._state_size, self.n_params_cell), self.dtype)
-        self._ws = _rtrl.make_workspace(self._cell, n_inputs, n_hidden, n_outputs,
-                                        self.n_params_cell, self.n_params, self.dtype)
+        # Per-key arrays, each with a leading slot axis that grows up to max_keys.
+        self._per_key = OrderedDict((name, np.zeros((0,) + shape, dt)) for name, shape, dt in self._per_key_layout())
+        if learner == "rtrl":
+            self._ws = _rtrl.make_workspace(self._cell, n_inputs, n_hidden, n_outputs,
+                                            self.n_params_cell, self.n_params, self.dtype)
+        else:
+            self._ws = _tbptt.make_workspace(self._cell, n_inputs, n_hidden, n_outputs, self.n_params, self.dtype)
 
     # ------------------------------------------------------------------ layout
     def _layout(self):
@@ -211,7 +233,7 @@ class Model:
 
     def _targets(self, Y, n_rows):
         """Targets as (n_rows, width) plus a mask; NaN (or None) marks a row without target."""
-        width = self.n_outputs if self._task == REGRESSION else 1
+        width = self._target_width()
         if Y is None:
             return np.zeros((n_rows, width), self.dtype), np.zeros(n_rows, np.bool_)
         if isinstance(Y, (list, tuple)):
@@ -243,6 +265,24 @@ class Model:
         return np.ascontiguousarray(Y, dtype=self.dtype), has_y
 
     # ------------------------------------------------------------------ per-key state
+    def _target_width(self):
+        return self.n_outputs if self._task == REGRESSION else 1
+
+    def _per_key_layout(self):
+        """(name, shape, dtype) of each array a key owns, for the chosen learner."""
+        S, dt = self._state_size, self.dtype
+        if self.learner == "rtrl":
+            return [("hidden", (S,), dt), ("influence", (S, self.n_params_cell), dt)]
+        k = self.truncation
+        return [("hidden", (S,), dt), ("window_inputs", (k, self.n_inputs), dt), ("window_states", (k, S), dt),
+                ("window_caches", (k, cache_size(self._cell, self.n_hidden)), dt),
+                ("window_targets", (k, self._target_width()), dt), ("window_has_target", (k,), np.dtype(np.bool_)),
+                ("window_count", (), np.dtype(np.int64))]
+
+    @property
+    def _H(self):
+        return self._per_key["hidden"]
+
     @property
     def keys(self):
         """Keys holding a state, least recently used first."""
@@ -253,11 +293,10 @@ class Model:
         if n_slots <= cap:
             return
         new_cap = min(self.max_keys, max(n_slots, 2 * cap, 1))
-        H = np.zeros((new_cap,) + self._H.shape[1:], self.dtype)
-        M = np.zeros((new_cap,) + self._M.shape[1:], self.dtype)
-        H[:cap] = self._H
-        M[:cap] = self._M
-        self._H, self._M = H, M
+        for name, arr in self._per_key.items():
+            grown = np.zeros((new_cap,) + arr.shape[1:], arr.dtype)
+            grown[:cap] = arr
+            self._per_key[name] = grown
 
     def _assign_slots(self, keys, n_rows):
         """Slot per record (LRU eviction) and whether it starts from a zero state.
@@ -295,13 +334,13 @@ class Model:
         if slot != last:
             mover = next(k for k, s in self._slots.items() if s == last)
             self._slots[mover] = slot
-            self._H[slot] = self._H[last]
-            self._M[slot] = self._M[last]
+            for arr in self._per_key.values():
+                arr[slot] = arr[last]
 
     @property
     def state_bytes_per_key(self):
-        """Bytes of recurrent state plus influence matrix held per key."""
-        return self._state_size * (1 + self.n_params_cell) * self.dtype.itemsize
+        """Bytes of learner state held per key (state plus influence matrix, or the TBPTT window)."""
+        return sum(int(np.prod(shape)) * dt.itemsize for _, shape, dt in self._per_key_layout())
 
     # ------------------------------------------------------------------ streaming
     def step(self, x, y=None, key=None):
@@ -329,9 +368,13 @@ class Model:
         slots, reset = self._assign_slots(keys, n_rows)
         out = np.empty((n_rows, self.n_outputs), self.dtype)
         losses = np.empty(n_rows, self.dtype)
-        _rtrl.rtrl_step_many(self._cell, self._task, self._opt, self.n_inputs, self.n_hidden, self.n_outputs,
-                             self.theta, self.opt_state, self.hyper, self.counters, self._H, self._M,
-                             X, Y, has_y, slots, reset, self._ws, out, losses)
+        common = (self._cell, self._task, self._opt, self.n_inputs, self.n_hidden, self.n_outputs,
+                  self.theta, self.opt_state, self.hyper, self.counters)
+        if self.learner == "rtrl":
+            _rtrl.rtrl_step_many(*common, *self._per_key.values(), X, Y, has_y, slots, reset, self._ws, out, losses)
+        else:
+            _tbptt.tbptt_step_many(*common, *self._per_key.values(), self.stride,
+                                   X, Y, has_y, slots, reset, self._ws, out, losses)
         return (out, losses) if return_loss else out
 
     def peek(self, x, key=None):
@@ -362,13 +405,23 @@ class Model:
                 "influence_resets": int(c[INFLUENCE_RESETS])}
 
     # ------------------------------------------------------------------ offline gradients
-    def gradient(self, X, Y, method="rtrl"):
+    def gradient(self, X, Y, method="rtrl", truncation=None, stride=None):
         """``Σ_t dL_t/dθ`` over one sequence from a zero state, at the current weights, no update.
 
-        ``method`` is ``"rtrl"`` or ``"bptt"``; the result is keyed like ``get_weights()``.
+        ``method`` is ``"rtrl"``, ``"bptt"`` or ``"tbptt"`` (window ``truncation``,
+        default this model's, and ``stride``, default the truncation: the sum of
+        the gradients TBPTT would apply, the last partial stride included). The
+        result is keyed like ``get_weights()``.
         """
         if method not in GRADIENT_METHODS:
             raise ValueError(f"method must be one of {GRADIENT_METHODS}; got {method!r}")
+        if method == "tbptt":
+            k = truncation if truncation is not None else self.truncation
+            if k is None or int(k) < 1:
+                raise ValueError("method='tbptt' needs truncation=k (a positive integer)")
+            h = int(k) if stride is None else int(stride)
+            if not 1 <= h <= int(k):
+                raise ValueError(f"stride must be in [1, truncation]; got {stride}")
         X = self._inputs(X)
         Y, has_y = self._targets(Y, X.shape[0])
         grad = np.zeros(self.n_params, self.dtype)
@@ -377,8 +430,13 @@ class Model:
             ws = _rtrl.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs,
                                       self.n_params_cell, self.n_params, self.dtype)
             _rtrl.rtrl_sequence_gradient(*args, X, Y, has_y, ws, grad)
+        elif method == "tbptt":
+            ws = _tbptt.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs,
+                                       self.n_params, self.dtype)
+            _tbptt.tbptt_sequence_gradient(*args, X, Y, has_y, int(k), h, ws, grad)
         else:
-            bptt_sequence_gradient(*args, self.n_params_cell, X, Y, has_y, grad)
+            bptt_sequence_gradient(*args, self.n_params_cell, X, Y, has_y,
+                                   np.zeros(self._state_size, self.dtype), grad)
         return self._unflatten(grad)
 
     def _unflatten(self, flat):
@@ -394,8 +452,8 @@ class Model:
         """Everything needed to continue bit-identically, as ``(arrays, meta)``."""
         order = list(self._slots.items())
         idx = np.array([s for _, s in order], np.int64)
-        arrays = {"theta": self.theta, "opt_state": self.opt_state, "counters": self.counters,
-                  "hidden": self._H[idx], "influence": self._M[idx]}
+        arrays = {"theta": self.theta, "opt_state": self.opt_state, "counters": self.counters}
+        arrays.update({f"key.{name}": arr[idx] for name, arr in self._per_key.items()})
         meta = {"kind": _FORMAT_KIND, "config": self.config, "keys": [_encode_key(k) for k, _ in order]}
         return arrays, meta
 
@@ -416,9 +474,8 @@ class Model:
         keys = [None if t == "n" else v for t, v in meta["keys"]]
         n_keys = len(keys)
         expected = {"theta": self.theta.shape, "opt_state": self.opt_state.shape,
-                    "counters": self.counters.shape,
-                    "hidden": (n_keys, self._state_size),
-                    "influence": (n_keys, self._state_size, self.n_params_cell)}
+                    "counters": self.counters.shape}
+        expected.update({f"key.{name}": (n_keys,) + shape for name, shape, _ in self._per_key_layout()})
         for name, shape in expected.items():
             if name not in arrays or arrays[name].shape != shape:
                 raise checkpoint.CheckpointError(f"{source}: array {name!r} missing or of the wrong shape")
@@ -426,13 +483,13 @@ class Model:
         self.opt_state[:] = arrays["opt_state"]
         self.counters[:] = arrays["counters"]
         self._slots = OrderedDict()
-        self._H = self._H[:0]
-        self._M = self._M[:0]
+        for name, arr in self._per_key.items():
+            self._per_key[name] = arr[:0]
         self._ensure_capacity(n_keys)
         for slot, key in enumerate(keys):
             self._slots[key] = slot
-        self._H[:n_keys] = arrays["hidden"]
-        self._M[:n_keys] = arrays["influence"]
+        for name, arr in self._per_key.items():
+            arr[:n_keys] = arrays[f"key.{name}"]
 
     def save(self, path):
         """Write the whole model atomically (temp file, fsync, rename) with a checksum."""

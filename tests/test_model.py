@@ -25,11 +25,13 @@ def same_weights(a, b):
     return all(np.array_equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.parametrize("learner", ["rtrl", "tbptt"])
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_step_many_equals_step_by_step_bit_for_bit(cell, task):
+def test_step_many_equals_step_by_step_bit_for_bit(cell, task, learner):
     X, Y, keys = keyed_stream(task=task)
-    a, b = model(cell, task, clip=1.0), model(cell, task, clip=1.0)
+    kw = dict(learner="tbptt", truncation=5, stride=2) if learner == "tbptt" else {}
+    a, b = model(cell, task, clip=1.0, **kw), model(cell, task, clip=1.0, **kw)
     preds_a = a.step_many(X, Y, keys)
     preds_b = np.array([b.step(x, None if np.isnan(y[0]) else y, k) for x, y, k in zip(X, Y, keys)])
     assert np.array_equal(preds_a, preds_b)
@@ -106,10 +108,12 @@ def test_forget_drops_one_key():
     assert not m.hidden_state("a").any()
 
 
+@pytest.mark.parametrize("learner", ["rtrl", "tbptt"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_save_load_continues_bit_identically(cell, tmp_path):
+def test_save_load_continues_bit_identically(cell, learner, tmp_path):
     X, Y, keys = keyed_stream(n=400)
-    a = model(cell, clip=0.5)
+    kw = dict(learner="tbptt", truncation=6, stride=3) if learner == "tbptt" else {}
+    a = model(cell, clip=0.5, **kw)
     a.step_many(X[:200], Y[:200], keys[:200])
     a.save(tmp_path / "m.ckpt")
     b = sr.Model.load(tmp_path / "m.ckpt")

@@ -11,14 +11,15 @@ from .common import readout_step
 
 
 @njit(cache=True)
-def bptt_sequence_gradient(cell, task, n_in, n, n_out, theta, Pc, X, Y, has_y, grad_sum):
-    """``grad_sum = Σ_t dL_t/dθ`` over one sequence from a zero state; returns ``Σ_t L_t``."""
+def bptt_sequence_gradient(cell, task, n_in, n, n_out, theta, Pc, X, Y, has_y, s0, grad_sum):
+    """``grad_sum = Σ_t dL_t/dθ`` over one sequence from state ``s0`` (held constant); returns ``Σ_t L_t``."""
     T = X.shape[0]
     S = state_size(cell, n)
     C = cache_size(cell, n)
     rows = n_gates(cell) * n
     dt = theta.dtype
     states = np.zeros((T + 1, S), dt)
+    states[0] = s0
     caches = np.zeros((T, C), dt)
     g_hs = np.zeros((T, n), dt)           # dL_t/dh_t through the readout
     logits = np.empty(n_out, dt)
