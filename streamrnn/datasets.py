@@ -37,3 +37,97 @@ def binary_add_task_floors(lags=(3, 8)):
     first = np.mean([h(0.5 + 0.5 * xa - 0.125) for xa in (0, 1)])
     none = h(0.5 + 0.25 - 0.125)
     return {"none": none, "first": first, "both": both}
+
+
+def mackey_glass(n_steps, tau=17, beta=0.2, gamma=0.1, power=10, x0=1.2, washout=500):
+    """Mackey–Glass series by Euler steps of size 1: ``x' = β x(t−τ)/(1 + x(t−τ)^p) − γ x(t)``.
+
+    The history before ``t = 0`` is constant ``x0``; the first ``washout`` values
+    are dropped. Returns the raw series (n_steps,). For one-step prediction use
+    :func:`one_step_ahead`.
+
+    >>> x = mackey_glass(3000)
+    >>> x.shape, round(float(x.min()), 2) > 0
+    ((3000,), True)
+    """
+    total = n_steps + washout
+    x = np.empty(total + tau)
+    x[:tau + 1] = x0
+    for t in range(tau, total + tau - 1):
+        lagged = x[t - tau]
+        x[t + 1] = x[t] + beta * lagged / (1.0 + lagged ** power) - gamma * x[t]
+    return x[tau + washout:tau + washout + n_steps]
+
+
+def one_step_ahead(series, standardize=True):
+    """``X[t] = s[t]``, ``Y[t] = s[t+1]``: one-step prediction of a scalar series.
+
+    With ``standardize`` the series is scaled to zero mean and unit variance
+    first, so the mean squared error of a prediction is its NMSE.
+    """
+    s = np.asarray(series, dtype=np.float64)
+    if standardize:
+        s = (s - s.mean()) / s.std()
+    return s[:-1, None].copy(), s[1:].copy()
+
+
+def narma10(n_steps, seed=0, washout=200):
+    """NARMA-10: ``y[t+1] = 0.3 y[t] + 0.05 y[t] Σ_{i<10} y[t−i] + 1.5 u[t−9] u[t] + 0.1``, ``u ~ U[0, 0.5]``.
+
+    Returns ``X = u`` (n_steps, 1) and ``Y = y[t+1]`` (n_steps,): the target of
+    step t is the system's next output, which depends on the last 10 inputs.
+    """
+    rng = np.random.default_rng(seed)
+    total = n_steps + washout
+    u = rng.uniform(0.0, 0.5, total)
+    y = np.zeros(total + 1)
+    for t in range(total):
+        window = y[max(t - 9, 0):t + 1].sum()
+        y[t + 1] = 0.3 * y[t] + 0.05 * y[t] * window + 1.5 * (u[t - 9] if t >= 9 else 0.0) * u[t] + 0.1
+    return u[washout:, None].copy(), y[washout + 1:].copy()
+
+
+def adding_problem(n_sequences, length=50, seed=0):
+    """Hochreiter & Schmidhuber's adding problem as a keyed stream of episodes.
+
+    Each episode (its own key) has ``length`` steps of two inputs: a value in
+    U[0, 1] and a marker that is 1 at two random steps (one in each half). The
+    target, given only at the last step, is the sum of the two marked values;
+    elsewhere it is NaN (no target). Returns ``X`` (N, 2), ``Y`` (N,), ``keys``.
+    """
+    rng = np.random.default_rng(seed)
+    X = np.zeros((n_sequences * length, 2))
+    Y = np.full(n_sequences * length, np.nan)
+    keys = np.repeat(np.arange(n_sequences), length)
+    for e in range(n_sequences):
+        rows = slice(e * length, (e + 1) * length)
+        values = rng.random(length)
+        marks = [rng.integers(0, length // 2), rng.integers(length // 2, length)]
+        X[rows, 0] = values
+        X[e * length + np.array(marks), 1] = 1.0
+        Y[(e + 1) * length - 1] = values[marks].sum()
+    return X, Y, keys.tolist()
+
+
+def copy_task(n_sequences, n_symbols=4, length=5, delay=10, seed=0):
+    """Copy task as a keyed stream of episodes, targets as class indices.
+
+    Inputs are one-hot over ``n_symbols`` symbols plus a blank and a "go"
+    channel (``n_symbols + 2`` inputs). An episode shows ``length`` random
+    symbols, then ``delay`` blanks with "go" on the last, then ``length``
+    blanks during which the targets are the symbols shown, in order (NaN
+    elsewhere). Returns ``X``, ``Y`` (class indices in [0, n_symbols)), ``keys``.
+    """
+    rng = np.random.default_rng(seed)
+    blank, go = n_symbols, n_symbols + 1
+    steps = 2 * length + delay
+    X = np.zeros((n_sequences * steps, n_symbols + 2))
+    Y = np.full(n_sequences * steps, np.nan)
+    for e in range(n_sequences):
+        base = e * steps
+        symbols = rng.integers(0, n_symbols, length)
+        X[base + np.arange(length), symbols] = 1.0
+        X[base + length + np.arange(delay + length), blank] = 1.0
+        X[base + length + delay - 1, go] = 1.0
+        Y[base + length + delay + np.arange(length)] = symbols
+    return X, Y, np.repeat(np.arange(n_sequences), steps).tolist()

@@ -4,43 +4,29 @@ The Model owns every array (parameters, optimizer state, per-key recurrent
 state and influence matrices, scratch) and hands them to compiled kernels; it
 does no arithmetic per sample in Python.
 """
-from collections import OrderedDict
 import math
 
 import numpy as np
 
 from . import checkpoint
-from .cells.dispatch import CELL_IDS, n_gates, state_size
 from .cells.common import n_cell_params
-from .cells.dispatch import cache_size
+from .cells.dispatch import CELL_IDS, cache_size, n_gates, state_size
+from .keyed_state import KeyedState, normalize_key
 from .learners import rtrl as _rtrl
 from .learners import tbptt as _tbptt
 from .learners.bptt import bptt_sequence_gradient
-from .learners.common import INFLUENCE_RESETS, N_COUNTERS, REJECTED_STATE, SKIPPED_NONFINITE, STEPS, UPDATES, predict_from_state
-from .losses import BINARY, CLASSIFICATION, REGRESSION, TASK_IDS
-from .optim import BETA1, BETA2, CLIP, EPS, LR, MOMENTUM, N_HYPER, OPTIMIZER_IDS, WEIGHT_DECAY
+from .learners.common import (INFLUENCE_RESETS, N_COUNTERS, REJECTED_STATE, SKIPPED_NONFINITE, STEPS, UPDATES,
+                               predict_from_state)
+from .losses import TASK_IDS
+from .optim import OPTIMIZER_IDS
+from .validation import (DTYPES, check_inputs, check_seed, check_targets, check_task_outputs, choice,
+                         optimizer_settings, positive_int, target_width)
 
 __all__ = ["Model"]
 
 LEARNERS = ("rtrl", "tbptt")
 GRADIENT_METHODS = ("rtrl", "bptt", "tbptt")
-_DTYPES = ("float64", "float32")
 _FORMAT_KIND = "streamrnn.Model"
-
-
-def _normalize_key(key):
-    """Keys are str or int (None is the default stream); anything else is a bad record."""
-    if key is None or isinstance(key, str):
-        return key
-    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
-        return int(key)
-    if isinstance(key, np.str_):
-        return str(key)
-    raise ValueError(f"key must be a str or an int, got {type(key).__name__}: {key!r}")
-
-
-def _encode_key(key):
-    return ["n", None] if key is None else (["s", key] if isinstance(key, str) else ["i", key])
 
 
 class Model:
@@ -95,26 +81,10 @@ class Model:
                  learner="rtrl", optimizer="adam", lr=1e-3, clip=None, seed=0, dtype="float64",
                  max_keys=1024, betas=(0.9, 0.999), eps=1e-8, momentum=0.0, weight_decay=0.0,
                  truncation=None, stride=None):
-        def choice(name, value, allowed):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-
-        def positive_int(name, value):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
-            return int(value)
-
-        def finite_nonneg(name, value):
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
-                    or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
-            return float(value)
-
         choice("cell", cell, tuple(CELL_IDS))
         choice("task", task, tuple(TASK_IDS))
         choice("learner", learner, LEARNERS)
-        choice("optimizer", optimizer, tuple(OPTIMIZER_IDS))
-        choice("dtype", dtype, _DTYPES)
+        choice("dtype", dtype, DTYPES)
         n_inputs = positive_int("n_inputs", n_inputs)
         n_hidden = positive_int("n_hidden", n_hidden)
         n_outputs = positive_int("n_outputs", n_outputs)
@@ -128,26 +98,13 @@ class Model:
                 raise ValueError(f"stride must be <= truncation; got stride={stride}, truncation={truncation}")
         elif truncation is not None or stride is not None:
             raise ValueError(f"truncation and stride apply to learner='tbptt' only, not {learner!r}")
-        if task == "classification" and n_outputs < 2:
-            raise ValueError(f"classification needs n_outputs >= 2 classes; got {n_outputs}")
-        if task == "binary" and n_outputs != 1:
-            raise ValueError(f"binary task has one output (the logit of class 1); got n_outputs={n_outputs}")
-        lr = finite_nonneg("lr", lr)
-        clip = 0.0 if clip is None else finite_nonneg("clip", clip)
-        eps = finite_nonneg("eps", eps)
-        momentum = finite_nonneg("momentum", momentum)
-        weight_decay = finite_nonneg("weight_decay", weight_decay)
-        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1); got {betas!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed must be an integer; got {seed!r}")
+        check_task_outputs(task, n_outputs)
+        opt_config, self.hyper = optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay)
+        seed = check_seed(seed)
 
         self.config = dict(cell=cell, n_inputs=n_inputs, n_hidden=n_hidden, n_outputs=n_outputs,
-                           task=task, learner=learner, optimizer=optimizer, lr=lr,
-                           clip=None if clip == 0.0 else clip, seed=int(seed), dtype=dtype,
-                           max_keys=max_keys, betas=[float(b) for b in betas], eps=eps,
-                           momentum=momentum, weight_decay=weight_decay,
-                           truncation=truncation, stride=stride)
+                           task=task, learner=learner, seed=seed, dtype=dtype, max_keys=max_keys,
+                           truncation=truncation, stride=stride, **opt_config)
         self._cell = CELL_IDS[cell]
         self._task = TASK_IDS[task]
         self._opt = OPTIMIZER_IDS[optimizer]
@@ -159,16 +116,11 @@ class Model:
         self.n_params_cell = n_cell_params(self._gates, n_inputs, n_hidden)
         self.n_params = self.n_params_cell + n_outputs * (n_hidden + 1)
 
-        self.hyper = np.zeros(N_HYPER, np.float64)
-        self.hyper[[LR, BETA1, BETA2, EPS, MOMENTUM, WEIGHT_DECAY, CLIP]] = (
-            lr, betas[0], betas[1], eps, momentum, weight_decay, clip)
         self.theta = self._initial_parameters(int(seed))
         self.opt_state = np.zeros((2, self.n_params), self.dtype)
         self.counters = np.zeros(N_COUNTERS, np.int64)
         self.learner, self.truncation, self.stride = learner, truncation, stride
-        self._slots = OrderedDict()      # key -> slot, least recently used first
-        # Per-key arrays, each with a leading slot axis that grows up to max_keys.
-        self._per_key = OrderedDict((name, np.zeros((0,) + shape, dt)) for name, shape, dt in self._per_key_layout())
+        self._keyed = KeyedState(self._per_key_layout(), max_keys)
         if learner == "rtrl":
             self._ws = _rtrl.make_workspace(self._cell, n_inputs, n_hidden, n_outputs,
                                             self.n_params_cell, self.n_params, self.dtype)
@@ -218,56 +170,12 @@ class Model:
 
     # ------------------------------------------------------------------ input checks
     def _inputs(self, X):
-        X = np.asarray(X)
-        if X.ndim == 1 and self.n_inputs == X.shape[0]:
-            X = X[None, :]
-        if X.ndim != 2 or X.shape[1] != self.n_inputs:
-            raise ValueError(f"X must have shape (n_samples, {self.n_inputs}); got {X.shape}")
-        if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
-            raise ValueError(f"X must be real numbers; got dtype {X.dtype}")
-        X = np.ascontiguousarray(X, dtype=self.dtype)
-        bad = ~np.isfinite(X).all(axis=1)
-        if bad.any():
-            raise ValueError(f"X row {int(np.argmax(bad))} contains NaN or inf (or overflows {self.dtype})")
-        return X
+        return check_inputs(X, self.n_inputs, self.dtype)
 
     def _targets(self, Y, n_rows):
-        """Targets as (n_rows, width) plus a mask; NaN (or None) marks a row without target."""
-        width = self._target_width()
-        if Y is None:
-            return np.zeros((n_rows, width), self.dtype), np.zeros(n_rows, np.bool_)
-        if isinstance(Y, (list, tuple)):
-            Y = [np.full(width, np.nan) if v is None else v for v in Y]
-        try:
-            Y = np.array(Y, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"targets must be numbers: {exc}") from None
-        if Y.ndim == 1 and width == 1 and Y.shape[0] == n_rows:
-            Y = Y[:, None]
-        if Y.shape != (n_rows, width):
-            raise ValueError(f"Y must have shape ({n_rows}, {width}); got {Y.shape}")
-        nan = np.isnan(Y)
-        partial = nan.any(axis=1) & ~nan.all(axis=1)
-        if partial.any():
-            raise ValueError(f"Y row {int(np.argmax(partial))} is partly NaN: give all targets or none")
-        has_y = ~nan[:, 0]
-        if np.isinf(Y).any():
-            raise ValueError(f"Y row {int(np.argmax(np.isinf(Y).any(axis=1)))} contains inf")
-        if self._task != REGRESSION:
-            labels = Y[has_y, 0]
-            n_classes = 2 if self._task == BINARY else self.n_outputs
-            bad = (labels != np.round(labels)) | (labels < 0) | (labels >= n_classes)
-            if bad.any():
-                raise ValueError(f"class label {labels[np.argmax(bad)]!r} is not an integer in [0, {n_classes})")
-        Y = np.where(nan, 0.0, Y)
-        if not np.isfinite(Y.astype(self.dtype)).all():
-            raise ValueError(f"a target overflows {self.dtype}")
-        return np.ascontiguousarray(Y, dtype=self.dtype), has_y
+        return check_targets(Y, n_rows, self._task, self.n_outputs, self.dtype)
 
     # ------------------------------------------------------------------ per-key state
-    def _target_width(self):
-        return self.n_outputs if self._task == REGRESSION else 1
-
     def _per_key_layout(self):
         """(name, shape, dtype) of each array a key owns, for the chosen learner."""
         S, dt = self._state_size, self.dtype
@@ -276,71 +184,26 @@ class Model:
         k = self.truncation
         return [("hidden", (S,), dt), ("window_inputs", (k, self.n_inputs), dt), ("window_states", (k, S), dt),
                 ("window_caches", (k, cache_size(self._cell, self.n_hidden)), dt),
-                ("window_targets", (k, self._target_width()), dt), ("window_has_target", (k,), np.dtype(np.bool_)),
+                ("window_targets", (k, target_width(self._task, self.n_outputs)), dt), ("window_has_target", (k,), np.dtype(np.bool_)),
                 ("window_count", (), np.dtype(np.int64))]
 
     @property
     def _H(self):
-        return self._per_key["hidden"]
+        return self._keyed.arrays["hidden"]
 
     @property
     def keys(self):
         """Keys holding a state, least recently used first."""
-        return list(self._slots)
-
-    def _ensure_capacity(self, n_slots):
-        cap = self._H.shape[0]
-        if n_slots <= cap:
-            return
-        new_cap = min(self.max_keys, max(n_slots, 2 * cap, 1))
-        for name, arr in self._per_key.items():
-            grown = np.zeros((new_cap,) + arr.shape[1:], arr.dtype)
-            grown[:cap] = arr
-            self._per_key[name] = grown
-
-    def _assign_slots(self, keys, n_rows):
-        """Slot per record (LRU eviction) and whether it starts from a zero state.
-
-        ``keys`` are normalised (or None for the default stream). A key evicted
-        and reused within one batch is handled by the ``reset`` flag, so the
-        compiled loop sees exactly the sequential semantics.
-        """
-        slots_of = self._slots
-        reset = np.zeros(n_rows, np.bool_)
-        slots = np.empty(n_rows, np.int64)
-        for i, key in enumerate((None,) * n_rows if keys is None else keys):
-            slot = slots_of.get(key)
-            if slot is None:
-                if len(slots_of) < self.max_keys:
-                    slot = len(slots_of)
-                    self._ensure_capacity(slot + 1)
-                else:
-                    _, slot = slots_of.popitem(last=False)
-                reset[i] = True
-                slots_of[key] = slot
-            else:
-                slots_of.move_to_end(key)
-            slots[i] = slot
-        return slots, reset
+        return self._keyed.keys
 
     def forget(self, key=None):
         """Drop the recurrent state of ``key`` (it restarts from zero if it comes back)."""
-        key = _normalize_key(key)
-        if key not in self._slots:
-            return
-        # Keep slots dense: the last slot moves into the freed one.
-        slot = self._slots.pop(key)
-        last = len(self._slots)
-        if slot != last:
-            mover = next(k for k, s in self._slots.items() if s == last)
-            self._slots[mover] = slot
-            for arr in self._per_key.values():
-                arr[slot] = arr[last]
+        self._keyed.forget(normalize_key(key))
 
     @property
     def state_bytes_per_key(self):
         """Bytes of learner state held per key (state plus influence matrix, or the TBPTT window)."""
-        return sum(int(np.prod(shape)) * dt.itemsize for _, shape, dt in self._per_key_layout())
+        return self._keyed.bytes_per_key
 
     # ------------------------------------------------------------------ streaming
     def step(self, x, y=None, key=None):
@@ -364,16 +227,16 @@ class Model:
         if keys is not None and len(keys) != n_rows:
             raise ValueError(f"keys has {len(keys)} entries for {n_rows} samples")
         if keys is not None:
-            keys = [_normalize_key(k) for k in keys]   # validate all before any state changes
-        slots, reset = self._assign_slots(keys, n_rows)
+            keys = [normalize_key(k) for k in keys]   # validate all before any state changes
+        slots, reset = self._keyed.assign(keys, n_rows)
         out = np.empty((n_rows, self.n_outputs), self.dtype)
         losses = np.empty(n_rows, self.dtype)
         common = (self._cell, self._task, self._opt, self.n_inputs, self.n_hidden, self.n_outputs,
                   self.theta, self.opt_state, self.hyper, self.counters)
         if self.learner == "rtrl":
-            _rtrl.rtrl_step_many(*common, *self._per_key.values(), X, Y, has_y, slots, reset, self._ws, out, losses)
+            _rtrl.rtrl_step_many(*common, *self._keyed.arrays.values(), X, Y, has_y, slots, reset, self._ws, out, losses)
         else:
-            _tbptt.tbptt_step_many(*common, *self._per_key.values(), self.stride,
+            _tbptt.tbptt_step_many(*common, *self._keyed.arrays.values(), self.stride,
                                    X, Y, has_y, slots, reset, self._ws, out, losses)
         return (out, losses) if return_loss else out
 
@@ -382,9 +245,9 @@ class Model:
         X = self._inputs(x)
         if X.shape[0] != 1:
             raise ValueError("peek takes one sample")
-        key = _normalize_key(key)
-        slot = self._slots.get(key)
-        s = self._H[slot] if slot is not None else np.zeros(self._state_size, self.dtype)
+        s = self._keyed.row("hidden", normalize_key(key))
+        if s is None:
+            s = np.zeros(self._state_size, self.dtype)
         pred = np.empty(self.n_outputs, self.dtype)
         predict_from_state(self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs,
                            self.theta, self.n_params_cell, X[0], s, pred)
@@ -392,8 +255,8 @@ class Model:
 
     def hidden_state(self, key=None):
         """A copy of the recurrent state of ``key`` (zeros if it has none)."""
-        slot = self._slots.get(_normalize_key(key))
-        return np.zeros(self._state_size, self.dtype) if slot is None else self._H[slot].copy()
+        s = self._keyed.row("hidden", normalize_key(key))
+        return np.zeros(self._state_size, self.dtype) if s is None else s.copy()
 
     @property
     def stats(self):
@@ -450,11 +313,9 @@ class Model:
     # ------------------------------------------------------------------ persistence
     def state_arrays(self):
         """Everything needed to continue bit-identically, as ``(arrays, meta)``."""
-        order = list(self._slots.items())
-        idx = np.array([s for _, s in order], np.int64)
-        arrays = {"theta": self.theta, "opt_state": self.opt_state, "counters": self.counters}
-        arrays.update({f"key.{name}": arr[idx] for name, arr in self._per_key.items()})
-        meta = {"kind": _FORMAT_KIND, "config": self.config, "keys": [_encode_key(k) for k, _ in order]}
+        keys, per_key = self._keyed.export()
+        arrays = {"theta": self.theta, "opt_state": self.opt_state, "counters": self.counters, **per_key}
+        meta = {"kind": _FORMAT_KIND, "config": self.config, "keys": keys}
         return arrays, meta
 
     @classmethod
@@ -471,25 +332,14 @@ class Model:
             raise checkpoint.CheckpointError(
                 f"{source}: the saved model has another configuration ({meta.get('config')}) "
                 f"than this one ({self.config})")
-        keys = [None if t == "n" else v for t, v in meta["keys"]]
-        n_keys = len(keys)
-        expected = {"theta": self.theta.shape, "opt_state": self.opt_state.shape,
-                    "counters": self.counters.shape}
-        expected.update({f"key.{name}": (n_keys,) + shape for name, shape, _ in self._per_key_layout()})
-        for name, shape in expected.items():
+        for name, shape in (("theta", self.theta.shape), ("opt_state", self.opt_state.shape),
+                            ("counters", self.counters.shape)):
             if name not in arrays or arrays[name].shape != shape:
                 raise checkpoint.CheckpointError(f"{source}: array {name!r} missing or of the wrong shape")
+        self._keyed.restore(meta["keys"], arrays, source)
         self.theta[:] = arrays["theta"]
         self.opt_state[:] = arrays["opt_state"]
         self.counters[:] = arrays["counters"]
-        self._slots = OrderedDict()
-        for name, arr in self._per_key.items():
-            self._per_key[name] = arr[:0]
-        self._ensure_capacity(n_keys)
-        for slot, key in enumerate(keys):
-            self._slots[key] = slot
-        for name, arr in self._per_key.items():
-            arr[:n_keys] = arrays[f"key.{name}"]
 
     def save(self, path):
         """Write the whole model atomically (temp file, fsync, rename) with a checksum."""

@@ -118,7 +118,7 @@ def test_tbptt_memory_is_bounded_by_the_window():
     per_key = m.state_bytes_per_key
     X, Y = random_sequence("regression", n_steps=500, n_inputs=N_IN, seed=8)
     m.step_many(X, Y)
-    assert sum(a.nbytes for a in m._per_key.values()) == per_key
+    assert sum(a.nbytes for a in m._keyed.arrays.values()) == per_key
     S, C, k, width = N, 6 * N, 4, 2
     # float64 state + window of (input, state, cache, target); one bool flag per step; an int64 count
     assert per_key == 8 * (S + k * (N_IN + S + C + width)) + k * 1 + 8
