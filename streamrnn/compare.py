@@ -1,0 +1,290 @@
+"""Run several learners on one recorded stream and compare them honestly.
+
+Every learner sees the same samples in the same order with the same cell and
+hidden size. Online learners (``rtrl``, ``tbptt:k``, ``window:w``) predict each
+sample before learning from it, so their metric over the stream is
+prequential and their metric on the tail is out-of-sample too. The offline
+learner (``bidir``, bidirectional full BPTT) is trained on the first part and
+evaluated on the tail; it sees future inputs within a window, so it is not
+causal: it bounds what hindsight buys, it is not a streaming competitor.
+
+Reported per learner (mean ± std over seeds): the prequential metric, the
+tail metric, steps/s, bytes of learner state per key, the learner state held
+at 10 % and at 100 % of the stream (flat for every streaming learner) and the
+process's peak resident memory while it ran.
+"""
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .model import Model
+from .window_ff import WindowFF
+
+METRICS = ("nmse", "mse", "logloss", "accuracy")
+
+
+def parse_learner(spec):
+    """``"rtrl"``, ``"tbptt:16"`` (or ``"tbptt:16:4"`` with a stride), ``"window:10"``, ``"bidir"``."""
+    name, _, arg = spec.partition(":")
+    if name == "rtrl" and not arg:
+        return name, {}
+    if name == "tbptt" and arg:
+        parts = arg.split(":")
+        kw = {"truncation": int(parts[0])}
+        if len(parts) > 1:
+            kw["stride"] = int(parts[1])
+        return name, kw
+    if name == "window" and arg:
+        return name, {"window": int(arg)}
+    if name == "bidir":
+        return name, {"window": int(arg)} if arg else {}
+    raise ValueError(f"unknown learner {spec!r}: use rtrl, tbptt:K[:STRIDE], window:W or bidir[:LENGTH]")
+
+
+def score(metric, task, preds, Y, has_y):
+    """The metric over the samples with targets (lower is better, but accuracy)."""
+    if not has_y.any():
+        return float("nan")
+    p, y = preds[has_y], Y[has_y]
+    if metric in ("mse", "nmse"):
+        err = float(np.mean(np.sum((p - y) ** 2, axis=1)))
+        return err / float(np.mean(np.sum((y - y.mean(axis=0)) ** 2, axis=1))) if metric == "nmse" else err
+    labels = y[:, 0].astype(int)
+    if task == "binary":
+        probs = np.column_stack([1 - p[:, 0], p[:, 0]])
+    else:
+        probs = p
+    if metric == "accuracy":
+        return float(np.mean(np.argmax(probs, axis=1) == labels))
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-300, None))))
+
+
+def _peak_rss_reset():
+    """Reset the kernel's peak-RSS mark for this process (Linux); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes():
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _held_state_bytes(learner):
+    return sum(a.nbytes for a in learner._keyed.arrays.values())
+
+
+@dataclass
+class LearnerRun:
+    learner: str
+    seed: int
+    prequential: float
+    tail: float
+    steps_per_s: float
+    state_bytes_per_key: int
+    state_bytes_at_10pct: int
+    state_bytes_at_end: int
+    peak_rss_bytes: int
+    curve: list = field(default_factory=list)    # (step, metric over the preceding chunk)
+
+
+def _online_learner(name, kw, n_inputs, n_outputs, task, cell, n_hidden, lr, optimizer, clip, seed, dtype):
+    if name == "window":
+        return WindowFF(n_inputs=n_inputs, window=kw["window"], n_hidden=n_hidden, n_outputs=n_outputs, task=task,
+                        optimizer=optimizer, lr=lr, clip=clip, seed=seed, dtype=dtype)
+    return Model(cell=cell, n_inputs=n_inputs, n_hidden=n_hidden, n_outputs=n_outputs, task=task, learner=name,
+                 optimizer=optimizer, lr=lr, clip=clip, seed=seed, dtype=dtype, **kw)
+
+
+def _run_online(spec, X, Y, keys, has_y, tail_start, metric, task, n_chunks, progress, **model_kw):
+    name, kw = parse_learner(spec)
+    learner = _online_learner(name, kw, X.shape[1], model_kw.pop("n_outputs"), task, **model_kw)
+    learner.step_many(X[:2], Y[:2], None if keys is None else keys[:2])      # compile outside the clock
+    learner = type(learner)(**learner.config)
+    _peak_rss_reset()
+    n = X.shape[0]
+    bounds = np.linspace(0, n, n_chunks + 1).astype(int)
+    preds = np.empty((n, learner.n_outputs))
+    curve, elapsed, held_10 = [], 0.0, None
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        start = time.perf_counter()
+        preds[lo:hi] = learner.step_many(X[lo:hi], Y[lo:hi], None if keys is None else keys[lo:hi])
+        elapsed += time.perf_counter() - start
+        curve.append((int(hi), score(metric, task, preds[lo:hi], Y[lo:hi], has_y[lo:hi])))
+        if held_10 is None and hi >= n // 10:
+            held_10 = _held_state_bytes(learner)
+        if progress is not None:
+            progress.update(hi - lo)
+    return learner, preds, curve, elapsed, held_10
+
+
+def _run_bidir(spec, X, Y, has_y, tail_start, metric, task, cell, n_hidden, lr, seed, dtype, n_outputs, epochs):
+    from . import bptt     # offline mode; imported here so streaming use never pays for it
+    _, kw = parse_learner(spec)
+    length = kw.get("window", 50)
+
+    def windows(lo, hi):
+        T = (hi - lo) // length
+        Xw = X[lo:lo + T * length].reshape(T, length, -1).transpose(1, 0, 2)
+        Yw = Y[lo:lo + T * length].reshape(T, length, -1).transpose(1, 0, 2)
+        Yw = np.where(has_y[lo:lo + T * length].reshape(T, length).T[:, :, None], Yw, np.nan)
+        return np.ascontiguousarray(Xw), np.ascontiguousarray(Yw)
+
+    Xtr, Ytr = windows(0, tail_start)
+    start = time.perf_counter()
+    _peak_rss_reset()
+    fitted = bptt.fit(Xtr, Ytr, cell=cell, n_hidden=n_hidden, bidirectional=True, merge="concat", task=task,
+                      lr=lr, epochs=epochs, seed=seed, dtype=dtype)
+    elapsed = time.perf_counter() - start
+    Xte, Yte = windows(tail_start, X.shape[0])
+    p = fitted.predict(Xte)
+    preds_tail = p.transpose(1, 0, 2).reshape(-1, p.shape[-1])
+    n_tail = preds_tail.shape[0]
+    y_tail, h_tail = Y[tail_start:tail_start + n_tail], has_y[tail_start:tail_start + n_tail]
+    tail = score(metric, task, preds_tail, y_tail, h_tail)
+    steps = epochs * Xtr.shape[0] * Xtr.shape[1]
+    return LearnerRun(spec, seed, float("nan"), tail, steps / elapsed, 0, 0, 0, _peak_rss_bytes(),
+                      [(X.shape[0], tail)])
+
+
+def run(X, Y, keys=None, learners=("rtrl", "tbptt:16", "window:10"), cell="gru", n_hidden=16, task="regression",
+        metric=None, lr=1e-3, optimizer="adam", clip=None, seeds=(0,), train_fraction=0.8, dtype="float64",
+        n_chunks=50, bidir_epochs=20, progress=True):
+    """Run every learner (for every seed) over the stream ``X, Y`` (NaN targets: none) and collect runs."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    has_y = ~np.isnan(Y[:, 0])
+    metric = metric or {"regression": "nmse", "classification": "logloss", "binary": "logloss"}[task]
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
+    n_outputs = Y.shape[1] if task == "regression" else (1 if task == "binary" else int(np.nanmax(Y)) + 1)
+    tail_start = int(train_fraction * X.shape[0])
+    for spec in learners:
+        parse_learner(spec)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        online = sum(parse_learner(s)[0] != "bidir" for s in learners)
+        bar = tqdm(total=online * len(seeds) * X.shape[0], unit="step", desc="compare", leave=False)
+    runs = []
+    try:
+        for spec in learners:
+            for seed in seeds:
+                if parse_learner(spec)[0] == "bidir":
+                    runs.append(_run_bidir(spec, X, Y, has_y, tail_start, metric, task, cell, n_hidden, lr, seed,
+                                           dtype, n_outputs, bidir_epochs))
+                    continue
+                learner, preds, curve, elapsed, held_10 = _run_online(
+                    spec, X, Y, keys, has_y, tail_start, metric, task, n_chunks, bar, cell=cell, n_hidden=n_hidden,
+                    lr=lr, optimizer=optimizer, clip=clip, seed=seed, dtype=dtype, n_outputs=n_outputs)
+                runs.append(LearnerRun(
+                    spec, seed, score(metric, task, preds, Y, has_y),
+                    score(metric, task, preds[tail_start:], Y[tail_start:], has_y[tail_start:]),
+                    X.shape[0] / elapsed, learner.state_bytes_per_key, held_10, _held_state_bytes(learner),
+                    _peak_rss_bytes(), curve))
+    finally:
+        if bar is not None:
+            bar.close()
+    return Comparison(runs, metric, dict(cell=cell, n_hidden=n_hidden, task=task, lr=lr, optimizer=optimizer,
+                                         n_steps=int(X.shape[0]), train_fraction=train_fraction))
+
+
+def _mean_std(values):
+    v = np.array([x for x in values if not math.isnan(x)], dtype=float)
+    return (float("nan"), float("nan")) if v.size == 0 else (float(v.mean()), float(v.std()))
+
+
+@dataclass
+class Comparison:
+    runs: list
+    metric: str
+    setup: dict
+
+    def summary(self):
+        """One row per learner: mean and std over seeds of every measured quantity."""
+        rows = []
+        for spec in dict.fromkeys(r.learner for r in self.runs):
+            rs = [r for r in self.runs if r.learner == spec]
+            row = {"learner": spec, "seeds": len(rs)}
+            for name in ("prequential", "tail", "steps_per_s"):
+                row[name], row[name + "_std"] = _mean_std([getattr(r, name) for r in rs])
+            for name in ("state_bytes_per_key", "state_bytes_at_10pct", "state_bytes_at_end", "peak_rss_bytes"):
+                row[name] = max(getattr(r, name) for r in rs)
+            rows.append(row)
+        return rows
+
+    def table(self):
+        m = self.metric
+        head = (f"{'learner':<12}{'prequential ' + m:>24}{'tail ' + m:>24}{'steps/s':>10}"
+                f"{'state B/key':>12}{'held @10%':>11}{'held @end':>11}{'peak RSS MiB':>13}")
+        lines = [head, "-" * len(head)]
+        for r in self.summary():
+            lines.append(f"{r['learner']:<12}{_pm(r['prequential'], r['prequential_std']):>24}"
+                         f"{_pm(r['tail'], r['tail_std']):>24}{r['steps_per_s']:>10.0f}{r['state_bytes_per_key']:>12}"
+                         f"{r['state_bytes_at_10pct']:>11}{r['state_bytes_at_end']:>11}"
+                         f"{r['peak_rss_bytes'] / 2 ** 20:>13.1f}")
+        return "\n".join(lines)
+
+    def to_json(self):
+        return {"metric": self.metric, "setup": self.setup, "summary": self.summary(),
+                "runs": [r.__dict__ for r in self.runs]}
+
+    def write(self, out_dir, plot=True):
+        """``comparison.json``, ``comparison.csv`` and (with matplotlib) ``learning_curves.png``."""
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "comparison.json"), "w") as fh:
+            json.dump(self.to_json(), fh, indent=1)
+        rows = self.summary()
+        with open(os.path.join(out_dir, "comparison.csv"), "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        if plot:
+            self.plot(os.path.join(out_dir, "learning_curves.png"))
+
+    def plot(self, path):
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for spec in dict.fromkeys(r.learner for r in self.runs):
+            curves = np.array([[v for _, v in r.curve] for r in self.runs if r.learner == spec])
+            steps = [s for s, _ in next(r for r in self.runs if r.learner == spec).curve]
+            mean = np.nanmean(curves, axis=0)
+            line, = ax.plot(steps, mean, marker="o" if len(steps) == 1 else None, label=spec)
+            if curves.shape[0] > 1:
+                std = np.nanstd(curves, axis=0)
+                ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("step")
+        ax.set_ylabel(self.metric)
+        if self.metric in ("nmse", "mse"):
+            ax.set_yscale("log")
+        ax.set_title(f"{self.setup['cell']} n={self.setup['n_hidden']}, {self.setup['task']}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+def _pm(mean, std):
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.4g} ± {std:.2g}"

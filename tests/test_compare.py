@@ -1,0 +1,63 @@
+"""streamrnn.compare: learners side by side on one stream, numbers equal to running them directly."""
+import json
+
+import numpy as np
+import pytest
+
+import streamrnn as sr
+from streamrnn import compare
+from streamrnn.datasets import binary_add_task
+from streamrnn.window_ff import WindowFF
+
+
+def test_parse_learner():
+    assert compare.parse_learner("rtrl") == ("rtrl", {})
+    assert compare.parse_learner("tbptt:16") == ("tbptt", {"truncation": 16})
+    assert compare.parse_learner("tbptt:16:4") == ("tbptt", {"truncation": 16, "stride": 4})
+    assert compare.parse_learner("window:9") == ("window", {"window": 9})
+    for bad in ("tbptt", "window", "magic", "rtrl:3"):
+        with pytest.raises(ValueError, match="unknown learner"):
+            compare.parse_learner(bad)
+
+
+def test_scores():
+    Y = np.array([[1.0], [2.0], [3.0], [np.nan]])
+    P = np.array([[1.5], [2.0], [2.0], [9.0]])
+    has = ~np.isnan(Y[:, 0])
+    assert compare.score("mse", "regression", P, Y, has) == pytest.approx((0.25 + 0 + 1) / 3)
+    assert compare.score("nmse", "regression", P, Y, has) == pytest.approx((1.25 / 3) / (2 / 3))
+    Yb = np.array([[1.0], [0.0]])
+    Pb = np.array([[0.8], [0.4]])
+    assert compare.score("logloss", "binary", Pb, Yb, np.ones(2, bool)) == pytest.approx(-(np.log(0.8) + np.log(0.6)) / 2)
+    assert compare.score("accuracy", "binary", Pb, Yb, np.ones(2, bool)) == 1.0
+
+
+def test_run_reports_what_the_learners_do(tmp_path):
+    X, Y = binary_add_task(3000, seed=3)
+    result = compare.run(X, Y, learners=["rtrl", "tbptt:5:2", "window:4"], cell="gru", n_hidden=6, task="binary",
+                         lr=3e-3, seeds=(0, 1), n_chunks=10, progress=False)
+    rows = {r["learner"]: r for r in result.summary()}
+    # The prequential numbers are those of the learners run directly on the stream.
+    for spec, make in [("rtrl", lambda s: sr.Model(cell="gru", n_inputs=1, n_hidden=6, task="binary", lr=3e-3, seed=s)),
+                       ("tbptt:5:2", lambda s: sr.Model(cell="gru", n_inputs=1, n_hidden=6, task="binary", lr=3e-3,
+                                                        seed=s, learner="tbptt", truncation=5, stride=2)),
+                       ("window:4", lambda s: WindowFF(window=4, n_hidden=6, task="binary", lr=3e-3, seed=s))]:
+        direct = []
+        for seed in (0, 1):
+            losses = make(seed).step_many(X, Y, return_loss=True)[1]
+            direct.append(losses.mean())
+        assert rows[spec]["prequential"] == pytest.approx(np.mean(direct), rel=1e-12)
+        assert rows[spec]["prequential_std"] == pytest.approx(np.std(direct), rel=1e-9, abs=1e-15)
+        # Learner state does not grow with the stream.
+        assert rows[spec]["state_bytes_at_10pct"] == rows[spec]["state_bytes_at_end"] == rows[spec]["state_bytes_per_key"]
+        assert rows[spec]["steps_per_s"] > 0 and rows[spec]["peak_rss_bytes"] > 0
+    # RTRL: S (1 + P) floats, P = 3·6·(1 + 6 + 2); TBPTT: state + 5 steps of (x, s, cache, y) + flags + count.
+    assert rows["rtrl"]["state_bytes_per_key"] == 8 * 6 * (1 + 162)
+    assert rows["tbptt:5:2"]["state_bytes_per_key"] == 8 * (6 + 5 * (1 + 6 + 36 + 1)) + 5 + 8
+    assert rows["window:4"]["state_bytes_per_key"] == 8 * 4
+    result.write(tmp_path)
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert [r["learner"] for r in saved["summary"]] == ["rtrl", "tbptt:5:2", "window:4"]
+    assert (tmp_path / "comparison.csv").read_text().splitlines()[0].startswith("learner,seeds,prequential")
+    assert (tmp_path / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "tbptt:5:2" in result.table()
