@@ -288,3 +288,55 @@ def _pm(mean, std):
     if math.isnan(mean):
         return "-"
     return f"{mean:.4g} ± {std:.2g}"
+
+
+DATASETS = {
+    "add_task": ("binary", lambda n, seed: _datasets().binary_add_task(n, seed=seed)),
+    "mackey_glass": ("regression", lambda n, seed: _datasets().one_step_ahead(_datasets().mackey_glass(n + 1))),
+    "narma10": ("regression", lambda n, seed: _datasets().narma10(n, seed=seed)),
+}
+
+
+def _datasets():
+    from . import datasets
+    return datasets
+
+
+def build_parser(parser=None):
+    import argparse
+    p = parser or argparse.ArgumentParser(prog="streamrnn compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="add_task",
+                   help="generated stream to compare on")
+    p.add_argument("--steps", type=int, default=30_000, help="stream length")
+    p.add_argument("--learners", default="rtrl,tbptt:4,window:9",
+                   help="comma-separated: rtrl, tbptt:K[:STRIDE], window:W, bidir[:LENGTH]")
+    p.add_argument("--cell", default="gru", choices=("rnn", "gru", "lstm"))
+    p.add_argument("--hidden", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
+    p.add_argument("--clip", type=float, default=None)
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
+    p.add_argument("--train-fraction", type=float, default=0.8, help="the tail after it is held out")
+    p.add_argument("--out", default="compare-out", help="directory for comparison.json/.csv and the plot")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None, args=None):
+    """``streamrnn compare``: print the table, write JSON, CSV and the learning-curve plot."""
+    args = args or build_parser().parse_args(argv)
+    task, make = DATASETS[args.dataset]
+    X, Y = make(args.steps, 0)[:2]
+    result = run(X, Y, learners=[s.strip() for s in args.learners.split(",") if s.strip()], cell=args.cell,
+                 n_hidden=args.hidden, task=task, lr=args.lr, optimizer=args.optimizer, clip=args.clip,
+                 seeds=tuple(range(args.seeds)), train_fraction=args.train_fraction, progress=not args.no_progress)
+    print(result.table())
+    result.write(args.out)
+    print(json.dumps({"benchmark": "compare", "dataset": args.dataset, **result.to_json()["setup"],
+                      "summary": result.summary()}))
+    print(f"wrote {os.path.join(args.out, 'comparison.json')}, comparison.csv, learning_curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
