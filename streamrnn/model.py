@@ -24,8 +24,9 @@ from .validation import (DTYPES, check_inputs, check_seed, check_targets, check_
 
 __all__ = ["Model"]
 
-LEARNERS = ("rtrl", "tbptt")
-GRADIENT_METHODS = ("rtrl", "bptt", "tbptt")
+LEARNERS = ("rtrl", "snap1", "tbptt")
+GRADIENT_METHODS = ("rtrl", "snap1", "bptt", "tbptt")
+_RTRL_MODES = {"rtrl": _rtrl.EXACT, "snap1": _rtrl.SNAP1}
 _FORMAT_KIND = "streamrnn.Model"
 
 
@@ -41,9 +42,12 @@ class Model:
         ``task="classification"``, 1 for ``"binary"``).
     task : {"regression", "classification", "binary"}
         Per-step loss: ½‖ŷ − y‖², softmax cross-entropy, or logistic loss.
-    learner : {"rtrl", "tbptt"}
+    learner : {"rtrl", "snap1", "tbptt"}
         How gradients are obtained online. ``"rtrl"`` is exact Real-Time
-        Recurrent Learning: O(S·P) memory per key, constant in stream length.
+        Recurrent Learning: O(S·P) memory per key, constant in stream length,
+        O(G n² P) time per step. ``"snap1"`` is SnAp-1: each unit tracks only
+        its own parameters' influence, O(S·P/n) memory and O(P) time per step,
+        approximate (exact when the recurrent weights are diagonal).
         ``"tbptt"`` is truncated BPTT: every ``stride`` steps of a key, the
         losses of those steps are backpropagated through the last
         ``truncation`` steps; O(truncation·(S + inputs)) memory per key.
@@ -121,8 +125,8 @@ class Model:
         self.counters = np.zeros(N_COUNTERS, np.int64)
         self.learner, self.truncation, self.stride = learner, truncation, stride
         self._keyed = KeyedState(self._per_key_layout(), max_keys)
-        if learner == "rtrl":
-            self._ws = _rtrl.make_workspace(self._cell, n_inputs, n_hidden, n_outputs,
+        if learner in _RTRL_MODES:
+            self._ws = _rtrl.make_workspace(_RTRL_MODES[learner], self._cell, n_inputs, n_hidden, n_outputs,
                                             self.n_params_cell, self.n_params, self.dtype)
         else:
             self._ws = _tbptt.make_workspace(self._cell, n_inputs, n_hidden, n_outputs, self.n_params, self.dtype)
@@ -179,8 +183,10 @@ class Model:
     def _per_key_layout(self):
         """(name, shape, dtype) of each array a key owns, for the chosen learner."""
         S, dt = self._state_size, self.dtype
-        if self.learner == "rtrl":
-            return [("hidden", (S,), dt), ("influence", (S, self.n_params_cell), dt)]
+        if self.learner in _RTRL_MODES:
+            width = _rtrl.influence_width(_RTRL_MODES[self.learner], self._cell, self.n_inputs, self.n_hidden,
+                                          self.n_params_cell)
+            return [("hidden", (S,), dt), ("influence", (S, width), dt)]
         k = self.truncation
         return [("hidden", (S,), dt), ("window_inputs", (k, self.n_inputs), dt), ("window_states", (k, S), dt),
                 ("window_caches", (k, cache_size(self._cell, self.n_hidden)), dt),
@@ -233,8 +239,9 @@ class Model:
         losses = np.empty(n_rows, self.dtype)
         common = (self._cell, self._task, self._opt, self.n_inputs, self.n_hidden, self.n_outputs,
                   self.theta, self.opt_state, self.hyper, self.counters)
-        if self.learner == "rtrl":
-            _rtrl.rtrl_step_many(*common, *self._keyed.arrays.values(), X, Y, has_y, slots, reset, self._ws, out, losses)
+        if self.learner in _RTRL_MODES:
+            _rtrl.rtrl_step_many(self._cell, self._task, _RTRL_MODES[self.learner], *common[2:],
+                                 *self._keyed.arrays.values(), X, Y, has_y, slots, reset, self._ws, out, losses)
         else:
             _tbptt.tbptt_step_many(*common, *self._keyed.arrays.values(), self.stride,
                                    X, Y, has_y, slots, reset, self._ws, out, losses)
@@ -271,7 +278,7 @@ class Model:
     def gradient(self, X, Y, method="rtrl", truncation=None, stride=None):
         """``Σ_t dL_t/dθ`` over one sequence from a zero state, at the current weights, no update.
 
-        ``method`` is ``"rtrl"``, ``"bptt"`` or ``"tbptt"`` (window ``truncation``,
+        ``method`` is ``"rtrl"``, ``"snap1"`` (its approximation), ``"bptt"`` or ``"tbptt"`` (window ``truncation``,
         default this model's, and ``stride``, default the truncation: the sum of
         the gradients TBPTT would apply, the last partial stride included). The
         result is keyed like ``get_weights()``.
@@ -289,10 +296,12 @@ class Model:
         Y, has_y = self._targets(Y, X.shape[0])
         grad = np.zeros(self.n_params, self.dtype)
         args = (self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs, self.theta)
-        if method == "rtrl":
-            ws = _rtrl.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs,
+        if method in _RTRL_MODES:
+            mode = _RTRL_MODES[method]
+            ws = _rtrl.make_workspace(mode, self._cell, self.n_inputs, self.n_hidden, self.n_outputs,
                                       self.n_params_cell, self.n_params, self.dtype)
-            _rtrl.rtrl_sequence_gradient(*args, X, Y, has_y, ws, grad)
+            width = _rtrl.influence_width(mode, self._cell, self.n_inputs, self.n_hidden, self.n_params_cell)
+            _rtrl.rtrl_sequence_gradient(self._cell, self._task, mode, *args[2:], X, Y, has_y, width, ws, grad)
         elif method == "tbptt":
             ws = _tbptt.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs,
                                        self.n_params, self.dtype)

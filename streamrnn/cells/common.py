@@ -126,3 +126,61 @@ def hh_influence(w, n_gates, n_in, n, x, h, M_h, D, ih_rows):
     np.dot(W_hh, M_h, D)
     add_hh_immediate(D, 0, n_gates * n, n_gates, n_in, n, h)
     add_ih_immediate(D, 0, ih_rows, n_gates, n_in, n, x)
+
+
+# --- SnAp-1: the influence of unit i's own parameters on unit i only -------------------------
+# Unit i owns gate rows g*n + i of every block; its parameters, compactly, are one block per gate
+# of B = n_in + n + 2 values: [W_ih row (n_in) | W_hh row (n) | b_ih | b_hh]. Its influence rows
+# (h_i, and c_i for LSTM) have G*B columns, so a key holds S*G*B = O(P) values.
+
+@njit(cache=True)
+def unit_block(n_in, n):
+    return n_in + n + 2
+
+
+@njit(cache=True)
+def add_unit_ih_immediate(Dc, g, n_in, n, x):
+    """Add d(W_ih x + b_ih)/dθ of gate ``g``'s row to the compact ``Dc[g]``."""
+    base = g * (n_in + n + 2)
+    for k in range(n_in):
+        Dc[g, base + k] += x[k]
+    Dc[g, base + n_in + n] += 1.0
+
+
+@njit(cache=True)
+def unit_hh_influence(w, n_gates, n_in, n, i, x, h, Mh_row, Dc, ih_gates):
+    """SnAp-1's ``Dc[g] = d a_{g n + i}/dθ_i`` for unit ``i``: only ``h_i`` carries θ_i's influence,
+    so ``W_hh M`` reduces to the diagonal weight ``W_hh[g n + i, i]`` times ``M[h_i]``; plus
+    the immediate partials (``a_ih``'s for the first ``ih_gates`` gates)."""
+    W_hh = param_views(w, n_gates, n_in, n)[1]
+    B = n_in + n + 2
+    Pu = Dc.shape[1]
+    for g in range(n_gates):
+        wd = W_hh[g * n + i, i]
+        for q in range(Pu):
+            Dc[g, q] = wd * Mh_row[q]
+        base = g * B + n_in
+        for k in range(n):
+            Dc[g, base + k] += h[k]
+        Dc[g, base + n + 1] += 1.0
+        if g < ih_gates:
+            add_unit_ih_immediate(Dc, g, n_in, n, x)
+
+
+@njit(cache=True)
+def scatter_unit_grad(grad, n_gates, n_in, n, i, g_h_i, row):
+    """``grad[θ_i] += g_h_i * row``: unit ``i``'s compact influence row back in the global layout."""
+    B = n_in + n + 2
+    rows = n_gates * n
+    o_hh = rows * n_in
+    o_bih = o_hh + rows * n
+    o_bhh = o_bih + rows
+    for g in range(n_gates):
+        r = g * n + i
+        base = g * B
+        for k in range(n_in):
+            grad[r * n_in + k] += g_h_i * row[base + k]
+        for k in range(n):
+            grad[o_hh + r * n + k] += g_h_i * row[base + n_in + k]
+        grad[o_bih + r] += g_h_i * row[base + n_in + n]
+        grad[o_bhh + r] += g_h_i * row[base + n_in + n + 1]

@@ -6,9 +6,10 @@ as a small integer and branch here; every learner is then written once.
 import numpy as np
 from numba import njit
 
-from .gru import N_GATES as GRU_GATES, gru_backward, gru_forward, gru_tangent
-from .lstm import N_GATES as LSTM_GATES, STATE_FACTOR as LSTM_STATE, lstm_backward, lstm_forward, lstm_tangent
-from .rnn import N_GATES as RNN_GATES, rnn_backward, rnn_forward, rnn_tangent
+from .gru import N_GATES as GRU_GATES, gru_backward, gru_forward, gru_snap1_tangent, gru_tangent
+from .lstm import (N_GATES as LSTM_GATES, STATE_FACTOR as LSTM_STATE, lstm_backward, lstm_forward,
+                   lstm_snap1_tangent, lstm_tangent)
+from .rnn import N_GATES as RNN_GATES, rnn_backward, rnn_forward, rnn_snap1_tangent, rnn_tangent
 
 RNN, GRU, LSTM = 0, 1, 2
 CELL_IDS = {"rnn": RNN, "gru": GRU, "lstm": LSTM}
@@ -54,6 +55,16 @@ def cell_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D):
         gru_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D)
     else:
         lstm_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D)
+
+
+@njit(cache=True)
+def cell_snap1_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M, Dc):
+    if cell == RNN:
+        rnn_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc)
+    elif cell == GRU:
+        gru_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc)
+    else:
+        lstm_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc)
 
 
 @njit(cache=True)

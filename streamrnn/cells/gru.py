@@ -13,8 +13,8 @@ State ``s = h`` (n values). The cache keeps ``r, z, n`` in place of ``a_ih`` and
 import numpy as np
 from numba import njit
 
-from .common import (accumulate_param_grad, add_ih_immediate, hh_influence,
-                     hh_transpose_product, preactivations, sigmoid)
+from .common import (accumulate_param_grad, add_ih_immediate, add_unit_ih_immediate, hh_influence,
+                     hh_transpose_product, preactivations, sigmoid, unit_hh_influence)
 
 N_GATES = 3
 STATE_FACTOR = 1
@@ -36,34 +36,56 @@ def gru_forward(w, n_in, n, x, s_prev, s_new, cache):
 
 
 @njit(cache=True)
+def gru_unit_gates(cache, n, j):
+    """``(r, z, n, W_hn h + b_hn)`` of unit ``j`` from the forward cache."""
+    return cache[j], cache[n + j], cache[2 * n + j], cache[5 * n + j]
+
+
+@njit(cache=True)
+def gru_unit_mix(r, hn, D_r, D_n):
+    """``D_n <- d(r * hn)`` + (a_in's part, added by the caller): from ``D_r = da_r`` and ``D_n = d hn``."""
+    c = hn * r * (1.0 - r)
+    for p in range(D_n.shape[0]):
+        D_n[p] = r * D_n[p] + c * D_r[p]
+
+
+@njit(cache=True)
+def gru_unit_influence(z, nn, h_prev, D_z, D_n, M_prev_row, M_new_row):
+    """``dh' = (1 - z) dn + (h - n) dz + z dh`` for one unit (in place allowed)."""
+    c_n = (1.0 - z) * (1.0 - nn * nn)
+    c_z = (h_prev - nn) * z * (1.0 - z)
+    for p in range(D_n.shape[0]):
+        M_new_row[p] = c_n * D_n[p] + c_z * D_z[p] + z * M_prev_row[p]
+
+
+@njit(cache=True)
 def gru_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D):
     """``M_new = dh'/dθ`` from ``M_prev = dh/dθ`` (forward mode over all P parameters)."""
     hh_influence(w, 3, n_in, n, x, s_prev, M_prev, D, 2 * n)
-    P = D.shape[1]
     for j in range(n):
-        r = cache[j]
-        dr_da = r * (1.0 - r)
-        hn = cache[5 * n + j]
-        # d(a_in + r * hn) without a_in's immediate part, added below.
-        for p in range(P):
-            D[2 * n + j, p] = r * D[2 * n + j, p] + hn * dr_da * D[j, p]
+        r, _, _, hn = gru_unit_gates(cache, n, j)
+        gru_unit_mix(r, hn, D[j], D[2 * n + j])
     add_ih_immediate(D, 2 * n, 3 * n, 3, n_in, n, x)
     for j in range(n):
-        z = cache[n + j]
-        nn = cache[2 * n + j]
-        c_n = (1.0 - z) * (1.0 - nn * nn)
-        c_z = (s_prev[j] - nn) * z * (1.0 - z)
-        for p in range(P):
-            M_new[j, p] = c_n * D[2 * n + j, p] + c_z * D[n + j, p] + z * M_prev[j, p]
+        _, z, nn, _ = gru_unit_gates(cache, n, j)
+        gru_unit_influence(z, nn, s_prev[j], D[n + j], D[2 * n + j], M_prev[j], M_new[j])
+
+
+@njit(cache=True)
+def gru_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc):
+    """SnAp-1 in place: ``M[j]`` is unit j's influence on its own parameters (compact layout)."""
+    for j in range(n):
+        r, z, nn, hn = gru_unit_gates(cache, n, j)
+        unit_hh_influence(w, 3, n_in, n, j, x, s_prev, M[j], Dc, 2)
+        gru_unit_mix(r, hn, Dc[0], Dc[2])
+        add_unit_ih_immediate(Dc, 2, n_in, n, x)
+        gru_unit_influence(z, nn, s_prev[j], Dc[1], Dc[2], M[j], M[j])
 
 
 @njit(cache=True)
 def gru_backward(w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh):
     for j in range(n):
-        r = cache[j]
-        z = cache[n + j]
-        nn = cache[2 * n + j]
-        hn = cache[5 * n + j]
+        r, z, nn, hn = gru_unit_gates(cache, n, j)
         g = g_new[j]
         da_n = g * (1.0 - z) * (1.0 - nn * nn)
         da_r = da_n * hn * r * (1.0 - r)

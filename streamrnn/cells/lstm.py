@@ -12,7 +12,8 @@ The cache keeps ``i, f, g, o`` in place of ``a_ih`` and ``tanh(c')`` after them.
 import numpy as np
 from numba import njit
 
-from .common import accumulate_param_grad, hh_influence, hh_transpose_product, preactivations, sigmoid
+from .common import (accumulate_param_grad, hh_influence, hh_transpose_product, preactivations, sigmoid,
+                     unit_hh_influence)
 
 N_GATES = 4
 STATE_FACTOR = 2
@@ -40,36 +41,47 @@ def lstm_forward(w, n_in, n, x, s_prev, s_new, cache):
 
 
 @njit(cache=True)
+def lstm_unit_gates(cache, n, j):
+    """``(i, f, g, o, tanh(c'))`` of unit ``j`` from the forward cache."""
+    return cache[j], cache[n + j], cache[2 * n + j], cache[3 * n + j], cache[4 * n + j]
+
+
+@njit(cache=True)
+def lstm_unit_influence(cache, n, j, c_prev, D_i, D_f, D_g, D_o, Mc_prev_row, Mh_new_row, Mc_new_row):
+    """``dc' = f dc + c df + i dg + g di`` and ``dh' = o (1 - tanh²c') dc' + tanh(c') do`` for unit j."""
+    i, f, g, o, tc = lstm_unit_gates(cache, n, j)
+    k_i = g * i * (1.0 - i)
+    k_f = c_prev * f * (1.0 - f)
+    k_g = i * (1.0 - g * g)
+    k_o = tc * o * (1.0 - o)
+    k_c = o * (1.0 - tc * tc)
+    for p in range(D_i.shape[0]):
+        dc = f * Mc_prev_row[p] + k_f * D_f[p] + k_g * D_g[p] + k_i * D_i[p]
+        Mc_new_row[p] = dc
+        Mh_new_row[p] = k_c * dc + k_o * D_o[p]
+
+
+@njit(cache=True)
 def lstm_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D):
     """``M_new = d(h', c')/dθ`` from ``M_prev = d(h, c)/dθ``."""
     hh_influence(w, 4, n_in, n, x, s_prev[:n], M_prev[:n], D, 4 * n)
-    P = D.shape[1]
     for j in range(n):
-        i = cache[j]
-        f = cache[n + j]
-        g = cache[2 * n + j]
-        o = cache[3 * n + j]
-        tc = cache[4 * n + j]
-        c = s_prev[n + j]
-        k_i = g * i * (1.0 - i)
-        k_f = c * f * (1.0 - f)
-        k_g = i * (1.0 - g * g)
-        k_o = tc * o * (1.0 - o)
-        k_c = o * (1.0 - tc * tc)
-        for p in range(P):
-            dc = f * M_prev[n + j, p] + k_f * D[n + j, p] + k_g * D[2 * n + j, p] + k_i * D[j, p]
-            M_new[n + j, p] = dc
-            M_new[j, p] = k_c * dc + k_o * D[3 * n + j, p]
+        lstm_unit_influence(cache, n, j, s_prev[n + j], D[j], D[n + j], D[2 * n + j], D[3 * n + j],
+                            M_prev[n + j], M_new[j], M_new[n + j])
+
+
+@njit(cache=True)
+def lstm_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc):
+    """SnAp-1 in place: ``M[j]``/``M[n + j]`` are unit j's h/c influence on its own parameters."""
+    for j in range(n):
+        unit_hh_influence(w, 4, n_in, n, j, x, s_prev[:n], M[j], Dc, 4)
+        lstm_unit_influence(cache, n, j, s_prev[n + j], Dc[0], Dc[1], Dc[2], Dc[3], M[n + j], M[j], M[n + j])
 
 
 @njit(cache=True)
 def lstm_backward(w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh):
     for j in range(n):
-        i = cache[j]
-        f = cache[n + j]
-        g = cache[2 * n + j]
-        o = cache[3 * n + j]
-        tc = cache[4 * n + j]
+        i, f, g, o, tc = lstm_unit_gates(cache, n, j)
         gh = g_new[j]
         gc = g_new[n + j] + gh * o * (1.0 - tc * tc)
         da_ih[j] = gc * g * i * (1.0 - i)

@@ -5,7 +5,7 @@
 import numpy as np
 from numba import njit
 
-from .common import accumulate_param_grad, hh_influence, hh_transpose_product, preactivations
+from .common import accumulate_param_grad, hh_influence, hh_transpose_product, preactivations, unit_hh_influence
 
 N_GATES = 1
 STATE_FACTOR = 1   # state size = STATE_FACTOR * n
@@ -24,11 +24,24 @@ def rnn_forward(w, n_in, n, x, s_prev, s_new, cache):
 def rnn_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D):
     """``M_new = dh'/dθ = diag(1 - h'^2) (W_hh M_prev + immediate)``."""
     hh_influence(w, 1, n_in, n, x, s_prev, M_prev, D, n)
-    P = D.shape[1]
     for j in range(n):
-        d = 1.0 - s_new[j] * s_new[j]
-        for p in range(P):
-            M_new[j, p] = d * D[j, p]
+        rnn_unit_influence(s_new[j], D[j], M_new[j])
+
+
+@njit(cache=True)
+def rnn_unit_influence(h_new, D_a, M_new_row):
+    """One unit's row of the influence update, from its pre-activation's derivative ``D_a``."""
+    d = 1.0 - h_new * h_new
+    for p in range(D_a.shape[0]):
+        M_new_row[p] = d * D_a[p]
+
+
+@njit(cache=True)
+def rnn_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc):
+    """SnAp-1 in place: ``M[j]`` is unit j's influence on its own parameters (compact layout)."""
+    for j in range(n):
+        unit_hh_influence(w, 1, n_in, n, j, x, s_prev, M[j], Dc, 1)
+        rnn_unit_influence(s_new[j], Dc[0], M[j])
 
 
 @njit(cache=True)
