@@ -29,9 +29,9 @@ METRICS = ("nmse", "mse", "logloss", "accuracy")
 
 
 def parse_learner(spec):
-    """``"rtrl"``, ``"snap1"``, ``"tbptt:16"`` (or ``"tbptt:16:4"`` with a stride), ``"window:10"``, ``"bidir"``."""
+    """``"rtrl"``, ``"snap1"``, ``"uoro"``, ``"tbptt:16"`` (or ``"tbptt:16:4"`` with a stride), ``"window:10"``, ``"bidir"``."""
     name, _, arg = spec.partition(":")
-    if name in ("rtrl", "snap1") and not arg:
+    if name in ("rtrl", "snap1", "uoro") and not arg:
         return name, {}
     if name == "tbptt" and arg:
         parts = arg.split(":")
@@ -43,7 +43,7 @@ def parse_learner(spec):
         return name, {"window": int(arg)}
     if name == "bidir":
         return name, {"window": int(arg)} if arg else {}
-    raise ValueError(f"unknown learner {spec!r}: use rtrl, snap1, tbptt:K[:STRIDE], window:W or bidir[:LENGTH]")
+    raise ValueError(f"unknown learner {spec!r}: use rtrl, snap1, uoro, tbptt:K[:STRIDE], window:W or bidir[:LENGTH]")
 
 
 def score(metric, task, preds, Y, has_y):
@@ -309,7 +309,7 @@ def build_parser(parser=None):
                    help="generated stream to compare on")
     p.add_argument("--steps", type=int, default=30_000, help="stream length")
     p.add_argument("--learners", default="rtrl,tbptt:4,window:9",
-                   help="comma-separated: rtrl, snap1, tbptt:K[:STRIDE], window:W, bidir[:LENGTH]")
+                   help="comma-separated: rtrl, snap1, uoro, tbptt:K[:STRIDE], window:W, bidir[:LENGTH]")
     p.add_argument("--cell", default="gru", choices=("rnn", "gru", "lstm"))
     p.add_argument("--hidden", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -14,6 +14,7 @@ from .cells.dispatch import CELL_IDS, cache_size, n_gates, state_size
 from .keyed_state import KeyedState, normalize_key
 from .learners import rtrl as _rtrl
 from .learners import tbptt as _tbptt
+from .learners import uoro as _uoro
 from .learners.bptt import bptt_sequence_gradient
 from .learners.common import (INFLUENCE_RESETS, N_COUNTERS, REJECTED_STATE, SKIPPED_NONFINITE, STEPS, UPDATES,
                                predict_from_state)
@@ -24,8 +25,8 @@ from .validation import (DTYPES, check_inputs, check_seed, check_targets, check_
 
 __all__ = ["Model"]
 
-LEARNERS = ("rtrl", "snap1", "tbptt")
-GRADIENT_METHODS = ("rtrl", "snap1", "bptt", "tbptt")
+LEARNERS = ("rtrl", "snap1", "uoro", "tbptt")
+GRADIENT_METHODS = ("rtrl", "snap1", "uoro", "bptt", "tbptt")
 _RTRL_MODES = {"rtrl": _rtrl.EXACT, "snap1": _rtrl.SNAP1}
 _FORMAT_KIND = "streamrnn.Model"
 
@@ -47,7 +48,9 @@ class Model:
         Recurrent Learning: O(S·P) memory per key, constant in stream length,
         O(G n² P) time per step. ``"snap1"`` is SnAp-1: each unit tracks only
         its own parameters' influence, O(S·P/n) memory and O(P) time per step,
-        approximate (exact when the recurrent weights are diagonal).
+        approximate (exact when the recurrent weights are diagonal). ``"uoro"``
+        is UORO: an unbiased rank-one estimate of the influence matrix,
+        O(S + P) memory and O(P) time per step, noisy.
         ``"tbptt"`` is truncated BPTT: every ``stride`` steps of a key, the
         losses of those steps are backpropagated through the last
         ``truncation`` steps; O(truncation·(S + inputs)) memory per key.
@@ -128,6 +131,9 @@ class Model:
         if learner in _RTRL_MODES:
             self._ws = _rtrl.make_workspace(_RTRL_MODES[learner], self._cell, n_inputs, n_hidden, n_outputs,
                                             self.n_params_cell, self.n_params, self.dtype)
+        elif learner == "uoro":
+            self._ws = _uoro.make_workspace(self._cell, n_inputs, n_hidden, n_outputs, self.n_params_cell,
+                                            self.n_params, self.dtype)
         else:
             self._ws = _tbptt.make_workspace(self._cell, n_inputs, n_hidden, n_outputs, self.n_params, self.dtype)
 
@@ -187,6 +193,8 @@ class Model:
             width = _rtrl.influence_width(_RTRL_MODES[self.learner], self._cell, self.n_inputs, self.n_hidden,
                                           self.n_params_cell)
             return [("hidden", (S,), dt), ("influence", (S, width), dt)]
+        if self.learner == "uoro":
+            return [("hidden", (S,), dt), ("uoro_state", (S,), dt), ("uoro_params", (self.n_params_cell,), dt)]
         k = self.truncation
         return [("hidden", (S,), dt), ("window_inputs", (k, self.n_inputs), dt), ("window_states", (k, S), dt),
                 ("window_caches", (k, cache_size(self._cell, self.n_hidden)), dt),
@@ -242,6 +250,9 @@ class Model:
         if self.learner in _RTRL_MODES:
             _rtrl.rtrl_step_many(self._cell, self._task, _RTRL_MODES[self.learner], *common[2:],
                                  *self._keyed.arrays.values(), X, Y, has_y, slots, reset, self._ws, out, losses)
+        elif self.learner == "uoro":
+            _uoro.uoro_step_many(*common, self.config["seed"], *self._keyed.arrays.values(),
+                                 X, Y, has_y, slots, reset, self._ws, out, losses)
         else:
             _tbptt.tbptt_step_many(*common, *self._keyed.arrays.values(), self.stride,
                                    X, Y, has_y, slots, reset, self._ws, out, losses)
@@ -275,10 +286,11 @@ class Model:
                 "influence_resets": int(c[INFLUENCE_RESETS])}
 
     # ------------------------------------------------------------------ offline gradients
-    def gradient(self, X, Y, method="rtrl", truncation=None, stride=None):
+    def gradient(self, X, Y, method="rtrl", truncation=None, stride=None, seed=None):
         """``Σ_t dL_t/dθ`` over one sequence from a zero state, at the current weights, no update.
 
-        ``method`` is ``"rtrl"``, ``"snap1"`` (its approximation), ``"bptt"`` or ``"tbptt"`` (window ``truncation``,
+        ``method`` is ``"rtrl"``, ``"snap1"`` or ``"uoro"`` (approximations; UORO's
+        random signs from ``seed``, default the model's), ``"bptt"`` or ``"tbptt"`` (window ``truncation``,
         default this model's, and ``stride``, default the truncation: the sum of
         the gradients TBPTT would apply, the last partial stride included). The
         result is keyed like ``get_weights()``.
@@ -302,6 +314,11 @@ class Model:
                                       self.n_params_cell, self.n_params, self.dtype)
             width = _rtrl.influence_width(mode, self._cell, self.n_inputs, self.n_hidden, self.n_params_cell)
             _rtrl.rtrl_sequence_gradient(self._cell, self._task, mode, *args[2:], X, Y, has_y, width, ws, grad)
+        elif method == "uoro":
+            ws = _uoro.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs,
+                                      self.n_params_cell, self.n_params, self.dtype)
+            _uoro.uoro_sequence_gradient(*args, X, Y, has_y, self.config["seed"] if seed is None else int(seed),
+                                         ws, grad)
         elif method == "tbptt":
             ws = _tbptt.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs,
                                        self.n_params, self.dtype)

@@ -13,6 +13,7 @@ from streamrnn.window_ff import WindowFF
 def test_parse_learner():
     assert compare.parse_learner("rtrl") == ("rtrl", {})
     assert compare.parse_learner("snap1") == ("snap1", {})
+    assert compare.parse_learner("uoro") == ("uoro", {})
     assert compare.parse_learner("tbptt:16") == ("tbptt", {"truncation": 16})
     assert compare.parse_learner("tbptt:16:4") == ("tbptt", {"truncation": 16, "stride": 4})
     assert compare.parse_learner("window:9") == ("window", {"window": 9})

@@ -114,18 +114,21 @@ def hh_transpose_product(w, n_gates, n_in, n, da_hh, out):
 
 
 @njit(cache=True)
-def hh_influence(w, n_gates, n_in, n, x, h, M_h, D, ih_rows):
+def hh_influence(w, n_gates, n_in, n, x, h, M_h, D, ih_rows, immediate):
     """``D = d(a_hh)/dθ`` for every gate row, plus ``d(a_ih)/dθ`` for the first ``ih_rows``.
 
-    ``d(a_hh)/dθ = W_hh M_h`` (the O(G n^2 P) product, done by BLAS) plus the
-    immediate partial of ``W_hh h + b_hh``. Cells that sum both maps take
-    ``ih_rows = G n``; GRU's ``n`` gate scales its ``a_hh`` part by ``r`` and
-    adds its ``a_ih`` part itself.
+    ``d(a_hh)/dθ = W_hh M_h`` (the O(G n^2 P) product, done by BLAS) plus, with
+    ``immediate``, the immediate partial of ``W_hh h + b_hh`` and of ``W_ih x + b_ih``.
+    Cells that sum both maps take ``ih_rows = G n``; GRU's ``n`` gate scales its
+    ``a_hh`` part by ``r`` and adds its ``a_ih`` part itself. Without ``immediate``
+    the columns of ``M_h`` may be any directions in state space: ``D = W_hh M_h``
+    is then the first half of a state Jacobian-vector product (UORO).
     """
     W_hh = param_views(w, n_gates, n_in, n)[1]
     np.dot(W_hh, M_h, D)
-    add_hh_immediate(D, 0, n_gates * n, n_gates, n_in, n, h)
-    add_ih_immediate(D, 0, ih_rows, n_gates, n_in, n, x)
+    if immediate:
+        add_hh_immediate(D, 0, n_gates * n, n_gates, n_in, n, h)
+        add_ih_immediate(D, 0, ih_rows, n_gates, n_in, n, x)
 
 
 # --- SnAp-1: the influence of unit i's own parameters on unit i only -------------------------

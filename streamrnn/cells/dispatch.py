@@ -48,13 +48,17 @@ def cell_forward(cell, w, n_in, n, x, s_prev, s_new, cache):
 
 
 @njit(cache=True)
-def cell_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D):
+def cell_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
+    """``M_new = J M_prev (+ I with immediate)``: forward mode through one step.
+
+    With ``immediate`` the columns of M are parameters (RTRL's influence
+    matrix); without, they are any state-space directions (``J v``)."""
     if cell == RNN:
-        rnn_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D)
+        rnn_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate)
     elif cell == GRU:
-        gru_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D)
+        gru_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate)
     else:
-        lstm_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D)
+        lstm_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate)
 
 
 @njit(cache=True)

@@ -59,13 +59,14 @@ def gru_unit_influence(z, nn, h_prev, D_z, D_n, M_prev_row, M_new_row):
 
 
 @njit(cache=True)
-def gru_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D):
+def gru_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
     """``M_new = dh'/dθ`` from ``M_prev = dh/dθ`` (forward mode over all P parameters)."""
-    hh_influence(w, 3, n_in, n, x, s_prev, M_prev, D, 2 * n)
+    hh_influence(w, 3, n_in, n, x, s_prev, M_prev, D, 2 * n, immediate)
     for j in range(n):
         r, _, _, hn = gru_unit_gates(cache, n, j)
         gru_unit_mix(r, hn, D[j], D[2 * n + j])
-    add_ih_immediate(D, 2 * n, 3 * n, 3, n_in, n, x)
+    if immediate:
+        add_ih_immediate(D, 2 * n, 3 * n, 3, n_in, n, x)
     for j in range(n):
         _, z, nn, _ = gru_unit_gates(cache, n, j)
         gru_unit_influence(z, nn, s_prev[j], D[n + j], D[2 * n + j], M_prev[j], M_new[j])

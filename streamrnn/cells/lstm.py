@@ -62,9 +62,9 @@ def lstm_unit_influence(cache, n, j, c_prev, D_i, D_f, D_g, D_o, Mc_prev_row, Mh
 
 
 @njit(cache=True)
-def lstm_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D):
+def lstm_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
     """``M_new = d(h', c')/dθ`` from ``M_prev = d(h, c)/dθ``."""
-    hh_influence(w, 4, n_in, n, x, s_prev[:n], M_prev[:n], D, 4 * n)
+    hh_influence(w, 4, n_in, n, x, s_prev[:n], M_prev[:n], D, 4 * n, immediate)
     for j in range(n):
         lstm_unit_influence(cache, n, j, s_prev[n + j], D[j], D[n + j], D[2 * n + j], D[3 * n + j],
                             M_prev[n + j], M_new[j], M_new[n + j])

@@ -21,9 +21,9 @@ def rnn_forward(w, n_in, n, x, s_prev, s_new, cache):
 
 
 @njit(cache=True)
-def rnn_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D):
+def rnn_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
     """``M_new = dh'/dθ = diag(1 - h'^2) (W_hh M_prev + immediate)``."""
-    hh_influence(w, 1, n_in, n, x, s_prev, M_prev, D, n)
+    hh_influence(w, 1, n_in, n, x, s_prev, M_prev, D, n, immediate)
     for j in range(n):
         rnn_unit_influence(s_new[j], D[j], M_new[j])
 

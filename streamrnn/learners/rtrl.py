@@ -59,7 +59,7 @@ def rtrl_sample(cell, task, mode, n_in, n, n_out, theta, x, y, has_y, s, M, ws, 
         pred[:] = np.nan
         return REJECTED, 0.0
     if mode == EXACT:
-        cell_tangent(cell, theta, n_in, n, x, s, s_new, cache, M, M, D)
+        cell_tangent(cell, theta, n_in, n, x, s, s_new, cache, M, M, D, True)
     else:
         cell_snap1_tangent(cell, theta, n_in, n, x, s, s_new, cache, M, D)
     s[:] = s_new
