@@ -14,7 +14,7 @@ REGRESSION, CLASSIFICATION, BINARY = 0, 1, 2
 TASK_IDS = {"regression": REGRESSION, "classification": CLASSIFICATION, "binary": BINARY}
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def readout(theta, off, n, n_out, h, logits):
     """``logits = W_out h + b_out``; readout parameters start at ``theta[off]``."""
     b = off + n_out * n
@@ -26,7 +26,7 @@ def readout(theta, off, n, n_out, h, logits):
         logits[o] = acc
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def readout_backward(theta, off, n, n_out, h, dlogits, grad, g_h):
     """``grad[readout] += dL/d(W_out, b_out)`` and ``g_h = W_out^T dlogits``."""
     b = off + n_out * n
@@ -41,7 +41,7 @@ def readout_backward(theta, off, n, n_out, h, dlogits, grad, g_h):
         grad[b + o] += d
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def predict_output(task, logits, out):
     """Map logits to the user-facing prediction (identity, softmax or sigmoid)."""
     if task == REGRESSION:
@@ -59,7 +59,7 @@ def predict_output(task, logits, out):
         out[0] = 1.0 / (1.0 + np.exp(-z))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def loss_and_grad(task, logits, y, dlogits):
     """Return ``L`` and write ``dL/dlogits`` (numerically stable forms)."""
     n_out = logits.shape[0]

@@ -3,6 +3,10 @@
 State is one ``(2, P)`` array per model: SGD keeps its momentum buffer in row 0;
 Adam keeps the first and second moments in rows 0 and 1. ``step`` counts the
 updates applied so far (Adam's bias correction).
+
+Every kernel in streamrnn compiles with ``error_model="numpy"``: IEEE division
+(inf/NaN, which the learners check for explicitly) instead of Python's
+zero-division check, whose branch keeps loops such as Adam's from vectorising.
 """
 import numpy as np
 from numba import njit
@@ -15,15 +19,25 @@ LR, BETA1, BETA2, EPS, MOMENTUM, WEIGHT_DECAY, CLIP = range(7)
 N_HYPER = 7
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def squared_norm(g):
+    """Σ g², with eight independent partial sums: a serial float sum cannot be vectorised
+    (reassociation would change the result); fixed partial sums can, deterministically."""
+    parts = np.zeros(8)
+    P = g.shape[0]
+    head = P - P % 8
+    for p in range(0, head, 8):
+        for k in range(8):
+            parts[k] += g[p + k] * g[p + k]
     total = 0.0
-    for p in range(g.shape[0]):
+    for p in range(head, P):
         total += g[p] * g[p]
+    for k in range(8):
+        total += parts[k]
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def clip_grad_norm(g, max_norm, sq_norm):
     """``torch.nn.utils.clip_grad_norm_`` on one flat gradient, norm given squared."""
     if max_norm > 0.0:
@@ -33,7 +47,7 @@ def clip_grad_norm(g, max_norm, sq_norm):
                 g[p] *= coef
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def optimizer_step(kind, theta, grad, state, step, hyper):
     """Apply one update; ``step`` is the 1-based index of this update."""
     lr = hyper[LR]

@@ -128,3 +128,27 @@ def test_float32_gradient_tracks_float64(cell):
     assert all(g.dtype == np.float32 for g in g32.values())
     assert rel_err(g32, g64) < 1e-4
     assert rel_err(m32.gradient(X, Y, method="bptt"), g32) < 1e-4
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_wide_cells_take_the_blas_path_and_stay_exact(cell):
+    """From n = 32 the forward and backward matrix-vector products go through BLAS."""
+    from streamrnn.cells.common import BLAS_MIN_WIDTH
+    n = BLAS_MIN_WIDTH
+    model = sr.Model(cell=cell, n_inputs=N_INPUTS, n_hidden=n, n_outputs=2, seed=5)
+    X, Y = random_sequence("regression", n_steps=12, n_inputs=N_INPUTS, seed=8)
+    g_bptt = model.gradient(X, Y, method="bptt")
+    assert rel_err(model.gradient(X, Y, method="rtrl"), g_bptt) < 1e-9
+    # central differences on a sample of parameters of every block
+    Yf, has_y = model._targets(Y, X.shape[0])
+    flat = np.concatenate([g.ravel() for g in g_bptt.values()])
+    theta = model.theta.copy()
+    args = (CELL_IDS[cell], TASK_IDS["regression"], N_INPUTS, n, 2)
+    for p in np.random.default_rng(0).choice(theta.size, 40, replace=False):
+        orig = theta[p]
+        theta[p] = orig + 1e-6
+        up = sequence_loss(*args, theta, model.n_params_cell, X, Yf, has_y)
+        theta[p] = orig - 1e-6
+        down = sequence_loss(*args, theta, model.n_params_cell, X, Yf, has_y)
+        theta[p] = orig
+        assert abs((up - down) / 2e-6 - flat[p]) < 1e-6 * np.abs(flat).max()

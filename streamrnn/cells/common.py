@@ -15,12 +15,12 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def n_cell_params(n_gates, n_in, n):
     return n_gates * n * (n_in + n + 2)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def param_views(w, n_gates, n_in, n):
     """Views ``(W_ih, W_hh, b_ih, b_hh)`` into the flat cell parameters ``w``."""
     rows = n_gates * n
@@ -32,11 +32,21 @@ def param_views(w, n_gates, n_in, n):
     return W_ih, W_hh, w[o_bih:o_bhh], w[o_bhh:o_bhh + rows]
 
 
-@njit(cache=True)
+# Below this width a plain loop beats a BLAS call; above it the loop's serial sum is the bottleneck.
+BLAS_MIN_WIDTH = 32
+
+
+@njit(cache=True, error_model="numpy")
 def preactivations(w, n_gates, n_in, n, x, h, a_ih, a_hh):
     """``a_ih = W_ih x + b_ih`` and ``a_hh = W_hh h + b_hh`` (PyTorch keeps them apart for GRU)."""
     W_ih, W_hh, b_ih, b_hh = param_views(w, n_gates, n_in, n)
-    # Plain loops: at these sizes a BLAS call costs more than the arithmetic.
+    if n >= BLAS_MIN_WIDTH:
+        np.dot(W_ih, x, a_ih)
+        np.dot(W_hh, h, a_hh)
+        for j in range(n_gates * n):
+            a_ih[j] += b_ih[j]
+            a_hh[j] += b_hh[j]
+        return
     for j in range(n_gates * n):
         acc = b_ih[j]
         for k in range(n_in):
@@ -48,7 +58,7 @@ def preactivations(w, n_gates, n_in, n, x, h, a_ih, a_hh):
         a_hh[j] = acc
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def add_ih_immediate(D, row_start, row_stop, n_gates, n_in, n, x):
     """Add d(W_ih x + b_ih)_j / dθ to rows ``j`` in [row_start, row_stop) of ``D`` (rows x P)."""
     rows = n_gates * n
@@ -60,7 +70,7 @@ def add_ih_immediate(D, row_start, row_stop, n_gates, n_in, n, x):
         D[j, o_bih + j] += 1.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def add_hh_immediate(D, row_start, row_stop, n_gates, n_in, n, h):
     """Add d(W_hh h + b_hh)_j / dθ (``h`` held fixed) to rows [row_start, row_stop) of ``D``."""
     rows = n_gates * n
@@ -73,7 +83,7 @@ def add_hh_immediate(D, row_start, row_stop, n_gates, n_in, n, h):
         D[j, o_bhh + j] += 1.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def accumulate_param_grad(grad, n_gates, n_in, n, x, h, da_ih, da_hh):
     """Reverse mode: ``grad += dL/dθ`` given dL/d(a_ih) and dL/d(a_hh) for one step."""
     rows = n_gates * n
@@ -95,15 +105,18 @@ def accumulate_param_grad(grad, n_gates, n_in, n, x, h, da_ih, da_hh):
         grad[o_bhh + j] += gh
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def sigmoid(v):
     return 1.0 / (1.0 + np.exp(-v))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def hh_transpose_product(w, n_gates, n_in, n, da_hh, out):
     """``out = W_hh^T da_hh``: how a gate gradient flows back into ``h_{t-1}``."""
     W_hh = param_views(w, n_gates, n_in, n)[1]
+    if n >= BLAS_MIN_WIDTH:
+        np.dot(W_hh.T, da_hh, out)
+        return
     for k in range(n):
         out[k] = 0.0
     for j in range(n_gates * n):
@@ -113,7 +126,7 @@ def hh_transpose_product(w, n_gates, n_in, n, da_hh, out):
                 out[k] += W_hh[j, k] * g
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def hh_influence(w, n_gates, n_in, n, x, h, M_h, D, ih_rows, immediate):
     """``D = d(a_hh)/dθ`` for every gate row, plus ``d(a_ih)/dθ`` for the first ``ih_rows``.
 
@@ -136,12 +149,12 @@ def hh_influence(w, n_gates, n_in, n, x, h, M_h, D, ih_rows, immediate):
 # of B = n_in + n + 2 values: [W_ih row (n_in) | W_hh row (n) | b_ih | b_hh]. Its influence rows
 # (h_i, and c_i for LSTM) have G*B columns, so a key holds S*G*B = O(P) values.
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def unit_block(n_in, n):
     return n_in + n + 2
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def add_unit_ih_immediate(Dc, g, n_in, n, x):
     """Add d(W_ih x + b_ih)/dθ of gate ``g``'s row to the compact ``Dc[g]``."""
     base = g * (n_in + n + 2)
@@ -150,7 +163,7 @@ def add_unit_ih_immediate(Dc, g, n_in, n, x):
     Dc[g, base + n_in + n] += 1.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def unit_hh_influence(w, n_gates, n_in, n, i, x, h, Mh_row, Dc, ih_gates):
     """SnAp-1's ``Dc[g] = d a_{g n + i}/dθ_i`` for unit ``i``: only ``h_i`` carries θ_i's influence,
     so ``W_hh M`` reduces to the diagonal weight ``W_hh[g n + i, i]`` times ``M[h_i]``; plus
@@ -170,7 +183,7 @@ def unit_hh_influence(w, n_gates, n_in, n, i, x, h, Mh_row, Dc, ih_gates):
             add_unit_ih_immediate(Dc, g, n_in, n, x)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def scatter_unit_grad(grad, n_gates, n_in, n, i, g_h_i, row):
     """``grad[θ_i] += g_h_i * row``: unit ``i``'s compact influence row back in the global layout."""
     B = n_in + n + 2

@@ -16,7 +16,7 @@ CELL_IDS = {"rnn": RNN, "gru": GRU, "lstm": LSTM}
 CELL_NAMES = {v: k for k, v in CELL_IDS.items()}
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def n_gates(cell):
     if cell == RNN:
         return RNN_GATES
@@ -25,19 +25,19 @@ def n_gates(cell):
     return LSTM_GATES
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def state_size(cell, n):
     """Values per recurrent state: ``n`` for RNN and GRU, ``2n`` (h, c) for LSTM."""
     return LSTM_STATE * n if cell == LSTM else n
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cache_size(cell, n):
     """Scratch a forward step leaves for its derivative steps."""
     return 2 * n_gates(cell) * n
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cell_forward(cell, w, n_in, n, x, s_prev, s_new, cache):
     if cell == RNN:
         rnn_forward(w, n_in, n, x, s_prev, s_new, cache)
@@ -47,7 +47,7 @@ def cell_forward(cell, w, n_in, n, x, s_prev, s_new, cache):
         lstm_forward(w, n_in, n, x, s_prev, s_new, cache)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cell_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
     """``M_new = J M_prev (+ I with immediate)``: forward mode through one step.
 
@@ -61,7 +61,7 @@ def cell_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, im
         lstm_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cell_snap1_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M, Dc):
     if cell == RNN:
         rnn_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc)
@@ -71,7 +71,7 @@ def cell_snap1_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M, Dc):
         lstm_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cell_backward(cell, w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh):
     if cell == RNN:
         rnn_backward(w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh)
@@ -81,7 +81,7 @@ def cell_backward(cell, w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad
         lstm_backward(w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cell_jacobians(cell, w, n_in, n, x, s_prev, s_new, cache, J, I):
     """Dense ``J = ds'/ds`` (S x S) and immediate ``I = ∂s'/∂θ`` (S x P) of one step.
 

@@ -20,7 +20,7 @@ N_GATES = 3
 STATE_FACTOR = 1
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def gru_forward(w, n_in, n, x, s_prev, s_new, cache):
     a_ih = cache[:3 * n]
     a_hh = cache[3 * n:6 * n]
@@ -35,13 +35,13 @@ def gru_forward(w, n_in, n, x, s_prev, s_new, cache):
         s_new[j] = (1.0 - z) * nn + z * s_prev[j]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def gru_unit_gates(cache, n, j):
     """``(r, z, n, W_hn h + b_hn)`` of unit ``j`` from the forward cache."""
     return cache[j], cache[n + j], cache[2 * n + j], cache[5 * n + j]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def gru_unit_mix(r, hn, D_r, D_n):
     """``D_n <- d(r * hn)`` + (a_in's part, added by the caller): from ``D_r = da_r`` and ``D_n = d hn``."""
     c = hn * r * (1.0 - r)
@@ -49,7 +49,7 @@ def gru_unit_mix(r, hn, D_r, D_n):
         D_n[p] = r * D_n[p] + c * D_r[p]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def gru_unit_influence(z, nn, h_prev, D_z, D_n, M_prev_row, M_new_row):
     """``dh' = (1 - z) dn + (h - n) dz + z dh`` for one unit (in place allowed)."""
     c_n = (1.0 - z) * (1.0 - nn * nn)
@@ -58,7 +58,7 @@ def gru_unit_influence(z, nn, h_prev, D_z, D_n, M_prev_row, M_new_row):
         M_new_row[p] = c_n * D_n[p] + c_z * D_z[p] + z * M_prev_row[p]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def gru_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
     """``M_new = dh'/dθ`` from ``M_prev = dh/dθ`` (forward mode over all P parameters)."""
     hh_influence(w, 3, n_in, n, x, s_prev, M_prev, D, 2 * n, immediate)
@@ -72,7 +72,7 @@ def gru_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate
         gru_unit_influence(z, nn, s_prev[j], D[n + j], D[2 * n + j], M_prev[j], M_new[j])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def gru_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc):
     """SnAp-1 in place: ``M[j]`` is unit j's influence on its own parameters (compact layout)."""
     for j in range(n):
@@ -83,7 +83,7 @@ def gru_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc):
         gru_unit_influence(z, nn, s_prev[j], Dc[1], Dc[2], M[j], M[j])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def gru_backward(w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh):
     for j in range(n):
         r, z, nn, hn = gru_unit_gates(cache, n, j)

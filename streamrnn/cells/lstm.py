@@ -19,7 +19,7 @@ N_GATES = 4
 STATE_FACTOR = 2
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def lstm_forward(w, n_in, n, x, s_prev, s_new, cache):
     a_ih = cache[:4 * n]
     a_hh = cache[4 * n:8 * n]
@@ -40,13 +40,13 @@ def lstm_forward(w, n_in, n, x, s_prev, s_new, cache):
         s_new[j] = o * tc
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def lstm_unit_gates(cache, n, j):
     """``(i, f, g, o, tanh(c'))`` of unit ``j`` from the forward cache."""
     return cache[j], cache[n + j], cache[2 * n + j], cache[3 * n + j], cache[4 * n + j]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def lstm_unit_influence(cache, n, j, c_prev, D_i, D_f, D_g, D_o, Mc_prev_row, Mh_new_row, Mc_new_row):
     """``dc' = f dc + c df + i dg + g di`` and ``dh' = o (1 - tanh²c') dc' + tanh(c') do`` for unit j."""
     i, f, g, o, tc = lstm_unit_gates(cache, n, j)
@@ -61,7 +61,7 @@ def lstm_unit_influence(cache, n, j, c_prev, D_i, D_f, D_g, D_o, Mc_prev_row, Mh
         Mh_new_row[p] = k_c * dc + k_o * D_o[p]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def lstm_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
     """``M_new = d(h', c')/dθ`` from ``M_prev = d(h, c)/dθ``."""
     hh_influence(w, 4, n_in, n, x, s_prev[:n], M_prev[:n], D, 4 * n, immediate)
@@ -70,7 +70,7 @@ def lstm_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediat
                             M_prev[n + j], M_new[j], M_new[n + j])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def lstm_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc):
     """SnAp-1 in place: ``M[j]``/``M[n + j]`` are unit j's h/c influence on its own parameters."""
     for j in range(n):
@@ -78,7 +78,7 @@ def lstm_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc):
         lstm_unit_influence(cache, n, j, s_prev[n + j], Dc[0], Dc[1], Dc[2], Dc[3], M[n + j], M[j], M[n + j])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def lstm_backward(w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh):
     for j in range(n):
         i, f, g, o, tc = lstm_unit_gates(cache, n, j)

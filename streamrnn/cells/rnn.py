@@ -11,7 +11,7 @@ N_GATES = 1
 STATE_FACTOR = 1   # state size = STATE_FACTOR * n
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def rnn_forward(w, n_in, n, x, s_prev, s_new, cache):
     a_ih = cache[:n]
     a_hh = cache[n:2 * n]
@@ -20,7 +20,7 @@ def rnn_forward(w, n_in, n, x, s_prev, s_new, cache):
         s_new[j] = np.tanh(a_ih[j] + a_hh[j])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def rnn_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
     """``M_new = dh'/dθ = diag(1 - h'^2) (W_hh M_prev + immediate)``."""
     hh_influence(w, 1, n_in, n, x, s_prev, M_prev, D, n, immediate)
@@ -28,7 +28,7 @@ def rnn_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate
         rnn_unit_influence(s_new[j], D[j], M_new[j])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def rnn_unit_influence(h_new, D_a, M_new_row):
     """One unit's row of the influence update, from its pre-activation's derivative ``D_a``."""
     d = 1.0 - h_new * h_new
@@ -36,7 +36,7 @@ def rnn_unit_influence(h_new, D_a, M_new_row):
         M_new_row[p] = d * D_a[p]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def rnn_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc):
     """SnAp-1 in place: ``M[j]`` is unit j's influence on its own parameters (compact layout)."""
     for j in range(n):
@@ -44,7 +44,7 @@ def rnn_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc):
         rnn_unit_influence(s_new[j], Dc[0], M[j])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def rnn_backward(w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh):
     """Reverse mode through one step: ``grad += g_new · dh'/dθ``, ``g_prev = g_new · dh'/dh``."""
     for j in range(n):

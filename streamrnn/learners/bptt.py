@@ -10,7 +10,7 @@ from ..cells.dispatch import cache_size, cell_backward, cell_forward, n_gates, s
 from .common import readout_step
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def bptt_sequence_gradient(cell, task, n_in, n, n_out, theta, Pc, X, Y, has_y, s0, grad_sum):
     """``grad_sum = Σ_t dL_t/dθ`` over one sequence from state ``s0`` (held constant); returns ``Σ_t L_t``."""
     T = X.shape[0]
@@ -47,7 +47,7 @@ def bptt_sequence_gradient(cell, task, n_in, n, n_out, theta, Pc, X, Y, has_y, s
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def sequence_loss(cell, task, n_in, n, n_out, theta, Pc, X, Y, has_y):
     """``Σ_t L_t`` over one sequence from a zero state (forward only; for finite differences)."""
     S = state_size(cell, n)

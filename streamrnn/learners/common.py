@@ -13,7 +13,7 @@ STEPS, UPDATES, SKIPPED_NONFINITE, REJECTED_STATE, INFLUENCE_RESETS = range(5)
 N_COUNTERS = 5
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def readout_step(task, theta, off, n, n_out, h, y, has_y, logits, pred, dlogits, grad, g_h):
     """Predict from ``h``; with a target, return the loss and start ``grad`` with the readout's part.
 
@@ -30,7 +30,7 @@ def readout_step(task, theta, off, n, n_out, h, y, has_y, logits, pred, dlogits,
     return loss
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def guarded_update(opt_kind, theta, grad, opt_state, hyper, counters, loss):
     """Clip and apply ``grad`` unless the loss or gradient is non-finite (then count a skip)."""
     sq = squared_norm(grad)
@@ -43,7 +43,7 @@ def guarded_update(opt_kind, theta, grad, opt_state, hyper, counters, loss):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def all_finite(a):
     """True when every entry of ``a`` (any shape) is finite; one pass, no allocation.
 
@@ -57,7 +57,7 @@ def all_finite(a):
     return not bad
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def predict_from_state(cell, task, n_in, n, n_out, theta, Pc, x, s, pred):
     """The prediction one more sample would get, without changing ``s`` (``Model.peek``)."""
     s_new = np.empty_like(s)

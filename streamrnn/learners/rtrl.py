@@ -40,7 +40,7 @@ def make_workspace(mode, cell, n_in, n, n_out, n_params_cell, n_params, dtype):
 APPLIED, REJECTED, INFLUENCE_RESET = 0, 1, 2
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def rtrl_sample(cell, task, mode, n_in, n, n_out, theta, x, y, has_y, s, M, ws, pred):
     """Advance ``(s, M)`` by one sample in place and, with a target, form ``dL/dθ`` in ``ws[6]``.
 
@@ -80,7 +80,7 @@ def rtrl_sample(cell, task, mode, n_in, n, n_out, theta, x, y, has_y, s, M, ws, 
     return APPLIED, loss
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def rtrl_step_many(cell, task, mode, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
                    H, Ms, X, Y, has_y, slots, reset, ws, out, losses):
     """Test-then-train over records in arrival order; each record's key owns slot ``slots[i]``.
@@ -108,7 +108,7 @@ def rtrl_step_many(cell, task, mode, opt_kind, n_in, n, n_out, theta, opt_state,
             guarded_update(opt_kind, theta, grad, opt_state, hyper, counters, loss)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def rtrl_sequence_gradient(cell, task, mode, n_in, n, n_out, theta, X, Y, has_y, width, ws, grad_sum):
     """``grad_sum = Σ_t dL_t/dθ`` over one sequence from a zero state, parameters fixed."""
     s = np.zeros(ws[0].shape[0], theta.dtype)

@@ -23,7 +23,7 @@ def make_workspace(cell, n_in, n, n_out, n_params, dtype):
             np.zeros(n_out, dtype), np.zeros(n, dtype), np.zeros(n_params, dtype), np.zeros(n_params, dtype))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def tbptt_backprop(cell, task, n_in, n, n_out, theta, Pc, s_last, win_x, win_s, win_c, win_y, win_has,
                    count, n_back, n_inject, ws, grad):
     """``grad = Σ`` over the last ``n_inject`` steps of ``dL_t/dθ``, backpropagated ``n_back`` steps.
@@ -53,7 +53,7 @@ def tbptt_backprop(cell, task, n_in, n, n_out, theta, Pc, s_last, win_x, win_s, 
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def tbptt_advance(cell, task, n_in, n, n_out, theta, Pc, x, y, has_y, s, win_x, win_s, win_c, win_y,
                   win_has, count, ws, pred):
     """Step one key forward, recording the step in its window. False (and nothing changed) when
@@ -75,7 +75,7 @@ def tbptt_advance(cell, task, n_in, n, n_out, theta, Pc, x, y, has_y, s, win_x, 
     return True, loss
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def tbptt_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
                     H, W_x, W_s, W_c, W_y, W_has, W_count, stride, X, Y, has_y, slots, reset, ws, out, losses):
     """Test-then-train over records in arrival order, one TBPTT window per key slot."""
@@ -108,7 +108,7 @@ def tbptt_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hype
                 guarded_update(opt_kind, theta, grad, opt_state, hyper, counters, total)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def tbptt_sequence_gradient(cell, task, n_in, n, n_out, theta, X, Y, has_y, k, stride, ws, grad_sum):
     """``Σ`` of the gradients TBPTT(k, stride) would apply over one sequence from a zero state,
     parameters fixed; losses after the last full stride are flushed at the end."""

@@ -30,7 +30,7 @@ def make_workspace(cell, n_in, n, n_out, n_params_cell, n_params, dtype):
             np.zeros(n, dtype), np.zeros(n_params, dtype))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _splitmix64(z):
     z = z + np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -38,7 +38,7 @@ def _splitmix64(z):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def random_signs(seed, draw, out):
     """``out[k] = ±1``, a pure function of (seed, draw, k)."""
     base = _splitmix64(np.uint64(seed) ^ _splitmix64(np.uint64(draw)))
@@ -46,7 +46,7 @@ def random_signs(seed, draw, out):
         out[k] = 1.0 if (_splitmix64(base + np.uint64(k)) >> np.uint64(63)) == np.uint64(1) else -1.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _norm(v):
     total = 0.0
     for p in range(v.shape[0]):
@@ -54,7 +54,7 @@ def _norm(v):
     return np.sqrt(total)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def uoro_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, s, s_tilde, theta_tilde, seed, draw, ws, pred):
     """Advance ``(s, s̃, θ̃)`` by one sample in place; with a target, ``ws[12]`` holds the gradient estimate."""
     s_new, cache, D1, js, nu, g_prev, da_ih, da_hh, vI, logits, dlogits, g_h, grad = ws
@@ -89,7 +89,7 @@ def uoro_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, s, s_tilde, thet
     return APPLIED, loss
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def uoro_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters, seed,
                    H, S_tilde, Theta_tilde, X, Y, has_y, slots, reset, ws, out, losses):
     """Test-then-train over records in arrival order; each record's key owns slot ``slots[i]``."""
@@ -114,7 +114,7 @@ def uoro_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper
             guarded_update(opt_kind, theta, grad, opt_state, hyper, counters, loss)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def uoro_sequence_gradient(cell, task, n_in, n, n_out, theta, X, Y, has_y, seed, ws, grad_sum):
     """``Σ_t`` of UORO's gradient estimates over one sequence from a zero state, parameters fixed;
     the signs of step t are draw t of ``seed``."""

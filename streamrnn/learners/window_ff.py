@@ -15,7 +15,7 @@ def make_workspace(n_hidden, n_out, n_params, dtype):
             np.zeros(n_params, dtype))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def window_ff_step_many(task, opt_kind, n_hidden, n_out, theta, opt_state, hyper, counters,
                         windows, X, Y, has_y, slots, reset, ws, out, losses):
     """Test-then-train over records in arrival order; ``windows[slot]`` is the key's (w, m) window."""
