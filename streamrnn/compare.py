@@ -207,6 +207,39 @@ def run(X, Y, keys=None, learners=("rtrl", "tbptt:16", "window:10"), cell="gru",
                                          n_steps=int(X.shape[0]), train_fraction=train_fraction))
 
 
+def gradient_alignment(model, X, Y):
+    """Cosine similarity between ``model``'s per-step gradient and exact RTRL's, along its own online run.
+
+    Feeds ``X, Y`` to ``model`` one sample at a time (it learns exactly as with
+    ``step_many``) while an exact RTRL influence matrix is carried alongside under
+    the same, changing weights; returns the cosine at every labelled step. Used
+    for the approximations (``snap1``, ``uoro``); an exact learner gives 1.
+    """
+    from .learners.rtrl import EXACT, make_workspace, rtrl_sample
+    if model.config["clip"] is not None:
+        raise ValueError("gradient_alignment needs clip=None (clipping rescales the gradient in place)")
+    if model.learner == "tbptt":
+        raise ValueError("TBPTT applies window gradients, not per-step ones")
+    X = model._inputs(X)
+    Yf, has_y = model._targets(Y, X.shape[0])
+    Y_rows = np.where(has_y[:, None], Yf, np.nan)
+    ws = make_workspace(EXACT, model._cell, model.n_inputs, model.n_hidden, model.n_outputs,
+                        model.n_params_cell, model.n_params, model.dtype)
+    s = np.zeros(ws[0].shape[0], model.dtype)
+    M = np.zeros((s.shape[0], model.n_params_cell), model.dtype)
+    pred = np.empty(model.n_outputs, model.dtype)
+    cosines = []
+    for t in range(X.shape[0]):
+        theta = model.theta.copy()
+        model.step_many(X[t:t + 1], Y_rows[t:t + 1])
+        rtrl_sample(model._cell, model._task, EXACT, model.n_inputs, model.n_hidden, model.n_outputs, theta,
+                    X[t], Yf[t], has_y[t], s, M, ws, pred)
+        if has_y[t]:
+            a, e = model._gradient_buffer, ws[6]
+            cosines.append(float(a @ e / (np.linalg.norm(a) * np.linalg.norm(e) + 1e-300)))
+    return np.array(cosines)
+
+
 def _mean_std(values):
     v = np.array([x for x in values if not math.isnan(x)], dtype=float)
     return (float("nan"), float("nan")) if v.size == 0 else (float(v.mean()), float(v.std()))

@@ -258,6 +258,12 @@ class Model:
                                    X, Y, has_y, slots, reset, self._ws, out, losses)
         return (out, losses) if return_loss else out
 
+    @property
+    def _gradient_buffer(self):
+        """The workspace array holding the gradient of the last labelled step (before clipping
+        if ``clip`` is None); used by analysis tools, not part of the stable API."""
+        return self._ws[{"rtrl": 6, "snap1": 6, "uoro": 12, "tbptt": 11}[self.learner]]
+
     def peek(self, x, key=None):
         """The prediction ``step(x, key=key)`` would return, changing nothing."""
         X = self._inputs(x)

@@ -63,3 +63,21 @@ def test_run_reports_what_the_learners_do(tmp_path):
     assert (tmp_path / "comparison.csv").read_text().splitlines()[0].startswith("learner,seeds,prequential")
     assert (tmp_path / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "tbptt:5:2" in result.table()
+
+
+def test_gradient_alignment_measures_the_approximation_without_changing_training():
+    from streamrnn.datasets import mackey_glass, one_step_ahead
+    X, Y = one_step_ahead(mackey_glass(401))
+    cos = {}
+    for learner in ("rtrl", "snap1", "uoro"):
+        m = sr.Model(cell="rnn", n_inputs=1, n_hidden=8, learner=learner, lr=1e-3, seed=2)
+        cos[learner] = compare.gradient_alignment(m, X, Y)
+        reference = sr.Model(cell="rnn", n_inputs=1, n_hidden=8, learner=learner, lr=1e-3, seed=2)
+        reference.step_many(X, Y)
+        assert np.array_equal(m.theta, reference.theta)      # the analysis run is the ordinary run
+    assert len(cos["rtrl"]) == 400
+    np.testing.assert_allclose(cos["rtrl"], 1.0, atol=1e-12)
+    assert 0.3 < cos["snap1"].mean() < 0.999
+    assert cos["uoro"].mean() < cos["snap1"].mean()
+    with pytest.raises(ValueError, match="clip=None"):
+        compare.gradient_alignment(sr.Model(clip=1.0), X, Y)
