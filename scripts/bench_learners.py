@@ -2,7 +2,8 @@
 
 For n in {32, 128, 512} (8 inputs, one regression output, Adam, one key) and
 each learner (exact RTRL where its influence matrix fits in --max-state-mib,
-SnAp-1, UORO, TBPTT(k=16)), prints steps/s of ``step_many``, the learner's
+SnAp-1, UORO, TBPTT(k=16)), for a PyTorch cell or an element-wise one
+(``--cell elstm``: exact RTRL in O(P)), prints steps/s of ``step_many``, the learner's
 state per key by formula and as measured (bytes of the per-key arrays), and
 the memory-bandwidth bound: bytes a step must touch (per-key state read and
 written; parameters, gradient and Adam's two moments) over the copy bandwidth
@@ -33,13 +34,16 @@ LEARNERS = {"rtrl": {}, "snap1": {}, "uoro": {}, "tbptt": {"truncation": 16}}
 
 def state_formula(learner, cell, n, m, itemsize=8):
     """Bytes of learner state per key, from the algorithm's definition."""
-    G = GATES[cell]
-    S = 2 * n if cell == "lstm" else n
-    P = G * n * (m + n + 2)
+    elementwise = cell.startswith("e")
+    G = GATES[cell.lstrip("e")]
+    S = 2 * n if cell.endswith("lstm") else n
+    P = G * n * (m + (1 if elementwise else n) + 2)
+    if learner == "rtrl" and elementwise:
+        return itemsize * S * (1 + P // n), "S(1+P/n)"
     if learner == "rtrl":
-        return itemsize * S * (1 + P), f"S(1+P)"
+        return itemsize * S * (1 + P), "S(1+P)"
     if learner == "snap1":
-        return itemsize * S * (1 + P // n), f"S(1+P/n)"
+        return itemsize * S * (1 + P // n), "S(1+P/n)"
     if learner == "uoro":
         return itemsize * (2 * S + P), f"2S+P"
     k, C = 16, 2 * G * n
@@ -79,7 +83,7 @@ def steps_per_second(model, seconds, m):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cell", default="gru", choices=tuple(GATES))
+    ap.add_argument("--cell", default="gru", choices=tuple(GATES) + tuple("e" + c for c in GATES))
     ap.add_argument("--sizes", default="32,128,512")
     ap.add_argument("--inputs", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=1.0)

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import checkpoint
 from .cells.common import n_cell_params
-from .cells.dispatch import CELL_IDS, cache_size, n_gates, state_size
+from .cells.dispatch import CELL_IDS, ELEMENTWISE, cache_size, n_gates, recurrent_width, state_size
 from .keyed_state import KeyedState, normalize_key
 from .learners import rtrl as _rtrl
 from .learners import tbptt as _tbptt
@@ -28,6 +28,11 @@ __all__ = ["Model"]
 LEARNERS = ("rtrl", "snap1", "uoro", "tbptt")
 GRADIENT_METHODS = ("rtrl", "snap1", "uoro", "bptt", "tbptt")
 _RTRL_MODES = {"rtrl": _rtrl.EXACT, "snap1": _rtrl.SNAP1}
+
+
+def _rtrl_mode(method, cell_id):
+    """Element-wise cells keep exact RTRL in the per-unit (O(P)) form: their M has no other entries."""
+    return _rtrl.SNAP1 if cell_id in ELEMENTWISE else _RTRL_MODES[method]
 _FORMAT_KIND = "streamrnn.Model"
 
 
@@ -36,14 +41,17 @@ class Model:
 
     Parameters
     ----------
-    cell : {"rnn", "gru", "lstm"}
+    cell : {"rnn", "gru", "lstm", "ernn", "egru", "elstm"}
         Recurrent cell, with PyTorch's equations, gate order and parameter names.
+        The ``e`` cells are element-wise: one recurrent weight per gate row, on
+        its own unit (``weight_hh_l0`` of shape (G·n,)); exact RTRL for them
+        costs O(P) per step, like SnAp-1, and is what ``"rtrl"`` runs.
     n_inputs, n_hidden, n_outputs : int
         Input width, hidden units, readout width (number of classes for
         ``task="classification"``, 1 for ``"binary"``).
     task : {"regression", "classification", "binary"}
         Per-step loss: ½‖ŷ − y‖², softmax cross-entropy, or logistic loss.
-    learner : {"rtrl", "snap1", "tbptt"}
+    learner : {"rtrl", "snap1", "uoro", "tbptt"}
         How gradients are obtained online. ``"rtrl"`` is exact Real-Time
         Recurrent Learning: O(S·P) memory per key, constant in stream length,
         O(G n² P) time per step. ``"snap1"`` is SnAp-1: each unit tracks only
@@ -120,7 +128,8 @@ class Model:
         self.max_keys = max_keys
         self._gates = n_gates(self._cell)
         self._state_size = state_size(self._cell, n_hidden)
-        self.n_params_cell = n_cell_params(self._gates, n_inputs, n_hidden)
+        self._rec = recurrent_width(self._cell, n_hidden)
+        self.n_params_cell = n_cell_params(self._gates, n_inputs, n_hidden, self._rec)
         self.n_params = self.n_params_cell + n_outputs * (n_hidden + 1)
 
         self.theta = self._initial_parameters(int(seed))
@@ -129,8 +138,8 @@ class Model:
         self.learner, self.truncation, self.stride = learner, truncation, stride
         self._keyed = KeyedState(self._per_key_layout(), max_keys)
         if learner in _RTRL_MODES:
-            self._ws = _rtrl.make_workspace(_RTRL_MODES[learner], self._cell, n_inputs, n_hidden, n_outputs,
-                                            self.n_params_cell, self.n_params, self.dtype)
+            self._ws = _rtrl.make_workspace(_rtrl_mode(learner, self._cell), self._cell, n_inputs, n_hidden,
+                                            n_outputs, self.n_params_cell, self.n_params, self.dtype)
         elif learner == "uoro":
             self._ws = _uoro.make_workspace(self._cell, n_inputs, n_hidden, n_outputs, self.n_params_cell,
                                             self.n_params, self.dtype)
@@ -141,7 +150,8 @@ class Model:
     def _layout(self):
         """(name, shape) of each parameter block, in the order of the flat vector."""
         G, n, m, o = self._gates, self.n_hidden, self.n_inputs, self.n_outputs
-        return [("weight_ih_l0", (G * n, m)), ("weight_hh_l0", (G * n, n)),
+        hh_shape = (G * n,) if self._cell in ELEMENTWISE else (G * n, n)
+        return [("weight_ih_l0", (G * n, m)), ("weight_hh_l0", hh_shape),
                 ("bias_ih_l0", (G * n,)), ("bias_hh_l0", (G * n,)),
                 ("readout.weight", (o, n)), ("readout.bias", (o,))]
 
@@ -190,8 +200,8 @@ class Model:
         """(name, shape, dtype) of each array a key owns, for the chosen learner."""
         S, dt = self._state_size, self.dtype
         if self.learner in _RTRL_MODES:
-            width = _rtrl.influence_width(_RTRL_MODES[self.learner], self._cell, self.n_inputs, self.n_hidden,
-                                          self.n_params_cell)
+            width = _rtrl.influence_width(_rtrl_mode(self.learner, self._cell), self._cell, self.n_inputs,
+                                          self.n_hidden, self.n_params_cell)
             return [("hidden", (S,), dt), ("influence", (S, width), dt)]
         if self.learner == "uoro":
             return [("hidden", (S,), dt), ("uoro_state", (S,), dt), ("uoro_params", (self.n_params_cell,), dt)]
@@ -248,7 +258,7 @@ class Model:
         common = (self._cell, self._task, self._opt, self.n_inputs, self.n_hidden, self.n_outputs,
                   self.theta, self.opt_state, self.hyper, self.counters)
         if self.learner in _RTRL_MODES:
-            _rtrl.rtrl_step_many(self._cell, self._task, _RTRL_MODES[self.learner], *common[2:],
+            _rtrl.rtrl_step_many(self._cell, self._task, _rtrl_mode(self.learner, self._cell), *common[2:],
                                  *self._keyed.arrays.values(), X, Y, has_y, slots, reset, self._ws, out, losses)
         elif self.learner == "uoro":
             _uoro.uoro_step_many(*common, self.config["seed"], *self._keyed.arrays.values(),
@@ -315,7 +325,7 @@ class Model:
         grad = np.zeros(self.n_params, self.dtype)
         args = (self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs, self.theta)
         if method in _RTRL_MODES:
-            mode = _RTRL_MODES[method]
+            mode = _rtrl_mode(method, self._cell)
             ws = _rtrl.make_workspace(mode, self._cell, self.n_inputs, self.n_hidden, self.n_outputs,
                                       self.n_params_cell, self.n_params, self.dtype)
             width = _rtrl.influence_width(mode, self._cell, self.n_inputs, self.n_hidden, self.n_params_cell)

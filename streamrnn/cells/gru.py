@@ -21,10 +21,10 @@ STATE_FACTOR = 1
 
 
 @njit(cache=True, error_model="numpy")
-def gru_forward(w, n_in, n, x, s_prev, s_new, cache):
+def gru_forward(w, n_in, n, rec, x, s_prev, s_new, cache):
     a_ih = cache[:3 * n]
     a_hh = cache[3 * n:6 * n]
-    preactivations(w, 3, n_in, n, x, s_prev, a_ih, a_hh)
+    preactivations(w, 3, n_in, n, rec, x, s_prev, a_ih, a_hh)
     for j in range(n):
         r = sigmoid(a_ih[j] + a_hh[j])
         z = sigmoid(a_ih[n + j] + a_hh[n + j])
@@ -59,32 +59,32 @@ def gru_unit_influence(z, nn, h_prev, D_z, D_n, M_prev_row, M_new_row):
 
 
 @njit(cache=True, error_model="numpy")
-def gru_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
+def gru_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
     """``M_new = dh'/dθ`` from ``M_prev = dh/dθ`` (forward mode over all P parameters)."""
-    hh_influence(w, 3, n_in, n, x, s_prev, M_prev, D, 2 * n, immediate)
+    hh_influence(w, 3, n_in, n, rec, x, s_prev, M_prev, D, 2 * n, immediate)
     for j in range(n):
         r, _, _, hn = gru_unit_gates(cache, n, j)
         gru_unit_mix(r, hn, D[j], D[2 * n + j])
     if immediate:
-        add_ih_immediate(D, 2 * n, 3 * n, 3, n_in, n, x)
+        add_ih_immediate(D, 2 * n, 3 * n, 3, n_in, n, rec, x)
     for j in range(n):
         _, z, nn, _ = gru_unit_gates(cache, n, j)
         gru_unit_influence(z, nn, s_prev[j], D[n + j], D[2 * n + j], M_prev[j], M_new[j])
 
 
 @njit(cache=True, error_model="numpy")
-def gru_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc):
+def gru_snap1_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M, Dc):
     """SnAp-1 in place: ``M[j]`` is unit j's influence on its own parameters (compact layout)."""
     for j in range(n):
         r, z, nn, hn = gru_unit_gates(cache, n, j)
-        unit_hh_influence(w, 3, n_in, n, j, x, s_prev, M[j], Dc, 2)
+        unit_hh_influence(w, 3, n_in, n, rec, j, x, s_prev, M[j], Dc, 2)
         gru_unit_mix(r, hn, Dc[0], Dc[2])
-        add_unit_ih_immediate(Dc, 2, n_in, n, x)
+        add_unit_ih_immediate(Dc, 2, n_in, rec, x)
         gru_unit_influence(z, nn, s_prev[j], Dc[1], Dc[2], M[j], M[j])
 
 
 @njit(cache=True, error_model="numpy")
-def gru_backward(w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh):
+def gru_backward(w, n_in, n, rec, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh):
     for j in range(n):
         r, z, nn, hn = gru_unit_gates(cache, n, j)
         g = g_new[j]
@@ -97,7 +97,7 @@ def gru_backward(w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih
         da_hh[n + j] = da_z
         da_ih[2 * n + j] = da_n
         da_hh[2 * n + j] = da_n * r
-    accumulate_param_grad(grad, 3, n_in, n, x, s_prev, da_ih, da_hh)
-    hh_transpose_product(w, 3, n_in, n, da_hh, g_prev)
+    accumulate_param_grad(grad, 3, n_in, n, rec, x, s_prev, da_ih, da_hh)
+    hh_transpose_product(w, 3, n_in, n, rec, da_hh, g_prev)
     for j in range(n):
         g_prev[j] += g_new[j] * cache[n + j]

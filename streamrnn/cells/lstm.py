@@ -20,10 +20,10 @@ STATE_FACTOR = 2
 
 
 @njit(cache=True, error_model="numpy")
-def lstm_forward(w, n_in, n, x, s_prev, s_new, cache):
+def lstm_forward(w, n_in, n, rec, x, s_prev, s_new, cache):
     a_ih = cache[:4 * n]
     a_hh = cache[4 * n:8 * n]
-    preactivations(w, 4, n_in, n, x, s_prev[:n], a_ih, a_hh)
+    preactivations(w, 4, n_in, n, rec, x, s_prev[:n], a_ih, a_hh)
     for j in range(n):
         i = sigmoid(a_ih[j] + a_hh[j])
         f = sigmoid(a_ih[n + j] + a_hh[n + j])
@@ -62,24 +62,24 @@ def lstm_unit_influence(cache, n, j, c_prev, D_i, D_f, D_g, D_o, Mc_prev_row, Mh
 
 
 @njit(cache=True, error_model="numpy")
-def lstm_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
+def lstm_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
     """``M_new = d(h', c')/dθ`` from ``M_prev = d(h, c)/dθ``."""
-    hh_influence(w, 4, n_in, n, x, s_prev[:n], M_prev[:n], D, 4 * n, immediate)
+    hh_influence(w, 4, n_in, n, rec, x, s_prev[:n], M_prev[:n], D, 4 * n, immediate)
     for j in range(n):
         lstm_unit_influence(cache, n, j, s_prev[n + j], D[j], D[n + j], D[2 * n + j], D[3 * n + j],
                             M_prev[n + j], M_new[j], M_new[n + j])
 
 
 @njit(cache=True, error_model="numpy")
-def lstm_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc):
+def lstm_snap1_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M, Dc):
     """SnAp-1 in place: ``M[j]``/``M[n + j]`` are unit j's h/c influence on its own parameters."""
     for j in range(n):
-        unit_hh_influence(w, 4, n_in, n, j, x, s_prev[:n], M[j], Dc, 4)
+        unit_hh_influence(w, 4, n_in, n, rec, j, x, s_prev[:n], M[j], Dc, 4)
         lstm_unit_influence(cache, n, j, s_prev[n + j], Dc[0], Dc[1], Dc[2], Dc[3], M[n + j], M[j], M[n + j])
 
 
 @njit(cache=True, error_model="numpy")
-def lstm_backward(w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh):
+def lstm_backward(w, n_in, n, rec, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh):
     for j in range(n):
         i, f, g, o, tc = lstm_unit_gates(cache, n, j)
         gh = g_new[j]
@@ -90,5 +90,5 @@ def lstm_backward(w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_i
         da_ih[3 * n + j] = gh * tc * o * (1.0 - o)
         g_prev[n + j] = gc * f
     da_hh[:] = da_ih
-    accumulate_param_grad(grad, 4, n_in, n, x, s_prev[:n], da_ih, da_hh)
-    hh_transpose_product(w, 4, n_in, n, da_hh, g_prev[:n])
+    accumulate_param_grad(grad, 4, n_in, n, rec, x, s_prev[:n], da_ih, da_hh)
+    hh_transpose_product(w, 4, n_in, n, rec, da_hh, g_prev[:n])

@@ -12,18 +12,18 @@ STATE_FACTOR = 1   # state size = STATE_FACTOR * n
 
 
 @njit(cache=True, error_model="numpy")
-def rnn_forward(w, n_in, n, x, s_prev, s_new, cache):
+def rnn_forward(w, n_in, n, rec, x, s_prev, s_new, cache):
     a_ih = cache[:n]
     a_hh = cache[n:2 * n]
-    preactivations(w, 1, n_in, n, x, s_prev, a_ih, a_hh)
+    preactivations(w, 1, n_in, n, rec, x, s_prev, a_ih, a_hh)
     for j in range(n):
         s_new[j] = np.tanh(a_ih[j] + a_hh[j])
 
 
 @njit(cache=True, error_model="numpy")
-def rnn_tangent(w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
+def rnn_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
     """``M_new = dh'/dθ = diag(1 - h'^2) (W_hh M_prev + immediate)``."""
-    hh_influence(w, 1, n_in, n, x, s_prev, M_prev, D, n, immediate)
+    hh_influence(w, 1, n_in, n, rec, x, s_prev, M_prev, D, n, immediate)
     for j in range(n):
         rnn_unit_influence(s_new[j], D[j], M_new[j])
 
@@ -37,19 +37,19 @@ def rnn_unit_influence(h_new, D_a, M_new_row):
 
 
 @njit(cache=True, error_model="numpy")
-def rnn_snap1_tangent(w, n_in, n, x, s_prev, s_new, cache, M, Dc):
+def rnn_snap1_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M, Dc):
     """SnAp-1 in place: ``M[j]`` is unit j's influence on its own parameters (compact layout)."""
     for j in range(n):
-        unit_hh_influence(w, 1, n_in, n, j, x, s_prev, M[j], Dc, 1)
+        unit_hh_influence(w, 1, n_in, n, rec, j, x, s_prev, M[j], Dc, 1)
         rnn_unit_influence(s_new[j], Dc[0], M[j])
 
 
 @njit(cache=True, error_model="numpy")
-def rnn_backward(w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh):
+def rnn_backward(w, n_in, n, rec, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh):
     """Reverse mode through one step: ``grad += g_new · dh'/dθ``, ``g_prev = g_new · dh'/dh``."""
     for j in range(n):
         da = g_new[j] * (1.0 - s_new[j] * s_new[j])
         da_ih[j] = da
         da_hh[j] = da
-    accumulate_param_grad(grad, 1, n_in, n, x, s_prev, da_ih, da_hh)
-    hh_transpose_product(w, 1, n_in, n, da_hh, g_prev)
+    accumulate_param_grad(grad, 1, n_in, n, rec, x, s_prev, da_ih, da_hh)
+    hh_transpose_product(w, 1, n_in, n, rec, da_hh, g_prev)

@@ -6,17 +6,19 @@ gradient is ``dL_t/dθ = (dL_t/dh_t) M_t`` plus the readout's own part. The cell
 kernels compute ``M_t`` in one BLAS product ``W_hh M_{t-1}`` (O(G n^2 P)) and
 O(G n P) element-wise work that exploits the sparse immediate partial.
 
-``mode=SNAP1`` is SnAp-1 (Menick et al., 2021): each unit keeps only the
-influence of its own parameters (the sparsity pattern of the immediate
-partial), so ``M`` is S x (P/n) per key and a step costs O(P): unit j's row
-``M[j]`` holds ``dh_j/dθ_j`` in the compact layout of ``cells.common``.
-It is exact whenever ``W_hh`` is diagonal.
+``mode=SNAP1`` keeps, per unit, only the influence of its own parameters (the
+sparsity pattern of the immediate partial), so ``M`` is S x (P/n) per key and
+a step costs O(P): unit j's row ``M[j]`` holds ``dh_j/dθ_j`` in the compact
+layout of ``cells.common``. For the PyTorch cells that is SnAp-1 (Menick et
+al., 2021), an approximation; for the element-wise cells, whose units never
+read each other, it is exact RTRL.
 """
 import numpy as np
 from numba import njit
 
 from ..cells.common import scatter_unit_grad, unit_block
-from ..cells.dispatch import cache_size, cell_forward, cell_snap1_tangent, cell_tangent, n_gates, state_size
+from ..cells.dispatch import (cache_size, cell_forward, cell_tangent, cell_unit_tangent, n_gates, recurrent_width,
+                              state_size)
 from .common import INFLUENCE_RESETS, REJECTED_STATE, STEPS, all_finite, guarded_update, readout_step
 
 
@@ -25,12 +27,13 @@ EXACT, SNAP1 = 0, 1
 
 def influence_width(mode, cell, n_in, n, n_params_cell):
     """Columns of a key's influence matrix: all cell parameters, or one unit's (SnAp-1)."""
-    return n_params_cell if mode == EXACT else n_gates(cell) * unit_block(n_in, n)
+    return n_params_cell if mode == EXACT else n_gates(cell) * unit_block(n_in, recurrent_width(cell, n))
 
 
 def make_workspace(mode, cell, n_in, n, n_out, n_params_cell, n_params, dtype):
     """Scratch arrays for one RTRL step, allocated once per Model (``D`` is large for big n)."""
-    D_shape = (n_gates(cell) * n, n_params_cell) if mode == EXACT else (n_gates(cell), n_params_cell // n)
+    D_shape = ((n_gates(cell) * n, n_params_cell) if mode == EXACT
+               else (n_gates(cell), influence_width(mode, cell, n_in, n, n_params_cell)))
     return (np.zeros(state_size(cell, n), dtype), np.zeros(D_shape, dtype),
             np.zeros(cache_size(cell, n), dtype), np.zeros(n_out, dtype), np.zeros(n_out, dtype),
             np.zeros(n, dtype), np.zeros(n_params, dtype))
@@ -61,7 +64,7 @@ def rtrl_sample(cell, task, mode, n_in, n, n_out, theta, x, y, has_y, s, M, ws, 
     if mode == EXACT:
         cell_tangent(cell, theta, n_in, n, x, s, s_new, cache, M, M, D, True)
     else:
-        cell_snap1_tangent(cell, theta, n_in, n, x, s, s_new, cache, M, D)
+        cell_unit_tangent(cell, theta, n_in, n, x, s, s_new, cache, M, D)
     s[:] = s_new
     loss = readout_step(task, theta, Pc, n, n_out, s, y, has_y, logits, pred, dlogits, grad, g_h)
     if not all_finite(M):
@@ -75,8 +78,9 @@ def rtrl_sample(cell, task, mode, n_in, n, n_out, theta, x, y, has_y, s, M, ws, 
                 grad[p] += gk * M[k, p]
     elif has_y:
         G = n_gates(cell)
+        rec = recurrent_width(cell, n)
         for k in range(n):
-            scatter_unit_grad(grad, G, n_in, n, k, g_h[k], M[k])
+            scatter_unit_grad(grad, G, n_in, n, rec, k, g_h[k], M[k])
     return APPLIED, loss
 
 

@@ -1,0 +1,73 @@
+"""Element-wise cells: each gate row reads only its own unit, so exact RTRL is O(P) per step."""
+import numpy as np
+import pytest
+
+import streamrnn as sr
+
+from .helpers import N_OUTPUTS, TASKS, random_sequence, rel_err
+from .test_gradients import finite_difference_gradient
+
+ECELLS = ("ernn", "egru", "elstm")
+GATES = {"ernn": 1, "egru": 3, "elstm": 4}
+N_IN, N, T = 3, 5, 32
+
+
+def make_model(cell, task="regression", **kw):
+    kw.setdefault("seed", 2)
+    return sr.Model(cell=cell, n_inputs=N_IN, n_hidden=N, n_outputs=N_OUTPUTS[task], task=task, **kw)
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("cell", ECELLS)
+def test_exact_rtrl_equals_bptt_equals_finite_differences(cell, task):
+    model = make_model(cell, task)
+    X, Y = random_sequence(task, n_steps=T, n_inputs=N_IN, seed=3)
+    g_rtrl = model.gradient(X, Y, method="rtrl")
+    g_bptt = model.gradient(X, Y, method="bptt")
+    assert rel_err(g_rtrl, g_bptt) < 1e-9
+    assert rel_err(g_bptt, finite_difference_gradient(model, X, Y)) < 1e-6
+    assert all(np.abs(g).max() > 0 for g in g_rtrl.values())
+
+
+def sigmoid(v):
+    return 1 / (1 + np.exp(-v))
+
+
+@pytest.mark.parametrize("cell", ECELLS)
+def test_forward_is_the_elementwise_equations(cell):
+    model = make_model(cell, optimizer="sgd", lr=0.0)
+    w = model.get_weights()
+    G = GATES[cell]
+    assert w["weight_hh_l0"].shape == (G * N,)
+    X = np.random.default_rng(4).normal(size=(20, N_IN))
+    preds = model.step_many(X)
+    W_ih, u, b_ih, b_hh = w["weight_ih_l0"], w["weight_hh_l0"], w["bias_ih_l0"], w["bias_hh_l0"]
+    h, c = np.zeros(N), np.zeros(N)
+    for t, x in enumerate(X):
+        gi = W_ih @ x + b_ih
+        gh = u * np.tile(h, G) + b_hh              # each row reads its own unit only
+        if cell == "ernn":
+            h = np.tanh(gi + gh)
+        elif cell == "egru":
+            r, z = sigmoid(gi[:N] + gh[:N]), sigmoid(gi[N:2 * N] + gh[N:2 * N])
+            n = np.tanh(gi[2 * N:] + r * gh[2 * N:])
+            h = (1 - z) * n + z * h
+        else:
+            i, f, g, o = (gi + gh).reshape(4, N)
+            c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+            h = sigmoid(o) * np.tanh(c)
+        np.testing.assert_allclose(preds[t], w["readout.weight"] @ h + w["readout.bias"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ECELLS)
+def test_online_exact_rtrl_memory_is_O_P(cell):
+    m = make_model(cell, learner="rtrl", lr=0.01)
+    G = GATES[cell]
+    S = 2 * N if cell == "elstm" else N
+    assert m.n_params_cell == G * N * (N_IN + 3)
+    assert m.state_bytes_per_key == 8 * S * (1 + G * (N_IN + 3))
+    X, Y = random_sequence("regression", n_steps=100, n_inputs=N_IN, seed=5)
+    snap = make_model(cell, learner="snap1", lr=0.01)
+    assert np.array_equal(m.step_many(X, Y), snap.step_many(X, Y))   # the same exact kernel
+    assert np.array_equal(m.theta, snap.theta)
+    assert m.stats["updates"] == int(np.sum(~np.isnan(Y[:, 0])))
