@@ -12,6 +12,9 @@ from ..optim import CLIP, clip_grad_norm, optimizer_step, squared_norm
 STEPS, UPDATES, SKIPPED_NONFINITE, REJECTED_STATE, INFLUENCE_RESETS = range(5)
 N_COUNTERS = 5
 
+# What one sample did to a key's state (influence-carrying learners)
+APPLIED, REJECTED, INFLUENCE_RESET = 0, 1, 2
+
 
 @njit(cache=True, error_model="numpy")
 def readout_step(task, theta, off, n, n_out, h, y, has_y, logits, pred, dlogits, grad, g_h):
@@ -41,6 +44,23 @@ def guarded_update(opt_kind, theta, grad, opt_state, hyper, counters, loss):
     counters[UPDATES] += 1
     optimizer_step(opt_kind, theta, grad, opt_state, counters[UPDATES], hyper)
     return True
+
+
+@njit(cache=True, error_model="numpy")
+def settle_sample(outcome, has_y, loss, opt_kind, theta, grad, opt_state, hyper, counters):
+    """Count what a sample did and, if it produced a gradient, apply it; return the loss to report
+    (NaN when there was no target or no usable gradient)."""
+    if outcome == REJECTED:
+        counters[REJECTED_STATE] += 1
+        return np.nan
+    counters[STEPS] += 1
+    if outcome == INFLUENCE_RESET:
+        counters[INFLUENCE_RESETS] += 1
+        return np.nan
+    if not has_y:
+        return np.nan
+    guarded_update(opt_kind, theta, grad, opt_state, hyper, counters, loss)
+    return loss
 
 
 @njit(cache=True, error_model="numpy")

@@ -19,7 +19,7 @@ from numba import njit
 from ..cells.common import scatter_unit_grad, unit_block
 from ..cells.dispatch import (cache_size, cell_forward, cell_tangent, cell_unit_tangent, n_gates, recurrent_width,
                               state_size)
-from .common import INFLUENCE_RESETS, REJECTED_STATE, STEPS, all_finite, guarded_update, readout_step
+from .common import APPLIED, INFLUENCE_RESET, REJECTED, all_finite, readout_step, settle_sample
 
 
 EXACT, SNAP1 = 0, 1
@@ -37,10 +37,6 @@ def make_workspace(mode, cell, n_in, n, n_out, n_params_cell, n_params, dtype):
     return (np.zeros(state_size(cell, n), dtype), np.zeros(D_shape, dtype),
             np.zeros(cache_size(cell, n), dtype), np.zeros(n_out, dtype), np.zeros(n_out, dtype),
             np.zeros(n, dtype), np.zeros(n_params, dtype))
-
-
-# rtrl_sample outcomes
-APPLIED, REJECTED, INFLUENCE_RESET = 0, 1, 2
 
 
 @njit(cache=True, error_model="numpy")
@@ -98,18 +94,9 @@ def rtrl_step_many(cell, task, mode, opt_kind, n_in, n, n_out, theta, opt_state,
         if reset[i]:
             H[slot] = 0.0
             Ms[slot] = 0.0
-        losses[i] = np.nan
         outcome, loss = rtrl_sample(cell, task, mode, n_in, n, n_out, theta, X[i], Y[i], has_y[i],
                                     H[slot], Ms[slot], ws, out[i])
-        if outcome == REJECTED:
-            counters[REJECTED_STATE] += 1
-            continue
-        counters[STEPS] += 1
-        if outcome == INFLUENCE_RESET:
-            counters[INFLUENCE_RESETS] += 1
-        elif has_y[i]:
-            losses[i] = loss
-            guarded_update(opt_kind, theta, grad, opt_state, hyper, counters, loss)
+        losses[i] = settle_sample(outcome, has_y[i], loss, opt_kind, theta, grad, opt_state, hyper, counters)
 
 
 @njit(cache=True, error_model="numpy")

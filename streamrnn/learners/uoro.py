@@ -15,9 +15,8 @@ import numpy as np
 from numba import njit
 
 from ..cells.dispatch import cache_size, cell_backward, cell_forward, cell_tangent, n_gates, state_size
-from .common import INFLUENCE_RESETS, REJECTED_STATE, STEPS, all_finite, guarded_update, readout_step
+from .common import APPLIED, INFLUENCE_RESET, REJECTED, STEPS, all_finite, readout_step, settle_sample
 
-APPLIED, REJECTED, INFLUENCE_RESET = 0, 1, 2
 _EPS = 1e-7
 
 
@@ -100,18 +99,9 @@ def uoro_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper
             H[slot] = 0.0
             S_tilde[slot] = 0.0
             Theta_tilde[slot] = 0.0
-        losses[i] = np.nan
         outcome, loss = uoro_sample(cell, task, n_in, n, n_out, theta, X[i], Y[i], has_y[i], H[slot],
                                     S_tilde[slot], Theta_tilde[slot], seed, counters[STEPS], ws, out[i])
-        if outcome == REJECTED:
-            counters[REJECTED_STATE] += 1
-            continue
-        counters[STEPS] += 1
-        if outcome == INFLUENCE_RESET:
-            counters[INFLUENCE_RESETS] += 1
-        elif has_y[i]:
-            losses[i] = loss
-            guarded_update(opt_kind, theta, grad, opt_state, hyper, counters, loss)
+        losses[i] = settle_sample(outcome, has_y[i], loss, opt_kind, theta, grad, opt_state, hyper, counters)
 
 
 @njit(cache=True, error_model="numpy")
