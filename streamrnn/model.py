@@ -252,20 +252,9 @@ class Model:
             raise ValueError(f"keys has {len(keys)} entries for {n_rows} samples")
         if keys is not None:
             keys = [normalize_key(k) for k in keys]   # validate all before any state changes
-        slots, reset = self._keyed.assign(keys, n_rows)
         out = np.empty((n_rows, self.n_outputs), self.dtype)
         losses = np.empty(n_rows, self.dtype)
-        common = (self._cell, self._task, self._opt, self.n_inputs, self.n_hidden, self.n_outputs,
-                  self.theta, self.opt_state, self.hyper, self.counters)
-        if self.learner in _RTRL_MODES:
-            _rtrl.rtrl_step_many(self._cell, self._task, _rtrl_mode(self.learner, self._cell), *common[2:],
-                                 *self._keyed.arrays.values(), X, Y, has_y, slots, reset, self._ws, out, losses)
-        elif self.learner == "uoro":
-            _uoro.uoro_step_many(*common, self.config["seed"], *self._keyed.arrays.values(),
-                                 X, Y, has_y, slots, reset, self._ws, out, losses)
-        else:
-            _tbptt.tbptt_step_many(*common, *self._keyed.arrays.values(), self.stride,
-                                   X, Y, has_y, slots, reset, self._ws, out, losses)
+        self._apply(X, Y, has_y, keys, out, losses)
         return (out, losses) if return_loss else out
 
     @property
@@ -273,6 +262,25 @@ class Model:
         """The workspace array holding the gradient of the last labelled step (before clipping
         if ``clip`` is None); used by analysis tools, not part of the stable API."""
         return self._ws[{"rtrl": 6, "snap1": 6, "uoro": 12, "tbptt": 11}[self.learner]]
+
+    def _apply(self, X, Y, has_y, keys, out, losses):
+        """Run validated rows through the learner: ``X`` (N, n_inputs) and ``Y`` (N, width) C-contiguous
+        in this model's dtype, ``has_y`` bool (N,), ``keys`` normalised or None; predictions go to
+        ``out`` (N, n_outputs), losses to ``losses`` (N,). The one path every caller shares
+        (``step_many``, and the river estimators' preallocated one-sample path)."""
+        slots, reset = self._keyed.assign(keys, X.shape[0])
+        common = (self._opt, self.n_inputs, self.n_hidden, self.n_outputs,
+                  self.theta, self.opt_state, self.hyper, self.counters)
+        per_key = self._keyed.arrays.values()
+        if self.learner in _RTRL_MODES:
+            _rtrl.rtrl_step_many(self._cell, self._task, _rtrl_mode(self.learner, self._cell), *common,
+                                 *per_key, X, Y, has_y, slots, reset, self._ws, out, losses)
+        elif self.learner == "uoro":
+            _uoro.uoro_step_many(self._cell, self._task, *common, self.config["seed"], *per_key,
+                                 X, Y, has_y, slots, reset, self._ws, out, losses)
+        else:
+            _tbptt.tbptt_step_many(self._cell, self._task, *common, *per_key, self.stride,
+                                   X, Y, has_y, slots, reset, self._ws, out, losses)
 
     def peek(self, x, key=None):
         """The prediction ``step(x, key=key)`` would return, changing nothing."""

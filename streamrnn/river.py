@@ -1,0 +1,519 @@
+"""River estimators wrapping a :class:`streamrnn.Model`: a recurrent regressor,
+classifier and forecaster that learn one sample at a time with exact RTRL.
+
+Policies shared by the three estimators
+---------------------------------------
+Features
+    River passes each sample as a dict. Features are *registered by name* in
+    order of first appearance in ``learn_one`` (the new features of one sample
+    are registered in sorted order of their names, so the order of a dict's
+    keys never matters), up to a fixed input width ``n_inputs``. A feature
+    first seen once all ``n_inputs`` slots are taken is ignored (it is never
+    hashed onto another feature's slot). A feature missing from a sample reads
+    as 0. ``predict_one`` never registers features: a feature the model has not
+    learned from is ignored. Only numbers (bool counts as 0/1) are inputs: a
+    feature whose value is not a number when first seen (a str, a datetime) is
+    not registered; a registered feature whose value is None reads as 0; NaN,
+    ±inf or a non-number in a registered feature raise ``ValueError`` and
+    change nothing.
+Per-entity state
+    ``key`` names a feature whose value (str or int; other values are turned
+    into ``str``) selects a hidden state, so one model learns from many
+    interleaved series with shared parameters. That feature is not an input.
+    At most ``max_keys`` states are held; the least recently used one is
+    dropped beyond that (it restarts from zero), so memory is bounded.
+Purity
+    ``predict_one`` / ``predict_proba_one`` / ``forecast`` compute from a copy of
+    the state and change nothing; the state advances and the parameters learn
+    only in ``learn_one`` (``Model.step``: predict, then learn).
+Lazy model
+    The :class:`~streamrnn.Model` is built at the first call that needs it, so
+    ``clone()`` (which rebuilds from the constructor parameters) works at any
+    time. Estimators pickle and deep-copy, and continue bit-identically.
+
+The per-sample path avoids ``Model.step``'s batch validation (the estimator
+checks its own inputs): it fills preallocated buffers and hands them to
+``Model._apply``, the path ``Model.step_many`` takes after validating, for
+every learner, so predictions and weights are bit-identical to driving the
+``Model`` directly.
+"""
+import math
+from collections import OrderedDict
+
+import numpy as np
+from river import base
+from river.time_series.base import Forecaster
+
+from .cells.dispatch import cache_size, cell_forward
+from .keyed_state import normalize_key
+from .learners.common import predict_from_state
+from .losses import readout as _readout
+from .model import Model
+
+__all__ = ["RNNRegressor", "RNNClassifier", "RNNForecaster"]
+
+def _entity(value):
+    """The per-entity key of a feature value (None when absent)."""
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        return normalize_key(value)
+    except ValueError:
+        return str(value)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, np.complexfloating)
+
+
+def _sort_key(name):
+    return (type(name).__name__, str(name))
+
+
+class _Core:
+    """A Model plus the preallocated buffers of the one-sample path.
+
+    ``x`` is the input buffer (1, n_inputs) that callers fill before ``step`` or
+    ``peek``. Kept separate from the estimator so the estimator's attributes
+    stay its constructor parameters plus this one object.
+    """
+
+    def __init__(self, n_inputs, n_outputs, task, keyed, cell, n_hidden, learner, truncation, optimizer, lr,
+                 clip, seed, dtype, max_keys):
+        kw = {} if truncation is None else {"truncation": truncation}
+        self.model = Model(cell=cell, n_inputs=n_inputs, n_hidden=n_hidden, n_outputs=n_outputs, task=task,
+                           learner=learner, optimizer=optimizer, lr=lr, clip=clip, seed=seed, dtype=dtype,
+                           max_keys=max_keys, **kw)
+        self.keyed = keyed
+        self._scratch()
+
+    def _scratch(self):
+        m = self.model
+        dt, n_in, n_out = m.dtype, m.n_inputs, m.n_outputs
+        self.x = np.zeros((1, n_in), dt)
+        self.x0 = self.x[0]
+        self.y = np.zeros((1, 1 if m.config["task"] != "regression" else n_out), dt)
+        self.has_y = np.ones(1, np.bool_)
+        self.out = np.zeros((1, n_out), dt)
+        self.loss = np.zeros(1, dt)
+        self.pred = np.zeros(n_out, dt)
+        self.zero_state = np.zeros(m._state_size, dt)
+
+    _SCRATCH = ("x", "x0", "y", "has_y", "out", "loss", "pred", "zero_state")
+
+    def __getstate__(self):
+        # Scratch buffers are not state: leaving them out makes the pickle a function of the
+        # model's state only (predict_one writes scratch, so it would otherwise change the bytes).
+        return {k: v for k, v in self.__dict__.items() if k not in self._SCRATCH}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._scratch()
+
+    def step(self, key, target):
+        """``Model.step(self.x, target, key)``: returns the prediction made before learning."""
+        has = target is not None and target == target
+        if has:
+            self.y[0, 0] = target
+        self.has_y[0] = has
+        self.model._apply(self.x, self.y, self.has_y, [key] if self.keyed else None, self.out, self.loss)
+        return self.out[0]
+
+    def state(self, key):
+        s = self.model._keyed.row("hidden", key)
+        return self.zero_state if s is None else s
+
+    def peek(self, key):
+        """``Model.peek(self.x, key)`` into ``self.pred``, changing nothing."""
+        m = self.model
+        predict_from_state(m._cell, m._task, m.n_inputs, m.n_hidden, m.n_outputs, m.theta, m.n_params_cell,
+                           self.x0, self.state(key), self.pred)
+        return self.pred
+
+
+class _Recurrent:
+    """Feature registration, key handling and the lazy Model shared by the estimators."""
+
+    _n_outputs = 1
+    _task = "regression"
+    _input_offset = 0            # leading input slots the estimator fills itself (the forecaster's lag)
+
+    def _reset(self):
+        self._core = None
+        self._index = {}         # feature name -> input slot
+
+    def _build(self):
+        self._core = _Core(self._input_offset + self.n_inputs, self._n_outputs, self._task, self.key is not None,
+                           self.cell, self.n_hidden, self.learner, self.truncation, self.optimizer, self.lr,
+                           self.clip, self.seed, self.dtype, self.max_keys)
+        return self._core
+
+    @property
+    def model(self):
+        """The wrapped :class:`streamrnn.Model` (built on first use)."""
+        return self._core.model if self._core is not None else self._build().model
+
+    def _map(self, x, register):
+        """Fill the input buffer from ``x``; returns the entity key. Raises before changing anything."""
+        core = self._core or self._build()
+        buf = core.x0
+        off = self._input_offset
+        buf[off:] = 0.0
+        if not x:
+            return None
+        index = self._index
+        keyname = self.key
+        new = None
+        try:
+            for name, v in x.items():
+                if name == keyname and keyname is not None:
+                    continue
+                i = index.get(name)
+                if i is None:
+                    if register:
+                        if new is None:
+                            new = []
+                        new.append(name)
+                    continue
+                if v - v:            # NaN or ±inf (v - v is 0 for every finite number)
+                    raise ValueError(f"feature {name!r} is not finite: {v!r}")
+                buf[i] = v
+        except TypeError:            # a registered feature holds a non-number: None reads as missing
+            for name, v in x.items():
+                i = index.get(name)
+                if i is None or (name == keyname and keyname is not None):
+                    continue
+                if v is None:
+                    buf[i] = 0.0
+                elif not _is_number(v):
+                    raise ValueError(f"feature {name!r} is not a number: {v!r}") from None
+                elif v - v:
+                    raise ValueError(f"feature {name!r} is not finite: {v!r}") from None
+                else:
+                    buf[i] = v
+        if new is not None:
+            free = self.n_inputs - (len(index))
+            if free > 0:
+                new = sorted((name for name in new if _is_number(x[name])), key=_sort_key)[:free]
+                for name in new:
+                    if x[name] - x[name]:
+                        raise ValueError(f"feature {name!r} is not finite: {x[name]!r}")
+                for name in new:
+                    i = off + len(index)
+                    buf[i] = x[name]
+                    index[name] = i
+        return None if keyname is None else _entity(x.get(keyname))
+
+    @property
+    def features(self):
+        """Registered feature names, in input-slot order."""
+        return list(self._index)
+
+
+_PARAM_DOC = """
+    cell : {"rnn", "gru", "lstm"}
+        Recurrent cell (PyTorch's equations).
+    n_hidden : int
+        Hidden units.
+    n_inputs : int
+        Input width: at most this many features are registered (see the module's policy).
+    learner : {"rtrl", "snap1", "uoro", "tbptt"}
+        How gradients are obtained online (``"tbptt"`` needs ``truncation``).
+    truncation : int or None
+        Window of ``learner="tbptt"``.
+    optimizer : {"adam", "sgd"}
+    lr : float
+        Learning rate.
+    clip : float or None
+        Global gradient-norm clipping per update.
+    seed : int
+        Seeds the initial weights (the estimator is deterministic).
+    dtype : {"float64", "float32"}
+    key : str or None
+        Name of the feature whose value selects a per-entity hidden state; it is not an input.
+    max_keys : int
+        Most entity states held at once (least recently used dropped beyond that).
+"""
+
+
+class RNNRegressor(_Recurrent, base.Regressor):
+    __doc__ = """Recurrent regressor that learns per sample with exact RTRL.
+
+    Each ``learn_one(x, y)`` advances the hidden state with ``x`` and takes one
+    gradient step on ½(ŷ − y)²; ``predict_one(x)`` is the prediction the next
+    ``learn_one(x, ·)`` would make first, computed without changing anything.
+    Targets are best standardised (wrap it in ``preprocessing.TargetStandardScaler``)
+    and features scaled (``preprocessing.StandardScaler``).
+
+    Parameters
+    ----------""" + _PARAM_DOC + """
+    Examples
+    --------
+    >>> from river import datasets, evaluate, metrics, preprocessing
+    >>> from streamrnn.river import RNNRegressor
+    >>> model = preprocessing.TargetStandardScaler(
+    ...     preprocessing.StandardScaler() | RNNRegressor(cell="gru", n_hidden=8, lr=0.05, seed=1))
+    >>> evaluate.progressive_val_score(datasets.TrumpApproval(), model, metrics.MAE())
+    MAE: 0.482123
+
+    Per-entity states: the feature named by ``key`` picks the hidden state.
+
+    >>> reg = RNNRegressor(n_hidden=4, key="sensor")
+    >>> reg.learn_one({"sensor": "a", "t": 1.0}, 2.0)
+    >>> reg.features, reg.model.keys
+    (['t'], ['a'])
+    """
+
+    def __init__(self, cell="gru", n_hidden=16, n_inputs=16, learner="rtrl", truncation=None, optimizer="adam",
+                 lr=0.01, clip=1.0, seed=0, dtype="float64", key=None, max_keys=1024):
+        self.cell = cell
+        self.n_hidden = n_hidden
+        self.n_inputs = n_inputs
+        self.learner = learner
+        self.truncation = truncation
+        self.optimizer = optimizer
+        self.lr = lr
+        self.clip = clip
+        self.seed = seed
+        self.dtype = dtype
+        self.key = key
+        self.max_keys = max_keys
+        self._reset()
+
+    @classmethod
+    def _unit_test_params(cls):
+        yield {"n_hidden": 4, "n_inputs": 8}
+        yield {"cell": "lstm", "n_hidden": 3, "n_inputs": 4, "learner": "tbptt", "truncation": 4, "key": "dummy"}
+
+    def learn_one(self, x, y):
+        key = self._map(x, True)
+        self._core.step(key, float(y))
+
+    def predict_one(self, x):
+        key = self._map(x, False)
+        return float(self._core.peek(key)[0])
+
+
+class RNNClassifier(_Recurrent, base.Classifier):
+    __doc__ = """Recurrent classifier (binary or multiclass) that learns per sample with exact RTRL.
+
+    Class policy: ``n_classes`` fixes the readout width once, so the model is
+    never rebuilt. With ``n_classes=2`` (the default) the classifier is binary:
+    one logistic output, labels are bools (or 0/1), and ``predict_proba_one``
+    always returns exactly ``{False: 1 - p, True: p}``, also before any
+    learning. With ``n_classes > 2`` it is multiclass: a softmax over
+    ``n_classes`` outputs, each label gets the next free output when first
+    seen in ``learn_one``, and ``predict_proba_one`` returns every known class,
+    its probabilities renormalised over the known classes (a softmax over their
+    logits; ``{}`` before any label). A label first seen once all outputs are
+    taken is not learned (the state still advances; ``n_dropped_labels`` counts
+    such samples).
+
+    Parameters
+    ----------""" + _PARAM_DOC + """    n_classes : int
+        Readout width: 2 for a binary classifier, more for multiclass.
+
+    Examples
+    --------
+    >>> from river import datasets, evaluate, metrics, preprocessing
+    >>> from streamrnn.river import RNNClassifier
+    >>> model = preprocessing.StandardScaler() | RNNClassifier(n_hidden=4, lr=0.02, seed=1)
+    >>> evaluate.progressive_val_score(datasets.Phishing(), model, metrics.Accuracy())
+    Accuracy: 89.12%
+
+    >>> clf = RNNClassifier(n_hidden=4, n_classes=5)
+    >>> clf.learn_one({"a": 1.0}, "cat")
+    >>> clf.learn_one({"a": -1.0}, "dog")
+    >>> sorted(clf.predict_proba_one({"a": 1.0}))
+    ['cat', 'dog']
+    """
+
+    def __init__(self, cell="gru", n_hidden=16, n_inputs=16, n_classes=2, learner="rtrl", truncation=None,
+                 optimizer="adam", lr=0.01, clip=1.0, seed=0, dtype="float64", key=None, max_keys=1024):
+        self.cell = cell
+        self.n_hidden = n_hidden
+        self.n_inputs = n_inputs
+        self.n_classes = n_classes
+        self.learner = learner
+        self.truncation = truncation
+        self.optimizer = optimizer
+        self.lr = lr
+        self.clip = clip
+        self.seed = seed
+        self.dtype = dtype
+        self.key = key
+        self.max_keys = max_keys
+        if int(n_classes) < 2:
+            raise ValueError(f"n_classes must be >= 2; got {n_classes}")
+        self._reset()
+
+    def _reset(self):
+        super()._reset()
+        self._classes = {}        # label -> output index (multiclass)
+        self.n_dropped_labels = 0
+
+    @property
+    def _multiclass(self):
+        return self.n_classes > 2
+
+    @property
+    def _n_outputs(self):
+        return self.n_classes if self.n_classes > 2 else 1
+
+    @property
+    def _task(self):
+        return "classification" if self.n_classes > 2 else "binary"
+
+    @property
+    def classes(self):
+        """Known labels, in order of output index."""
+        return [False, True] if self.n_classes == 2 else list(self._classes)
+
+    @classmethod
+    def _unit_test_params(cls):
+        yield {"n_hidden": 4, "n_inputs": 8}
+        yield {"n_hidden": 4, "n_inputs": 20, "n_classes": 8, "cell": "rnn"}
+
+    def learn_one(self, x, y):
+        if self.n_classes == 2:
+            if y is True or y is False or isinstance(y, np.bool_) or (isinstance(y, (int, np.integer)) and y in (0, 1)):
+                target = 1.0 if y else 0.0
+            else:
+                raise ValueError(f"a binary RNNClassifier takes bool (or 0/1) labels; got {y!r} "
+                                 "(use n_classes > 2 for other labels)")
+            key = self._map(x, True)
+        else:
+            key = self._map(x, True)
+            idx = self._classes.get(y)
+            if idx is None and len(self._classes) < self.n_classes:
+                idx = self._classes[y] = len(self._classes)
+            if idx is None:
+                self.n_dropped_labels += 1
+                target = None
+            else:
+                target = float(idx)
+        self._core.step(key, target)
+
+    def predict_proba_one(self, x):
+        key = self._map(x, False)
+        p = self._core.peek(key)
+        if self.n_classes == 2:
+            p1 = float(p[0])
+            return {False: 1.0 - p1, True: p1}
+        if not self._classes:
+            return {}
+        total = 0.0
+        for i in range(len(self._classes)):
+            total += p[i]
+        return {label: float(p[i] / total) for label, i in self._classes.items()}
+
+
+class RNNForecaster(_Recurrent, Forecaster):
+    __doc__ = """Recurrent forecaster: learns one observation at a time, forecasts recursively.
+
+    The input at step t is the previous observation y_{t-1} followed by the
+    exogenous features of ``x`` (registered by name like the regressor's, up to
+    ``n_inputs``); the target is y_t. With ``standardize`` the series is scaled
+    by its running mean and standard deviation (Welford, as of before each
+    observation) for both the lag input and the target. ``forecast(horizon, xs)``
+    runs the cell forward from a copy of the current state, feeding each
+    prediction back as the next lag input, and changes nothing. With ``key``,
+    ``learn_one`` takes the entity from ``x`` and ``forecast`` from ``xs[0]``
+    (no ``xs``: the default entity); each entity keeps its own last observation.
+
+    Parameters
+    ----------""" + _PARAM_DOC.replace("Input width", "Exogenous input width (0: none)") + """    standardize : bool
+        Scale the series by its running mean and standard deviation.
+
+    Examples
+    --------
+    >>> from river import datasets, evaluate, metrics
+    >>> from streamrnn.river import RNNForecaster
+    >>> model = RNNForecaster(n_hidden=8, lr=0.02, seed=1)
+    >>> evaluate.evaluate(datasets.AirlinePassengers(), model, metrics.MAE(), horizon=3)
+    +1 MAE: 34.000099
+    +2 MAE: 36.95975
+    +3 MAE: 37.601567
+
+    >>> model.forecast(horizon=2) == model.forecast(horizon=2)
+    True
+    """
+
+    def __init__(self, cell="gru", n_hidden=16, n_inputs=0, learner="rtrl", truncation=None, optimizer="adam",
+                 lr=0.01, clip=1.0, seed=0, dtype="float64", key=None, max_keys=1024, standardize=True):
+        self.cell = cell
+        self.n_hidden = n_hidden
+        self.n_inputs = n_inputs
+        self.learner = learner
+        self.truncation = truncation
+        self.optimizer = optimizer
+        self.lr = lr
+        self.clip = clip
+        self.seed = seed
+        self.dtype = dtype
+        self.key = key
+        self.max_keys = max_keys
+        self.standardize = standardize
+        self._reset()
+
+    _input_offset = 1
+
+    def _reset(self):
+        super()._reset()
+        self._last = OrderedDict()     # key -> last observation (bounded like the Model's states)
+        self._n, self._mean, self._m2 = 0, 0.0, 0.0
+
+    @classmethod
+    def _unit_test_params(cls):
+        yield {"n_hidden": 4}
+        yield {"n_hidden": 3, "n_inputs": 2, "cell": "lstm", "key": "period"}
+
+    def _scale(self):
+        if not self.standardize or self._n < 2:
+            return self._mean if self.standardize else 0.0, 1.0
+        sd = math.sqrt(self._m2 / self._n)
+        return self._mean, (sd if sd > 0 else 1.0)
+
+    def learn_one(self, y, x=None):
+        y = float(y)
+        if not math.isfinite(y):
+            raise ValueError(f"the observation must be finite; got {y!r}")
+        key = self._map(x, True)
+        mean, sd = self._scale()
+        last = self._last.get(key)
+        self._core.x0[0] = 0.0 if last is None else (last - mean) / sd
+        self._core.step(key, (y - mean) / sd)
+        self._last[key] = y
+        self._last.move_to_end(key)
+        if len(self._last) > self.max_keys:
+            self._last.popitem(last=False)
+        if self.standardize:
+            self._n += 1
+            d = y - self._mean
+            self._mean += d / self._n
+            self._m2 += d * (y - self._mean)
+
+    def forecast(self, horizon, xs=None):
+        core = self._core or self._build()
+        m = core.model
+        key = None
+        if self.key is not None and xs:
+            key = _entity(xs[0].get(self.key))
+        mean, sd = self._scale()
+        last = self._last.get(key)
+        z = 0.0 if last is None else (last - mean) / sd
+        s = core.state(key).copy()
+        s_new = np.empty_like(s)
+        cache = np.empty(cache_size(m._cell, m.n_hidden), m.dtype)
+        out = np.empty(1, m.dtype)
+        preds = []
+        for t in range(horizon):
+            self._map(xs[t] if xs is not None and t < len(xs) else None, False)
+            x = core.x0
+            x[0] = z
+            cell_forward(m._cell, m.theta, m.n_inputs, m.n_hidden, x, s, s_new, cache)
+            _readout(m.theta, m.n_params_cell, m.n_hidden, 1, s_new, out)
+            z = float(out[0])
+            preds.append(z * sd + mean)
+            s, s_new = s_new, s
+        return preds
