@@ -1,6 +1,7 @@
 """streamrnn: streaming online learning with recurrent cells (exact RTRL, TBPTT, BPTT)."""
+from . import bptt
 from .checkpoint import CheckpointError
 from .model import Model
 
-__all__ = ["Model", "CheckpointError"]
+__all__ = ["Model", "CheckpointError", "bptt"]
 __version__ = "0.1.0"

@@ -97,7 +97,7 @@ class LearnerRun:
     prequential: float
     tail: float
     steps_per_s: float
-    state_bytes_per_key: int
+    state_bytes_per_key: int            # None for the offline learner
     state_bytes_at_10pct: int
     state_bytes_at_end: int
     peak_rss_bytes: int
@@ -159,7 +159,8 @@ def _run_bidir(spec, X, Y, has_y, tail_start, metric, task, cell, n_hidden, lr, 
     y_tail, h_tail = Y[tail_start:tail_start + n_tail], has_y[tail_start:tail_start + n_tail]
     tail = score(metric, task, preds_tail, y_tail, h_tail)
     steps = epochs * Xtr.shape[0] * Xtr.shape[1]
-    return LearnerRun(spec, seed, float("nan"), tail, steps / elapsed, 0, 0, 0, _peak_rss_bytes(),
+    # Offline: no per-key streaming state to report.
+    return LearnerRun(spec, seed, float("nan"), tail, steps / elapsed, None, None, None, _peak_rss_bytes(),
                       [(X.shape[0], tail)])
 
 
@@ -260,7 +261,8 @@ class Comparison:
             for name in ("prequential", "tail", "steps_per_s"):
                 row[name], row[name + "_std"] = _mean_std([getattr(r, name) for r in rs])
             for name in ("state_bytes_per_key", "state_bytes_at_10pct", "state_bytes_at_end", "peak_rss_bytes"):
-                row[name] = max(getattr(r, name) for r in rs)
+                values = [getattr(r, name) for r in rs if getattr(r, name) is not None]
+                row[name] = max(values) if values else None
             rows.append(row)
         return rows
 
@@ -271,8 +273,9 @@ class Comparison:
         lines = [head, "-" * len(head)]
         for r in self.summary():
             lines.append(f"{r['learner']:<12}{_pm(r['prequential'], r['prequential_std']):>24}"
-                         f"{_pm(r['tail'], r['tail_std']):>24}{r['steps_per_s']:>10.0f}{r['state_bytes_per_key']:>12}"
-                         f"{r['state_bytes_at_10pct']:>11}{r['state_bytes_at_end']:>11}"
+                         f"{_pm(r['tail'], r['tail_std']):>24}{r['steps_per_s']:>10.0f}"
+                         f"{_or_dash(r['state_bytes_per_key']):>12}{_or_dash(r['state_bytes_at_10pct']):>11}"
+                         f"{_or_dash(r['state_bytes_at_end']):>11}"
                          f"{r['peak_rss_bytes'] / 2 ** 20:>13.1f}")
         return "\n".join(lines)
 
@@ -315,6 +318,10 @@ class Comparison:
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
+
+
+def _or_dash(value):
+    return "-" if value is None else str(value)
 
 
 def _pm(mean, std):

@@ -81,3 +81,20 @@ def test_gradient_alignment_measures_the_approximation_without_changing_training
     assert cos["uoro"].mean() < cos["snap1"].mean()
     with pytest.raises(ValueError, match="clip=None"):
         compare.gradient_alignment(sr.Model(clip=1.0), X, Y)
+
+
+def test_offline_bidirectional_learner_is_trained_on_the_head_and_scored_on_the_tail():
+    from streamrnn.datasets import mackey_glass, one_step_ahead
+    X, Y = one_step_ahead(mackey_glass(1201))
+    result = compare.run(X, Y, learners=["bidir:40"], cell="gru", n_hidden=6, task="regression", lr=1e-2,
+                         bidir_epochs=3, progress=False)
+    (row,) = result.summary()
+    fitted = sr.bptt.fit(np.ascontiguousarray(X[:960].reshape(24, 40, 1).transpose(1, 0, 2)),
+                         np.ascontiguousarray(Y[:960].reshape(24, 40, 1).transpose(1, 0, 2)), cell="gru",
+                         n_hidden=6, bidirectional=True, merge="concat", task="regression", lr=1e-2, epochs=3,
+                         seed=0)
+    p = fitted.predict(np.ascontiguousarray(X[960:1200].reshape(6, 40, 1).transpose(1, 0, 2)))
+    p = p.transpose(1, 0, 2).reshape(-1, 1)
+    y = Y[960:1200, None]
+    assert row["tail"] == pytest.approx(np.mean((p - y) ** 2) / np.mean((y - y.mean()) ** 2), rel=1e-12)
+    assert row["state_bytes_per_key"] is None and "bidir:40" in result.table()

@@ -1,0 +1,423 @@
+"""Offline minibatch training with full (optionally bidirectional) BPTT.
+
+Data are time-major: ``X`` of shape ``(time_steps, n_samples, n_inputs)``.
+The network is::
+
+    X -> [feed-forward layers "ff_in"] -> recurrent stack (n_layers, 1 or 2 directions)
+      -> merge ("sum" or "concat" of the directions) -> [feed-forward layers "ff_out"] -> readout
+
+Layer ``l > 0`` reads both directions of layer ``l - 1`` concatenated, as
+``torch.nn.GRU(bidirectional=True)``; ``merge`` only applies to the last
+layer's output. The reverse direction runs from ``t = T-1`` down to 0 from a
+zero state. ``output="many_to_many"`` predicts at every step (``Y`` has shape
+``(T, n_samples[, n_outputs])``); ``"many_to_one"`` predicts once per sequence
+from the final states, PyTorch's ``h_n`` of the last layer: the forward
+direction after ``t = T-1`` and the reverse direction after ``t = 0``
+(``Y`` of shape ``(n_samples[, n_outputs])``).
+
+Loss: the per-step losses of :mod:`streamrnn.losses`, summed over time steps
+(as ``Model.gradient`` does) and averaged over samples. Parameters carry
+PyTorch's names: ``weight_ih_l0``, ``weight_hh_l0_reverse``, ``ff_in.0.weight``,
+``ff_out.0.bias``, ``readout.weight``, ...
+
+Examples
+--------
+>>> import numpy as np
+>>> import streamrnn.bptt as bptt
+>>> rng = np.random.default_rng(0)
+>>> X = rng.normal(size=(6, 32, 2))
+>>> Y = X.sum(axis=0)                       # many-to-one: sum of each sequence
+>>> m = bptt.fit(X, Y, cell="gru", n_hidden=4, bidirectional=True, output="many_to_one",
+...              epochs=3, batch_size=8, lr=1e-2)
+>>> m.predict(X).shape
+(32, 2)
+>>> len(m.history["train"])
+3
+"""
+import math
+
+import numpy as np
+
+from . import checkpoint
+from .cells.dispatch import CELL_IDS, ELEMENTWISE, n_gates
+from .learners.bptt_batch import allocate, batch_loss, stack_backward, stack_forward
+from .losses import BINARY, CLASSIFICATION, REGRESSION, TASK_IDS
+from .optim import BETA1, BETA2, EPS, LR, N_HYPER, OPTIMIZER_IDS, clip_grad_norm, optimizer_step, \
+    squared_norm
+
+__all__ = ["fit", "OfflineModel"]
+
+_ACTS = ("tanh", "relu")
+
+
+def _act(name, z):
+    return np.tanh(z) if name == "tanh" else np.maximum(z, 0.0)
+
+
+def _act_grad(name, a):
+    """Derivative from the activation's output ``a``."""
+    return 1.0 - a * a if name == "tanh" else (a > 0.0).astype(a.dtype)
+
+
+class OfflineModel:
+    """A recurrent network trained offline with full BPTT; see the module docstring.
+
+    Built by :func:`fit`, or directly (then the weights are PyTorch-style random)."""
+
+    def __init__(self, cell="gru", n_inputs=1, n_hidden=16, n_outputs=1, n_layers=1, bidirectional=False,
+                 merge="sum", output="many_to_many", task="regression", hidden_layers_before=(),
+                 hidden_layers_after=(), activation="tanh", seed=0, dtype="float64"):
+        if cell not in CELL_IDS:
+            raise ValueError(f"cell must be one of {sorted(CELL_IDS)}; got {cell!r}")
+        if task not in TASK_IDS:
+            raise ValueError(f"task must be one of {sorted(TASK_IDS)}; got {task!r}")
+        if merge not in ("sum", "concat"):
+            raise ValueError(f"merge must be 'sum' or 'concat'; got {merge!r}")
+        if output not in ("many_to_many", "many_to_one"):
+            raise ValueError(f"output must be 'many_to_many' or 'many_to_one'; got {output!r}")
+        if activation not in _ACTS:
+            raise ValueError(f"activation must be one of {_ACTS}; got {activation!r}")
+        if dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype must be 'float64' or 'float32'; got {dtype!r}")
+        for name, v in (("n_inputs", n_inputs), ("n_hidden", n_hidden), ("n_outputs", n_outputs),
+                        ("n_layers", n_layers)):
+            if int(v) < 1:
+                raise ValueError(f"{name} must be a positive integer; got {v}")
+        if task == BINARY and int(n_outputs) != 1:
+            raise ValueError("task='binary' needs n_outputs=1")
+        self.cell, self.task, self.merge, self.output, self.activation = cell, task, merge, output, activation
+        self.n_inputs, self.n_hidden, self.n_outputs = int(n_inputs), int(n_hidden), int(n_outputs)
+        self.n_layers, self.bidirectional = int(n_layers), bool(bidirectional)
+        self.hidden_layers_before = tuple(int(h) for h in hidden_layers_before)
+        self.hidden_layers_after = tuple(int(h) for h in hidden_layers_after)
+        self.dtype = np.dtype(dtype)
+        self._cell, self._task = CELL_IDS[cell], TASK_IDS[task]
+        self.history = {"train": [], "validation": []}
+        layout, bounds = self._layout()
+        self._blocks = []
+        pos = 0
+        for (name, shape), _ in zip(layout, bounds):
+            size = int(np.prod(shape))
+            self._blocks.append((name, shape, pos, size))
+            pos += size
+        self.n_params = pos
+        self._pos = {name: (p, s, shape) for name, shape, p, s in self._blocks}
+        D = 2 if self.bidirectional else 1
+        self._offs = np.array([self._pos[f"weight_ih_l{l}" + ("_reverse" if d else "")][0]
+                               for l in range(self.n_layers) for d in range(D)], dtype=np.int64)
+        rng = np.random.default_rng(seed)
+        self.theta = np.empty(self.n_params, self.dtype)
+        for (name, shape, p, s), bound in zip(self._blocks, bounds):
+            self.theta[p:p + s] = rng.uniform(-bound, bound, s)
+
+    # ------------------------------------------------------------------ layout
+    def _layout(self):
+        """(name, shape) of every block in flat order, and its PyTorch init bound."""
+        out, bounds = [], []
+        width = self.n_inputs
+        for i, h in enumerate(self.hidden_layers_before):
+            b = 1.0 / math.sqrt(width)
+            out += [(f"ff_in.{i}.weight", (h, width)), (f"ff_in.{i}.bias", (h,))]
+            bounds += [b, b]
+            width = h
+        G, n = n_gates(self._cell), self.n_hidden
+        D = 2 if self.bidirectional else 1
+        b = 1.0 / math.sqrt(n)
+        for l in range(self.n_layers):
+            m = width if l == 0 else D * n
+            for d in range(D):
+                sfx = f"l{l}" + ("_reverse" if d else "")
+                hh = (G * n,) if self._cell in ELEMENTWISE else (G * n, n)
+                out += [(f"weight_ih_{sfx}", (G * n, m)), (f"weight_hh_{sfx}", hh),
+                        (f"bias_ih_{sfx}", (G * n,)), (f"bias_hh_{sfx}", (G * n,))]
+                bounds += [b] * 4
+        width = D * n if self.merge == "concat" else n
+        for i, h in enumerate(self.hidden_layers_after):
+            b = 1.0 / math.sqrt(width)
+            out += [(f"ff_out.{i}.weight", (h, width)), (f"ff_out.{i}.bias", (h,))]
+            bounds += [b, b]
+            width = h
+        b = 1.0 / math.sqrt(width)
+        out += [("readout.weight", (self.n_outputs, width)), ("readout.bias", (self.n_outputs,))]
+        bounds += [b, b]
+        return out, bounds
+
+    def _view(self, theta, name):
+        p, s, shape = self._pos[name]
+        return theta[p:p + s].reshape(shape)
+
+    def get_weights(self):
+        """Copies of the parameters, a dict of arrays with PyTorch-style names and shapes."""
+        return {name: self.theta[p:p + s].reshape(shape).copy() for name, shape, p, s in self._blocks}
+
+    def set_weights(self, weights):
+        """Replace every parameter; ``weights`` must hold exactly the names of ``get_weights()``."""
+        expected = set(self._pos)
+        if set(weights) != expected:
+            raise ValueError(f"set_weights: missing {sorted(expected - set(weights))}, "
+                             f"unexpected {sorted(set(weights) - expected)}")
+        new = np.empty_like(self.theta)
+        for name, shape, p, s in self._blocks:
+            arr = np.asarray(weights[name], dtype=self.dtype)
+            if arr.shape != tuple(shape):
+                raise ValueError(f"set_weights: {name} has shape {arr.shape}, expected {tuple(shape)}")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"set_weights: {name} contains NaN or inf")
+            new[p:p + s] = arr.ravel()
+        self.theta[:] = new
+
+    def _unflatten(self, flat):
+        return {name: flat[p:p + s].reshape(shape).copy() for name, shape, p, s in self._blocks}
+
+    # ------------------------------------------------------------------ input checks
+    def _check_X(self, X):
+        X = np.asarray(X)
+        if X.ndim != 3:
+            raise ValueError(f"X must have shape (time_steps, n_samples, n_inputs); got shape {X.shape}")
+        if X.shape[2] != self.n_inputs:
+            raise ValueError(f"X has {X.shape[2]} inputs per step; the model expects n_inputs={self.n_inputs}")
+        if X.shape[0] < 1 or X.shape[1] < 1:
+            raise ValueError(f"X needs at least one time step and one sample; got shape {X.shape}")
+        X = np.ascontiguousarray(X, dtype=self.dtype)
+        if not np.isfinite(X).all():
+            raise ValueError("X contains NaN or inf")
+        return X
+
+    def _check_Y(self, Y, X):
+        T, B = X.shape[:2]
+        Y = np.asarray(Y, dtype=self.dtype)
+        lead = (T, B) if self.output == "many_to_many" else (B,)
+        width = self.n_outputs if self._task == REGRESSION else 1
+        if Y.shape == lead:
+            Y = Y.reshape(lead + (1,))
+        if Y.shape != lead + (width,):
+            raise ValueError(f"Y must have shape {lead + (width,)} (or {lead} for one value) for "
+                             f"output={self.output!r}, task={self.task!r}; got shape {Y.shape}")
+        if not np.isfinite(Y).all():
+            raise ValueError("Y contains NaN or inf")
+        if self._task == CLASSIFICATION:
+            if (Y != np.round(Y)).any() or Y.min() < 0 or Y.max() >= self.n_outputs:
+                raise ValueError(f"classification targets must be integers in [0, {self.n_outputs})")
+        elif self._task == BINARY and not np.isin(Y, (0.0, 1.0)).all():
+            raise ValueError("binary targets must be 0 or 1")
+        return np.ascontiguousarray(Y)
+
+    # ------------------------------------------------------------------ forward / backward
+    def _forward(self, theta, X):
+        T, B = X.shape[:2]
+        n, D = self.n_hidden, 2 if self.bidirectional else 1
+        acts_in = [X]
+        h = X
+        for i in range(len(self.hidden_layers_before)):
+            W, b = self._view(theta, f"ff_in.{i}.weight"), self._view(theta, f"ff_in.{i}.bias")
+            h = np.ascontiguousarray(_act(self.activation, h @ W.T + b))
+            acts_in.append(h)
+        states, caches, outputs = allocate(self._cell, self.n_layers, D, n, T, B, self.dtype)
+        stack_forward(self._cell, self.n_layers, D, n, theta, self._offs, h, states, caches, outputs)
+        top = outputs[-1]                                     # (T, B, D n)
+        if self.output == "many_to_one":
+            feats = top[-1].copy()
+            if D == 2:
+                feats[:, n:] = top[0, :, n:]
+        else:
+            feats = top
+        if D == 2 and self.merge == "sum":
+            feats = feats[..., :n] + feats[..., n:]
+        acts_out = [feats]
+        h2 = feats
+        for i in range(len(self.hidden_layers_after)):
+            W, b = self._view(theta, f"ff_out.{i}.weight"), self._view(theta, f"ff_out.{i}.bias")
+            h2 = _act(self.activation, h2 @ W.T + b)
+            acts_out.append(h2)
+        logits = h2 @ self._view(theta, "readout.weight").T + self._view(theta, "readout.bias")
+        return logits, (acts_in, states, caches, outputs, acts_out)
+
+    def _loss_grad(self, theta, X, Y, want_grad=True):
+        """Return (loss, flat gradient or None): loss = mean over samples of Σ_t L_t."""
+        B = X.shape[1]
+        logits, (acts_in, states, caches, outputs, acts_out) = self._forward(theta, X)
+        flat_logits = np.ascontiguousarray(logits.reshape(-1, self.n_outputs))
+        dlog = np.empty_like(flat_logits)
+        loss = batch_loss(self._task, flat_logits, Y.reshape(-1, Y.shape[-1]), dlog) / B
+        if not want_grad:
+            return loss, None
+        grad = np.zeros_like(theta)
+        dz = dlog.reshape(logits.shape) / B
+        Wo = self._view(theta, "readout.weight")
+        gsl = self._view(grad, "readout.weight")
+        gsl += np.tensordot(dz, acts_out[-1], axes=(list(range(dz.ndim - 1)), list(range(dz.ndim - 1))))
+        self._view(grad, "readout.bias")[:] += dz.reshape(-1, self.n_outputs).sum(0)
+        g = dz @ Wo
+        for i in range(len(self.hidden_layers_after) - 1, -1, -1):
+            a = acts_out[i + 1]
+            dpre = g * _act_grad(self.activation, a)
+            W = self._view(theta, f"ff_out.{i}.weight")
+            ax = list(range(dpre.ndim - 1))
+            self._view(grad, f"ff_out.{i}.weight")[:] += np.tensordot(dpre, acts_out[i], axes=(ax, ax))
+            self._view(grad, f"ff_out.{i}.bias")[:] += dpre.reshape(-1, dpre.shape[-1]).sum(0)
+            g = dpre @ W
+        n, D = self.n_hidden, 2 if self.bidirectional else 1
+        if D == 2 and self.merge == "sum":
+            g = np.concatenate([g, g], axis=-1)
+        T = X.shape[0]
+        G_top = np.zeros((T, B, D * n), self.dtype)
+        if self.output == "many_to_one":
+            G_top[-1, :, :n] = g[:, :n]
+            if D == 2:
+                G_top[0, :, n:] = g[:, n:]
+        else:
+            G_top[:] = g
+        h = acts_in[-1]
+        G_X = np.zeros(h.shape, self.dtype)
+        stack_backward(self._cell, self.n_layers, D, n, theta, self._offs, h, states, caches, outputs,
+                       G_top, grad, G_X)
+        g = G_X
+        for i in range(len(self.hidden_layers_before) - 1, -1, -1):
+            dpre = g * _act_grad(self.activation, acts_in[i + 1])
+            W = self._view(theta, f"ff_in.{i}.weight")
+            self._view(grad, f"ff_in.{i}.weight")[:] += np.tensordot(dpre, acts_in[i], axes=([0, 1], [0, 1]))
+            self._view(grad, f"ff_in.{i}.bias")[:] += dpre.reshape(-1, dpre.shape[-1]).sum(0)
+            g = dpre @ W
+        return loss, grad
+
+    # ------------------------------------------------------------------ public
+    def predict(self, X):
+        """Predictions: ``(T, n_samples, n_outputs)`` many-to-many, ``(n_samples, n_outputs)`` many-to-one.
+
+        Regression values, class probabilities (classification) or ``P(y = 1)`` (binary)."""
+        logits, _ = self._forward(self.theta, self._check_X(X))
+        if self._task == REGRESSION:
+            return logits
+        if self._task == BINARY:
+            return 1.0 / (1.0 + np.exp(-logits))
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def loss(self, X, Y):
+        """Mean over samples of the summed per-step loss."""
+        X = self._check_X(X)
+        return float(self._loss_grad(self.theta, X, self._check_Y(Y, X), want_grad=False)[0])
+
+    def gradient(self, X, Y):
+        """Gradient of :meth:`loss` at the current weights, keyed like ``get_weights()``."""
+        X = self._check_X(X)
+        return self._unflatten(self._loss_grad(self.theta, X, self._check_Y(Y, X))[1])
+
+    def _config(self):
+        return {"cell": self.cell, "n_inputs": self.n_inputs, "n_hidden": self.n_hidden,
+                "n_outputs": self.n_outputs, "n_layers": self.n_layers, "bidirectional": self.bidirectional,
+                "merge": self.merge, "output": self.output, "task": self.task,
+                "hidden_layers_before": list(self.hidden_layers_before),
+                "hidden_layers_after": list(self.hidden_layers_after), "activation": self.activation,
+                "dtype": self.dtype.name}
+
+    def save(self, path):
+        """Write config, weights and history atomically (:mod:`streamrnn.checkpoint`)."""
+        meta = {"kind": "streamrnn.bptt.OfflineModel", "config": self._config(), "history": self.history}
+        checkpoint.save(path, self.get_weights(), meta)
+
+    @classmethod
+    def load(cls, path):
+        arrays, meta = checkpoint.load(path)
+        if meta.get("kind") != "streamrnn.bptt.OfflineModel":
+            raise checkpoint.CheckpointError(f"{path}: not an offline BPTT model")
+        m = cls(**meta["config"])
+        m.set_weights(arrays)
+        m.history = {k: list(v) for k, v in meta.get("history", {}).items()}
+        return m
+
+    def __repr__(self):
+        return (f"OfflineModel(cell={self.cell!r}, n_hidden={self.n_hidden}, n_layers={self.n_layers}, "
+                f"bidirectional={self.bidirectional}, merge={self.merge!r}, output={self.output!r})")
+
+
+def fit(X, Y, cell="gru", n_hidden=16, n_layers=1, bidirectional=False, merge="sum", output="many_to_many",
+        task="regression", n_outputs=None, hidden_layers_before=(), hidden_layers_after=(),
+        activation="tanh", optimizer="adam", lr=1e-3, clip=None, epochs=10, batch_size=32, shuffle=True,
+        validation=0.1, patience=None, seed=0, dtype="float64", verbose=False):
+    """Train an :class:`OfflineModel` on time-major ``X`` (T, n_samples, n_inputs) and targets ``Y``.
+
+    The validation split is the last ``validation`` fraction of the samples (before
+    any shuffling, as Keras does); ``validation=0`` trains on everything. Each epoch
+    shuffles the training samples (``shuffle``, seeded by ``seed``) and takes one
+    optimizer step per minibatch on the mean loss, after clipping the gradient's
+    global norm to ``clip``. With ``patience``, training stops once the validation
+    loss has not improved for ``patience`` epochs and the best weights are restored.
+    ``n_outputs`` defaults to Y's width (regression), max class + 1 (classification), 1 (binary).
+    """
+    X = np.asarray(X)
+    if X.ndim != 3:
+        raise ValueError(f"X must have shape (time_steps, n_samples, n_inputs); got shape {X.shape}")
+    if optimizer not in OPTIMIZER_IDS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_IDS)}; got {optimizer!r}")
+    if not 0.0 <= validation < 1.0:
+        raise ValueError(f"validation must be in [0, 1); got {validation}")
+    if int(epochs) < 1 or int(batch_size) < 1:
+        raise ValueError("epochs and batch_size must be positive integers")
+    if n_outputs is None:
+        Ya = np.asarray(Y, dtype=float)
+        if task == "classification":
+            if not np.isfinite(Ya).all():
+                raise ValueError("Y contains NaN or inf")
+            n_outputs = int(Ya.max()) + 1
+        elif task == "binary":
+            n_outputs = 1
+        else:
+            lead = 2 if output == "many_to_many" else 1
+            n_outputs = 1 if Ya.ndim == lead else Ya.shape[-1]
+    m = OfflineModel(cell=cell, n_inputs=X.shape[2], n_hidden=n_hidden, n_outputs=n_outputs, n_layers=n_layers,
+                     bidirectional=bidirectional, merge=merge, output=output, task=task,
+                     hidden_layers_before=hidden_layers_before, hidden_layers_after=hidden_layers_after,
+                     activation=activation, seed=seed, dtype=dtype)
+    X = m._check_X(X)
+    Y = m._check_Y(Y, X)
+    N = X.shape[1]
+    n_val = int(round(validation * N))
+    if n_val >= N:
+        raise ValueError(f"validation={validation} leaves no training samples out of {N}")
+    n_tr = N - n_val
+    Xtr, Ytr = X[:, :n_tr], (Y[:, :n_tr] if output == "many_to_many" else Y[:n_tr])
+    Xva, Yva = X[:, n_tr:], (Y[:, n_tr:] if output == "many_to_many" else Y[n_tr:])
+    rng = np.random.default_rng(seed)
+    kind = OPTIMIZER_IDS[optimizer]
+    hyper = np.zeros(N_HYPER)
+    hyper[LR], hyper[BETA1], hyper[BETA2], hyper[EPS] = lr, 0.9, 0.999, 1e-8
+    opt_state = np.zeros((2, m.n_params), m.dtype)
+    step = 0
+    best, best_theta, since = np.inf, m.theta.copy(), 0
+    for epoch in range(int(epochs)):
+        order = rng.permutation(n_tr) if shuffle else np.arange(n_tr)
+        total = 0.0
+        for s in range(0, n_tr, int(batch_size)):
+            idx = order[s:s + int(batch_size)]
+            xb = np.ascontiguousarray(Xtr[:, idx])
+            yb = np.ascontiguousarray(Ytr[:, idx] if output == "many_to_many" else Ytr[idx])
+            loss, grad = m._loss_grad(m.theta, xb, yb)
+            sq = squared_norm(grad)
+            if not (np.isfinite(loss) and np.isfinite(sq)):
+                continue
+            if clip is not None:
+                clip_grad_norm(grad, float(clip), sq)
+            step += 1
+            optimizer_step(kind, m.theta, grad, opt_state, step, hyper)
+            total += loss * len(idx)
+        m.history["train"].append(total / n_tr)
+        if n_val:
+            vl = float(m._loss_grad(m.theta, Xva, Yva, want_grad=False)[0])
+            m.history["validation"].append(vl)
+            if vl < best:
+                best, best_theta, since = vl, m.theta.copy(), 0
+            else:
+                since += 1
+        if verbose:
+            va = f", validation {m.history['validation'][-1]:.6g}" if n_val else ""
+            print(f"epoch {epoch + 1}: train {m.history['train'][-1]:.6g}{va}")
+        if patience is not None and n_val and since >= int(patience):
+            m.theta[:] = best_theta
+            break
+    return m
+
+
+def load(path):
+    """Load a model written by :meth:`OfflineModel.save`."""
+    return OfflineModel.load(path)
