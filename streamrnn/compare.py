@@ -346,8 +346,15 @@ def build_parser(parser=None):
     import argparse
     p = parser or argparse.ArgumentParser(prog="streamrnn compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=sorted(DATASETS), default="add_task",
-                   help="generated stream to compare on")
+                   help="generated stream to compare on (unless --stream is given)")
     p.add_argument("--steps", type=int, default=30_000, help="stream length")
+    p.add_argument("--save-stream", metavar="PATH", help="also write the generated stream as a recorded stream file")
+    p.add_argument("--stream", metavar="PATH", help="a recorded stream file (JSON Lines) to compare on")
+    p.add_argument("--features", help="with --stream: comma-separated feature fields")
+    p.add_argument("--target", default="y", help="with --stream: the target field")
+    p.add_argument("--key-field", help="with --stream: the field holding the entity key (default: the line's key)")
+    p.add_argument("--task", choices=("regression", "classification", "binary"),
+                   help="default: regression for --stream, the dataset's own otherwise")
     p.add_argument("--learners", default="rtrl,tbptt:4,window:9",
                    help="comma-separated: rtrl, snap1, uoro, tbptt:K[:STRIDE], window:W, bidir[:LENGTH]")
     p.add_argument("--cell", default="gru", choices=("rnn", "gru", "lstm"))
@@ -365,14 +372,29 @@ def build_parser(parser=None):
 def main(argv=None, args=None):
     """``streamrnn compare``: print the table, write JSON, CSV and the learning-curve plot."""
     args = args or build_parser().parse_args(argv)
-    task, make = DATASETS[args.dataset]
-    X, Y = make(args.steps, 0)[:2]
-    result = run(X, Y, learners=[s.strip() for s in args.learners.split(",") if s.strip()], cell=args.cell,
+    from .datasets import read_stream, write_stream
+    keys = None
+    if args.stream:
+        if not args.features:
+            raise SystemExit("streamrnn compare: --stream needs --features")
+        X, Y, keys, skipped = read_stream(args.stream, args.features.split(","), args.target, args.key_field)
+        if keys is not None and all(k is None for k in keys):
+            keys = None
+        task = args.task or "regression"
+        print(f"read {len(X)} records from {args.stream} ({skipped} unusable lines skipped)")
+    else:
+        task, make = DATASETS[args.dataset]
+        task = args.task or task
+        X, Y = make(args.steps, 0)[:2]
+        if args.save_stream:
+            write_stream(args.save_stream, X, Y)
+            print(f"wrote the {args.dataset} stream to {args.save_stream}")
+    result = run(X, Y, keys=keys, learners=[s.strip() for s in args.learners.split(",") if s.strip()], cell=args.cell,
                  n_hidden=args.hidden, task=task, lr=args.lr, optimizer=args.optimizer, clip=args.clip,
                  seeds=tuple(range(args.seeds)), train_fraction=args.train_fraction, progress=not args.no_progress)
     print(result.table())
     result.write(args.out)
-    print(json.dumps({"benchmark": "compare", "dataset": args.dataset, **result.to_json()["setup"],
+    print(json.dumps({"benchmark": "compare", "dataset": args.stream or args.dataset, **result.to_json()["setup"],
                       "summary": result.summary()}))
     print(f"wrote {os.path.join(args.out, 'comparison.json')}, comparison.csv, learning_curves.png")
     return 0

@@ -131,3 +131,57 @@ def copy_task(n_sequences, n_symbols=4, length=5, delay=10, seed=0):
         X[base + length + delay - 1, go] = 1.0
         Y[base + length + delay + np.arange(length)] = symbols
     return X, Y, np.repeat(np.arange(n_sequences), steps).tolist()
+
+
+def write_stream(path, X, Y=None, keys=None, feature_names=None, target_name="y", t0=1_700_000_000.0, dt=0.01):
+    """Write samples as a recorded stream file (JSON Lines), the format the replay and file connectors read.
+
+    One line per sample: ``{"ts": t0 + i dt, "key": key, "value": {feature: x, ..., target_name: y}}``;
+    the target is left out where ``Y`` is NaN. Feature names default to ``x0, x1, ...``.
+    Returns the feature names.
+    """
+    import json
+    X = np.asarray(X, dtype=np.float64)
+    names = list(feature_names) if feature_names is not None else [f"x{j}" for j in range(X.shape[1])]
+    if len(names) != X.shape[1]:
+        raise ValueError(f"{len(names)} feature names for {X.shape[1]} features")
+    Y = None if Y is None else np.asarray(Y, dtype=np.float64).reshape(X.shape[0], -1)
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(X.shape[0]):
+            value = {name: float(v) for name, v in zip(names, X[i])}
+            if Y is not None and not np.isnan(Y[i, 0]):
+                value[target_name] = float(Y[i, 0]) if Y.shape[1] == 1 else [float(v) for v in Y[i]]
+            key = None if keys is None else keys[i]
+            key = int(key) if isinstance(key, np.integer) else key
+            fh.write(json.dumps({"ts": round(t0 + i * dt, 6), "key": key, "value": value},
+                                separators=(",", ":")) + "\n")
+    return names
+
+
+def read_stream(path, features, target=None, key=None):
+    """Read a recorded stream file into ``(X, Y, keys, n_skipped)`` for offline use (e.g. ``compare``).
+
+    ``features`` names the value fields that form X, ``target`` the target field
+    (missing: NaN), ``key`` the field holding the entity key (default: the line's
+    ``key``). Lines that are not valid records, or whose features are missing or
+    not finite numbers, are skipped and counted.
+    """
+    import json
+    rows, targets, keys, skipped = [], [], [], 0
+    with open(path, "rb") as fh:
+        for raw in fh:
+            try:
+                obj = json.loads(raw)
+                value = obj["value"]
+                x = [float(value[f]) for f in features]
+                if not np.isfinite(x).all():
+                    raise ValueError("non-finite feature")
+                y = value.get(target) if target else None
+                y = np.nan if y is None else float(y)
+            except (ValueError, KeyError, TypeError):
+                skipped += 1
+                continue
+            rows.append(x)
+            targets.append(y)
+            keys.append(value.get(key) if key else obj.get("key"))
+    return np.array(rows).reshape(-1, len(features)), np.array(targets), keys, skipped

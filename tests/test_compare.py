@@ -98,3 +98,18 @@ def test_offline_bidirectional_learner_is_trained_on_the_head_and_scored_on_the_
     y = Y[960:1200, None]
     assert row["tail"] == pytest.approx(np.mean((p - y) ** 2) / np.mean((y - y.mean()) ** 2), rel=1e-12)
     assert row["state_bytes_per_key"] is None and "bidir:40" in result.table()
+
+
+def test_generated_streams_round_trip_through_a_recorded_stream_file(tmp_path):
+    from streamrnn.datasets import adding_problem, read_stream, write_stream
+    X, Y, keys = adding_problem(5, length=8, seed=1)
+    path = tmp_path / "adding.jsonl"
+    names = write_stream(path, X, Y, keys)
+    assert names == ["x0", "x1"]
+    X2, Y2, keys2, skipped = read_stream(path, names, "y")
+    assert skipped == 0 and keys2 == keys
+    assert np.array_equal(X2, X) and np.array_equal(np.isnan(Y2), np.isnan(Y))
+    assert np.array_equal(Y2[~np.isnan(Y2)], Y[~np.isnan(Y)])
+    with open(path, "a") as fh:
+        fh.write('{"ts": 1, "key": 1, "value": {"x0": "bad", "x1": 0}}\nnot json\n')
+    assert read_stream(path, names, "y")[3] == 2
