@@ -68,7 +68,8 @@ def check_inputs(X, n_inputs, dtype):
         raise ValueError(f"X must have shape (n_samples, {n_inputs}); got {X.shape}")
     if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
         raise ValueError(f"X must be real numbers; got dtype {X.dtype}")
-    X = np.ascontiguousarray(X, dtype=dtype)
+    with np.errstate(over="ignore"):       # an overflow becomes inf, reported just below
+        X = np.ascontiguousarray(X, dtype=dtype)
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
         raise ValueError(f"X row {int(np.argmax(bad))} contains NaN or inf (or overflows {dtype})")
@@ -107,7 +108,8 @@ def check_targets(Y, n_rows, task_id, n_outputs, dtype):
         bad = (labels != np.round(labels)) | (labels < 0) | (labels >= n_classes)
         if bad.any():
             raise ValueError(f"class label {labels[np.argmax(bad)]!r} is not an integer in [0, {n_classes})")
-    Y = np.where(nan, 0.0, Y)
-    if not np.isfinite(Y.astype(dtype)).all():
+    with np.errstate(over="ignore"):
+        Y = np.ascontiguousarray(np.where(nan, 0.0, Y), dtype=dtype)
+    if not np.isfinite(Y).all():
         raise ValueError(f"a target overflows {dtype}")
-    return np.ascontiguousarray(Y, dtype=dtype), has_y
+    return Y, has_y

@@ -1,0 +1,187 @@
+"""Command line: ``streamrnn run CONFIG.toml | demo | replay FILE | record | compare``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def _load(path):
+    from .daemon import load_config
+    return load_config(path)
+
+
+def _run(cfg, args):
+    from .daemon import Daemon
+    if getattr(args, "max_records", None):
+        cfg["daemon"]["max_records"] = args.max_records
+    if getattr(args, "no_progress", False):
+        cfg["daemon"]["progress"] = False
+    if getattr(args, "metrics_port", None) is not None:
+        cfg["daemon"]["metrics_port"] = args.metrics_port
+    d = Daemon(cfg)
+    d.install_signal_handlers()
+    d.run()
+    print(d.summary(), flush=True)
+    return 0
+
+
+def cmd_run(args):
+    return _run(_load(args.config), args)
+
+
+def cmd_demo(args):
+    import tomllib
+    from .daemon import validate_config
+    with open(os.path.join(DATA_DIR, "example.toml"), "rb") as fh:
+        raw = tomllib.load(fh)
+    out = os.path.abspath(args.out_dir)
+    os.makedirs(out, exist_ok=True)
+    raw["source"]["path"] = os.path.join(DATA_DIR, raw["source"]["path"])
+    for sec in ("sink", "dead_letter", "checkpoint"):
+        raw[sec]["path"] = os.path.join(out, os.path.basename(raw[sec]["path"]))
+    if not args.resume:
+        for p in (raw["sink"]["path"], raw["dead_letter"]["path"], raw["checkpoint"]["path"],
+                  raw["checkpoint"]["path"] + ".prev"):
+            if os.path.exists(p):
+                os.unlink(p)
+    return _run(validate_config(raw), args)
+
+
+def cmd_replay(args):
+    """Feed a recorded stream into the model (with a config) or into a Kafka topic."""
+    if args.to_topic:
+        from connectors.kafka import KafkaSink
+        from connectors.replay import ReplaySource
+        src = ReplaySource(args.file, speed=args.speed)
+        sink = KafkaSink(args.bootstrap, args.to_topic, raw=True)
+        n = 0
+        while True:
+            recs = src.poll(5000)
+            if not recs:
+                break
+            sink.write_raw([(r.key, r.value) for r in recs])
+            n += len(recs)
+        sink.flush()
+        sink.close()
+        src.close()
+        print(f"replayed {n} records from {args.file} into topic {args.to_topic}")
+        return 0
+    if not args.config:
+        print("streamrnn replay: give --config CONFIG.toml (schema and model) or --to-topic", file=sys.stderr)
+        return 2
+    cfg = _load(args.config)
+    cfg["source"] = {"type": "replay", "path": os.path.abspath(args.file), "speed": args.speed}
+    return _run(cfg, args)
+
+
+def cmd_record(args):
+    """Copy a Kafka topic (or a JSONL/CSV file) into a recorded stream file."""
+    if args.topic:
+        from connectors.kafka import KafkaSource
+        src = KafkaSource(args.bootstrap, args.topic, group=None)
+    else:
+        from connectors.file import CsvSource, JsonLinesSource
+        src = (CsvSource if args.file.endswith(".csv") else JsonLinesSource)(args.file)
+    n = 0
+    idle_since = time.monotonic()
+    with open(args.out, "w", encoding="utf-8") as fh:
+        while not args.max_records or n < args.max_records:
+            limit = 5000 if not args.max_records else min(5000, args.max_records - n)
+            recs = src.poll(limit, 0.5)
+            if not recs:
+                if getattr(src, "exhausted", False) or time.monotonic() - idle_since > args.idle_timeout:
+                    break
+                continue
+            idle_since = time.monotonic()
+            for r in recs:
+                value = r.value
+                if isinstance(value, (bytes, bytearray)):
+                    value = value.decode("utf-8", errors="replace")
+                if isinstance(value, str):
+                    try:
+                        value = json.loads(value)
+                    except json.JSONDecodeError:
+                        pass
+                key = r.key.decode("utf-8", errors="replace") if isinstance(r.key, (bytes, bytearray)) else r.key
+                ts = r.timestamp if r.timestamp is not None else time.time()
+                fh.write(json.dumps({"ts": ts, "key": key, "value": value, "position": list(r.position)},
+                                    separators=(",", ":")) + "\n")
+            n += len(recs)
+    src.close()
+    print(f"recorded {n} records into {args.out}")
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="streamrnn", description="Streaming online learning with recurrent cells.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (periodic progress lines)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--max-records", type=int, default=0, help="stop after this many records")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+        sp.add_argument("--metrics-port", type=int, default=None, help="Prometheus endpoint port (0 = off)")
+
+    r = sub.add_parser("run", help="run the daemon with a TOML config")
+    r.add_argument("config")
+    common(r)
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="run the bundled recorded stream; outputs go to --out-dir")
+    d.add_argument("--out-dir", default=".", help="where predictions, dead letters and the checkpoint go")
+    d.add_argument("--resume", action="store_true",
+                   help="continue from the demo checkpoint in --out-dir (default: start afresh)")
+    common(d)
+    d.set_defaults(func=cmd_demo)
+
+    rp = sub.add_parser("replay", help="replay a recorded stream into the model (--config) or a topic")
+    rp.add_argument("file")
+    rp.add_argument("--config", help="TOML config whose schema/model/sinks to use (its source is replaced)")
+    rp.add_argument("--speed", type=float, default=0.0, help="0 = as fast as possible, else recorded pace x speed")
+    rp.add_argument("--to-topic", help="produce the recorded values to this Kafka topic instead")
+    rp.add_argument("--bootstrap", default="127.0.0.1:9092")
+    common(rp)
+    rp.set_defaults(func=cmd_replay)
+
+    rc = sub.add_parser("record", help="copy a Kafka topic or a file into a recorded stream file")
+    g = rc.add_mutually_exclusive_group(required=True)
+    g.add_argument("--topic")
+    g.add_argument("--file")
+    rc.add_argument("--bootstrap", default="127.0.0.1:9092")
+    rc.add_argument("--out", required=True)
+    rc.add_argument("--max-records", type=int, default=0)
+    rc.add_argument("--idle-timeout", type=float, default=5.0, help="stop after this long without records")
+    rc.set_defaults(func=cmd_record)
+
+    from .compare import build_parser as compare_parser, main as compare_main
+    cp = sub.add_parser("compare", help="run several learners on one stream: table, JSON/CSV, plot")
+    compare_parser(cp)
+    cp.set_defaults(func=lambda args: compare_main(args=args))
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .checkpoint import CheckpointError
+    from .daemon import ConfigError
+    try:
+        from connectors.base import SourceError
+    except ImportError:  # pragma: no cover
+        SourceError = RuntimeError
+    try:
+        return args.func(args)
+    except (ConfigError, CheckpointError, SourceError) as exc:
+        print(f"streamrnn: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
