@@ -443,7 +443,10 @@ class Daemon:
             self.source.close()
             raise
         if hasattr(self.source, "on_revoke"):
-            self.source.on_revoke = self.checkpoint  # partitions leave: save state for their next owner
+            # Partitions leave: save state for their next owner. This runs inside kafka-python's
+            # rebalance callback, where a blocking commit is refused (kafka-python 3 raises "Cannot
+            # block on net.run() from the IO thread"); the checkpoint holds the positions anyway.
+            self.source.on_revoke = lambda: self.checkpoint(commit_offsets=False)
         self.metrics = _Metrics(config["daemon"]["metrics_port"])
 
     # -- control
@@ -547,7 +550,7 @@ class Daemon:
                 np.asarray(losses))
 
     # -- checkpoint
-    def checkpoint(self):
+    def checkpoint(self, commit_offsets=True):
         self.sink.flush()
         self.dead.flush()
         positions = self.source.positions()
@@ -559,7 +562,7 @@ class Daemon:
             save_checkpoint(self.ckpt_path, arrays, meta)
             self.stats["checkpoints"] += 1
         commit = getattr(self.source, "commit", None)
-        if commit is not None and self.ckpt_path:
+        if commit is not None and self.ckpt_path and commit_offsets:
             commit(positions)  # only after the checkpoint is durable
         self._since_ckpt = 0
         self._last_ckpt = time.monotonic()

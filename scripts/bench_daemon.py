@@ -1,0 +1,152 @@
+"""Daemon throughput against a bare kafka-python loop doing the same I/O, on a real broker.
+
+200 000 keyed JSON records are produced to a topic (2 partitions). In the same
+run it measures:
+
+- bare: a kafka-python consumer that polls, decodes each record (json), encodes
+  an output record (json) and produces it to an output topic, then flushes;
+- daemon: ``streamrnn.daemon.Daemon`` on the same topic (its own consumer
+  group) with a GRU of 8 hidden units learning with exact RTRL, writing its
+  predictions to another output topic, checkpointing every 50 000 records;
+- file: the daemon reading the same records from a JSON Lines file and writing
+  a JSON Lines file (no broker), with p50/p99 batch latency.
+
+The ratio daemon / bare shows what the model and the bookkeeping cost on top
+of the I/O (target: >= 0.8). Prints a table and one JSON line. Starts its own
+broker with scripts/kafka.sh unless --bootstrap is given.
+
+    python scripts/bench_daemon.py [--records 200000] [--bootstrap HOST:PORT]
+"""
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+import streamrnn  # noqa: E402
+from streamrnn.daemon import Daemon, validate_config  # noqa: E402
+
+MODEL = dict(cell="gru", n_hidden=8, task="regression", learner="rtrl", optimizer="adam", lr=0.01, clip=1.0,
+             seed=0)
+
+
+def make_lines(n, n_keys=16, seed=0):
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=n).round(6), rng.normal(size=n).round(6)
+    return [json.dumps({"key": f"k{i % n_keys}", "a": float(a[i]), "b": float(b[i]),
+                        "y": round(float(np.sin(a[i]) + 0.5 * b[i]), 6)}, separators=(",", ":"))
+            for i in range(n)]
+
+
+def create_topics(bootstrap, names, partitions):
+    from kafka.admin import KafkaAdminClient, NewTopic
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
+    admin.close()
+    time.sleep(2.0)    # let the partitions get their leaders
+
+
+def produce(bootstrap, topic, lines):
+    from kafka import KafkaProducer
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024)
+    for line in lines:
+        p.send(topic, key=json.loads(line)["key"].encode(), value=line.encode())
+    p.flush()
+    p.close()
+
+
+def bare_loop(bootstrap, topic, out_topic, n):
+    """What any consumer of this topic pays: consume, decode, encode, produce."""
+    from kafka import KafkaConsumer, KafkaProducer
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"bare-{uuid.uuid4().hex[:6]}",
+                             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=5000)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024)
+    seen = 0
+    start = time.perf_counter()
+    while seen < n:
+        for tp, recs in consumer.poll(timeout_ms=500, max_records=5000).items():
+            for r in recs:
+                v = json.loads(r.value)
+                out = {"position": [tp.topic, tp.partition, r.offset], "key": v["key"], "prediction": v["a"],
+                       "target": v["y"], "loss": None}
+                producer.send(out_topic, value=json.dumps(out).encode())
+            seen += len(recs)
+    producer.flush()
+    elapsed = time.perf_counter() - start
+    consumer.close()
+    producer.close()
+    return seen / elapsed
+
+
+def run_daemon(source, sink, n, ckpt):
+    raw = {"source": source, "sink": sink, "schema": {"features": ["a", "b"], "target": "y", "key": "key"},
+           "model": dict(MODEL), "checkpoint": {"path": ckpt, "every_records": 50_000, "every_seconds": 0},
+           "daemon": {"batch_size": 5000, "max_records": n, "progress": False, "poll_timeout": 0.5}}
+    d = Daemon(validate_config(raw))
+    start = time.perf_counter()
+    stats = d.run()
+    elapsed = time.perf_counter() - start
+    lat = np.array(d.latencies) * 1e3
+    return stats["records"] / elapsed, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), stats
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--bootstrap", help="an existing broker; default: start one with scripts/kafka.sh")
+    args = ap.parse_args(argv)
+    n = args.records
+    lines = make_lines(n)
+    work = tempfile.mkdtemp(prefix="bench-daemon-")
+    broker_dir = None
+    bootstrap = args.bootstrap
+    if bootstrap is None:
+        broker_dir = os.path.join(work, "kafka")
+        bootstrap = subprocess.run(["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "start", broker_dir],
+                                   check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    try:
+        stem = uuid.uuid4().hex[:8]
+        topic, out_bare, out_daemon = f"bench-in-{stem}", f"bench-bare-{stem}", f"bench-out-{stem}"
+        create_topics(bootstrap, [topic, out_bare, out_daemon], partitions=2)
+        produce(bootstrap, topic, lines)
+        streamrnn.Model(n_inputs=2, **MODEL).step_many(np.zeros((2, 2)), np.zeros(2), ["a", "b"])   # compile
+        bare = bare_loop(bootstrap, topic, out_bare, n)
+        daemon, k50, k99, _ = run_daemon({"type": "kafka", "bootstrap": bootstrap, "topic": topic,
+                                          "group": f"daemon-{stem}"},
+                                         {"type": "kafka", "bootstrap": bootstrap, "topic": out_daemon}, n,
+                                         os.path.join(work, "kafka.ckpt"))
+        path = os.path.join(work, "in.jsonl")
+        with open(path, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        file_rate, f50, f99, _ = run_daemon({"type": "jsonl", "path": path},
+                                            {"type": "jsonl", "path": os.path.join(work, "out.jsonl")}, n,
+                                            os.path.join(work, "file.ckpt"))
+    finally:
+        if broker_dir is not None:
+            subprocess.run(["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "stop", broker_dir], check=False)
+    rows = [("bare kafka-python loop", bare, None, None), ("daemon, Kafka -> Kafka", daemon, k50, k99),
+            ("daemon, file -> file", file_rate, f50, f99)]
+    print(f"{n} records, GRU n=8 RTRL, batches of up to 5000")
+    print(f"{'path':<26}{'records/s':>12}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, rate, p50, p99 in rows:
+        print(f"{name:<26}{rate:>12.0f}{'' if p50 is None else f'{p50:.1f}':>9}{'' if p99 is None else f'{p99:.1f}':>9}")
+    print(f"daemon / bare loop: {daemon / bare:.2f} (target >= 0.80)")
+    print(json.dumps({"benchmark": "bench_daemon", "records": n, "bare_records_per_s": bare,
+                      "daemon_records_per_s": daemon, "ratio": daemon / bare, "daemon_batch_p50_ms": k50,
+                      "daemon_batch_p99_ms": k99, "file_records_per_s": file_rate, "file_batch_p50_ms": f50,
+                      "file_batch_p99_ms": f99}))
+
+
+if __name__ == "__main__":
+    main()
