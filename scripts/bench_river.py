@@ -33,18 +33,13 @@ from collections import deque  # noqa: E402
 import numpy as np  # noqa: E402
 from river import base, datasets, evaluate, forest, linear_model, metrics, neighbors, preprocessing  # noqa: E402
 
+from streamrnn import datasets as streams  # noqa: E402
 from streamrnn.river import RNNRegressor  # noqa: E402
 
 
-def mackey_glass(n, tau=17, beta=0.2, gamma=0.1, power=10, x0=1.2, warmup=1000):
-    """Euler (dt=1) Mackey–Glass series of length n after discarding ``warmup`` steps."""
-    total = n + warmup
-    x = np.empty(total + tau)
-    x[:tau + 1] = x0
-    for t in range(tau, total + tau - 1):
-        d = x[t - tau]
-        x[t + 1] = x[t] + beta * d / (1.0 + d ** power) - gamma * x[t]
-    return x[tau + warmup:]
+def mackey_glass(n, warmup=1000):
+    """The Mackey–Glass series of streamrnn.datasets (τ=17, Euler dt=1), ``warmup`` steps dropped."""
+    return streams.mackey_glass(n, washout=warmup)
 
 
 def lagged(series, k):
