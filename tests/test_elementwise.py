@@ -5,6 +5,7 @@ import pytest
 import streamrnn as sr
 
 from .helpers import N_OUTPUTS, TASKS, random_sequence, rel_err
+from .test_forward_pytorch import pytorch_reference
 from .test_gradients import finite_difference_gradient
 
 ECELLS = ("ernn", "egru", "elstm")
@@ -29,10 +30,6 @@ def test_exact_rtrl_equals_bptt_equals_finite_differences(cell, task):
     assert all(np.abs(g).max() > 0 for g in g_rtrl.values())
 
 
-def sigmoid(v):
-    return 1 / (1 + np.exp(-v))
-
-
 @pytest.mark.parametrize("cell", ECELLS)
 def test_forward_is_the_elementwise_equations(cell):
     model = make_model(cell, optimizer="sgd", lr=0.0)
@@ -41,22 +38,10 @@ def test_forward_is_the_elementwise_equations(cell):
     assert w["weight_hh_l0"].shape == (G * N,)
     X = np.random.default_rng(4).normal(size=(20, N_IN))
     preds = model.step_many(X)
-    W_ih, u, b_ih, b_hh = w["weight_ih_l0"], w["weight_hh_l0"], w["bias_ih_l0"], w["bias_hh_l0"]
-    h, c = np.zeros(N), np.zeros(N)
-    for t, x in enumerate(X):
-        gi = W_ih @ x + b_ih
-        gh = u * np.tile(h, G) + b_hh              # each row reads its own unit only
-        if cell == "ernn":
-            h = np.tanh(gi + gh)
-        elif cell == "egru":
-            r, z = sigmoid(gi[:N] + gh[:N]), sigmoid(gi[N:2 * N] + gh[N:2 * N])
-            n = np.tanh(gi[2 * N:] + r * gh[2 * N:])
-            h = (1 - z) * n + z * h
-        else:
-            i, f, g, o = (gi + gh).reshape(4, N)
-            c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
-            h = sigmoid(o) * np.tanh(c)
-        np.testing.assert_allclose(preds[t], w["readout.weight"] @ h + w["readout.bias"], rtol=1e-12)
+    u = w["weight_hh_l0"]
+    # each gate row reads its own unit only: u ⊙ (h tiled over the gates)
+    hs = pytorch_reference(cell[1:], w, X, recurrent=lambda h: u * np.tile(h, G))
+    np.testing.assert_allclose(preds, hs @ w["readout.weight"].T + w["readout.bias"], rtol=1e-12)
 
 
 @pytest.mark.parametrize("cell", ECELLS)

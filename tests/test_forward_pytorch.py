@@ -13,24 +13,32 @@ def sigmoid(v):
     return 1 / (1 + np.exp(-v))
 
 
-def pytorch_reference(cell, w, X):
-    """Hidden states h_1..h_T from torch.nn.RNN/GRU/LSTM's documented equations."""
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def pytorch_reference(cell, w, X, recurrent=None):
+    """Hidden states h_1..h_T from torch.nn.RNN/GRU/LSTM's documented equations.
+
+    ``recurrent(h)`` is the recurrent term without bias; by default ``W_hh h`` (PyTorch's cells),
+    the element-wise cells pass their own."""
     W_ih, W_hh, b_ih, b_hh = w["weight_ih_l0"], w["weight_hh_l0"], w["bias_ih_l0"], w["bias_hh_l0"]
-    h = np.zeros(N)
-    c = np.zeros(N)
+    n = b_ih.size // GATES[cell]
+    recurrent = recurrent or (lambda h: W_hh @ h)
+    h = np.zeros(n)
+    c = np.zeros(n)
     hs = []
     for x in X:
         gi = W_ih @ x + b_ih
-        gh = W_hh @ h + b_hh
+        gh = recurrent(h) + b_hh
         if cell == "rnn":
             h = np.tanh(gi + gh)
         elif cell == "gru":
-            r = sigmoid(gi[:N] + gh[:N])
-            z = sigmoid(gi[N:2 * N] + gh[N:2 * N])
-            n = np.tanh(gi[2 * N:] + r * gh[2 * N:])
-            h = (1 - z) * n + z * h
+            r = sigmoid(gi[:n] + gh[:n])
+            z = sigmoid(gi[n:2 * n] + gh[n:2 * n])
+            nn = np.tanh(gi[2 * n:] + r * gh[2 * n:])
+            h = (1 - z) * nn + z * h
         else:
-            i, f, g, o = (gi + gh).reshape(4, N)
+            i, f, g, o = (gi + gh).reshape(4, n)
             c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
             h = sigmoid(o) * np.tanh(c)
         hs.append(h)
