@@ -3,7 +3,7 @@
 For n in {32, 128, 512} (8 inputs, one regression output, Adam, one key) and
 each learner (exact RTRL where its influence matrix fits in --max-state-mib,
 SnAp-1, UORO, TBPTT(k=16)), for a PyTorch cell or an element-wise one
-(``--cell elstm``: exact RTRL in O(P)), prints steps/s of ``step_many``, the learner's
+(``--cell elstm`` or ``dlru``: exact RTRL in O(P)), prints steps/s of ``step_many``, the learner's
 state per key by formula and as measured (bytes of the per-key arrays), and
 the memory-bandwidth bound: bytes a step must touch (per-key state read and
 written; parameters, gradient and Adam's two moments) over the copy bandwidth
@@ -11,7 +11,7 @@ measured in the same run. At large n these learners are memory-bound, so the
 bound, not a flop count, says what the machine allows; ``of bound`` is the
 ratio to it. Then one JSON line. BLAS and Numba are pinned to one thread.
 
-    python scripts/bench_learners.py [--cell gru] [--sizes 32,128,512] [--seconds 1]
+    python scripts/bench_learners.py [--cell gru] [--sizes 32,128,512] [--seconds 1] [--dtype float64]
 """
 import os
 
@@ -29,14 +29,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import streamrnn as sr  # noqa: E402
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+ELEMENTWISE_GATES = {"ernn": 1, "egru": 3, "elstm": 4, "dlru": 1}
 LEARNERS = {"rtrl": {}, "snap1": {}, "uoro": {}, "tbptt": {"truncation": 16}}
 
 
 def state_formula(learner, cell, n, m, itemsize=8):
     """Bytes of learner state per key, from the algorithm's definition."""
-    elementwise = cell.startswith("e")
-    G = GATES[cell.lstrip("e")]
-    S = 2 * n if cell.endswith("lstm") else n
+    elementwise = cell in ELEMENTWISE_GATES
+    G = ELEMENTWISE_GATES[cell] if elementwise else GATES[cell]
+    S = 2 * n if cell in ("lstm", "elstm", "dlru") else n     # (h, c) or (h, s)
     P = G * n * (m + (1 if elementwise else n) + 2)
     if learner == "rtrl" and elementwise:
         return itemsize * S * (1 + P // n), "S(1+P/n)"
@@ -72,7 +73,7 @@ def bytes_per_step(model):
 
 def steps_per_second(model, seconds, m):
     rng = np.random.default_rng(0)
-    X, Y = rng.normal(size=(64, m)), rng.normal(size=(64, 1))
+    X, Y = rng.normal(size=(64, m)).astype(model.dtype), rng.normal(size=(64, 1)).astype(model.dtype)
     model.step_many(X[:2], Y[:2])
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -83,10 +84,11 @@ def steps_per_second(model, seconds, m):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cell", default="gru", choices=tuple(GATES) + tuple("e" + c for c in GATES))
+    ap.add_argument("--cell", default="gru", choices=tuple(GATES) + tuple(ELEMENTWISE_GATES))
     ap.add_argument("--sizes", default="32,128,512")
     ap.add_argument("--inputs", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     ap.add_argument("--max-state-mib", type=float, default=2048, help="skip a learner whose state per key is larger")
     args = ap.parse_args(argv)
     m = args.inputs
@@ -99,7 +101,7 @@ def main(argv=None):
     rows = []
     for n in map(int, args.sizes.split(",")):
         for learner, extra in LEARNERS.items():
-            formula_bytes, formula = state_formula(learner, args.cell, n, m)
+            formula_bytes, formula = state_formula(learner, args.cell, n, m, np.dtype(args.dtype).itemsize)
             row = {"cell": args.cell, "n": n, "learner": learner, "state_bytes_formula": formula_bytes,
                    "formula": formula}
             if formula_bytes > args.max_state_mib * 2 ** 20:
@@ -108,16 +110,18 @@ def main(argv=None):
                 rows.append(row)
                 continue
             model = sr.Model(cell=args.cell, n_inputs=m, n_hidden=n, n_outputs=1, learner=learner, lr=1e-4,
-                             seed=0, **extra)
+                             seed=0, dtype=args.dtype, **extra)
             rate = steps_per_second(model, args.seconds, m)
             measured = sum(a.nbytes for a in model._keyed.arrays.values())
             bound = bandwidth / bytes_per_step(model)
             row.update(params=model.n_params, steps_per_s=rate, state_bytes_measured=measured,
                        bytes_per_step=bytes_per_step(model), bound_steps_per_s=bound, of_bound=rate / bound)
             rows.append(row)
-            print(f"{args.cell:<5}{n:>5}{learner:>8}{model.n_params:>9}{rate:>10.0f}{formula_bytes:>12}{formula:>14}"
+            print(f"{args.cell:<5}{n:>5}{learner:>8}{model.n_params:>9}{rate:>10.{0 if rate >= 10 else 2}f}"
+                  f"{formula_bytes:>12}{formula:>14}"
                   f"{measured:>12}{bound:>10.0f}{rate / bound:>9.2f}", flush=True)
-    print(json.dumps({"benchmark": "bench_learners", "copy_bandwidth_bytes_per_s": bandwidth, "rows": rows}))
+    print(json.dumps({"benchmark": "bench_learners", "dtype": args.dtype, "copy_bandwidth_bytes_per_s": bandwidth,
+                      "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cells.dispatch import CELL_IDS
 from .model import Model
 from .window_ff import WindowFF
 
@@ -216,7 +217,7 @@ def gradient_alignment(model, X, Y):
     the same, changing weights; returns the cosine at every labelled step. Used
     for the approximations (``snap1``, ``uoro``); an exact learner gives 1.
     """
-    from .learners.rtrl import EXACT, make_workspace, rtrl_sample
+    from .learners.rtrl import make_workspace, rtrl_sample
     if model.config["clip"] is not None:
         raise ValueError("gradient_alignment needs clip=None (clipping rescales the gradient in place)")
     if model.learner == "tbptt":
@@ -224,7 +225,7 @@ def gradient_alignment(model, X, Y):
     X = model._inputs(X)
     Yf, has_y = model._targets(Y, X.shape[0])
     Y_rows = np.where(has_y[:, None], Yf, np.nan)
-    ws = make_workspace(EXACT, model._cell, model.n_inputs, model.n_hidden, model.n_outputs,
+    ws = make_workspace(model._cell, model.n_inputs, model.n_hidden, model.n_outputs,
                         model.n_params_cell, model.n_params, model.dtype)
     s = np.zeros(ws[0].shape[0], model.dtype)
     M = np.zeros((s.shape[0], model.n_params_cell), model.dtype)
@@ -233,7 +234,7 @@ def gradient_alignment(model, X, Y):
     for t in range(X.shape[0]):
         theta = model.theta.copy()
         model.step_many(X[t:t + 1], Y_rows[t:t + 1])
-        rtrl_sample(model._cell, model._task, EXACT, model.n_inputs, model.n_hidden, model.n_outputs, theta,
+        rtrl_sample(model._cell, model._task, model.n_inputs, model.n_hidden, model.n_outputs, theta,
                     X[t], Yf[t], has_y[t], s, M, ws, pred)
         if has_y[t]:
             a, e = model._gradient_buffer, ws[6]
@@ -357,7 +358,7 @@ def build_parser(parser=None):
                    help="default: regression for --stream, the dataset's own otherwise")
     p.add_argument("--learners", default="rtrl,tbptt:4,window:9",
                    help="comma-separated: rtrl, snap1, uoro, tbptt:K[:STRIDE], window:W, bidir[:LENGTH]")
-    p.add_argument("--cell", default="gru", choices=("rnn", "gru", "lstm"))
+    p.add_argument("--cell", default="gru", choices=tuple(CELL_IDS))
     p.add_argument("--hidden", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))

@@ -24,19 +24,33 @@ def _encode_key(key):
     return ["n", None] if key is None else (["s", key] if isinstance(key, str) else ["i", key])
 
 
+# Address space reserved per KeyedState for rows not yet used (see KeyedState): untouched pages of a
+# zero-filled allocation are not resident, so this costs no memory until keys arrive.
+RESERVE_BYTES = 2 ** 31
+
+
 class KeyedState:
     """Arrays named by ``layout`` [(name, shape, dtype)], one row per key, at most ``max_keys`` rows.
 
     Rows are allocated as keys arrive (capacity doubles up to ``max_keys``); a
     new key beyond that evicts the least recently used key, whose row is then
     zeroed by the kernel before first use (the ``reset`` flag).
+
+    Each array is a view of the leading rows of a zero-filled reservation of up
+    to ``max_keys`` rows (bounded by ``RESERVE_BYTES``). The kernel maps a large
+    zero-filled allocation lazily, so rows cost resident memory only once a key
+    writes them, and growing within the reservation moves nothing: no second copy
+    of every key's state at the moment of growth, which for 100 000 keys would
+    double the peak memory.
     """
 
     def __init__(self, layout, max_keys):
         self.layout = list(layout)
         self.max_keys = max_keys
         self.slots = OrderedDict()       # key -> slot, least recently used first
-        self.arrays = OrderedDict((name, np.zeros((0,) + tuple(shape), dt)) for name, shape, dt in self.layout)
+        self._reserved = OrderedDict((name, np.zeros((0,) + tuple(shape), dt)) for name, shape, dt in self.layout)
+        self.arrays = OrderedDict((name, arr[:0]) for name, arr in self._reserved.items())
+        self._staged = {}                # name -> reservation a checkpoint is being read into
 
     @property
     def keys(self):
@@ -51,15 +65,35 @@ class KeyedState:
         slot = self.slots.get(key)
         return None if slot is None else self.arrays[name][slot]
 
+    def _reservation_rows(self, n_slots):
+        return min(self.max_keys, max(n_slots, RESERVE_BYTES // max(self.bytes_per_key, 1)))
+
+    def allocate(self, name, shape, dtype):
+        """Where to read the saved array ``name`` (``key.<layout name>``) of a checkpoint: the
+        leading rows of a fresh zero-filled reservation, which :meth:`restore` then adopts
+        instead of copying (so restoring 100 000 keys holds their state once, not twice).
+        None for any other array, or one that does not fit the layout."""
+        layout = {f"key.{n}": (tuple(shp), np.dtype(dt)) for n, shp, dt in self.layout}
+        if name not in layout or layout[name] != (tuple(shape[1:]), np.dtype(dtype)) or not shape \
+                or shape[0] > self.max_keys:
+            return None
+        reservation = np.zeros((self._reservation_rows(shape[0]),) + tuple(shape[1:]), dtype)
+        self._staged[name[len("key."):]] = reservation
+        return reservation[:shape[0]]
+
     def ensure_capacity(self, n_slots):
         cap = next(iter(self.arrays.values())).shape[0]
         if n_slots <= cap:
             return
         new_cap = min(self.max_keys, max(n_slots, 2 * cap, 1))
-        for name, arr in self.arrays.items():
-            grown = np.zeros((new_cap,) + arr.shape[1:], arr.dtype)
-            grown[:cap] = arr
-            self.arrays[name] = grown
+        if new_cap > next(iter(self._reserved.values())).shape[0]:
+            rows = self._reservation_rows(new_cap)
+            for name, arr in self._reserved.items():
+                grown = np.zeros((rows,) + arr.shape[1:], arr.dtype)
+                grown[:cap] = arr[:cap]
+                self._reserved[name] = grown
+        for name, arr in self._reserved.items():
+            self.arrays[name] = arr[:new_cap]
 
     def assign(self, keys, n_rows):
         """Slot per record (LRU eviction) and whether it starts from a zero state.
@@ -99,10 +133,38 @@ class KeyedState:
                 arr[slot] = arr[last]
 
     def export(self):
-        """``(keys, arrays)`` in LRU order, keys JSON-encodable, arrays prefixed ``key.``."""
-        order = list(self.slots.items())
-        idx = np.array([s for _, s in order], np.int64)
-        return [_encode_key(k) for k, _ in order], {f"key.{n}": a[idx] for n, a in self.arrays.items()}
+        """``(keys, arrays)`` in LRU order, keys JSON-encodable, arrays prefixed ``key.``.
+
+        The rows are first put in LRU order in place (slot ``i`` becomes the ``i``-th least
+        recently used key), so the arrays returned are views of the live state, not a copy of
+        every key's state: serialise them before the next step.
+        """
+        order = np.fromiter(self.slots.values(), np.int64, len(self.slots))
+        self._permute_rows(order)
+        for rank, key in enumerate(self.slots):
+            self.slots[key] = rank
+        n_keys = len(order)
+        return [_encode_key(k) for k in self.slots], {f"key.{n}": a[:n_keys] for n, a in self.arrays.items()}
+
+    def _permute_rows(self, order):
+        """Row ``i`` of every array <- row ``order[i]``, in place, one cycle of the permutation at a
+        time (one spare row per array)."""
+        spare = {name: np.empty_like(arr[0]) for name, arr in self.arrays.items()} if len(order) else {}
+        done = order == np.arange(len(order))
+        for start in np.flatnonzero(~done):
+            if done[start]:
+                continue
+            for name, arr in self.arrays.items():
+                spare[name][...] = arr[start]
+            i = start
+            while order[i] != start:
+                for arr in self.arrays.values():
+                    arr[i] = arr[order[i]]
+                done[i] = True
+                i = order[i]
+            for name, arr in self.arrays.items():
+                arr[i] = spare[name]
+            done[i] = True
 
     def restore(self, encoded_keys, arrays, source):
         keys = [None if tag == "n" else value for tag, value in encoded_keys]
@@ -113,9 +175,16 @@ class KeyedState:
                 raise CheckpointError(f"{source}: array 'key.{name}' missing or of the wrong shape")
         if n_keys > self.max_keys:
             raise CheckpointError(f"{source}: {n_keys} keys saved, more than max_keys={self.max_keys}")
+        staged, self._staged = self._staged, {}
         self.slots = OrderedDict((key, slot) for slot, key in enumerate(keys))
+        if all(arrays[f"key.{name}"].base is staged.get(name) is not None for name in self.arrays):
+            for name in self.arrays:         # read in place by allocate(): adopt, no copy
+                self._reserved[name] = staged[name]
+                self.arrays[name] = staged[name][:n_keys]
+            return
         for name in self.arrays:
-            self.arrays[name] = self.arrays[name][:0]
+            self._reserved[name] = self._reserved[name][:0]
+            self.arrays[name] = self._reserved[name]
         self.ensure_capacity(n_keys)
         for name, arr in self.arrays.items():
             arr[:n_keys] = arrays[f"key.{name}"]

@@ -1,6 +1,11 @@
 """Readout and per-step losses, as compiled kernels.
 
-The readout is ``logits = W_out h + b_out`` over the first ``n`` state values.
+The readout is ``logits = W_out h + b_out`` over the first ``n`` state values,
+or, with the readout skip connection, ``logits = W_out h + S x + b_out``: the
+readout also sees the step's input ``x`` (m values). Its parameters start at
+``theta[off]``: ``W_out`` (n_out, n), ``b_out`` (n_out,), then ``S`` (n_out, m)
+when ``theta`` continues past ``b_out`` (the Model's ``readout_skip``), so the
+presence of ``S`` is read from the length of ``theta``.
 Tasks: regression (``½‖ŷ − y‖²`` over ``n_outputs`` values), classification
 (softmax cross-entropy, ``y`` an integer class stored as a float) and binary
 (logistic loss on one logit, ``y`` in {0, 1}). The prediction a model returns
@@ -15,21 +20,38 @@ TASK_IDS = {"regression": REGRESSION, "classification": CLASSIFICATION, "binary"
 
 
 @njit(cache=True, error_model="numpy")
-def readout(theta, off, n, n_out, h, logits):
-    """``logits = W_out h + b_out``; readout parameters start at ``theta[off]``."""
+def has_skip(theta, off, n, n_out):
+    """True when the readout at ``theta[off]`` carries skip weights ``S`` after ``b_out``."""
+    return theta.shape[0] > off + n_out * (n + 1)
+
+
+@njit(cache=True, error_model="numpy")
+def readout(theta, off, n, n_out, h, x, logits):
+    """``logits = W_out h (+ S x) + b_out``; readout parameters start at ``theta[off]``."""
     b = off + n_out * n
+    skip = has_skip(theta, off, n, n_out)
+    m = x.shape[0]
     for o in range(n_out):
         acc = theta[b + o]
         row = off + o * n
         for k in range(n):
             acc += theta[row + k] * h[k]
+        if skip:
+            row = b + n_out + o * m
+            for i in range(m):
+                acc += theta[row + i] * x[i]
         logits[o] = acc
 
 
 @njit(cache=True, error_model="numpy")
-def readout_backward(theta, off, n, n_out, h, dlogits, grad, g_h):
-    """``grad[readout] += dL/d(W_out, b_out)`` and ``g_h = W_out^T dlogits``."""
+def readout_backward(theta, off, n, n_out, h, x, dlogits, grad, g_h):
+    """``grad[readout] += dL/d(W_out, b_out, S)`` and ``g_h = W_out^T dlogits``.
+
+    ``S x`` does not depend on ``h``, so the skip path adds nothing to ``g_h``:
+    the recurrent part of every learner is unchanged by it."""
     b = off + n_out * n
+    skip = has_skip(theta, off, n, n_out)
+    m = x.shape[0]
     for k in range(n):
         g_h[k] = 0.0
     for o in range(n_out):
@@ -39,6 +61,10 @@ def readout_backward(theta, off, n, n_out, h, dlogits, grad, g_h):
             grad[row + k] += d * h[k]
             g_h[k] += theta[row + k] * d
         grad[b + o] += d
+        if skip:
+            row = b + n_out + o * m
+            for i in range(m):
+                grad[row + i] += d * x[i]
 
 
 @njit(cache=True, error_model="numpy")

@@ -13,6 +13,7 @@ from .cells.common import n_cell_params
 from .cells.dispatch import CELL_IDS, ELEMENTWISE, cache_size, n_gates, recurrent_width, state_size
 from .keyed_state import KeyedState, normalize_key
 from .learners import rtrl as _rtrl
+from .learners import snap1 as _snap1
 from .learners import tbptt as _tbptt
 from .learners import uoro as _uoro
 from .learners.bptt import bptt_sequence_gradient
@@ -27,12 +28,13 @@ __all__ = ["Model"]
 
 LEARNERS = ("rtrl", "snap1", "uoro", "tbptt")
 GRADIENT_METHODS = ("rtrl", "snap1", "uoro", "bptt", "tbptt")
-_RTRL_MODES = {"rtrl": _rtrl.EXACT, "snap1": _rtrl.SNAP1}
+_INFLUENCE_LEARNERS = ("rtrl", "snap1")
 
 
-def _rtrl_mode(method, cell_id):
-    """Element-wise cells keep exact RTRL in the per-unit (O(P)) form: their M has no other entries."""
-    return _rtrl.SNAP1 if cell_id in ELEMENTWISE else _RTRL_MODES[method]
+def _per_unit(method, cell_id):
+    """Whether ``method`` runs on SnAp-1's per-unit influence: SnAp-1 itself, and exact RTRL for the
+    element-wise cells, whose influence matrix has no other non-zero entries (O(P) instead of O(nP))."""
+    return method == "snap1" or cell_id in ELEMENTWISE
 _FORMAT_KIND = "streamrnn.Model"
 
 
@@ -41,11 +43,14 @@ class Model:
 
     Parameters
     ----------
-    cell : {"rnn", "gru", "lstm", "ernn", "egru", "elstm"}
+    cell : {"rnn", "gru", "lstm", "ernn", "egru", "elstm", "dlru"}
         Recurrent cell, with PyTorch's equations, gate order and parameter names.
         The ``e`` cells are element-wise: one recurrent weight per gate row, on
         its own unit (``weight_hh_l0`` of shape (G·n,)); exact RTRL for them
         costs O(P) per step, like SnAp-1, and is what ``"rtrl"`` runs.
+        ``"dlru"`` is a diagonal linear recurrent unit with a tanh readout,
+        ``s' = σ(ν) ⊙ s + W_ih x + b_ih + b_hh``, ``h' = tanh(s')``, with the
+        decay logits ν in ``weight_hh_l0`` (n,); element-wise as well.
     n_inputs, n_hidden, n_outputs : int
         Input width, hidden units, readout width (number of classes for
         ``task="classification"``, 1 for ``"binary"``).
@@ -76,6 +81,13 @@ class Model:
         the least recently used key, whose state is dropped (it restarts from
         zero if it comes back). Memory grows with the keys actually seen.
     betas, eps, momentum, weight_decay : optimizer hyper-parameters (PyTorch meaning).
+    readout_skip : bool
+        Let the readout also see the step's input: ``ŷ = W_out h + S x + b_out``
+        with ``S = readout.skip_weight`` (n_outputs, n_inputs), which starts at
+        zero (so the model starts as the same-seed model without it). The
+        recurrent net then learns what a linear model of ``x`` leaves over.
+        ``S x`` does not depend on ``h``, so every learner's gradient for ``S``
+        is exact and local in time.
 
     Predictions are ŷ for regression, class probabilities for classification
     and P(y = 1) for binary, always as an array of ``n_outputs`` values.
@@ -95,7 +107,7 @@ class Model:
     def __init__(self, cell="gru", n_inputs=1, n_hidden=16, n_outputs=1, task="regression",
                  learner="rtrl", optimizer="adam", lr=1e-3, clip=None, seed=0, dtype="float64",
                  max_keys=1024, betas=(0.9, 0.999), eps=1e-8, momentum=0.0, weight_decay=0.0,
-                 truncation=None, stride=None):
+                 truncation=None, stride=None, readout_skip=False):
         choice("cell", cell, tuple(CELL_IDS))
         choice("task", task, tuple(TASK_IDS))
         choice("learner", learner, LEARNERS)
@@ -119,7 +131,7 @@ class Model:
 
         self.config = dict(cell=cell, n_inputs=n_inputs, n_hidden=n_hidden, n_outputs=n_outputs,
                            task=task, learner=learner, seed=seed, dtype=dtype, max_keys=max_keys,
-                           truncation=truncation, stride=stride, **opt_config)
+                           truncation=truncation, stride=stride, readout_skip=bool(readout_skip), **opt_config)
         self._cell = CELL_IDS[cell]
         self._task = TASK_IDS[task]
         self._opt = OPTIMIZER_IDS[optimizer]
@@ -130,16 +142,16 @@ class Model:
         self._state_size = state_size(self._cell, n_hidden)
         self._rec = recurrent_width(self._cell, n_hidden)
         self.n_params_cell = n_cell_params(self._gates, n_inputs, n_hidden, self._rec)
-        self.n_params = self.n_params_cell + n_outputs * (n_hidden + 1)
+        self.readout_skip = bool(readout_skip)
+        self.n_params = self.n_params_cell + n_outputs * (n_hidden + 1 + (n_inputs if self.readout_skip else 0))
 
         self.theta = self._initial_parameters(int(seed))
         self.opt_state = np.zeros((2, self.n_params), self.dtype)
         self.counters = np.zeros(N_COUNTERS, np.int64)
         self.learner, self.truncation, self.stride = learner, truncation, stride
         self._keyed = KeyedState(self._per_key_layout(), max_keys)
-        if learner in _RTRL_MODES:
-            self._ws = _rtrl.make_workspace(_rtrl_mode(learner, self._cell), self._cell, n_inputs, n_hidden,
-                                            n_outputs, self.n_params_cell, self.n_params, self.dtype)
+        if learner in _INFLUENCE_LEARNERS:
+            self._ws = self._influence_workspace(learner)
         elif learner == "uoro":
             self._ws = _uoro.make_workspace(self._cell, n_inputs, n_hidden, n_outputs, self.n_params_cell,
                                             self.n_params, self.dtype)
@@ -151,14 +163,26 @@ class Model:
         """(name, shape) of each parameter block, in the order of the flat vector."""
         G, n, m, o = self._gates, self.n_hidden, self.n_inputs, self.n_outputs
         hh_shape = (G * n,) if self._cell in ELEMENTWISE else (G * n, n)
-        return [("weight_ih_l0", (G * n, m)), ("weight_hh_l0", hh_shape),
-                ("bias_ih_l0", (G * n,)), ("bias_hh_l0", (G * n,)),
-                ("readout.weight", (o, n)), ("readout.bias", (o,))]
+        blocks = [("weight_ih_l0", (G * n, m)), ("weight_hh_l0", hh_shape),
+                  ("bias_ih_l0", (G * n,)), ("bias_hh_l0", (G * n,)),
+                  ("readout.weight", (o, n)), ("readout.bias", (o,))]
+        return (blocks + [("readout.skip_weight", (o, m))]) if self.readout_skip else blocks
+
+    def _influence_workspace(self, method):
+        """Scratch of one RTRL ("rtrl") or SnAp-1 ("snap1") step for this model."""
+        if _per_unit(method, self._cell):
+            return _snap1.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs, self.n_params,
+                                         self.dtype)
+        return _rtrl.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs, self.n_params_cell,
+                                    self.n_params, self.dtype)
 
     def _initial_parameters(self, seed):
         rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(self.n_hidden)   # PyTorch's RNN init; nn.Linear(n, o) has the same bound
-        return rng.uniform(-bound, bound, self.n_params).astype(self.dtype)
+        n_skip = self.n_outputs * self.n_inputs if self.readout_skip else 0
+        theta = np.zeros(self.n_params, self.dtype)
+        theta[:self.n_params - n_skip] = rng.uniform(-bound, bound, self.n_params - n_skip)
+        return theta
 
     def get_weights(self):
         """Copies of the parameters as a dict of arrays with PyTorch's names and shapes."""
@@ -199,9 +223,9 @@ class Model:
     def _per_key_layout(self):
         """(name, shape, dtype) of each array a key owns, for the chosen learner."""
         S, dt = self._state_size, self.dtype
-        if self.learner in _RTRL_MODES:
-            width = _rtrl.influence_width(_rtrl_mode(self.learner, self._cell), self._cell, self.n_inputs,
-                                          self.n_hidden, self.n_params_cell)
+        if self.learner in _INFLUENCE_LEARNERS:
+            width = (_snap1.influence_width(self._cell, self.n_inputs, self.n_hidden)
+                     if _per_unit(self.learner, self._cell) else self.n_params_cell)
             return [("hidden", (S,), dt), ("influence", (S, width), dt)]
         if self.learner == "uoro":
             return [("hidden", (S,), dt), ("uoro_state", (S,), dt), ("uoro_params", (self.n_params_cell,), dt)]
@@ -272,9 +296,9 @@ class Model:
         common = (self._opt, self.n_inputs, self.n_hidden, self.n_outputs,
                   self.theta, self.opt_state, self.hyper, self.counters)
         per_key = self._keyed.arrays.values()
-        if self.learner in _RTRL_MODES:
-            _rtrl.rtrl_step_many(self._cell, self._task, _rtrl_mode(self.learner, self._cell), *common,
-                                 *per_key, X, Y, has_y, slots, reset, self._ws, out, losses)
+        if self.learner in _INFLUENCE_LEARNERS:
+            step_many = _snap1.snap1_step_many if _per_unit(self.learner, self._cell) else _rtrl.rtrl_step_many
+            step_many(self._cell, self._task, *common, *per_key, X, Y, has_y, slots, reset, self._ws, out, losses)
         elif self.learner == "uoro":
             _uoro.uoro_step_many(self._cell, self._task, *common, self.config["seed"], *per_key,
                                  X, Y, has_y, slots, reset, self._ws, out, losses)
@@ -332,12 +356,10 @@ class Model:
         Y, has_y = self._targets(Y, X.shape[0])
         grad = np.zeros(self.n_params, self.dtype)
         args = (self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs, self.theta)
-        if method in _RTRL_MODES:
-            mode = _rtrl_mode(method, self._cell)
-            ws = _rtrl.make_workspace(mode, self._cell, self.n_inputs, self.n_hidden, self.n_outputs,
-                                      self.n_params_cell, self.n_params, self.dtype)
-            width = _rtrl.influence_width(mode, self._cell, self.n_inputs, self.n_hidden, self.n_params_cell)
-            _rtrl.rtrl_sequence_gradient(self._cell, self._task, mode, *args[2:], X, Y, has_y, width, ws, grad)
+        if method in _INFLUENCE_LEARNERS:
+            sequence_gradient = (_snap1.snap1_sequence_gradient if _per_unit(method, self._cell)
+                                 else _rtrl.rtrl_sequence_gradient)
+            sequence_gradient(*args, X, Y, has_y, self._influence_workspace(method), grad)
         elif method == "uoro":
             ws = _uoro.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs,
                                       self.n_params_cell, self.n_params, self.dtype)
@@ -376,9 +398,19 @@ class Model:
         model.load_state(arrays, meta, source)
         return model
 
+    def allocate_for_load(self, name, shape, dtype):
+        """Destination of array ``name`` of a checkpoint about to be restored into this model
+        (``checkpoint.load(path, allocate=model.allocate_for_load)``): per-key arrays are read
+        straight into memory that :meth:`load_state` then adopts, so restoring many keys holds
+        their state once; None for the rest (read into new arrays)."""
+        return self._keyed.allocate(name, shape, dtype)
+
     def load_state(self, arrays, meta, source="<state>"):
         """Restore from ``state_arrays()`` output; the configuration must match this model's."""
-        if meta.get("kind") != _FORMAT_KIND or meta.get("config") != self.config:
+        saved = meta.get("config")
+        if isinstance(saved, dict):
+            saved = {"readout_skip": False, **saved}   # files from before the option existed
+        if meta.get("kind") != _FORMAT_KIND or saved != self.config:
             raise checkpoint.CheckpointError(
                 f"{source}: the saved model has another configuration ({meta.get('config')}) "
                 f"than this one ({self.config})")

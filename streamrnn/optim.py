@@ -49,12 +49,18 @@ def clip_grad_norm(g, max_norm, sq_norm):
 
 @njit(cache=True, error_model="numpy")
 def optimizer_step(kind, theta, grad, state, step, hyper):
-    """Apply one update; ``step`` is the 1-based index of this update."""
-    lr = hyper[LR]
-    wd = hyper[WEIGHT_DECAY]
+    """Apply one update; ``step`` is the 1-based index of this update.
+
+    The arithmetic is in the parameters' dtype, as PyTorch's: float32 parameters take float32
+    steps (which also halves the cost of Adam's square root and division per parameter)."""
+    k = np.empty(9, theta.dtype)        # the scalars below, in that dtype
+    k[0] = hyper[LR]
+    k[1] = hyper[WEIGHT_DECAY]
+    lr, wd = k[0], k[1]
     P = theta.shape[0]
     if kind == SGD:
-        mom = hyper[MOMENTUM]
+        k[2] = hyper[MOMENTUM]
+        mom = k[2]
         buf = state[0]
         for p in range(P):
             g = grad[p] + wd * theta[p]
@@ -63,16 +69,19 @@ def optimizer_step(kind, theta, grad, state, step, hyper):
                 buf[p] = g
             theta[p] -= lr * g
         return
-    b1 = hyper[BETA1]
-    b2 = hyper[BETA2]
-    eps = hyper[EPS]
     m = state[0]
     v = state[1]
-    bias1 = 1.0 - b1 ** step
-    step_size = lr / bias1
-    sqrt_bias2 = np.sqrt(1.0 - b2 ** step)
+    k[2] = hyper[BETA1]
+    k[3] = 1.0 - hyper[BETA1]
+    k[4] = hyper[BETA2]
+    k[5] = 1.0 - hyper[BETA2]
+    k[6] = hyper[LR] / (1.0 - hyper[BETA1] ** step)        # lr / bias correction 1
+    k[7] = np.sqrt(1.0 - hyper[BETA2] ** step)            # sqrt(bias correction 2)
+    b1, one_b1, b2, one_b2, step_size, sqrt_bias2 = k[2], k[3], k[4], k[5], k[6], k[7]
+    k[8] = hyper[EPS]
+    eps = k[8]
     for p in range(P):
         g = grad[p] + wd * theta[p]
-        m[p] = b1 * m[p] + (1.0 - b1) * g
-        v[p] = b2 * v[p] + (1.0 - b2) * g * g
+        m[p] = b1 * m[p] + one_b1 * g
+        v[p] = b2 * v[p] + one_b2 * g * g
         theta[p] -= step_size * m[p] / (np.sqrt(v[p]) / sqrt_bias2 + eps)

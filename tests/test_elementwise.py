@@ -56,3 +56,25 @@ def test_online_exact_rtrl_memory_is_O_P(cell):
     assert np.array_equal(m.step_many(X, Y), snap.step_many(X, Y))   # the same exact kernel
     assert np.array_equal(m.theta, snap.theta)
     assert m.stats["updates"] == int(np.sum(~np.isnan(Y[:, 0])))
+
+
+def test_many_keys_export_their_live_rows_in_lru_order_and_resume_bit_identically(tmp_path):
+    """Saving puts the key rows in LRU order in place and hands out views (no second copy of every
+    key's state); a save/load in the middle of a stream with evictions changes nothing."""
+    kw = dict(learner="rtrl", lr=0.01, dtype="float32", max_keys=40)
+    X, Y = random_sequence("regression", n_steps=600, n_inputs=N_IN, seed=9)
+    keys = [int(k) for k in np.random.default_rng(3).integers(0, 70, 600)]     # evictions throughout
+    a = make_model("elstm", **kw)
+    a.step_many(X[:300], Y[:300], keys[:300])
+    lru = a.keys
+    arrays, meta = a.state_arrays()
+    assert np.shares_memory(arrays["key.influence"], a._keyed.arrays["influence"])
+    assert [value for _, value in meta["keys"]] == lru == a.keys
+    assert all(np.array_equal(arrays["key.hidden"][i], a.hidden_state(k)) for i, k in enumerate(lru))
+    a.save(tmp_path / "m.ckpt")
+    b = sr.Model.load(tmp_path / "m.ckpt")
+    assert b.keys == lru
+    pa, pb = a.step_many(X[300:], Y[300:], keys[300:]), b.step_many(X[300:], Y[300:], keys[300:])
+    assert np.array_equal(pa, pb) and np.array_equal(a.theta, b.theta) and a.keys == b.keys
+    c = make_model("elstm", **kw)                  # never saved: the same run
+    assert np.array_equal(c.step_many(X, Y, keys)[300:], pa) and np.array_equal(c.theta, a.theta)

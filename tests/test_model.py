@@ -292,3 +292,48 @@ def test_clip_grad_norm_matches_pytorch():
     g = np.array([0.3, 0.4])
     clip_grad_norm(g, 1.0, 0.25)
     assert np.array_equal(g, [0.3, 0.4])
+
+
+@pytest.mark.parametrize("learner", ["rtrl", "tbptt"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_load_reads_keys_into_place_and_continues_bit_identically(cell, learner, tmp_path):
+    # checkpoint.load(allocate=model.allocate_for_load) reads the per-key arrays into memory the
+    # model adopts (one copy of every key's state in memory, not two); new keys then grow it
+    from streamrnn import checkpoint
+    X, Y, keys = keyed_stream(n=400, n_keys=3)
+    keys = keys[:200] + [f"new{i % 9}" if i % 2 else k for i, k in enumerate(keys[200:])]
+    kw = dict(learner="tbptt", truncation=6, stride=3) if learner == "tbptt" else {}
+    a = model(cell, clip=0.5, max_keys=8, **kw)
+    a.step_many(X[:200], Y[:200], keys[:200])
+    a.save(tmp_path / "m.ckpt")
+    b = model(cell, clip=0.5, max_keys=8, **kw)
+    arrays, meta = checkpoint.load(tmp_path / "m.ckpt", allocate=b.allocate_for_load)
+    b.load_state(arrays, meta)
+    per_key = [n for n in arrays if n.startswith("key.")]
+    assert per_key and all(np.shares_memory(b._keyed.arrays[n[4:]], arrays[n]) for n in per_key)
+    assert b.keys == a.keys
+    pa = a.step_many(X[200:], Y[200:], keys[200:])
+    pb = b.step_many(X[200:], Y[200:], keys[200:])
+    assert np.array_equal(pa, pb) and same_weights(a, b) and a.stats == b.stats and b.keys == a.keys
+
+
+def test_corrupt_checkpoint_read_into_place_leaves_the_model_unchanged(tmp_path):
+    from streamrnn import checkpoint
+    X, Y, keys = keyed_stream(n=100)
+    a = model()
+    a.step_many(X, Y, keys)
+    path = tmp_path / "m.ckpt"
+    a.save(path)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 1                           # inside the last per-key array
+    path.write_bytes(bytes(data))
+    b = model()
+    b.step_many(X[:50], Y[:50], keys[:50])
+    before = {k: b.hidden_state(k).copy() for k in b.keys}
+    with pytest.raises(checkpoint.CheckpointError, match="checksum mismatch"):
+        checkpoint.load(path, allocate=b.allocate_for_load)
+    assert {k: b.hidden_state(k).tolist() for k in b.keys} == {k: v.tolist() for k, v in before.items()}
+    c = model()
+    c.step_many(X[:50], Y[:50], keys[:50])
+    pb, pc = b.step_many(X[50:], Y[50:], keys[50:]), c.step_many(X[50:], Y[50:], keys[50:])
+    assert np.array_equal(pb, pc) and same_weights(b, c)

@@ -105,3 +105,22 @@ def test_snap1_online_memory_is_O_P_and_replay_is_bit_identical(cell, tmp_path):
     for x, y, k in zip(X, Y, keys):
         c.step(x, None if np.isnan(y[0]) else y, k)
     assert all(np.array_equal(u, v) for u, v in zip(a.get_weights().values(), c.get_weights().values()))
+
+
+@pytest.mark.parametrize("cell", CELLS + ("elstm", "dlru"))
+def test_an_overflowed_influence_is_zeroed_and_skips_the_update(cell):
+    """The per-unit pass checks every value it writes: a non-finite influence is reset to zero,
+    the step's prediction and state stand, and no gradient is applied (then learning goes on)."""
+    m = make_model(cell, learner="snap1", lr=0.01)
+    X, Y = random_sequence("regression", n_steps=10, n_inputs=N_IN, seed=8, missing_every=0)
+    m.step_many(X[:5], Y[:5])
+    M = m._keyed.arrays["influence"][m._keyed.slots[None]]
+    M[1, 2] = np.inf
+    theta, h = m.theta.copy(), m.hidden_state()
+    updates = m.stats["updates"]
+    pred = m.step_many(X[5:6], Y[5:6])
+    assert m.stats["influence_resets"] == 1 and m.stats["updates"] == updates
+    assert np.array_equal(m.theta, theta) and not M.any()
+    assert np.isfinite(pred).all() and not np.array_equal(m.hidden_state(), h)
+    m.step_many(X[6:], Y[6:])
+    assert m.stats["updates"] == updates + 4 and np.isfinite(m.theta).all() and M.any()

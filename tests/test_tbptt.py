@@ -5,7 +5,7 @@ import pytest
 import streamrnn as sr
 from streamrnn.cells.dispatch import CELL_IDS
 from streamrnn.learners.bptt import bptt_sequence_gradient
-from streamrnn.learners.rtrl import EXACT, make_workspace as make_rtrl_workspace, rtrl_sample
+from streamrnn.learners.rtrl import make_workspace as make_rtrl_workspace, rtrl_sample
 from streamrnn.losses import TASK_IDS
 
 from .helpers import CELLS, N_OUTPUTS, TASKS, random_sequence, rel_err
@@ -80,7 +80,7 @@ def test_tbptt_k_equals_rtrl_with_influence_reset_at_window_starts(cell):
     X, Y = random_sequence("regression", n_steps=T, n_inputs=N_IN, seed=6)
     Yf, has_y = model._targets(Y, T)
     states = states_along(model, X)
-    ws = make_rtrl_workspace(EXACT, CELL_IDS[cell], N_IN, N, model.n_outputs, model.n_params_cell,
+    ws = make_rtrl_workspace(CELL_IDS[cell], N_IN, N, model.n_outputs, model.n_params_cell,
                              model.n_params, np.float64)
     pred = np.empty(model.n_outputs)
     total = np.zeros(model.n_params)
@@ -88,7 +88,7 @@ def test_tbptt_k_equals_rtrl_with_influence_reset_at_window_starts(cell):
         s = states[start].copy()
         M = np.zeros((s.size, model.n_params_cell))         # the influence matrix reset at the window start
         for t in range(start, min(start + k, T)):
-            outcome, _ = rtrl_sample(CELL_IDS[cell], 0, EXACT, N_IN, N, model.n_outputs, model.theta, X[t], Yf[t],
+            outcome, _ = rtrl_sample(CELL_IDS[cell], 0, N_IN, N, model.n_outputs, model.theta, X[t], Yf[t],
                                      has_y[t], s, M, ws, pred)
             assert outcome == 0
             if has_y[t]:

@@ -165,9 +165,22 @@ def hh_influence(w, n_gates, n_in, n, rec, x, h, M_h, D, ih_rows, immediate):
 # --- Per-unit influence: unit i's own parameters on unit i only ------------------------------
 # Unit i owns gate rows g*n + i of every block; its parameters, compactly, are one block per gate
 # of B = n_in + rec + 2 values: [W_ih row (n_in) | W_hh row (rec) | b_ih | b_hh]. Its influence
-# rows (h_i, and c_i for LSTM) have G*B columns, so a key holds S*G*B = O(P) values. For the
-# PyTorch cells this is SnAp-1, an approximation; for the element-wise cells (rec = 1) no other
-# unit ever depends on θ_i, so it is exact RTRL.
+# rows (h_i, and c_i for LSTM or s_i for DLRU) have G*B columns, so a key holds S*G*B = O(P)
+# values. For the PyTorch cells this is SnAp-1, an approximation; for the element-wise cells
+# (rec = 1) no other unit ever depends on θ_i, so it is exact RTRL.
+#
+# Restricted to unit i, every cell's influence update has one shape. Each gate row's derivative is
+# d a_g = w_g dh_i + I_g, with w_g the row's weight on h_i and I_g its immediate partial, which is
+# non-zero only in gate g's block: x on W_ih, the recurrent input on W_hh, 1 on each bias. The
+# cell combines the d a_g (and its other state row) linearly, so with R = 1 or 2 rows per unit
+# (DLRU's row s_i: ds' = λ ds + I, the same shape)
+#
+#     M'[r] = Σ_r' A[r, r'] M[r'] + Σ_g (C_ih[r, g] [x | · | 1 | ·]_g + C_whh[r, g] [· | u | · | ·]_g
+#                                        + C_bhh[r, g] [· | · | · | 1]_g)
+#
+# where u is the recurrent input (h for the PyTorch cells). A cell supplies the scalars A and C
+# (``coef``: A in columns 0..R-1, then C_ih, C_whh, C_bhh for each gate); one pass over the row
+# then updates it in place, checks it and writes row 0's gradient, with no (G, G*B) scratch.
 
 @njit(cache=True, error_model="numpy")
 def unit_block(n_in, rec):
@@ -175,50 +188,98 @@ def unit_block(n_in, rec):
 
 
 @njit(cache=True, error_model="numpy")
-def add_unit_ih_immediate(Dc, g, n_in, rec, x):
-    """Add d(W_ih x + b_ih)/dθ of gate ``g``'s row to the compact ``Dc[g]``."""
-    base = g * (n_in + rec + 2)
-    for k in range(n_in):
-        Dc[g, base + k] += x[k]
-    Dc[g, base + n_in + rec] += 1.0
+def own_recurrent_weight(W_hh, row, i, rec):
+    """Weight of gate row ``row`` (of unit ``i``) on ``h_i``."""
+    return W_hh[row, 0 if rec == 1 else i]
+
+
+# The loops below index views from 0 with a ``range`` variable: Numba then knows the index is
+# non-negative and drops its wrap-around check, which lets LLVM vectorise them; and they are
+# inlined into their caller, where a call per segment of a few entries would cost more than its work.
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mix_one(m, a, c, u):
+    """``m = a m + c u`` (equal lengths); True if a result is not finite."""
+    bad = False
+    for k in range(m.shape[0]):
+        v = a * m[k] + c * u[k]
+        m[k] = v
+        bad |= (v - v) != 0.0
+    return bad
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mix_two(m0, m1, a00, a01, a10, a11, c0, c1, u):
+    """Both rows of a two-row unit (LSTM's h and c): ``[m0; m1] = A [m0; m1] + [c0; c1] u``."""
+    bad = False
+    for k in range(m0.shape[0]):
+        v0 = m0[k]
+        v1 = m1[k]
+        w0 = a00 * v0 + a01 * v1 + c0 * u[k]
+        w1 = a10 * v0 + a11 * v1 + c1 * u[k]
+        m0[k] = w0
+        m1[k] = w1
+        bad |= ((w0 - w0) != 0.0) | ((w1 - w1) != 0.0)
+    return bad
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _scaled_copy(dst, c, src):
+    for k in range(dst.shape[0]):
+        dst[k] = c * src[k]
 
 
 @njit(cache=True, error_model="numpy")
-def unit_hh_influence(w, n_gates, n_in, n, rec, i, x, h, Mh_row, Dc, ih_gates):
-    """``Dc[g] = d a_{g n + i}/dθ_i`` for unit ``i`` when only ``h_i`` carries θ_i's influence:
-    ``W_hh M`` reduces to the weight of row ``g n + i`` on ``h_i`` times ``M[h_i]``; plus the
-    immediate partials (``a_ih``'s for the first ``ih_gates`` gates)."""
-    W_hh = param_views(w, n_gates, n_in, n, rec)[1]
-    B = n_in + rec + 2
-    Pu = Dc.shape[1]
-    own = 0 if rec == 1 else i
-    for g in range(n_gates):
-        row = g * n + i
-        wd = W_hh[row, own]
-        for q in range(Pu):
-            Dc[g, q] = wd * Mh_row[q]
-        base = g * B + n_in
-        for k in range(rec):
-            Dc[g, base + k] += hh_in(h, row, n, rec, k)
-        Dc[g, base + rec + 1] += 1.0
-        if g < ih_gates:
-            add_unit_ih_immediate(Dc, g, n_in, rec, x)
-
-
-@njit(cache=True, error_model="numpy")
-def scatter_unit_grad(grad, n_gates, n_in, n, rec, i, g_h_i, row):
-    """``grad[θ_i] += g_h_i * row``: unit ``i``'s compact influence row back in the global layout."""
+def unit_influence_update(M, n_rows, coef, n_gates, n_in, n, rec, i, x, u, grad, g_i, scatter):
+    """Update unit ``i``'s compact influence rows (``M[i]``, and ``M[n + i]`` when ``n_rows`` is 2)
+    in place from ``coef`` (see above); ``u`` is the recurrent input. With ``scatter``,
+    ``grad[θ_i] = g_i * M[i]`` (every cell parameter belongs to exactly one unit, so the cell
+    part of ``grad`` needs no zeroing). Returns True when every updated value is finite."""
     B = n_in + rec + 2
     rows = n_gates * n
     o_hh = rows * n_in
     o_bih = o_hh + rows * rec
     o_bhh = o_bih + rows
+    u_own = u[i:i + 1] if rec == 1 else u
+    c_ih, c_whh, c_bhh = n_rows, n_rows + n_gates, n_rows + 2 * n_gates
+    m0 = M[i]
+    m1 = M[n + i] if n_rows == 2 else M[i]
+    a00, a01, a10, a11 = coef[0, 0], coef[0, n_rows - 1], coef[n_rows - 1, 0], coef[n_rows - 1, n_rows - 1]
+    bad = False
     for g in range(n_gates):
-        r = g * n + i
-        base = g * B
-        for k in range(n_in):
-            grad[r * n_in + k] += g_h_i * row[base + k]
-        for k in range(rec):
-            grad[o_hh + r * rec + k] += g_h_i * row[base + n_in + k]
-        grad[o_bih + r] += g_h_i * row[base + n_in + rec]
-        grad[o_bhh + r] += g_h_i * row[base + n_in + rec + 1]
+        q_ih, q_hh, q_b = g * B, g * B + n_in, g * B + n_in + rec     # the gate's segments in the row
+        if n_rows == 1:
+            bad |= _mix_one(m0[q_ih:q_hh], a00, coef[0, c_ih + g], x)
+            bad |= _mix_one(m0[q_hh:q_b], a00, coef[0, c_whh + g], u_own)
+        else:
+            bad |= _mix_two(m0[q_ih:q_hh], m1[q_ih:q_hh], a00, a01, a10, a11, coef[0, c_ih + g], coef[1, c_ih + g], x)
+            bad |= _mix_two(m0[q_hh:q_b], m1[q_hh:q_b], a00, a01, a10, a11, coef[0, c_whh + g], coef[1, c_whh + g],
+                            u_own)
+        for q, col in ((q_b, c_ih + g), (q_b + 1, c_bhh + g)):      # b_ih and b_hh: immediate partial 1
+            v0 = m0[q]
+            if n_rows == 1:
+                w0 = a00 * v0 + coef[0, col]
+            else:
+                v1 = m1[q]
+                w0 = a00 * v0 + a01 * v1 + coef[0, col]
+                w1 = a10 * v0 + a11 * v1 + coef[1, col]
+                m1[q] = w1
+                bad |= (w1 - w1) != 0.0
+            m0[q] = w0
+            bad |= (w0 - w0) != 0.0
+        if scatter:
+            r = g * n + i
+            _scaled_copy(grad[r * n_in:(r + 1) * n_in], g_i, m0[q_ih:q_hh])
+            _scaled_copy(grad[o_hh + r * rec:o_hh + (r + 1) * rec], g_i, m0[q_hh:q_b])
+            grad[o_bih + r] = g_i * m0[q_b]
+            grad[o_bhh + r] = g_i * m0[q_b + 1]
+    return not bad
+
+
+@njit(cache=True, error_model="numpy")
+def set_gate_coefficients(coef, row, n_gates, g, c_ih, c_whh, c_bhh):
+    """Immediate-partial coefficients of gate ``g`` in state row ``row`` of a unit (see above)."""
+    R = coef.shape[0]
+    coef[row, R + g] = c_ih
+    coef[row, R + n_gates + g] = c_whh
+    coef[row, R + 2 * n_gates + g] = c_bhh

@@ -7,25 +7,29 @@ Cells 0-2 are PyTorch's RNN, GRU and LSTM. Cells 3-5 are their element-wise
 variants ("ernn", "egru", "elstm"): the same equations with one recurrent
 weight per gate row on its own unit (``weight_hh`` of shape (G*n,)), so no
 unit's state depends on another unit's parameters and exact RTRL costs O(P).
+Cell 6 ("dlru") is a diagonal linear recurrence with a tanh readout, element-wise too.
 """
 import numpy as np
 from numba import njit
 
-from .gru import N_GATES as GRU_GATES, gru_backward, gru_forward, gru_snap1_tangent, gru_tangent
-from .lstm import (N_GATES as LSTM_GATES, STATE_FACTOR as LSTM_STATE, lstm_backward, lstm_forward,
-                   lstm_snap1_tangent, lstm_tangent)
-from .rnn import N_GATES as RNN_GATES, rnn_backward, rnn_forward, rnn_snap1_tangent, rnn_tangent
+from .common import param_views, unit_influence_update
+from .dlru import (N_GATES as DLRU_GATES, STATE_FACTOR as DLRU_STATE, dlru_backward, dlru_forward, dlru_tangent,
+                   dlru_unit_coefficients)
+from .gru import N_GATES as GRU_GATES, gru_backward, gru_forward, gru_tangent, gru_unit_coefficients
+from .lstm import (N_GATES as LSTM_GATES, STATE_FACTOR as LSTM_STATE, lstm_backward, lstm_forward, lstm_tangent,
+                   lstm_unit_coefficients)
+from .rnn import N_GATES as RNN_GATES, rnn_backward, rnn_forward, rnn_tangent, rnn_unit_coefficients
 
-RNN, GRU, LSTM, ERNN, EGRU, ELSTM = 0, 1, 2, 3, 4, 5
-CELL_IDS = {"rnn": RNN, "gru": GRU, "lstm": LSTM, "ernn": ERNN, "egru": EGRU, "elstm": ELSTM}
+RNN, GRU, LSTM, ERNN, EGRU, ELSTM, DLRU = 0, 1, 2, 3, 4, 5, 6
+CELL_IDS = {"rnn": RNN, "gru": GRU, "lstm": LSTM, "ernn": ERNN, "egru": EGRU, "elstm": ELSTM, "dlru": DLRU}
 CELL_NAMES = {v: k for k, v in CELL_IDS.items()}
-ELEMENTWISE = (ERNN, EGRU, ELSTM)
+ELEMENTWISE = (ERNN, EGRU, ELSTM, DLRU)
 
 
 @njit(cache=True, error_model="numpy")
 def base_cell(cell):
-    """The PyTorch cell whose equations an element-wise cell uses."""
-    return cell - 3 if cell >= ERNN else cell
+    """The equations a cell uses: an element-wise cell's PyTorch cell; DLRU its own."""
+    return cell - 3 if ERNN <= cell <= ELSTM else cell
 
 
 @njit(cache=True, error_model="numpy")
@@ -41,13 +45,18 @@ def n_gates(cell):
         return RNN_GATES
     if base == GRU:
         return GRU_GATES
-    return LSTM_GATES
+    if base == LSTM:
+        return LSTM_GATES
+    return DLRU_GATES
 
 
 @njit(cache=True, error_model="numpy")
 def state_size(cell, n):
-    """Values per recurrent state: ``n`` for RNN and GRU, ``2n`` (h, c) for LSTM."""
-    return LSTM_STATE * n if base_cell(cell) == LSTM else n
+    """Values per recurrent state: ``n`` for RNN and GRU, ``2n`` for LSTM (h, c) and DLRU (h, s)."""
+    base = base_cell(cell)
+    if base == LSTM:
+        return LSTM_STATE * n
+    return DLRU_STATE * n if base == DLRU else n
 
 
 @njit(cache=True, error_model="numpy")
@@ -63,8 +72,10 @@ def cell_forward(cell, w, n_in, n, x, s_prev, s_new, cache):
         rnn_forward(w, n_in, n, rec, x, s_prev, s_new, cache)
     elif base == GRU:
         gru_forward(w, n_in, n, rec, x, s_prev, s_new, cache)
-    else:
+    elif base == LSTM:
         lstm_forward(w, n_in, n, rec, x, s_prev, s_new, cache)
+    else:
+        dlru_forward(w, n_in, n, rec, x, s_prev, s_new, cache)
 
 
 @njit(cache=True, error_model="numpy")
@@ -78,21 +89,40 @@ def cell_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, im
         rnn_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, immediate)
     elif base == GRU:
         gru_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, immediate)
-    else:
+    elif base == LSTM:
         lstm_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, immediate)
+    else:
+        dlru_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, immediate)
+
+
+def unit_coefficient_shape(cell, n):
+    """Shape of the scratch ``coef`` of :func:`cell_unit_tangent`: (R, R + 3G), R state rows per unit."""
+    R = state_size(cell, n) // n
+    return R, R + 3 * n_gates(cell)
 
 
 @njit(cache=True, error_model="numpy")
-def cell_unit_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M, Dc):
-    """Per-unit influence update in place (compact layout): SnAp-1 for the PyTorch cells,
-    exact RTRL for the element-wise ones."""
+def cell_unit_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M, coef, grad, g_h, scatter):
+    """Per-unit influence update in place (compact layout of ``cells.common``): SnAp-1 for the
+    PyTorch cells, exact RTRL for the element-wise ones. With ``scatter``, also writes the cell
+    part of ``grad`` (``dL/dθ_j = g_h[j] dh_j/dθ_j``). Returns True when ``M`` stayed finite."""
     base, rec = base_cell(cell), recurrent_width(cell, n)
-    if base == RNN:
-        rnn_snap1_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M, Dc)
-    elif base == GRU:
-        gru_snap1_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M, Dc)
-    else:
-        lstm_snap1_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M, Dc)
+    G = n_gates(cell)
+    R = coef.shape[0]
+    u = s_prev[n:] if base == DLRU else s_prev[:n]     # what the W_hh entries multiply
+    W_hh = param_views(w, G, n_in, n, rec)[1]
+    finite = True
+    for j in range(n):
+        if base == RNN:
+            rnn_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef)
+        elif base == GRU:
+            gru_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef)
+        elif base == LSTM:
+            lstm_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef)
+        else:
+            dlru_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef)
+        finite &= unit_influence_update(M, R, coef, G, n_in, n, rec, j, x, u, grad, g_h[j], scatter)
+    return finite
 
 
 @njit(cache=True, error_model="numpy")
@@ -102,8 +132,10 @@ def cell_backward(cell, w, n_in, n, x, s_prev, s_new, cache, g_new, g_prev, grad
         rnn_backward(w, n_in, n, rec, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh)
     elif base == GRU:
         gru_backward(w, n_in, n, rec, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh)
-    else:
+    elif base == LSTM:
         lstm_backward(w, n_in, n, rec, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh)
+    else:
+        dlru_backward(w, n_in, n, rec, x, s_prev, s_new, cache, g_new, g_prev, grad, da_ih, da_hh)
 
 
 @njit(cache=True, error_model="numpy")

@@ -13,8 +13,8 @@ State ``s = h`` (n values). The cache keeps ``r, z, n`` in place of ``a_ih`` and
 import numpy as np
 from numba import njit
 
-from .common import (accumulate_param_grad, add_ih_immediate, add_unit_ih_immediate, hh_influence,
-                     hh_transpose_product, preactivations, sigmoid, unit_hh_influence)
+from .common import (accumulate_param_grad, add_ih_immediate, hh_influence, hh_transpose_product,
+                     own_recurrent_weight, preactivations, set_gate_coefficients, sigmoid)
 
 N_GATES = 3
 STATE_FACTOR = 1
@@ -42,18 +42,23 @@ def gru_unit_gates(cache, n, j):
 
 
 @njit(cache=True, error_model="numpy")
-def gru_unit_mix(r, hn, D_r, D_n):
+def gru_unit_slopes(cache, n, j, h_prev):
+    """``(r, z, c, c_n, c_z)`` of unit ``j``: ``c = hn r (1 - r)`` carries ``da_r`` into ``d(r hn)``;
+    ``c_n = (1 - z)(1 - n^2)`` and ``c_z = (h - n) z (1 - z)`` carry ``da_n`` and ``da_z`` into ``dh'``."""
+    r, z, nn, hn = gru_unit_gates(cache, n, j)
+    return r, z, hn * r * (1.0 - r), (1.0 - z) * (1.0 - nn * nn), (h_prev - nn) * z * (1.0 - z)
+
+
+@njit(cache=True, error_model="numpy")
+def gru_unit_mix(r, c, D_r, D_n):
     """``D_n <- d(r * hn)`` + (a_in's part, added by the caller): from ``D_r = da_r`` and ``D_n = d hn``."""
-    c = hn * r * (1.0 - r)
     for p in range(D_n.shape[0]):
         D_n[p] = r * D_n[p] + c * D_r[p]
 
 
 @njit(cache=True, error_model="numpy")
-def gru_unit_influence(z, nn, h_prev, D_z, D_n, M_prev_row, M_new_row):
+def gru_unit_influence(z, c_n, c_z, D_z, D_n, M_prev_row, M_new_row):
     """``dh' = (1 - z) dn + (h - n) dz + z dh`` for one unit (in place allowed)."""
-    c_n = (1.0 - z) * (1.0 - nn * nn)
-    c_z = (h_prev - nn) * z * (1.0 - z)
     for p in range(D_n.shape[0]):
         M_new_row[p] = c_n * D_n[p] + c_z * D_z[p] + z * M_prev_row[p]
 
@@ -63,24 +68,27 @@ def gru_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, imme
     """``M_new = dh'/dθ`` from ``M_prev = dh/dθ`` (forward mode over all P parameters)."""
     hh_influence(w, 3, n_in, n, rec, x, s_prev, M_prev, D, 2 * n, immediate)
     for j in range(n):
-        r, _, _, hn = gru_unit_gates(cache, n, j)
-        gru_unit_mix(r, hn, D[j], D[2 * n + j])
+        r, _, c, _, _ = gru_unit_slopes(cache, n, j, s_prev[j])
+        gru_unit_mix(r, c, D[j], D[2 * n + j])
     if immediate:
         add_ih_immediate(D, 2 * n, 3 * n, 3, n_in, n, rec, x)
     for j in range(n):
-        _, z, nn, _ = gru_unit_gates(cache, n, j)
-        gru_unit_influence(z, nn, s_prev[j], D[n + j], D[2 * n + j], M_prev[j], M_new[j])
+        _, z, _, c_n, c_z = gru_unit_slopes(cache, n, j, s_prev[j])
+        gru_unit_influence(z, c_n, c_z, D[n + j], D[2 * n + j], M_prev[j], M_new[j])
 
 
 @njit(cache=True, error_model="numpy")
-def gru_snap1_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M, Dc):
-    """SnAp-1 in place: ``M[j]`` is unit j's influence on its own parameters (compact layout)."""
-    for j in range(n):
-        r, z, nn, hn = gru_unit_gates(cache, n, j)
-        unit_hh_influence(w, 3, n_in, n, rec, j, x, s_prev, M[j], Dc, 2)
-        gru_unit_mix(r, hn, Dc[0], Dc[2])
-        add_unit_ih_immediate(Dc, 2, n_in, rec, x)
-        gru_unit_influence(z, nn, s_prev[j], Dc[1], Dc[2], M[j], M[j])
+def gru_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef):
+    """Unit j's per-unit influence update (``cells.common``), from ``gru_tangent``'s algebra:
+    ``dh' = c_n (r d(hn) + c d a_r + d a_in) + c_z d a_z + z dh`` with ``c = hn r (1 - r)``."""
+    r, z, c, c_n, c_z = gru_unit_slopes(cache, n, j, s_prev[j])
+    w_r = own_recurrent_weight(W_hh, j, j, rec)
+    w_z = own_recurrent_weight(W_hh, n + j, j, rec)
+    w_n = own_recurrent_weight(W_hh, 2 * n + j, j, rec)
+    coef[0, 0] = c_n * (r * w_n + c * w_r) + c_z * w_z + z
+    set_gate_coefficients(coef, 0, 3, 0, c_n * c, c_n * c, c_n * c)
+    set_gate_coefficients(coef, 0, 3, 1, c_z, c_z, c_z)
+    set_gate_coefficients(coef, 0, 3, 2, c_n, c_n * r, c_n * r)
 
 
 @njit(cache=True, error_model="numpy")

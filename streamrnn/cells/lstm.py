@@ -12,8 +12,8 @@ The cache keeps ``i, f, g, o`` in place of ``a_ih`` and ``tanh(c')`` after them.
 import numpy as np
 from numba import njit
 
-from .common import (accumulate_param_grad, hh_influence, hh_transpose_product, preactivations, sigmoid,
-                     unit_hh_influence)
+from .common import (accumulate_param_grad, hh_influence, hh_transpose_product, own_recurrent_weight,
+                     preactivations, set_gate_coefficients, sigmoid)
 
 N_GATES = 4
 STATE_FACTOR = 2
@@ -47,14 +47,17 @@ def lstm_unit_gates(cache, n, j):
 
 
 @njit(cache=True, error_model="numpy")
+def lstm_unit_slopes(cache, n, j, c_prev):
+    """``(f, k_i, k_f, k_g, k_o, k_c)`` of unit ``j``: what ``da_i, da_f, da_g`` contribute to ``dc'``,
+    what ``da_o`` and ``dc'`` contribute to ``dh'`` (and ``f``, the weight of ``dc``)."""
+    i, f, g, o, tc = lstm_unit_gates(cache, n, j)
+    return f, g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o), o * (1.0 - tc * tc)
+
+
+@njit(cache=True, error_model="numpy")
 def lstm_unit_influence(cache, n, j, c_prev, D_i, D_f, D_g, D_o, Mc_prev_row, Mh_new_row, Mc_new_row):
     """``dc' = f dc + c df + i dg + g di`` and ``dh' = o (1 - tanh²c') dc' + tanh(c') do`` for unit j."""
-    i, f, g, o, tc = lstm_unit_gates(cache, n, j)
-    k_i = g * i * (1.0 - i)
-    k_f = c_prev * f * (1.0 - f)
-    k_g = i * (1.0 - g * g)
-    k_o = tc * o * (1.0 - o)
-    k_c = o * (1.0 - tc * tc)
+    f, k_i, k_f, k_g, k_o, k_c = lstm_unit_slopes(cache, n, j, c_prev)
     for p in range(D_i.shape[0]):
         dc = f * Mc_prev_row[p] + k_f * D_f[p] + k_g * D_g[p] + k_i * D_i[p]
         Mc_new_row[p] = dc
@@ -71,11 +74,25 @@ def lstm_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, imm
 
 
 @njit(cache=True, error_model="numpy")
-def lstm_snap1_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M, Dc):
-    """SnAp-1 in place: ``M[j]``/``M[n + j]`` are unit j's h/c influence on its own parameters."""
-    for j in range(n):
-        unit_hh_influence(w, 4, n_in, n, rec, j, x, s_prev[:n], M[j], Dc, 4)
-        lstm_unit_influence(cache, n, j, s_prev[n + j], Dc[0], Dc[1], Dc[2], Dc[3], M[n + j], M[j], M[n + j])
+def lstm_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef):
+    """Unit j's per-unit influence update (``cells.common``; rows h then c), from
+    ``lstm_unit_influence``: ``dc' = f dc + β dh + Σ k_g I_g`` and ``dh' = k_c dc' + k_o (w_o dh + I_o)``
+    with ``β = Σ_{g in i,f,g} k_g w_g``."""
+    f, k_i, k_f, k_g, k_o, k_c = lstm_unit_slopes(cache, n, j, s_prev[n + j])
+    beta = (k_i * own_recurrent_weight(W_hh, j, j, rec) + k_f * own_recurrent_weight(W_hh, n + j, j, rec)
+            + k_g * own_recurrent_weight(W_hh, 2 * n + j, j, rec))
+    coef[0, 0] = k_c * beta + k_o * own_recurrent_weight(W_hh, 3 * n + j, j, rec)
+    coef[0, 1] = k_c * f
+    coef[1, 0] = beta
+    coef[1, 1] = f
+    set_gate_coefficients(coef, 0, 4, 0, k_c * k_i, k_c * k_i, k_c * k_i)
+    set_gate_coefficients(coef, 0, 4, 1, k_c * k_f, k_c * k_f, k_c * k_f)
+    set_gate_coefficients(coef, 0, 4, 2, k_c * k_g, k_c * k_g, k_c * k_g)
+    set_gate_coefficients(coef, 0, 4, 3, k_o, k_o, k_o)
+    set_gate_coefficients(coef, 1, 4, 0, k_i, k_i, k_i)
+    set_gate_coefficients(coef, 1, 4, 1, k_f, k_f, k_f)
+    set_gate_coefficients(coef, 1, 4, 2, k_g, k_g, k_g)
+    set_gate_coefficients(coef, 1, 4, 3, 0.0, 0.0, 0.0)
 
 
 @njit(cache=True, error_model="numpy")

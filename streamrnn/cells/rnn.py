@@ -5,7 +5,8 @@
 import numpy as np
 from numba import njit
 
-from .common import accumulate_param_grad, hh_influence, hh_transpose_product, preactivations, unit_hh_influence
+from .common import (accumulate_param_grad, hh_influence, hh_transpose_product, own_recurrent_weight,
+                     preactivations, set_gate_coefficients)
 
 N_GATES = 1
 STATE_FACTOR = 1   # state size = STATE_FACTOR * n
@@ -37,11 +38,11 @@ def rnn_unit_influence(h_new, D_a, M_new_row):
 
 
 @njit(cache=True, error_model="numpy")
-def rnn_snap1_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M, Dc):
-    """SnAp-1 in place: ``M[j]`` is unit j's influence on its own parameters (compact layout)."""
-    for j in range(n):
-        unit_hh_influence(w, 1, n_in, n, rec, j, x, s_prev, M[j], Dc, 1)
-        rnn_unit_influence(s_new[j], Dc[0], M[j])
+def rnn_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef):
+    """Unit j's per-unit influence update (``cells.common``): ``dh_j' = d (w_jj dh_j + I)``."""
+    d = 1.0 - s_new[j] * s_new[j]
+    coef[0, 0] = d * own_recurrent_weight(W_hh, j, j, rec)
+    set_gate_coefficients(coef, 0, 1, 0, d, d, d)
 
 
 @njit(cache=True, error_model="numpy")

@@ -31,7 +31,7 @@ def bptt_sequence_gradient(cell, task, n_in, n, n_out, theta, Pc, X, Y, has_y, s
     for t in range(T):
         cell_forward(cell, theta, n_in, n, X[t], states[t], states[t + 1], caches[t])
         if has_y[t]:
-            total += readout_step(task, theta, Pc, n, n_out, states[t + 1], Y[t], True,
+            total += readout_step(task, theta, Pc, n, n_out, states[t + 1], X[t], Y[t], True,
                                   logits, pred, dlogits, step_grad, g_hs[t])
             grad_sum[Pc:] += step_grad[Pc:]
     g_s = np.zeros(S, dt)
@@ -65,5 +65,5 @@ def sequence_loss(cell, task, n_in, n, n_out, theta, Pc, X, Y, has_y):
         cell_forward(cell, theta, n_in, n, X[t], s, s_new, cache)
         s[:] = s_new
         if has_y[t]:
-            total += readout_step(task, theta, Pc, n, n_out, s, Y[t], True, logits, pred, dlogits, scratch, g_h)
+            total += readout_step(task, theta, Pc, n, n_out, s, X[t], Y[t], True, logits, pred, dlogits, scratch, g_h)
     return total

@@ -5,7 +5,8 @@ Counters (an int64 array owned by the Model) record what happened to each record
 import numpy as np
 from numba import njit
 
-from ..cells.dispatch import cache_size, cell_forward
+from ..cells.common import n_cell_params
+from ..cells.dispatch import cache_size, cell_forward, n_gates, recurrent_width
 from ..losses import loss_and_grad, predict_output, readout, readout_backward
 from ..optim import CLIP, clip_grad_norm, optimizer_step, squared_norm
 
@@ -17,19 +18,26 @@ APPLIED, REJECTED, INFLUENCE_RESET = 0, 1, 2
 
 
 @njit(cache=True, error_model="numpy")
-def readout_step(task, theta, off, n, n_out, h, y, has_y, logits, pred, dlogits, grad, g_h):
-    """Predict from ``h``; with a target, return the loss and start ``grad`` with the readout's part.
+def cell_params_end(cell, n_in, n):
+    """Offset of the readout in ``theta``: the length of the cell's parameter block before it."""
+    return n_cell_params(n_gates(cell), n_in, n, recurrent_width(cell, n))
 
-    ``grad`` is zeroed and receives ``dL/d(W_out, b_out)``; ``g_h = dL/dh``.
+
+@njit(cache=True, error_model="numpy")
+def readout_step(task, theta, off, n, n_out, h, x, y, has_y, logits, pred, dlogits, grad, g_h):
+    """Predict from ``h`` (and the step's input ``x``, read only by a skip readout); with a
+    target, return the loss and start ``grad`` with the readout's part.
+
+    ``grad`` is zeroed and receives ``dL/d(W_out, b_out[, S])``; ``g_h = dL/dh``.
     Without a target the loss is 0 and ``grad``/``g_h`` are untouched.
     """
-    readout(theta, off, n, n_out, h, logits)
+    readout(theta, off, n, n_out, h, x, logits)
     predict_output(task, logits, pred)
     if not has_y:
         return 0.0
     loss = loss_and_grad(task, logits, y, dlogits)
     grad[:] = 0.0
-    readout_backward(theta, off, n, n_out, h, dlogits, grad, g_h)
+    readout_backward(theta, off, n, n_out, h, x, dlogits, grad, g_h)
     return loss
 
 
@@ -84,5 +92,5 @@ def predict_from_state(cell, task, n_in, n, n_out, theta, Pc, x, s, pred):
     cache = np.empty(cache_size(cell, n), theta.dtype)
     logits = np.empty(n_out, theta.dtype)
     cell_forward(cell, theta, n_in, n, x, s, s_new, cache)
-    readout(theta, Pc, n, n_out, s_new, logits)
+    readout(theta, Pc, n, n_out, s_new, x, logits)
     predict_output(task, logits, pred)

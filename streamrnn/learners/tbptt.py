@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from ..cells.dispatch import cache_size, cell_backward, cell_forward, n_gates, state_size
-from .common import REJECTED_STATE, STEPS, all_finite, guarded_update, readout_step
+from .common import REJECTED_STATE, STEPS, all_finite, cell_params_end, guarded_update, readout_step
 
 
 def make_workspace(cell, n_in, n, n_out, n_params, dtype):
@@ -42,7 +42,7 @@ def tbptt_backprop(cell, task, n_in, n, n_out, theta, Pc, s_last, win_x, win_s, 
         idx = t % k
         s_after = s_last if back == 0 else win_s[(t + 1) % k]
         if back < n_inject and win_has[idx]:
-            total += readout_step(task, theta, Pc, n, n_out, s_after, win_y[idx], True,
+            total += readout_step(task, theta, Pc, n, n_out, s_after, win_x[idx], win_y[idx], True,
                                   logits, pred, dlogits, step_grad, g_h)
             grad[Pc:] += step_grad[Pc:]
             for j in range(n):
@@ -71,15 +71,15 @@ def tbptt_advance(cell, task, n_in, n, n_out, theta, Pc, x, y, has_y, s, win_x, 
     win_has[idx] = has_y
     s[:] = s_new
     logits, dlogits, g_h, step_grad = ws[6], ws[8], ws[9], ws[10]
-    loss = readout_step(task, theta, Pc, n, n_out, s, y, has_y, logits, pred, dlogits, step_grad, g_h)
+    loss = readout_step(task, theta, Pc, n, n_out, s, x, y, has_y, logits, pred, dlogits, step_grad, g_h)
     return True, loss
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)   # the daemon overlaps it with Kafka I/O threads
 def tbptt_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
                     H, W_x, W_s, W_c, W_y, W_has, W_count, stride, X, Y, has_y, slots, reset, ws, out, losses):
     """Test-then-train over records in arrival order, one TBPTT window per key slot."""
-    Pc = theta.shape[0] - n_out * (n + 1)
+    Pc = cell_params_end(cell, n_in, n)
     k = W_x.shape[1]
     grad = ws[11]
     for i in range(X.shape[0]):
@@ -112,7 +112,7 @@ def tbptt_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hype
 def tbptt_sequence_gradient(cell, task, n_in, n, n_out, theta, X, Y, has_y, k, stride, ws, grad_sum):
     """``Σ`` of the gradients TBPTT(k, stride) would apply over one sequence from a zero state,
     parameters fixed; losses after the last full stride are flushed at the end."""
-    Pc = theta.shape[0] - n_out * (n + 1)
+    Pc = cell_params_end(cell, n_in, n)
     S = ws[0].shape[0]
     s = np.zeros(S, theta.dtype)
     win_x = np.zeros((k, n_in), theta.dtype)

@@ -74,7 +74,7 @@ def uoro_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, s, s_tilde, thet
     for p in range(Pc):
         theta_tilde[p] = theta_tilde[p] / rho0 + vI[p] / rho1
     s[:] = s_new
-    loss = readout_step(task, theta, Pc, n, n_out, s, y, has_y, logits, pred, dlogits, grad, g_h)
+    loss = readout_step(task, theta, Pc, n, n_out, s, x, y, has_y, logits, pred, dlogits, grad, g_h)
     if not (all_finite(s_tilde) and all_finite(theta_tilde)):
         s_tilde[:] = 0.0
         theta_tilde[:] = 0.0
@@ -88,7 +88,7 @@ def uoro_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, s, s_tilde, thet
     return APPLIED, loss
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)   # the daemon overlaps it with Kafka I/O threads
 def uoro_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters, seed,
                    H, S_tilde, Theta_tilde, X, Y, has_y, slots, reset, ws, out, losses):
     """Test-then-train over records in arrival order; each record's key owns slot ``slots[i]``."""

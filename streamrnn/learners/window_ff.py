@@ -38,7 +38,8 @@ def window_ff_step_many(task, opt_kind, n_hidden, n_out, theta, opt_state, hyper
             z[j] = np.tanh(acc)
         counters[STEPS] += 1
         losses[i] = np.nan
-        loss = readout_step(task, theta, off, n_hidden, n_out, z, Y[i], has_y[i], logits, out[i], dlogits, grad, g_z)
+        loss = readout_step(task, theta, off, n_hidden, n_out, z, X[i], Y[i], has_y[i], logits, out[i], dlogits,
+                            grad, g_z)
         if not has_y[i]:
             continue
         losses[i] = loss
