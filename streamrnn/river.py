@@ -79,11 +79,11 @@ class _Core:
     """
 
     def __init__(self, n_inputs, n_outputs, task, keyed, cell, n_hidden, learner, truncation, optimizer, lr,
-                 clip, seed, dtype, max_keys):
+                 clip, seed, dtype, max_keys, readout_skip):
         kw = {} if truncation is None else {"truncation": truncation}
         self.model = Model(cell=cell, n_inputs=n_inputs, n_hidden=n_hidden, n_outputs=n_outputs, task=task,
                            learner=learner, optimizer=optimizer, lr=lr, clip=clip, seed=seed, dtype=dtype,
-                           max_keys=max_keys, **kw)
+                           max_keys=max_keys, readout_skip=readout_skip, **kw)
         self.keyed = keyed
         self._scratch()
 
@@ -145,7 +145,7 @@ class _Recurrent:
     def _build(self):
         self._core = _Core(self._input_offset + self.n_inputs, self._n_outputs, self._task, self.key is not None,
                            self.cell, self.n_hidden, self.learner, self.truncation, self.optimizer, self.lr,
-                           self.clip, self.seed, self.dtype, self.max_keys)
+                           self.clip, self.seed, self.dtype, self.max_keys, self.readout_skip)
         return self._core
 
     @property
@@ -211,8 +211,9 @@ class _Recurrent:
 
 
 _PARAM_DOC = """
-    cell : {"rnn", "gru", "lstm"}
-        Recurrent cell (PyTorch's equations).
+    cell : {"rnn", "gru", "lstm", "ernn", "egru", "elstm"}
+        Recurrent cell (PyTorch's equations; the ``e`` cells are element-wise, see
+        :class:`streamrnn.Model`).
     n_hidden : int
         Hidden units.
     n_inputs : int
@@ -233,6 +234,10 @@ _PARAM_DOC = """
         Name of the feature whose value selects a per-entity hidden state; it is not an input.
     max_keys : int
         Most entity states held at once (least recently used dropped beyond that).
+    readout_skip : bool
+        The readout also sees the inputs, ``ŷ = W_out h + S x + b`` (``S`` starts at
+        zero): a linear model of the current features plus what the recurrent state
+        adds (see :class:`streamrnn.Model`).
 """
 
 
@@ -265,7 +270,7 @@ class RNNRegressor(_Recurrent, base.Regressor):
     """
 
     def __init__(self, cell="gru", n_hidden=16, n_inputs=16, learner="rtrl", truncation=None, optimizer="adam",
-                 lr=0.01, clip=1.0, seed=0, dtype="float64", key=None, max_keys=1024):
+                 lr=0.01, clip=1.0, seed=0, dtype="float64", key=None, max_keys=1024, readout_skip=False):
         self.cell = cell
         self.n_hidden = n_hidden
         self.n_inputs = n_inputs
@@ -278,12 +283,14 @@ class RNNRegressor(_Recurrent, base.Regressor):
         self.dtype = dtype
         self.key = key
         self.max_keys = max_keys
+        self.readout_skip = readout_skip
         self._reset()
 
     @classmethod
     def _unit_test_params(cls):
         yield {"n_hidden": 4, "n_inputs": 8}
         yield {"cell": "lstm", "n_hidden": 3, "n_inputs": 4, "learner": "tbptt", "truncation": 4, "key": "dummy"}
+        yield {"cell": "egru", "n_hidden": 4, "n_inputs": 6, "readout_skip": True}
 
     def learn_one(self, x, y):
         key = self._map(x, True)
@@ -329,7 +336,8 @@ class RNNClassifier(_Recurrent, base.Classifier):
     """
 
     def __init__(self, cell="gru", n_hidden=16, n_inputs=16, n_classes=2, learner="rtrl", truncation=None,
-                 optimizer="adam", lr=0.01, clip=1.0, seed=0, dtype="float64", key=None, max_keys=1024):
+                 optimizer="adam", lr=0.01, clip=1.0, seed=0, dtype="float64", key=None, max_keys=1024,
+                 readout_skip=False):
         self.cell = cell
         self.n_hidden = n_hidden
         self.n_inputs = n_inputs
@@ -343,6 +351,7 @@ class RNNClassifier(_Recurrent, base.Classifier):
         self.dtype = dtype
         self.key = key
         self.max_keys = max_keys
+        self.readout_skip = readout_skip
         if int(n_classes) < 2:
             raise ValueError(f"n_classes must be >= 2; got {n_classes}")
         self._reset()
@@ -440,7 +449,8 @@ class RNNForecaster(_Recurrent, Forecaster):
     """
 
     def __init__(self, cell="gru", n_hidden=16, n_inputs=0, learner="rtrl", truncation=None, optimizer="adam",
-                 lr=0.01, clip=1.0, seed=0, dtype="float64", key=None, max_keys=1024, standardize=True):
+                 lr=0.01, clip=1.0, seed=0, dtype="float64", key=None, max_keys=1024, standardize=True,
+                 readout_skip=False):
         self.cell = cell
         self.n_hidden = n_hidden
         self.n_inputs = n_inputs
@@ -453,6 +463,7 @@ class RNNForecaster(_Recurrent, Forecaster):
         self.dtype = dtype
         self.key = key
         self.max_keys = max_keys
+        self.readout_skip = readout_skip
         self.standardize = standardize
         self._reset()
 
@@ -512,7 +523,7 @@ class RNNForecaster(_Recurrent, Forecaster):
             x = core.x0
             x[0] = z
             cell_forward(m._cell, m.theta, m.n_inputs, m.n_hidden, x, s, s_new, cache)
-            _readout(m.theta, m.n_params_cell, m.n_hidden, 1, s_new, out)
+            _readout(m.theta, m.n_params_cell, m.n_hidden, 1, s_new, x, out)
             z = float(out[0])
             preds.append(z * sd + mean)
             s, s_new = s_new, s

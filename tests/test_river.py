@@ -5,7 +5,7 @@ import pickle
 
 import numpy as np
 import pytest
-from river import compose, datasets, evaluate, metrics, preprocessing
+from river import datasets, evaluate, metrics, preprocessing
 from river.checks import yield_checks
 
 import streamrnn as sr
@@ -72,6 +72,26 @@ def test_regressor_matches_model_bit_for_bit_and_predict_is_pure():
     for name, w in m.get_weights().items():
         np.testing.assert_array_equal(reg.model.get_weights()[name], w)
     np.testing.assert_array_equal(reg.model.hidden_state(), m.hidden_state())
+
+
+def test_regressor_with_readout_skip_matches_model_bit_for_bit():
+    """ŷ = W_out h + S x + b through the estimator: the same predictions and weights as the Model."""
+    reg = RNNRegressor(n_inputs=3, readout_skip=True, **PARAMS)
+    m = sr.Model(n_inputs=3, n_outputs=1, task="regression", readout_skip=True, **PARAMS)
+    order = ["b", "a", "c"]
+    for t, (x, y) in enumerate(_stream(40)):
+        if t > 0:
+            known = {k: v for k, v in x.items() if k in reg.features}
+            assert reg.predict_one(x) == m.peek(_mapped(known, order))[0]
+        reg.learn_one(x, y)
+        m.step(_mapped(x, order), [y])
+    w = reg.model.get_weights()
+    assert np.abs(w["readout.skip_weight"]).max() > 0          # the skip path learned
+    for name, v in m.get_weights().items():
+        np.testing.assert_array_equal(w[name], v)
+    twin = pickle.loads(pickle.dumps(reg))
+    x = {"a": 0.3, "b": -1.0, "c": 2.0}
+    assert twin.predict_one(x) == reg.predict_one(x) and twin.clone().readout_skip
 
 
 def test_dict_order_never_matters():
@@ -213,9 +233,10 @@ def _gru_numpy(w, x, h):
     return (1 - z) * c + z * h
 
 
-def test_forecast_is_recursive_and_pure():
+@pytest.mark.parametrize("readout_skip", [False, True])
+def test_forecast_is_recursive_and_pure(readout_skip):
     series = [float(v) for _, v in datasets.AirlinePassengers().take(40)]
-    fc = RNNForecaster(n_hidden=4, n_inputs=1, lr=0.02, seed=5)
+    fc = RNNForecaster(n_hidden=4, n_inputs=1, lr=0.02, seed=5, readout_skip=readout_skip)
     for t, y in enumerate(series):
         fc.learn_one(y, {"trend": t / 40.0, "month": "ignored"})
     state = pickle.dumps(fc)
@@ -229,9 +250,12 @@ def test_forecast_is_recursive_and_pure():
     h = fc.model.hidden_state()
     z = (series[-1] - mean) / sd
     want = []
+    skip = w.get("readout.skip_weight", np.zeros((1, 2)))
+    assert readout_skip == ("readout.skip_weight" in w)
     for h_ in range(6):
-        h = _gru_numpy(w, np.array([z, xs[h_]["trend"]]), h)
-        z = float((w["readout.weight"] @ h + w["readout.bias"])[0])
+        x = np.array([z, xs[h_]["trend"]])
+        h = _gru_numpy(w, x, h)
+        z = float((w["readout.weight"] @ h + skip @ x + w["readout.bias"])[0])
         want.append(z * sd + mean)
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
