@@ -1,7 +1,7 @@
 """Sources and sinks for the streamrnn daemon: files, recorded-stream replay, Kafka."""
-from .base import ListSink, Record, Sink, Source, SourceError
+from .base import BrokerUnavailable, ListSink, Record, Sink, Source, SourceError
 from .file import CsvSink, CsvSource, JsonLinesSink, JsonLinesSource, LineSource
 from .replay import ReplaySource
 
-__all__ = ["Record", "Source", "Sink", "SourceError", "ListSink", "LineSource",
+__all__ = ["Record", "Source", "Sink", "SourceError", "BrokerUnavailable", "ListSink", "LineSource",
            "JsonLinesSource", "CsvSource", "JsonLinesSink", "CsvSink", "ReplaySource"]

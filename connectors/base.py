@@ -7,21 +7,48 @@ A *position* names where a record came from and is JSON-able:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 
-@dataclass(frozen=True)
 class Record:
-    value: Any                  # bytes or str as read; replay sources may give a decoded dict
-    key: Any = None
-    position: tuple = ()
-    timestamp: float | None = None
-    meta: dict = field(default_factory=dict)
+    """One record as read: ``value`` (bytes or str; replay sources may give a decoded dict),
+    ``key``, ``position`` and ``timestamp`` (seconds or None).
+
+    A plain slotted class rather than a dataclass: one is built per record on the hot path,
+    and a frozen dataclass's ``__init__`` costs several times more.
+    """
+
+    __slots__ = ("value", "key", "position", "timestamp")
+
+    def __init__(self, value, key=None, position=(), timestamp=None):
+        self.value = value
+        self.key = key
+        self.position = position
+        self.timestamp = timestamp
+
+    def _fields(self):
+        return self.value, self.key, self.position, self.timestamp
+
+    def __eq__(self, other):
+        return type(other) is Record and self._fields() == other._fields()
+
+    __hash__ = None
+
+    def __repr__(self):
+        return (f"Record(value={self.value!r}, key={self.key!r}, position={self.position!r}, "
+                f"timestamp={self.timestamp!r})")
 
 
 class SourceError(RuntimeError):
     """A source that cannot be opened or read (missing file, unreachable broker, missing topic)."""
+
+
+class BrokerUnavailable(SourceError):
+    """The broker cannot be reached now (down, restarting, network); trying later may succeed.
+
+    Raised by a source's ``poll``, a sink's ``flush`` or a connector's constructor; the daemon
+    retries these under its retry policy. Nothing was lost: unacknowledged outputs stay queued.
+    """
 
 
 @runtime_checkable
@@ -37,6 +64,20 @@ class Sink(Protocol):
     def write(self, records: list) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
+
+
+class NullSink:
+    """Discards what it is given (a daemon configured without a sink): holds nothing, so a run of
+    any length uses no memory for it."""
+
+    def write(self, records):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
 
 
 class ListSink:

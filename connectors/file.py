@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 
 from .base import Record, SourceError
+from .codec import dumps
 
 
 class LineSource:
@@ -52,8 +52,12 @@ class LineSource:
             self._line += 1
 
     def _make(self, raw, line):
-        return Record(value=raw.rstrip(b"\r\n").decode("utf-8", errors="replace"), key=None,
-                      position=(self.path, line))
+        raw = raw.rstrip(b"\r\n")
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            value = raw       # handed on as read: the daemon dead-letters it as invalid UTF-8
+        return Record(value=value, key=None, position=(self.path, line))
 
     def poll(self, max_records=1000, timeout=0.0):
         out = []
@@ -98,7 +102,10 @@ class CsvSource(LineSource):
             self._line = 1
 
     def _make(self, raw, line):
-        text = raw.rstrip(b"\r\n").decode("utf-8", errors="replace")
+        try:
+            text = raw.rstrip(b"\r\n").decode("utf-8")
+        except UnicodeDecodeError:   # handed on as read: the daemon dead-letters it as invalid UTF-8
+            return Record(value=raw.rstrip(b"\r\n"), key=None, position=(self.path, line))
         row = next(csv.reader([text]), [])
         if len(row) != len(self.columns):
             value = text  # left as text: the daemon reports the width error
@@ -108,16 +115,7 @@ class CsvSource(LineSource):
 
 
 def _dumps(obj):
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_default)
-
-
-def _default(o):
-    import numpy as np
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"cannot encode {type(o).__name__}")
+    return dumps(obj).decode("utf-8")
 
 
 class _FileSink:
@@ -145,7 +143,7 @@ class JsonLinesSink(_FileSink):
 
     def write(self, records):
         if records:
-            self._fh.write("".join(_dumps(r) + "\n" for r in records))
+            self._fh.write(b"\n".join(map(dumps, records)).decode("utf-8") + "\n")
 
 
 class CsvSink(_FileSink):

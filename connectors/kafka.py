@@ -2,18 +2,27 @@
 
 Source: a consumer-group member with ``enable_auto_commit=False``; offsets are committed by
 the daemon (``commit``) only after its checkpoint is durable. Positions are
-``{"topic:partition": next_offset}``; ``seek`` stores them and a rebalance listener seeks every
-newly assigned partition to its checkpointed offset (else the group's committed offset, else
-the earliest). Sink: a producer with ``acks="all"`` and idempotence on (kafka-python 3.x
-supports ``enable_idempotence`` and turns it on by default); ``flush`` waits for every send and
-raises if one failed.
+``{"topic:partition": next_offset}`` (the next offset *handed out*, so records fetched but not yet
+handed out are read again after a restart); ``seek`` stores them and a rebalance listener seeks
+every newly assigned partition to its checkpointed offset (else the group's committed offset,
+else the earliest). By default partitions are merged by record timestamp, so a restart replays
+the order of an uninterrupted run (see :class:`KafkaSource`). Sink: a producer with
+``acks="all"`` and idempotence on (kafka-python 3.x supports ``enable_idempotence`` and turns it
+on by default); ``flush`` waits for every send and raises if one failed.
+
+An unreachable broker raises :class:`~connectors.base.BrokerUnavailable` (from a constructor, from
+``poll`` after an empty poll and a failed probe, from ``flush`` when outputs stay unacknowledged);
+nothing is dropped meanwhile and the daemon retries under its retry policy.
 """
 from __future__ import annotations
 
-import json
+import heapq
 import logging
+import time
+from collections import deque
 
-from .base import Record, SourceError
+from .base import BrokerUnavailable, Record, SourceError
+from .codec import dumps
 
 log = logging.getLogger("streamrnn.kafka")
 
@@ -36,27 +45,104 @@ def _pid(topic, partition):
     return f"{topic}:{partition}"
 
 
+ORDERS = ("timestamp", "arrival")
+_PROBE_EVERY_S = 2.0          # idle polls probe the broker at most this often
+_MIN_POLL_S = 0.05            # shortest wait handed to the client's poll (see KafkaSource.poll)
+
+
+def await_offset_validation(consumer, timeout_ms=2000):
+    """Unstick a consumer's partitions waiting for offset validation (call after an empty poll).
+
+    kafka-python 3.x (dpkp/kafka-python#3106): once a partition's leader epoch moves past the
+    epoch of the last fetched record, the partition waits for an offset validation that
+    ``poll()`` schedules but never awaits, so every later poll comes back empty while its
+    records wait on the broker. ``position()`` awaits that validation.
+    """
+    subscription = getattr(consumer, "_subscription", None)
+    needs = getattr(subscription, "is_offset_validation_needed", None)
+    if needs is None:
+        return
+    from kafka.errors import KafkaError
+    for tp in consumer.assignment():
+        if needs(tp):
+            try:
+                consumer.position(tp, timeout_ms=timeout_ms)
+            except KafkaError as exc:      # the next poll retries; callers judge outages
+                log.info("offset validation of %s: %s", tp, exc)
+
+
 class KafkaSource:
+    """A consumer-group member that hands out records in a replayable order.
+
+    Parameters
+    ----------
+    bootstrap, topic : str
+        Broker address ("host:port") and the topic to consume.
+    group : str or None
+        Consumer group (None: read every partition from the beginning, no group, no commits).
+    client_id : str
+    max_poll_records : int
+        Most records one fetch of the client returns.
+    order : {"timestamp", "arrival"}
+        ``"timestamp"``: the assigned partitions are merged by (record timestamp, partition,
+        offset), always taking the smallest head, and a partition that still has records on the
+        broker (end offset beyond its position) is waited for before the merge moves past it. The
+        order then depends only on the topic's contents and the start positions, so a restart
+        from a checkpoint hands out exactly the sequence an uninterrupted run would have: with
+        shared parameters, that is what makes a restarted run bit-identical. A partition that is
+        caught up is not waited for (as Kafka Streams with ``max.task.idle.ms=0``), so records
+        that arrive live are merged as they come. ``"arrival"``: the order the client fetched
+        them (no buffering; not replayable across more than one partition).
+    instance_id : str or None
+        Static group membership (``group.instance.id``, KIP-345): a restarted daemon with the same
+        id takes its partitions back at once instead of waiting out its previous incarnation's
+        session timeout (45 s). Give each member of a group its own id.
+    max_wait_ms : int
+        The longest the timestamp merge waits for a partition that has records on the broker but
+        none fetched; past that it merges without it and logs a warning (the order may then
+        differ from a replay).
+    probe_timeout_ms : int
+        When polls come back empty, the broker is probed (a ListOffsets request) at most every
+        2 s; no answer within this bound raises :class:`BrokerUnavailable`.
+    max_buffered : int or None
+        Most records held per partition by the timestamp merge (fetched, not yet handed out);
+        beyond it the rest is given back and fetched again later. Default:
+        max(10 * max_poll_records, 50 000).
+    """
+
     follow = True
     exhausted = False
 
     def __init__(self, bootstrap, topic, group="streamrnn", client_id="streamrnn", max_poll_records=5000,
-                 request_timeout_ms=30000, bootstrap_timeout_ms=10000, on_revoke=None):
+                 request_timeout_ms=30000, bootstrap_timeout_ms=10000, on_revoke=None, order="timestamp",
+                 instance_id=None, max_wait_ms=10000, probe_timeout_ms=2000, max_buffered=None):
         from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
         from kafka.errors import KafkaError
-        self.topic = topic
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
+        self.bootstrap, self.topic, self.order = bootstrap, topic, order
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.probe_timeout_ms = int(probe_timeout_ms)
         self._TP = TopicPartition
         self._start = {}
         self._next = {}
+        self._buffers = {}            # TopicPartition -> deque of (timestamp ms, offset, Record), not handed out
+        self._ends = {}               # TopicPartition -> end offset last seen on the broker
+        self._blocked_since = {}      # TopicPartition -> when the merge began waiting for it
+        # one fetch can bring ~1 MB per partition (tens of thousands of small records): a tighter
+        # bound would make the client fetch the same records again and again
+        self._max_buffered = max_buffered or max(10 * max_poll_records, 50_000)
+        self._last_contact = time.monotonic()
         self.on_revoke = on_revoke
+        extra = {"group_instance_id": instance_id} if instance_id and group is not None else {}
         try:
             self.consumer = KafkaConsumer(
                 bootstrap_servers=bootstrap, group_id=group, client_id=client_id,
                 enable_auto_commit=False, auto_offset_reset="earliest",
                 max_poll_records=max_poll_records, request_timeout_ms=request_timeout_ms,
-                **_bootstrap_timeout(KafkaConsumer, bootstrap_timeout_ms))
+                **_bootstrap_timeout(KafkaConsumer, bootstrap_timeout_ms), **extra)
         except _UNREACHABLE as exc:
-            raise SourceError(f"Kafka broker at {bootstrap!r} is unreachable: {exc}") from None
+            raise BrokerUnavailable(f"Kafka broker at {bootstrap!r} is unreachable: {exc}") from None
         except KafkaError as exc:
             raise SourceError(f"Kafka broker at {bootstrap!r}: {exc}") from None
         parts = self.consumer.partitions_for_topic(topic)
@@ -73,9 +159,12 @@ class KafkaSource:
                         source.on_revoke()
                     except Exception as exc:  # noqa: BLE001 - the checkpoint store still holds positions
                         log.warning("checkpoint on partition revocation failed: %s", exc)
+                for tp in revoked:     # fetched, not handed out: the next owner reads them again
+                    source._forget(tp)
 
             def on_partitions_assigned(self, assigned):
                 for tp in assigned:
+                    source._forget(tp)
                     pos = source._start.get(_pid(tp.topic, tp.partition))
                     if pos is None:
                         pos = source._next.get(_pid(tp.topic, tp.partition))
@@ -89,26 +178,182 @@ class KafkaSource:
         else:
             self.consumer.subscribe([topic], listener=_Listener())
 
+    def _forget(self, tp):
+        self._buffers.pop(tp, None)
+        self._ends.pop(tp, None)
+        self._blocked_since.pop(tp, None)
+
     def seek(self, positions):
         self._start = {k: int(v) for k, v in (positions or {}).items() if k.startswith(self.topic + ":")}
         self._next.update(self._start)
         for tp in self.consumer.assignment():
             pos = self._start.get(_pid(tp.topic, tp.partition))
             if pos is not None:
+                self._forget(tp)
                 self.consumer.seek(tp, pos)
 
     def positions(self):
+        """Next offset to hand out per partition (records fetched but not handed out excluded)."""
         return dict(self._next)
 
+    # -- reading
     def poll(self, max_records=1000, timeout=0.0):
+        """Up to ``max_records`` records, waiting up to ``timeout`` s for the first ones.
+
+        Raises :class:`BrokerUnavailable` when nothing arrives and the broker does not answer
+        a probe.
+        """
+        if self.order == "arrival":
+            return self._poll_arrival(max_records, timeout)
+        deadline = time.monotonic() + timeout
+        out = []
+        self._merge(out, max_records)            # what is buffered already, without asking the client
+        while not out:
+            # Never a near-zero wait: kafka-python 3.0.12 can lose a group join (the member then
+            # holds its partitions but never fetches) when polls keep returning before it completes.
+            fetched = self._fetch(max_records, max(deadline - time.monotonic(), _MIN_POLL_S))
+            self._merge(out, max_records)
+            now = time.monotonic()
+            if not out and not fetched:
+                self._await_offset_validation()
+            if not out and now >= deadline:
+                if not fetched:
+                    self._check_reachable(now)
+                break
+        return out
+
+    def _poll_arrival(self, max_records, timeout):
         batches = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
         out = []
         for tp, recs in batches.items():
             for r in recs:
-                out.append(Record(value=r.value, key=r.key, position=(r.topic, r.partition, r.offset),
-                                  timestamp=r.timestamp / 1000.0 if r.timestamp is not None else None))
+                out.append(self._record(r))
                 self._next[_pid(r.topic, r.partition)] = r.offset + 1
+        if out:
+            self._last_contact = time.monotonic()
+        else:
+            self._await_offset_validation()
+            self._check_reachable(time.monotonic())
         return out
+
+    def _await_offset_validation(self):
+        await_offset_validation(self.consumer, self.probe_timeout_ms)
+
+    @staticmethod
+    def _record(r):
+        return Record(value=r.value, key=r.key, position=(r.topic, r.partition, r.offset),
+                      timestamp=r.timestamp / 1000.0 if r.timestamp is not None else None)
+
+    def _fetch(self, max_records, wait):
+        """Move what the client has (waiting up to ``wait`` s) into the per-partition buffers."""
+        batches = self.consumer.poll(timeout_ms=int(wait * 1000), max_records=max_records)
+        n = 0
+        make = self._record
+        for tp, recs in batches.items():
+            if not recs:
+                continue
+            buf = self._buffers.get(tp)
+            if buf is None:
+                buf = self._buffers[tp] = deque()
+            # the next offset to hand out is known from the first fetch on: a rebalance that drops
+            # the buffer then seeks back to it instead of losing what was fetched
+            self._next.setdefault(_pid(tp.topic, tp.partition), recs[0].offset)
+            buf.extend(map(make, recs))
+            n += len(recs)
+            self._blocked_since.pop(tp, None)
+            if len(buf) > self._max_buffered:
+                # Bound the buffer while another partition is awaited: give back the excess and
+                # fetch it again later. (Not pause(): kafka-python 3.0.12 can leave a paused
+                # partition's parked records behind after resume() and never fetch it again.)
+                while len(buf) > self._max_buffered:
+                    first_dropped = buf.pop().position[2]
+                self.consumer.seek(tp, first_dropped)
+        if n:
+            self._last_contact = time.monotonic()
+        return n
+
+    @staticmethod
+    def _head(buf, partition, tp):
+        r = buf[0]
+        return (r.timestamp if r.timestamp is not None else -1.0, partition, r.position[2], tp)
+
+    def _merge(self, out, max_records):
+        """Hand out records in (timestamp, partition, offset) order while no partition is awaited."""
+        assigned = self.consumer.assignment()
+        if any(self._awaited(tp) for tp in assigned if not self._buffers.get(tp)):
+            return
+        head = self._head
+        heads = [head(buf, tp.partition, tp) for tp, buf in ((tp, self._buffers.get(tp)) for tp in assigned) if buf]
+        heapq.heapify(heads)
+        append, room = out.append, max_records - len(out)
+        while heads and room > 0:
+            _, partition, offset, tp = heapq.heappop(heads)
+            buf = self._buffers.get(tp)
+            if not buf or buf[0].position[2] != offset:    # a rebalance dropped it meanwhile
+                break
+            # take this partition's run: every record that sorts before the next partition's head
+            bound_ts, bound_p = (heads[0][0], heads[0][1]) if heads else (float("inf"), 0)
+            last = None
+            while buf and room > 0:
+                r = buf[0]
+                ts = r.timestamp if r.timestamp is not None else -1.0
+                if ts > bound_ts or (ts == bound_ts and partition > bound_p):
+                    break
+                last = buf.popleft()
+                append(last)
+                room -= 1
+            if last is not None:
+                self._next[_pid(tp.topic, partition)] = last.position[2] + 1
+            if buf:
+                heapq.heappush(heads, head(buf, partition, tp))
+            elif self._awaited(tp):
+                break
+
+    def _awaited(self, tp):
+        """Whether the merge must wait for ``tp`` (no record buffered, some on the broker)."""
+        from kafka.errors import KafkaError
+        end = max(self._ends.get(tp, -1), self.consumer.highwater(tp) or -1)
+        if end < 0:
+            self._refresh_ends([tp])
+            end = self._ends[tp]
+        pos = self._next.get(_pid(tp.topic, tp.partition))
+        if pos is None:          # nothing handed out yet: where the client starts (committed or earliest)
+            try:
+                pos = self.consumer.position(tp, timeout_ms=self.probe_timeout_ms)
+            except KafkaError:
+                pos = None
+            if pos is None:
+                pos = -1         # unknown yet: wait for it like a partition with records
+        if pos >= end:
+            self._blocked_since.pop(tp, None)
+            return False
+        now = time.monotonic()
+        since = self._blocked_since.setdefault(tp, now)
+        if now - since <= self.max_wait_s:
+            return True
+        if since > 0:
+            log.warning("partition %s has records up to offset %d but none arrived within %.1f s of "
+                        "waiting at %d: merging without it (order may differ from a replay)",
+                        _pid(tp.topic, tp.partition), end, self.max_wait_s, pos)
+            self._blocked_since[tp] = -1.0     # warned
+        return False
+
+    def _refresh_ends(self, tps):
+        from kafka.errors import KafkaError
+        try:
+            ends = self.consumer.end_offsets(list(tps), timeout_ms=self.probe_timeout_ms)
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"Kafka broker at {self.bootstrap!r} is unreachable: "
+                                    f"{type(exc).__name__}: {exc}") from None
+        self._ends.update(ends)
+        self._last_contact = time.monotonic()
+
+    def _check_reachable(self, now):
+        """Probe the broker after empty polls (at most every 2 s): BrokerUnavailable if it is silent."""
+        if now - self._last_contact < _PROBE_EVERY_S:
+            return
+        assigned = self.consumer.assignment()
+        self._refresh_ends(assigned or [self._TP(self.topic, p) for p in self.partitions])
 
     def commit(self, positions):
         from kafka.structs import OffsetAndMetadata
@@ -122,39 +367,58 @@ class KafkaSource:
         if offsets and self.consumer.config.get("group_id") is not None:
             from kafka.errors import KafkaError
             try:
-                self.consumer.commit(offsets)
+                self.consumer.commit(offsets, timeout_ms=self.probe_timeout_ms)
             except KafkaError as exc:
                 # the checkpoint (already durable) is the source of truth for positions; a
-                # failed commit (e.g. during a rebalance) only means the group lags behind it
-                log.warning("offset commit failed (positions are safe in the checkpoint): %s", exc)
+                # failed commit (e.g. during a rebalance or an outage) only means the group lags it
+                log.warning("offset commit failed (positions are safe in the checkpoint): %s: %s",
+                            type(exc).__name__, exc)
 
     def lag(self):
         assigned = list(self.consumer.assignment())
         if not assigned:
             return 0
-        ends = self.consumer.end_offsets(assigned)
+        ends = self.consumer.end_offsets(assigned, timeout_ms=self.probe_timeout_ms)
         return sum(max(0, ends[tp] - self._next.get(_pid(tp.topic, tp.partition), 0)) for tp in assigned)
 
     def close(self):
-        self.consumer.close(autocommit=False)
+        # Leaving the group revokes the partitions; the owner has checkpointed (or is giving up
+        # and must not), so no checkpoint from the rebalance callback now.
+        self.on_revoke = None
+        # bounded (the broker may be gone), but long enough to leave the group cleanly: otherwise
+        # the partitions wait out the session timeout before another member gets them
+        self.consumer.close(autocommit=False, timeout_ms=max(self.probe_timeout_ms, 5000))
+
 
 
 class KafkaSink:
-    """Produces each output as a JSON value (key: the record's key as UTF-8 when present)."""
+    """Produces each output as a JSON value (key: the record's key as UTF-8 when present).
 
-    def __init__(self, bootstrap, topic, raw=False, linger_ms=5, bootstrap_timeout_ms=10000):
+    While the broker is unreachable nothing is dropped: the producer retries its sends (an
+    idempotent producer, so without duplicates) for up to ``delivery_timeout_ms``, ``write``
+    queues what it cannot hand to the producer, and ``flush`` raises
+    :class:`BrokerUnavailable` when the outputs are not acknowledged within ``flush_timeout_s``;
+    calling ``flush`` again carries on. The daemon's retry policy decides how long to wait.
+    """
+
+    def __init__(self, bootstrap, topic, raw=False, linger_ms=5, bootstrap_timeout_ms=10000,
+                 flush_timeout_s=5.0, delivery_timeout_ms=24 * 3600 * 1000, max_block_ms=5000):
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
-        self.topic = topic
+        self.bootstrap, self.topic = bootstrap, topic
+        self.flush_timeout_s = flush_timeout_s
         try:
             self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
                                           linger_ms=linger_ms, batch_size=256 * 1024,
+                                          delivery_timeout_ms=delivery_timeout_ms, max_block_ms=max_block_ms,
                                           **_bootstrap_timeout(KafkaProducer, bootstrap_timeout_ms))
         except _UNREACHABLE as exc:
-            raise SourceError(f"Kafka broker at {bootstrap!r} is unreachable: {exc}") from None
+            raise BrokerUnavailable(f"Kafka broker at {bootstrap!r} is unreachable: {exc}") from None
         except KafkaError as exc:
             raise SourceError(f"Kafka broker at {bootstrap!r}: {exc}") from None
         self._futures = []
+        self._backlog = []        # outputs the producer would not take (broker unreachable), in order
+        self._unreachable = False  # the last flush timed out
 
     @staticmethod
     def _key(k):
@@ -165,22 +429,44 @@ class KafkaSink:
         return str(k).encode("utf-8")
 
     def write(self, records):
-        send = self.producer.send
-        for r in records:
-            self._futures.append(send(self.topic, key=self._key(r.get("key")),
-                                      value=json.dumps(r, separators=(",", ":")).encode("utf-8")))
+        if self._backlog:         # keep the order: queue behind what is already waiting
+            self._backlog.extend(records)
+            return
+        send, topic, key_bytes, futures = self.producer.send, self.topic, self._key, self._futures
+        n_before = len(futures)
+        try:
+            for r in records:
+                futures.append(send(topic, key=key_bytes(r.get("key")), value=dumps(r)))
+        except _UNREACHABLE as exc:   # no metadata or a full buffer within max_block_ms
+            log.warning("Kafka producer to %r blocked (%s): queueing outputs until the broker is back",
+                        topic, exc)
+            self._backlog.extend(records[len(futures) - n_before:])
 
     def write_raw(self, pairs):
         """(key, value) pairs; dict/list values are JSON-encoded, str values UTF-8."""
         for k, v in pairs:
             if isinstance(v, (dict, list)):
-                v = json.dumps(v, separators=(",", ":")).encode("utf-8")
+                v = dumps(v)
             elif isinstance(v, str):
                 v = v.encode("utf-8")
             self._futures.append(self.producer.send(self.topic, key=self._key(k), value=v))
 
     def flush(self):
-        self.producer.flush()
+        """Wait until every output is acknowledged; BrokerUnavailable if that takes too long."""
+        if self._backlog:
+            backlog, self._backlog = self._backlog, []
+            self.write(backlog)
+        try:
+            self.producer.flush(timeout=self.flush_timeout_s)
+            self._unreachable = False
+        except _UNREACHABLE:
+            self._unreachable = True
+            pending = sum(not f.is_done for f in self._futures) + len(self._backlog)
+            raise BrokerUnavailable(f"Kafka broker at {self.bootstrap!r} is unreachable: {pending} outputs to "
+                                    f"{self.topic!r} not acknowledged within {self.flush_timeout_s:g} s") from None
+        if self._backlog:
+            raise BrokerUnavailable(f"Kafka broker at {self.bootstrap!r} is unreachable: "
+                                    f"{len(self._backlog)} outputs to {self.topic!r} still queued")
         futures, self._futures = self._futures, []
         for f in futures:
             if f.failed():
@@ -188,6 +474,12 @@ class KafkaSink:
 
     def close(self):
         try:
-            self.flush()
+            if not self._unreachable:
+                self.flush()
         finally:
-            self.producer.close()
+            # If the broker is gone, do not wait again: what is unacknowledged lies past the last
+            # checkpoint (the daemon saves none after a failed flush) and a restart redoes it.
+            try:
+                self.producer.close(timeout=0 if self._unreachable else self.flush_timeout_s)
+            except _UNREACHABLE:
+                pass

@@ -14,10 +14,10 @@ as possible).
 """
 from __future__ import annotations
 
-import json
 import time
 
 from .base import Record
+from .codec import JSONDecodeError, loads
 from .file import LineSource
 
 
@@ -29,13 +29,13 @@ class ReplaySource(LineSource):
         self._t0_wall = None
 
     def _make(self, raw, line):
-        text = raw.rstrip(b"\r\n").decode("utf-8", errors="replace")
+        raw = raw.rstrip(b"\r\n")
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError:
-            return Record(value=text, position=(self.path, line))
+            obj = loads(raw)
+        except JSONDecodeError:
+            return Record(value=raw, position=(self.path, line))     # the decoder says why
         if not isinstance(obj, dict) or "value" not in obj:
-            return Record(value=text, position=(self.path, line))
+            return Record(value=raw, position=(self.path, line))
         ts = obj.get("ts")
         if self.speed > 0 and isinstance(ts, (int, float)):
             now = time.monotonic()

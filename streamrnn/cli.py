@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -82,6 +81,7 @@ def cmd_replay(args):
 
 def cmd_record(args):
     """Copy a Kafka topic (or a JSONL/CSV file) into a recorded stream file."""
+    from connectors.codec import JSONDecodeError, dumps, loads
     if args.topic:
         from connectors.kafka import KafkaSource
         src = KafkaSource(args.bootstrap, args.topic, group=None)
@@ -105,13 +105,12 @@ def cmd_record(args):
                     value = value.decode("utf-8", errors="replace")
                 if isinstance(value, str):
                     try:
-                        value = json.loads(value)
-                    except json.JSONDecodeError:
+                        value = loads(value)       # the daemon's parser: what it rejects stays text
+                    except JSONDecodeError:
                         pass
                 key = r.key.decode("utf-8", errors="replace") if isinstance(r.key, (bytes, bytearray)) else r.key
                 ts = r.timestamp if r.timestamp is not None else time.time()
-                fh.write(json.dumps({"ts": ts, "key": key, "value": value, "position": list(r.position)},
-                                    separators=(",", ":")) + "\n")
+                fh.write(dumps({"ts": ts, "key": key, "value": value, "position": list(r.position)}).decode() + "\n")
             n += len(recs)
     src.close()
     print(f"recorded {n} records into {args.out}")

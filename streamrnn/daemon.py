@@ -8,6 +8,13 @@ Configuration (TOML; every key is checked, errors name the key)::
     follow = false                 # jsonl/csv: keep reading a growing file (tail -f)
     speed = 0.0                    # replay: 0 = as fast as possible, else recorded pace x speed
     # kafka: bootstrap = "host:port", topic = "in", group = "streamrnn"
+    #   order = "timestamp"        # merge partitions by (timestamp, partition, offset), waiting for
+    #                              # partitions with records on the broker: a restart replays the
+    #                              # same order (bit-identical results) for records that were on the
+    #                              # broker when first read (live records reaching a caught-up
+    #                              # partition merge as they arrive); "arrival" = as fetched
+    #   instance_id = "member-1"   # static group membership: a restarted daemon gets its partitions
+    #                              # back at once instead of after the 45 s session timeout
 
     [sink]                         # predictions: type = "jsonl" | "csv" | "kafka" (topic = ...)
     type = "jsonl"
@@ -22,13 +29,20 @@ Configuration (TOML; every key is checked, errors name the key)::
     target = "y"                   # optional; missing/null target = predict only
     key = "key"                    # optional; field holding the per-entity key (str or int);
                                    # when absent, the source's record key (Kafka key) is used
+    forecast = false               # true: the target of a record is the `target` field of the
+                                   # NEXT record of the same key (streamrnn.forecast); each output
+                                   # then carries the forecast for that next record, and its
+                                   # target/loss are those of the previous forecast of its key,
+                                   # which this record resolved
 
     [model]                        # keyword arguments of streamrnn.Model (n_inputs defaults
     cell = "gru"                   # to len(schema.features))
     n_hidden = 8
 
     [checkpoint]
-    path = "daemon.ckpt"           # the previous generation is kept as PATH.prev
+    path = "daemon.ckpt"           # the previous generation is kept as PATH.prev; an unusable newest
+                                   # one (corrupt, other [model]) is renamed PATH.unusable-TIME and
+                                   # the daemon resumes from PATH.prev
     every_records = 1000
     every_seconds = 30.0
 
@@ -38,6 +52,19 @@ Configuration (TOML; every key is checked, errors name the key)::
     metrics_port = 0               # 0 = no Prometheus endpoint
     log_every_seconds = 10.0
     progress = true                # a progress bar when reading a finite file
+    max_record_bytes = 1048576     # larger records go to the dead-letter sink unparsed
+    # Retry policy while the Kafka broker is unreachable (at start, on poll, on flushing outputs):
+    # log "broker unreachable, retrying in ..." and retry with exponential backoff; give up after
+    # retry_attempts failures in a row or retry_give_up_seconds (0 = that bound off; not both),
+    # exiting with status 2 and the last checkpoint intact (nothing later saved or committed).
+    retry_attempts = 30
+    retry_backoff = 0.5            # seconds before the first retry, doubling each time ...
+    retry_backoff_max = 30.0       # ... up to this
+    retry_give_up_seconds = 600.0
+    # The same bounds apply to checkpoint writes that fail (disk full, I/O error): the daemon logs
+    # the error, keeps both previous generations, commits no offsets past them, keeps running and
+    # tries again at the next checkpoint; past the bounds (or if the final checkpoint fails) it
+    # stops with status 2.
 
 Guarantees: each record is applied to the model exactly once across crashes and restarts
 (checkpoints hold the model and the next source positions together; the source is sought to
@@ -53,11 +80,16 @@ import os
 import signal
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from connectors.codec import JSONDecodeError, loads
+
 from . import checkpoint as ckpt
 from .checkpoint import CheckpointError
+from .forecast import NextRecordForecaster
 from .model import Model
 
 log = logging.getLogger("streamrnn.daemon")
@@ -70,20 +102,22 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------------------- config
 _SECTIONS = {
     "source": {"type", "path", "follow", "speed", "bootstrap", "topic", "group", "client_id",
-               "max_poll_records"},
+               "max_poll_records", "order", "instance_id"},
     "sink": {"type", "path", "bootstrap", "topic", "mode"},
     "dead_letter": {"type", "path", "bootstrap", "topic", "mode"},
-    "schema": {"features", "target", "key"},
+    "schema": {"features", "target", "key", "forecast"},
     "model": None,  # checked by Model itself
     "checkpoint": {"path", "every_records", "every_seconds", "keep"},
     "daemon": {"batch_size", "poll_timeout", "metrics_port", "log_every_seconds", "progress",
-               "max_records"},
+               "max_records", "max_record_bytes", "retry_attempts", "retry_backoff", "retry_backoff_max",
+               "retry_give_up_seconds"},
 }
 _SOURCE_TYPES = ("jsonl", "csv", "replay", "kafka")
 _SINK_TYPES = ("jsonl", "csv", "kafka", "none")
 _DEFAULTS = {
     "daemon": {"batch_size": 500, "poll_timeout": 0.5, "metrics_port": 0, "log_every_seconds": 10.0,
-               "progress": True, "max_records": 0},
+               "progress": True, "max_records": 0, "max_record_bytes": 1 << 20, "retry_attempts": 30,
+               "retry_backoff": 0.5, "retry_backoff_max": 30.0, "retry_give_up_seconds": 600.0},
     "checkpoint": {"every_records": 1000, "every_seconds": 30.0},
 }
 
@@ -144,6 +178,10 @@ def validate_config(raw, base_dir=None):
         sp = cfg["source"]["speed"]
         if isinstance(sp, bool) or not isinstance(sp, (int, float)) or not sp >= 0:
             raise ConfigError(f"source.speed: expected a number >= 0, got {sp!r}")
+    if cfg["source"].get("order", "timestamp") not in ("timestamp", "arrival"):
+        raise ConfigError(f"source.order: expected \"timestamp\" or \"arrival\", got {cfg['source']['order']!r}")
+    if "instance_id" in cfg["source"]:
+        _need(cfg, "source", "instance_id", str, "a string (static group membership id)")
 
     feats = _need(cfg, "schema", "features", list, "a non-empty list of field names")
     if not feats or not all(isinstance(f, str) and f for f in feats):
@@ -153,6 +191,13 @@ def validate_config(raw, base_dir=None):
     for k in ("target", "key"):
         if k in cfg["schema"] and not (isinstance(cfg["schema"][k], str) and cfg["schema"][k]):
             raise ConfigError(f"schema.{k}: expected a field name, got {cfg['schema'][k]!r}")
+
+    forecast = cfg["schema"].setdefault("forecast", False)
+    if not isinstance(forecast, bool):
+        raise ConfigError(f"schema.forecast: expected true or false, got {forecast!r}")
+    if forecast and "target" not in cfg["schema"]:
+        raise ConfigError("schema.target: missing (forecast mode reads the target from the next record's "
+                          "field of this name)")
 
     model = cfg["model"]
     model.setdefault("n_inputs", len(feats))
@@ -179,16 +224,20 @@ def validate_config(raw, base_dir=None):
         raise ConfigError(f"checkpoint.every_seconds: expected a number >= 0, got {v!r}")
 
     d = cfg["daemon"]
-    for k, lo in (("batch_size", 1), ("metrics_port", 0), ("max_records", 0)):
+    for k, lo in (("batch_size", 1), ("metrics_port", 0), ("max_records", 0), ("max_record_bytes", 1),
+                  ("retry_attempts", 0)):
         v = d[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < lo or (k == "metrics_port" and v > 65535):
             raise ConfigError(f"daemon.{k}: expected an integer >= {lo}, got {v!r}")
-    for k in ("poll_timeout", "log_every_seconds"):
+    for k in ("poll_timeout", "log_every_seconds", "retry_backoff", "retry_backoff_max", "retry_give_up_seconds"):
         v = d[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ConfigError(f"daemon.{k}: expected a number >= 0, got {v!r}")
     if not isinstance(d["progress"], bool):
         raise ConfigError(f"daemon.progress: expected true or false, got {d['progress']!r}")
+    if not d["retry_attempts"] and not d["retry_give_up_seconds"]:
+        raise ConfigError("daemon.retry_attempts, daemon.retry_give_up_seconds: both 0 would retry forever; "
+                          "bound at least one")
     return cfg
 
 
@@ -219,14 +268,15 @@ def make_source(section):
     from connectors.kafka import KafkaSource
     return KafkaSource(section["bootstrap"], section["topic"], group=section.get("group", "streamrnn"),
                        client_id=section.get("client_id", "streamrnn"),
-                       max_poll_records=section.get("max_poll_records", 5000))
+                       max_poll_records=section.get("max_poll_records", 5000),
+                       order=section.get("order", "timestamp"), instance_id=section.get("instance_id"))
 
 
 def make_sink(section):
     t = section["type"]
-    if t == "none":
-        from connectors.base import ListSink
-        return ListSink()
+    if t == "none":                 # discard: a list would grow for as long as the daemon runs
+        from connectors.base import NullSink
+        return NullSink()
     if t == "jsonl":
         from connectors.file import JsonLinesSink
         return JsonLinesSink(section["path"], mode=section.get("mode", "a"))
@@ -246,7 +296,10 @@ def _number(name, v, max_abs=float("inf")):
     if isinstance(v, bool):
         raise BadRecord(f"field {name!r}: expected a number, got a boolean")
     if isinstance(v, (int, float)):
-        f = float(v)
+        try:
+            f = float(v)
+        except OverflowError:                      # an integer beyond any double
+            raise BadRecord(f"field {name!r}: {str(v)[:40]}... overflows the model's dtype") from None
     elif isinstance(v, str):
         try:
             f = float(v)
@@ -264,7 +317,8 @@ def _number(name, v, max_abs=float("inf")):
 class Decoder:
     """Turns a Record into (features, target row, key) or raises BadRecord with a reason."""
 
-    def __init__(self, schema, model_config):
+    def __init__(self, schema, model_config, max_record_bytes=1 << 20):
+        self.max_record_bytes = max_record_bytes
         self.features = list(schema["features"])
         self.target = schema.get("target")
         self.key_field = schema.get("key")
@@ -272,44 +326,58 @@ class Decoder:
         self.n_outputs = model_config.get("n_outputs", 1)
         self.width = self.n_outputs if self.task == "regression" else 1
         self.max_abs = float(np.finfo(model_config.get("dtype", "float64")).max)
+        self._no_target = [math.nan] * self.width
 
     def decode(self, record):
         value = record.value
-        if isinstance(value, (bytes, bytearray)):
+        if isinstance(value, (bytes, bytearray, str)):
+            if len(value) > self.max_record_bytes:    # a str's length is a lower bound of its bytes
+                raise BadRecord(f"record of {len(value)} {'bytes' if type(value) is not str else 'characters'} "
+                                f"exceeds daemon.max_record_bytes = {self.max_record_bytes}")
             try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise BadRecord("value is not valid UTF-8") from None
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
+                value = loads(value)               # bytes: UTF-8 is validated while parsing
+            except JSONDecodeError as exc:
                 raise BadRecord(f"invalid JSON: {exc.msg} at char {exc.pos}") from None
         if not isinstance(value, dict):
             raise BadRecord(f"expected a JSON object (or CSV row of the header's width), got {type(value).__name__}")
-        x = []
-        for f in self.features:
-            if f not in value:
-                raise BadRecord(f"missing feature field {f!r}")
-            x.append(_number(f, value[f], self.max_abs))
-        y = [math.nan] * self.width
-        if self.target is not None and value.get(self.target) not in (None, ""):
-            t = value[self.target]
-            if self.task == "regression" and self.width > 1:
-                if not isinstance(t, list) or len(t) != self.width:
-                    raise BadRecord(f"field {self.target!r}: expected a list of {self.width} numbers")
-                y = [_number(self.target, v, self.max_abs) for v in t]
-            else:
-                if isinstance(t, list):
-                    if len(t) != 1:
-                        raise BadRecord(f"field {self.target!r}: expected 1 value, got {len(t)}")
-                    t = t[0]
-                y = [_number(self.target, t, self.max_abs)]
-                if self.task == "classification":
-                    if y[0] != int(y[0]) or not 0 <= y[0] < self.n_outputs:
-                        raise BadRecord(f"field {self.target!r}: class {t!r} is not an integer in [0, {self.n_outputs})")
-                elif self.task == "binary" and y[0] not in (0.0, 1.0):
-                    raise BadRecord(f"field {self.target!r}: binary target must be 0 or 1, got {t!r}")
+        try:
+            x = [value[f] for f in self.features]
+        except KeyError:
+            missing = next(f for f in self.features if f not in value)
+            raise BadRecord(f"missing feature field {missing!r}") from None
+        top = self.max_abs
+        for v in x:
+            # Fast path: a JSON number within the dtype's range (NaN fails the comparison).
+            # Anything else is converted or refused, with its reason, field by field.
+            if (type(v) is not float and type(v) is not int) or not -top <= v <= top:
+                x = [_number(f, value[f], top) for f in self.features]
+                break
+        t = value.get(self.target) if self.target is not None else None
+        if t is None or t == "":
+            return x, self._no_target, self._key(record, value)
+        if self.width == 1 and self.task == "regression" and type(t) is float and -top <= t <= top:
+            return x, [t], self._key(record, value)
+        return x, self._target(t), self._key(record, value)
+
+    def _target(self, t):
+        """The target row of a present target field, or BadRecord."""
+        if self.task == "regression" and self.width > 1:
+            if not isinstance(t, list) or len(t) != self.width:
+                raise BadRecord(f"field {self.target!r}: expected a list of {self.width} numbers")
+            return [_number(self.target, v, self.max_abs) for v in t]
+        if isinstance(t, list):
+            if len(t) != 1:
+                raise BadRecord(f"field {self.target!r}: expected 1 value, got {len(t)}")
+            t = t[0]
+        y = [_number(self.target, t, self.max_abs)]
+        if self.task == "classification":
+            if y[0] != int(y[0]) or not 0 <= y[0] < self.n_outputs:
+                raise BadRecord(f"field {self.target!r}: class {t!r} is not an integer in [0, {self.n_outputs})")
+        elif self.task == "binary" and y[0] not in (0.0, 1.0):
+            raise BadRecord(f"field {self.target!r}: binary target must be 0 or 1, got {t!r}")
+        return y
+
+    def _key(self, record, value):
         if self.key_field is not None:
             if self.key_field not in value:
                 raise BadRecord(f"missing key field {self.key_field!r}")
@@ -318,20 +386,30 @@ class Decoder:
             key = record.key
             if isinstance(key, (bytes, bytearray)):
                 key = key.decode("utf-8", errors="replace")
-        if key is not None and (isinstance(key, bool) or not isinstance(key, (str, int))):
+        if key is not None and type(key) is not str and (isinstance(key, bool) or not isinstance(key, int)):
             raise BadRecord(f"key must be a string or an integer, got {type(key).__name__} {key!r}")
-        return x, y, key
+        return key
+
+
+_DEAD_VALUE_CHARS = 1 << 16     # dead letters carry at most this much of the record (Kafka caps messages)
 
 
 def _raw_text(value):
     if isinstance(value, (bytes, bytearray)):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value, allow_nan=True)
-    except (TypeError, ValueError):
-        return repr(value)
+        text = bytes(value[:_DEAD_VALUE_CHARS * 4]).decode("utf-8", errors="replace")
+    elif isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, allow_nan=True)
+        except (TypeError, ValueError, RecursionError):
+            try:
+                text = repr(value)
+            except RecursionError:
+                text = f"<{type(value).__name__} nested too deeply to show>"
+    if len(text) > _DEAD_VALUE_CHARS:
+        text = f"{text[:_DEAD_VALUE_CHARS]}...[truncated: {len(value)} in all]"
+    return text
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -339,24 +417,29 @@ def checkpoint_paths(path):
     return [path, path + ".prev"]
 
 
-def load_checkpoint(path):
-    """Newest valid checkpoint generation as (arrays, meta, used_path), or None when none exists.
+def load_checkpoint(path, restore=None, allocate=None):
+    """Newest usable checkpoint generation as (arrays, meta, used_path), or None when none exists.
 
-    A corrupt newest generation falls back to the previous one (with a warning); if every
-    existing generation is unreadable, CheckpointError is raised.
+    A generation that is truncated, corrupted, of another format version, not a daemon
+    checkpoint, or refused by ``restore(arrays, meta, used_path)`` (which loads it and raises
+    CheckpointError if it does not fit, e.g. another model configuration) is skipped with a
+    warning and the previous one is tried. If generations exist but none is usable,
+    CheckpointError names each one's problem; no file is changed. ``allocate`` is passed on to
+    :func:`streamrnn.checkpoint.load` (where to read each array).
     """
     errors = []
     for p in checkpoint_paths(path):
         if not os.path.exists(p):
             continue
         try:
-            arrays, meta = ckpt.load(p)
+            arrays, meta = ckpt.load(p, allocate=allocate)
+            if "positions" not in meta or "model" not in meta:
+                raise CheckpointError(f"{p}: not a daemon checkpoint (no positions)")
+            if restore is not None:
+                restore(arrays, meta, p)
         except CheckpointError as exc:
             log.warning("checkpoint %s unusable (%s); trying the previous generation", p, exc)
             errors.append(str(exc))
-            continue
-        if "positions" not in meta or "model" not in meta:
-            errors.append(f"{p}: not a daemon checkpoint (no positions)")
             continue
         return arrays, meta, p
     if errors:
@@ -364,12 +447,20 @@ def load_checkpoint(path):
     return None
 
 
+def _set_aside(path):
+    """Rename an unusable newest generation out of the way (kept for inspection), so that the next
+    save does not rotate it over the good previous generation the daemon resumed from."""
+    aside = f"{path}.unusable-{time.strftime('%Y%m%dT%H%M%S')}"
+    os.replace(path, aside)
+    log.warning("checkpoint %s was unusable: kept as %s; resumed from %s.prev", path, aside, path)
+
+
 def save_checkpoint(path, arrays, meta):
-    """Write a new generation atomically, keeping the previous one as PATH.prev."""
-    data = ckpt.dumps(arrays, meta)
-    if os.path.exists(path):
-        os.replace(path, path + ".prev")
-    ckpt.write_atomic(path, data)
+    """Write a new generation atomically, keeping the previous one as PATH.prev.
+
+    A failed write (OSError, e.g. a full disk) leaves both existing generations as they were.
+    """
+    ckpt.save_generation(path, ckpt.pieces(arrays, meta), previous=path + ".prev")
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -394,6 +485,13 @@ class _Metrics:
         self.lag = pc.Gauge("streamrnn_lag", "records behind the end of the source (when known)", registry=reg)
         self.ckpt_age = pc.Gauge("streamrnn_checkpoint_age_seconds", "seconds since the last checkpoint",
                                  registry=reg)
+        self.skipped = pc.Counter("streamrnn_skipped_updates", "updates skipped: non-finite loss or gradient",
+                                  registry=reg)
+        self.rejected = pc.Counter("streamrnn_rejected_samples",
+                                   "samples rejected: they would make the recurrent state non-finite", registry=reg)
+        self.retries = pc.Counter("streamrnn_broker_retries", "failed attempts to reach the broker", registry=reg)
+        self.ckpt_failures = pc.Counter("streamrnn_checkpoint_failures", "checkpoint writes that failed",
+                                        registry=reg)
         self.server, self.thread = pc.start_http_server(port, addr="127.0.0.1", registry=reg)
         self.enabled = True
 
@@ -408,8 +506,9 @@ class Daemon:
 
     def __init__(self, config, source=None, sink=None, dead_letter=None, progress=None):
         self.cfg = config
-        self.decoder = Decoder(config["schema"], config["model"])
+        self.decoder = Decoder(config["schema"], config["model"], config["daemon"]["max_record_bytes"])
         self.model = Model(**config["model"])
+        self.forecaster = NextRecordForecaster(self.model) if config["schema"].get("forecast") else None
         self.ckpt_path = config["checkpoint"].get("path")
         self.batch_size = config["daemon"]["batch_size"]
         self.poll_timeout = config["daemon"]["poll_timeout"]
@@ -417,28 +516,36 @@ class Daemon:
         self.progress = config["daemon"]["progress"] if progress is None else progress
         self.stats = {"records": 0, "applied": 0, "dead_letters": 0, "outputs": 0, "batches": 0,
                       "loss_sum": 0.0, "loss_count": 0, "checkpoints": 0, "resumed_from": None}
-        self.latencies = []
+        self.latencies = deque(maxlen=100_000)   # the latest batches: bounded for months-long runs
+        self._unwritten = ([], [])      # outputs and dead letters of the last batch, not yet written
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrnn-learn")
         self._stop = False
         self._dirty = False
         self._since_ckpt = 0
         self._last_ckpt = time.monotonic()
-        resume = load_checkpoint(self.ckpt_path) if self.ckpt_path else None
-        self.source = source if source is not None else make_source(config["source"])
+        self._last_durable = time.monotonic()   # last checkpoint known to be on disk
+        self._ckpt_failures = 0                 # consecutive failed checkpoint writes
+        self.retry = {k: config["daemon"][k] for k in ("retry_attempts", "retry_backoff", "retry_backoff_max",
+                                                       "retry_give_up_seconds")}
+        self.metrics = _Metrics(0)              # replaced by the real endpoint below
+        resume = load_checkpoint(self.ckpt_path, restore=self._restore,
+                                 allocate=self.model.allocate_for_load) if self.ckpt_path else None
+        if resume is not None and resume[2] != self.ckpt_path and os.path.exists(self.ckpt_path):
+            _set_aside(self.ckpt_path)
+        self.source = source if source is not None else self._retrying(
+            "connect to the source", lambda: make_source(config["source"]))
         try:
             if resume is not None:
                 arrays, meta, used = resume
-                try:
-                    self.model.load_state(arrays, meta["model"], source=used)
-                except CheckpointError as exc:
-                    raise CheckpointError(f"{exc} (the config's [model] differs from the checkpoint's; "
-                                          f"move the checkpoint away to start afresh)") from None
                 self.source.seek(meta["positions"])
                 for k in ("records", "applied", "dead_letters", "loss_sum", "loss_count"):
                     self.stats[k] = meta.get("daemon", {}).get(k, self.stats[k])
                 self.stats["resumed_from"] = used
                 log.info("resumed from %s at %s", used, meta["positions"])
-            self.sink = sink if sink is not None else make_sink(config["sink"])
-            self.dead = dead_letter if dead_letter is not None else make_sink(config["dead_letter"])
+            self.sink = sink if sink is not None else self._retrying(
+                "connect to the sink", lambda: make_sink(config["sink"]))
+            self.dead = dead_letter if dead_letter is not None else self._retrying(
+                "connect to the dead-letter sink", lambda: make_sink(config["dead_letter"]))
         except BaseException:
             self.source.close()
             raise
@@ -448,6 +555,74 @@ class Daemon:
             # block on net.run() from the IO thread"); the checkpoint holds the positions anyway.
             self.source.on_revoke = lambda: self.checkpoint(commit_offsets=False)
         self.metrics = _Metrics(config["daemon"]["metrics_port"])
+        self._counted = {k: 0 for k in ("skipped_nonfinite", "rejected_nonfinite_state")}
+        self._count_model_stats()
+
+    def _restore(self, arrays, meta, used):
+        """Load one checkpoint generation into the model, or raise CheckpointError (nothing changed)."""
+        try:
+            self.model.load_state(arrays, meta["model"], source=used)
+            if self.forecaster is not None:
+                self.forecaster.load_state(arrays, meta, source=used)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc} (the config's [model] differs from the checkpoint's; "
+                                  f"move the checkpoint away to start afresh)") from None
+
+    def _retrying(self, what, call):
+        """``call()``, retried under the [daemon] retry policy while the broker is unreachable.
+
+        Each :class:`~connectors.base.BrokerUnavailable` is logged ("broker unreachable, retrying in
+        ...") and retried after an exponential backoff (``retry_backoff`` doubling up to
+        ``retry_backoff_max``). After ``retry_attempts`` failed attempts or
+        ``retry_give_up_seconds`` (whichever comes first; 0 = that bound is off), or on a stop
+        request, it raises BrokerUnavailable saying so: nothing past the last checkpoint is
+        saved or committed, so a restart resumes from it.
+        """
+        from connectors.base import BrokerUnavailable
+        pol, attempt, first = self.retry, 0, None
+        while True:
+            try:
+                result = call()
+            except BrokerUnavailable as exc:
+                now = time.monotonic()
+                first = now if first is None else first
+                attempt += 1
+                waited = now - first
+                if self.metrics.enabled:
+                    self.metrics.retries.inc()
+                if (pol["retry_attempts"] and attempt > pol["retry_attempts"]) or self._stop or (
+                        pol["retry_give_up_seconds"] and waited >= pol["retry_give_up_seconds"]):
+                    why = "stop requested" if self._stop else "retry policy exhausted"
+                    msg = (f"{exc}; giving up after {attempt} attempts over {waited:.1f} s to {what} ({why}); "
+                           f"nothing after the last checkpoint ({self.ckpt_path or 'none'}) was saved or committed")
+                    log.error("%s", msg)
+                    raise BrokerUnavailable(msg) from None
+                delay = min(pol["retry_backoff_max"], pol["retry_backoff"] * 2.0 ** (attempt - 1))
+                if pol["retry_give_up_seconds"]:
+                    delay = min(delay, max(0.0, pol["retry_give_up_seconds"] - waited))
+                log.warning("broker unreachable, retrying in %.1f s (attempt %d%s, %.1f s so far) to %s: %s",
+                            delay, attempt, f"/{pol['retry_attempts']}" if pol["retry_attempts"] else "",
+                            waited, what, exc)
+                end = time.monotonic() + delay
+                while not self._stop and time.monotonic() < end:
+                    time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+                continue
+            if attempt:
+                log.warning("broker reachable again after %.1f s and %d attempts: %s succeeded",
+                            time.monotonic() - first, attempt, what)
+            return result
+
+    def _count_model_stats(self):
+        """Carry the model's counts of skipped updates and rejected samples into the metrics."""
+        if not self.metrics.enabled:
+            return
+        stats = self.model.stats
+        for name, counter in (("skipped_nonfinite", self.metrics.skipped),
+                              ("rejected_nonfinite_state", self.metrics.rejected)):
+            delta = stats[name] - self._counted[name]
+            if delta:
+                counter.inc(delta)
+                self._counted[name] = stats[name]
 
     # -- control
     def stop(self, *_):
@@ -477,34 +652,37 @@ class Daemon:
         if good:
             Xa = np.asarray(X, dtype=np.float64)     # the Model casts to its dtype and checks
             Ya = np.asarray(Y, dtype=np.float64)
+            # The compiled step releases the GIL: it runs on the worker thread while this one
+            # hands the previous batch's outputs to the sinks (kafka-python's Python-heavy send).
+            learning = self._worker.submit(self._learn, Xa, Ya, keys)
+            self._write_unwritten()
             try:
-                preds, losses = self.model.step_many(Xa, Ya, keys, return_loss=True)
+                preds, losses = learning.result()
             except ValueError:
                 # The model refused a row the decoder passed; step_many applied nothing, so
                 # isolate the refused rows record by record and apply the rest in order.
                 good, X, Y, keys, preds, losses = self._apply_one_by_one(good, X, Y, keys, dead)
             preds = np.asarray(preds)
-            plist = preds.tolist()
-            llist = np.asarray(losses).tolist()
-            scalar = preds.ndim == 2 and preds.shape[1] == 1
-            for i, r in enumerate(good):
-                y = Y[i]
-                has_y = not math.isnan(y[0])
-                loss = llist[i] if has_y else None
-                if loss is not None and not math.isfinite(loss):
-                    loss = None
-                if has_y:
-                    self.stats["loss_sum"] += llist[i]
-                    self.stats["loss_count"] += 1
-                outputs.append({
-                    "position": list(r.position), "key": keys[i],
-                    "prediction": plist[i][0] if scalar else plist[i],
-                    "target": (y[0] if len(y) == 1 else y) if has_y else None,
-                    "loss": loss,
-                })
-            self.sink.write(outputs)
-        if dead:
-            self.dead.write(dead)
+            losses = np.asarray(losses, dtype=np.float64)
+            Yg = np.asarray(Y, dtype=np.float64)
+            has_y = ~np.isnan(Yg[:, 0])
+            # null where there is no target, the update was skipped as non-finite, or (forecast
+            # mode) the key had no previous forecast
+            known = has_y & np.isfinite(losses)
+            for loss in losses[known].tolist():       # in record order: the sum is batch-independent
+                self.stats["loss_sum"] += loss
+            self.stats["loss_count"] += int(known.sum())
+            loss_out = [loss if ok else None for loss, ok in zip(losses.tolist(), known.tolist())]
+            if Yg.shape[1] == 1:
+                target_out = [t if ok else None for t, ok in zip(Yg[:, 0].tolist(), has_y.tolist())]
+            else:
+                target_out = [t if ok else None for t, ok in zip(Yg.tolist(), has_y.tolist())]
+            pred_out = preds[:, 0].tolist() if preds.shape[1] == 1 else preds.tolist()
+            outputs = [{"position": list(r.position), "key": k, "prediction": p, "target": t, "loss": loss}
+                       for r, k, p, t, loss in zip(good, keys, pred_out, target_out, loss_out)]
+        self._write_unwritten()
+        # written at the next batch (or flush, checkpoint), overlapping its learning step
+        self._unwritten = (outputs, dead)
         n = len(records)
         self.stats["records"] += n
         self.stats["applied"] += len(good)
@@ -524,6 +702,7 @@ class Daemon:
                 if ls:
                     m.loss.set(sum(ls) / len(ls))
             m.keys.set(len(self.model.keys))
+            self._count_model_stats()
             lag = getattr(self.source, "lag", None)
             if callable(lag):
                 try:
@@ -532,11 +711,17 @@ class Daemon:
                     pass
         return outputs, dead
 
+    def _learn(self, X, Y, keys):
+        """Predictions and losses of validated-by-the-model rows, in one pass (all or nothing)."""
+        if self.forecaster is not None:
+            return self.forecaster.process(X, Y, keys)
+        return self.model.step_many(X, Y, keys, return_loss=True)
+
     def _apply_one_by_one(self, good, X, Y, keys, dead):
         kept, preds, losses = [], [], []
         for i, r in enumerate(good):
             try:
-                p, l = self.model.step_many(np.asarray([X[i]]), np.asarray([Y[i]]), [keys[i]], return_loss=True)
+                p, l = self._learn(np.asarray([X[i]]), np.asarray([Y[i]]), [keys[i]])
             except ValueError as exc:
                 dead.append({"position": list(r.position), "reason": f"refused by the model: {exc}",
                              "key": _jsonable_key(r.key), "value": _raw_text(r.value)})
@@ -550,22 +735,56 @@ class Daemon:
                 np.asarray(losses))
 
     # -- checkpoint
-    def checkpoint(self, commit_offsets=True):
-        self.sink.flush()
-        self.dead.flush()
+    def checkpoint(self, commit_offsets=True, final=False):
+        """Flush the sinks, then save model and positions, then commit offsets; False if the save
+        failed (see ``_checkpoint_failed``)."""
+        self._flush_sinks()
         positions = self.source.positions()
         if self.ckpt_path:
             arrays, mmeta = self.model.state_arrays()
             daemon_stats = {k: self.stats[k] for k in ("records", "applied", "dead_letters", "loss_sum",
                                                         "loss_count")}
             meta = {"model": mmeta, "positions": positions, "daemon": daemon_stats, "saved_at": time.time()}
-            save_checkpoint(self.ckpt_path, arrays, meta)
+            if self.forecaster is not None:
+                f_arrays, f_meta = self.forecaster.state_arrays()
+                arrays = {**arrays, **f_arrays}
+                meta.update(f_meta)
+            try:
+                save_checkpoint(self.ckpt_path, arrays, meta)
+            except OSError as exc:
+                self._checkpoint_failed(exc, final)
+                return False
             self.stats["checkpoints"] += 1
+            self._ckpt_failures = 0
+            self._last_durable = time.monotonic()
         commit = getattr(self.source, "commit", None)
         if commit is not None and self.ckpt_path and commit_offsets:
             commit(positions)  # only after the checkpoint is durable
         self._since_ckpt = 0
         self._last_ckpt = time.monotonic()
+        return True
+
+    def _checkpoint_failed(self, exc, final):
+        """A checkpoint could not be written (disk full, I/O error): the previous generations are
+        intact and no offset is committed past them. The daemon keeps going and tries again at
+        the next cadence, for as long as the retry policy allows (``retry_attempts`` failures in a
+        row, ``retry_give_up_seconds`` since the last durable checkpoint); then, or when this was
+        the final checkpoint, it stops with CheckpointError (exit status 2)."""
+        self._ckpt_failures += 1
+        self._since_ckpt = 0                  # next attempt at the normal cadence
+        self._last_ckpt = time.monotonic()
+        if self.metrics.enabled:
+            self.metrics.ckpt_failures.inc()
+        unsaved = time.monotonic() - self._last_durable
+        pol = self.retry
+        msg = (f"cannot write checkpoint {self.ckpt_path}: {exc}; the previous generations are kept and no "
+               f"offsets were committed past them ({self._ckpt_failures} failed in a row, last durable "
+               f"checkpoint {unsaved:.1f} s ago)")
+        if final or (pol["retry_attempts"] and self._ckpt_failures >= pol["retry_attempts"]) or (
+                pol["retry_give_up_seconds"] and unsaved >= pol["retry_give_up_seconds"]):
+            log.error("%s: stopping", msg)
+            raise CheckpointError(msg) from exc
+        log.error("%s: retrying at the next checkpoint", msg)
 
     def _due(self):
         c = self.cfg["checkpoint"]
@@ -599,7 +818,7 @@ class Daemon:
                     limit = min(limit, self.max_records - self.stats["records"])
                     if limit <= 0:
                         break
-                records = self.source.poll(limit, self.poll_timeout)
+                records = self._retrying("poll the source", lambda: self.source.poll(limit, self.poll_timeout))
                 if records:
                     self.process(records)
                     self._dirty = True
@@ -608,11 +827,11 @@ class Daemon:
                 elif getattr(self.source, "exhausted", False):
                     break
                 elif self._dirty:
-                    self.sink.flush()  # idle: make outputs visible without waiting for a checkpoint
-                    self.dead.flush()
+                    # idle: make outputs visible without waiting for a checkpoint
+                    self._retrying("flush the outputs", self._flush_sinks)
                     self._dirty = False
                 if self._due():
-                    self.checkpoint()
+                    self._retrying("flush the outputs and checkpoint", self.checkpoint)
                 now = time.monotonic()
                 if self.metrics.enabled:
                     self.metrics.ckpt_age.set(now - self._last_ckpt)
@@ -624,11 +843,11 @@ class Daemon:
                              self.stats["records"], self.stats["dead_letters"], rate,
                              self._mean_loss_str(), len(self.model.keys))
                     last_log, last_count = now, self.stats["records"]
-            if self._since_ckpt or (self.stats["checkpoints"] == 0 and self.stats["resumed_from"] is None):
-                self.checkpoint()
+            if self._since_ckpt or self._ckpt_failures or (
+                    self.stats["checkpoints"] == 0 and self.stats["resumed_from"] is None):
+                self._retrying("flush the outputs and checkpoint", lambda: self.checkpoint(final=True))
             else:
-                self.sink.flush()
-                self.dead.flush()
+                self._retrying("flush the outputs", self._flush_sinks)
         finally:
             if bar is not None:
                 bar.close()
@@ -636,11 +855,25 @@ class Daemon:
         self.stats["elapsed"] = time.monotonic() - t_start
         return self.stats
 
+    def _write_unwritten(self):
+        outputs, dead = self._unwritten
+        self._unwritten = ([], [])
+        if outputs:
+            self.sink.write(outputs)
+        if dead:
+            self.dead.write(dead)
+
+    def _flush_sinks(self):
+        self._write_unwritten()
+        self.sink.flush()
+        self.dead.flush()
+
     def _mean_loss_str(self):
         c = self.stats["loss_count"]
         return f"{self.stats['loss_sum'] / c:.6g}" if c else "n/a"
 
     def close(self):
+        self._worker.shutdown()
         for obj in (self.sink, self.dead, self.source):
             try:
                 obj.close()

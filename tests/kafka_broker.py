@@ -188,6 +188,35 @@ class KafkaBroker:
         self.stop()
         return self.start()
 
+    def kill(self) -> None:
+        """Crash the broker: SIGKILL, no controlled shutdown; ``start()`` brings it back on the
+        same ports with the same data (Kafka recovers its logs)."""
+        import signal
+
+        pid_file = self.workdir / "broker.pid"
+        if pid_file.exists():
+            pid = int(pid_file.read_text().strip())
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                try:  # reap it if it is our child (else it stays a zombie until the session ends)
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                state = ""
+                try:
+                    state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+                except (OSError, IndexError):
+                    pass
+                if state in ("Z", "X"):
+                    break
+                time.sleep(0.05)
+            pid_file.unlink(missing_ok=True)
+        self._running = False
+
     def _stop_quietly(self) -> None:
         try:
             if self._running:

@@ -76,7 +76,7 @@ def test_replay_source_deterministic_and_paced(tmp_path):
     assert [r.value for r in a[:5]] == [{"x": i} for i in range(5)]
     assert [r.key for r in a[:5]] == ["k0", "k1", "k0", "k1", "k0"]
     assert a[2].timestamp == pytest.approx(100.2) and a[2].position == (p, 2)
-    assert a[5].value == "garbage"                    # handed on; the daemon dead-letters it
+    assert a[5].value == b"garbage"                   # handed on as read; the daemon dead-letters it
     t0 = time.monotonic()
     paced = ReplaySource(p, speed=2.0).poll(100)      # 0.4 s of recorded time at 2x -> >= 0.2 s
     assert time.monotonic() - t0 >= 0.18

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.kafka
 kafka = pytest.importorskip("kafka")
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
+from connectors.kafka import await_offset_validation  # noqa: E402
 import streamrnn  # noqa: E402
 from streamrnn.daemon import Daemon, load_checkpoint, validate_config  # noqa: E402
 from tests.kafka_broker import create_topic, delete_topic  # noqa: E402
@@ -55,7 +56,10 @@ def consume_all(bootstrap, topic, n, timeout=60):
     out = []
     deadline = time.monotonic() + timeout
     while len(out) < n and time.monotonic() < deadline:
-        for recs in c.poll(timeout_ms=500).values():
+        batches = c.poll(timeout_ms=500)
+        if not batches:
+            await_offset_validation(c)      # as KafkaSource does (kafka-python#3106)
+        for recs in batches.values():
             out.extend(json.loads(r.value) for r in recs)
     c.close()
     return out
