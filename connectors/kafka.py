@@ -129,6 +129,7 @@ class KafkaSource:
         self._buffers = {}            # TopicPartition -> deque of (timestamp ms, offset, Record), not handed out
         self._ends = {}               # TopicPartition -> end offset last seen on the broker
         self._blocked_since = {}      # TopicPartition -> when the merge began waiting for it
+        self._left_poll = None        # when the last poll() returned
         # one fetch can bring ~1 MB per partition (tens of thousands of small records): a tighter
         # bound would make the client fetch the same records again and again
         self._max_buffered = max_buffered or max(10 * max_poll_records, 50_000)
@@ -205,7 +206,23 @@ class KafkaSource:
         """
         if self.order == "arrival":
             return self._poll_arrival(max_records, timeout)
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        self._discount_time_away(start)
+        try:
+            return self._poll_merged(max_records, start + timeout)
+        finally:
+            self._left_poll = time.monotonic()
+
+    def _discount_time_away(self, now):
+        """Time spent outside poll() (the caller busy, or retrying its sink through an outage) is
+        not time spent waiting for a partition: move each wait's start forward by it."""
+        away = now - self._left_poll if self._left_poll is not None else 0.0
+        if away > 0:
+            for tp, since in self._blocked_since.items():
+                if since >= 0:
+                    self._blocked_since[tp] = since + away
+
+    def _poll_merged(self, max_records, deadline):
         out = []
         self._merge(out, max_records)            # what is buffered already, without asking the client
         while not out:
@@ -214,7 +231,7 @@ class KafkaSource:
             fetched = self._fetch(max_records, max(deadline - time.monotonic(), _MIN_POLL_S))
             self._merge(out, max_records)
             now = time.monotonic()
-            if not out and not fetched:
+            if not out:      # nothing fetched, or the merge awaits a partition that may be stuck
                 self._await_offset_validation()
             if not out and now >= deadline:
                 if not fetched:
@@ -343,6 +360,8 @@ class KafkaSource:
         try:
             ends = self.consumer.end_offsets(list(tps), timeout_ms=self.probe_timeout_ms)
         except KafkaError as exc:
+            # an outage is no partition's fault: waiting for each starts afresh once it is over
+            self._blocked_since = {tp: since for tp, since in self._blocked_since.items() if since < 0}
             raise BrokerUnavailable(f"Kafka broker at {self.bootstrap!r} is unreachable: "
                                     f"{type(exc).__name__}: {exc}") from None
         self._ends.update(ends)

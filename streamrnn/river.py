@@ -211,8 +211,9 @@ class _Recurrent:
 
 
 _PARAM_DOC = """
-    cell : {"rnn", "gru", "lstm", "ernn", "egru", "elstm"}
-        Recurrent cell (PyTorch's equations; the ``e`` cells are element-wise, see
+    cell : {"rnn", "gru", "lstm", "ernn", "egru", "elstm", "dlru"}
+        Recurrent cell (PyTorch's equations; the ``e`` cells and ``dlru``, a diagonal linear
+        recurrent unit, are element-wise: exact RTRL in O(P) per step, see
         :class:`streamrnn.Model`).
     n_hidden : int
         Hidden units.
