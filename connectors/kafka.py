@@ -115,7 +115,8 @@ class KafkaSource:
 
     def __init__(self, bootstrap, topic, group="streamrnn", client_id="streamrnn", max_poll_records=5000,
                  request_timeout_ms=30000, bootstrap_timeout_ms=10000, on_revoke=None, order="timestamp",
-                 instance_id=None, max_wait_ms=10000, probe_timeout_ms=2000, max_buffered=None):
+                 instance_id=None, max_wait_ms=10000, probe_timeout_ms=2000, max_buffered=None,
+                 on_assign=None, session_timeout_ms=None):
         from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
         from kafka.errors import KafkaError
         if order not in ORDERS:
@@ -135,7 +136,11 @@ class KafkaSource:
         self._max_buffered = max_buffered or max(10 * max_poll_records, 50_000)
         self._last_contact = time.monotonic()
         self.on_revoke = on_revoke
+        self.on_assign = on_assign
         extra = {"group_instance_id": instance_id} if instance_id and group is not None else {}
+        if session_timeout_ms is not None and group is not None:
+            extra["session_timeout_ms"] = int(session_timeout_ms)
+            extra["heartbeat_interval_ms"] = max(100, int(session_timeout_ms) // 3)
         try:
             self.consumer = KafkaConsumer(
                 bootstrap_servers=bootstrap, group_id=group, client_id=client_id,
@@ -157,13 +162,16 @@ class KafkaSource:
             def on_partitions_revoked(self, revoked):
                 if source.on_revoke is not None and revoked:
                     try:
-                        source.on_revoke()
+                        source.on_revoke(sorted(_pid(tp.topic, tp.partition) for tp in revoked))
                     except Exception as exc:  # noqa: BLE001 - the checkpoint store still holds positions
                         log.warning("checkpoint on partition revocation failed: %s", exc)
                 for tp in revoked:     # fetched, not handed out: the next owner reads them again
                     source._forget(tp)
 
             def on_partitions_assigned(self, assigned):
+                if source.on_assign is not None:
+                    source._assign_from(assigned)
+                    return
                 for tp in assigned:
                     source._forget(tp)
                     pos = source._start.get(_pid(tp.topic, tp.partition))
@@ -178,6 +186,22 @@ class KafkaSource:
             self.consumer.seek_to_beginning(*tps)
         else:
             self.consumer.subscribe([topic], listener=_Listener())
+
+    def _assign_from(self, assigned):
+        """Partitions assigned with an ``on_assign`` hook (scale-out): the hook loads each
+        partition's state and says where to resume; a partition it has no position for starts at
+        its beginning (its records were never applied), whatever the group committed."""
+        streams = {_pid(tp.topic, tp.partition): tp for tp in assigned}
+        positions = self.on_assign(sorted(streams)) or {}
+        for stream, tp in streams.items():
+            self._forget(tp)
+            pos = positions.get(stream)
+            if pos is None:
+                self._next.pop(stream, None)
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self._next[stream] = int(pos)
+                self.consumer.seek(tp, int(pos))
 
     def _forget(self, tp):
         self._buffers.pop(tp, None)
@@ -502,3 +526,126 @@ class KafkaSink:
                 self.producer.close(timeout=0 if self._unreachable else self.flush_timeout_s)
             except _UNREACHABLE:
                 pass
+
+
+def ensure_topic(bootstrap, topic, partitions=1, configs=None, timeout_ms=10000):
+    """Create ``topic`` (replication factor: the broker's default) unless it exists."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrnn-admin",
+                                 request_timeout_ms=timeout_ms)
+    except _UNREACHABLE as exc:
+        raise BrokerUnavailable(f"Kafka broker at {bootstrap!r} is unreachable: {exc}") from None
+    try:
+        if topic in admin.list_topics():
+            return False
+        spec = {"num_partitions": partitions, "configs": {k: str(v) for k, v in (configs or {}).items()}}
+        try:
+            admin.create_topics({topic: spec}, timeout_ms=timeout_ms, wait_for_metadata=True)
+        except TopicAlreadyExistsError:
+            return False
+        log.info("created topic %r (%s)", topic, spec)
+        return True
+    except _UNREACHABLE as exc:
+        raise BrokerUnavailable(f"Kafka broker at {bootstrap!r} is unreachable: {exc}") from None
+    except KafkaError as exc:
+        raise SourceError(f"cannot create Kafka topic {topic!r} on {bootstrap}: {exc}") from None
+    finally:
+        admin.close()
+
+
+class CompactedTopic:
+    """A compacted topic used as a key-value store: ``put`` is durable when it returns
+    (acks=all, flushed), ``refresh`` reads what was added since the last read, and ``latest``
+    gives the newest values of a key (the last ``keep`` of them: compaction keeps at least the
+    newest; older ones are a fallback while they last).
+
+    Used for per-partition checkpoints (the store that needs no shared disk) and for the
+    members' parameters in shared mode. Values up to ``max_message_bytes`` (the topic is created
+    with that ``max.message.bytes``); a ``None`` value deletes the key (a tombstone).
+    """
+
+    def __init__(self, bootstrap, topic, max_message_bytes=64 << 20, keep=2, partitions=1,
+                 bootstrap_timeout_ms=10000, timeout_s=30.0):
+        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+        from kafka.errors import KafkaError
+        self.bootstrap, self.topic, self.keep, self.timeout_s = bootstrap, topic, keep, timeout_s
+        ensure_topic(bootstrap, topic, partitions=partitions,
+                     configs={"cleanup.policy": "compact", "max.message.bytes": max_message_bytes,
+                              "min.cleanable.dirty.ratio": 0.1, "segment.ms": 600_000})
+        try:
+            self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                                          max_request_size=max_message_bytes, linger_ms=0,
+                                          **_bootstrap_timeout(KafkaProducer, bootstrap_timeout_ms))
+            self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                          fetch_max_bytes=max(52428800, max_message_bytes),
+                                          max_partition_fetch_bytes=max_message_bytes,
+                                          **_bootstrap_timeout(KafkaConsumer, bootstrap_timeout_ms))
+        except _UNREACHABLE as exc:
+            raise BrokerUnavailable(f"Kafka broker at {bootstrap!r} is unreachable: {exc}") from None
+        except KafkaError as exc:
+            raise SourceError(f"Kafka broker at {bootstrap!r}: {exc}") from None
+        parts = self.consumer.partitions_for_topic(topic) or {0}
+        self._tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        self.consumer.assign(self._tps)
+        self.consumer.seek_to_beginning(*self._tps)
+        self._values = {}            # key -> deque of (timestamp ms, value bytes), oldest first
+
+    def put(self, key, value):
+        """Store ``value`` (bytes, or None to delete) under ``key`` (str); durable on return."""
+        from kafka.errors import KafkaError
+        try:
+            future = self.producer.send(self.topic, key=key.encode("utf-8"), value=value)
+            self.producer.flush(timeout=self.timeout_s)
+            future.get(timeout=self.timeout_s)
+        except _UNREACHABLE as exc:
+            raise BrokerUnavailable(f"Kafka broker at {self.bootstrap!r} is unreachable: cannot store "
+                                    f"{key!r} in {self.topic!r}: {exc}") from None
+        except KafkaError as exc:
+            raise OSError(f"cannot store {key!r} in Kafka topic {self.topic!r}: {type(exc).__name__}: {exc}") \
+                from None
+
+    def refresh(self):
+        """Read the topic up to its end (as of now)."""
+        from kafka.errors import KafkaError
+        try:
+            ends = self.consumer.end_offsets(self._tps, timeout_ms=int(self.timeout_s * 1000))
+            deadline = time.monotonic() + self.timeout_s
+            while any(self.consumer.position(tp, timeout_ms=int(self.timeout_s * 1000)) < ends[tp]
+                      for tp in self._tps):
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable(f"reading Kafka topic {self.topic!r} did not reach its end within "
+                                            f"{self.timeout_s:g} s")
+                batches = self.consumer.poll(timeout_ms=200, max_records=10_000)
+                if not batches:
+                    await_offset_validation(self.consumer)
+                for recs in batches.values():
+                    for r in recs:
+                        key = r.key.decode("utf-8", errors="replace") if r.key is not None else None
+                        if r.value is None:
+                            self._values.pop(key, None)
+                            continue
+                        held = self._values.setdefault(key, deque(maxlen=self.keep))
+                        held.append((r.timestamp, r.value))
+        except _UNREACHABLE as exc:
+            raise BrokerUnavailable(f"Kafka broker at {self.bootstrap!r} is unreachable: {exc}") from None
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"reading Kafka topic {self.topic!r}: {type(exc).__name__}: {exc}") from None
+
+    def latest(self, key, refresh=True):
+        """The newest values of ``key``, newest first, as (timestamp ms, bytes); [] if none."""
+        if refresh:
+            self.refresh()
+        return list(reversed(self._values.get(key, ())))
+
+    def keys(self, refresh=True):
+        if refresh:
+            self.refresh()
+        return list(self._values)
+
+    def close(self):
+        try:
+            self.producer.close(timeout=5)
+        finally:
+            self.consumer.close(autocommit=False)

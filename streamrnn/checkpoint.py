@@ -247,6 +247,21 @@ def save_generation(path, data, previous):
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def peek_meta(fh, source="<checkpoint>"):
+    """The metadata of a checkpoint from its header alone (binary file object at its start),
+    unverified: for listings (``streamrnn status``) and quick checks, never for restoring."""
+    prefix = fh.read(_PREFIX.size)
+    if len(prefix) < _PREFIX.size or prefix[:8] != MAGIC:
+        raise CheckpointError(f"{source}: not a streamrnn checkpoint (bad magic or too short)")
+    _, version, header_len = _PREFIX.unpack(prefix)
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{source}: checkpoint format version {version} is not supported")
+    try:
+        return json.loads(fh.read(header_len).decode())["meta"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{source}: unreadable header: {exc}") from None
+
+
 def save(path, arrays, meta):
     write_atomic(path, pieces(arrays, meta))
 

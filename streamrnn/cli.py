@@ -1,4 +1,5 @@
-"""Command line: ``streamrnn run CONFIG.toml | demo | replay FILE | record | compare``."""
+"""Command line: ``streamrnn run CONFIG.toml [--group NAME] | status CONFIG.toml | demo | replay FILE |
+record | compare``."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +11,9 @@ import time
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
-def _load(path):
+def _load(path, group=None):
     from .daemon import load_config
-    return load_config(path)
+    return load_config(path, group=group)
 
 
 def _run(cfg, args):
@@ -31,7 +32,20 @@ def _run(cfg, args):
 
 
 def cmd_run(args):
-    return _run(_load(args.config), args)
+    return _run(_load(args.config, group=args.group), args)
+
+
+def cmd_status(args):
+    """Members, partitions, keys, lag and checkpoint age of a consumer group."""
+    import json
+    from .daemon import ConfigError
+    from .scaleout import format_status, group_status
+    cfg = _load(args.config, group=args.group)
+    if not cfg.get("group"):
+        raise ConfigError("group: missing (give the config a [group] section or --group NAME)")
+    status = group_status(cfg)
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
 
 
 def cmd_demo(args):
@@ -129,8 +143,16 @@ def build_parser():
 
     r = sub.add_parser("run", help="run the daemon with a TOML config")
     r.add_argument("config")
+    r.add_argument("--group", help="join this Kafka consumer group as one of its members (scale-out: the "
+                   "config's [group] section, created if absent, with this name)")
     common(r)
     r.set_defaults(func=cmd_run)
+
+    st = sub.add_parser("status", help="members, partitions, keys, lag and checkpoint age of a consumer group")
+    st.add_argument("config")
+    st.add_argument("--group", help="the consumer group (default: the config's group.name)")
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    st.set_defaults(func=cmd_status)
 
     d = sub.add_parser("demo", help="run the bundled recorded stream; outputs go to --out-dir")
     d.add_argument("--out-dir", default=".", help="where predictions, dead letters and the checkpoint go")

@@ -66,6 +66,29 @@ Configuration (TOML; every key is checked, errors name the key)::
     # tries again at the next checkpoint; past the bounds (or if the final checkpoint fails) it
     # stops with status 2.
 
+    [group]                        # scale-out: this daemon is one member of a Kafka consumer group
+    name = "streamrnn"             # the group (= source.group; `streamrnn run --group NAME` sets it);
+                                   # Kafka splits the topic's partitions among the members
+    mode = "independent"           # one model per partition: parameters, optimizer state and keys
+                                   # (bit-identical to one daemon reading the whole topic), or
+                                   # "shared": one parameter set per member, averaged across the
+                                   # group through model_topic (see streamrnn.scaleout)
+    store = "dir"                  # per-partition checkpoints: "dir" = checkpoint.path is a directory
+                                   # every member reaches (DIR/<topic>/<partition>.ckpt), or "kafka" =
+                                   # the compacted topic store_topic (no shared disk needed)
+    store_topic = "<name>-checkpoints"
+    model_topic = "<name>-model"   # shared mode: each member's latest parameters (compacted)
+    publish_every = 1000           # shared mode: records learned between publishing and merging
+    merge = "mean"                 # shared mode: "mean" or "records" (weighted by records learned)
+    stale_seconds = 300.0          # shared mode: parameters published longer ago are ignored
+    member = "..."                 # this member's name (default: source.instance_id, else host-pid)
+    max_message_bytes = 67108864   # largest checkpoint (kafka store) or parameter message
+    # Revoked partitions are saved to the store and released; assigned ones are loaded from it and
+    # read from their saved offsets (from their beginning when they have no checkpoint). The
+    # [checkpoint] cadence saves every partition with new records. source.session_timeout_ms bounds
+    # how long a crashed member's partitions wait before moving; source.order defaults to "arrival"
+    # (partitions are independent).
+
 Guarantees: each record is applied to the model exactly once across crashes and restarts
 (checkpoints hold the model and the next source positions together; the source is sought to
 them on start), and every input gets an output at least once (outputs written after the last
@@ -91,6 +114,7 @@ from . import checkpoint as ckpt
 from .checkpoint import CheckpointError
 from .forecast import NextRecordForecaster
 from .model import Model
+from .partitioned import PartitionedModel
 
 log = logging.getLogger("streamrnn.daemon")
 
@@ -102,7 +126,7 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------------------- config
 _SECTIONS = {
     "source": {"type", "path", "follow", "speed", "bootstrap", "topic", "group", "client_id",
-               "max_poll_records", "order", "instance_id"},
+               "max_poll_records", "order", "instance_id", "session_timeout_ms"},
     "sink": {"type", "path", "bootstrap", "topic", "mode"},
     "dead_letter": {"type", "path", "bootstrap", "topic", "mode"},
     "schema": {"features", "target", "key", "forecast"},
@@ -111,6 +135,8 @@ _SECTIONS = {
     "daemon": {"batch_size", "poll_timeout", "metrics_port", "log_every_seconds", "progress",
                "max_records", "max_record_bytes", "retry_attempts", "retry_backoff", "retry_backoff_max",
                "retry_give_up_seconds"},
+    "group": {"name", "mode", "store", "store_topic", "model_topic", "publish_every", "merge",
+              "stale_seconds", "member", "max_message_bytes"},
 }
 _SOURCE_TYPES = ("jsonl", "csv", "replay", "kafka")
 _SINK_TYPES = ("jsonl", "csv", "kafka", "none")
@@ -238,10 +264,57 @@ def validate_config(raw, base_dir=None):
     if not d["retry_attempts"] and not d["retry_give_up_seconds"]:
         raise ConfigError("daemon.retry_attempts, daemon.retry_give_up_seconds: both 0 would retry forever; "
                           "bound at least one")
+    if "group" in raw:
+        _validate_group(cfg)
+    else:
+        cfg["group"] = None
     return cfg
 
 
-def load_config(path):
+_GROUP_DEFAULTS = {"mode": "independent", "store": "dir", "publish_every": 1000, "merge": "mean",
+                   "stale_seconds": 300.0, "max_message_bytes": 64 << 20}
+
+
+def _validate_group(cfg):
+    """The [group] section (scale-out across a Kafka consumer group): defaults and checks."""
+    from .partitioned import MODES
+    g, src = cfg["group"], cfg["source"]
+    for k, v in _GROUP_DEFAULTS.items():
+        g.setdefault(k, v)
+    if src["type"] != "kafka":
+        raise ConfigError(f"group: scale-out needs source.type = \"kafka\", not {src['type']!r}")
+    name = g.get("name", src.get("group", "streamrnn"))
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"group.name: expected a consumer group name, got {name!r}")
+    if "group" in src and src["group"] != name:
+        raise ConfigError(f"group.name: {name!r} differs from source.group = {src['group']!r}")
+    g["name"] = src["group"] = name
+    src.setdefault("order", "arrival")       # partitions are independent: no cross-partition merge
+    for k, allowed in (("mode", MODES), ("store", ("dir", "kafka")), ("merge", ("mean", "records"))):
+        if g[k] not in allowed:
+            raise ConfigError(f"group.{k}: expected one of {', '.join(allowed)}, got {g[k]!r}")
+    if g["store"] == "dir" and not cfg["checkpoint"].get("path"):
+        raise ConfigError("checkpoint.path: missing (with group.store = \"dir\" it is the directory of "
+                          "per-partition checkpoints, which every member must reach)")
+    g.setdefault("store_topic", f"{name}-checkpoints")
+    g.setdefault("model_topic", f"{name}-model")
+    for k in ("store_topic", "model_topic", "member"):
+        if k in g and not (isinstance(g[k], str) and g[k]):
+            raise ConfigError(f"group.{k}: expected a non-empty string, got {g[k]!r}")
+    for k, lo in (("publish_every", 1), ("max_message_bytes", 1024)):
+        if isinstance(g[k], bool) or not isinstance(g[k], int) or g[k] < lo:
+            raise ConfigError(f"group.{k}: expected an integer >= {lo}, got {g[k]!r}")
+    v = g["stale_seconds"]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        raise ConfigError(f"group.stale_seconds: expected a number > 0, got {v!r}")
+    v = src.get("session_timeout_ms")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1000):
+        raise ConfigError(f"source.session_timeout_ms: expected an integer >= 1000, got {v!r}")
+
+
+def load_config(path, group=None):
+    """Read and validate a TOML config; ``group`` (``streamrnn run --group NAME``) makes the daemon
+    a member of that consumer group (the [group] section, created if absent)."""
     import tomllib
     try:
         with open(path, "rb") as fh:
@@ -250,6 +323,12 @@ def load_config(path):
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    if group is not None:
+        if not isinstance(raw.get("group", {}), dict):
+            raise ConfigError("group: expected a table")
+        raw.setdefault("group", {})["name"] = group
+        if isinstance(raw.get("source"), dict) and "group" in raw["source"]:
+            raw["source"]["group"] = group            # the command line wins
     return validate_config(raw, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
@@ -269,7 +348,8 @@ def make_source(section):
     return KafkaSource(section["bootstrap"], section["topic"], group=section.get("group", "streamrnn"),
                        client_id=section.get("client_id", "streamrnn"),
                        max_poll_records=section.get("max_poll_records", 5000),
-                       order=section.get("order", "timestamp"), instance_id=section.get("instance_id"))
+                       order=section.get("order", "timestamp"), instance_id=section.get("instance_id"),
+                       session_timeout_ms=section.get("session_timeout_ms"))
 
 
 def make_sink(section):
@@ -507,8 +587,14 @@ class Daemon:
     def __init__(self, config, source=None, sink=None, dead_letter=None, progress=None):
         self.cfg = config
         self.decoder = Decoder(config["schema"], config["model"], config["daemon"]["max_record_bytes"])
-        self.model = Model(**config["model"])
-        self.forecaster = NextRecordForecaster(self.model) if config["schema"].get("forecast") else None
+        self.group = config.get("group")
+        if self.group:         # a member of a consumer group: one model state per owned partition
+            self.parts = PartitionedModel(config["model"], mode=self.group["mode"],
+                                          forecast=config["schema"].get("forecast", False))
+            self.model = self.forecaster = None
+        else:
+            self.model = Model(**config["model"])
+            self.forecaster = NextRecordForecaster(self.model) if config["schema"].get("forecast") else None
         self.ckpt_path = config["checkpoint"].get("path")
         self.batch_size = config["daemon"]["batch_size"]
         self.poll_timeout = config["daemon"]["poll_timeout"]
@@ -528,8 +614,12 @@ class Daemon:
         self.retry = {k: config["daemon"][k] for k in ("retry_attempts", "retry_backoff", "retry_backoff_max",
                                                        "retry_give_up_seconds")}
         self.metrics = _Metrics(0)              # replaced by the real endpoint below
-        resume = load_checkpoint(self.ckpt_path, restore=self._restore,
-                                 allocate=self.model.allocate_for_load) if self.ckpt_path else None
+        if self.group:
+            self._init_group(config)
+            resume = None
+        else:
+            resume = load_checkpoint(self.ckpt_path, restore=self._restore,
+                                     allocate=self.model.allocate_for_load) if self.ckpt_path else None
         if resume is not None and resume[2] != self.ckpt_path and os.path.exists(self.ckpt_path):
             _set_aside(self.ckpt_path)
         self.source = source if source is not None else self._retrying(
@@ -549,11 +639,14 @@ class Daemon:
         except BaseException:
             self.source.close()
             raise
-        if hasattr(self.source, "on_revoke"):
+        if self.group:
+            self.source.on_revoke = self._partitions_revoked
+            self.source.on_assign = self._partitions_assigned
+        elif hasattr(self.source, "on_revoke"):
             # Partitions leave: save state for their next owner. This runs inside kafka-python's
             # rebalance callback, where a blocking commit is refused (kafka-python 3 raises "Cannot
             # block on net.run() from the IO thread"); the checkpoint holds the positions anyway.
-            self.source.on_revoke = lambda: self.checkpoint(commit_offsets=False)
+            self.source.on_revoke = lambda streams: self.checkpoint(commit_offsets=False)
         self.metrics = _Metrics(config["daemon"]["metrics_port"])
         self._counted = {k: 0 for k in ("skipped_nonfinite", "rejected_nonfinite_state")}
         self._count_model_stats()
@@ -567,6 +660,117 @@ class Daemon:
         except CheckpointError as exc:
             raise CheckpointError(f"{exc} (the config's [model] differs from the checkpoint's; "
                                   f"move the checkpoint away to start afresh)") from None
+
+    # -- scale-out (a member of a consumer group; see streamrnn.scaleout)
+    def _init_group(self, config):
+        import socket
+        from .scaleout import ParameterExchange, make_store
+        g, src = self.group, config["source"]
+        self.member = g.get("member") or src.get("instance_id") or f"{socket.gethostname()}-{os.getpid()}"
+        src.setdefault("client_id", self.member)        # how `streamrnn status` names the member
+        self.store = self._retrying("open the checkpoint store",
+                                    lambda: make_store(g, config["checkpoint"], src["bootstrap"]))
+        self.ckpt_path = repr(self.store)
+        self._dirty_streams = set()      # partitions with records since their last save
+        self._part_counts = {}           # partition -> [records, applied] over its whole history
+        self._fatal = None               # an error raised inside a rebalance callback, re-raised after poll
+        self._have_params = g["mode"] == "independent"
+        self.exchange = None
+        self._since_publish = 0
+        if g["mode"] == "shared":
+            from connectors.kafka import CompactedTopic
+            topic = self._retrying("open the model topic", lambda: CompactedTopic(
+                src["bootstrap"], g["model_topic"], max_message_bytes=g["max_message_bytes"], keep=1))
+            self.exchange = ParameterExchange(topic, self.member, config["model"], merge=g["merge"],
+                                              stale_seconds=g["stale_seconds"])
+            theta = self._retrying("read the model topic", self.exchange.initial)
+            if theta is not None:         # join the group's current parameters
+                self.parts.set_parameters(theta)
+                self._have_params = True
+                log.info("starting from the average parameters of %d members", self.exchange.last_merged)
+
+    def _partitions_assigned(self, streams):
+        """Rebalance callback: load each newly assigned partition's state from the store; the
+        positions to resume at (None: no checkpoint, start at the partition's beginning)."""
+        positions = {}
+        for stream in streams:
+            self.parts.release(stream)
+            self._dirty_streams.discard(stream)
+            try:
+                positions[stream] = self._load_partition(stream)
+            except Exception as exc:  # noqa: BLE001 - raised again after poll, before any record is used
+                log.error("partition %s: %s", stream, exc)
+                self._fatal = self._fatal or exc
+        log.info("member %s now owns %s", self.member, ", ".join(self.parts.streams) or "no partition")
+        return positions
+
+    def _load_partition(self, stream):
+        errors = []
+        for where, load in self.store.generations(stream):
+            try:
+                arrays, meta = load(self.parts.allocate_for_load(stream))
+                if stream not in meta.get("positions", {}):
+                    raise CheckpointError(f"{where}: not a checkpoint of partition {stream}")
+                self.parts.load(stream, arrays, meta, source=where, adopt_parameters=not self._have_params)
+            except CheckpointError as exc:
+                log.warning("checkpoint %s unusable (%s); trying the previous generation", where, exc)
+                errors.append(str(exc))
+                continue
+            self._have_params = True
+            counts = meta.get("daemon", {})
+            self._part_counts[stream] = [counts.get("records", 0), counts.get("applied", 0)]
+            pos = int(meta["positions"][stream])
+            log.info("partition %s: resumed from %s at offset %d (%s keys, saved by %s)", stream, where, pos,
+                     meta.get("n_keys"), meta.get("member"))
+            return pos
+        if errors:
+            raise CheckpointError(f"partition {stream}: no usable checkpoint: " + "; ".join(errors)
+                                  + " (the config's [model] may differ from the group's)")
+        self._part_counts[stream] = [0, 0]
+        self.parts.model(stream)          # held (fresh) from now on, so its first checkpoint is written
+        return None
+
+    def _partitions_revoked(self, streams):
+        """Rebalance callback: save the partitions that leave, then release them."""
+        held = [s for s in streams if s in self.parts.streams]
+        try:
+            self._flush_sinks()
+            self._save_partitions(held)
+        except Exception as exc:  # noqa: BLE001 - the store keeps the last save: the next owner redoes the rest
+            log.error("could not save partitions %s on revocation: %s; their next owner resumes from their "
+                      "previous checkpoints", held, exc)
+        for stream in held:
+            self.parts.release(stream)
+            self._dirty_streams.discard(stream)
+
+    def _save_partitions(self, streams):
+        positions = self.source.positions()
+        for stream in streams:
+            if stream not in self._dirty_streams or positions.get(stream) is None:
+                continue
+            arrays, meta = self.parts.state_arrays(stream)
+            records, applied = self._part_counts.get(stream, (0, 0))
+            meta.update(positions={stream: positions[stream]}, member=self.member, mode=self.group["mode"],
+                        saved_at=time.time(), n_keys=len(self.parts.model(stream).keys),
+                        daemon={"records": records, "applied": applied})
+            self.store.save(stream, arrays, meta)
+            self._dirty_streams.discard(stream)
+
+    def _exchange_parameters(self):
+        """Shared mode, every ``publish_every`` learned records: publish and merge."""
+        if self.exchange is None or self._since_publish < self.group["publish_every"]:
+            return
+        merged = self._retrying("exchange parameters", lambda: self.exchange.publish_and_merge(
+            self.parts.parameters.copy(), self._since_publish))
+        self.parts.set_parameters(merged)
+        self._since_publish = 0
+        self.stats["merges"] = self.stats.get("merges", 0) + 1
+
+    def _n_keys(self):
+        return self.parts.n_keys if self.group else len(self.model.keys)
+
+    def _model_stats(self):
+        return self.parts.stats if self.group else self.model.stats
 
     def _retrying(self, what, call):
         """``call()``, retried under the [daemon] retry policy while the broker is unreachable.
@@ -616,7 +820,7 @@ class Daemon:
         """Carry the model's counts of skipped updates and rejected samples into the metrics."""
         if not self.metrics.enabled:
             return
-        stats = self.model.stats
+        stats = self._model_stats()
         for name, counter in (("skipped_nonfinite", self.metrics.skipped),
                               ("rejected_nonfinite_state", self.metrics.rejected)):
             delta = stats[name] - self._counted[name]
@@ -654,7 +858,7 @@ class Daemon:
             Ya = np.asarray(Y, dtype=np.float64)
             # The compiled step releases the GIL: it runs on the worker thread while this one
             # hands the previous batch's outputs to the sinks (kafka-python's Python-heavy send).
-            learning = self._worker.submit(self._learn, Xa, Ya, keys)
+            learning = self._worker.submit(self._learn, Xa, Ya, keys, self._streams_of(good))
             self._write_unwritten()
             try:
                 preds, losses = learning.result()
@@ -684,6 +888,8 @@ class Daemon:
         # written at the next batch (or flush, checkpoint), overlapping its learning step
         self._unwritten = (outputs, dead)
         n = len(records)
+        if self.group:
+            self._count_partitions(records, good)
         self.stats["records"] += n
         self.stats["applied"] += len(good)
         self.stats["dead_letters"] += len(dead)
@@ -701,7 +907,7 @@ class Daemon:
                 ls = [o["loss"] for o in outputs if o["loss"] is not None]
                 if ls:
                     m.loss.set(sum(ls) / len(ls))
-            m.keys.set(len(self.model.keys))
+            m.keys.set(self._n_keys())
             self._count_model_stats()
             lag = getattr(self.source, "lag", None)
             if callable(lag):
@@ -711,8 +917,26 @@ class Daemon:
                     pass
         return outputs, dead
 
-    def _learn(self, X, Y, keys):
+    def _streams_of(self, records):
+        """Scale-out: the partition (``"topic:partition"``) of each record; None otherwise."""
+        return [f"{r.position[0]}:{r.position[1]}" for r in records] if self.group else None
+
+    def _count_partitions(self, records, applied):
+        counts = self._part_counts
+        for stream in self._streams_of(records):
+            c = counts.get(stream)
+            if c is None:
+                c = counts[stream] = [0, 0]
+            c[0] += 1
+            self._dirty_streams.add(stream)
+        for stream in self._streams_of(applied):
+            counts[stream][1] += 1
+        self._since_publish += len(applied)
+
+    def _learn(self, X, Y, keys, streams=None):
         """Predictions and losses of validated-by-the-model rows, in one pass (all or nothing)."""
+        if self.group:
+            return self.parts.step_many(X, Y, keys, streams)
         if self.forecaster is not None:
             return self.forecaster.process(X, Y, keys)
         return self.model.step_many(X, Y, keys, return_loss=True)
@@ -721,7 +945,7 @@ class Daemon:
         kept, preds, losses = [], [], []
         for i, r in enumerate(good):
             try:
-                p, l = self._learn(np.asarray([X[i]]), np.asarray([Y[i]]), [keys[i]])
+                p, l = self._learn(np.asarray([X[i]]), np.asarray([Y[i]]), [keys[i]], self._streams_of([r]))
             except ValueError as exc:
                 dead.append({"position": list(r.position), "reason": f"refused by the model: {exc}",
                              "key": _jsonable_key(r.key), "value": _raw_text(r.value)})
@@ -730,7 +954,7 @@ class Daemon:
             preds.append(p[0])
             losses.append(l[0])
         pick = lambda seq: [seq[i] for i in kept]  # noqa: E731
-        n_out = self.model.n_outputs
+        n_out = self.parts.n_outputs if self.group else self.model.n_outputs
         return (pick(good), pick(X), pick(Y), pick(keys), np.asarray(preds).reshape(-1, n_out),
                 np.asarray(losses))
 
@@ -740,7 +964,16 @@ class Daemon:
         failed (see ``_checkpoint_failed``)."""
         self._flush_sinks()
         positions = self.source.positions()
-        if self.ckpt_path:
+        if self.group:
+            try:
+                self._save_partitions(self.parts.streams)
+            except OSError as exc:
+                self._checkpoint_failed(exc, final)
+                return False
+            self.stats["checkpoints"] += 1
+            self._ckpt_failures = 0
+            self._last_durable = time.monotonic()
+        elif self.ckpt_path:
             arrays, mmeta = self.model.state_arrays()
             daemon_stats = {k: self.stats[k] for k in ("records", "applied", "dead_letters", "loss_sum",
                                                         "loss_count")}
@@ -819,8 +1052,12 @@ class Daemon:
                     if limit <= 0:
                         break
                 records = self._retrying("poll the source", lambda: self.source.poll(limit, self.poll_timeout))
+                if self.group and self._fatal is not None:
+                    raise self._fatal          # from a rebalance callback: before any record is used
                 if records:
                     self.process(records)
+                    if self.group:
+                        self._exchange_parameters()
                     self._dirty = True
                     if bar is not None:
                         bar.update(len(records))
@@ -841,7 +1078,7 @@ class Daemon:
                         self.metrics.rate.set(rate)
                     log.info("records=%d dead=%d rate=%.0f/s mean_loss=%s keys=%d",
                              self.stats["records"], self.stats["dead_letters"], rate,
-                             self._mean_loss_str(), len(self.model.keys))
+                             self._mean_loss_str(), self._n_keys())
                     last_log, last_count = now, self.stats["records"]
             if self._since_ckpt or self._ckpt_failures or (
                     self.stats["checkpoints"] == 0 and self.stats["resumed_from"] is None):
@@ -874,7 +1111,10 @@ class Daemon:
 
     def close(self):
         self._worker.shutdown()
-        for obj in (self.sink, self.dead, self.source):
+        extra = (self.store, getattr(self.exchange, "topic", None)) if self.group else ()
+        for obj in (self.sink, self.dead, self.source, *extra):
+            if obj is None:
+                continue
             try:
                 obj.close()
             except Exception as exc:  # noqa: BLE001 - close everything we can
@@ -892,13 +1132,16 @@ class Daemon:
             f"  dead letters     {s['dead_letters']}",
             f"  outputs written  {s['outputs']} (this run)",
             f"  mean loss        {self._mean_loss_str()}",
-            f"  keys with state  {len(self.model.keys)}",
-            f"  model steps      {self.model.stats.get('steps')}, updates {self.model.stats.get('updates')}",
+            f"  keys with state  {self._n_keys()}",
+            f"  model steps      {self._model_stats().get('steps')}, updates {self._model_stats().get('updates')}",
             f"  this run         {elapsed:.2f} s, batches {s['batches']}, p50/p99 batch latency "
             f"{np.percentile(lat, 50) * 1e3:.2f}/{np.percentile(lat, 99) * 1e3:.2f} ms",
             f"  checkpoint       {self.ckpt_path or '(none)'} ({s['checkpoints']} written"
             + (f", resumed from {s['resumed_from']}" if s["resumed_from"] else "") + ")",
         ]
+        if self.group:
+            lines.append(f"  group            {self.group['name']} as member {self.member} ({self.group['mode']} mode"
+                         + (f", {self.stats.get('merges', 0)} parameter merges" if self.exchange else "") + ")")
         for name, sec in (("predictions", self.cfg["sink"]), ("dead letters", self.cfg["dead_letter"])):
             where = sec.get("path") or sec.get("topic")
             if where:

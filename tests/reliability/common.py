@@ -94,13 +94,15 @@ def toml(cfg):
     return "\n".join(lines) + "\n"
 
 
-def start_daemon(config_path, log_path):
-    """``python -m streamrnn run CONFIG`` as a subprocess, stdout+stderr appended to ``log_path``."""
+def start_daemon(config_path, log_path, verbose=False):
+    """``python -m streamrnn run CONFIG`` as a subprocess, stdout+stderr appended to ``log_path``
+    (with ``verbose``, INFO log lines too)."""
     env = dict(os.environ, PYTHONPATH=ROOT, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1",
                OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     log = open(log_path, "ab")
     try:
-        return subprocess.Popen([sys.executable, "-m", "streamrnn", "run", str(config_path), "--no-progress"],
+        return subprocess.Popen([sys.executable, "-m", "streamrnn", *(["-v"] if verbose else []), "run",
+                                 str(config_path), "--no-progress"],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     finally:
         log.close()
