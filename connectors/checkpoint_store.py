@@ -10,15 +10,18 @@ stores, one interface (``save``, ``generations``, ``newest_meta``, ``streams``, 
 - :class:`KafkaTopicStore`: a compacted Kafka topic keyed by ``"topic:partition"``; needs no shared
   disk. Each value is one whole checkpoint, so a partition's state must fit ``max_message_bytes``.
 
-Both refuse to replace a checkpoint by one at a smaller offset: a member that lost its partitions
-without noticing yet (a "zombie", e.g. after a long pause past the session timeout) cannot roll a
-partition back over its new owner's progress.
+Each checkpoint carries a random ``token``; ``save`` takes the token of the checkpoint the writer
+last loaded or wrote and refuses to write if the store's newest is another one. So a member that
+lost its partitions without noticing yet (a "zombie", e.g. after a long pause past the session
+timeout) cannot overwrite its new owner's progress. (A check, then a write: not an atomic
+compare-and-swap, so it narrows the window of such a race to one write rather than closing it.)
 """
 from __future__ import annotations
 
 import io
 import logging
 import os
+import uuid
 
 from streamrnn import checkpoint as ckpt
 from streamrnn.checkpoint import CheckpointError
@@ -34,20 +37,26 @@ def _split(stream):
 
 
 class _Store:
-    def save(self, stream, arrays, meta):
-        """Write ``stream``'s checkpoint; False (nothing written) if the stored one is further on."""
-        position = meta["positions"][stream]
+    def newest_token(self, stream):
+        """The token of the newest checkpoint of ``stream`` (None: none stored, or its header is
+        unreadable)."""
         try:
-            newest = self.newest_meta(stream)
+            return (self.newest_meta(stream) or {}).get("token")
         except CheckpointError:
-            newest = None                  # unreadable: the loader falls back; replace it
-        stored = (newest or {}).get("positions", {}).get(stream)
-        if stored is not None and stored > position:
-            log.warning("not saving %s at offset %d: the store holds offset %d from %s (the partition has "
-                        "moved on without this member)", stream, position, stored, newest.get("member"))
-            return False
-        self._write(stream, ckpt.pieces(arrays, meta))
-        return True
+            return None
+
+    def save(self, stream, arrays, meta, expect=None):
+        """Write ``stream``'s checkpoint if the store's newest is still the one of token ``expect``
+        (the one the writer loaded or last wrote); its new token, or None (nothing written) if
+        another writer has saved the partition since."""
+        newest = self.newest_token(stream)
+        if newest != expect:
+            log.warning("not saving %s: its checkpoint in the store was written by another member since "
+                        "this one took it (the partition has moved on without this member)", stream)
+            return None
+        token = uuid.uuid4().hex
+        self._write(stream, ckpt.pieces(arrays, {**meta, "token": token}))
+        return token
 
 
 class DirectoryStore(_Store):

@@ -32,6 +32,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 from bench_daemon import MODEL, create_topics, make_lines, produce  # noqa: E402
+from streamrnn.daemon import dump_config  # noqa: E402
 
 PARTITIONS = 6
 TICK = os.sysconf("SC_CLK_TCK")
@@ -65,14 +66,6 @@ def group_stable(admin, group, k):
         for m in members)
 
 
-def toml(cfg):
-    lines = []
-    for section, table in cfg.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{k} = {json.dumps(v)}" for k, v in table.items())
-    return "\n".join(lines) + "\n"
-
-
 def run_group(bootstrap, topic, k, n, work):
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
     stem = uuid.uuid4().hex[:8]
@@ -91,7 +84,7 @@ def run_group(bootstrap, topic, k, n, work):
                "group": {"mode": "independent", "member": f"m{i}"}}
         path = os.path.join(work, f"k{k}-m{i}.toml")
         with open(path, "w") as fh:
-            fh.write(toml(cfg))
+            fh.write(dump_config(cfg))
         log = open(os.path.join(work, f"k{k}-m{i}.log"), "wb")
         procs.append(subprocess.Popen([sys.executable, "-m", "streamrnn", "run", path, "--group", group,
                                        "--no-progress"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))

@@ -312,6 +312,15 @@ def _validate_group(cfg):
         raise ConfigError(f"source.session_timeout_ms: expected an integer >= 1000, got {v!r}")
 
 
+def dump_config(cfg):
+    """A config dict (tables of strings, numbers, booleans and lists) as TOML text."""
+    lines = []
+    for section, table in cfg.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in table.items())
+    return "\n".join(lines) + "\n"
+
+
 def load_config(path, group=None):
     """Read and validate a TOML config; ``group`` (``streamrnn run --group NAME``) makes the daemon
     a member of that consumer group (the [group] section, created if absent)."""
@@ -672,6 +681,7 @@ class Daemon:
                                     lambda: make_store(g, config["checkpoint"], src["bootstrap"]))
         self.ckpt_path = repr(self.store)
         self._dirty_streams = set()      # partitions with records since their last save
+        self._tokens = {}                # partition -> token of the checkpoint it was loaded from or saved as
         self._part_counts = {}           # partition -> [records, applied] over its whole history
         self._fatal = None               # an error raised inside a rebalance callback, re-raised after poll
         self._have_params = g["mode"] == "independent"
@@ -706,6 +716,7 @@ class Daemon:
 
     def _load_partition(self, stream):
         errors = []
+        self._tokens[stream] = self.store.newest_token(stream)
         for where, load in self.store.generations(stream):
             try:
                 arrays, meta = load(self.parts.allocate_for_load(stream))
@@ -717,6 +728,8 @@ class Daemon:
                 errors.append(str(exc))
                 continue
             self._have_params = True
+            if errors:              # resumed from an older generation: save soon over the unusable one
+                self._dirty_streams.add(stream)
             counts = meta.get("daemon", {})
             self._part_counts[stream] = [counts.get("records", 0), counts.get("applied", 0)]
             pos = int(meta["positions"][stream])
@@ -753,7 +766,9 @@ class Daemon:
             meta.update(positions={stream: positions[stream]}, member=self.member, mode=self.group["mode"],
                         saved_at=time.time(), n_keys=len(self.parts.model(stream).keys),
                         daemon={"records": records, "applied": applied})
-            self.store.save(stream, arrays, meta)
+            token = self.store.save(stream, arrays, meta, expect=self._tokens.get(stream))
+            if token is not None:
+                self._tokens[stream] = token
             self._dirty_streams.discard(stream)
 
     def _exchange_parameters(self):
@@ -964,26 +979,12 @@ class Daemon:
         failed (see ``_checkpoint_failed``)."""
         self._flush_sinks()
         positions = self.source.positions()
-        if self.group:
+        if self.group or self.ckpt_path:
             try:
-                self._save_partitions(self.parts.streams)
-            except OSError as exc:
-                self._checkpoint_failed(exc, final)
-                return False
-            self.stats["checkpoints"] += 1
-            self._ckpt_failures = 0
-            self._last_durable = time.monotonic()
-        elif self.ckpt_path:
-            arrays, mmeta = self.model.state_arrays()
-            daemon_stats = {k: self.stats[k] for k in ("records", "applied", "dead_letters", "loss_sum",
-                                                        "loss_count")}
-            meta = {"model": mmeta, "positions": positions, "daemon": daemon_stats, "saved_at": time.time()}
-            if self.forecaster is not None:
-                f_arrays, f_meta = self.forecaster.state_arrays()
-                arrays = {**arrays, **f_arrays}
-                meta.update(f_meta)
-            try:
-                save_checkpoint(self.ckpt_path, arrays, meta)
+                if self.group:
+                    self._save_partitions(self.parts.streams)
+                else:
+                    save_checkpoint(self.ckpt_path, *self._checkpoint_contents(positions))
             except OSError as exc:
                 self._checkpoint_failed(exc, final)
                 return False
@@ -996,6 +997,17 @@ class Daemon:
         self._since_ckpt = 0
         self._last_ckpt = time.monotonic()
         return True
+
+    def _checkpoint_contents(self, positions):
+        """(arrays, meta) of the single checkpoint: model, forecast state, positions, counts."""
+        arrays, mmeta = self.model.state_arrays()
+        daemon_stats = {k: self.stats[k] for k in ("records", "applied", "dead_letters", "loss_sum", "loss_count")}
+        meta = {"model": mmeta, "positions": positions, "daemon": daemon_stats, "saved_at": time.time()}
+        if self.forecaster is not None:
+            f_arrays, f_meta = self.forecaster.state_arrays()
+            arrays = {**arrays, **f_arrays}
+            meta.update(f_meta)
+        return arrays, meta
 
     def _checkpoint_failed(self, exc, final):
         """A checkpoint could not be written (disk full, I/O error): the previous generations are

@@ -9,11 +9,13 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import numpy as np
 
 from connectors.kafka import await_offset_validation
 import streamrnn
+from streamrnn.daemon import dump_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FEATURES = ["a", "b"]
@@ -86,12 +88,22 @@ def assert_same_state(arrays, meta_model, ref_model):
         assert arrays[name].dtype == ref.dtype and np.array_equal(arrays[name], ref), name
 
 
-def toml(cfg):
-    lines = []
-    for section, table in cfg.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{k} = {json.dumps(v)}" for k, v in table.items())
-    return "\n".join(lines) + "\n"
+toml = dump_config
+
+
+def fresh_topics(bootstrap, prefix, **partitions):
+    """Create uniquely named topics (name -> partitions), yield {name: topic}, delete them after."""
+    from tests.kafka_broker import create_topic, delete_topic
+    stem = uuid.uuid4().hex[:10]
+    names = {k: f"{prefix}-{k}-{stem}" for k in partitions}
+    for k, n in partitions.items():
+        create_topic(bootstrap, names[k], partitions=n)
+    yield names
+    for name in names.values():
+        try:
+            delete_topic(bootstrap, name)
+        except Exception:  # noqa: BLE001 - best effort (the broker may be down)
+            pass
 
 
 def start_daemon(config_path, log_path, verbose=False):

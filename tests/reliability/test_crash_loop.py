@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from streamrnn.daemon import load_checkpoint
-from tests.kafka_broker import create_topic, delete_topic
-from tests.reliability.common import (FEATURES, MODEL, TopicReader, assert_same_state, by_position, keyed_stream,
-                                      produce, reference, start_daemon, toml)
+from tests.reliability.common import (FEATURES, MODEL, TopicReader, assert_same_state, by_position, fresh_topics,
+                                      keyed_stream, produce, reference, start_daemon, toml)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -25,17 +24,7 @@ SEED = 20240607
 
 @pytest.fixture
 def topics(kafka_bootstrap):
-    stem = uuid.uuid4().hex[:10]
-    names = {"in": f"crash-in-{stem}", "out": f"crash-out-{stem}", "dead": f"crash-dead-{stem}"}
-    create_topic(kafka_bootstrap, names["in"], partitions=2)
-    create_topic(kafka_bootstrap, names["out"], partitions=2)
-    create_topic(kafka_bootstrap, names["dead"], partitions=1)
-    yield names
-    for name in names.values():
-        try:
-            delete_topic(kafka_bootstrap, name)
-        except Exception:  # noqa: BLE001 - best effort
-            pass
+    yield from fresh_topics(kafka_bootstrap, "crash", **{"in": 2, "out": 2, "dead": 1})
 
 
 def test_sigkill_20_times_then_bit_identical(tmp_path, kafka_bootstrap, topics):

@@ -19,9 +19,8 @@ import streamrnn
 from connectors.checkpoint_store import DirectoryStore
 from streamrnn.daemon import Daemon, validate_config
 from streamrnn.scaleout import group_status
-from tests.kafka_broker import create_topic, delete_topic
-from tests.reliability.common import (FEATURES, MODEL, TopicReader, by_position, keyed_stream, start_daemon,
-                                      toml)
+from tests.reliability.common import (FEATURES, MODEL, TopicReader, by_position, fresh_topics, keyed_stream,
+                                      start_daemon, toml)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -32,17 +31,7 @@ RATE = 2_000                      # records/s produced while the group runs
 
 @pytest.fixture
 def topics(kafka_bootstrap):
-    stem = uuid.uuid4().hex[:10]
-    names = {"in": f"so-in-{stem}", "out": f"so-out-{stem}", "dead": f"so-dead-{stem}"}
-    create_topic(kafka_bootstrap, names["in"], partitions=PARTITIONS)
-    create_topic(kafka_bootstrap, names["out"], partitions=3)
-    create_topic(kafka_bootstrap, names["dead"], partitions=1)
-    yield names
-    for name in names.values():
-        try:
-            delete_topic(kafka_bootstrap, name)
-        except Exception:  # noqa: BLE001 - best effort
-            pass
+    yield from fresh_topics(kafka_bootstrap, "so", **{"in": PARTITIONS, "out": 3, "dead": 1})
 
 
 class LiveProducer(threading.Thread):

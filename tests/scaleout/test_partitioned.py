@@ -112,20 +112,28 @@ def test_load_refuses_another_configuration():
     assert other.streams == []
 
 
-def test_directory_store_generations_and_refusal_to_roll_back(tmp_path):
+def test_directory_store_generations_and_refusal_to_overwrite_another_writer(tmp_path):
     store = DirectoryStore(tmp_path / "store")
     pm = PartitionedModel(CONFIG)
     pm.step_many(np.ones((3, 2)), np.ones((3, 1)), ["a", "b", "a"], ["t:0", "t:0", "t:1"])
     arrays, meta = pm.state_arrays("t:0")
-    assert store.save("t:0", arrays, {**meta, "positions": {"t:0": 5}})
-    assert store.save("t:0", arrays, {**meta, "positions": {"t:0": 9}})
+    assert store.newest_token("t:0") is None
+    t1 = store.save("t:0", arrays, {**meta, "positions": {"t:0": 5}})
+    t2 = store.save("t:0", arrays, {**meta, "positions": {"t:0": 9}}, expect=t1)
+    assert t1 and t2 and t1 != t2 and store.newest_token("t:0") == t2
     assert store.newest_meta("t:0")["positions"] == {"t:0": 9}
     assert [w for w, _ in store.generations("t:0")] == [store.file("t:0"), store.file("t:0") + ".prev"]
-    # a member that lost the partition cannot overwrite the newer checkpoint with an older one
-    assert not store.save("t:0", arrays, {**meta, "positions": {"t:0": 7}})
+    # a member still holding the checkpoint of t1 (it lost the partition without noticing) is refused
+    assert store.save("t:0", arrays, {**meta, "positions": {"t:0": 12}}, expect=t1) is None
+    assert store.save("t:0", arrays, {**meta, "positions": {"t:0": 12}}) is None
     assert store.newest_meta("t:0")["positions"] == {"t:0": 9}
     _, load = store.generations("t:0")[1]
     assert load(None)[1]["positions"] == {"t:0": 5}
+    # a newest file with an unreadable header has no token: whoever resumed past it may replace it
+    with open(store.file("t:0"), "r+b") as fh:
+        fh.write(b"garbage!")
+    assert store.newest_token("t:0") is None
+    assert store.save("t:0", arrays, {**meta, "positions": {"t:0": 5}}, expect=None)
     assert store.save("t:1", arrays, {**meta, "positions": {"t:1": 1}})
     assert store.streams() == ["t:0", "t:1"]
     assert store.generations("t:2") == [] and store.newest_meta("t:2") is None

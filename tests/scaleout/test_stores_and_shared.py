@@ -94,7 +94,7 @@ def test_kafka_topic_store_resumes_each_partition_and_falls_back_a_generation(tm
         assert second.stats["records"] >= n - 1700
         streams = store.streams()
         assert streams == [f"{names['in']}:{p}" for p in range(3)]
-        for stream_id in streams:
+        for stream_id in streams:      # the damaged newest was replaced by a good one
             (where_, load), *_ = store.generations(stream_id)
             arrays, meta = load(None)
             _assert_partition_equals(arrays, meta, refs[int(stream_id.rpartition(":")[2])])
