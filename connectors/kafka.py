@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import time
+import weakref
 from collections import deque
 
 from .base import BrokerUnavailable, Record, SourceError
@@ -434,6 +436,19 @@ class KafkaSource:
 
 
 
+def _key_bytes(k):
+    if k is None:
+        return None
+    if isinstance(k, (bytes, bytearray)):
+        return bytes(k)
+    return str(k).encode("utf-8")
+
+
+def encode_outputs(records):
+    """Output dicts as Kafka (key, value) bytes: the record's key as UTF-8, the dict as JSON."""
+    return [(_key_bytes(r.get("key")), dumps(r)) for r in records]
+
+
 class KafkaSink:
     """Produces each output as a JSON value (key: the record's key as UTF-8 when present).
 
@@ -463,27 +478,23 @@ class KafkaSink:
         self._backlog = []        # outputs the producer would not take (broker unreachable), in order
         self._unreachable = False  # the last flush timed out
 
-    @staticmethod
-    def _key(k):
-        if k is None:
-            return None
-        if isinstance(k, (bytes, bytearray)):
-            return bytes(k)
-        return str(k).encode("utf-8")
-
     def write(self, records):
+        self.write_encoded(encode_outputs(records))
+
+    def write_encoded(self, pairs):
+        """Outputs already encoded as (key bytes or None, value bytes), in order."""
         if self._backlog:         # keep the order: queue behind what is already waiting
-            self._backlog.extend(records)
+            self._backlog.extend(pairs)
             return
-        send, topic, key_bytes, futures = self.producer.send, self.topic, self._key, self._futures
+        send, topic, futures = self.producer.send, self.topic, self._futures
         n_before = len(futures)
         try:
-            for r in records:
-                futures.append(send(topic, key=key_bytes(r.get("key")), value=dumps(r)))
+            for key, value in pairs:
+                futures.append(send(topic, key=key, value=value))
         except _UNREACHABLE as exc:   # no metadata or a full buffer within max_block_ms
             log.warning("Kafka producer to %r blocked (%s): queueing outputs until the broker is back",
                         topic, exc)
-            self._backlog.extend(records[len(futures) - n_before:])
+            self._backlog.extend(pairs[len(futures) - n_before:])
 
     def write_raw(self, pairs):
         """(key, value) pairs; dict/list values are JSON-encoded, str values UTF-8."""
@@ -492,13 +503,13 @@ class KafkaSink:
                 v = dumps(v)
             elif isinstance(v, str):
                 v = v.encode("utf-8")
-            self._futures.append(self.producer.send(self.topic, key=self._key(k), value=v))
+            self._futures.append(self.producer.send(self.topic, key=_key_bytes(k), value=v))
 
     def flush(self):
         """Wait until every output is acknowledged; BrokerUnavailable if that takes too long."""
         if self._backlog:
             backlog, self._backlog = self._backlog, []
-            self.write(backlog)
+            self.write_encoded(backlog)
         try:
             self.producer.flush(timeout=self.flush_timeout_s)
             self._unreachable = False
@@ -526,6 +537,164 @@ class KafkaSink:
                 self.producer.close(timeout=0 if self._unreachable else self.flush_timeout_s)
             except _UNREACHABLE:
                 pass
+
+
+class KafkaSinkProcess:
+    """A :class:`KafkaSink` run in a child process, for the daemon's predictions.
+
+    kafka-python's ``send`` is pure Python, about 18 µs a record with the GIL held: as much as the
+    rest of the daemon's per-record work together. In a child process it runs on another core
+    while the daemon decodes and learns the next batch. The daemon encodes the outputs (orjson)
+    and hands them over a pipe a batch at a time; ``flush`` waits until the child's producer has
+    every output acknowledged (or raises :class:`BrokerUnavailable`, as :class:`KafkaSink` does),
+    so checkpoints keep their meaning. The child ignores SIGINT/SIGTERM (the daemon decides when to
+    stop) and exits when the daemon closes it or dies (the pipe ends), after a bounded attempt to
+    deliver what it holds.
+    """
+
+    def __init__(self, bootstrap, topic, **sink_options):
+        import json
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
+        self.bootstrap, self.topic = bootstrap, topic
+        # A plain child interpreter on two pipes, not multiprocessing: its "spawn" re-imports the
+        # parent's __main__ (breaking scripts without a main guard), and a fork would copy the
+        # client threads' locks.
+        to_child_r, to_child_w = os.pipe()
+        to_parent_r, to_parent_w = os.pipe()
+        args = {"read_fd": to_child_r, "write_fd": to_parent_w, "bootstrap": bootstrap, "topic": topic,
+                "options": sink_options}
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _SINK_CHILD_CODE, json.dumps([p for p in sys.path if p]), json.dumps(args)],
+                pass_fds=(to_child_r, to_parent_w), stdin=subprocess.DEVNULL)
+        finally:
+            os.close(to_child_r)
+            os.close(to_parent_w)
+        self._conn = _Duplex(Connection(to_parent_r, writable=False), Connection(to_child_w, readable=False))
+        # however this process ends (an exception before close(), interpreter exit), the child sees
+        # its pipe end and exits (it ignores SIGTERM: the daemon decides when to stop)
+        self._finalizer = weakref.finalize(self, _stop_sink_process, self._conn, self._proc)
+        self._call("started")          # raises what the child's KafkaSink constructor raised
+
+    def _call(self, *message):
+        try:
+            if message[0] != "started":
+                self._conn.send(message)
+            reply = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            raise SourceError(f"the Kafka sink process for {self.topic!r} died (exit code "
+                              f"{self._proc.poll()}): {exc!r}") from None
+        kind, text = reply
+        if kind == "ok":
+            return
+        if kind == "unavailable":
+            raise BrokerUnavailable(text)
+        if kind == "source-error":
+            raise SourceError(text)
+        raise RuntimeError(text)
+
+    def write(self, records):
+        try:
+            self._conn.send(("write", encode_outputs(records)))
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"the Kafka sink process for {self.topic!r} died: {exc!r}") from None
+
+    def flush(self):
+        self._call("flush")
+
+    def close(self):
+        try:
+            if self._proc.poll() is None:
+                self._call("close")
+        finally:
+            self._finalizer()
+
+
+class _Duplex:
+    """One end of the two pipes between the daemon and its sink process."""
+
+    def __init__(self, incoming, outgoing):
+        self.incoming, self.outgoing = incoming, outgoing
+
+    def send(self, message):
+        self.outgoing.send(message)
+
+    def recv(self):
+        return self.incoming.recv()
+
+    def close(self):
+        self.outgoing.close()
+        self.incoming.close()
+
+
+def _stop_sink_process(conn, proc, timeout_s=30.0):
+    import subprocess
+    conn.close()                       # the child delivers what it holds (bounded), then exits
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+_SINK_CHILD_CODE = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]); "
+                    "from connectors.kafka import _sink_process_entry; _sink_process_entry(json.loads(sys.argv[2]))")
+
+
+def _sink_process_entry(args):
+    from multiprocessing.connection import Connection
+    conn = _Duplex(Connection(args["read_fd"], writable=False), Connection(args["write_fd"], readable=False))
+    _sink_process_main(conn, args["bootstrap"], args["topic"], args["options"])
+
+
+def _sink_process_main(conn, bootstrap, topic, options):
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def reply_error(exc):
+        kind = "unavailable" if isinstance(exc, BrokerUnavailable) else \
+            "source-error" if isinstance(exc, SourceError) else "error"
+        conn.send((kind, str(exc) if kind != "error" else f"{type(exc).__name__}: {exc}"))
+
+    try:
+        sink = KafkaSink(bootstrap, topic, **options)
+    except Exception as exc:  # noqa: BLE001 - reported to the daemon
+        reply_error(exc)
+        return
+    conn.send(("ok", ""))
+    failed = None                      # an error of a write, reported at the next flush or close
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):    # the daemon is gone: deliver what we can, briefly
+            sink.flush_timeout_s = min(sink.flush_timeout_s, 5.0)
+            try:
+                sink.close()
+            except Exception:  # noqa: BLE001 - nobody to tell
+                pass
+            return
+        if message[0] == "write":
+            try:
+                sink.write_encoded(message[1])
+            except Exception as exc:  # noqa: BLE001 - writes get no reply
+                failed = failed or exc
+            continue
+        try:
+            if failed is not None:
+                failed, exc = None, failed
+                raise exc
+            if message[0] == "flush":
+                sink.flush()
+            elif message[0] == "close":
+                sink.close()
+                conn.send(("ok", ""))
+                return
+            conn.send(("ok", ""))
+        except Exception as exc:  # noqa: BLE001 - reported to the daemon, which decides
+            reply_error(exc)
 
 
 def ensure_topic(bootstrap, topic, partitions=1, configs=None, timeout_ms=10000):

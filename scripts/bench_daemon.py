@@ -9,18 +9,27 @@ run it measures:
   orjson) and the same producer settings, and nothing else;
 - daemon: ``streamrnn.daemon.Daemon`` on the same topic (its own consumer
   group) with a GRU of 8 hidden units learning with exact RTRL, writing its
-  predictions to another output topic, checkpointing every 50 000 records;
+  predictions to another output topic, checkpointing every 50 000 records,
+  as configured by default: the Kafka sink in a child process;
+- daemon, in-process sink: the same with ``[sink] process = false`` (kafka-python's
+  send on the daemon's main thread, as in the bare loop);
+- bare loop, decode only: consume and decode, no output; against it, the daemon
+  reading the topic and writing its predictions to a JSON Lines file;
 - file: the daemon reading the same records from a JSON Lines file and writing
   a JSON Lines file (no broker), with p50/p99 batch latency.
 
 The ratio daemon / bare shows what the model and the bookkeeping cost on top
-of the I/O (target: >= 0.8). The machine is shared and noisy, so the bare loop
-and the daemon alternate for --rounds rounds (each on the whole topic, with a
-fresh consumer group) and the ratio is the median of the per-round ratios.
+of the same I/O (target: >= 0.8); Kafka->file / decode-only compares the daemon
+with a loop that produces nothing (there the learning step alone, ~15 us a record
+for this model, exceeds the loop's whole per-record time). The machine is shared
+and noisy, so the five Kafka runs alternate (in rotating order) for --rounds
+rounds (each on the whole topic, with a fresh consumer group) and each ratio is
+the median of the per-round ratios.
 Prints a table and one JSON line. Starts its own broker with scripts/kafka.sh
 unless --bootstrap is given.
 
-    python scripts/bench_daemon.py [--records 200000] [--rounds 3] [--bootstrap HOST:PORT]
+    python scripts/bench_daemon.py [--records 200000] [--rounds 3] [--order timestamp|arrival]
+                                   [--bootstrap HOST:PORT]
 """
 import os
 
@@ -73,14 +82,15 @@ def produce(bootstrap, topic, lines):
 
 
 def bare_loop(bootstrap, topic, out_topic, n):
-    """What any consumer of this topic pays: consume, decode, encode, produce (keyed)."""
+    """What any consumer of this topic pays: consume, decode, encode, produce (keyed); with
+    ``out_topic`` None, consume and decode only."""
     from kafka import KafkaConsumer, KafkaProducer
 
     from connectors.kafka import await_offset_validation
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"bare-{uuid.uuid4().hex[:6]}",
                              enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=5000)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
-                             batch_size=256 * 1024)
+                             batch_size=256 * 1024) if out_topic else None
     seen = 0
     start = time.perf_counter()
     while seen < n:
@@ -88,16 +98,22 @@ def bare_loop(bootstrap, topic, out_topic, n):
         if not batch:       # the same kafka-python#3106 workaround as KafkaSource
             await_offset_validation(consumer)
         for tp, recs in batch.items():
-            for r in recs:
-                v = loads(r.value)
-                out = {"position": [tp.topic, tp.partition, r.offset], "key": v["key"], "prediction": v["a"],
-                       "target": v["y"], "loss": None}
-                producer.send(out_topic, key=v["key"].encode(), value=dumps(out))
+            if producer is None:
+                for r in recs:
+                    loads(r.value)
+            else:
+                for r in recs:
+                    v = loads(r.value)
+                    out = {"position": [tp.topic, tp.partition, r.offset], "key": v["key"], "prediction": v["a"],
+                           "target": v["y"], "loss": None}
+                    producer.send(out_topic, key=v["key"].encode(), value=dumps(out))
             seen += len(recs)
-    producer.flush()
+    if producer is not None:
+        producer.flush()
     elapsed = time.perf_counter() - start
     consumer.close()
-    producer.close()
+    if producer is not None:
+        producer.close()
     return seen / elapsed
 
 
@@ -114,18 +130,26 @@ def run_daemon(source, sink, n, ckpt):
 
 
 PHASE_TIMEOUT_S = 180
+PHASES = ("bare", "daemon", "daemon-inproc", "bare-decode", "daemon-file")
+# (name, numerator, denominator): the daemon against the bare loop doing the same I/O
+RATIOS = (("daemon/bare", "daemon", "bare"), ("in-process sink/bare", "daemon-inproc", "bare"),
+          ("Kafka->file/decode-only", "daemon-file", "bare-decode"))
 
 
 def phase(args):
     """One measurement in this (fresh) process; prints one JSON line."""
-    if args.phase == "bare":
-        print(json.dumps({"rate": bare_loop(args.bootstrap, args.topic, args.out_topic, args.records)}))
+    if args.phase.startswith("bare"):
+        out = args.out_topic if args.phase == "bare" else None
+        print(json.dumps({"rate": bare_loop(args.bootstrap, args.topic, out, args.records)}))
         return
     streamrnn.Model(n_inputs=2, **MODEL).step_many(np.zeros((2, 2)), np.zeros(2), ["a", "b"])   # load kernels
+    if args.phase == "daemon-file":
+        sink = {"type": "jsonl", "path": args.ckpt + ".out.jsonl"}
+    else:
+        sink = {"type": "kafka", "bootstrap": args.bootstrap, "topic": args.out_topic,
+                "process": args.phase == "daemon"}
     rate, p50, p99, _ = run_daemon({"type": "kafka", "bootstrap": args.bootstrap, "topic": args.topic,
-                                    "group": args.group, "order": args.order},
-                                   {"type": "kafka", "bootstrap": args.bootstrap, "topic": args.out_topic},
-                                   args.records, args.ckpt)
+                                    "group": args.group, "order": args.order}, sink, args.records, args.ckpt)
     print(json.dumps({"rate": rate, "p50": p50, "p99": p99}))
 
 
@@ -150,7 +174,7 @@ def main(argv=None):
     ap.add_argument("--bootstrap", help="an existing broker; default: start one with scripts/kafka.sh")
     ap.add_argument("--order", default="timestamp", choices=("timestamp", "arrival"),
                     help="the daemon's [source] order (default: the daemon's default)")
-    ap.add_argument("--phase", choices=("bare", "daemon"), help=argparse.SUPPRESS)
+    ap.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     for hidden in ("--topic", "--out-topic", "--group", "--ckpt"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -171,26 +195,26 @@ def main(argv=None):
         create_topics(bootstrap, [topic, out_bare, out_daemon], partitions=2)
         produce(bootstrap, topic, lines)
         streamrnn.Model(n_inputs=2, **MODEL).step_many(np.zeros((2, 2)), np.zeros(2), ["a", "b"])   # compile
-        bares, daemons, lat50, lat99 = [], [], [], []
+        rates = {what: [] for what in PHASES}
+        lat50, lat99 = [], []
         for rnd in range(args.rounds):
-            runs = ["bare", "daemon"] if rnd % 2 == 0 else ["daemon", "bare"]
+            runs = PHASES[rnd % len(PHASES):] + PHASES[:rnd % len(PHASES)]
             got = {what: run_phase(what, bootstrap, topic, out_bare if what == "bare" else out_daemon, n, args.order,
-                                   group=f"daemon-{stem}-{rnd}", ckpt=os.path.join(work, f"kafka-{rnd}.ckpt"))
+                                   group=f"{what}-{stem}-{rnd}", ckpt=os.path.join(work, f"{what}-{rnd}.ckpt"))
                    for what in runs}
             if None in got.values():
                 continue
-            bares.append(got["bare"]["rate"])
-            daemons.append(got["daemon"]["rate"])
+            for what in PHASES:
+                rates[what].append(got[what]["rate"])
             lat50.append(got["daemon"]["p50"])
             lat99.append(got["daemon"]["p99"])
-            print(f"round {rnd + 1}: bare {bares[-1]:.0f} rec/s, daemon {daemons[-1]:.0f} rec/s, "
-                  f"ratio {daemons[-1] / bares[-1]:.2f}", flush=True)
-        if not bares:
+            print(f"round {rnd + 1}: " + ", ".join(f"{what} {got[what]['rate']:.0f}" for what in PHASES) + " rec/s; "
+                  + ", ".join(f"{name} {got[a]['rate'] / got[b]['rate']:.2f}" for name, a, b in RATIOS), flush=True)
+        if not rates["bare"]:
             raise SystemExit("no round completed")
-        ratios = [d / b for d, b in zip(daemons, bares)]
-        best = int(np.argsort(ratios)[len(ratios) // 2])          # the median round
-        bare, daemon, k50, k99 = bares[best], daemons[best], lat50[best], lat99[best]
-        ratio = float(np.median(ratios))
+        per_round = {name: [x / y for x, y in zip(rates[a], rates[b])] for name, a, b in RATIOS}
+        median_round = int(np.argsort(per_round["daemon/bare"])[len(lat50) // 2])   # the headline row
+        k50, k99 = lat50[median_round], lat99[median_round]
         path = os.path.join(work, "in.jsonl")
         with open(path, "w") as fh:
             fh.write("\n".join(lines) + "\n")
@@ -200,20 +224,25 @@ def main(argv=None):
     finally:
         if broker_dir is not None:
             subprocess.run(["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "stop", broker_dir], check=False)
-    rows = [("bare kafka-python loop", bare, None, None), ("daemon, Kafka -> Kafka", daemon, k50, k99),
+    median = {what: float(np.median(r)) for what, r in rates.items()}
+    rows = [("bare loop: consume, decode, encode, produce", median["bare"], None, None),
+            ("daemon, Kafka -> Kafka", median["daemon"], k50, k99),
+            ("  the same, sink in-process", median["daemon-inproc"], None, None),
+            ("bare loop: consume, decode", median["bare-decode"], None, None),
+            ("daemon, Kafka -> JSONL file", median["daemon-file"], None, None),
             ("daemon, file -> file", file_rate, f50, f99)]
-    print(f"{n} records, GRU n=8 RTRL, batches of up to 5000, source order {args.order!r}; "
-          f"median of {len(ratios)} alternating rounds (each run in a fresh process)")
-    print(f"{'path':<26}{'records/s':>12}{'p50 ms':>9}{'p99 ms':>9}")
+    print(f"{n} records, GRU n=8 RTRL, batches of up to 5000, source order {args.order!r}; medians of "
+          f"{len(lat50)} rounds, the runs of a round in rotating order, each in a fresh process")
+    print(f"{'path':<46}{'records/s':>12}{'p50 ms':>9}{'p99 ms':>9}")
     for name, rate, p50, p99 in rows:
-        print(f"{name:<26}{rate:>12.0f}{'' if p50 is None else f'{p50:.1f}':>9}{'' if p99 is None else f'{p99:.1f}':>9}")
-    print(f"daemon / bare loop: {ratio:.2f} (target >= 0.80; per round {', '.join(f'{r:.2f}' for r in ratios)})")
-    print(json.dumps({"benchmark": "bench_daemon", "records": n, "order": args.order, "rounds": len(ratios), "bare_records_per_s": bare,
-                      "daemon_records_per_s": daemon, "ratio": ratio, "round_ratios": ratios,
-                      "daemon_batch_p50_ms": k50,
-                      "daemon_batch_p99_ms": k99, "file_records_per_s": file_rate, "file_batch_p50_ms": f50,
-                      "file_batch_p99_ms": f99}))
-
+        print(f"{name:<46}{rate:>12.0f}{'' if p50 is None else f'{p50:.1f}':>9}{'' if p99 is None else f'{p99:.1f}':>9}")
+    for name, _, _ in RATIOS:
+        print(f"{name:<26} {np.median(per_round[name]):.2f}  (per round {', '.join(f'{r:.2f}' for r in per_round[name])})")
+    print("target: daemon >= 0.80 of the bare loop")
+    print(json.dumps({"benchmark": "bench_daemon", "records": n, "order": args.order, "rounds": len(lat50),
+                      "median_records_per_s": median, "ratios": {k: float(np.median(v)) for k, v in per_round.items()},
+                      "round_ratios": per_round, "daemon_batch_p50_ms": k50, "daemon_batch_p99_ms": k99,
+                      "file_records_per_s": file_rate, "file_batch_p50_ms": f50, "file_batch_p99_ms": f99}))
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,8 @@ Configuration (TOML; every key is checked, errors name the key)::
     [sink]                         # predictions: type = "jsonl" | "csv" | "kafka" (topic = ...)
     type = "jsonl"
     path = "predictions.jsonl"
+    # kafka: process = true        # produce from a child process (kafka-python's send is pure
+    #                              # Python; there it runs on another core); false = in the daemon
 
     [dead_letter]                  # records that cannot be used, with the reason and position
     type = "jsonl"
@@ -127,7 +129,7 @@ class ConfigError(ValueError):
 _SECTIONS = {
     "source": {"type", "path", "follow", "speed", "bootstrap", "topic", "group", "client_id",
                "max_poll_records", "order", "instance_id", "session_timeout_ms"},
-    "sink": {"type", "path", "bootstrap", "topic", "mode"},
+    "sink": {"type", "path", "bootstrap", "topic", "mode", "process"},
     "dead_letter": {"type", "path", "bootstrap", "topic", "mode"},
     "schema": {"features", "target", "key", "forecast"},
     "model": None,  # checked by Model itself
@@ -198,6 +200,13 @@ def validate_config(raw, base_dir=None):
         elif t == "kafka":
             _need(cfg, section, "bootstrap", str, "a 'host:port' string")
             _need(cfg, section, "topic", str, "a topic name")
+    if cfg["sink"].get("type") == "kafka":
+        # kafka-python's send is pure Python: in a child process it runs beside the daemon
+        cfg["sink"].setdefault("process", True)
+        if not isinstance(cfg["sink"]["process"], bool):
+            raise ConfigError(f"sink.process: expected true or false, got {cfg['sink']['process']!r}")
+    elif "process" in cfg["sink"]:
+        raise ConfigError("sink.process: only for type = \"kafka\"")
     if "follow" in cfg["source"] and not isinstance(cfg["source"]["follow"], bool):
         raise ConfigError(f"source.follow: expected true or false, got {cfg['source']['follow']!r}")
     if "speed" in cfg["source"]:
@@ -372,6 +381,9 @@ def make_sink(section):
     if t == "csv":
         from connectors.file import CsvSink
         return CsvSink(section["path"], mode=section.get("mode", "a"))
+    if section.get("process", False):
+        from connectors.kafka import KafkaSinkProcess
+        return KafkaSinkProcess(section["bootstrap"], section["topic"])
     from connectors.kafka import KafkaSink
     return KafkaSink(section["bootstrap"], section["topic"])
 

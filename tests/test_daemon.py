@@ -296,6 +296,8 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path, stream):
     (lambda c: c["daemon"].update(batch_size=0), "daemon.batch_size"),
     (lambda c: c.update(extra={}), "extra"),
     (lambda c: c["sink"].update(type="kafka"), "sink.bootstrap"),
+    (lambda c: c["sink"].update(type="kafka", bootstrap="h:1", topic="t", process="yes"), "sink.process"),
+    (lambda c: c["sink"].update(process=True), "sink.process"),
 ])
 def test_config_errors_name_the_key(tmp_path, mutate, key):
     cfg = config(tmp_path, tmp_path / "in.jsonl")
