@@ -22,6 +22,7 @@ member. Choose the ``"independent"`` mode when reproducibility matters more than
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -49,7 +50,8 @@ class ParameterExchange:
     """
 
     def __init__(self, topic, member, model_config, merge="mean", stale_seconds=300.0):
-        self.topic, self.member, self.config = topic, member, dict(model_config)
+        # as it reads back from JSON (tuples become lists), so publications compare equal
+        self.topic, self.member, self.config = topic, member, json.loads(json.dumps(model_config))
         self.merge, self.stale_seconds = merge, float(stale_seconds)
         self.published = 0
         self.last_merged = 0               # members averaged at the last merge

@@ -164,7 +164,7 @@ def test_partition_without_usable_checkpoint_stops_the_member_before_any_record(
 
 def test_parameter_exchange_averages_the_groups_latest_parameters(kafka_bootstrap, names):
     topic = f"{names['group']}-model"
-    config = dict(MODEL)
+    config = dict(MODEL, betas=(0.9, 0.99))         # a tuple: as validate_config leaves it
     rng = np.random.default_rng(0)
     ta, tb, tc = (rng.normal(size=7) for _ in range(3))
     tops = [CompactedTopic(kafka_bootstrap, topic, keep=1) for _ in range(3)]
