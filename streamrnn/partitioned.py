@@ -65,6 +65,7 @@ class PartitionedModel:
         # partition model of this member uses in place
         self.shared = Model(**self.config) if mode == "shared" else None
         self._parts = {}                 # stream -> (Model, NextRecordForecaster or None)
+        self._loading = None             # (stream, model, forecaster) a checkpoint is being read into
         self.n_outputs = self._template().n_outputs
 
     def _template(self):
@@ -173,8 +174,7 @@ class PartitionedModel:
         ``adopt_parameters`` (the member has none of its own yet): then the saved ones become the
         member's.
         """
-        staged = getattr(self, "_loading", None)
-        self._loading = None
+        staged, self._loading = self._loading, None
         if staged is not None and staged[0] == stream:
             _, model, forecaster = staged
         else:
