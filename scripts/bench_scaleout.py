@@ -6,9 +6,10 @@ predictions produced to an output topic) reads the same preloaded topic of --rec
 records. Throughput is measured in steady state: the output topic's end offsets are sampled and
 the rate is taken from the moment the group is stable with all k members holding partitions (and
 at least 10 % of the records are answered) until 90 % are, so process start-up and the
-rebalances of members joining one after the other are not counted. It also reports, over that window, the CPU the members used (from
-/proc/PID/stat) and how busy the whole machine was (from /proc/stat): the single-member profile
-the README's scaling estimate comes from. Prints a table and one JSON line; starts its own broker
+rebalances of members joining one after the other are not counted. It also reports, over that
+window, the CPU the members used (from /proc/PID/stat, their Kafka sink processes included) and
+how busy the whole machine was (from /proc/stat): the single-member profile the README's scaling
+estimate comes from. Prints a table and one JSON line; starts its own broker
 with scripts/kafka.sh unless --bootstrap is given.
 
     python scripts/bench_scaleout.py [--records 300000] [--members 1,2,3] [--bootstrap HOST:PORT]
@@ -38,11 +39,25 @@ PARTITIONS = 6
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid):
-    """User + system CPU seconds of a process and its threads."""
+def _stat(pid):
     with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+        return fh.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process, its threads and its child processes (a member's
+    Kafka sink runs in one)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = _stat(int(entry))
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
 
 
 def machine_busy():
@@ -59,7 +74,11 @@ def outputs_so_far(consumer, tps):
 
 def group_stable(admin, group, k):
     """Whether the group is Stable with k members, each holding partitions."""
-    g = admin.describe_groups([group]).get(group, {})
+    from kafka.errors import KafkaError
+    try:
+        g = admin.describe_groups([group]).get(group, {})
+    except KafkaError:             # e.g. no coordinator yet on a broker that just started
+        return False
     members = g.get("members", [])
     return g.get("group_state") == "Stable" and len(members) == k and all(
         isinstance(m.get("member_assignment"), dict) and m["member_assignment"].get("assigned_partitions")
