@@ -76,17 +76,15 @@ class DirectoryStore(_Store):
     def _write(self, stream, pieces):
         path = self.file(stream)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        ckpt.save_generation(path, pieces, previous=path + ".prev")
+        ckpt.save_newest(path, pieces)
 
     def generations(self, stream):
         """[(where, load(allocate) -> (arrays, meta))], newest first; [] if none is stored."""
-        path = self.file(stream)
-        return [(p, lambda allocate, p=p: ckpt.load(p, allocate=allocate))
-                for p in (path, path + ".prev") if os.path.exists(p)]
+        return ckpt.generations(self.file(stream))
 
     def newest_meta(self, stream):
         """The newest generation's metadata (header only, unverified), or None."""
-        for p in (self.file(stream), self.file(stream) + ".prev"):
+        for p in (self.file(stream), self.file(stream) + ckpt.PREVIOUS):
             try:
                 with open(p, "rb") as fh:
                     return ckpt.peek_meta(fh, p)

@@ -576,17 +576,27 @@ class KafkaSinkProcess:
         # however this process ends (an exception before close(), interpreter exit), the child sees
         # its pipe end and exits (it ignores SIGTERM: the daemon decides when to stop)
         self._finalizer = weakref.finalize(self, _stop_sink_process, self._conn, self._proc)
-        self._call("started")          # raises what the child's KafkaSink constructor raised
+        self._reply()                  # raises what the child's KafkaSink constructor raised
+
+    def _died(self, exc):
+        return SourceError(f"the Kafka sink process for {self.topic!r} died (exit code {self._proc.poll()}): "
+                           f"{exc!r}")
+
+    def _send(self, message):
+        try:
+            self._conn.send(message)
+        except (OSError, ValueError) as exc:       # a closed or broken pipe
+            raise self._died(exc) from None
 
     def _call(self, *message):
+        self._send(message)
+        self._reply()
+
+    def _reply(self):
         try:
-            if message[0] != "started":
-                self._conn.send(message)
-            reply = self._conn.recv()
+            kind, text = self._conn.recv()
         except (EOFError, OSError) as exc:
-            raise SourceError(f"the Kafka sink process for {self.topic!r} died (exit code "
-                              f"{self._proc.poll()}): {exc!r}") from None
-        kind, text = reply
+            raise self._died(exc) from None
         if kind == "ok":
             return
         if kind == "unavailable":
@@ -596,10 +606,7 @@ class KafkaSinkProcess:
         raise RuntimeError(text)
 
     def write(self, records):
-        try:
-            self._conn.send(("write", encode_outputs(records)))
-        except (OSError, ValueError) as exc:
-            raise SourceError(f"the Kafka sink process for {self.topic!r} died: {exc!r}") from None
+        self._send(("write", encode_outputs(records)))
 
     def flush(self):
         self._call("flush")

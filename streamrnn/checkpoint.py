@@ -266,6 +266,21 @@ def save(path, arrays, meta):
     write_atomic(path, pieces(arrays, meta))
 
 
+PREVIOUS = ".prev"      # suffix of the previous generation (see save_generation)
+
+
+def save_newest(path, data):
+    """:func:`save_generation` with the previous generation kept as ``path + PREVIOUS``."""
+    save_generation(path, data, previous=os.fspath(path) + PREVIOUS)
+
+
+def generations(path):
+    """The generations of ``path`` on disk, newest first: [(file, load(allocate) -> (arrays, meta))]."""
+    path = os.fspath(path)
+    return [(p, lambda allocate, p=p: load(p, allocate=allocate))
+            for p in (path, path + PREVIOUS) if os.path.exists(p)]
+
+
 def load(path, allocate=None):
     """``(arrays, meta)`` of a checkpoint file, or CheckpointError; ``allocate`` as in :func:`loads`."""
     path = os.fspath(path)

@@ -105,7 +105,7 @@ import os
 import signal
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -514,10 +514,6 @@ def _raw_text(value):
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def checkpoint_paths(path):
-    return [path, path + ".prev"]
-
-
 def load_checkpoint(path, restore=None, allocate=None):
     """Newest usable checkpoint generation as (arrays, meta, used_path), or None when none exists.
 
@@ -528,23 +524,29 @@ def load_checkpoint(path, restore=None, allocate=None):
     CheckpointError names each one's problem; no file is changed. ``allocate`` is passed on to
     :func:`streamrnn.checkpoint.load` (where to read each array).
     """
+    return first_usable(ckpt.generations(path), restore, lambda: allocate)
+
+
+def first_usable(generations, restore=None, new_allocate=lambda: None, what=""):
+    """The newest usable of ``generations`` ([(where, load(allocate) -> (arrays, meta))], newest
+    first) as (arrays, meta, where), or None when there are none: the fallback of
+    :func:`load_checkpoint`, for any store. ``new_allocate()`` gives each attempt its ``allocate``;
+    ``what`` prefixes the error when none is usable."""
     errors = []
-    for p in checkpoint_paths(path):
-        if not os.path.exists(p):
-            continue
+    for where, load in generations:
         try:
-            arrays, meta = ckpt.load(p, allocate=allocate)
+            arrays, meta = load(new_allocate())
             if "positions" not in meta or "model" not in meta:
-                raise CheckpointError(f"{p}: not a daemon checkpoint (no positions)")
+                raise CheckpointError(f"{where}: not a daemon checkpoint (no positions)")
             if restore is not None:
-                restore(arrays, meta, p)
+                restore(arrays, meta, where)
         except CheckpointError as exc:
-            log.warning("checkpoint %s unusable (%s); trying the previous generation", p, exc)
+            log.warning("checkpoint %s unusable (%s); trying the previous generation", where, exc)
             errors.append(str(exc))
             continue
-        return arrays, meta, p
+        return arrays, meta, where
     if errors:
-        raise CheckpointError("no usable checkpoint: " + "; ".join(errors))
+        raise CheckpointError(f"{what}no usable checkpoint: " + "; ".join(errors))
     return None
 
 
@@ -561,7 +563,7 @@ def save_checkpoint(path, arrays, meta):
 
     A failed write (OSError, e.g. a full disk) leaves both existing generations as they were.
     """
-    ckpt.save_generation(path, ckpt.pieces(arrays, meta), previous=path + ".prev")
+    ckpt.save_newest(path, ckpt.pieces(arrays, meta))
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -727,33 +729,33 @@ class Daemon:
         return positions
 
     def _load_partition(self, stream):
-        errors = []
         self._tokens[stream] = self.store.newest_token(stream)
-        for where, load in self.store.generations(stream):
+
+        def restore(arrays, meta, where):
+            if stream not in meta["positions"]:
+                raise CheckpointError(f"{where}: not a checkpoint of partition {stream}")
             try:
-                arrays, meta = load(self.parts.allocate_for_load(stream))
-                if stream not in meta.get("positions", {}):
-                    raise CheckpointError(f"{where}: not a checkpoint of partition {stream}")
                 self.parts.load(stream, arrays, meta, source=where, adopt_parameters=not self._have_params)
             except CheckpointError as exc:
-                log.warning("checkpoint %s unusable (%s); trying the previous generation", where, exc)
-                errors.append(str(exc))
-                continue
-            self._have_params = True
-            if errors:              # resumed from an older generation: save soon over the unusable one
-                self._dirty_streams.add(stream)
-            counts = meta.get("daemon", {})
-            self._part_counts[stream] = [counts.get("records", 0), counts.get("applied", 0)]
-            pos = int(meta["positions"][stream])
-            log.info("partition %s: resumed from %s at offset %d (%s keys, saved by %s)", stream, where, pos,
-                     meta.get("n_keys"), meta.get("member"))
-            return pos
-        if errors:
-            raise CheckpointError(f"partition {stream}: no usable checkpoint: " + "; ".join(errors)
-                                  + " (the config's [model] may differ from the group's)")
-        self._part_counts[stream] = [0, 0]
-        self.parts.model(stream)          # held (fresh) from now on, so its first checkpoint is written
-        return None
+                raise CheckpointError(f"{exc} (the config's [model] may differ from the group's)") from None
+
+        generations = self.store.generations(stream)
+        found = first_usable(generations, restore, lambda: self.parts.allocate_for_load(stream),
+                             what=f"partition {stream}: ")
+        if found is None:
+            self._part_counts[stream] = [0, 0]
+            self.parts.model(stream)      # held (fresh) from now on, so its first checkpoint is written
+            return None
+        _, meta, where = found
+        self._have_params = True
+        if where != generations[0][0]:    # resumed from an older generation: save soon over the unusable one
+            self._dirty_streams.add(stream)
+        counts = meta.get("daemon", {})
+        self._part_counts[stream] = [counts.get("records", 0), counts.get("applied", 0)]
+        pos = int(meta["positions"][stream])
+        log.info("partition %s: resumed from %s at offset %d (%s keys, saved by %s)", stream, where, pos,
+                 meta.get("n_keys"), meta.get("member"))
+        return pos
 
     def _partitions_revoked(self, streams):
         """Rebalance callback: save the partitions that leave, then release them."""
@@ -879,20 +881,21 @@ class Daemon:
             X.append(x)
             Y.append(y)
             keys.append(k)
-        outputs = []
+        outputs, streams = [], self._streams_of(good)
         if good:
             Xa = np.asarray(X, dtype=np.float64)     # the Model casts to its dtype and checks
             Ya = np.asarray(Y, dtype=np.float64)
             # The compiled step releases the GIL: it runs on the worker thread while this one
             # hands the previous batch's outputs to the sinks (kafka-python's Python-heavy send).
-            learning = self._worker.submit(self._learn, Xa, Ya, keys, self._streams_of(good))
+            learning = self._worker.submit(self._learn, Xa, Ya, keys, streams)
             self._write_unwritten()
             try:
                 preds, losses = learning.result()
             except ValueError:
                 # The model refused a row the decoder passed; step_many applied nothing, so
                 # isolate the refused rows record by record and apply the rest in order.
-                good, X, Y, keys, preds, losses = self._apply_one_by_one(good, X, Y, keys, dead)
+                good, X, Y, keys, streams, preds, losses = self._apply_one_by_one(good, X, Y, keys, streams,
+                                                                                  dead)
             preds = np.asarray(preds)
             losses = np.asarray(losses, dtype=np.float64)
             Yg = np.asarray(Y, dtype=np.float64)
@@ -916,7 +919,7 @@ class Daemon:
         self._unwritten = (outputs, dead)
         n = len(records)
         if self.group:
-            self._count_partitions(records, good)
+            self._count_partitions(records, streams)
         self.stats["records"] += n
         self.stats["applied"] += len(good)
         self.stats["dead_letters"] += len(dead)
@@ -948,17 +951,15 @@ class Daemon:
         """Scale-out: the partition (``"topic:partition"``) of each record; None otherwise."""
         return [f"{r.position[0]}:{r.position[1]}" for r in records] if self.group else None
 
-    def _count_partitions(self, records, applied):
-        counts = self._part_counts
-        for stream in self._streams_of(records):
-            c = counts.get(stream)
-            if c is None:
-                c = counts[stream] = [0, 0]
-            c[0] += 1
-            self._dirty_streams.add(stream)
-        for stream in self._streams_of(applied):
-            counts[stream][1] += 1
-        self._since_publish += len(applied)
+    def _count_partitions(self, records, applied_streams):
+        """Records read and applied per partition; those with records need saving."""
+        read, applied = Counter(self._streams_of(records)), Counter(applied_streams)
+        for stream, n in read.items():
+            c = self._part_counts.setdefault(stream, [0, 0])
+            c[0] += n
+            c[1] += applied[stream]
+        self._dirty_streams.update(read)
+        self._since_publish += len(applied_streams)
 
     def _learn(self, X, Y, keys, streams=None):
         """Predictions and losses of validated-by-the-model rows, in one pass (all or nothing)."""
@@ -968,11 +969,12 @@ class Daemon:
             return self.forecaster.process(X, Y, keys)
         return self.model.step_many(X, Y, keys, return_loss=True)
 
-    def _apply_one_by_one(self, good, X, Y, keys, dead):
+    def _apply_one_by_one(self, good, X, Y, keys, streams, dead):
         kept, preds, losses = [], [], []
         for i, r in enumerate(good):
             try:
-                p, l = self._learn(np.asarray([X[i]]), np.asarray([Y[i]]), [keys[i]], self._streams_of([r]))
+                p, l = self._learn(np.asarray([X[i]]), np.asarray([Y[i]]), [keys[i]],
+                                   None if streams is None else [streams[i]])
             except ValueError as exc:
                 dead.append({"position": list(r.position), "reason": f"refused by the model: {exc}",
                              "key": _jsonable_key(r.key), "value": _raw_text(r.value)})
@@ -982,8 +984,8 @@ class Daemon:
             losses.append(l[0])
         pick = lambda seq: [seq[i] for i in kept]  # noqa: E731
         n_out = self.parts.n_outputs if self.group else self.model.n_outputs
-        return (pick(good), pick(X), pick(Y), pick(keys), np.asarray(preds).reshape(-1, n_out),
-                np.asarray(losses))
+        return (pick(good), pick(X), pick(Y), pick(keys), None if streams is None else pick(streams),
+                np.asarray(preds).reshape(-1, n_out), np.asarray(losses))
 
     # -- checkpoint
     def checkpoint(self, commit_offsets=True, final=False):
