@@ -10,7 +10,7 @@ the order of an uninterrupted run (see :class:`KafkaSource`). Sink: a producer w
 ``acks="all"`` and idempotence on (kafka-python 3.x supports ``enable_idempotence`` and turns it
 on by default); ``flush`` waits for every send and raises if one failed.
 
-An unreachable broker raises :class:`~connectors.base.BrokerUnavailable` (from a constructor, from
+An unreachable broker raises :class:`~streamrnn.connectors.base.BrokerUnavailable` (from a constructor, from
 ``poll`` after an empty poll and a failed probe, from ``flush`` when outputs stay unacknowledged);
 nothing is dropped meanwhile and the daemon retries under its retry policy.
 """
@@ -647,7 +647,7 @@ def _stop_sink_process(conn, proc, timeout_s=30.0):
 
 
 _SINK_CHILD_CODE = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]); "
-                    "from connectors.kafka import _sink_process_entry; _sink_process_entry(json.loads(sys.argv[2]))")
+                    "from streamrnn.connectors.kafka import _sink_process_entry; _sink_process_entry(json.loads(sys.argv[2]))")
 
 
 def _sink_process_entry(args):

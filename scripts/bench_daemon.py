@@ -5,7 +5,7 @@ run it measures:
 
 - bare: a kafka-python consumer that polls, decodes each record, encodes an
   output record and produces it, keyed by the record's key, to an output topic,
-  then flushes: the daemon's I/O with the same JSON codec (connectors.codec,
+  then flushes: the daemon's I/O with the same JSON codec (streamrnn.connectors.codec,
   orjson) and the same producer settings, and nothing else;
 - daemon: ``streamrnn.daemon.Daemon`` on the same topic (its own consumer
   group) with a GRU of 8 hidden units learning with exact RTRL, writing its
@@ -47,9 +47,8 @@ import uuid  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
 import streamrnn  # noqa: E402
-from connectors.codec import dumps, loads  # noqa: E402
+from streamrnn.connectors.codec import dumps, loads  # noqa: E402
 from streamrnn.daemon import Daemon, validate_config  # noqa: E402
 
 MODEL = dict(cell="gru", n_hidden=8, task="regression", learner="rtrl", optimizer="adam", lr=0.01, clip=1.0,
@@ -86,7 +85,7 @@ def bare_loop(bootstrap, topic, out_topic, n):
     ``out_topic`` None, consume and decode only."""
     from kafka import KafkaConsumer, KafkaProducer
 
-    from connectors.kafka import await_offset_validation
+    from streamrnn.connectors.kafka import await_offset_validation
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"bare-{uuid.uuid4().hex[:6]}",
                              enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=5000)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,

@@ -29,8 +29,7 @@ import time  # noqa: E402
 import uuid  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
-from connectors.kafka import KafkaSource  # noqa: E402
+from streamrnn.connectors.kafka import KafkaSource  # noqa: E402
 
 
 def produce(bootstrap, topic, n):

@@ -39,7 +39,6 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
 
 MIB = 2 ** 20
 GIB = 2 ** 30

@@ -69,7 +69,6 @@ import numpy as np  # noqa: E402
 from river import (base, datasets, dummy, evaluate, forest, linear_model, metrics, neighbors,  # noqa: E402
                    preprocessing, stats)
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from streamrnn import datasets as generators  # noqa: E402
 from streamrnn.river import RNNRegressor  # noqa: E402
 

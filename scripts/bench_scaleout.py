@@ -30,8 +30,6 @@ import uuid  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
 from bench_daemon import MODEL, create_topics, make_lines, produce  # noqa: E402
 from streamrnn.daemon import dump_config  # noqa: E402
 

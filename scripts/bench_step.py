@@ -26,7 +26,6 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import streamrnn as sr  # noqa: E402
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}

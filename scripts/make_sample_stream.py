@@ -13,7 +13,6 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from streamrnn.datasets import mackey_glass  # noqa: E402
 
 N_PER_KEY = 750

@@ -35,7 +35,6 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import streamrnn as sr  # noqa: E402
 from streamrnn.compare import gradient_alignment  # noqa: E402
 from streamrnn.datasets import mackey_glass, one_step_ahead  # noqa: E402

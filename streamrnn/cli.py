@@ -69,8 +69,8 @@ def cmd_demo(args):
 def cmd_replay(args):
     """Feed a recorded stream into the model (with a config) or into a Kafka topic."""
     if args.to_topic:
-        from connectors.kafka import KafkaSink
-        from connectors.replay import ReplaySource
+        from streamrnn.connectors.kafka import KafkaSink
+        from streamrnn.connectors.replay import ReplaySource
         src = ReplaySource(args.file, speed=args.speed)
         sink = KafkaSink(args.bootstrap, args.to_topic, raw=True)
         n = 0
@@ -95,12 +95,12 @@ def cmd_replay(args):
 
 def cmd_record(args):
     """Copy a Kafka topic (or a JSONL/CSV file) into a recorded stream file."""
-    from connectors.codec import JSONDecodeError, dumps, loads
+    from streamrnn.connectors.codec import JSONDecodeError, dumps, loads
     if args.topic:
-        from connectors.kafka import KafkaSource
+        from streamrnn.connectors.kafka import KafkaSource
         src = KafkaSource(args.bootstrap, args.topic, group=None)
     else:
-        from connectors.file import CsvSource, JsonLinesSource
+        from streamrnn.connectors.file import CsvSource, JsonLinesSource
         src = (CsvSource if args.file.endswith(".csv") else JsonLinesSource)(args.file)
     n = 0
     idle_since = time.monotonic()
@@ -194,7 +194,7 @@ def main(argv=None):
     from .checkpoint import CheckpointError
     from .daemon import ConfigError
     try:
-        from connectors.base import SourceError
+        from streamrnn.connectors.base import SourceError
     except ImportError:  # pragma: no cover
         SourceError = RuntimeError
     try:

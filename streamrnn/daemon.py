@@ -110,7 +110,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from connectors.codec import JSONDecodeError, loads
+from streamrnn.connectors.codec import JSONDecodeError, loads
 
 from . import checkpoint as ckpt
 from .checkpoint import CheckpointError
@@ -354,15 +354,15 @@ def load_config(path, group=None):
 def make_source(section):
     t = section["type"]
     if t == "jsonl":
-        from connectors.file import JsonLinesSource
+        from streamrnn.connectors.file import JsonLinesSource
         return JsonLinesSource(section["path"], follow=section.get("follow", False))
     if t == "csv":
-        from connectors.file import CsvSource
+        from streamrnn.connectors.file import CsvSource
         return CsvSource(section["path"], follow=section.get("follow", False))
     if t == "replay":
-        from connectors.replay import ReplaySource
+        from streamrnn.connectors.replay import ReplaySource
         return ReplaySource(section["path"], speed=section.get("speed", 0.0))
-    from connectors.kafka import KafkaSource
+    from streamrnn.connectors.kafka import KafkaSource
     return KafkaSource(section["bootstrap"], section["topic"], group=section.get("group", "streamrnn"),
                        client_id=section.get("client_id", "streamrnn"),
                        max_poll_records=section.get("max_poll_records", 5000),
@@ -373,18 +373,18 @@ def make_source(section):
 def make_sink(section):
     t = section["type"]
     if t == "none":                 # discard: a list would grow for as long as the daemon runs
-        from connectors.base import NullSink
+        from streamrnn.connectors.base import NullSink
         return NullSink()
     if t == "jsonl":
-        from connectors.file import JsonLinesSink
+        from streamrnn.connectors.file import JsonLinesSink
         return JsonLinesSink(section["path"], mode=section.get("mode", "a"))
     if t == "csv":
-        from connectors.file import CsvSink
+        from streamrnn.connectors.file import CsvSink
         return CsvSink(section["path"], mode=section.get("mode", "a"))
     if section.get("process", False):
-        from connectors.kafka import KafkaSinkProcess
+        from streamrnn.connectors.kafka import KafkaSinkProcess
         return KafkaSinkProcess(section["bootstrap"], section["topic"])
-    from connectors.kafka import KafkaSink
+    from streamrnn.connectors.kafka import KafkaSink
     return KafkaSink(section["bootstrap"], section["topic"])
 
 
@@ -702,7 +702,7 @@ class Daemon:
         self.exchange = None
         self._since_publish = 0
         if g["mode"] == "shared":
-            from connectors.kafka import CompactedTopic
+            from streamrnn.connectors.kafka import CompactedTopic
             topic = self._retrying("open the model topic", lambda: CompactedTopic(
                 src["bootstrap"], g["model_topic"], max_message_bytes=g["max_message_bytes"], keep=1))
             self.exchange = ParameterExchange(topic, self.member, config["model"], merge=g["merge"],
@@ -804,14 +804,14 @@ class Daemon:
     def _retrying(self, what, call):
         """``call()``, retried under the [daemon] retry policy while the broker is unreachable.
 
-        Each :class:`~connectors.base.BrokerUnavailable` is logged ("broker unreachable, retrying in
+        Each :class:`~streamrnn.connectors.base.BrokerUnavailable` is logged ("broker unreachable, retrying in
         ...") and retried after an exponential backoff (``retry_backoff`` doubling up to
         ``retry_backoff_max``). After ``retry_attempts`` failed attempts or
         ``retry_give_up_seconds`` (whichever comes first; 0 = that bound is off), or on a stop
         request, it raises BrokerUnavailable saying so: nothing past the last checkpoint is
         saved or committed, so a restart resumes from it.
         """
-        from connectors.base import BrokerUnavailable
+        from streamrnn.connectors.base import BrokerUnavailable
         pol, attempt, first = self.retry, 0, None
         while True:
             try:
@@ -1060,7 +1060,7 @@ class Daemon:
         if self.progress and getattr(self.source, "follow", True) is False:
             try:
                 from tqdm import tqdm
-                from connectors.replay import count_lines
+                from streamrnn.connectors.replay import count_lines
                 path = getattr(self.source, "path", None)
                 total = count_lines(path) if path else None
                 start = self.source.positions().get(path, 0) if path else 0

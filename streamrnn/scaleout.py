@@ -37,16 +37,16 @@ log = logging.getLogger("streamrnn.scaleout")
 def make_store(group, checkpoint_section, bootstrap):
     """The per-partition checkpoint store a ``[group]`` section names."""
     if group["store"] == "kafka":
-        from connectors.checkpoint_store import KafkaTopicStore
+        from streamrnn.connectors.checkpoint_store import KafkaTopicStore
         return KafkaTopicStore(bootstrap, group["store_topic"], max_message_bytes=group["max_message_bytes"])
-    from connectors.checkpoint_store import DirectoryStore
+    from streamrnn.connectors.checkpoint_store import DirectoryStore
     return DirectoryStore(checkpoint_section["path"])
 
 
 class ParameterExchange:
     """Shared mode: publish this member's parameters, merge the group's latest.
 
-    ``topic`` is a :class:`connectors.kafka.CompactedTopic` (key: member id).
+    ``topic`` is a :class:`streamrnn.connectors.kafka.CompactedTopic` (key: member id).
     """
 
     def __init__(self, topic, member, model_config, merge="mean", stale_seconds=300.0):

@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from connectors import CsvSink, CsvSource, JsonLinesSink, JsonLinesSource, ListSink, ReplaySource, SourceError
-from connectors.base import Sink, Source
+from streamrnn.connectors import CsvSink, CsvSource, JsonLinesSink, JsonLinesSource, ListSink, ReplaySource, SourceError
+from streamrnn.connectors.base import Sink, Source
 
 
 def _write(path, text):

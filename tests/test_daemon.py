@@ -134,7 +134,7 @@ class CrashingSink:
     """A JSONL sink that raises after `after` writes (an injected crash mid-stream)."""
 
     def __init__(self, path, after):
-        from connectors.file import JsonLinesSink
+        from streamrnn.connectors.file import JsonLinesSink
         self.inner, self.after, self.n = JsonLinesSink(path), after, 0
 
     def write(self, records):

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.kafka
 kafka = pytest.importorskip("kafka")
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
-from connectors.kafka import await_offset_validation  # noqa: E402
+from streamrnn.connectors.kafka import await_offset_validation  # noqa: E402
 import streamrnn  # noqa: E402
 from streamrnn.daemon import Daemon, load_checkpoint, validate_config  # noqa: E402
 from tests.kafka_broker import create_topic, delete_topic  # noqa: E402
@@ -141,8 +141,8 @@ def test_kafka_kill9_and_restart_bit_identical(tmp_path, kafka_bootstrap, topics
 
 
 def test_kafka_startup_errors(tmp_path, kafka_bootstrap):
-    from connectors.base import SourceError
-    from connectors.kafka import KafkaSource
+    from streamrnn.connectors.base import SourceError
+    from streamrnn.connectors.kafka import KafkaSource
     with pytest.raises(SourceError, match="does not exist"):
         KafkaSource(kafka_bootstrap, f"no-such-topic-{uuid.uuid4().hex[:8]}", group=None)
     with pytest.raises(SourceError, match="unreachable"):

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.kafka
 kafka = pytest.importorskip("kafka")
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 
-from connectors.kafka import await_offset_validation  # noqa: E402
+from streamrnn.connectors.kafka import await_offset_validation  # noqa: E402
 import streamrnn  # noqa: E402
 from streamrnn.cli import main  # noqa: E402
 from tests.kafka_broker import create_topic, delete_topic  # noqa: E402

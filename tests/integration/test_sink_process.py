@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from connectors.base import BrokerUnavailable, SourceError
-from connectors.kafka import KafkaSinkProcess
+from streamrnn.connectors.base import BrokerUnavailable, SourceError
+from streamrnn.connectors.kafka import KafkaSinkProcess
 from tests.reliability.common import ROOT, TopicReader, fresh_topics
 
 
@@ -89,7 +89,7 @@ def test_the_child_delivers_what_it_holds_and_exits_when_the_daemon_is_killed(ka
     code = f"""
 import os, signal, sys
 sys.path.insert(0, {ROOT!r})
-from connectors.kafka import KafkaSinkProcess
+from streamrnn.connectors.kafka import KafkaSinkProcess
 sink = KafkaSinkProcess({kafka_bootstrap!r}, {topic['out']!r})
 sink.write([{{"position": ["in", 0, i], "key": "k", "prediction": float(i)}} for i in range(500)])
 print(sink._proc.pid, flush=True)

@@ -13,7 +13,7 @@ import uuid
 
 import numpy as np
 
-from connectors.kafka import await_offset_validation
+from streamrnn.connectors.kafka import await_offset_validation
 import streamrnn
 from streamrnn.daemon import dump_config
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import streamrnn
-from connectors.file import JsonLinesSource
+from streamrnn.connectors.file import JsonLinesSource
 from streamrnn import checkpoint as ckpt
 from streamrnn.checkpoint import CheckpointError
 from streamrnn.daemon import Daemon, load_checkpoint, save_checkpoint, validate_config

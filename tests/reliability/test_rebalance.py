@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from connectors.kafka import KafkaSource
+from streamrnn.connectors.kafka import KafkaSource
 from tests.kafka_broker import create_topic, delete_topic
 from tests.reliability.common import keyed_stream, produce
 

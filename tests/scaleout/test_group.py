@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import streamrnn
-from connectors.checkpoint_store import DirectoryStore
+from streamrnn.connectors.checkpoint_store import DirectoryStore
 from streamrnn.daemon import Daemon, validate_config
 from streamrnn.scaleout import group_status
 from tests.reliability.common import (FEATURES, MODEL, TopicReader, by_position, fresh_topics, keyed_stream,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import streamrnn
-from connectors.checkpoint_store import DirectoryStore
+from streamrnn.connectors.checkpoint_store import DirectoryStore
 from streamrnn.checkpoint import CheckpointError
 from streamrnn.daemon import ConfigError, validate_config
 from streamrnn.partitioned import PartitionedModel

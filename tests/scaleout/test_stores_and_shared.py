@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import streamrnn
-from connectors.base import ListSink
-from connectors.checkpoint_store import DirectoryStore, KafkaTopicStore
-from connectors.kafka import CompactedTopic
+from streamrnn.connectors.base import ListSink
+from streamrnn.connectors.checkpoint_store import DirectoryStore, KafkaTopicStore
+from streamrnn.connectors.kafka import CompactedTopic
 from streamrnn import checkpoint as ckpt
 from streamrnn.checkpoint import CheckpointError
 from streamrnn.daemon import Daemon, validate_config
