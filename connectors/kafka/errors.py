@@ -38,16 +38,16 @@ def translate_broker_errors(bootstrap: str, what: str,
     >>> from kafka.errors import KafkaError, KafkaTimeoutError
     >>> def attempt(error, **how):
     ...     try:
-    ...         with translate_broker_errors("host:9092", "storing 'm1' in 'ckpt'", **how):
+    ...         with translate_broker_errors("h:9092", "storing 'm1'", **how):
     ...             raise error
     ...     except Exception as exc:
     ...         print(f"{type(exc).__name__}: {exc}")
-    >>> attempt(KafkaTimeoutError("no metadata within 10 s"))
-    BrokerUnavailable: Kafka broker at 'host:9092' is unreachable: storing 'm1' in 'ckpt': KafkaTimeoutError: no metadata within 10 s
+    >>> attempt(KafkaTimeoutError("no metadata in 10 s"))
+    BrokerUnavailable: Kafka broker at 'h:9092' is unreachable: storing 'm1': KafkaTimeoutError: no metadata in 10 s
     >>> attempt(KafkaError("record too large"))
-    SourceError: Kafka broker at 'host:9092': storing 'm1' in 'ckpt': KafkaError: record too large
+    SourceError: Kafka broker at 'h:9092': storing 'm1': KafkaError: record too large
     >>> attempt(KafkaError("record too large"), failure=OSError)
-    OSError: Kafka broker at 'host:9092': storing 'm1' in 'ckpt': KafkaError: record too large
+    OSError: Kafka broker at 'h:9092': storing 'm1': KafkaError: record too large
     >>> attempt(ValueError("not the client's"))
     ValueError: not the client's
     """

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
@@ -95,7 +96,8 @@ class KafkaSource:
 
     def __init__(self, bootstrap: str, topic: str, group: str | None = "streamrnn", client_id: str = "streamrnn",
                  max_poll_records: int = 5000, request_timeout_ms: int = 30000, bootstrap_timeout_ms: int = 10000,
-                 on_revoke: Callable[[list[str]], object] | None = None, order: str = "timestamp",
+                 on_revoke: Callable[[list[str]], object] | None = None,
+                 order: Literal["timestamp", "arrival"] = "timestamp",
                  instance_id: str | None = None, max_wait_ms: int = 10000, probe_timeout_ms: int = 2000,
                  max_buffered: int | None = None,
                  on_assign: Callable[[list[str]], dict[str, int] | None] | None = None,
@@ -206,7 +208,7 @@ class KafkaSource:
     def _poll_arrival(self, max_records: int, timeout: float) -> list[Record]:
         batches = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
         out = []
-        for tp, recs in batches.items():
+        for recs in batches.values():
             for r in recs:
                 out.append(self._record(r))
                 self._next[stream_id(r.topic, r.partition)] = r.offset + 1
