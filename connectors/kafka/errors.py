@@ -6,6 +6,7 @@ retries it under its retry policy); any other client error becomes the caller's 
 done, and suppress the client's traceback (its internals say nothing to the user).
 Errors that the connectors handle rather than translate (a producer blocked by an outage queues
 its outputs; a failed offset commit is logged) catch :data:`UNREACHABLE` or ``KafkaError`` there.
+:func:`bootstrap_timeout` bounds how long a new client tries before the broker counts as unreachable.
 """
 from __future__ import annotations
 
