@@ -7,7 +7,11 @@ A *position* names where a record came from and is JSON-able:
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+Position = tuple[Any, ...]   # ("topic", partition, offset) or (path, line); () when unknown
+Positions = dict[str, int]   # stream id -> next unread offset or line
 
 
 class Record:
@@ -20,21 +24,26 @@ class Record:
 
     __slots__ = ("value", "key", "position", "timestamp")
 
-    def __init__(self, value, key=None, position=(), timestamp=None):
+    value: Any
+    key: Any
+    position: Position
+    timestamp: float | None
+
+    def __init__(self, value: Any, key: Any = None, position: Position = (), timestamp: float | None = None):
         self.value = value
         self.key = key
         self.position = position
         self.timestamp = timestamp
 
-    def _fields(self):
+    def _fields(self) -> tuple:
         return self.value, self.key, self.position, self.timestamp
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return type(other) is Record and self._fields() == other._fields()
 
     __hash__ = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Record(value={self.value!r}, key={self.key!r}, position={self.position!r}, "
                 f"timestamp={self.timestamp!r})")
 
@@ -53,16 +62,28 @@ class BrokerUnavailable(SourceError):
 
 @runtime_checkable
 class Source(Protocol):
-    def poll(self, max_records: int = 1000, timeout: float = 0.0) -> list[Record]: ...
-    def seek(self, positions: dict) -> None: ...
-    def positions(self) -> dict: ...
+    """Hands out positioned records in order; resumes from :meth:`positions` after :meth:`seek`."""
+
+    def poll(self, max_records: int = 1000, timeout: float = 0.0) -> list[Record]:
+        """Up to ``max_records`` records, waiting up to ``timeout`` s for the first ones."""
+
+    def seek(self, positions: Positions) -> None:
+        """Resume each stream named in ``positions`` there (other streams' positions are ignored)."""
+
+    def positions(self) -> Positions:
+        """The next unread offset or line per stream id."""
+
     def close(self) -> None: ...
 
 
 @runtime_checkable
 class Sink(Protocol):
-    def write(self, records: list) -> None: ...
+    """Accepts output records (dicts); :meth:`flush` returns once they are durable."""
+
+    def write(self, records: list[Mapping[str, Any]]) -> None: ...
+
     def flush(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -70,27 +91,27 @@ class NullSink:
     """Discards what it is given (a daemon configured without a sink): holds nothing, so a run of
     any length uses no memory for it."""
 
-    def write(self, records):
+    def write(self, records: list[Mapping[str, Any]]) -> None:
         pass
 
-    def flush(self):
+    def flush(self) -> None:
         pass
 
-    def close(self):
+    def close(self) -> None:
         pass
 
 
 class ListSink:
     """An in-memory sink (tests, embedding)."""
 
-    def __init__(self):
-        self.records = []
+    def __init__(self) -> None:
+        self.records: list[Mapping[str, Any]] = []
 
-    def write(self, records):
+    def write(self, records: list[Mapping[str, Any]]) -> None:
         self.records.extend(records)
 
-    def flush(self):
+    def flush(self) -> None:
         pass
 
-    def close(self):
+    def close(self) -> None:
         pass

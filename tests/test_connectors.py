@@ -1,5 +1,8 @@
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +102,14 @@ def test_jsonl_and_csv_sinks(tmp_path):
     ls = ListSink()
     ls.write([1, 2])
     assert ls.records == [1, 2]
+
+
+def test_kafka_connectors_without_kafka_python_name_the_extra():
+    code = ("import sys; sys.modules['kafka'] = None  # as if kafka-python were not installed\n"
+            "try:\n    import streamrnn.connectors.kafka\n"
+            "except ImportError as exc:\n    print(type(exc).__name__, exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("MissingExtra the Kafka connectors needs the 'kafka' package: "
+                                   "pip install 'streamrnn[kafka]'")
