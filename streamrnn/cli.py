@@ -35,8 +35,9 @@ def cmd_run(args):
 def cmd_status(args):
     """Members, partitions, keys, lag and checkpoint age of a consumer group."""
     import json
-    from .service import ConfigError
+
     from .scaleout import format_status, group_status
+    from .service import ConfigError
     cfg = _load(args.config, group=args.group)
     if not cfg.get("group"):
         raise ConfigError("group: missing (give the config a [group] section or --group NAME)")
@@ -47,6 +48,7 @@ def cmd_status(args):
 
 def cmd_demo(args):
     import tomllib
+
     from .service import validate_config
     with open(os.path.join(DATA_DIR, "example.toml"), "rb") as fh:
         raw = tomllib.load(fh)
@@ -179,7 +181,8 @@ def build_parser():
     rc.add_argument("--idle-timeout", type=float, default=5.0, help="stop after this long without records")
     rc.set_defaults(func=cmd_record)
 
-    from .compare import build_parser as compare_parser, main as compare_main
+    from .compare import build_parser as compare_parser
+    from .compare import main as compare_main
     cp = sub.add_parser("compare", help="run several learners on one stream: table, JSON/CSV, plot")
     compare_parser(cp)
     cp.set_defaults(func=lambda args: compare_main(args=args))

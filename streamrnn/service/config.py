@@ -429,7 +429,7 @@ def validate_config(raw, base_dir=None):
     """
     _check_tables(raw)
     cfg = {name: dict(raw.get(name, {})) for name in SECTIONS}
-    for name, validate in VALIDATORS.items():
+    for validate in VALIDATORS.values():
         validate(cfg, raw, base_dir)
     return cfg
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from streamrnn.connectors.codec import JSONDecodeError, loads
 
+
 class BadRecord(ValueError):
     """A record the model cannot use; the message is the dead letter's reason."""
 

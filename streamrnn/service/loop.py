@@ -208,14 +208,14 @@ class Daemon:
         kept, preds, losses = [], [], []
         for i, r in enumerate(good):
             try:
-                p, l = self._learn(np.asarray([X[i]]), np.asarray([Y[i]]), [keys[i]],
-                                   None if streams is None else [streams[i]])
+                pred, loss = self._learn(np.asarray([X[i]]), np.asarray([Y[i]]), [keys[i]],
+                                         None if streams is None else [streams[i]])
             except ValueError as exc:
                 dead.append(dead_letter(r, f"refused by the model: {exc}"))
                 continue
             kept.append(i)
-            preds.append(p[0])
-            losses.append(l[0])
+            preds.append(pred[0])
+            losses.append(loss[0])
         pick = lambda seq: [seq[i] for i in kept]  # noqa: E731
         return (pick(good), pick(X), pick(Y), pick(keys), None if streams is None else pick(streams),
                 np.asarray(preds).reshape(-1, self._n_outputs), np.asarray(losses))
@@ -297,8 +297,7 @@ class Daemon:
         """
         t_start = time.monotonic()
         bar = self._progress_bar()
-        log_every = self.cfg["daemon"]["log_every_seconds"]
-        last_log, last_count = time.monotonic(), self.stats["records"]
+        self._last_log, self._last_count = time.monotonic(), self.stats["records"]
         try:
             while not self._stop:
                 limit = self.batch_size
@@ -306,31 +305,11 @@ class Daemon:
                     limit = min(limit, self.max_records - self.stats["records"])
                     if limit <= 0:
                         break
-                records = self._retrying("poll the source", lambda: self.source.poll(limit, self.poll_timeout))
-                self._after_poll()
-                if records:
-                    self.process(records)
-                    self._after_batch()
-                    self._dirty = True
-                    if bar is not None:
-                        bar.update(len(records))
-                elif getattr(self.source, "exhausted", False):
+                if not self._poll_once(limit, bar):
                     break
-                elif self._dirty:
-                    # idle: make outputs visible without waiting for a checkpoint
-                    self._retrying("flush the outputs", self._flush_sinks)
-                    self._dirty = False
                 if self._due():
                     self._retrying("flush the outputs and checkpoint", self.checkpoint)
-                now = time.monotonic()
-                self.metrics.set_checkpoint_age(now - self._last_ckpt)
-                if log_every and now - last_log >= log_every:
-                    rate = (self.stats["records"] - last_count) / (now - last_log)
-                    self.metrics.set_rate(rate)
-                    log.info("records=%d dead=%d rate=%.0f/s mean_loss=%s keys=%d",
-                             self.stats["records"], self.stats["dead_letters"], rate,
-                             self._mean_loss_str(), self._n_keys())
-                    last_log, last_count = now, self.stats["records"]
+                self._report(time.monotonic())
             if self._since_ckpt or self._ckpt_failures or (
                     self.stats["checkpoints"] == 0 and self.stats["resumed_from"] is None):
                 self._retrying("flush the outputs and checkpoint", lambda: self.checkpoint(final=True))
@@ -342,6 +321,36 @@ class Daemon:
             self.close()
         self.stats["elapsed"] = time.monotonic() - t_start
         return self.stats
+
+    def _poll_once(self, limit, bar):
+        """Poll up to ``limit`` records and process them; False when the source is exhausted."""
+        records = self._retrying("poll the source", lambda: self.source.poll(limit, self.poll_timeout))
+        self._after_poll()
+        if records:
+            self.process(records)
+            self._after_batch()
+            self._dirty = True
+            if bar is not None:
+                bar.update(len(records))
+        elif getattr(self.source, "exhausted", False):
+            return False
+        elif self._dirty:
+            # idle: make outputs visible without waiting for a checkpoint
+            self._retrying("flush the outputs", self._flush_sinks)
+            self._dirty = False
+        return True
+
+    def _report(self, now):
+        """The checkpoint-age gauge, and every ``log_every_seconds`` a progress line and the rate."""
+        self.metrics.set_checkpoint_age(now - self._last_ckpt)
+        log_every = self.cfg["daemon"]["log_every_seconds"]
+        if log_every and now - self._last_log >= log_every:
+            rate = (self.stats["records"] - self._last_count) / (now - self._last_log)
+            self.metrics.set_rate(rate)
+            log.info("records=%d dead=%d rate=%.0f/s mean_loss=%s keys=%d",
+                     self.stats["records"], self.stats["dead_letters"], rate,
+                     self._mean_loss_str(), self._n_keys())
+            self._last_log, self._last_count = now, self.stats["records"]
 
     def _progress_bar(self):
         """A tqdm bar over a finite file source (when ``progress``), else None."""
