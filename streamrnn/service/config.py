@@ -238,7 +238,7 @@ GROUP = Section("group", "Scale-out: this daemon is one member of a Kafka consum
         "whole topic); \"shared\": one parameter set per member, averaged across the group through "
         "model_topic", default="independent", choices=MODES, fill=True),
     Key("store", "string", "per-partition checkpoints: \"dir\" = checkpoint.path is a directory every member "
-        "reaches (DIR/<topic>/<partition>.ckpt); \"kafka\" = the compacted topic store_topic",
+        "reaches (`DIR/<topic>/<partition>.ckpt`); \"kafka\" = the compacted topic store_topic",
         default="dir", choices=("dir", "kafka"), fill=True),
     Key("store_topic", "string", "the compacted topic of the kafka store", nonempty=True,
         default_text='`"<name>-checkpoints"`'),
