@@ -86,13 +86,16 @@ class Key:
             ok = isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
         elif self.type in ("integer", "number"):
             kinds = int if self.type == "integer" else (int, float)
-            # NaN fails every comparison: it is refused like any value out of range
-            ok = not isinstance(value, bool) and isinstance(value, kinds) and (
-                self.minimum is None or (value > self.minimum if self.above else value >= self.minimum)) and (
-                self.maximum is None or value <= self.maximum) and not (isinstance(value, float) and math.isnan(value))
+            ok = isinstance(value, kinds) and not isinstance(value, bool) and self._in_range(value)
         else:
             raise AssertionError(f"unknown key type {self.type!r}")
         return ok and (not self.choices or value in self.choices)
+
+    def _in_range(self, value) -> bool:
+        if isinstance(value, float) and math.isnan(value):
+            return False                  # no count of records or seconds
+        low = self.minimum is None or (value > self.minimum if self.above else value >= self.minimum)
+        return low and (self.maximum is None or value <= self.maximum)
 
     def reference_default(self) -> str:
         if self.default_text:
