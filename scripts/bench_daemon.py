@@ -7,7 +7,7 @@ run it measures:
   output record and produces it, keyed by the record's key, to an output topic,
   then flushes: the daemon's I/O with the same JSON codec (streamrnn.connectors.codec,
   orjson) and the same producer settings, and nothing else;
-- daemon: ``streamrnn.daemon.Daemon`` on the same topic (its own consumer
+- daemon: ``streamrnn.service.Daemon`` on the same topic (its own consumer
   group) with a GRU of 8 hidden units learning with exact RTRL, writing its
   predictions to another output topic, checkpointing every 50 000 records,
   as configured by default: the Kafka sink in a child process;
@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 import streamrnn  # noqa: E402
 from streamrnn.connectors.codec import dumps, loads  # noqa: E402
-from streamrnn.daemon import Daemon, validate_config  # noqa: E402
+from streamrnn.service import Daemon, validate_config  # noqa: E402
 
 MODEL = dict(cell="gru", n_hidden=8, task="regression", learner="rtrl", optimizer="adam", lr=0.01, clip=1.0,
              seed=0)

@@ -7,7 +7,7 @@ process so that one run's memory does not count in another's:
 
 - model: the baseline, ``Model.step_many`` fed the same records in batches of
   ``--batch`` (JSON decoded in the loop, no sink): the memory the learner itself needs;
-- daemon: ``streamrnn.daemon.Daemon``, JSONL file source -> JSONL file sink,
+- daemon: ``streamrnn.service.Daemon``, JSONL file source -> JSONL file sink,
   ``[model] max_keys`` = the number of keys, no checkpoint; with
   ``--checkpoint`` it writes one at the end (the peak then includes its
   serialisation), and a third process, restart, starts the daemon again from
@@ -91,7 +91,7 @@ def model_config(args, n_keys):
 def child(what, spec):
     """Run one measured process: report memory before and after feeding the stream."""
     import streamrnn as sr
-    from streamrnn.daemon import Daemon, validate_config
+    from streamrnn.service import Daemon, validate_config
 
     warm = sr.Model(**spec["model"])           # compile (or load) the kernels: part of the base
     warm.step_many(np.zeros((2, spec["model"]["n_inputs"])), np.zeros((2, 1)), ["a", "b"])

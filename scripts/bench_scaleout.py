@@ -31,7 +31,7 @@ import uuid  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 from bench_daemon import MODEL, create_topics, make_lines, produce  # noqa: E402
-from streamrnn.daemon import dump_config  # noqa: E402
+from streamrnn.service import dump_config  # noqa: E402
 
 PARTITIONS = 6
 TICK = os.sysconf("SC_CLK_TCK")

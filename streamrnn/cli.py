@@ -12,22 +12,19 @@ DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 def _load(path, group=None):
-    from .daemon import load_config
+    from .service import load_config
     return load_config(path, group=group)
 
 
 def _run(cfg, args):
-    from .daemon import Daemon
+    from .service import run_config
     if getattr(args, "max_records", None):
         cfg["daemon"]["max_records"] = args.max_records
     if getattr(args, "no_progress", False):
         cfg["daemon"]["progress"] = False
     if getattr(args, "metrics_port", None) is not None:
         cfg["daemon"]["metrics_port"] = args.metrics_port
-    d = Daemon(cfg)
-    d.install_signal_handlers()
-    d.run()
-    print(d.summary(), flush=True)
+    run_config(cfg)
     return 0
 
 
@@ -38,8 +35,9 @@ def cmd_run(args):
 def cmd_status(args):
     """Members, partitions, keys, lag and checkpoint age of a consumer group."""
     import json
-    from .daemon import ConfigError
+
     from .scaleout import format_status, group_status
+    from .service import ConfigError
     cfg = _load(args.config, group=args.group)
     if not cfg.get("group"):
         raise ConfigError("group: missing (give the config a [group] section or --group NAME)")
@@ -50,7 +48,8 @@ def cmd_status(args):
 
 def cmd_demo(args):
     import tomllib
-    from .daemon import validate_config
+
+    from .service import validate_config
     with open(os.path.join(DATA_DIR, "example.toml"), "rb") as fh:
         raw = tomllib.load(fh)
     out = os.path.abspath(args.out_dir)
@@ -132,7 +131,9 @@ def cmd_record(args):
 
 
 def build_parser():
+    from . import __version__
     p = argparse.ArgumentParser(prog="streamrnn", description="Streaming online learning with recurrent cells.")
+    p.add_argument("--version", action="version", version=f"streamrnn {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (periodic progress lines)")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -180,7 +181,8 @@ def build_parser():
     rc.add_argument("--idle-timeout", type=float, default=5.0, help="stop after this long without records")
     rc.set_defaults(func=cmd_record)
 
-    from .compare import build_parser as compare_parser, main as compare_main
+    from .compare import build_parser as compare_parser
+    from .compare import main as compare_main
     cp = sub.add_parser("compare", help="run several learners on one stream: table, JSON/CSV, plot")
     compare_parser(cp)
     cp.set_defaults(func=lambda args: compare_main(args=args))
@@ -188,11 +190,26 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run the ``streamrnn`` command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program name (default: ``sys.argv[1:]``), e.g.
+        ``["run", "config.toml", "--group", "sensors"]``. ``--version`` prints
+        ``streamrnn <version>`` and exits.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 2 when the config, a checkpoint or the source cannot be
+        used (the error is printed to stderr as ``streamrnn: error: ...``).
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .checkpoint import CheckpointError
-    from .daemon import ConfigError
+    from .service import ConfigError
     try:
         from streamrnn.connectors.base import SourceError
     except ImportError:  # pragma: no cover

@@ -11,7 +11,7 @@ import pytest
 
 import streamrnn
 from streamrnn.checkpoint import CheckpointError
-from streamrnn.daemon import ConfigError, Daemon, load_checkpoint, load_config, validate_config
+from streamrnn.service import ConfigError, Daemon, load_checkpoint, load_config, validate_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = dict(cell="gru", n_hidden=4, task="regression", learner="rtrl", optimizer="adam", lr=0.01,

@@ -170,7 +170,7 @@ def test_every_online_learner_runs_and_replays_bit_identically(learner, kw, tmp_
 
 def test_selectable_by_name_in_the_river_estimator_daemon_and_compare(tmp_path):
     from streamrnn.compare import build_parser
-    from streamrnn.daemon import Daemon, validate_config
+    from streamrnn.service import Daemon, validate_config
     from streamrnn.river import RNNRegressor
 
     reg = RNNRegressor(cell="dlru", n_hidden=4, n_inputs=2, key="k")

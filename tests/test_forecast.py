@@ -7,7 +7,7 @@ import pytest
 
 import streamrnn
 from streamrnn.checkpoint import CheckpointError
-from streamrnn.daemon import ConfigError, Daemon, load_checkpoint, validate_config
+from streamrnn.service import ConfigError, Daemon, load_checkpoint, validate_config
 from streamrnn.forecast import NextRecordForecaster
 from tests.test_daemon import Boom, CrashingSink, assert_same_weights, read_jsonl
 

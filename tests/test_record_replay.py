@@ -1,7 +1,7 @@
 """`streamrnn record` of a file and `streamrnn replay` of the recording into the model (no broker;
 the Kafka side is tests/integration/test_record_replay.py)."""
 from streamrnn.cli import main
-from streamrnn.daemon import Daemon, validate_config
+from streamrnn.service import Daemon, validate_config
 from tests.test_daemon import MODEL, assert_same_weights, make_stream, read_jsonl
 
 

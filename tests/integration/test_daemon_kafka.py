@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
 from streamrnn.connectors.kafka import await_offset_validation  # noqa: E402
 import streamrnn  # noqa: E402
-from streamrnn.daemon import Daemon, load_checkpoint, validate_config  # noqa: E402
+from streamrnn.service import Daemon, load_checkpoint, validate_config  # noqa: E402
 from tests.kafka_broker import create_topic, delete_topic  # noqa: E402
 from tests.test_daemon import MODEL, ROOT, _toml, assert_same_weights, make_stream, reference_weights  # noqa: E402
 

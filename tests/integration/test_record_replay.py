@@ -169,6 +169,6 @@ def _good(v):
 
 
 def _weights(path):
-    from streamrnn.daemon import load_checkpoint
+    from streamrnn.service import load_checkpoint
     arrays, meta, _ = load_checkpoint(str(path))
     return streamrnn.Model.from_state(arrays, meta["model"]).get_weights()

@@ -15,7 +15,7 @@ import numpy as np
 
 from streamrnn.connectors.kafka import await_offset_validation
 import streamrnn
-from streamrnn.daemon import dump_config
+from streamrnn.service import dump_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FEATURES = ["a", "b"]

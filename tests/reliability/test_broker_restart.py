@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from streamrnn.daemon import load_checkpoint
+from streamrnn.service import load_checkpoint
 from tests.kafka_broker import KafkaBroker, create_topic, kafka_skip_or_fail, missing_tools
 from tests.reliability.common import (FEATURES, MODEL, TopicReader, assert_same_state, by_position, keyed_stream,
                                       produce, reference, start_daemon, toml)

@@ -16,7 +16,7 @@ import streamrnn
 from streamrnn.connectors.file import JsonLinesSource
 from streamrnn import checkpoint as ckpt
 from streamrnn.checkpoint import CheckpointError
-from streamrnn.daemon import Daemon, load_checkpoint, save_checkpoint, validate_config
+from streamrnn.service import Daemon, load_checkpoint, save_checkpoint, validate_config
 from tests.reliability.common import (FEATURES, MODEL, ROOT, assert_same_state, by_position, keyed_stream,
                                       read_jsonl, reference, toml)
 

@@ -11,7 +11,7 @@ import uuid
 import numpy as np
 import pytest
 
-from streamrnn.daemon import load_checkpoint
+from streamrnn.service import load_checkpoint
 from tests.reliability.common import (FEATURES, MODEL, TopicReader, assert_same_state, by_position, fresh_topics,
                                       keyed_stream, produce, reference, start_daemon, toml)
 

@@ -12,7 +12,7 @@ import urllib.request
 import numpy as np
 
 import streamrnn
-from streamrnn.daemon import Daemon, validate_config
+from streamrnn.service import Daemon, validate_config
 from tests.reliability.common import FEATURES, MODEL, read_jsonl, reference
 
 # decoder-valid records (finite numbers) that overflow the loss or its gradient

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
-from streamrnn.daemon import Daemon, validate_config
+from streamrnn.service import Daemon, validate_config
 from tests.reliability.common import by_position, read_jsonl, reference
 from tests.reliability.hostile import MAX_RECORD_BYTES, records
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from streamrnn.daemon import load_checkpoint
+from streamrnn.service import load_checkpoint
 from tests.reliability.common import start_daemon, toml
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ import pytest
 
 import streamrnn
 from streamrnn.connectors.checkpoint_store import DirectoryStore
-from streamrnn.daemon import Daemon, validate_config
+from streamrnn.service import Daemon, validate_config
 from streamrnn.scaleout import group_status
 from tests.reliability.common import (FEATURES, MODEL, TopicReader, by_position, fresh_topics, keyed_stream,
                                       start_daemon, toml)

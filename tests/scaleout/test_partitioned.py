@@ -7,7 +7,7 @@ import pytest
 import streamrnn
 from streamrnn.connectors.checkpoint_store import DirectoryStore
 from streamrnn.checkpoint import CheckpointError
-from streamrnn.daemon import ConfigError, validate_config
+from streamrnn.service import ConfigError, validate_config
 from streamrnn.partitioned import PartitionedModel
 
 CONFIG = dict(cell="gru", n_inputs=2, n_hidden=3, lr=0.02, seed=4)
@@ -175,7 +175,7 @@ def test_forecast_mode_keeps_pending_inputs_per_partition():
 
 
 def test_run_group_option_joins_the_named_group(tmp_path):
-    from streamrnn.daemon import load_config
+    from streamrnn.service import load_config
     path = tmp_path / "c.toml"
     path.write_text('[source]\ntype = "kafka"\nbootstrap = "h:1"\ntopic = "t"\ngroup = "old"\n'
                     '[schema]\nfeatures = ["a"]\n[checkpoint]\npath = "store"\n')

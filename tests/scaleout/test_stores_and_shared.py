@@ -15,7 +15,7 @@ from streamrnn.connectors.checkpoint_store import DirectoryStore, KafkaTopicStor
 from streamrnn.connectors.kafka import CompactedTopic
 from streamrnn import checkpoint as ckpt
 from streamrnn.checkpoint import CheckpointError
-from streamrnn.daemon import Daemon, validate_config
+from streamrnn.service import Daemon, validate_config
 from streamrnn.scaleout import ParameterExchange, group_status
 from tests.kafka_broker import create_topic, delete_topic
 from streamrnn.cli import main as cli_main

@@ -1,0 +1,157 @@
+"""Decoding: a source's Record -> (features, target row, key), or a dead letter saying why not.
+
+>>> from streamrnn.connectors.base import Record
+>>> dec = Decoder({"features": ["a", "b"], "target": "y"}, {"n_inputs": 2})
+>>> dec.decode(Record(value=b'{"a": 1, "b": 2.5, "y": 0.5}', key=b"k1", position=("f", 0)))
+([1, 2.5], [0.5], 'k1')
+>>> dec.decode(Record(value=b'{"a": 1}', key=None, position=("f", 1)))
+Traceback (most recent call last):
+...
+streamrnn.service.decode.BadRecord: missing feature field 'b'
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from streamrnn.connectors.codec import JSONDecodeError, loads
+
+
+class BadRecord(ValueError):
+    """A record the model cannot use; the message is the dead letter's reason."""
+
+
+def _number(name, v, max_abs=float("inf")):
+    if isinstance(v, bool):
+        raise BadRecord(f"field {name!r}: expected a number, got a boolean")
+    if isinstance(v, (int, float)):
+        try:
+            f = float(v)
+        except OverflowError:                      # an integer beyond any double
+            raise BadRecord(f"field {name!r}: {str(v)[:40]}... overflows the model's dtype") from None
+    elif isinstance(v, str):
+        try:
+            f = float(v)
+        except ValueError:
+            raise BadRecord(f"field {name!r}: not a number: {v[:40]!r}") from None
+    else:
+        raise BadRecord(f"field {name!r}: expected a number, got {type(v).__name__}")
+    if not math.isfinite(f):
+        raise BadRecord(f"field {name!r}: non-finite value {v!r}")
+    if abs(f) > max_abs:
+        raise BadRecord(f"field {name!r}: {v!r} overflows the model's dtype")
+    return f
+
+
+class Decoder:
+    """Turns a Record into (features, target row, key) or raises BadRecord with a reason."""
+
+    def __init__(self, schema, model_config, max_record_bytes=1 << 20):
+        self.max_record_bytes = max_record_bytes
+        self.features = list(schema["features"])
+        self.target = schema.get("target")
+        self.key_field = schema.get("key")
+        self.task = model_config.get("task", "regression")
+        self.n_outputs = model_config.get("n_outputs", 1)
+        self.width = self.n_outputs if self.task == "regression" else 1
+        self.max_abs = float(np.finfo(model_config.get("dtype", "float64")).max)
+        self._no_target = [math.nan] * self.width
+
+    def decode(self, record):
+        value = record.value
+        if isinstance(value, (bytes, bytearray, str)):
+            if len(value) > self.max_record_bytes:    # a str's length is a lower bound of its bytes
+                raise BadRecord(f"record of {len(value)} {'bytes' if type(value) is not str else 'characters'} "
+                                f"exceeds daemon.max_record_bytes = {self.max_record_bytes}")
+            try:
+                value = loads(value)               # bytes: UTF-8 is validated while parsing
+            except JSONDecodeError as exc:
+                raise BadRecord(f"invalid JSON: {exc.msg} at char {exc.pos}") from None
+        if not isinstance(value, dict):
+            raise BadRecord(f"expected a JSON object (or CSV row of the header's width), got {type(value).__name__}")
+        try:
+            x = [value[f] for f in self.features]
+        except KeyError:
+            missing = next(f for f in self.features if f not in value)
+            raise BadRecord(f"missing feature field {missing!r}") from None
+        top = self.max_abs
+        for v in x:
+            # Fast path: a JSON number within the dtype's range (NaN fails the comparison).
+            # Anything else is converted or refused, with its reason, field by field.
+            if (type(v) is not float and type(v) is not int) or not -top <= v <= top:
+                x = [_number(f, value[f], top) for f in self.features]
+                break
+        t = value.get(self.target) if self.target is not None else None
+        if t is None or t == "":
+            return x, self._no_target, self._key(record, value)
+        if self.width == 1 and self.task == "regression" and type(t) is float and -top <= t <= top:
+            return x, [t], self._key(record, value)
+        return x, self._target(t), self._key(record, value)
+
+    def _target(self, t):
+        """The target row of a present target field, or BadRecord."""
+        if self.task == "regression" and self.width > 1:
+            if not isinstance(t, list) or len(t) != self.width:
+                raise BadRecord(f"field {self.target!r}: expected a list of {self.width} numbers")
+            return [_number(self.target, v, self.max_abs) for v in t]
+        if isinstance(t, list):
+            if len(t) != 1:
+                raise BadRecord(f"field {self.target!r}: expected 1 value, got {len(t)}")
+            t = t[0]
+        y = [_number(self.target, t, self.max_abs)]
+        if self.task == "classification":
+            if y[0] != int(y[0]) or not 0 <= y[0] < self.n_outputs:
+                raise BadRecord(f"field {self.target!r}: class {t!r} is not an integer in [0, {self.n_outputs})")
+        elif self.task == "binary" and y[0] not in (0.0, 1.0):
+            raise BadRecord(f"field {self.target!r}: binary target must be 0 or 1, got {t!r}")
+        return y
+
+    def _key(self, record, value):
+        if self.key_field is not None:
+            if self.key_field not in value:
+                raise BadRecord(f"missing key field {self.key_field!r}")
+            key = value[self.key_field]
+        else:
+            key = record.key
+            if isinstance(key, (bytes, bytearray)):
+                key = key.decode("utf-8", errors="replace")
+        if key is not None and type(key) is not str and (isinstance(key, bool) or not isinstance(key, int)):
+            raise BadRecord(f"key must be a string or an integer, got {type(key).__name__} {key!r}")
+        return key
+
+
+_DEAD_VALUE_CHARS = 1 << 16     # dead letters carry at most this much of the record (Kafka caps messages)
+
+
+def _raw_text(value):
+    if isinstance(value, (bytes, bytearray)):
+        text = bytes(value[:_DEAD_VALUE_CHARS * 4]).decode("utf-8", errors="replace")
+    elif isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, allow_nan=True)
+        except (TypeError, ValueError, RecursionError):
+            try:
+                text = repr(value)
+            except RecursionError:
+                text = f"<{type(value).__name__} nested too deeply to show>"
+    if len(text) > _DEAD_VALUE_CHARS:
+        text = f"{text[:_DEAD_VALUE_CHARS]}...[truncated: {len(value)} in all]"
+    return text
+
+
+def _jsonable_key(k):
+    if isinstance(k, (bytes, bytearray)):
+        return k.decode("utf-8", errors="replace")
+    if k is None or isinstance(k, (str, int, float)):
+        return k
+    return repr(k)
+
+
+def dead_letter(record, reason):
+    """The dead-letter entry of an unusable ``record``: its position, the reason, its key and value."""
+    return {"position": list(record.position), "reason": reason, "key": _jsonable_key(record.key),
+            "value": _raw_text(record.value)}

@@ -1,0 +1,87 @@
+"""The single-member runner: one Model (and forecaster) over the whole source, one checkpoint file."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from streamrnn.checkpoint import CheckpointError
+from streamrnn.forecast import NextRecordForecaster
+from streamrnn.model import Model
+
+from .checkpoints import load_checkpoint, save_checkpoint, set_aside
+from .loop import PERSISTED_STATS, Daemon
+
+log = logging.getLogger("streamrnn.daemon")   # one logger for the whole service: operators filter on it
+
+
+class SingleDaemon(Daemon):
+    """A daemon reading the whole source into one model; resumes from ``checkpoint.path``."""
+
+    def _open_state(self, config):
+        self.model = Model(**config["model"])
+        self.forecaster = NextRecordForecaster(self.model) if config["schema"].get("forecast") else None
+        self._resume = load_checkpoint(self.ckpt_path, restore=self._restore,
+                                       allocate=self.model.allocate_for_load) if self.ckpt_path else None
+        if self._resume is not None and self._resume[2] != self.ckpt_path and os.path.exists(self.ckpt_path):
+            set_aside(self.ckpt_path)
+
+    def _restore(self, arrays, meta, used):
+        """Load one checkpoint generation into the model, or raise CheckpointError (nothing changed)."""
+        try:
+            self.model.load_state(arrays, meta["model"], source=used)
+            if self.forecaster is not None:
+                self.forecaster.load_state(arrays, meta, source=used)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc} (the config's [model] differs from the checkpoint's; "
+                                  f"move the checkpoint away to start afresh)") from None
+
+    def _resume_source(self):
+        if self._resume is None:
+            return
+        arrays, meta, used = self._resume
+        self.source.seek(meta["positions"])
+        for k in PERSISTED_STATS:
+            self.stats[k] = meta.get("daemon", {}).get(k, self.stats[k])
+        self.stats["resumed_from"] = used
+        log.info("resumed from %s at %s", used, meta["positions"])
+        self._resume = None                 # the arrays are in the model now: do not keep them
+
+    def _attach_rebalance_callbacks(self):
+        if hasattr(self.source, "on_revoke"):
+            # Partitions leave: save state for their next owner. This runs inside kafka-python's
+            # rebalance callback, where a blocking commit is refused (kafka-python 3 raises "Cannot
+            # block on net.run() from the IO thread"); the checkpoint holds the positions anyway.
+            self.source.on_revoke = lambda streams: self.checkpoint(commit_offsets=False)
+
+    def _learn(self, X, Y, keys, streams=None):
+        if self.forecaster is not None:
+            return self.forecaster.process(X, Y, keys)
+        return self.model.step_many(X, Y, keys, return_loss=True)
+
+    @property
+    def saves_checkpoints(self):
+        return bool(self.ckpt_path)
+
+    def _save_checkpoint(self, positions):
+        save_checkpoint(self.ckpt_path, *self._checkpoint_contents(positions))
+
+    def _checkpoint_contents(self, positions):
+        """(arrays, meta) of the checkpoint: model, forecast state, positions, counts."""
+        arrays, mmeta = self.model.state_arrays()
+        meta = {"model": mmeta, "positions": positions, "daemon": self._persisted_stats(), "saved_at": time.time()}
+        if self.forecaster is not None:
+            f_arrays, f_meta = self.forecaster.state_arrays()
+            arrays = {**arrays, **f_arrays}
+            meta.update(f_meta)
+        return arrays, meta
+
+    @property
+    def _n_outputs(self):
+        return self.model.n_outputs
+
+    def _n_keys(self):
+        return len(self.model.keys)
+
+    def _model_stats(self):
+        return self.model.stats
