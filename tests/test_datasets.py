@@ -43,7 +43,7 @@ def test_matches_adaptive_solver_over_a_short_horizon():
                                     rtol=1e-12, atol=1e-12, dense_output=True)
     for dt, tol in ((0.001, 1e-6), (0.01, 1e-3)):
         sub = 10
-        n = int(round(t_end / (dt * sub)))
+        n = round(t_end / (dt * sub))
         got = lorenz(n, dt=dt, subsample=sub, washout=0, component="all")
         times = dt * sub * np.arange(1, n + 1)
         np.testing.assert_allclose(got, sol.sol(times).T, atol=tol * 30, rtol=tol)
@@ -79,7 +79,7 @@ def test_one_step_prediction_is_learnable_but_not_trivial():
     assert 0.01 < persistence < 0.2
 
 
-@pytest.mark.parametrize("kw", [dict(component="w"), dict(subsample=0), dict(dt=0.0), dict(n_steps=-1)])
+@pytest.mark.parametrize("kw", [{"component": "w"}, {"subsample": 0}, {"dt": 0.0}, {"n_steps": -1}])
 def test_rejects_bad_arguments(kw):
     with pytest.raises(ValueError):
         lorenz(**{"n_steps": 10, **kw})
