@@ -59,7 +59,7 @@ Metrics, over the whole progressive validation (every prediction made before lea
   MAE; for the generated streams also NMSE = MSE / Var(targets of the stream) (so the raw-units copy is
   comparable with the standardised stream); for the binary add task log loss (nats; probabilities clipped
   to [1e-15, 1 - 1e-15] as river's LogLoss does) and accuracy. samples/s: wall clock of the whole loop
-  (pipeline, scalers and feature building included; compilation done before any clock). Ours, AMF and the
+  (pipeline, scalers and feature building included; compilation done before any clock). Ours, KNN, AMF and the
   tree over --seeds seeds (3), mean +- std (population); the others are deterministic (one run).
 
 Target (issue 15)
@@ -92,6 +92,7 @@ from river import (
     preprocessing,
     time_series,
     tree,
+    utils,
 )
 
 import streamrnn as sr
@@ -222,7 +223,10 @@ RIVER_REGRESSORS = {
     # label: (factory(stream, seed), seeded?)
     "river LinearRegression": (lambda s, seed: preprocessing.StandardScaler() | linear_model.LinearRegression(),
                                False),
-    "river KNNRegressor": (lambda s, seed: neighbors.KNNRegressor(), False),
+    # KNNRegressor's default engine is SWINN, which draws random numbers (seed None by default): the same
+    # default engine, seeded.
+    "river KNNRegressor": (lambda s, seed: neighbors.KNNRegressor(
+        engine=neighbors.SWINN(dist_func=utils.math._euclidean_distance, seed=seed)), True),
     "river AMFRegressor": (lambda s, seed: preprocessing.MinMaxScaler() | forest.AMFRegressor(seed=seed), True),
     "river HoeffdingAdaptiveTree": (lambda s, seed: preprocessing.StandardScaler()
                                     | tree.HoeffdingAdaptiveTreeRegressor(seed=seed), True),
@@ -457,7 +461,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--quick", action="store_true", help="generated streams of 1 000 samples")
-    ap.add_argument("--seeds", type=int, default=3, help="seeds of ours, AMF and the tree (>= 3 for the target)")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds of ours, KNN, AMF and the tree (>= 3 for the target)")
     ap.add_argument("--n", type=int, default=None, help="samples per generated stream (default 4000; 1000 quick)")
     ap.add_argument("--streams", default=None, help="comma-separated subset of the streams")
     ap.add_argument("--json-only", action="store_true")
