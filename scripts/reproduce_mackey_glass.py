@@ -134,7 +134,10 @@ def main(argv=None):
             lr, table = select_rate(X, Y, name, selection, log)
             how = f"selected on seeds {selection}"
         settings = {**LEARNERS[name], "lr": lr}
-        runs = [nmse_of_run(X, Y, seed, settings) for seed in reported]
+        runs = []
+        for seed in reported:
+            runs.append(nmse_of_run(X, Y, seed, settings))
+            log(f"  reported {name:<6} lr={lr:<7g} seed {seed}: NMSE {runs[-1][0]:.4f}")
         scores = np.array([r[0] for r in runs])
         speed = float(np.mean([r[1] for r in runs]))
         pub = PUBLISHED[name]
