@@ -74,6 +74,9 @@ Target (issue 15)
 
 No published figure is printed, so none is cited.
 
+Run time (2026-12-02, this 2-core machine, one thread): the full run 3.3 min when the machine was quiet
+(load ~1), 16 min at a load average of ~12; --quick about 1 min. river's KNN is most of it.
+
     PYTHONPATH=. python scripts/bench_quality.py [--quick] [--seeds 3] [--n 4000] [--streams a,b] [--json-only]
 """
 import os
