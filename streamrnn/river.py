@@ -33,22 +33,27 @@ Lazy model
 
 The per-sample path avoids ``Model.step``'s batch validation (the estimator
 checks its own inputs): it fills preallocated buffers and hands them to
-``Model._apply``, the path ``Model.step_many`` takes after validating, for
+``Model.apply_rows``, the path ``Model.step_many`` takes after validating, for
 every learner, so predictions and weights are bit-identical to driving the
-``Model`` directly.
+``Model`` directly; predictions go through ``Model.peek_into`` the same way.
 """
+from __future__ import annotations
+
 import math
 from collections import OrderedDict
+from typing import Any, Optional
 
 import numpy as np
-from river import base
-from river.time_series.base import Forecaster
 
-from .cells.dispatch import cache_size, cell_forward
-from .keyed_state import normalize_key
-from .learners.common import predict_from_state
-from .losses import readout as _readout
-from .model import Model
+from .extras import require
+
+require("river", "river", "streamrnn.river")
+
+from river import base  # noqa: E402
+from river.time_series.base import Forecaster  # noqa: E402
+
+from .keyed_state import normalize_key  # noqa: E402
+from .model import Model  # noqa: E402
 
 __all__ = ["RNNRegressor", "RNNClassifier", "RNNForecaster"]
 
@@ -97,9 +102,8 @@ class _Core:
         self.out = np.zeros((1, n_out), dt)
         self.loss = np.zeros(1, dt)
         self.pred = np.zeros(n_out, dt)
-        self.zero_state = np.zeros(m._state_size, dt)
 
-    _SCRATCH = ("x", "x0", "y", "has_y", "out", "loss", "pred", "zero_state")
+    _SCRATCH = ("x", "x0", "y", "has_y", "out", "loss", "pred")
 
     def __getstate__(self):
         # Scratch buffers are not state: leaving them out makes the pickle a function of the
@@ -116,19 +120,12 @@ class _Core:
         if has:
             self.y[0, 0] = target
         self.has_y[0] = has
-        self.model._apply(self.x, self.y, self.has_y, [key] if self.keyed else None, self.out, self.loss)
+        self.model.apply_rows(self.x, self.y, self.has_y, [key] if self.keyed else None, self.out, self.loss)
         return self.out[0]
-
-    def state(self, key):
-        s = self.model._keyed.row("hidden", key)
-        return self.zero_state if s is None else s
 
     def peek(self, key):
         """``Model.peek(self.x, key)`` into ``self.pred``, changing nothing."""
-        m = self.model
-        predict_from_state(m._cell, m._task, m.n_inputs, m.n_hidden, m.n_outputs, m.theta, m.n_params_cell,
-                           self.x0, self.state(key), self.pred)
-        return self.pred
+        return self.model.peek_into(self.x0, key, self.pred)
 
 
 class _Recurrent:
@@ -514,17 +511,15 @@ class RNNForecaster(_Recurrent, Forecaster):
         mean, sd = self._scale()
         last = self._last.get(key)
         z = 0.0 if last is None else (last - mean) / sd
-        s = core.state(key).copy()
+        s = m.hidden_state(key)
         s_new = np.empty_like(s)
-        cache = np.empty(cache_size(m._cell, m.n_hidden), m.dtype)
         out = np.empty(1, m.dtype)
         preds = []
         for t in range(horizon):
             self._map(xs[t] if xs is not None and t < len(xs) else None, False)
             x = core.x0
             x[0] = z
-            cell_forward(m._cell, m.theta, m.n_inputs, m.n_hidden, x, s, s_new, cache)
-            _readout(m.theta, m.n_params_cell, m.n_hidden, 1, s_new, x, out)
+            m.predict_from_state(x, s, out, next_state=s_new)
             z = float(out[0])
             preds.append(z * sd + mean)
             s, s_new = s_new, s
