@@ -259,7 +259,7 @@ class Model:
         >>> m.validate_rows([[1.0, float("nan")]])
         Traceback (most recent call last):
         ...
-        ValueError: row 0 contains NaN or inf
+        ValueError: X row 0 contains NaN or inf (or overflows float64)
         """
         X = self._inputs(X)
         n_rows = X.shape[0]
@@ -295,7 +295,7 @@ class Model:
         slot = self._keyed.slots.get(normalize_key(key))
         if slot is None:
             return None
-        return {name: arr[slot].copy() for name, arr in self._keyed.arrays.items()}
+        return {name: np.array(arr[slot]) for name, arr in self._keyed.arrays.items()}   # 0-d stays an array
 
     def restore_key_state(self, key: Key, state: Mapping[str, ArrayLike]) -> None:
         """Give ``key`` the arrays of ``state`` (from :meth:`key_state`), so it continues exactly
