@@ -88,7 +88,7 @@ def _peak_rss_bytes():
 
 
 def _held_state_bytes(learner):
-    return sum(a.nbytes for a in learner._keyed.arrays.values())
+    return learner.held_state_bytes
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
@@ -112,10 +112,12 @@ class Model:
     [None, 'a', 'b']
     """
 
-    def __init__(self, cell="gru", n_inputs=1, n_hidden=16, n_outputs=1, task="regression",
-                 learner="rtrl", optimizer="adam", lr=1e-3, clip=None, seed=0, dtype="float64",
-                 max_keys=1024, betas=(0.9, 0.999), eps=1e-8, momentum=0.0, weight_decay=0.0,
-                 truncation=None, stride=None, readout_skip=False):
+    def __init__(self, cell: str = "gru", n_inputs: int = 1, n_hidden: int = 16, n_outputs: int = 1,
+                 task: str = "regression", learner: str = "rtrl", optimizer: str = "adam", lr: float = 1e-3,
+                 clip: Optional[float] = None, seed: int = 0, dtype: str = "float64", max_keys: int = 1024,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, momentum: float = 0.0,
+                 weight_decay: float = 0.0, truncation: Optional[int] = None, stride: Optional[int] = None,
+                 readout_skip: bool = False) -> None:
         choice("cell", cell, tuple(CELL_IDS))
         choice("task", task, tuple(TASK_IDS))
         choice("learner", learner, registry.names())
@@ -195,7 +197,7 @@ class Model:
         theta[:self.n_params - n_skip] = rng.uniform(-bound, bound, self.n_params - n_skip)
         return theta
 
-    def get_weights(self):
+    def get_weights(self) -> dict[str, np.ndarray]:
         """Copies of the parameters as a dict of arrays with PyTorch's names and shapes."""
         out, pos = {}, 0
         for name, shape in self._layout():
@@ -204,7 +206,7 @@ class Model:
             pos += size
         return out
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Mapping[str, ArrayLike]) -> None:
         """Replace every parameter; ``weights`` must hold exactly the names of ``get_weights()``."""
         layout = self._layout()
         expected = {name for name, _ in layout}
@@ -329,26 +331,32 @@ class Model:
             arr[slots[0]] = values[name]
 
     @property
-    def keys(self):
+    def keys(self) -> list:
         """Keys holding a state, least recently used first."""
         return self._keyed.keys
 
-    def forget(self, key=None):
+    def forget(self, key: Key = None) -> None:
         """Drop the recurrent state of ``key`` (it restarts from zero if it comes back)."""
         self._keyed.forget(normalize_key(key))
 
     @property
-    def state_bytes_per_key(self):
+    def held_state_bytes(self) -> int:
+        """Bytes of per-key arrays allocated now (rows grow with the keys seen, up to ``max_keys``)."""
+        return sum(a.nbytes for a in self._keyed.arrays.values())
+
+    @property
+    def state_bytes_per_key(self) -> int:
         """Bytes of learner state held per key (state plus influence matrix, or the TBPTT window)."""
         return self._keyed.bytes_per_key
 
     # ------------------------------------------------------------------ streaming
-    def step(self, x, y=None, key=None):
+    def step(self, x: ArrayLike, y: Optional[ArrayLike] = None, key: Key = None) -> np.ndarray:
         """Predict for one sample, then learn from ``y`` if given; returns the prediction."""
         return self.step_many(np.asarray(x)[None, :] if np.ndim(x) == 1 else x,
                               None if y is None else [y], None if key is None else [key])[0]
 
-    def step_many(self, X, Y=None, keys=None, return_loss=False):
+    def step_many(self, X: ArrayLike, Y: Optional[ArrayLike] = None, keys: Optional[Sequence[Key]] = None,
+                  return_loss: bool = False) -> Union[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Test-then-train over many samples in arrival order, in one compiled call.
 
         ``X`` is ``(n_samples, n_inputs)``; ``Y`` holds a target per sample (NaN or
@@ -465,7 +473,7 @@ class Model:
         return np.zeros(self._state_size, self.dtype) if s is None else s.copy()
 
     @property
-    def stats(self):
+    def stats(self) -> dict[str, int]:
         """Counts of applied steps, updates, skipped non-finite updates, rejected samples
         (non-finite state: nothing changed) and influence matrices zeroed after overflow."""
         c = self.counters
@@ -515,7 +523,7 @@ class Model:
         return out
 
     # ------------------------------------------------------------------ persistence
-    def state_arrays(self):
+    def state_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Everything needed to continue bit-identically, as ``(arrays, meta)``."""
         keys, per_key = self._keyed.export()
         arrays = {"theta": self.theta, "opt_state": self.opt_state, "counters": self.counters, **per_key}
@@ -523,21 +531,21 @@ class Model:
         return arrays, meta
 
     @classmethod
-    def from_state(cls, arrays, meta, source="<state>"):
+    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], source: str = "<state>") -> "Model":
         if meta.get("kind") != _FORMAT_KIND:
             raise checkpoint.CheckpointError(f"{source}: not a streamrnn Model (kind {meta.get('kind')!r})")
         model = cls(**meta["config"])
         model.load_state(arrays, meta, source)
         return model
 
-    def allocate_for_load(self, name, shape, dtype):
+    def allocate_for_load(self, name: str, shape: tuple, dtype: Any) -> Optional[np.ndarray]:
         """Destination of array ``name`` of a checkpoint about to be restored into this model
         (``checkpoint.load(path, allocate=model.allocate_for_load)``): per-key arrays are read
         straight into memory that :meth:`load_state` then adopts, so restoring many keys holds
         their state once; None for the rest (read into new arrays)."""
         return self._keyed.allocate(name, shape, dtype)
 
-    def load_state(self, arrays, meta, source="<state>"):
+    def load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], source: str = "<state>") -> None:
         """Restore from ``state_arrays()`` output; the configuration must match this model's."""
         saved = meta.get("config")
         if isinstance(saved, dict):
@@ -565,7 +573,7 @@ class Model:
         arrays, meta = checkpoint.load(path)
         return cls.from_state(arrays, meta, source=str(path))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         c = self.config
         return (f"Model(cell={c['cell']!r}, n_inputs={c['n_inputs']}, n_hidden={c['n_hidden']}, "
                 f"n_outputs={c['n_outputs']}, task={c['task']!r}, learner={c['learner']!r}, "

@@ -146,7 +146,7 @@ class _Recurrent:
         return self._core
 
     @property
-    def model(self):
+    def model(self) -> Model:
         """The wrapped :class:`streamrnn.Model` (built on first use)."""
         return self._core.model if self._core is not None else self._build().model
 
@@ -202,7 +202,7 @@ class _Recurrent:
         return None if keyname is None else _entity(x.get(keyname))
 
     @property
-    def features(self):
+    def features(self) -> list:
         """Registered feature names, in input-slot order."""
         return list(self._index)
 
@@ -267,8 +267,10 @@ class RNNRegressor(_Recurrent, base.Regressor):
     (['t'], ['a'])
     """
 
-    def __init__(self, cell="gru", n_hidden=16, n_inputs=16, learner="rtrl", truncation=None, optimizer="adam",
-                 lr=0.01, clip=1.0, seed=0, dtype="float64", key=None, max_keys=1024, readout_skip=False):
+    def __init__(self, cell: str = "gru", n_hidden: int = 16, n_inputs: int = 16, learner: str = "rtrl",
+                 truncation: Optional[int] = None, optimizer: str = "adam", lr: float = 0.01,
+                 clip: Optional[float] = 1.0, seed: int = 0, dtype: str = "float64", key: Optional[str] = None,
+                 max_keys: int = 1024, readout_skip: bool = False) -> None:
         self.cell = cell
         self.n_hidden = n_hidden
         self.n_inputs = n_inputs
@@ -290,11 +292,11 @@ class RNNRegressor(_Recurrent, base.Regressor):
         yield {"cell": "lstm", "n_hidden": 3, "n_inputs": 4, "learner": "tbptt", "truncation": 4, "key": "dummy"}
         yield {"cell": "egru", "n_hidden": 4, "n_inputs": 6, "readout_skip": True}
 
-    def learn_one(self, x, y):
+    def learn_one(self, x: dict, y: float) -> None:
         key = self._map(x, True)
         self._core.step(key, float(y))
 
-    def predict_one(self, x):
+    def predict_one(self, x: dict) -> float:
         key = self._map(x, False)
         return float(self._core.peek(key)[0])
 
@@ -333,9 +335,10 @@ class RNNClassifier(_Recurrent, base.Classifier):
     ['cat', 'dog']
     """
 
-    def __init__(self, cell="gru", n_hidden=16, n_inputs=16, n_classes=2, learner="rtrl", truncation=None,
-                 optimizer="adam", lr=0.01, clip=1.0, seed=0, dtype="float64", key=None, max_keys=1024,
-                 readout_skip=False):
+    def __init__(self, cell: str = "gru", n_hidden: int = 16, n_inputs: int = 16, n_classes: int = 2,
+                 learner: str = "rtrl", truncation: Optional[int] = None, optimizer: str = "adam", lr: float = 0.01,
+                 clip: Optional[float] = 1.0, seed: int = 0, dtype: str = "float64", key: Optional[str] = None,
+                 max_keys: int = 1024, readout_skip: bool = False) -> None:
         self.cell = cell
         self.n_hidden = n_hidden
         self.n_inputs = n_inputs
@@ -381,7 +384,7 @@ class RNNClassifier(_Recurrent, base.Classifier):
         yield {"n_hidden": 4, "n_inputs": 8}
         yield {"n_hidden": 4, "n_inputs": 20, "n_classes": 8, "cell": "rnn"}
 
-    def learn_one(self, x, y):
+    def learn_one(self, x: dict, y: Any) -> None:
         if self.n_classes == 2:
             if y is True or y is False or isinstance(y, np.bool_) or (isinstance(y, (int, np.integer)) and y in (0, 1)):
                 target = 1.0 if y else 0.0
@@ -401,7 +404,7 @@ class RNNClassifier(_Recurrent, base.Classifier):
                 target = float(idx)
         self._core.step(key, target)
 
-    def predict_proba_one(self, x):
+    def predict_proba_one(self, x: dict) -> dict:
         key = self._map(x, False)
         p = self._core.peek(key)
         if self.n_classes == 2:
@@ -446,9 +449,10 @@ class RNNForecaster(_Recurrent, Forecaster):
     True
     """
 
-    def __init__(self, cell="gru", n_hidden=16, n_inputs=0, learner="rtrl", truncation=None, optimizer="adam",
-                 lr=0.01, clip=1.0, seed=0, dtype="float64", key=None, max_keys=1024, standardize=True,
-                 readout_skip=False):
+    def __init__(self, cell: str = "gru", n_hidden: int = 16, n_inputs: int = 0, learner: str = "rtrl",
+                 truncation: Optional[int] = None, optimizer: str = "adam", lr: float = 0.01,
+                 clip: Optional[float] = 1.0, seed: int = 0, dtype: str = "float64", key: Optional[str] = None,
+                 max_keys: int = 1024, standardize: bool = True, readout_skip: bool = False) -> None:
         self.cell = cell
         self.n_hidden = n_hidden
         self.n_inputs = n_inputs
@@ -483,7 +487,7 @@ class RNNForecaster(_Recurrent, Forecaster):
         sd = math.sqrt(self._m2 / self._n)
         return self._mean, (sd if sd > 0 else 1.0)
 
-    def learn_one(self, y, x=None):
+    def learn_one(self, y: float, x: Optional[dict] = None) -> None:
         y = float(y)
         if not math.isfinite(y):
             raise ValueError(f"the observation must be finite; got {y!r}")
@@ -502,7 +506,7 @@ class RNNForecaster(_Recurrent, Forecaster):
             self._mean += d / self._n
             self._m2 += d * (y - self._mean)
 
-    def forecast(self, horizon, xs=None):
+    def forecast(self, horizon: int, xs: Optional[list] = None) -> list:
         core = self._core or self._build()
         m = core.model
         key = None
