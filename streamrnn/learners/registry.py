@@ -15,6 +15,13 @@ labelled step (for TBPTT: of the last window update). Learner settings a kernel
 reads (UORO's seed, TBPTT's stride) are fields of the workspace, so the
 signature is the same for all.
 
+RTRL, SnAp-1 and UORO share one record loop and one sequence sum
+(:func:`~streamrnn.learners.common.online_step_many`,
+:func:`~streamrnn.learners.common.online_sequence_gradient`): such a learner writes
+only its per-sample function and registers it for its workspace type
+(:func:`~streamrnn.learners.common.register_online_learner`). TBPTT, whose updates
+come per window, brings its own two kernels.
+
 Adding a learner is one new module in this package that calls :func:`register`;
 the modules are imported on the first lookup.
 
