@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cells.dispatch import CELL_IDS
+from .learners import registry
 from .model import Model
 from .window_ff import WindowFF
 
@@ -32,14 +33,15 @@ METRICS = ("nmse", "mse", "logloss", "accuracy")
 def parse_learner(spec):
     """``"rtrl"``, ``"snap1"``, ``"uoro"``, ``"tbptt:16"`` (or ``"tbptt:16:4"`` with a stride), ``"window:10"``, ``"bidir"``."""
     name, _, arg = spec.partition(":")
-    if name in ("rtrl", "snap1", "uoro") and not arg:
-        return name, {}
-    if name == "tbptt" and arg:
-        parts = arg.split(":")
-        kw = {"truncation": int(parts[0])}
-        if len(parts) > 1:
-            kw["stride"] = int(parts[1])
-        return name, kw
+    if name in registry.names():
+        if not registry.get(name).windowed and not arg:
+            return name, {}
+        if registry.get(name).windowed and arg:
+            parts = arg.split(":")
+            kw = {"truncation": int(parts[0])}
+            if len(parts) > 1:
+                kw["stride"] = int(parts[1])
+            return name, kw
     if name == "window" and arg:
         return name, {"window": int(arg)}
     if name == "bidir":
@@ -217,7 +219,6 @@ def gradient_alignment(model, X, Y):
     the same, changing weights; returns the cosine at every labelled step. Used
     for the approximations (``snap1``, ``uoro``); an exact learner gives 1.
     """
-    from .learners import registry
     from .learners.rtrl import rtrl_sample
     if model.config["clip"] is not None:
         raise ValueError("gradient_alignment needs clip=None (clipping rescales the gradient in place)")

@@ -168,6 +168,16 @@ class Model:
         self._ws = self._spec.make_workspace(self._dims)
         self._zero_state = np.zeros(self._state_size, self.dtype)   # the state of a key not seen yet (read only)
 
+    def __getstate__(self):
+        # The spec holds compiled kernels: pickle the learner by name and look it up again on load.
+        state = dict(self.__dict__)
+        del state["_spec"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._spec = registry.resolve(self.learner, self._cell)
+
     @property
     def dims(self) -> ModelDims:
         """Sizes, ids and settings of this model, as learner kernels and analysis tools take them.
