@@ -166,6 +166,7 @@ class Model:
         self._spec = registry.resolve(learner, self._cell)      # whose arrays and kernels run the learner
         self._keyed = KeyedState(self._spec.key_layout(self._dims), max_keys)
         self._ws = self._spec.make_workspace(self._dims)
+        self._ws_fields = tuple(self._ws)          # as step_many takes it (see learners.registry)
         self._zero_state = np.zeros(self._state_size, self.dtype)   # the state of a key not seen yet (read only)
 
     def __getstate__(self):
@@ -414,10 +415,9 @@ class Model:
         """
         spec = self._spec
         slots, reset = self._keyed.assign(keys, X.shape[0])
-        keyed = spec.key_state(*self._keyed.arrays.values())
         spec.step_many(self._cell, self._task, self._opt, self.n_inputs, self.n_hidden, self.n_outputs,
-                       self.theta, self.opt_state, self.hyper, self.counters, keyed,
-                       X, Y, has_y, slots, reset, self._ws, out, losses)
+                       self.theta, self.opt_state, self.hyper, self.counters, tuple(self._keyed.arrays.values()),
+                       X, Y, has_y, slots, reset, self._ws_fields, out, losses)
 
     def last_gradient(self) -> np.ndarray:
         """A copy of the flat gradient the learner formed at its last labelled step (TBPTT: its last
@@ -456,7 +456,9 @@ class Model:
         True
         """
         s = self._keyed.row("hidden", key)
-        return self.predict_from_state(x, self._zero_state if s is None else s, out)
+        predict_from_state(self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs, self.theta,
+                           self.n_params_cell, x, self._zero_state if s is None else s, out, None)
+        return out
 
     def predict_from_state(self, x: np.ndarray, state: np.ndarray, out: np.ndarray,
                            next_state: Optional[np.ndarray] = None) -> np.ndarray:
@@ -474,7 +476,7 @@ class Model:
         (True, True)
         """
         predict_from_state(self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs, self.theta,
-                           self.n_params_cell, x, state, out, np.empty_like(state) if next_state is None else next_state)
+                           self.n_params_cell, x, state, out, next_state)
         return out
 
     def hidden_state(self, key: Key = None) -> np.ndarray:

@@ -90,9 +90,14 @@ def all_finite(a):
 
 
 @njit(cache=True, error_model="numpy")
-def predict_from_state(cell, task, n_in, n, n_out, theta, Pc, x, s, pred, s_new):
+def predict_from_state(cell, task, n_in, n, n_out, theta, Pc, x, s, pred, s_next):
     """The prediction one more sample would get from state ``s`` (unchanged) into ``pred``, and the
-    state it would reach into ``s_new`` (``Model.peek``, forecasts run forward from a copy)."""
+    state it would reach into ``s_next`` unless that is None (``Model.peek``; forecasts run forward
+    from a copy of a state)."""
+    if s_next is None:          # resolved at compile time: None is its own type
+        s_new = np.empty_like(s)
+    else:
+        s_new = s_next
     cache = np.empty(cache_size(cell, n), theta.dtype)
     logits = np.empty(n_out, theta.dtype)
     cell_forward(cell, theta, n_in, n, x, s, s_new, cache)

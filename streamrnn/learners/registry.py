@@ -5,13 +5,16 @@ knowing which one it is: the arrays each key owns, the scratch workspace, and
 two compiled kernels with one calling convention for every learner::
 
     spec.step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
-                   keyed, X, Y, has_y, slots, reset, ws, out, losses)
+                   tuple(keyed), X, Y, has_y, slots, reset, tuple(ws), out, losses)
     spec.sequence_gradient(cell, task, n_in, n, n_out, theta, X, Y, has_y, keyed, ws, grad_sum)
 
 ``keyed`` is the namedtuple ``spec.key_state`` of the per-key arrays (a slot axis
 first; one zeroed slot for ``sequence_gradient``), ``ws`` the namedtuple
 ``spec.make_workspace(dims)``, whose field ``grad`` holds the gradient of the last
-labelled step (for TBPTT: of the last window update). Learner settings a kernel
+labelled step (for TBPTT: of the last window update). ``step_many`` takes both as
+plain tuples of their fields and names them inside: Numba types a plain tuple of
+arrays in C but a namedtuple in Python, some microseconds a call, which the
+one-sample path (river) would pay per sample. Learner settings a kernel
 reads (UORO's seed, TBPTT's stride) are fields of the workspace, so the
 signature is the same for all.
 

@@ -80,8 +80,17 @@ def snap1_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, keyed, slot, dr
     return APPLIED, loss
 
 
+@njit(cache=True, error_model="numpy", nogil=True)   # the daemon overlaps it with Kafka I/O threads
+def snap1_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
+                    keyed, X, Y, has_y, slots, reset, ws, out, losses):
+    """:func:`~streamrnn.learners.common.online_step_many` for SnAp-1, ``keyed`` and ``ws`` given as plain tuples
+    of their fields (see :data:`~streamrnn.learners.registry.LearnerSpec`)."""
+    online_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters, InfluenceKeyState(*keyed),
+                     X, Y, has_y, slots, reset, SnAp1Workspace(*ws), out, losses)
+
+
 register_online_learner(SnAp1Workspace, InfluenceKeyState, snap1_sample, clear_influence_key)
 
 SPEC = register(LearnerSpec(name="snap1", key_layout=key_layout, key_state=InfluenceKeyState,
-                            make_workspace=make_workspace, step_many=online_step_many,
+                            make_workspace=make_workspace, step_many=snap1_step_many,
                             sequence_gradient=online_sequence_gradient))

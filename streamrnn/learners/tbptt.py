@@ -101,6 +101,15 @@ def tbptt_advance(cell, task, n_in, n, n_out, theta, Pc, x, y, has_y, s, win_x, 
 @njit(cache=True, error_model="numpy", nogil=True)   # the daemon overlaps it with Kafka I/O threads
 def tbptt_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
                     keyed, X, Y, has_y, slots, reset, ws, out, losses):
+    """:func:`tbptt_records`, ``keyed`` and ``ws`` given as plain tuples of their fields (see
+    :data:`~streamrnn.learners.registry.LearnerSpec`)."""
+    tbptt_records(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters, TBPTTKeyState(*keyed),
+                  X, Y, has_y, slots, reset, TBPTTWorkspace(*ws), out, losses)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def tbptt_records(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
+                  keyed, X, Y, has_y, slots, reset, ws, out, losses):
     """Test-then-train over records in arrival order, one TBPTT window per key slot."""
     Pc = cell_params_end(cell, n_in, n)
     H, W_x, W_s, W_c = keyed.hidden, keyed.window_inputs, keyed.window_states, keyed.window_caches

@@ -120,8 +120,17 @@ def uoro_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, keyed, slot, dra
     return APPLIED, loss
 
 
+@njit(cache=True, error_model="numpy", nogil=True)   # the daemon overlaps it with Kafka I/O threads
+def uoro_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
+                   keyed, X, Y, has_y, slots, reset, ws, out, losses):
+    """:func:`~streamrnn.learners.common.online_step_many` for UORO, ``keyed`` and ``ws`` given as plain tuples
+    of their fields (see :data:`~streamrnn.learners.registry.LearnerSpec`)."""
+    online_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters, UOROKeyState(*keyed),
+                     X, Y, has_y, slots, reset, UOROWorkspace(*ws), out, losses)
+
+
 register_online_learner(UOROWorkspace, UOROKeyState, uoro_sample, clear_uoro_key)
 
 SPEC = register(LearnerSpec(name="uoro", key_layout=key_layout, key_state=UOROKeyState,
-                            make_workspace=make_workspace, step_many=online_step_many,
+                            make_workspace=make_workspace, step_many=uoro_step_many,
                             sequence_gradient=online_sequence_gradient))
