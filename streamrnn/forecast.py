@@ -24,7 +24,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .checkpoint import CheckpointError
-from .keyed_state import _encode_key, normalize_key
+from .keyed_state import encode_key
 
 _ARRAY = "forecast.pending_inputs"
 
@@ -98,7 +98,7 @@ class NextRecordForecaster:
         keys = list(self.pending)
         inputs = (np.stack([self.pending[k] for k in keys]) if keys
                   else np.zeros((0, self.model.n_inputs), self.model.dtype))
-        return {_ARRAY: inputs}, {"forecast_keys": [_encode_key(k) for k in keys]}
+        return {_ARRAY: inputs}, {"forecast_keys": [encode_key(k) for k in keys]}
 
     def load_state(self, arrays, meta, source="<state>"):
         encoded = meta.get("forecast_keys")
