@@ -25,7 +25,6 @@ def encode_key(key):
     return ["n", None] if key is None else (["s", key] if isinstance(key, str) else ["i", key])
 
 
-
 # Address space reserved per KeyedState for rows not yet used (see KeyedState): untouched pages of a
 # zero-filled allocation are not resident, so this costs no memory until keys arrive.
 RESERVE_BYTES = 2 ** 31
