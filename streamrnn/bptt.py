@@ -35,6 +35,8 @@ Examples
 3
 """
 import math
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -48,6 +50,8 @@ from .optim import BETA1, BETA2, EPS, LR, N_HYPER, OPTIMIZER_IDS, clip_grad_norm
 __all__ = ["fit", "OfflineModel"]
 
 _ACTS = ("tanh", "relu")
+
+ArrayLike = Any          # what np.asarray accepts
 
 
 def _act(name, z):
@@ -331,10 +335,13 @@ class OfflineModel:
                 f"bidirectional={self.bidirectional}, merge={self.merge!r}, output={self.output!r})")
 
 
-def fit(X, Y, cell="gru", n_hidden=16, n_layers=1, bidirectional=False, merge="sum", output="many_to_many",
-        task="regression", n_outputs=None, hidden_layers_before=(), hidden_layers_after=(),
-        activation="tanh", optimizer="adam", lr=1e-3, clip=None, epochs=10, batch_size=32, shuffle=True,
-        validation=0.1, patience=None, seed=0, dtype="float64", verbose=False):
+def fit(X: ArrayLike, Y: ArrayLike, cell: str = "gru", n_hidden: int = 16, n_layers: int = 1,
+        bidirectional: bool = False, merge: str = "sum", output: str = "many_to_many", task: str = "regression",
+        n_outputs: Optional[int] = None, hidden_layers_before: Sequence[int] = (),
+        hidden_layers_after: Sequence[int] = (), activation: str = "tanh", optimizer: str = "adam",
+        lr: float = 1e-3, clip: Optional[float] = None, epochs: int = 10, batch_size: int = 32,
+        shuffle: bool = True, validation: float = 0.1, patience: Optional[int] = None, seed: int = 0,
+        dtype: str = "float64", verbose: bool = False) -> "OfflineModel":
     """Train an :class:`OfflineModel` on time-major ``X`` (T, n_samples, n_inputs) and targets ``Y``.
 
     The validation split is the last ``validation`` fraction of the samples (before

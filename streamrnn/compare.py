@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cells.dispatch import CELL_IDS
+from .learners import registry
 from .model import Model
 from .window_ff import WindowFF
 
@@ -32,14 +33,15 @@ METRICS = ("nmse", "mse", "logloss", "accuracy")
 def parse_learner(spec):
     """``"rtrl"``, ``"snap1"``, ``"uoro"``, ``"tbptt:16"`` (or ``"tbptt:16:4"`` with a stride), ``"window:10"``, ``"bidir"``."""
     name, _, arg = spec.partition(":")
-    if name in ("rtrl", "snap1", "uoro") and not arg:
-        return name, {}
-    if name == "tbptt" and arg:
-        parts = arg.split(":")
-        kw = {"truncation": int(parts[0])}
-        if len(parts) > 1:
-            kw["stride"] = int(parts[1])
-        return name, kw
+    if name in registry.names():
+        if not registry.get(name).windowed and not arg:
+            return name, {}
+        if registry.get(name).windowed and arg:
+            parts = arg.split(":")
+            kw = {"truncation": int(parts[0])}
+            if len(parts) > 1:
+                kw["stride"] = int(parts[1])
+            return name, kw
     if name == "window" and arg:
         return name, {"window": int(arg)}
     if name == "bidir":
@@ -88,7 +90,7 @@ def _peak_rss_bytes():
 
 
 def _held_state_bytes(learner):
-    return sum(a.nbytes for a in learner._keyed.arrays.values())
+    return learner.held_state_bytes
 
 
 @dataclass
@@ -217,27 +219,26 @@ def gradient_alignment(model, X, Y):
     the same, changing weights; returns the cosine at every labelled step. Used
     for the approximations (``snap1``, ``uoro``); an exact learner gives 1.
     """
-    from .learners.rtrl import make_workspace, rtrl_sample
+    from .learners.rtrl import rtrl_sample
     if model.config["clip"] is not None:
         raise ValueError("gradient_alignment needs clip=None (clipping rescales the gradient in place)")
-    if model.learner == "tbptt":
-        raise ValueError("TBPTT applies window gradients, not per-step ones")
-    X = model._inputs(X)
-    Yf, has_y = model._targets(Y, X.shape[0])
+    if registry.get(model.learner).windowed:
+        raise ValueError(f"{model.learner.upper()} applies window gradients, not per-step ones")
+    X, Yf, has_y, _ = model.validate_rows(X, Y)
     Y_rows = np.where(has_y[:, None], Yf, np.nan)
-    ws = make_workspace(model._cell, model.n_inputs, model.n_hidden, model.n_outputs,
-                        model.n_params_cell, model.n_params, model.dtype)
-    s = np.zeros(ws[0].shape[0], model.dtype)
-    M = np.zeros((s.shape[0], model.n_params_cell), model.dtype)
+    dims = model.dims
+    exact = registry.get("rtrl")          # the dense form, for every cell (also the element-wise ones)
+    ws = exact.make_workspace(dims)
+    keyed = exact.new_key_state(dims)
     pred = np.empty(model.n_outputs, model.dtype)
     cosines = []
     for t in range(X.shape[0]):
         theta = model.theta.copy()
         model.step_many(X[t:t + 1], Y_rows[t:t + 1])
-        rtrl_sample(model._cell, model._task, model.n_inputs, model.n_hidden, model.n_outputs, theta,
-                    X[t], Yf[t], has_y[t], s, M, ws, pred)
+        rtrl_sample(dims.cell, dims.task, dims.n_inputs, dims.n_hidden, dims.n_outputs, theta,
+                    X[t], Yf[t], has_y[t], keyed, 0, t, ws, pred)
         if has_y[t]:
-            a, e = model._gradient_buffer, ws[6]
+            a, e = model.last_gradient(), ws.grad
             cosines.append(float(a @ e / (np.linalg.norm(a) * np.linalg.norm(e) + 1e-300)))
     return np.array(cosines)
 

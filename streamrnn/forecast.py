@@ -24,8 +24,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .checkpoint import CheckpointError
-from .keyed_state import _encode_key, normalize_key
-from .learners.common import predict_from_state
+from .keyed_state import encode_key
 
 _ARRAY = "forecast.pending_inputs"
 
@@ -51,11 +50,10 @@ class NextRecordForecaster:
         self.pending = OrderedDict()     # key -> inputs of its last record, least recent first
         m = model
         self._x1 = np.empty((1, m.n_inputs), m.dtype)
-        self._y1 = np.empty((1, m._targets(None, 1)[0].shape[1]), m.dtype)
+        self._y1 = np.empty((1, m.dims.target_width), m.dtype)
         self._has1 = np.empty(1, np.bool_)
         self._out1 = np.empty((1, m.n_outputs), m.dtype)
         self._loss1 = np.empty(1, m.dtype)
-        self._zero_state = np.zeros(m.hidden_state().shape[0], m.dtype)
 
     def process(self, X, Y, keys=None):
         """Apply records in arrival order; return ``(forecasts, losses)``.
@@ -68,12 +66,10 @@ class NextRecordForecaster:
         there was none, no target, or the update was skipped as non-finite).
         """
         m = self.model
-        X = m._inputs(X)
-        Y, has_y = m._targets(Y, X.shape[0])
+        X, Y, has_y, keys = m.validate_rows(X, Y, keys)
         n_rows = X.shape[0]
-        keys = [None] * n_rows if keys is None else [normalize_key(k) for k in keys]
-        if len(keys) != n_rows:
-            raise ValueError(f"keys has {len(keys)} entries for {n_rows} samples")
+        if keys is None:
+            keys = [None] * n_rows
         forecasts = np.empty((n_rows, m.n_outputs), m.dtype)
         losses = np.full(n_rows, np.nan, m.dtype)
         x1, y1, has1, out1, loss1 = self._x1, self._y1, self._has1, self._out1, self._loss1
@@ -83,11 +79,9 @@ class NextRecordForecaster:
                 x1[0] = previous
                 y1[0] = Y[i]
                 has1[0] = has_y[i]
-                m._apply(x1, y1, has1, [key], out1, loss1)
+                m.apply_rows(x1, y1, has1, [key], out1, loss1)
                 losses[i] = loss1[0]
-            state = m._keyed.row("hidden", key)
-            predict_from_state(m._cell, m._task, m.n_inputs, m.n_hidden, m.n_outputs, m.theta,
-                               m.n_params_cell, X[i], self._zero_state if state is None else state, forecasts[i])
+            m.peek_into(X[i], key, forecasts[i])
             self._hold(key, X[i])
         return forecasts, losses
 
@@ -104,7 +98,7 @@ class NextRecordForecaster:
         keys = list(self.pending)
         inputs = (np.stack([self.pending[k] for k in keys]) if keys
                   else np.zeros((0, self.model.n_inputs), self.model.dtype))
-        return {_ARRAY: inputs}, {"forecast_keys": [_encode_key(k) for k in keys]}
+        return {_ARRAY: inputs}, {"forecast_keys": [encode_key(k) for k in keys]}
 
     def load_state(self, arrays, meta, source="<state>"):
         encoded = meta.get("forecast_keys")

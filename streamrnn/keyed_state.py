@@ -20,7 +20,8 @@ def normalize_key(key):
     raise ValueError(f"key must be a str or an int, got {type(key).__name__}: {key!r}")
 
 
-def _encode_key(key):
+def encode_key(key):
+    """A key as a checkpoint's metadata stores it: ``["n", None]``, ``["s", str]`` or ``["i", int]``."""
     return ["n", None] if key is None else (["s", key] if isinstance(key, str) else ["i", key])
 
 
@@ -144,7 +145,7 @@ class KeyedState:
         for rank, key in enumerate(self.slots):
             self.slots[key] = rank
         n_keys = len(order)
-        return [_encode_key(k) for k in self.slots], {f"key.{n}": a[:n_keys] for n, a in self.arrays.items()}
+        return [encode_key(k) for k in self.slots], {f"key.{n}": a[:n_keys] for n, a in self.arrays.items()}
 
     def _permute_rows(self, order):
         """Row ``i`` of every array <- row ``order[i]``, in place, one cycle of the permutation at a

@@ -4,38 +4,46 @@ The Model owns every array (parameters, optimizer state, per-key recurrent
 state and influence matrices, scratch) and hands them to compiled kernels; it
 does no arithmetic per sample in Python.
 """
+from __future__ import annotations
+
 import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 
 from . import checkpoint
 from .cells.common import n_cell_params
-from .cells.dispatch import CELL_IDS, ELEMENTWISE, cache_size, n_gates, recurrent_width, state_size
+from .cells.dispatch import CELL_IDS, ELEMENTWISE, n_gates, recurrent_width, state_size
 from .keyed_state import KeyedState, normalize_key
-from .learners import rtrl as _rtrl
-from .learners import snap1 as _snap1
-from .learners import tbptt as _tbptt
-from .learners import uoro as _uoro
+from .learners import registry
 from .learners.bptt import bptt_sequence_gradient
 from .learners.common import (INFLUENCE_RESETS, N_COUNTERS, REJECTED_STATE, SKIPPED_NONFINITE, STEPS, UPDATES,
                                predict_from_state)
+from .learners.registry import ModelDims
 from .losses import TASK_IDS
 from .optim import OPTIMIZER_IDS
 from .validation import (DTYPES, check_inputs, check_seed, check_targets, check_task_outputs, choice,
                          optimizer_settings, positive_int, target_width)
 
-__all__ = ["Model"]
+__all__ = ["Model", "ValidatedRows", "ModelDims"]
 
-LEARNERS = ("rtrl", "snap1", "uoro", "tbptt")
-GRADIENT_METHODS = ("rtrl", "snap1", "uoro", "bptt", "tbptt")
-_INFLUENCE_LEARNERS = ("rtrl", "snap1")
-
-
-def _per_unit(method, cell_id):
-    """Whether ``method`` runs on SnAp-1's per-unit influence: SnAp-1 itself, and exact RTRL for the
-    element-wise cells, whose influence matrix has no other non-zero entries (O(P) instead of O(nP))."""
-    return method == "snap1" or cell_id in ELEMENTWISE
+LEARNERS = registry.names()
+# "bptt" is offline only (it stores the whole sequence), so it is a gradient method but no learner.
+GRADIENT_METHODS = LEARNERS + ("bptt",)
 _FORMAT_KIND = "streamrnn.Model"
+
+ArrayLike = Any          # what np.asarray accepts
+Key = Optional[Union[str, int]]
+
+
+class ValidatedRows(NamedTuple):
+    """Rows checked by :meth:`Model.validate_rows`, ready for :meth:`Model.apply_rows`."""
+    X: np.ndarray                       # (N, n_inputs), C-contiguous, the model's dtype
+    Y: np.ndarray                       # (N, target width), NaN where there is no target
+    has_y: np.ndarray                   # (N,) bool
+    keys: Optional[list]                # N normalised keys, or None: every row is the default key
 
 
 class Model:
@@ -104,27 +112,30 @@ class Model:
     [None, 'a', 'b']
     """
 
-    def __init__(self, cell="gru", n_inputs=1, n_hidden=16, n_outputs=1, task="regression",
-                 learner="rtrl", optimizer="adam", lr=1e-3, clip=None, seed=0, dtype="float64",
-                 max_keys=1024, betas=(0.9, 0.999), eps=1e-8, momentum=0.0, weight_decay=0.0,
-                 truncation=None, stride=None, readout_skip=False):
+    def __init__(self, cell: str = "gru", n_inputs: int = 1, n_hidden: int = 16, n_outputs: int = 1,
+                 task: str = "regression", learner: str = "rtrl", optimizer: str = "adam", lr: float = 1e-3,
+                 clip: Optional[float] = None, seed: int = 0, dtype: str = "float64", max_keys: int = 1024,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, momentum: float = 0.0,
+                 weight_decay: float = 0.0, truncation: Optional[int] = None, stride: Optional[int] = None,
+                 readout_skip: bool = False) -> None:
         choice("cell", cell, tuple(CELL_IDS))
         choice("task", task, tuple(TASK_IDS))
-        choice("learner", learner, LEARNERS)
+        choice("learner", learner, registry.names())
         choice("dtype", dtype, DTYPES)
         n_inputs = positive_int("n_inputs", n_inputs)
         n_hidden = positive_int("n_hidden", n_hidden)
         n_outputs = positive_int("n_outputs", n_outputs)
         max_keys = positive_int("max_keys", max_keys)
-        if learner == "tbptt":
+        if registry.get(learner).windowed:
             if truncation is None:
-                raise ValueError("learner='tbptt' needs truncation=k (a positive integer)")
+                raise ValueError(f"learner={learner!r} needs truncation=k (a positive integer)")
             truncation = positive_int("truncation", truncation)
             stride = truncation if stride is None else positive_int("stride", stride)
             if stride > truncation:
                 raise ValueError(f"stride must be <= truncation; got stride={stride}, truncation={truncation}")
         elif truncation is not None or stride is not None:
-            raise ValueError(f"truncation and stride apply to learner='tbptt' only, not {learner!r}")
+            windowed = " or ".join(f"learner={name!r}" for name in registry.names() if registry.get(name).windowed)
+            raise ValueError(f"truncation and stride apply to {windowed} only, not {learner!r}")
         check_task_outputs(task, n_outputs)
         opt_config, self.hyper = optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay)
         seed = check_seed(seed)
@@ -149,14 +160,35 @@ class Model:
         self.opt_state = np.zeros((2, self.n_params), self.dtype)
         self.counters = np.zeros(N_COUNTERS, np.int64)
         self.learner, self.truncation, self.stride = learner, truncation, stride
-        self._keyed = KeyedState(self._per_key_layout(), max_keys)
-        if learner in _INFLUENCE_LEARNERS:
-            self._ws = self._influence_workspace(learner)
-        elif learner == "uoro":
-            self._ws = _uoro.make_workspace(self._cell, n_inputs, n_hidden, n_outputs, self.n_params_cell,
-                                            self.n_params, self.dtype)
-        else:
-            self._ws = _tbptt.make_workspace(self._cell, n_inputs, n_hidden, n_outputs, self.n_params, self.dtype)
+        self._dims = ModelDims(self._cell, self._task, n_inputs, n_hidden, n_outputs, self._state_size,
+                               target_width(self._task, n_outputs), self.n_params_cell, self.n_params, self.dtype,
+                               seed, truncation, stride)
+        self._spec = registry.resolve(learner, self._cell)      # whose arrays and kernels run the learner
+        self._keyed = KeyedState(self._spec.key_layout(self._dims), max_keys)
+        self._ws = self._spec.make_workspace(self._dims)
+        self._ws_fields = tuple(self._ws)          # as step_many takes it (see learners.registry)
+        self._zero_state = np.zeros(self._state_size, self.dtype)   # the state of a key not seen yet (read only)
+
+    def __getstate__(self):
+        # The spec holds compiled kernels: pickle the learner by name and look it up again on load.
+        state = dict(self.__dict__)
+        del state["_spec"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._spec = registry.resolve(self.learner, self._cell)
+
+    @property
+    def dims(self) -> ModelDims:
+        """Sizes, ids and settings of this model, as learner kernels and analysis tools take them.
+
+        >>> import streamrnn as sr
+        >>> d = sr.Model(cell="lstm", n_inputs=3, n_hidden=4).dims
+        >>> d.state_size, d.n_params_cell, d.n_params
+        (8, 144, 149)
+        """
+        return self._dims
 
     # ------------------------------------------------------------------ layout
     def _layout(self):
@@ -168,14 +200,6 @@ class Model:
                   ("readout.weight", (o, n)), ("readout.bias", (o,))]
         return (blocks + [("readout.skip_weight", (o, m))]) if self.readout_skip else blocks
 
-    def _influence_workspace(self, method):
-        """Scratch of one RTRL ("rtrl") or SnAp-1 ("snap1") step for this model."""
-        if _per_unit(method, self._cell):
-            return _snap1.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs, self.n_params,
-                                         self.dtype)
-        return _rtrl.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs, self.n_params_cell,
-                                    self.n_params, self.dtype)
-
     def _initial_parameters(self, seed):
         rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(self.n_hidden)   # PyTorch's RNN init; nn.Linear(n, o) has the same bound
@@ -184,7 +208,7 @@ class Model:
         theta[:self.n_params - n_skip] = rng.uniform(-bound, bound, self.n_params - n_skip)
         return theta
 
-    def get_weights(self):
+    def get_weights(self) -> dict[str, np.ndarray]:
         """Copies of the parameters as a dict of arrays with PyTorch's names and shapes."""
         out, pos = {}, 0
         for name, shape in self._layout():
@@ -193,7 +217,7 @@ class Model:
             pos += size
         return out
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Mapping[str, ArrayLike]) -> None:
         """Replace every parameter; ``weights`` must hold exactly the names of ``get_weights()``."""
         layout = self._layout()
         expected = {name for name, _ in layout}
@@ -219,47 +243,131 @@ class Model:
     def _targets(self, Y, n_rows):
         return check_targets(Y, n_rows, self._task, self.n_outputs, self.dtype)
 
-    # ------------------------------------------------------------------ per-key state
-    def _per_key_layout(self):
-        """(name, shape, dtype) of each array a key owns, for the chosen learner."""
-        S, dt = self._state_size, self.dtype
-        if self.learner in _INFLUENCE_LEARNERS:
-            width = (_snap1.influence_width(self._cell, self.n_inputs, self.n_hidden)
-                     if _per_unit(self.learner, self._cell) else self.n_params_cell)
-            return [("hidden", (S,), dt), ("influence", (S, width), dt)]
-        if self.learner == "uoro":
-            return [("hidden", (S,), dt), ("uoro_state", (S,), dt), ("uoro_params", (self.n_params_cell,), dt)]
-        k = self.truncation
-        return [("hidden", (S,), dt), ("window_inputs", (k, self.n_inputs), dt), ("window_states", (k, S), dt),
-                ("window_caches", (k, cache_size(self._cell, self.n_hidden)), dt),
-                ("window_targets", (k, target_width(self._task, self.n_outputs)), dt), ("window_has_target", (k,), np.dtype(np.bool_)),
-                ("window_count", (), np.dtype(np.int64))]
+    def validate_rows(self, X: ArrayLike, Y: Optional[ArrayLike] = None,
+                      keys: Optional[Sequence[Key]] = None) -> ValidatedRows:
+        """Check rows as :meth:`step_many` does, changing nothing; ``ValueError`` on the first bad one.
 
+        Parameters
+        ----------
+        X : array_like, (N, n_inputs) or (n_inputs,)
+            Inputs; every entry finite.
+        Y : array_like or None
+            A target per row (NaN or None where there is none): (N, n_outputs) for
+            regression, class indices (N,) for classification, 0/1 for binary.
+        keys : sequence of str or int (or None entries), optional
+            The key of each row.
+
+        Returns
+        -------
+        ValidatedRows
+            ``(X, Y, has_y, keys)`` in the model's dtype and layout, for :meth:`apply_rows`.
+
+        Examples
+        --------
+        >>> import streamrnn as sr
+        >>> m = sr.Model(n_inputs=2, n_hidden=3)
+        >>> rows = m.validate_rows([[1.0, 2.0], [3.0, 4.0]], [[0.5], None], keys=["a", 7])
+        >>> rows.X.shape, rows.has_y.tolist(), rows.keys
+        ((2, 2), [True, False], ['a', 7])
+        >>> m.validate_rows([[1.0, float("nan")]])
+        Traceback (most recent call last):
+        ...
+        ValueError: X row 0 contains NaN or inf (or overflows float64)
+        """
+        X = self._inputs(X)
+        n_rows = X.shape[0]
+        Y, has_y = self._targets(Y, n_rows)
+        if keys is not None:
+            if len(keys) != n_rows:
+                raise ValueError(f"keys has {len(keys)} entries for {n_rows} samples")
+            keys = [normalize_key(k) for k in keys]
+        return ValidatedRows(X, Y, has_y, keys)
+
+    # ------------------------------------------------------------------ per-key state
     @property
     def _H(self):
         return self._keyed.arrays["hidden"]
 
+    def key_state(self, key: Key = None) -> Optional[dict[str, np.ndarray]]:
+        """Copies of every array ``key`` owns (its state, and its influence matrix or window), or None
+        if it holds no state. :meth:`restore_key_state` puts them back.
+
+        The names are the learner's per-key layout (``"hidden"`` first), as in a checkpoint's
+        ``key.<name>`` arrays.
+
+        Examples
+        --------
+        >>> import numpy as np, streamrnn as sr
+        >>> m = sr.Model(cell="gru", n_inputs=1, n_hidden=2)
+        >>> m.key_state("a") is None
+        True
+        >>> _ = m.step([1.0], y=[0.5], key="a")
+        >>> sorted(m.key_state("a"))
+        ['hidden', 'influence']
+        """
+        slot = self._keyed.slots.get(normalize_key(key))
+        if slot is None:
+            return None
+        return {name: np.array(arr[slot]) for name, arr in self._keyed.arrays.items()}   # 0-d stays an array
+
+    def restore_key_state(self, key: Key, state: Mapping[str, ArrayLike]) -> None:
+        """Give ``key`` the arrays of ``state`` (from :meth:`key_state`), so it continues exactly
+        as the key it was read from. The key takes a slot as if it had arrived (the least recently
+        used key is evicted if all ``max_keys`` are taken). Raises ``ValueError`` and changes
+        nothing if a name, shape or value does not fit.
+
+        Examples
+        --------
+        >>> import numpy as np, streamrnn as sr
+        >>> m = sr.Model(cell="gru", n_inputs=1, n_hidden=2, lr=0.0)
+        >>> _ = m.step_many(np.ones((3, 1)), keys=["a"] * 3)
+        >>> m.restore_key_state("b", m.key_state("a"))
+        >>> bool((m.peek([0.5], key="a") == m.peek([0.5], key="b")).all())
+        True
+        """
+        key = normalize_key(key)
+        layout = self._keyed.layout
+        if set(state) != {name for name, _, _ in layout}:
+            raise ValueError(f"restore_key_state: expected arrays {[n for n, _, _ in layout]}, got {sorted(state)}")
+        values = {}
+        for name, shape, dt in layout:
+            arr = np.asarray(state[name])
+            if arr.shape != tuple(shape):
+                raise ValueError(f"restore_key_state: {name} has shape {arr.shape}, expected {tuple(shape)}")
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise ValueError(f"restore_key_state: {name} contains NaN or inf")
+            values[name] = arr.astype(dt, copy=False)
+        slots, _ = self._keyed.assign([key], 1)
+        for name, arr in self._keyed.arrays.items():
+            arr[slots[0]] = values[name]
+
     @property
-    def keys(self):
+    def keys(self) -> list:
         """Keys holding a state, least recently used first."""
         return self._keyed.keys
 
-    def forget(self, key=None):
+    def forget(self, key: Key = None) -> None:
         """Drop the recurrent state of ``key`` (it restarts from zero if it comes back)."""
         self._keyed.forget(normalize_key(key))
 
     @property
-    def state_bytes_per_key(self):
+    def held_state_bytes(self) -> int:
+        """Bytes of per-key arrays allocated now (rows grow with the keys seen, up to ``max_keys``)."""
+        return sum(a.nbytes for a in self._keyed.arrays.values())
+
+    @property
+    def state_bytes_per_key(self) -> int:
         """Bytes of learner state held per key (state plus influence matrix, or the TBPTT window)."""
         return self._keyed.bytes_per_key
 
     # ------------------------------------------------------------------ streaming
-    def step(self, x, y=None, key=None):
+    def step(self, x: ArrayLike, y: Optional[ArrayLike] = None, key: Key = None) -> np.ndarray:
         """Predict for one sample, then learn from ``y`` if given; returns the prediction."""
         return self.step_many(np.asarray(x)[None, :] if np.ndim(x) == 1 else x,
                               None if y is None else [y], None if key is None else [key])[0]
 
-    def step_many(self, X, Y=None, keys=None, return_loss=False):
+    def step_many(self, X: ArrayLike, Y: Optional[ArrayLike] = None, keys: Optional[Sequence[Key]] = None,
+                  return_loss: bool = False) -> Union[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Test-then-train over many samples in arrival order, in one compiled call.
 
         ``X`` is ``(n_samples, n_inputs)``; ``Y`` holds a target per sample (NaN or
@@ -269,63 +377,115 @@ class Model:
         sample (NaN where no target). Bad samples raise ``ValueError`` and nothing
         in the batch is applied.
         """
-        X = self._inputs(X)
-        n_rows = X.shape[0]
-        Y, has_y = self._targets(Y, n_rows)
-        if keys is not None and len(keys) != n_rows:
-            raise ValueError(f"keys has {len(keys)} entries for {n_rows} samples")
-        if keys is not None:
-            keys = [normalize_key(k) for k in keys]   # validate all before any state changes
+        rows = self.validate_rows(X, Y, keys)   # all rows checked before any state changes
+        n_rows = rows.X.shape[0]
         out = np.empty((n_rows, self.n_outputs), self.dtype)
         losses = np.empty(n_rows, self.dtype)
-        self._apply(X, Y, has_y, keys, out, losses)
+        self.apply_rows(*rows, out, losses)
         return (out, losses) if return_loss else out
 
-    @property
-    def _gradient_buffer(self):
-        """The workspace array holding the gradient of the last labelled step (before clipping
-        if ``clip`` is None); used by analysis tools, not part of the stable API."""
-        return self._ws[{"rtrl": 6, "snap1": 6, "uoro": 12, "tbptt": 11}[self.learner]]
+    def apply_rows(self, X: np.ndarray, Y: np.ndarray, has_y: np.ndarray, keys: Optional[list],
+                   out: np.ndarray, losses: np.ndarray) -> None:
+        """Test-then-train over rows already validated, into the caller's buffers.
 
-    def _apply(self, X, Y, has_y, keys, out, losses):
-        """Run validated rows through the learner: ``X`` (N, n_inputs) and ``Y`` (N, width) C-contiguous
-        in this model's dtype, ``has_y`` bool (N,), ``keys`` normalised or None; predictions go to
-        ``out`` (N, n_outputs), losses to ``losses`` (N,). The one path every caller shares
-        (``step_many``, and the river estimators' preallocated one-sample path)."""
+        The path :meth:`step_many` takes after :meth:`validate_rows`, without allocating: adapters
+        that check their own inputs (the river estimators' one-sample path) fill preallocated
+        buffers and call this, and get bit-identical results.
+
+        Parameters
+        ----------
+        X, Y, has_y, keys
+            As :meth:`validate_rows` returns them: ``X`` (N, n_inputs) and ``Y`` (N, target width)
+            C-contiguous in this model's dtype, ``has_y`` bool (N,), ``keys`` normalised or None.
+            Nothing is checked here.
+        out : ndarray (N, n_outputs)
+            Receives the prediction made before each row's update.
+        losses : ndarray (N,)
+            Receives each row's loss (NaN where there was no target or no update).
+
+        Examples
+        --------
+        >>> import numpy as np, streamrnn as sr
+        >>> m = sr.Model(n_inputs=2, n_hidden=3, seed=0)
+        >>> out, losses = np.empty((1, 1)), np.empty(1)
+        >>> m.apply_rows(*m.validate_rows([[0.1, 0.2]], [[1.0]]), out, losses)
+        >>> twin = sr.Model(n_inputs=2, n_hidden=3, seed=0)
+        >>> bool((twin.step([0.1, 0.2], y=[1.0]) == out[0]).all())
+        True
+        """
+        spec = self._spec
         slots, reset = self._keyed.assign(keys, X.shape[0])
-        common = (self._opt, self.n_inputs, self.n_hidden, self.n_outputs,
-                  self.theta, self.opt_state, self.hyper, self.counters)
-        per_key = self._keyed.arrays.values()
-        if self.learner in _INFLUENCE_LEARNERS:
-            step_many = _snap1.snap1_step_many if _per_unit(self.learner, self._cell) else _rtrl.rtrl_step_many
-            step_many(self._cell, self._task, *common, *per_key, X, Y, has_y, slots, reset, self._ws, out, losses)
-        elif self.learner == "uoro":
-            _uoro.uoro_step_many(self._cell, self._task, *common, self.config["seed"], *per_key,
-                                 X, Y, has_y, slots, reset, self._ws, out, losses)
-        else:
-            _tbptt.tbptt_step_many(self._cell, self._task, *common, *per_key, self.stride,
-                                   X, Y, has_y, slots, reset, self._ws, out, losses)
+        spec.step_many(self._cell, self._task, self._opt, self.n_inputs, self.n_hidden, self.n_outputs,
+                       self.theta, self.opt_state, self.hyper, self.counters, tuple(self._keyed.arrays.values()),
+                       X, Y, has_y, slots, reset, self._ws_fields, out, losses)
 
-    def peek(self, x, key=None):
+    def last_gradient(self) -> np.ndarray:
+        """A copy of the flat gradient the learner formed at its last labelled step (TBPTT: its last
+        window update), as the optimizer received it: clipped in place when ``clip`` is set.
+        Analysis tools compare learners with it (:func:`streamrnn.compare.gradient_alignment`).
+
+        Examples
+        --------
+        >>> import streamrnn as sr
+        >>> m = sr.Model(n_inputs=1, n_hidden=2, lr=0.0)
+        >>> _ = m.step([1.0], y=[2.0])
+        >>> g = m.last_gradient()
+        >>> g.shape == (m.n_params,), bool(abs(g).sum() > 0)
+        (True, True)
+        """
+        return self._ws.grad.copy()
+
+    def peek(self, x: ArrayLike, key: Key = None) -> np.ndarray:
         """The prediction ``step(x, key=key)`` would return, changing nothing."""
         X = self._inputs(x)
         if X.shape[0] != 1:
             raise ValueError("peek takes one sample")
-        s = self._keyed.row("hidden", normalize_key(key))
-        if s is None:
-            s = np.zeros(self._state_size, self.dtype)
         pred = np.empty(self.n_outputs, self.dtype)
-        predict_from_state(self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs,
-                           self.theta, self.n_params_cell, X[0], s, pred)
-        return pred
+        return self.peek_into(X[0], normalize_key(key), pred)
 
-    def hidden_state(self, key=None):
+    def peek_into(self, x: np.ndarray, key: Key, out: np.ndarray) -> np.ndarray:
+        """:meth:`peek` for an input already validated, into the caller's buffer; returns ``out``.
+
+        ``x`` is (n_inputs,) in this model's dtype, ``key`` normalised (str, int or None), ``out``
+        (n_outputs,). Nothing is checked and nothing changes (the adapters' prediction path).
+
+        >>> import numpy as np, streamrnn as sr
+        >>> m = sr.Model(n_inputs=2, n_hidden=3)
+        >>> out = np.empty(1)
+        >>> bool((m.peek_into(np.array([0.5, 1.0]), None, out) == m.peek([0.5, 1.0])).all())
+        True
+        """
+        s = self._keyed.row("hidden", key)
+        predict_from_state(self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs, self.theta,
+                           self.n_params_cell, x, self._zero_state if s is None else s, out, None)
+        return out
+
+    def predict_from_state(self, x: np.ndarray, state: np.ndarray, out: np.ndarray,
+                           next_state: Optional[np.ndarray] = None) -> np.ndarray:
+        """The prediction one more sample ``x`` would get from recurrent state ``state``, into ``out``;
+        with ``next_state`` (S,) also the state it would reach. Returns ``out``; changes nothing.
+
+        Arrays as :meth:`peek_into` takes them, ``state`` (S,) as :meth:`hidden_state` returns it.
+        Running it forward from a copy of a key's state gives recursive forecasts.
+
+        >>> import numpy as np, streamrnn as sr
+        >>> m = sr.Model(n_inputs=1, n_hidden=2, lr=0.0)
+        >>> s, s_next, out = m.hidden_state(), np.empty(2), np.empty(1)
+        >>> first = m.predict_from_state(np.ones(1), s, out, next_state=s_next).copy()
+        >>> bool((m.step([1.0]) == first).all()), bool((m.hidden_state() == s_next).all())
+        (True, True)
+        """
+        predict_from_state(self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs, self.theta,
+                           self.n_params_cell, x, state, out, next_state)
+        return out
+
+    def hidden_state(self, key: Key = None) -> np.ndarray:
         """A copy of the recurrent state of ``key`` (zeros if it has none)."""
         s = self._keyed.row("hidden", normalize_key(key))
         return np.zeros(self._state_size, self.dtype) if s is None else s.copy()
 
     @property
-    def stats(self):
+    def stats(self) -> dict[str, int]:
         """Counts of applied steps, updates, skipped non-finite updates, rejected samples
         (non-finite state: nothing changed) and influence matrices zeroed after overflow."""
         c = self.counters
@@ -334,7 +494,8 @@ class Model:
                 "influence_resets": int(c[INFLUENCE_RESETS])}
 
     # ------------------------------------------------------------------ offline gradients
-    def gradient(self, X, Y, method="rtrl", truncation=None, stride=None, seed=None):
+    def gradient(self, X: ArrayLike, Y: ArrayLike, method: str = "rtrl", truncation: Optional[int] = None,
+                 stride: Optional[int] = None, seed: Optional[int] = None) -> dict[str, np.ndarray]:
         """``Σ_t dL_t/dθ`` over one sequence from a zero state, at the current weights, no update.
 
         ``method`` is ``"rtrl"``, ``"snap1"`` or ``"uoro"`` (approximations; UORO's
@@ -345,33 +506,24 @@ class Model:
         """
         if method not in GRADIENT_METHODS:
             raise ValueError(f"method must be one of {GRADIENT_METHODS}; got {method!r}")
-        if method == "tbptt":
+        dims = self._dims._replace(seed=self._dims.seed if seed is None else int(seed))
+        spec = None if method == "bptt" else registry.resolve(method, self._cell)
+        if spec is not None and spec.windowed:
             k = truncation if truncation is not None else self.truncation
             if k is None or int(k) < 1:
-                raise ValueError("method='tbptt' needs truncation=k (a positive integer)")
+                raise ValueError(f"method={method!r} needs truncation=k (a positive integer)")
             h = int(k) if stride is None else int(stride)
             if not 1 <= h <= int(k):
                 raise ValueError(f"stride must be in [1, truncation]; got {stride}")
+            dims = dims._replace(truncation=int(k), stride=h)
         X = self._inputs(X)
         Y, has_y = self._targets(Y, X.shape[0])
         grad = np.zeros(self.n_params, self.dtype)
         args = (self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs, self.theta)
-        if method in _INFLUENCE_LEARNERS:
-            sequence_gradient = (_snap1.snap1_sequence_gradient if _per_unit(method, self._cell)
-                                 else _rtrl.rtrl_sequence_gradient)
-            sequence_gradient(*args, X, Y, has_y, self._influence_workspace(method), grad)
-        elif method == "uoro":
-            ws = _uoro.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs,
-                                      self.n_params_cell, self.n_params, self.dtype)
-            _uoro.uoro_sequence_gradient(*args, X, Y, has_y, self.config["seed"] if seed is None else int(seed),
-                                         ws, grad)
-        elif method == "tbptt":
-            ws = _tbptt.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs,
-                                       self.n_params, self.dtype)
-            _tbptt.tbptt_sequence_gradient(*args, X, Y, has_y, int(k), h, ws, grad)
+        if spec is None:
+            bptt_sequence_gradient(*args, self.n_params_cell, X, Y, has_y, self._zero_state, grad)
         else:
-            bptt_sequence_gradient(*args, self.n_params_cell, X, Y, has_y,
-                                   np.zeros(self._state_size, self.dtype), grad)
+            spec.sequence_gradient(*args, X, Y, has_y, spec.new_key_state(dims), spec.make_workspace(dims), grad)
         return self._unflatten(grad)
 
     def _unflatten(self, flat):
@@ -383,7 +535,7 @@ class Model:
         return out
 
     # ------------------------------------------------------------------ persistence
-    def state_arrays(self):
+    def state_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Everything needed to continue bit-identically, as ``(arrays, meta)``."""
         keys, per_key = self._keyed.export()
         arrays = {"theta": self.theta, "opt_state": self.opt_state, "counters": self.counters, **per_key}
@@ -391,21 +543,21 @@ class Model:
         return arrays, meta
 
     @classmethod
-    def from_state(cls, arrays, meta, source="<state>"):
+    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], source: str = "<state>") -> "Model":
         if meta.get("kind") != _FORMAT_KIND:
             raise checkpoint.CheckpointError(f"{source}: not a streamrnn Model (kind {meta.get('kind')!r})")
         model = cls(**meta["config"])
         model.load_state(arrays, meta, source)
         return model
 
-    def allocate_for_load(self, name, shape, dtype):
+    def allocate_for_load(self, name: str, shape: tuple, dtype: Any) -> Optional[np.ndarray]:
         """Destination of array ``name`` of a checkpoint about to be restored into this model
         (``checkpoint.load(path, allocate=model.allocate_for_load)``): per-key arrays are read
         straight into memory that :meth:`load_state` then adopts, so restoring many keys holds
         their state once; None for the rest (read into new arrays)."""
         return self._keyed.allocate(name, shape, dtype)
 
-    def load_state(self, arrays, meta, source="<state>"):
+    def load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], source: str = "<state>") -> None:
         """Restore from ``state_arrays()`` output; the configuration must match this model's."""
         saved = meta.get("config")
         if isinstance(saved, dict):
@@ -423,17 +575,17 @@ class Model:
         self.opt_state[:] = arrays["opt_state"]
         self.counters[:] = arrays["counters"]
 
-    def save(self, path):
+    def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the whole model atomically (temp file, fsync, rename) with a checksum."""
         checkpoint.save(path, *self.state_arrays())
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: Union[str, os.PathLike]) -> "Model":
         """Read a file written by :meth:`save`; a corrupt or foreign file raises ``CheckpointError``."""
         arrays, meta = checkpoint.load(path)
         return cls.from_state(arrays, meta, source=str(path))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         c = self.config
         return (f"Model(cell={c['cell']!r}, n_inputs={c['n_inputs']}, n_hidden={c['n_hidden']}, "
                 f"n_outputs={c['n_outputs']}, task={c['task']!r}, learner={c['learner']!r}, "

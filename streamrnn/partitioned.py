@@ -132,8 +132,7 @@ class PartitionedModel:
                 start = i
         for stream, a, b in runs:          # validate everything first: all or nothing
             model = self._part(stream)[0]
-            model._inputs(X[a:b])
-            model._targets(Y[a:b], b - a)
+            model.validate_rows(X[a:b], Y[a:b])
         preds = np.empty((n, self.n_outputs), np.dtype(self.config.get("dtype", "float64")))
         losses = np.empty(n, np.float64)
         for stream, a, b in runs:

@@ -33,22 +33,27 @@ Lazy model
 
 The per-sample path avoids ``Model.step``'s batch validation (the estimator
 checks its own inputs): it fills preallocated buffers and hands them to
-``Model._apply``, the path ``Model.step_many`` takes after validating, for
+``Model.apply_rows``, the path ``Model.step_many`` takes after validating, for
 every learner, so predictions and weights are bit-identical to driving the
-``Model`` directly.
+``Model`` directly; predictions go through ``Model.peek_into`` the same way.
 """
+from __future__ import annotations
+
 import math
 from collections import OrderedDict
+from typing import Any, Optional
 
 import numpy as np
-from river import base
-from river.time_series.base import Forecaster
 
-from .cells.dispatch import cache_size, cell_forward
-from .keyed_state import normalize_key
-from .learners.common import predict_from_state
-from .losses import readout as _readout
-from .model import Model
+from .extras import require
+
+require("river", "river", "streamrnn.river")
+
+from river import base  # noqa: E402
+from river.time_series.base import Forecaster  # noqa: E402
+
+from .keyed_state import normalize_key  # noqa: E402
+from .model import Model  # noqa: E402
 
 __all__ = ["RNNRegressor", "RNNClassifier", "RNNForecaster"]
 
@@ -97,9 +102,8 @@ class _Core:
         self.out = np.zeros((1, n_out), dt)
         self.loss = np.zeros(1, dt)
         self.pred = np.zeros(n_out, dt)
-        self.zero_state = np.zeros(m._state_size, dt)
 
-    _SCRATCH = ("x", "x0", "y", "has_y", "out", "loss", "pred", "zero_state")
+    _SCRATCH = ("x", "x0", "y", "has_y", "out", "loss", "pred")
 
     def __getstate__(self):
         # Scratch buffers are not state: leaving them out makes the pickle a function of the
@@ -116,19 +120,12 @@ class _Core:
         if has:
             self.y[0, 0] = target
         self.has_y[0] = has
-        self.model._apply(self.x, self.y, self.has_y, [key] if self.keyed else None, self.out, self.loss)
+        self.model.apply_rows(self.x, self.y, self.has_y, [key] if self.keyed else None, self.out, self.loss)
         return self.out[0]
-
-    def state(self, key):
-        s = self.model._keyed.row("hidden", key)
-        return self.zero_state if s is None else s
 
     def peek(self, key):
         """``Model.peek(self.x, key)`` into ``self.pred``, changing nothing."""
-        m = self.model
-        predict_from_state(m._cell, m._task, m.n_inputs, m.n_hidden, m.n_outputs, m.theta, m.n_params_cell,
-                           self.x0, self.state(key), self.pred)
-        return self.pred
+        return self.model.peek_into(self.x0, key, self.pred)
 
 
 class _Recurrent:
@@ -149,7 +146,7 @@ class _Recurrent:
         return self._core
 
     @property
-    def model(self):
+    def model(self) -> Model:
         """The wrapped :class:`streamrnn.Model` (built on first use)."""
         return self._core.model if self._core is not None else self._build().model
 
@@ -205,7 +202,7 @@ class _Recurrent:
         return None if keyname is None else _entity(x.get(keyname))
 
     @property
-    def features(self):
+    def features(self) -> list:
         """Registered feature names, in input-slot order."""
         return list(self._index)
 
@@ -270,8 +267,10 @@ class RNNRegressor(_Recurrent, base.Regressor):
     (['t'], ['a'])
     """
 
-    def __init__(self, cell="gru", n_hidden=16, n_inputs=16, learner="rtrl", truncation=None, optimizer="adam",
-                 lr=0.01, clip=1.0, seed=0, dtype="float64", key=None, max_keys=1024, readout_skip=False):
+    def __init__(self, cell: str = "gru", n_hidden: int = 16, n_inputs: int = 16, learner: str = "rtrl",
+                 truncation: Optional[int] = None, optimizer: str = "adam", lr: float = 0.01,
+                 clip: Optional[float] = 1.0, seed: int = 0, dtype: str = "float64", key: Optional[str] = None,
+                 max_keys: int = 1024, readout_skip: bool = False) -> None:
         self.cell = cell
         self.n_hidden = n_hidden
         self.n_inputs = n_inputs
@@ -293,11 +292,11 @@ class RNNRegressor(_Recurrent, base.Regressor):
         yield {"cell": "lstm", "n_hidden": 3, "n_inputs": 4, "learner": "tbptt", "truncation": 4, "key": "dummy"}
         yield {"cell": "egru", "n_hidden": 4, "n_inputs": 6, "readout_skip": True}
 
-    def learn_one(self, x, y):
+    def learn_one(self, x: dict, y: float) -> None:
         key = self._map(x, True)
         self._core.step(key, float(y))
 
-    def predict_one(self, x):
+    def predict_one(self, x: dict) -> float:
         key = self._map(x, False)
         return float(self._core.peek(key)[0])
 
@@ -336,9 +335,10 @@ class RNNClassifier(_Recurrent, base.Classifier):
     ['cat', 'dog']
     """
 
-    def __init__(self, cell="gru", n_hidden=16, n_inputs=16, n_classes=2, learner="rtrl", truncation=None,
-                 optimizer="adam", lr=0.01, clip=1.0, seed=0, dtype="float64", key=None, max_keys=1024,
-                 readout_skip=False):
+    def __init__(self, cell: str = "gru", n_hidden: int = 16, n_inputs: int = 16, n_classes: int = 2,
+                 learner: str = "rtrl", truncation: Optional[int] = None, optimizer: str = "adam", lr: float = 0.01,
+                 clip: Optional[float] = 1.0, seed: int = 0, dtype: str = "float64", key: Optional[str] = None,
+                 max_keys: int = 1024, readout_skip: bool = False) -> None:
         self.cell = cell
         self.n_hidden = n_hidden
         self.n_inputs = n_inputs
@@ -384,7 +384,7 @@ class RNNClassifier(_Recurrent, base.Classifier):
         yield {"n_hidden": 4, "n_inputs": 8}
         yield {"n_hidden": 4, "n_inputs": 20, "n_classes": 8, "cell": "rnn"}
 
-    def learn_one(self, x, y):
+    def learn_one(self, x: dict, y: Any) -> None:
         if self.n_classes == 2:
             if y is True or y is False or isinstance(y, np.bool_) or (isinstance(y, (int, np.integer)) and y in (0, 1)):
                 target = 1.0 if y else 0.0
@@ -404,7 +404,7 @@ class RNNClassifier(_Recurrent, base.Classifier):
                 target = float(idx)
         self._core.step(key, target)
 
-    def predict_proba_one(self, x):
+    def predict_proba_one(self, x: dict) -> dict:
         key = self._map(x, False)
         p = self._core.peek(key)
         if self.n_classes == 2:
@@ -449,9 +449,10 @@ class RNNForecaster(_Recurrent, Forecaster):
     True
     """
 
-    def __init__(self, cell="gru", n_hidden=16, n_inputs=0, learner="rtrl", truncation=None, optimizer="adam",
-                 lr=0.01, clip=1.0, seed=0, dtype="float64", key=None, max_keys=1024, standardize=True,
-                 readout_skip=False):
+    def __init__(self, cell: str = "gru", n_hidden: int = 16, n_inputs: int = 0, learner: str = "rtrl",
+                 truncation: Optional[int] = None, optimizer: str = "adam", lr: float = 0.01,
+                 clip: Optional[float] = 1.0, seed: int = 0, dtype: str = "float64", key: Optional[str] = None,
+                 max_keys: int = 1024, standardize: bool = True, readout_skip: bool = False) -> None:
         self.cell = cell
         self.n_hidden = n_hidden
         self.n_inputs = n_inputs
@@ -486,7 +487,7 @@ class RNNForecaster(_Recurrent, Forecaster):
         sd = math.sqrt(self._m2 / self._n)
         return self._mean, (sd if sd > 0 else 1.0)
 
-    def learn_one(self, y, x=None):
+    def learn_one(self, y: float, x: Optional[dict] = None) -> None:
         y = float(y)
         if not math.isfinite(y):
             raise ValueError(f"the observation must be finite; got {y!r}")
@@ -505,7 +506,7 @@ class RNNForecaster(_Recurrent, Forecaster):
             self._mean += d / self._n
             self._m2 += d * (y - self._mean)
 
-    def forecast(self, horizon, xs=None):
+    def forecast(self, horizon: int, xs: Optional[list] = None) -> list:
         core = self._core or self._build()
         m = core.model
         key = None
@@ -514,17 +515,15 @@ class RNNForecaster(_Recurrent, Forecaster):
         mean, sd = self._scale()
         last = self._last.get(key)
         z = 0.0 if last is None else (last - mean) / sd
-        s = core.state(key).copy()
+        s = m.hidden_state(key)
         s_new = np.empty_like(s)
-        cache = np.empty(cache_size(m._cell, m.n_hidden), m.dtype)
         out = np.empty(1, m.dtype)
         preds = []
         for t in range(horizon):
             self._map(xs[t] if xs is not None and t < len(xs) else None, False)
             x = core.x0
             x[0] = z
-            cell_forward(m._cell, m.theta, m.n_inputs, m.n_hidden, x, s, s_new, cache)
-            _readout(m.theta, m.n_params_cell, m.n_hidden, 1, s_new, x, out)
+            m.predict_from_state(x, s, out, next_state=s_new)
             z = float(out[0])
             preds.append(z * sd + mean)
             s, s_new = s_new, s

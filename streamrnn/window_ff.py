@@ -59,6 +59,11 @@ class WindowFF:
         return self._keyed.keys
 
     @property
+    def held_state_bytes(self):
+        """Bytes of per-key arrays allocated now (rows grow with the keys seen, up to ``max_keys``)."""
+        return sum(a.nbytes for a in self._keyed.arrays.values())
+
+    @property
     def state_bytes_per_key(self):
         return self._keyed.bytes_per_key
 

@@ -93,9 +93,12 @@ def test_dense_rtrl_agrees_with_the_per_unit_form():
     model = make_model()
     X, Y = random_sequence("regression", n_steps=T, n_inputs=N_IN, seed=7)
     Yf, has_y = model._targets(Y, T)
-    ws = rtrl.make_workspace(CELL_IDS["dlru"], N_IN, N, 2, model.n_params_cell, model.n_params, np.float64)
+    assert model.dims.cell == CELL_IDS["dlru"] and model.dims.n_outputs == 2
+    dense = rtrl.SPEC                          # the dense kernels, not the per-unit ones the Model runs
     grad = np.zeros(model.n_params)
-    rtrl.rtrl_sequence_gradient(CELL_IDS["dlru"], 0, N_IN, N, 2, model.theta, X, Yf, has_y, ws, grad)
+    dense.sequence_gradient(CELL_IDS["dlru"], 0, N_IN, N, 2, model.theta, X, Yf, has_y,
+                            dense.new_key_state(model.dims), dense.make_workspace(model.dims), grad)
+    assert grad.shape == (model.n_params,) and dense.key_layout(model.dims)[1][1][1] == model.n_params_cell
     assert rel_err(model._unflatten(grad), model.gradient(X, Y, method="bptt")) < 1e-9
 
 
@@ -108,7 +111,7 @@ def test_online_learning_is_exact_rtrl_in_O_P_memory():
     for t in range(T):                         # lr = 0: the per-step gradients the learner would apply
         model.step_many(X[t:t + 1], Y[t:t + 1])
         if not np.isnan(Y[t, 0]):
-            total += model._gradient_buffer
+            total += model.last_gradient()
     assert rel_err(model._unflatten(total), model.gradient(X, Y, method="bptt")) < 1e-9
     # and an update applies it: one labelled step at the end moves θ by -lr dL_T/dθ
     lr = 1e-3

@@ -281,3 +281,14 @@ def test_forecaster_keys_are_bounded():
         fc.learn_one(float(t), {"id": k, "v": 1.0})
     assert list(fc._last) == ["c", "a"] and fc.model.keys == ["c", "a"]
     assert len(fc.forecast(3, [{"id": "a", "v": 1.0}])) == 3
+
+
+def test_a_missing_river_names_the_extra(monkeypatch):
+    import importlib
+    import sys
+
+    from streamrnn.extras import MissingExtra
+    monkeypatch.setitem(sys.modules, "river", None)          # import river now fails
+    monkeypatch.delitem(sys.modules, "streamrnn.river", raising=False)
+    with pytest.raises(MissingExtra, match=r"streamrnn\.river needs the 'river' package: pip install 'streamrnn\[river\]'"):
+        importlib.import_module("streamrnn.river")

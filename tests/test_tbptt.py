@@ -5,7 +5,8 @@ import pytest
 import streamrnn as sr
 from streamrnn.cells.dispatch import CELL_IDS
 from streamrnn.learners.bptt import bptt_sequence_gradient
-from streamrnn.learners.rtrl import make_workspace as make_rtrl_workspace, rtrl_sample
+from streamrnn.learners import registry
+from streamrnn.learners.rtrl import rtrl_sample
 from streamrnn.losses import TASK_IDS
 
 from .helpers import CELLS, N_OUTPUTS, TASKS, random_sequence, rel_err
@@ -80,19 +81,19 @@ def test_tbptt_k_equals_rtrl_with_influence_reset_at_window_starts(cell):
     X, Y = random_sequence("regression", n_steps=T, n_inputs=N_IN, seed=6)
     Yf, has_y = model._targets(Y, T)
     states = states_along(model, X)
-    ws = make_rtrl_workspace(CELL_IDS[cell], N_IN, N, model.n_outputs, model.n_params_cell,
-                             model.n_params, np.float64)
+    dense = registry.get("rtrl")
+    ws = dense.make_workspace(model.dims)
     pred = np.empty(model.n_outputs)
     total = np.zeros(model.n_params)
     for start in range(0, T, k):
-        s = states[start].copy()
-        M = np.zeros((s.size, model.n_params_cell))         # the influence matrix reset at the window start
+        keyed = dense.new_key_state(model.dims)             # the influence matrix reset at the window start
+        keyed.hidden[0] = states[start]
         for t in range(start, min(start + k, T)):
             outcome, _ = rtrl_sample(CELL_IDS[cell], 0, N_IN, N, model.n_outputs, model.theta, X[t], Yf[t],
-                                     has_y[t], s, M, ws, pred)
+                                     has_y[t], keyed, 0, t, ws, pred)
             assert outcome == 0
             if has_y[t]:
-                total += ws[6]
+                total += ws.grad
     got = model.gradient(X, Y, method="tbptt", truncation=k)
     assert rel_err(got, model._unflatten(total)) < 1e-9
 

@@ -11,42 +11,59 @@ own parameters, so the Model runs exact RTRL for them in the compact O(P) form
 of :mod:`streamrnn.learners.snap1`; this dense form serves them too (checks,
 ``compare.gradient_alignment``).
 """
+from collections import namedtuple
+
 import numpy as np
 from numba import njit
 
-from ..cells.dispatch import cache_size, cell_forward, cell_tangent, n_gates, state_size
-from .common import APPLIED, INFLUENCE_RESET, REJECTED, all_finite, cell_params_end, readout_step, settle_sample
+from ..cells.dispatch import cell_forward, cell_tangent, cache_size, n_gates
+from .common import (APPLIED, INFLUENCE_RESET, REJECTED, InfluenceKeyState, all_finite, cell_params_end,
+                     clear_influence_key, online_sequence_gradient, online_step_many,
+                     register_online_learner, readout_step)
+from .registry import LearnerSpec, register
+
+# Scratch of one step: the new state, D = W_hh M + I (G n x P_cell, large for big n), the cell's
+# cache, logits and their gradient, dL/dh, and the gradient of the step.
+RTRLWorkspace = namedtuple("RTRLWorkspace", ["s_new", "D", "cache", "logits", "dlogits", "g_h", "grad"])
 
 
-def make_workspace(cell, n_in, n, n_out, n_params_cell, n_params, dtype):
-    """Scratch arrays for one RTRL step, allocated once per Model (``D`` is large for big n);
-    ``ws[6]`` is the gradient."""
-    return (np.zeros(state_size(cell, n), dtype), np.zeros((n_gates(cell) * n, n_params_cell), dtype),
-            np.zeros(cache_size(cell, n), dtype), np.zeros(n_out, dtype), np.zeros(n_out, dtype),
-            np.zeros(n, dtype), np.zeros(n_params, dtype))
+def make_workspace(dims):
+    """The workspace of one RTRL step for a model of ``dims``, allocated once per Model."""
+    dt, n = dims.dtype, dims.n_hidden
+    return RTRLWorkspace(np.zeros(dims.state_size, dt), np.zeros((n_gates(dims.cell) * n, dims.n_params_cell), dt),
+                         np.zeros(cache_size(dims.cell, n), dt), np.zeros(dims.n_outputs, dt),
+                         np.zeros(dims.n_outputs, dt), np.zeros(n, dt), np.zeros(dims.n_params, dt))
+
+
+def key_layout(dims):
+    """A key's state (S,) and dense influence matrix (S, P_cell)."""
+    S, dt = dims.state_size, dims.dtype
+    return [("hidden", (S,), dt), ("influence", (S, dims.n_params_cell), dt)]
 
 
 @njit(cache=True, error_model="numpy")
-def rtrl_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, s, M, ws, pred):
-    """Advance ``(s, M)`` by one sample in place and, with a target, form ``dL/dθ`` in ``ws[6]``.
+def rtrl_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, keyed, slot, draw, ws, pred):
+    """Advance the state and influence ``M`` of key ``slot`` by one sample in place and, with a
+    target, form ``dL/dθ`` in ``ws.grad``. ``draw`` is unused (RTRL draws nothing).
 
     Returns ``(outcome, loss)``. ``REJECTED``: the new state is not finite, so
-    ``s`` and ``M`` are left as they were and ``pred`` is NaN. ``INFLUENCE_RESET``:
+    the key is left as it was and ``pred`` is NaN. ``INFLUENCE_RESET``:
     the state advanced but ``M`` overflowed and was zeroed (no gradient).
 
     ``M`` is updated in place: once ``D = W_hh M + I`` is formed, every entry of
     the new ``M`` reads only the same entry of the old one, so no second S x P
     buffer (nor a copy of it) is needed.
     """
-    s_new, D, cache, logits, dlogits, g_h, grad = ws
+    s, M = keyed.hidden[slot], keyed.influence[slot]
+    s_new, g_h, grad = ws.s_new, ws.g_h, ws.grad
     Pc = cell_params_end(cell, n_in, n)
-    cell_forward(cell, theta, n_in, n, x, s, s_new, cache)
+    cell_forward(cell, theta, n_in, n, x, s, s_new, ws.cache)
     if not all_finite(s_new):
         pred[:] = np.nan
         return REJECTED, 0.0
-    cell_tangent(cell, theta, n_in, n, x, s, s_new, cache, M, M, D, True)
+    cell_tangent(cell, theta, n_in, n, x, s, s_new, ws.cache, M, M, ws.D, True)
     s[:] = s_new
-    loss = readout_step(task, theta, Pc, n, n_out, s, x, y, has_y, logits, pred, dlogits, grad, g_h)
+    loss = readout_step(task, theta, Pc, n, n_out, s, x, y, has_y, ws.logits, pred, ws.dlogits, grad, g_h)
     if not all_finite(M):
         M[:] = 0.0
         return INFLUENCE_RESET, loss
@@ -61,38 +78,15 @@ def rtrl_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, s, M, ws, pred):
 
 @njit(cache=True, error_model="numpy", nogil=True)   # the daemon overlaps it with Kafka I/O threads
 def rtrl_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
-                   H, Ms, X, Y, has_y, slots, reset, ws, out, losses):
-    """Test-then-train over records in arrival order; each record's key owns slot ``slots[i]``.
-
-    ``reset[i]`` zeroes the slot first (a new or evicted key). ``losses[i]`` is NaN
-    when the record had no target or was rejected.
-    """
-    grad = ws[6]
-    for i in range(X.shape[0]):
-        slot = slots[i]
-        if reset[i]:
-            H[slot] = 0.0
-            Ms[slot] = 0.0
-        outcome, loss = rtrl_sample(cell, task, n_in, n, n_out, theta, X[i], Y[i], has_y[i],
-                                    H[slot], Ms[slot], ws, out[i])
-        losses[i] = settle_sample(outcome, has_y[i], loss, opt_kind, theta, grad, opt_state, hyper, counters)
+                   keyed, X, Y, has_y, slots, reset, ws, out, losses):
+    """:func:`~streamrnn.learners.common.online_step_many` for RTRL, ``keyed`` and ``ws`` given as plain tuples
+    of their fields (see :data:`~streamrnn.learners.registry.LearnerSpec`)."""
+    online_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters, InfluenceKeyState(*keyed),
+                     X, Y, has_y, slots, reset, RTRLWorkspace(*ws), out, losses)
 
 
-@njit(cache=True, error_model="numpy")
-def rtrl_sequence_gradient(cell, task, n_in, n, n_out, theta, X, Y, has_y, ws, grad_sum):
-    """``grad_sum = Σ_t dL_t/dθ`` over one sequence from a zero state, parameters fixed."""
-    s = np.zeros(ws[0].shape[0], theta.dtype)
-    M = np.zeros((s.shape[0], ws[1].shape[1]), theta.dtype)
-    pred = np.empty(n_out, theta.dtype)
-    grad = ws[6]
-    grad_sum[:] = 0.0
-    total = 0.0
-    for t in range(X.shape[0]):
-        outcome, loss = rtrl_sample(cell, task, n_in, n, n_out, theta, X[t], Y[t], has_y[t], s, M, ws, pred)
-        if outcome != APPLIED:
-            grad_sum[:] = np.nan
-            return np.nan
-        if has_y[t]:
-            total += loss
-            grad_sum += grad
-    return total
+register_online_learner(RTRLWorkspace, InfluenceKeyState, rtrl_sample, clear_influence_key)
+
+SPEC = register(LearnerSpec(name="rtrl", key_layout=key_layout, key_state=InfluenceKeyState,
+                            make_workspace=make_workspace, step_many=rtrl_step_many,
+                            sequence_gradient=online_sequence_gradient, elementwise_runs_as="snap1"))

@@ -8,19 +8,43 @@ last ``k`` steps and updates the parameters. With ``h = k`` the windows do not
 overlap and the summed gradient equals RTRL's with the influence matrix reset
 at every window start; with ``k >= T`` it is full BPTT.
 """
+from collections import namedtuple
+
 import numpy as np
 from numba import njit
 
-from ..cells.dispatch import cache_size, cell_backward, cell_forward, n_gates, state_size
+from ..cells.dispatch import cache_size, cell_backward, cell_forward, n_gates
 from .common import REJECTED_STATE, STEPS, all_finite, cell_params_end, guarded_update, readout_step
+from .registry import LearnerSpec, register
+
+# The arrays a key owns (a slot axis first): its state, and the ring of its last k steps (input, state
+# before the step, the cell's cache, target, whether it had one) with the count of steps taken.
+TBPTTKeyState = namedtuple("TBPTTKeyState", ["hidden", "window_inputs", "window_states", "window_caches",
+                                             "window_targets", "window_has_target", "window_count"])
+
+# The update stride h, and the scratch: the new state and cache of a forward step, the backward pass's
+# dL/ds and dL/ds_prev, pre-activation gradients, logits, a prediction, their gradient, dL/dh, one
+# step's readout gradient, and ``grad``, the window's summed gradient (the one applied).
+TBPTTWorkspace = namedtuple("TBPTTWorkspace", ["stride", "s_new", "cache", "g_s", "g_prev", "da_ih", "da_hh",
+                                               "logits", "pred", "dlogits", "g_h", "step_grad", "grad"])
 
 
-def make_workspace(cell, n_in, n, n_out, n_params, dtype):
-    S = state_size(cell, n)
-    rows = n_gates(cell) * n
-    return (np.zeros(S, dtype), np.zeros(cache_size(cell, n), dtype), np.zeros(S, dtype), np.zeros(S, dtype),
-            np.zeros(rows, dtype), np.zeros(rows, dtype), np.zeros(n_out, dtype), np.zeros(n_out, dtype),
-            np.zeros(n_out, dtype), np.zeros(n, dtype), np.zeros(n_params, dtype), np.zeros(n_params, dtype))
+def make_workspace(dims):
+    """The workspace of TBPTT(``dims.truncation``, ``dims.stride``) for a model of ``dims``."""
+    dt, S, n, o = dims.dtype, dims.state_size, dims.n_hidden, dims.n_outputs
+    rows = n_gates(dims.cell) * n
+    return TBPTTWorkspace(int(dims.stride), np.zeros(S, dt), np.zeros(cache_size(dims.cell, n), dt),
+                          np.zeros(S, dt), np.zeros(S, dt), np.zeros(rows, dt), np.zeros(rows, dt),
+                          np.zeros(o, dt), np.zeros(o, dt), np.zeros(o, dt), np.zeros(n, dt),
+                          np.zeros(dims.n_params, dt), np.zeros(dims.n_params, dt))
+
+
+def key_layout(dims):
+    S, dt, k = dims.state_size, dims.dtype, dims.truncation
+    return [("hidden", (S,), dt), ("window_inputs", (k, dims.n_inputs), dt), ("window_states", (k, S), dt),
+            ("window_caches", (k, cache_size(dims.cell, dims.n_hidden)), dt),
+            ("window_targets", (k, dims.target_width), dt), ("window_has_target", (k,), np.dtype(np.bool_)),
+            ("window_count", (), np.dtype(np.int64))]
 
 
 @njit(cache=True, error_model="numpy")
@@ -32,7 +56,7 @@ def tbptt_backprop(cell, task, n_in, n, n_out, theta, Pc, s_last, win_x, win_s, 
     steps have been taken, the newest state is ``s_last``. Returns the summed
     loss, recomputed at the current parameters.
     """
-    _, _, g_s, g_prev, da_ih, da_hh, logits, pred, dlogits, g_h, step_grad, _ = ws
+    g_s, g_prev, da_ih, da_hh, step_grad, g_h = ws.g_s, ws.g_prev, ws.da_ih, ws.da_hh, ws.step_grad, ws.g_h
     k = win_x.shape[0]
     grad[:] = 0.0
     g_s[:] = 0.0
@@ -43,7 +67,7 @@ def tbptt_backprop(cell, task, n_in, n, n_out, theta, Pc, s_last, win_x, win_s, 
         s_after = s_last if back == 0 else win_s[(t + 1) % k]
         if back < n_inject and win_has[idx]:
             total += readout_step(task, theta, Pc, n, n_out, s_after, win_x[idx], win_y[idx], True,
-                                  logits, pred, dlogits, step_grad, g_h)
+                                  ws.logits, ws.pred, ws.dlogits, step_grad, g_h)
             grad[Pc:] += step_grad[Pc:]
             for j in range(n):
                 g_s[j] += g_h[j]
@@ -58,7 +82,7 @@ def tbptt_advance(cell, task, n_in, n, n_out, theta, Pc, x, y, has_y, s, win_x, 
                   win_has, count, ws, pred):
     """Step one key forward, recording the step in its window. False (and nothing changed) when
     the new state is not finite."""
-    s_new, cache = ws[0], ws[1]
+    s_new, cache = ws.s_new, ws.cache
     cell_forward(cell, theta, n_in, n, x, s, s_new, cache)
     if not all_finite(s_new):
         pred[:] = np.nan
@@ -70,18 +94,29 @@ def tbptt_advance(cell, task, n_in, n, n_out, theta, Pc, x, y, has_y, s, win_x, 
     win_y[idx] = y
     win_has[idx] = has_y
     s[:] = s_new
-    logits, dlogits, g_h, step_grad = ws[6], ws[8], ws[9], ws[10]
-    loss = readout_step(task, theta, Pc, n, n_out, s, x, y, has_y, logits, pred, dlogits, step_grad, g_h)
+    loss = readout_step(task, theta, Pc, n, n_out, s, x, y, has_y, ws.logits, pred, ws.dlogits, ws.step_grad, ws.g_h)
     return True, loss
 
 
 @njit(cache=True, error_model="numpy", nogil=True)   # the daemon overlaps it with Kafka I/O threads
 def tbptt_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
-                    H, W_x, W_s, W_c, W_y, W_has, W_count, stride, X, Y, has_y, slots, reset, ws, out, losses):
+                    keyed, X, Y, has_y, slots, reset, ws, out, losses):
+    """:func:`tbptt_records`, ``keyed`` and ``ws`` given as plain tuples of their fields (see
+    :data:`~streamrnn.learners.registry.LearnerSpec`)."""
+    tbptt_records(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters, TBPTTKeyState(*keyed),
+                  X, Y, has_y, slots, reset, TBPTTWorkspace(*ws), out, losses)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def tbptt_records(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
+                  keyed, X, Y, has_y, slots, reset, ws, out, losses):
     """Test-then-train over records in arrival order, one TBPTT window per key slot."""
     Pc = cell_params_end(cell, n_in, n)
+    H, W_x, W_s, W_c = keyed.hidden, keyed.window_inputs, keyed.window_states, keyed.window_caches
+    W_y, W_has, W_count = keyed.window_targets, keyed.window_has_target, keyed.window_count
     k = W_x.shape[1]
-    grad = ws[11]
+    stride = ws.stride
+    grad = ws.grad
     for i in range(X.shape[0]):
         slot = slots[i]
         if reset[i]:
@@ -109,19 +144,17 @@ def tbptt_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hype
 
 
 @njit(cache=True, error_model="numpy")
-def tbptt_sequence_gradient(cell, task, n_in, n, n_out, theta, X, Y, has_y, k, stride, ws, grad_sum):
-    """``Σ`` of the gradients TBPTT(k, stride) would apply over one sequence from a zero state,
-    parameters fixed; losses after the last full stride are flushed at the end."""
+def tbptt_sequence_gradient(cell, task, n_in, n, n_out, theta, X, Y, has_y, keyed, ws, grad_sum):
+    """``Σ`` of the gradients TBPTT(k, stride) would apply over one sequence from a zero state (``keyed``:
+    one zeroed slot, its window of k steps), parameters fixed; losses after the last full stride are
+    flushed at the end."""
     Pc = cell_params_end(cell, n_in, n)
-    S = ws[0].shape[0]
-    s = np.zeros(S, theta.dtype)
-    win_x = np.zeros((k, n_in), theta.dtype)
-    win_s = np.zeros((k, S), theta.dtype)
-    win_c = np.zeros((k, ws[1].shape[0]), theta.dtype)
-    win_y = np.zeros((k, Y.shape[1]), theta.dtype)
-    win_has = np.zeros(k, np.bool_)
+    s, win_x, win_s, win_c = keyed.hidden[0], keyed.window_inputs[0], keyed.window_states[0], keyed.window_caches[0]
+    win_y, win_has = keyed.window_targets[0], keyed.window_has_target[0]
+    k = win_x.shape[0]
+    stride = ws.stride
     pred = np.empty(n_out, theta.dtype)
-    grad = ws[11]
+    grad = ws.grad
     grad_sum[:] = 0.0
     total = 0.0
     T = X.shape[0]
@@ -139,3 +172,8 @@ def tbptt_sequence_gradient(cell, task, n_in, n, n_out, theta, X, Y, has_y, k, s
                                     win_has, count, min(k, count), n_inject, ws, grad)
             grad_sum += grad
     return total
+
+
+SPEC = register(LearnerSpec(name="tbptt", key_layout=key_layout, key_state=TBPTTKeyState,
+                            make_workspace=make_workspace, step_many=tbptt_step_many,
+                            sequence_gradient=tbptt_sequence_gradient, windowed=True))

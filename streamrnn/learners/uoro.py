@@ -11,22 +11,44 @@ Per key it holds ``s̃`` (S) and ``θ̃`` (P): O(S + P) memory, O(P) time per st
 a counter-based generator keyed by the model seed and the step index, so a
 replay of the same records is bit-identical, also across a save and load.
 """
+from collections import namedtuple
+
 import numpy as np
 from numba import njit
 
-from ..cells.dispatch import cache_size, cell_backward, cell_forward, cell_tangent, n_gates, state_size
-from .common import APPLIED, INFLUENCE_RESET, REJECTED, STEPS, all_finite, readout_step, settle_sample
+from ..cells.dispatch import cache_size, cell_backward, cell_forward, cell_tangent, n_gates
+from .common import (APPLIED, INFLUENCE_RESET, REJECTED, all_finite, online_sequence_gradient, online_step_many,
+                     register_online_learner,
+                     readout_step)
+from .registry import LearnerSpec, register
+
+# The arrays a key owns (a slot axis first): its state, s̃ (S) and θ̃ (P_cell).
+UOROKeyState = namedtuple("UOROKeyState", ["hidden", "uoro_state", "uoro_params"])
+
+# The model's seed of the random signs, and the scratch of one step: the new state, the cell's cache, the
+# tangent's D (G n x 1) and J s̃ (S x 1), the signs ν, the reverse pass's dL/ds_prev and pre-activation
+# gradients, νᵀI (P_cell), logits and their gradient, dL/dh, and the gradient estimate of the step.
+UOROWorkspace = namedtuple("UOROWorkspace", ["seed", "s_new", "cache", "D1", "js", "nu", "g_prev", "da_ih",
+                                             "da_hh", "vI", "logits", "dlogits", "g_h", "grad"])
+
+
+def make_workspace(dims):
+    """The workspace of one UORO step for a model of ``dims`` (signs from ``dims.seed``)."""
+    dt, S, n = dims.dtype, dims.state_size, dims.n_hidden
+    rows = n_gates(dims.cell) * n
+    return UOROWorkspace(int(dims.seed), np.zeros(S, dt), np.zeros(cache_size(dims.cell, n), dt),
+                         np.zeros((rows, 1), dt), np.zeros((S, 1), dt), np.zeros(S, dt), np.zeros(S, dt),
+                         np.zeros(rows, dt), np.zeros(rows, dt), np.zeros(dims.n_params_cell, dt),
+                         np.zeros(dims.n_outputs, dt), np.zeros(dims.n_outputs, dt), np.zeros(n, dt),
+                         np.zeros(dims.n_params, dt))
+
+
+def key_layout(dims):
+    S, dt = dims.state_size, dims.dtype
+    return [("hidden", (S,), dt), ("uoro_state", (S,), dt), ("uoro_params", (dims.n_params_cell,), dt)]
+
 
 _EPS = 1e-7
-
-
-def make_workspace(cell, n_in, n, n_out, n_params_cell, n_params, dtype):
-    S = state_size(cell, n)
-    rows = n_gates(cell) * n
-    return (np.zeros(S, dtype), np.zeros(cache_size(cell, n), dtype), np.zeros((rows, 1), dtype),
-            np.zeros((S, 1), dtype), np.zeros(S, dtype), np.zeros(S, dtype), np.zeros(rows, dtype),
-            np.zeros(rows, dtype), np.zeros(n_params_cell, dtype), np.zeros(n_out, dtype), np.zeros(n_out, dtype),
-            np.zeros(n, dtype), np.zeros(n_params, dtype))
 
 
 @njit(cache=True, error_model="numpy")
@@ -54,19 +76,29 @@ def _norm(v):
 
 
 @njit(cache=True, error_model="numpy")
-def uoro_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, s, s_tilde, theta_tilde, seed, draw, ws, pred):
-    """Advance ``(s, s̃, θ̃)`` by one sample in place; with a target, ``ws[12]`` holds the gradient estimate."""
-    s_new, cache, D1, js, nu, g_prev, da_ih, da_hh, vI, logits, dlogits, g_h, grad = ws
+def clear_uoro_key(keyed, slot):
+    """Zero the state, s̃ and θ̃ of ``slot`` (a new or evicted key)."""
+    keyed.hidden[slot] = 0.0
+    keyed.uoro_state[slot] = 0.0
+    keyed.uoro_params[slot] = 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def uoro_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, keyed, slot, draw, ws, pred):
+    """Advance ``(s, s̃, θ̃)`` of key ``slot`` by one sample in place, with draw ``draw`` of the model's
+    random signs; with a target, ``ws.grad`` holds the gradient estimate."""
+    s, s_tilde, theta_tilde = keyed.hidden[slot], keyed.uoro_state[slot], keyed.uoro_params[slot]
+    s_new, cache, js, nu, vI, g_h, grad = ws.s_new, ws.cache, ws.js, ws.nu, ws.vI, ws.g_h, ws.grad
     S = s.shape[0]
     Pc = theta_tilde.shape[0]
     cell_forward(cell, theta, n_in, n, x, s, s_new, cache)
     if not all_finite(s_new):
         pred[:] = np.nan
         return REJECTED, 0.0
-    cell_tangent(cell, theta, n_in, n, x, s, s_new, cache, s_tilde.reshape((S, 1)), js, D1, False)
-    random_signs(seed, draw, nu)
+    cell_tangent(cell, theta, n_in, n, x, s, s_new, cache, s_tilde.reshape((S, 1)), js, ws.D1, False)
+    random_signs(ws.seed, draw, nu)
     vI[:] = 0.0
-    cell_backward(cell, theta, n_in, n, x, s, s_new, cache, nu, g_prev, vI, da_ih, da_hh)
+    cell_backward(cell, theta, n_in, n, x, s, s_new, cache, nu, ws.g_prev, vI, ws.da_ih, ws.da_hh)
     rho0 = np.sqrt((_norm(theta_tilde) + _EPS) / (_norm(js[:, 0]) + _EPS))
     rho1 = np.sqrt((_norm(vI) + _EPS) / (_norm(nu) + _EPS))
     for k in range(S):
@@ -74,7 +106,7 @@ def uoro_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, s, s_tilde, thet
     for p in range(Pc):
         theta_tilde[p] = theta_tilde[p] / rho0 + vI[p] / rho1
     s[:] = s_new
-    loss = readout_step(task, theta, Pc, n, n_out, s, x, y, has_y, logits, pred, dlogits, grad, g_h)
+    loss = readout_step(task, theta, Pc, n, n_out, s, x, y, has_y, ws.logits, pred, ws.dlogits, grad, g_h)
     if not (all_finite(s_tilde) and all_finite(theta_tilde)):
         s_tilde[:] = 0.0
         theta_tilde[:] = 0.0
@@ -89,40 +121,16 @@ def uoro_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, s, s_tilde, thet
 
 
 @njit(cache=True, error_model="numpy", nogil=True)   # the daemon overlaps it with Kafka I/O threads
-def uoro_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters, seed,
-                   H, S_tilde, Theta_tilde, X, Y, has_y, slots, reset, ws, out, losses):
-    """Test-then-train over records in arrival order; each record's key owns slot ``slots[i]``."""
-    grad = ws[12]
-    for i in range(X.shape[0]):
-        slot = slots[i]
-        if reset[i]:
-            H[slot] = 0.0
-            S_tilde[slot] = 0.0
-            Theta_tilde[slot] = 0.0
-        outcome, loss = uoro_sample(cell, task, n_in, n, n_out, theta, X[i], Y[i], has_y[i], H[slot],
-                                    S_tilde[slot], Theta_tilde[slot], seed, counters[STEPS], ws, out[i])
-        losses[i] = settle_sample(outcome, has_y[i], loss, opt_kind, theta, grad, opt_state, hyper, counters)
+def uoro_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
+                   keyed, X, Y, has_y, slots, reset, ws, out, losses):
+    """:func:`~streamrnn.learners.common.online_step_many` for UORO, ``keyed`` and ``ws`` given as plain tuples
+    of their fields (see :data:`~streamrnn.learners.registry.LearnerSpec`)."""
+    online_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters, UOROKeyState(*keyed),
+                     X, Y, has_y, slots, reset, UOROWorkspace(*ws), out, losses)
 
 
-@njit(cache=True, error_model="numpy")
-def uoro_sequence_gradient(cell, task, n_in, n, n_out, theta, X, Y, has_y, seed, ws, grad_sum):
-    """``Σ_t`` of UORO's gradient estimates over one sequence from a zero state, parameters fixed;
-    the signs of step t are draw t of ``seed``."""
-    S = ws[0].shape[0]
-    s = np.zeros(S, theta.dtype)
-    s_tilde = np.zeros(S, theta.dtype)
-    theta_tilde = np.zeros(ws[8].shape[0], theta.dtype)
-    pred = np.empty(n_out, theta.dtype)
-    grad = ws[12]
-    grad_sum[:] = 0.0
-    total = 0.0
-    for t in range(X.shape[0]):
-        outcome, loss = uoro_sample(cell, task, n_in, n, n_out, theta, X[t], Y[t], has_y[t], s, s_tilde,
-                                    theta_tilde, seed, t, ws, pred)
-        if outcome != APPLIED:
-            grad_sum[:] = np.nan
-            return np.nan
-        if has_y[t]:
-            total += loss
-            grad_sum += grad
-    return total
+register_online_learner(UOROWorkspace, UOROKeyState, uoro_sample, clear_uoro_key)
+
+SPEC = register(LearnerSpec(name="uoro", key_layout=key_layout, key_state=UOROKeyState,
+                            make_workspace=make_workspace, step_many=uoro_step_many,
+                            sequence_gradient=online_sequence_gradient))
