@@ -20,7 +20,7 @@ from .learners.bptt import bptt_sequence_gradient
 from .learners.common import (INFLUENCE_RESETS, N_COUNTERS, REJECTED_STATE, SKIPPED_NONFINITE, STEPS, UPDATES,
                                predict_from_state)
 from .losses import TASK_IDS
-from .optim import OPTIMIZER_IDS
+from .optim import OPTIMIZER_IDS, state_shape
 from .validation import (DTYPES, check_inputs, check_seed, check_targets, check_task_outputs, choice,
                          optimizer_settings, positive_int, target_width)
 
@@ -146,7 +146,7 @@ class Model:
         self.n_params = self.n_params_cell + n_outputs * (n_hidden + 1 + (n_inputs if self.readout_skip else 0))
 
         self.theta = self._initial_parameters(int(seed))
-        self.opt_state = np.zeros((2, self.n_params), self.dtype)
+        self.opt_state = np.zeros(state_shape(optimizer, self.n_params), self.dtype)
         self.counters = np.zeros(N_COUNTERS, np.int64)
         self.learner, self.truncation, self.stride = learner, truncation, stride
         self._keyed = KeyedState(self._per_key_layout(), max_keys)

@@ -1,8 +1,11 @@
 """Optimizers and gradient clipping as compiled kernels (PyTorch semantics).
 
-State is one ``(2, P)`` array per model: SGD keeps its momentum buffer in row 0;
-Adam keeps the first and second moments in rows 0 and 1. ``step`` counts the
-updates applied so far (Adam's bias correction).
+State is one ``(rows, P)`` array per model, ``state_shape(optimizer, P)``: SGD keeps its
+momentum buffer in row 0 (two rows, the second unused); Adam keeps the first and second
+moments in rows 0 and 1; ``adam_hd`` (Adam whose learning rate adapts itself, see
+:func:`adam_hd_step`) adds a third row whose entry 0 holds the current learning rate;
+``cocob`` (COCOB-Backprop, learning-rate free) keeps five rows. ``step`` counts the updates
+applied so far (Adam's bias correction; the first step initialises lazily-set state).
 
 Every kernel in streamrnn compiles with ``error_model="numpy"``: IEEE division
 (inf/NaN, which the learners check for explicitly) instead of Python's
@@ -11,12 +14,27 @@ zero-division check, whose branch keeps loops such as Adam's from vectorising.
 import numpy as np
 from numba import njit
 
-SGD, ADAM = 0, 1
-OPTIMIZER_IDS = {"sgd": SGD, "adam": ADAM}
+SGD, ADAM, ADAM_HD, COCOB = 0, 1, 2, 3
+OPTIMIZER_IDS = {"sgd": SGD, "adam": ADAM, "adam_hd": ADAM_HD, "cocob": COCOB}
+STATE_ROWS = (2, 2, 3, 5)              # rows of the optimizer-state array, by optimizer id
 
 # Layout of the hyper-parameter vector handed to kernels.
-LR, BETA1, BETA2, EPS, MOMENTUM, WEIGHT_DECAY, CLIP = range(7)
-N_HYPER = 7
+LR, BETA1, BETA2, EPS, MOMENTUM, WEIGHT_DECAY, CLIP, HYPERGRAD_LR, LR_MIN, LR_MAX, COCOB_ALPHA = range(11)
+N_HYPER = 11
+
+# Constants of the self-tuning optimizers (not user settings: "no learning rate to tune").
+# adam_hd: step of the log learning rate per update, times the cosine between this gradient and
+# the previous Adam step; picked by scripts/study_lr.py on tuning streams and seeds it does not
+# report. The rate is kept in [HD_LR_MIN, HD_LR_MAX] (a zero rate stays zero).
+HD_HYPERGRAD_LR = 0.01
+HD_LR_MIN, HD_LR_MAX = 1e-5, 0.1
+# cocob: alpha of COCOB-Backprop, the paper's default (Orabona & Tommasi 2017).
+COCOB_DEFAULT_ALPHA = 100.0
+
+
+def state_shape(optimizer, n_params):
+    """Shape of the optimizer-state array a model allocates (zeros) for ``optimizer``."""
+    return (STATE_ROWS[OPTIMIZER_IDS[optimizer]], int(n_params))
 
 
 @njit(cache=True, error_model="numpy")
@@ -48,6 +66,95 @@ def clip_grad_norm(g, max_norm, sq_norm):
 
 
 @njit(cache=True, error_model="numpy")
+def hd_cosine(theta, grad, m, v, wd, sqrt_bias2, eps):
+    """Cosine between ``g = grad + wd·theta`` and Adam's last direction ``m / (√v/√bc2 + eps)``
+    (the first-moment bias correction is a positive scale, which a cosine ignores).
+
+    Eight fixed partial sums per product, as :func:`squared_norm`: vectorised and deterministic."""
+    dot = np.zeros(8)
+    gg = np.zeros(8)
+    uu = np.zeros(8)
+    P = grad.shape[0]
+    head = P - P % 8
+    for p in range(0, head, 8):
+        for k in range(8):
+            g = grad[p + k] + wd * theta[p + k]
+            u = m[p + k] / (np.sqrt(v[p + k]) / sqrt_bias2 + eps)
+            dot[k] += g * u
+            gg[k] += g * g
+            uu[k] += u * u
+    d, a, b = 0.0, 0.0, 0.0
+    for p in range(head, P):
+        g = grad[p] + wd * theta[p]
+        u = m[p] / (np.sqrt(v[p]) / sqrt_bias2 + eps)
+        d += g * u
+        a += g * g
+        b += u * u
+    for k in range(8):
+        d += dot[k]
+        a += gg[k]
+        b += uu[k]
+    denom = np.sqrt(a) * np.sqrt(b)
+    return d / denom if denom > 0.0 else 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def adam_hd_rate(theta, grad, state, step, hyper):
+    """The learning rate of ``adam_hd``'s update number ``step``, stored in ``state[2, 0]``.
+
+    Hypergradient descent on the log learning rate (Baydin et al., "Online Learning Rate
+    Adaptation with Hypergradient Descent", ICLR 2018, multiplicative form): the derivative of
+    this step's loss with respect to the last step's rate is ``-g_t · u_{t-1}``, with
+    ``u_{t-1}`` Adam's last direction; normalised to a cosine it is free of the gradient's scale:
+
+        lr_1 = lr;   lr_t = clamp(lr_{t-1} · exp(β · cos(g_t, u_{t-1})), LR_MIN, LR_MAX)
+
+    so the rate grows while successive steps agree (too small a rate) and shrinks while they
+    oppose (overshooting). A zero rate stays zero (exactness tests run with ``lr=0``)."""
+    s = state[2]
+    if step == 1:
+        s[0] = hyper[LR]
+        return s[0]
+    lr = np.float64(s[0])
+    if lr > 0.0:
+        sqrt_bias2 = np.sqrt(1.0 - hyper[BETA2] ** (step - 1))
+        c = hd_cosine(theta, grad, state[0], state[1], theta.dtype.type(hyper[WEIGHT_DECAY]),
+                      theta.dtype.type(sqrt_bias2), theta.dtype.type(hyper[EPS]))
+        s[0] = min(max(lr * np.exp(hyper[HYPERGRAD_LR] * c), hyper[LR_MIN]), hyper[LR_MAX])
+    return np.float64(s[0])
+
+
+@njit(cache=True, error_model="numpy")
+def cocob_step(theta, grad, state, step, hyper):
+    """COCOB-Backprop (Orabona & Tommasi, "Training Deep Networks without Learning Rates
+    Through Coin Betting", NIPS 2017, Algorithm 2), per coordinate, no learning rate:
+
+        L_t = max(L_{t-1}, |g_t|);  G_t = G_{t-1} + |g_t|;  θ_t = θ_{t-1} + g_t
+        Reward_t = max(Reward_{t-1} − (w_t − w_1) g_t, 0)
+        w_{t+1} = w_1 − θ_t / (L_t · max(G_t + L_t, α L_t) + eps) · (L_t + Reward_t)
+
+    Rows: 0 w_1 (the weights at the first update), 1 L, 2 G, 3 Reward, 4 θ (sum of gradients)."""
+    w1, L, G, R, S = state[0], state[1], state[2], state[3], state[4]
+    k = np.empty(3, theta.dtype)
+    k[0] = hyper[WEIGHT_DECAY]
+    k[1] = hyper[COCOB_ALPHA]
+    k[2] = hyper[EPS]
+    wd, alpha, eps = k[0], k[1], k[2]
+    P = theta.shape[0]
+    if step == 1:
+        for p in range(P):
+            w1[p] = theta[p]
+    for p in range(P):
+        g = grad[p] + wd * theta[p]
+        a = abs(g)
+        L[p] = max(L[p], a)
+        G[p] += a
+        R[p] = max(R[p] - (theta[p] - w1[p]) * g, 0.0)
+        S[p] += g
+        theta[p] = w1[p] - S[p] / (L[p] * max(G[p] + L[p], alpha * L[p]) + eps) * (L[p] + R[p])
+
+
+@njit(cache=True, error_model="numpy")
 def optimizer_step(kind, theta, grad, state, step, hyper):
     """Apply one update; ``step`` is the 1-based index of this update.
 
@@ -58,6 +165,11 @@ def optimizer_step(kind, theta, grad, state, step, hyper):
     k[1] = hyper[WEIGHT_DECAY]
     lr, wd = k[0], k[1]
     P = theta.shape[0]
+    if state.shape[0] < STATE_ROWS[kind]:
+        raise ValueError("optimizer state has too few rows for this optimizer (see optim.state_shape)")
+    if kind == COCOB:
+        cocob_step(theta, grad, state, step, hyper)
+        return
     if kind == SGD:
         k[2] = hyper[MOMENTUM]
         mom = k[2]
@@ -75,7 +187,8 @@ def optimizer_step(kind, theta, grad, state, step, hyper):
     k[3] = 1.0 - hyper[BETA1]
     k[4] = hyper[BETA2]
     k[5] = 1.0 - hyper[BETA2]
-    k[6] = hyper[LR] / (1.0 - hyper[BETA1] ** step)        # lr / bias correction 1
+    rate = adam_hd_rate(theta, grad, state, step, hyper) if kind == ADAM_HD else hyper[LR]
+    k[6] = rate / (1.0 - hyper[BETA1] ** step)             # lr / bias correction 1
     k[7] = np.sqrt(1.0 - hyper[BETA2] ** step)            # sqrt(bias correction 2)
     b1, one_b1, b2, one_b2, step_size, sqrt_bias2 = k[2], k[3], k[4], k[5], k[6], k[7]
     k[8] = hyper[EPS]
