@@ -14,9 +14,9 @@ zero-division check, whose branch keeps loops such as Adam's from vectorising.
 import numpy as np
 from numba import njit
 
-SGD, ADAM, ADAM_HD, COCOB = 0, 1, 2, 3
-OPTIMIZER_IDS = {"sgd": SGD, "adam": ADAM, "adam_hd": ADAM_HD, "cocob": COCOB}
-STATE_ROWS = (2, 2, 3, 5)              # rows of the optimizer-state array, by optimizer id
+SGD, ADAM, ADAM_HD, COCOB, MECHANIC = 0, 1, 2, 3, 4
+OPTIMIZER_IDS = {"sgd": SGD, "adam": ADAM, "adam_hd": ADAM_HD, "cocob": COCOB, "mechanic": MECHANIC}
+STATE_ROWS = (2, 2, 3, 5, 4)           # rows of P-vectors in the optimizer state, by optimizer id
 
 # Layout of the hyper-parameter vector handed to kernels.
 LR, BETA1, BETA2, EPS, MOMENTUM, WEIGHT_DECAY, CLIP, HYPERGRAD_LR, LR_MIN, LR_MAX, COCOB_ALPHA = range(11)
@@ -30,11 +30,24 @@ HD_HYPERGRAD_LR = 0.01
 HD_LR_MIN, HD_LR_MAX = 1e-5, 0.1
 # cocob: alpha of COCOB-Backprop, the paper's default (Orabona & Tommasi 2017).
 COCOB_DEFAULT_ALPHA = 100.0
+# mechanic: the published defaults (Cutkosky, Defazio & Mehta 2023; Google's reference code).
+MECHANIC_BETAS = (0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999)
+N_MECHANIC = 6
+MECHANIC_S_INIT, MECHANIC_EPS, MECHANIC_LAMBDA = 1e-8, 1e-10, 0.01
+N_MECHANIC_SCALARS = 4 * N_MECHANIC     # s, m, v, r per beta, after the P-vector rows
+
+
+@njit(cache=True, error_model="numpy")
+def state_rows(kind, n_params):
+    """Rows of the optimizer-state array: the P-vectors, then (mechanic) rows holding scalars."""
+    if kind == MECHANIC:
+        return STATE_ROWS[kind] + (N_MECHANIC_SCALARS + n_params - 1) // n_params
+    return STATE_ROWS[kind]
 
 
 def state_shape(optimizer, n_params):
     """Shape of the optimizer-state array a model allocates (zeros) for ``optimizer``."""
-    return (STATE_ROWS[OPTIMIZER_IDS[optimizer]], int(n_params))
+    return (int(state_rows(OPTIMIZER_IDS[optimizer], int(n_params))), int(n_params))
 
 
 @njit(cache=True, error_model="numpy")
@@ -155,6 +168,97 @@ def cocob_step(theta, grad, state, step, hyper):
 
 
 @njit(cache=True, error_model="numpy")
+def _mech_get(state, j):
+    P = state.shape[1]
+    return np.float64(state[STATE_ROWS[MECHANIC] + j // P, j % P])
+
+
+@njit(cache=True, error_model="numpy")
+def _mech_set(state, j, value):
+    P = state.shape[1]
+    state[STATE_ROWS[MECHANIC] + j // P, j % P] = value
+
+
+@njit(cache=True, error_model="numpy")
+def mechanic_step(theta, grad, state, step, hyper):
+    """Mechanic (Cutkosky, Defazio & Mehta, "Mechanic: A Learning Rate Tuner", NeurIPS 2023)
+    around Adam: Adam's steps (rate ``lr``) accumulate in Δ and the weights are
+    ``x_0 − (Σ_i s_i) Δ``; the scale s is learned by coin betting with six discount factors:
+
+        h = <g + λ (Σs) ‖g‖/‖x‖ x, Δ_{t-1}>,     Δ_t = Δ_{t-1} + adam_step(g)
+        m_i = max(β_i m_i, |h| + ε);  v_i = β_i² v_i + h²;  r_i = β_i r_i + h s_i
+        s_i = (s_init/6 · m_i + max(r_i, 0)) / (√v_i + ε)
+
+    Rows: 0, 1 Adam's moments; 2 x_0 (the weights at the first update); 3 Δ; then the 24
+    scalars s, m, v, r (each 6) laid out row-major over the remaining rows."""
+    m, v, x0, delta = state[0], state[1], state[2], state[3]
+    P = theta.shape[0]
+    if step == 1:
+        for p in range(P):
+            x0[p] = theta[p]
+        for i in range(N_MECHANIC):
+            _mech_set(state, i, MECHANIC_S_INIT)
+    wd = theta.dtype.type(hyper[WEIGHT_DECAY])
+    gd = np.zeros(8)
+    xd = np.zeros(8)
+    gg = np.zeros(8)
+    xx = np.zeros(8)
+    head = P - P % 8
+    for p in range(0, head, 8):
+        for k in range(8):
+            g = grad[p + k] + wd * theta[p + k]
+            gd[k] += g * delta[p + k]
+            xd[k] += theta[p + k] * delta[p + k]
+            gg[k] += g * g
+            xx[k] += theta[p + k] * theta[p + k]
+    a, b, c, d = 0.0, 0.0, 0.0, 0.0
+    for p in range(head, P):
+        g = grad[p] + wd * theta[p]
+        a += g * delta[p]
+        b += theta[p] * delta[p]
+        c += g * g
+        d += theta[p] * theta[p]
+    for k in range(8):
+        a += gd[k]
+        b += xd[k]
+        c += gg[k]
+        d += xx[k]
+    s_sum = 0.0
+    for i in range(N_MECHANIC):
+        s_sum += _mech_get(state, i)
+    h = a + MECHANIC_LAMBDA * s_sum * np.sqrt(c) / (np.sqrt(d) + MECHANIC_EPS) * b
+    new_sum = 0.0
+    for i in range(N_MECHANIC):
+        beta = MECHANIC_BETAS[i]
+        s_i = _mech_get(state, i)
+        m_i = max(beta * _mech_get(state, N_MECHANIC + i), abs(h) + MECHANIC_EPS)
+        v_i = beta * beta * _mech_get(state, 2 * N_MECHANIC + i) + h * h
+        r_i = beta * _mech_get(state, 3 * N_MECHANIC + i) + h * s_i
+        s_i = (MECHANIC_S_INIT / N_MECHANIC * m_i + max(r_i, 0.0)) / (np.sqrt(v_i) + MECHANIC_EPS)
+        _mech_set(state, i, s_i)
+        _mech_set(state, N_MECHANIC + i, m_i)
+        _mech_set(state, 2 * N_MECHANIC + i, v_i)
+        _mech_set(state, 3 * N_MECHANIC + i, r_i)
+        new_sum += _mech_get(state, i)
+    k = np.empty(8, theta.dtype)
+    k[0] = hyper[BETA1]
+    k[1] = 1.0 - hyper[BETA1]
+    k[2] = hyper[BETA2]
+    k[3] = 1.0 - hyper[BETA2]
+    k[4] = hyper[LR] / (1.0 - hyper[BETA1] ** step)
+    k[5] = np.sqrt(1.0 - hyper[BETA2] ** step)
+    k[6] = hyper[EPS]
+    k[7] = new_sum
+    b1, one_b1, b2, one_b2, step_size, sqrt_bias2, eps, scale = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
+    for p in range(P):
+        g = grad[p] + wd * theta[p]
+        m[p] = b1 * m[p] + one_b1 * g
+        v[p] = b2 * v[p] + one_b2 * g * g
+        delta[p] += step_size * m[p] / (np.sqrt(v[p]) / sqrt_bias2 + eps)
+        theta[p] = x0[p] - scale * delta[p]
+
+
+@njit(cache=True, error_model="numpy")
 def optimizer_step(kind, theta, grad, state, step, hyper):
     """Apply one update; ``step`` is the 1-based index of this update.
 
@@ -165,8 +269,11 @@ def optimizer_step(kind, theta, grad, state, step, hyper):
     k[1] = hyper[WEIGHT_DECAY]
     lr, wd = k[0], k[1]
     P = theta.shape[0]
-    if state.shape[0] < STATE_ROWS[kind]:
+    if state.shape[0] < state_rows(kind, P):
         raise ValueError("optimizer state has too few rows for this optimizer (see optim.state_shape)")
+    if kind == MECHANIC:
+        mechanic_step(theta, grad, state, step, hyper)
+        return
     if kind == COCOB:
         cocob_step(theta, grad, state, step, hyper)
         return

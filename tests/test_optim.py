@@ -1,11 +1,12 @@
-"""The self-tuning optimizers (``adam_hd``, ``cocob``): each update written out in NumPy against the
+"""The self-tuning optimizers (``adam_hd``, ``cocob``, ``mechanic``): each update written out in NumPy against the
 compiled kernel, and a save/load continuation that is bit-identical."""
 import numpy as np
 import pytest
 
 import streamrnn as sr
-from streamrnn.optim import (COCOB_ALPHA, EPS, HD_LR_MAX, HD_LR_MIN, HYPERGRAD_LR, LR, OPTIMIZER_IDS, WEIGHT_DECAY,
-                             optimizer_step, state_shape)
+from streamrnn.optim import (COCOB_ALPHA, EPS, HD_LR_MAX, HD_LR_MIN, HYPERGRAD_LR, LR, MECHANIC_BETAS, MECHANIC_EPS,
+                             MECHANIC_LAMBDA, MECHANIC_S_INIT, OPTIMIZER_IDS, WEIGHT_DECAY, optimizer_step,
+                             state_shape)
 from streamrnn.validation import optimizer_settings
 
 P, STEPS = 29, 12          # P not a multiple of 8: the kernels' tail loops run too
@@ -43,6 +44,26 @@ def reference_cocob(theta, grads, hyper):
         S = S + g
         theta = w1 - S / (L * np.maximum(G + L, alpha * L) + eps) * (L + R)
     return theta
+
+
+def reference_mechanic(theta, grads, hyper):
+    """Mechanic around PyTorch's Adam, as in its reference implementation (Δ kept explicitly)."""
+    b1, b2, eps, wd, lr = 0.9, 0.999, hyper[EPS], hyper[WEIGHT_DECAY], hyper[LR]
+    betas = np.array(MECHANIC_BETAS)
+    m, v, delta, x0 = np.zeros_like(theta), np.zeros_like(theta), np.zeros_like(theta), theta.copy()
+    s, mm, vv, r = np.full(6, MECHANIC_S_INIT), np.zeros(6), np.zeros(6), np.zeros(6)
+    for t, grad in enumerate(grads, start=1):
+        g = grad + wd * theta
+        h = (g + MECHANIC_LAMBDA * s.sum() * np.linalg.norm(g) / (np.linalg.norm(theta) + MECHANIC_EPS) * theta) @ delta
+        mm = np.maximum(betas * mm, abs(h) + MECHANIC_EPS)
+        vv = betas ** 2 * vv + h * h
+        r = betas * r + h * s
+        s = (MECHANIC_S_INIT / 6 * mm + np.maximum(r, 0.0)) / (np.sqrt(vv) + MECHANIC_EPS)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        delta = delta + lr / (1 - b1 ** t) * m / (np.sqrt(v) / np.sqrt(1 - b2 ** t) + eps)
+        theta = x0 - s.sum() * delta
+    return theta, s
 
 
 def correlated_gradients(seed):
@@ -89,13 +110,28 @@ def test_cocob_matches_numpy(weight_decay):
     assert np.array_equal(state[0], theta0)                                    # w_1 kept
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("n_params", [P, 5])        # 5: the 24 scalars spill over five rows
+def test_mechanic_matches_numpy(weight_decay, n_params):
+    hyper = settings("mechanic", 1e-2, weight_decay)
+    theta0 = np.random.default_rng(8).standard_normal(n_params)
+    grads = [g[:n_params] for g in correlated_gradients(9)]
+    theta, state = theta0.copy(), np.zeros(state_shape("mechanic", n_params))
+    for t, g in enumerate(grads, start=1):
+        optimizer_step(OPTIMIZER_IDS["mechanic"], theta, g.copy(), state, t, hyper)
+    want, s = reference_mechanic(theta0, grads, hyper)
+    assert s.sum() > 5 * 6 * MECHANIC_S_INIT                       # the scale was learned
+    np.testing.assert_allclose(state[4:].ravel()[:6], s, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(theta, want, rtol=1e-12, atol=1e-14)
+
+
 def test_state_too_small_is_refused():
     hyper = settings("adam_hd", 1e-3)
     with pytest.raises(ValueError):
         optimizer_step(OPTIMIZER_IDS["adam_hd"], np.zeros(P), np.ones(P), np.zeros((2, P)), 1, hyper)
 
 
-@pytest.mark.parametrize("optimizer", ["adam_hd", "cocob"])
+@pytest.mark.parametrize("optimizer", ["adam_hd", "cocob", "mechanic"])
 def test_save_load_continues_bit_identically(optimizer, tmp_path):
     rng = np.random.default_rng(7)
     X = rng.standard_normal((300, 2))
