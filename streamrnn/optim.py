@@ -305,3 +305,43 @@ def optimizer_step(kind, theta, grad, state, step, hyper):
         m[p] = b1 * m[p] + one_b1 * g
         v[p] = b2 * v[p] + one_b2 * g * g
         theta[p] -= step_size * m[p] / (np.sqrt(v[p]) / sqrt_bias2 + eps)
+
+
+# ---------------------------------------------------------------- race of learning rates
+# K Adam models, identical but for their rates lr * RACE_FACTORS, advance side by side on the same
+# records; each record's prediction is the one of the member whose discounted prequential loss
+# (half-life RACE_HALF_LIFE labelled records) is lowest before that record. Both constants were
+# picked by scripts/study_lr.py on tuning streams and seeds it does not report.
+RACE_FACTORS = (0.3, 1.0, 3.0)
+RACE_HALF_LIFE = 500.0
+
+
+def race_decay(half_life=RACE_HALF_LIFE):
+    return 0.5 ** (1.0 / half_life)
+
+
+@njit(cache=True, error_model="numpy")
+def race_select(losses, scores, decay, picked):
+    """Pick, for each row t, the member with the lowest score before row t, then add row t's losses.
+
+    ``losses`` (K, N): each member's loss of row t's prediction (made before it learned from row t),
+    NaN where the row had no target; ``scores`` (K,) float64, the members' discounted past losses
+    (``score = decay * score + loss``), updated in place (it is state: checkpoint it); ``picked`` (N,)
+    int64 receives the member whose prediction row t reports. Ties go to the lower index. A row where
+    no member has a finite loss leaves the scores alone; a member whose loss is not finite while
+    another's is (it diverged) gets an infinite score, so it is never picked again."""
+    K, N = losses.shape
+    for t in range(N):
+        best = 0
+        for k in range(1, K):
+            if scores[k] < scores[best]:
+                best = k
+        picked[t] = best
+        labelled = False
+        for k in range(K):
+            if np.isfinite(losses[k, t]):
+                labelled = True
+        if labelled:
+            for k in range(K):
+                x = np.float64(losses[k, t])
+                scores[k] = decay * scores[k] + (x if np.isfinite(x) else np.inf)

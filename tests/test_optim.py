@@ -6,7 +6,7 @@ import pytest
 import streamrnn as sr
 from streamrnn.optim import (COCOB_ALPHA, EPS, HD_LR_MAX, HD_LR_MIN, HYPERGRAD_LR, LR, MECHANIC_BETAS, MECHANIC_EPS,
                              MECHANIC_LAMBDA, MECHANIC_S_INIT, OPTIMIZER_IDS, WEIGHT_DECAY, optimizer_step,
-                             state_shape)
+                             race_decay, race_select, state_shape)
 from streamrnn.validation import optimizer_settings
 
 P, STEPS = 29, 12          # P not a multiple of 8: the kernels' tail loops run too
@@ -147,3 +147,31 @@ def test_save_load_continues_bit_identically(optimizer, tmp_path):
     assert resumed.opt_state.shape == state_shape(optimizer, resumed.n_params)
     assert np.array_equal(resumed.theta, straight.theta)
     assert np.array_equal(resumed.opt_state, straight.opt_state)
+
+
+def reference_race(losses, decay):
+    scores, picked = np.zeros(losses.shape[0]), []
+    for t in range(losses.shape[1]):
+        picked.append(int(np.argmin(scores)))
+        col = losses[:, t]
+        if np.isfinite(col).any():
+            scores = decay * scores + np.where(np.isfinite(col), col, np.inf)
+    return np.array(picked), scores
+
+
+def test_race_select_matches_numpy_and_is_chunk_invariant():
+    rng = np.random.default_rng(10)
+    K, N = 3, 400
+    losses = rng.exponential(1.0, (K, N)) * np.array([[1.2], [1.0], [1.1]])
+    losses[:, rng.random(N) < 0.1] = np.nan                      # rows without a target
+    losses[2, 300] = np.inf                                       # member 2 diverges
+    decay = race_decay(50)
+    want_picked, want_scores = reference_race(losses, decay)
+    scores, picked = np.zeros(K), np.empty(N, np.int64)
+    race_select(losses, scores, decay, picked)
+    assert np.array_equal(picked, want_picked) and set(picked[301:]) <= {0, 1}
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-12)
+    chunked_scores, chunked = np.zeros(K), np.empty(N, np.int64)
+    for a in range(0, N, 37):                                     # the scores are the only state
+        race_select(np.ascontiguousarray(losses[:, a:a + 37]), chunked_scores, decay, chunked[a:a + 37])
+    assert np.array_equal(chunked, picked) and np.array_equal(chunked_scores, scores)
