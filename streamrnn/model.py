@@ -69,7 +69,7 @@ class Model:
         ``truncation`` steps; O(truncation·(S + inputs)) memory per key.
     truncation, stride : int, only for ``learner="tbptt"``
         Window length k and update stride h (1 <= h <= k; default h = k).
-    optimizer : {"adam", "sgd"}
+    optimizer : {"adam", "sgd", "adam_hd", "cocob", "mechanic"} (see streamrnn.optim)
     lr : float
     clip : float or None
         Global gradient-norm clipping per update (as ``clip_grad_norm_``).
