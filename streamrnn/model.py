@@ -23,7 +23,7 @@ from .learners.common import (INFLUENCE_RESETS, N_COUNTERS, REJECTED_STATE, SKIP
                                predict_from_state)
 from .learners.registry import ModelDims
 from .losses import TASK_IDS
-from .optim import OPTIMIZER_IDS
+from .optim import OPTIMIZER_IDS, state_shape
 from .validation import (DTYPES, check_inputs, check_seed, check_targets, check_task_outputs, choice,
                          optimizer_settings, positive_int, target_width)
 
@@ -77,7 +77,7 @@ class Model:
         ``truncation`` steps; O(truncation·(S + inputs)) memory per key.
     truncation, stride : int, only for ``learner="tbptt"``
         Window length k and update stride h (1 <= h <= k; default h = k).
-    optimizer : {"adam", "sgd"}
+    optimizer : {"adam", "sgd", "adam_hd", "cocob", "mechanic"} (see streamrnn.optim)
     lr : float
     clip : float or None
         Global gradient-norm clipping per update (as ``clip_grad_norm_``).
@@ -157,7 +157,7 @@ class Model:
         self.n_params = self.n_params_cell + n_outputs * (n_hidden + 1 + (n_inputs if self.readout_skip else 0))
 
         self.theta = self._initial_parameters(int(seed))
-        self.opt_state = np.zeros((2, self.n_params), self.dtype)
+        self.opt_state = np.zeros(state_shape(optimizer, self.n_params), self.dtype)
         self.counters = np.zeros(N_COUNTERS, np.int64)
         self.learner, self.truncation, self.stride = learner, truncation, stride
         self._dims = ModelDims(self._cell, self._task, n_inputs, n_hidden, n_outputs, self._state_size,

@@ -4,7 +4,8 @@ import math
 import numpy as np
 
 from .losses import BINARY, REGRESSION
-from .optim import BETA1, BETA2, CLIP, EPS, LR, MOMENTUM, N_HYPER, OPTIMIZER_IDS, WEIGHT_DECAY
+from .optim import (BETA1, BETA2, CLIP, COCOB_ALPHA, COCOB_DEFAULT_ALPHA, EPS, HD_HYPERGRAD_LR, HD_LR_MAX, HD_LR_MIN,
+                    HYPERGRAD_LR, LR, LR_MAX, LR_MIN, MOMENTUM, N_HYPER, OPTIMIZER_IDS, WEIGHT_DECAY)
 
 DTYPES = ("float64", "float32")
 
@@ -54,6 +55,7 @@ def optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay):
     hyper = np.zeros(N_HYPER, np.float64)
     hyper[[LR, BETA1, BETA2, EPS, MOMENTUM, WEIGHT_DECAY, CLIP]] = (
         lr, betas[0], betas[1], eps, momentum, weight_decay, clip or 0.0)
+    hyper[[HYPERGRAD_LR, LR_MIN, LR_MAX, COCOB_ALPHA]] = HD_HYPERGRAD_LR, HD_LR_MIN, HD_LR_MAX, COCOB_DEFAULT_ALPHA
     config = dict(optimizer=optimizer, lr=lr, clip=clip or None, betas=[float(b) for b in betas], eps=eps,
                   momentum=momentum, weight_decay=weight_decay)
     return config, hyper
