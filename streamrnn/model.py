@@ -21,6 +21,7 @@ from .learners.common import (INFLUENCE_RESETS, N_COUNTERS, REJECTED_STATE, SKIP
                                predict_from_state)
 from .losses import TASK_IDS
 from .optim import OPTIMIZER_IDS
+from .preprocess import Preprocessor
 from .validation import (DTYPES, check_inputs, check_seed, check_targets, check_task_outputs, choice,
                          optimizer_settings, positive_int, target_width)
 
@@ -36,6 +37,8 @@ def _per_unit(method, cell_id):
     element-wise cells, whose influence matrix has no other non-zero entries (O(P) instead of O(nP))."""
     return method == "snap1" or cell_id in ELEMENTWISE
 _FORMAT_KIND = "streamrnn.Model"
+# What a checkpoint written before an option existed implies for it.
+_OLD_DEFAULTS = {"readout_skip": False, "target_lags": 0, "standardize": False}
 
 
 class Model:
@@ -88,6 +91,18 @@ class Model:
         recurrent net then learns what a linear model of ``x`` leaves over.
         ``S x`` does not depend on ``h``, so every learner's gradient for ``S``
         is exact and local in time.
+    target_lags : int >= 0
+        Target feedback (NARX): the key's last ``k`` targets are appended to its inputs
+        (:mod:`streamrnn.narx`): the cell sees ``[x, lag_1 … lag_k, observed_1 … observed_k]``,
+        ``n_inputs + k·(w + 1)`` columns, ``w`` = n_outputs (regression; classification, the
+        label one-hot) or 1 (binary). ``weight_ih_l0`` (and ``readout.skip_weight``) have that
+        many columns; ``n_inputs`` stays the width of the features you pass. Per-key, reset with
+        the hidden state, checkpointed.
+    standardize : bool
+        Online standardisation (:mod:`streamrnn.standardize`, :mod:`streamrnn.preprocess`):
+        running mean/variance of every input and regression target, winsorised against outlier
+        bursts, global (shared by all keys), checkpointed. The network sees standardised inputs
+        and learns standardised targets; predictions and reported losses are in the target's units.
 
     Predictions are ŷ for regression, class probabilities for classification
     and P(y = 1) for binary, always as an array of ``n_outputs`` values.
@@ -107,7 +122,7 @@ class Model:
     def __init__(self, cell="gru", n_inputs=1, n_hidden=16, n_outputs=1, task="regression",
                  learner="rtrl", optimizer="adam", lr=1e-3, clip=None, seed=0, dtype="float64",
                  max_keys=1024, betas=(0.9, 0.999), eps=1e-8, momentum=0.0, weight_decay=0.0,
-                 truncation=None, stride=None, readout_skip=False):
+                 truncation=None, stride=None, readout_skip=False, target_lags=0, standardize=True):
         choice("cell", cell, tuple(CELL_IDS))
         choice("task", task, tuple(TASK_IDS))
         choice("learner", learner, LEARNERS)
@@ -128,22 +143,28 @@ class Model:
         check_task_outputs(task, n_outputs)
         opt_config, self.hyper = optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay)
         seed = check_seed(seed)
+        if isinstance(target_lags, bool) or not isinstance(target_lags, (int, np.integer)) or target_lags < 0:
+            raise ValueError(f"target_lags must be an integer >= 0; got {target_lags!r}")
+        target_lags = int(target_lags)
 
         self.config = dict(cell=cell, n_inputs=n_inputs, n_hidden=n_hidden, n_outputs=n_outputs,
                            task=task, learner=learner, seed=seed, dtype=dtype, max_keys=max_keys,
-                           truncation=truncation, stride=stride, readout_skip=bool(readout_skip), **opt_config)
+                           truncation=truncation, stride=stride, readout_skip=bool(readout_skip),
+                           target_lags=target_lags, standardize=bool(standardize), **opt_config)
         self._cell = CELL_IDS[cell]
         self._task = TASK_IDS[task]
         self._opt = OPTIMIZER_IDS[optimizer]
         self.dtype = np.dtype(dtype)
         self.n_inputs, self.n_hidden, self.n_outputs = n_inputs, n_hidden, n_outputs
         self.max_keys = max_keys
+        self._pre = Preprocessor(self._task, n_inputs, n_outputs, target_lags, standardize, self.dtype)
+        self.n_cell_inputs = n_cell_inputs = self._pre.n_cell_inputs   # n_inputs + the target-feedback columns
         self._gates = n_gates(self._cell)
         self._state_size = state_size(self._cell, n_hidden)
         self._rec = recurrent_width(self._cell, n_hidden)
-        self.n_params_cell = n_cell_params(self._gates, n_inputs, n_hidden, self._rec)
+        self.n_params_cell = n_cell_params(self._gates, n_cell_inputs, n_hidden, self._rec)
         self.readout_skip = bool(readout_skip)
-        self.n_params = self.n_params_cell + n_outputs * (n_hidden + 1 + (n_inputs if self.readout_skip else 0))
+        self.n_params = self.n_params_cell + n_outputs * (n_hidden + 1 + (n_cell_inputs if self.readout_skip else 0))
 
         self.theta = self._initial_parameters(int(seed))
         self.opt_state = np.zeros((2, self.n_params), self.dtype)
@@ -153,15 +174,15 @@ class Model:
         if learner in _INFLUENCE_LEARNERS:
             self._ws = self._influence_workspace(learner)
         elif learner == "uoro":
-            self._ws = _uoro.make_workspace(self._cell, n_inputs, n_hidden, n_outputs, self.n_params_cell,
+            self._ws = _uoro.make_workspace(self._cell, n_cell_inputs, n_hidden, n_outputs, self.n_params_cell,
                                             self.n_params, self.dtype)
         else:
-            self._ws = _tbptt.make_workspace(self._cell, n_inputs, n_hidden, n_outputs, self.n_params, self.dtype)
+            self._ws = _tbptt.make_workspace(self._cell, n_cell_inputs, n_hidden, n_outputs, self.n_params, self.dtype)
 
     # ------------------------------------------------------------------ layout
     def _layout(self):
         """(name, shape) of each parameter block, in the order of the flat vector."""
-        G, n, m, o = self._gates, self.n_hidden, self.n_inputs, self.n_outputs
+        G, n, m, o = self._gates, self.n_hidden, self.n_cell_inputs, self.n_outputs
         hh_shape = (G * n,) if self._cell in ELEMENTWISE else (G * n, n)
         blocks = [("weight_ih_l0", (G * n, m)), ("weight_hh_l0", hh_shape),
                   ("bias_ih_l0", (G * n,)), ("bias_hh_l0", (G * n,)),
@@ -171,15 +192,15 @@ class Model:
     def _influence_workspace(self, method):
         """Scratch of one RTRL ("rtrl") or SnAp-1 ("snap1") step for this model."""
         if _per_unit(method, self._cell):
-            return _snap1.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs, self.n_params,
+            return _snap1.make_workspace(self._cell, self.n_cell_inputs, self.n_hidden, self.n_outputs, self.n_params,
                                          self.dtype)
-        return _rtrl.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs, self.n_params_cell,
+        return _rtrl.make_workspace(self._cell, self.n_cell_inputs, self.n_hidden, self.n_outputs, self.n_params_cell,
                                     self.n_params, self.dtype)
 
     def _initial_parameters(self, seed):
         rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(self.n_hidden)   # PyTorch's RNN init; nn.Linear(n, o) has the same bound
-        n_skip = self.n_outputs * self.n_inputs if self.readout_skip else 0
+        n_skip = self.n_outputs * self.n_cell_inputs if self.readout_skip else 0
         theta = np.zeros(self.n_params, self.dtype)
         theta[:self.n_params - n_skip] = rng.uniform(-bound, bound, self.n_params - n_skip)
         return theta
@@ -221,16 +242,22 @@ class Model:
 
     # ------------------------------------------------------------------ per-key state
     def _per_key_layout(self):
-        """(name, shape, dtype) of each array a key owns, for the chosen learner."""
+        """(name, shape, dtype) of each array a key owns: the learner's, then target feedback's."""
+        learner = self._learner_layout()
+        self._learner_arrays = [name for name, _, _ in learner]
+        return learner + self._pre.per_key_layout()
+
+    def _learner_layout(self):
+        """(name, shape, dtype) of each array a key owns for the chosen learner."""
         S, dt = self._state_size, self.dtype
         if self.learner in _INFLUENCE_LEARNERS:
-            width = (_snap1.influence_width(self._cell, self.n_inputs, self.n_hidden)
+            width = (_snap1.influence_width(self._cell, self.n_cell_inputs, self.n_hidden)
                      if _per_unit(self.learner, self._cell) else self.n_params_cell)
             return [("hidden", (S,), dt), ("influence", (S, width), dt)]
         if self.learner == "uoro":
             return [("hidden", (S,), dt), ("uoro_state", (S,), dt), ("uoro_params", (self.n_params_cell,), dt)]
         k = self.truncation
-        return [("hidden", (S,), dt), ("window_inputs", (k, self.n_inputs), dt), ("window_states", (k, S), dt),
+        return [("hidden", (S,), dt), ("window_inputs", (k, self.n_cell_inputs), dt), ("window_states", (k, S), dt),
                 ("window_caches", (k, cache_size(self._cell, self.n_hidden)), dt),
                 ("window_targets", (k, target_width(self._task, self.n_outputs)), dt), ("window_has_target", (k,), np.dtype(np.bool_)),
                 ("window_count", (), np.dtype(np.int64))]
@@ -293,9 +320,13 @@ class Model:
         ``out`` (N, n_outputs), losses to ``losses`` (N,). The one path every caller shares
         (``step_many``, and the river estimators' preallocated one-sample path)."""
         slots, reset = self._keyed.assign(keys, X.shape[0])
-        common = (self._opt, self.n_inputs, self.n_hidden, self.n_outputs,
+        pre = self._pre
+        if pre.active:     # standardise, append target feedback (changes nothing the learner owns)
+            Y_raw, has_y_raw = Y, has_y
+            X, Y, has_y, y_loc, y_scale = pre.prepare(X, Y, has_y, slots, reset, self._keyed.arrays)
+        common = (self._opt, self.n_cell_inputs, self.n_hidden, self.n_outputs,
                   self.theta, self.opt_state, self.hyper, self.counters)
-        per_key = self._keyed.arrays.values()
+        per_key = [self._keyed.arrays[name] for name in self._learner_arrays]
         if self.learner in _INFLUENCE_LEARNERS:
             step_many = _snap1.snap1_step_many if _per_unit(self.learner, self._cell) else _rtrl.rtrl_step_many
             step_many(self._cell, self._task, *common, *per_key, X, Y, has_y, slots, reset, self._ws, out, losses)
@@ -305,18 +336,28 @@ class Model:
         else:
             _tbptt.tbptt_step_many(self._cell, self._task, *common, *per_key, self.stride,
                                    X, Y, has_y, slots, reset, self._ws, out, losses)
+        if pre.active:     # predictions and losses back in the target's units
+            pre.finish(Y_raw, has_y_raw, y_loc, y_scale, out, losses)
 
     def peek(self, x, key=None):
         """The prediction ``step(x, key=key)`` would return, changing nothing."""
         X = self._inputs(x)
         if X.shape[0] != 1:
             raise ValueError("peek takes one sample")
-        s = self._keyed.row("hidden", normalize_key(key))
+        key = normalize_key(key)
+        s = self._keyed.row("hidden", key)
         if s is None:
             s = np.zeros(self._state_size, self.dtype)
+        if self._pre.active:   # on copies of the statistics and of the key's lag buffer
+            lag_row = (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key)) \
+                if self._pre.k and key in self._keyed.slots else None
+            Y0, has0 = self._targets(None, 1)
+            X, _, _, y_loc, y_scale = self._pre.transform_sequence(X, Y0, has0, lag_row)
         pred = np.empty(self.n_outputs, self.dtype)
-        predict_from_state(self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs,
+        predict_from_state(self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs,
                            self.theta, self.n_params_cell, X[0], s, pred)
+        if self._pre.finishes:
+            pred[:] = y_loc[0] + y_scale[0] * pred
         return pred
 
     def hidden_state(self, key=None):
@@ -354,19 +395,21 @@ class Model:
                 raise ValueError(f"stride must be in [1, truncation]; got {stride}")
         X = self._inputs(X)
         Y, has_y = self._targets(Y, X.shape[0])
+        if self._pre.active:   # a fresh key's inputs and standardised targets; statistics not committed
+            X, Y, has_y, _, _ = self._pre.transform_sequence(X, Y, has_y)
         grad = np.zeros(self.n_params, self.dtype)
-        args = (self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs, self.theta)
+        args = (self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs, self.theta)
         if method in _INFLUENCE_LEARNERS:
             sequence_gradient = (_snap1.snap1_sequence_gradient if _per_unit(method, self._cell)
                                  else _rtrl.rtrl_sequence_gradient)
             sequence_gradient(*args, X, Y, has_y, self._influence_workspace(method), grad)
         elif method == "uoro":
-            ws = _uoro.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs,
+            ws = _uoro.make_workspace(self._cell, self.n_cell_inputs, self.n_hidden, self.n_outputs,
                                       self.n_params_cell, self.n_params, self.dtype)
             _uoro.uoro_sequence_gradient(*args, X, Y, has_y, self.config["seed"] if seed is None else int(seed),
                                          ws, grad)
         elif method == "tbptt":
-            ws = _tbptt.make_workspace(self._cell, self.n_inputs, self.n_hidden, self.n_outputs,
+            ws = _tbptt.make_workspace(self._cell, self.n_cell_inputs, self.n_hidden, self.n_outputs,
                                        self.n_params, self.dtype)
             _tbptt.tbptt_sequence_gradient(*args, X, Y, has_y, int(k), h, ws, grad)
         else:
@@ -386,7 +429,8 @@ class Model:
     def state_arrays(self):
         """Everything needed to continue bit-identically, as ``(arrays, meta)``."""
         keys, per_key = self._keyed.export()
-        arrays = {"theta": self.theta, "opt_state": self.opt_state, "counters": self.counters, **per_key}
+        arrays = {"theta": self.theta, "opt_state": self.opt_state, "counters": self.counters, **per_key,
+                  **self._pre.state_arrays()}
         meta = {"kind": _FORMAT_KIND, "config": self.config, "keys": keys}
         return arrays, meta
 
@@ -394,7 +438,7 @@ class Model:
     def from_state(cls, arrays, meta, source="<state>"):
         if meta.get("kind") != _FORMAT_KIND:
             raise checkpoint.CheckpointError(f"{source}: not a streamrnn Model (kind {meta.get('kind')!r})")
-        model = cls(**meta["config"])
+        model = cls(**{**_OLD_DEFAULTS, **meta["config"]})
         model.load_state(arrays, meta, source)
         return model
 
@@ -409,7 +453,7 @@ class Model:
         """Restore from ``state_arrays()`` output; the configuration must match this model's."""
         saved = meta.get("config")
         if isinstance(saved, dict):
-            saved = {"readout_skip": False, **saved}   # files from before the option existed
+            saved = {**_OLD_DEFAULTS, **saved}   # files from before the options existed
         if meta.get("kind") != _FORMAT_KIND or saved != self.config:
             raise checkpoint.CheckpointError(
                 f"{source}: the saved model has another configuration ({meta.get('config')}) "
@@ -418,7 +462,9 @@ class Model:
                             ("counters", self.counters.shape)):
             if name not in arrays or arrays[name].shape != shape:
                 raise checkpoint.CheckpointError(f"{source}: array {name!r} missing or of the wrong shape")
+        self._pre.check_state(arrays, source, checkpoint.CheckpointError)
         self._keyed.restore(meta["keys"], arrays, source)
+        self._pre.load_state(arrays)
         self.theta[:] = arrays["theta"]
         self.opt_state[:] = arrays["opt_state"]
         self.counters[:] = arrays["counters"]
