@@ -323,7 +323,7 @@ class Model:
         pre = self._pre
         if pre.active:     # standardise, append target feedback (changes nothing the learner owns)
             Y_raw, has_y_raw = Y, has_y
-            X, Y, has_y, y_loc, y_scale = pre.prepare(X, Y, has_y, slots, reset, self._keyed.arrays)
+            X, Y, has_y, y_ls = pre.prepare(X, Y, has_y, slots, reset, self._keyed.arrays)
         common = (self._opt, self.n_cell_inputs, self.n_hidden, self.n_outputs,
                   self.theta, self.opt_state, self.hyper, self.counters)
         per_key = [self._keyed.arrays[name] for name in self._learner_arrays]
@@ -337,7 +337,7 @@ class Model:
             _tbptt.tbptt_step_many(self._cell, self._task, *common, *per_key, self.stride,
                                    X, Y, has_y, slots, reset, self._ws, out, losses)
         if pre.active:     # predictions and losses back in the target's units
-            pre.finish(Y_raw, has_y_raw, y_loc, y_scale, out, losses)
+            pre.finish(Y_raw, has_y_raw, y_ls, out, losses)
 
     def peek(self, x, key=None):
         """The prediction ``step(x, key=key)`` would return, changing nothing."""
@@ -352,12 +352,12 @@ class Model:
             lag_row = (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key)) \
                 if self._pre.k and key in self._keyed.slots else None
             Y0, has0 = self._targets(None, 1)
-            X, _, _, y_loc, y_scale = self._pre.transform_sequence(X, Y0, has0, lag_row)
+            X, _, _, y_ls = self._pre.transform_sequence(X, Y0, has0, lag_row)
         pred = np.empty(self.n_outputs, self.dtype)
         predict_from_state(self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs,
                            self.theta, self.n_params_cell, X[0], s, pred)
         if self._pre.finishes:
-            pred[:] = y_loc[0] + y_scale[0] * pred
+            pred[:] = y_ls[0, 0] + y_ls[1, 0] * pred
         return pred
 
     def hidden_state(self, key=None):
@@ -396,7 +396,7 @@ class Model:
         X = self._inputs(X)
         Y, has_y = self._targets(Y, X.shape[0])
         if self._pre.active:   # a fresh key's inputs and standardised targets; statistics not committed
-            X, Y, has_y, _, _ = self._pre.transform_sequence(X, Y, has_y)
+            X, Y, has_y, _ = self._pre.transform_sequence(X, Y, has_y)
         grad = np.zeros(self.n_params, self.dtype)
         args = (self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs, self.theta)
         if method in _INFLUENCE_LEARNERS:

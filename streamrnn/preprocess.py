@@ -32,13 +32,32 @@ from .standardize import CLIP, COUNT, MEAN, WARMUP, fold, make_stats, scale_of, 
 STATE_NAMES = ("standardize.x_stats", "standardize.y_stats")
 
 
+# Fields of the settings vector handed to ``prepare_rows`` (one array: a scalar argument costs a
+# compiled call more to dispatch than an array does, and the river path calls it per sample).
+TASK, STANDARDIZE, CLIP_AT, WARMUP_N, N_INPUTS, N_SETTINGS = 0, 1, 2, 3, 4, 5
+
+
+def settings(task_id, standardize, n_inputs, clip=CLIP, warmup=WARMUP):
+    out = np.zeros(N_SETTINGS, np.float64)
+    out[[TASK, STANDARDIZE, CLIP_AT, WARMUP_N, N_INPUTS]] = task_id, float(bool(standardize)), clip, warmup, n_inputs
+    return out
+
+
 @njit(cache=True)
-def prepare_rows(task, standardize, clip, warmup, n_in, X, Y, has_y, slots, reset, x_stats, y_stats,
-                 lag_values, lag_observed, Xa, Ys, has_learn, y_loc, y_scale):
+def prepare_rows(cfg, X, Y, has_y, slots, reset, x_stats, y_stats, lag_values, lag_observed,
+                 Xa, Ys, has_learn, y_ls):
     """Transform rows in arrival order (see the module docstring), advancing ``x_stats``, ``y_stats``
     and the keys' lag buffers (``lag_values`` (keys, k, w), ``lag_observed`` (keys, k); k may be 0)
-    in place. Writes the learner's inputs ``Xa`` (N, n_in + k(w+1)), targets ``Ys``, mask
-    ``has_learn`` and, for regression, each row's ``y_loc``/``y_scale`` (N, width)."""
+    in place. ``cfg`` is a :func:`settings` vector. Writes the learner's inputs ``Xa``
+    (N, n_in + k(w+1)), targets ``Ys``, mask ``has_learn`` and, for regression, each row's target
+    location and scale ``y_ls[0]``, ``y_ls[1]`` (N, width)."""
+    task = int(cfg[TASK])
+    standardize = cfg[STANDARDIZE] != 0.0
+    clip = cfg[CLIP_AT]
+    warmup = cfg[WARMUP_N]
+    n_in = int(cfg[N_INPUTS])
+    y_loc = y_ls[0]
+    y_scale = y_ls[1]
     k = lag_values.shape[1]
     w = lag_values.shape[2]
     std_y = standardize and task == REGRESSION
@@ -78,8 +97,11 @@ def prepare_rows(task, standardize, clip, warmup, n_in, X, Y, has_y, slots, rese
 
 
 @njit(cache=True)
-def finish_rows(Y, has_y, y_loc, y_scale, out, losses):
-    """Regression with standardisation: predictions back to target units, losses in target units."""
+def finish_rows(Y, has_y, y_ls, out, losses):
+    """Regression with standardisation: predictions back to target units (``y_ls[0] + y_ls[1] · out``),
+    losses in target units."""
+    y_loc = y_ls[0]
+    y_scale = y_ls[1]
     for i in range(out.shape[0]):
         for q in range(out.shape[1]):
             out[i, q] = y_loc[i, q] + y_scale[i, q] * out[i, q]
@@ -103,6 +125,7 @@ class Preprocessor:
         self.k, self.standardize = int(target_lags), bool(standardize)
         self.dtype = np.dtype(dtype)
         self.clip, self.warmup = float(clip), float(warmup)
+        self._cfg = settings(task_id, standardize, n_inputs, clip, warmup)
         self.w = narx.lag_width(task_id, n_outputs)
         self.width_y = n_outputs if task_id == REGRESSION else 1
         self.n_cell_inputs = n_inputs + narx.lag_inputs(task_id, n_outputs, self.k)
@@ -111,7 +134,7 @@ class Preprocessor:
         self.x_stats = make_stats(n_inputs)
         self.y_stats = make_stats(self.width_y)
         self._no_lags = (np.zeros((1, 0, self.w)), np.zeros((1, 0)))
-        self._cap = 0
+        self._cap = self._views_n = 0
         self._grow(1)
 
     def per_key_layout(self):
@@ -122,44 +145,38 @@ class Preprocessor:
                 ("lag_observed", (self.k,), np.dtype(np.float64))]
 
     def _grow(self, n):
-        if n <= self._cap:
-            return
-        cap = max(n, 2 * self._cap)
-        self._Xa = np.zeros((cap, self.n_cell_inputs), self.dtype)
-        self._Ys = np.zeros((cap, self.width_y), self.dtype)
-        self._has = np.zeros(cap, np.bool_)
-        self._loc = np.zeros((cap, self.width_y))
-        self._scale = np.ones((cap, self.width_y))
-        self._cap = cap
-
-    def _run(self, X, Y, has_y, slots, reset, x_stats, y_stats, lag_values, lag_observed, out=None):
-        n = X.shape[0]
-        if out is None:
-            self._grow(n)
-            out = (self._Xa[:n], self._Ys[:n], self._has[:n], self._loc[:n], self._scale[:n])
-        prepare_rows(self.task, self.standardize, self.clip, self.warmup, self.n_inputs, X, Y, has_y, slots, reset,
-                     x_stats, y_stats, lag_values, lag_observed, *out)
-        return out
-
-    def _lags(self, keyed_arrays):
-        return (keyed_arrays["lag_values"], keyed_arrays["lag_observed"]) if self.k else self._no_lags
+        if n > self._cap:
+            cap = max(n, 2 * self._cap)
+            self._Xa = np.zeros((cap, self.n_cell_inputs), self.dtype)
+            self._Ys = np.zeros((cap, self.width_y), self.dtype)
+            self._has = np.zeros(cap, np.bool_)
+            self._ls = np.zeros((2, cap, self.width_y))
+            self._cap = cap
+        self._views_n = n
+        self._views = (self._Xa[:n], self._Ys[:n], self._has[:n], self._ls[:, :n])
 
     def prepare(self, X, Y, has_y, slots, reset, keyed_arrays):
-        """The batch for the learner, ``(Xa, Ys, has_learn, loc, scale)`` (views of scratch, valid
-        until the next call), committing the statistics and the keys' lag buffers."""
-        return self._run(X, Y, has_y, slots, reset, self.x_stats, self.y_stats, *self._lags(keyed_arrays))
+        """The batch for the learner, ``(Xa, Ys, has_learn, y_ls)`` (views of scratch, valid until the
+        next call; ``y_ls[0]``, ``y_ls[1]`` each row's target location and scale), committing the
+        statistics and the keys' lag buffers."""
+        if X.shape[0] != self._views_n:
+            self._grow(X.shape[0])
+        lags = (keyed_arrays["lag_values"], keyed_arrays["lag_observed"]) if self.k else self._no_lags
+        prepare_rows(self._cfg, X, Y, has_y, slots, reset, self.x_stats, self.y_stats, *lags, *self._views)
+        return self._views
 
-    def finish(self, Y, has_y, loc, scale, out, losses):
+    def finish(self, Y, has_y, y_ls, out, losses):
+        """After the learner: regression predictions and losses back in the target's units."""
         if self.finishes:
-            finish_rows(Y, has_y, loc, scale, out, losses)
+            finish_rows(Y, has_y, y_ls, out, losses)
 
     def transform_sequence(self, X, Y, has_y, lag_row=None):
-        """New arrays ``(Xa, Ys, has_learn, loc, scale)`` for one sequence of a fresh key (or of a
+        """New arrays ``(Xa, Ys, has_learn, y_ls)`` for one sequence of a fresh key (or of a
         key whose lag buffer is ``lag_row = (values, observed)``), starting from copies of the
         current statistics, which are advanced along the sequence and discarded: nothing changes."""
         n = X.shape[0]
         out = (np.zeros((n, self.n_cell_inputs), self.dtype), np.zeros((n, self.width_y), self.dtype),
-               np.zeros(n, np.bool_), np.zeros((n, self.width_y)), np.ones((n, self.width_y)))
+               np.zeros(n, np.bool_), np.zeros((2, n, self.width_y)))
         if self.k:
             fresh = lag_row is None
             lag_values = np.zeros((1, self.k, self.w)) if fresh else lag_row[0][None].copy()
@@ -168,8 +185,9 @@ class Preprocessor:
             lag_values, lag_observed = self._no_lags
         slots = np.zeros(n, np.int64)
         reset = np.zeros(n, np.bool_)
-        return self._run(X, Y, has_y, slots, reset, self.x_stats.copy(), self.y_stats.copy(),
-                         lag_values, lag_observed, out)
+        prepare_rows(self._cfg, X, Y, has_y, slots, reset, self.x_stats.copy(), self.y_stats.copy(),
+                     lag_values, lag_observed, *out)
+        return out
 
     def state_arrays(self):
         return {STATE_NAMES[0]: self.x_stats, STATE_NAMES[1]: self.y_stats} if self.standardize else {}

@@ -63,7 +63,7 @@ def test_lag_buffer_row_by_row(task, n_out, k, max_keys):
     got = []
     for lo, hi in ((0, 7), (7, 8), (8, 60)):            # several batches, one key state
         slots, reset = keyed.assign(keys[lo:hi], hi - lo)
-        Xa, Ys, has, _, _ = pre.prepare(X[lo:hi], Y[lo:hi], has_y[lo:hi], slots, reset, keyed.arrays)
+        Xa, Ys, has, _ = pre.prepare(X[lo:hi], Y[lo:hi], has_y[lo:hi], slots, reset, keyed.arrays)
         got.append(Xa.copy())
         np.testing.assert_array_equal(Ys, Y[lo:hi])
         np.testing.assert_array_equal(has, has_y[lo:hi])

@@ -90,7 +90,7 @@ def test_transform_is_the_pipeline_written_out(k):
     has_y[[3, 4, 20]] = False
     Yn = np.where(has_y[:, None], Y, np.nan)
     Xc, (Yc, hc) = m._inputs(X), m._targets(Yn, 40)
-    Xa, Ys, learn, _, _ = m._pre.transform_sequence(Xc, Yc, hc)
+    Xa, Ys, learn, _ = m._pre.transform_sequence(Xc, Yc, hc)
     rXa, rYs, rlearn = ref_pipeline(X, np.where(has_y[:, None], Y, 0.0), has_y, m._pre.x_stats, m._pre.y_stats, k)
     np.testing.assert_array_equal(Xa, rXa)
     np.testing.assert_array_equal(Ys[has_y], rYs[has_y])
