@@ -348,14 +348,13 @@ class Model:
         s = self._keyed.row("hidden", key)
         if s is None:
             s = np.zeros(self._state_size, self.dtype)
+        x = X[0]
         if self._pre.active:   # on copies of the statistics and of the key's lag buffer
-            lag_row = (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key)) \
-                if self._pre.k and key in self._keyed.slots else None
-            Y0, has0 = self._targets(None, 1)
-            X, _, _, y_ls = self._pre.transform_sequence(X, Y0, has0, lag_row)
+            lags = (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key)) if self._pre.k else ()
+            x, y_ls = self._pre.peek_row(X, *lags)
         pred = np.empty(self.n_outputs, self.dtype)
         predict_from_state(self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs,
-                           self.theta, self.n_params_cell, X[0], s, pred)
+                           self.theta, self.n_params_cell, x, s, pred)
         if self._pre.finishes:
             pred[:] = y_ls[0, 0] + y_ls[1, 0] * pred
         return pred

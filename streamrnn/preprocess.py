@@ -189,6 +189,33 @@ class Preprocessor:
                      lag_values, lag_observed, *out)
         return out
 
+    def peek_row(self, x, lag_values=None, lag_observed=None):
+        """What one more row ``x`` (1, n_inputs) of a key with lag buffer ``(lag_values, lag_observed)``
+        (None: a new key) would give the learner, changing nothing: ``(xa, y_ls)``, views of scratch
+        reused by the next call, ``xa`` (n_cell_inputs,) and ``y_ls`` (2, 1, width) the target's
+        location and scale. For ``Model.peek`` and the adapters' preallocated predict paths."""
+        if not hasattr(self, "_peek"):
+            w = self.width_y
+            self._peek = (self.x_stats.copy(), self.y_stats.copy(), np.zeros((1, self.k, self.w)),
+                          np.zeros((1, self.k)), np.zeros((1, w), self.dtype), np.zeros(1, np.bool_),
+                          np.zeros(1, np.int64), np.zeros(1, np.bool_),
+                          (np.zeros((1, self.n_cell_inputs), self.dtype), np.zeros((1, w), self.dtype),
+                           np.zeros(1, np.bool_), np.zeros((2, 1, w))))
+        xs, ys, lv, lo, y0, has0, slot0, reset0, out = self._peek
+        xs[:] = self.x_stats
+        ys[:] = self.y_stats
+        if self.k:
+            if lag_values is None:
+                lv[:] = 0.0
+                lo[:] = 0.0
+            else:
+                lv[0] = lag_values
+                lo[0] = lag_observed
+        else:
+            lv, lo = self._no_lags
+        prepare_rows(self._cfg, x, y0, has0, slot0, reset0, xs, ys, lv, lo, *out)
+        return out[0][0], out[3]
+
     def state_arrays(self):
         return {STATE_NAMES[0]: self.x_stats, STATE_NAMES[1]: self.y_stats} if self.standardize else {}
 
