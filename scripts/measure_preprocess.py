@@ -48,7 +48,7 @@ def main():
     for name, model, std, k, score, secs in rows:
         print(f"{name:18s} {model:12s} {str(std) if std is not None else '-':>11s} "
               f"{str(k) if k is not None else '-':>11s} {score:11.5g} {secs:6.1f}")
-    print(json.dumps([dict(stream=r[0], model=r[1], standardize=r[2], target_lags=r[3], nmse=r[4]) for r in rows]))
+    print(json.dumps([{"stream": r[0], "model": r[1], "standardize": r[2], "target_lags": r[3], "nmse": r[4]} for r in rows]))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,16 @@ from numba import njit
 
 from . import narx
 from .losses import REGRESSION
-from .standardize import CLIP, COUNT, MEAN, WARMUP, fold, make_stats, scale_of, standardize_value
+from .standardize import (
+    CLIP,
+    COUNT,
+    MEAN,
+    WARMUP,
+    fold,
+    make_stats,
+    scale_of,
+    standardize_value,
+)
 
 STATE_NAMES = ("standardize.x_stats", "standardize.y_stats")
 

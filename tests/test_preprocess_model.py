@@ -111,7 +111,7 @@ def test_rtrl_equals_bptt_and_finite_differences_over_the_pipeline(k, fresh):
     g_tbptt = m.gradient(X, Yn, method="tbptt", truncation=25)
     np.testing.assert_array_equal(m._pre.x_stats, stats_before[0])   # gradient() commits nothing
     np.testing.assert_array_equal(m._pre.y_stats, stats_before[1])
-    flat = lambda g: np.concatenate([g[name].ravel() for name in g])   # noqa: E731
+    flat = lambda g: np.concatenate([g[name].ravel() for name in g])
     scale = np.abs(flat(g_bptt)).max()
     assert scale > 0
     assert np.abs(flat(g_rtrl) - flat(g_bptt)).max() <= 1e-9 * scale
@@ -227,7 +227,7 @@ def keyed_stream(n=240, seed=0):
 @pytest.mark.parametrize("k,std", [(2, True), (1, False), (0, True)])
 def test_save_load_and_batch_split_are_bit_identical(tmp_path, learner, kw, k, std):
     X, Y, keys = keyed_stream()
-    make = lambda: sr.Model(cell="gru", n_inputs=2, n_hidden=4, learner=learner, target_lags=k,  # noqa: E731
+    make = lambda: sr.Model(cell="gru", n_inputs=2, n_hidden=4, learner=learner, target_lags=k,
                             standardize=std, max_keys=3, seed=5, **kw)
     a = make()
     out_a = a.step_many(X, Y, keys)

@@ -4,7 +4,15 @@ import math
 import numpy as np
 import pytest
 
-from streamrnn.standardize import CLIP, WARMUP, fold, fold_stream, make_stats, scale_of, standardize_value
+from streamrnn.standardize import (
+    CLIP,
+    WARMUP,
+    fold,
+    fold_stream,
+    make_stats,
+    scale_of,
+    standardize_value,
+)
 
 
 def ref_scale(c, m2):
