@@ -24,6 +24,7 @@ from .learners.common import (INFLUENCE_RESETS, N_COUNTERS, REJECTED_STATE, SKIP
 from .learners.registry import ModelDims
 from .losses import TASK_IDS
 from .optim import OPTIMIZER_IDS, state_shape
+from .preprocess import Preprocessor
 from .validation import (DTYPES, check_inputs, check_seed, check_targets, check_task_outputs, choice,
                          optimizer_settings, positive_int, target_width)
 
@@ -33,6 +34,8 @@ LEARNERS = registry.names()
 # "bptt" is offline only (it stores the whole sequence), so it is a gradient method but no learner.
 GRADIENT_METHODS = LEARNERS + ("bptt",)
 _FORMAT_KIND = "streamrnn.Model"
+# What a checkpoint written before an option existed implies for it.
+_OLD_DEFAULTS = {"readout_skip": False, "target_lags": 0, "standardize": False}
 
 ArrayLike = Any          # what np.asarray accepts
 Key = Optional[Union[str, int]]
@@ -96,6 +99,18 @@ class Model:
         recurrent net then learns what a linear model of ``x`` leaves over.
         ``S x`` does not depend on ``h``, so every learner's gradient for ``S``
         is exact and local in time.
+    target_lags : int >= 0
+        Target feedback (NARX): the key's last ``k`` targets are appended to its inputs
+        (:mod:`streamrnn.narx`): the cell sees ``[x, lag_1 … lag_k, observed_1 … observed_k]``,
+        ``n_inputs + k·(w + 1)`` columns, ``w`` = n_outputs (regression; classification, the
+        label one-hot) or 1 (binary). ``weight_ih_l0`` (and ``readout.skip_weight``) have that
+        many columns; ``n_inputs`` stays the width of the features you pass. Per-key, reset with
+        the hidden state, checkpointed.
+    standardize : bool
+        Online standardisation (:mod:`streamrnn.standardize`, :mod:`streamrnn.preprocess`):
+        running mean/variance of every input and regression target, winsorised against outlier
+        bursts, global (shared by all keys), checkpointed. The network sees standardised inputs
+        and learns standardised targets; predictions and reported losses are in the target's units.
 
     Predictions are ŷ for regression, class probabilities for classification
     and P(y = 1) for binary, always as an array of ``n_outputs`` values.
@@ -117,7 +132,7 @@ class Model:
                  clip: Optional[float] = None, seed: int = 0, dtype: str = "float64", max_keys: int = 1024,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, momentum: float = 0.0,
                  weight_decay: float = 0.0, truncation: Optional[int] = None, stride: Optional[int] = None,
-                 readout_skip: bool = False) -> None:
+                 readout_skip: bool = False, target_lags: int = 0, standardize: bool = True) -> None:
         choice("cell", cell, tuple(CELL_IDS))
         choice("task", task, tuple(TASK_IDS))
         choice("learner", learner, registry.names())
@@ -139,32 +154,40 @@ class Model:
         check_task_outputs(task, n_outputs)
         opt_config, self.hyper = optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay)
         seed = check_seed(seed)
+        if isinstance(target_lags, bool) or not isinstance(target_lags, (int, np.integer)) or target_lags < 0:
+            raise ValueError(f"target_lags must be an integer >= 0; got {target_lags!r}")
+        target_lags = int(target_lags)
 
         self.config = dict(cell=cell, n_inputs=n_inputs, n_hidden=n_hidden, n_outputs=n_outputs,
                            task=task, learner=learner, seed=seed, dtype=dtype, max_keys=max_keys,
-                           truncation=truncation, stride=stride, readout_skip=bool(readout_skip), **opt_config)
+                           truncation=truncation, stride=stride, readout_skip=bool(readout_skip),
+                           target_lags=target_lags, standardize=bool(standardize), **opt_config)
         self._cell = CELL_IDS[cell]
         self._task = TASK_IDS[task]
         self._opt = OPTIMIZER_IDS[optimizer]
         self.dtype = np.dtype(dtype)
         self.n_inputs, self.n_hidden, self.n_outputs = n_inputs, n_hidden, n_outputs
         self.max_keys = max_keys
+        self._pre = Preprocessor(self._task, n_inputs, n_outputs, target_lags, standardize, self.dtype)
+        self.n_cell_inputs = n_cell_inputs = self._pre.n_cell_inputs   # n_inputs + the target-feedback columns
         self._gates = n_gates(self._cell)
         self._state_size = state_size(self._cell, n_hidden)
         self._rec = recurrent_width(self._cell, n_hidden)
-        self.n_params_cell = n_cell_params(self._gates, n_inputs, n_hidden, self._rec)
+        self.n_params_cell = n_cell_params(self._gates, n_cell_inputs, n_hidden, self._rec)
         self.readout_skip = bool(readout_skip)
-        self.n_params = self.n_params_cell + n_outputs * (n_hidden + 1 + (n_inputs if self.readout_skip else 0))
+        self.n_params = self.n_params_cell + n_outputs * (n_hidden + 1 + (n_cell_inputs if self.readout_skip else 0))
 
         self.theta = self._initial_parameters(int(seed))
         self.opt_state = np.zeros(state_shape(optimizer, self.n_params), self.dtype)
         self.counters = np.zeros(N_COUNTERS, np.int64)
         self.learner, self.truncation, self.stride = learner, truncation, stride
-        self._dims = ModelDims(self._cell, self._task, n_inputs, n_hidden, n_outputs, self._state_size,
+        self._dims = ModelDims(self._cell, self._task, n_cell_inputs, n_hidden, n_outputs, self._state_size,
                                target_width(self._task, n_outputs), self.n_params_cell, self.n_params, self.dtype,
                                seed, truncation, stride)
         self._spec = registry.resolve(learner, self._cell)      # whose arrays and kernels run the learner
-        self._keyed = KeyedState(self._spec.key_layout(self._dims), max_keys)
+        learner_layout = self._spec.key_layout(self._dims)
+        self._n_learner_arrays = len(learner_layout)           # the learner's arrays come first
+        self._keyed = KeyedState(learner_layout + self._pre.per_key_layout(), max_keys)
         self._ws = self._spec.make_workspace(self._dims)
         self._ws_fields = tuple(self._ws)          # as step_many takes it (see learners.registry)
         self._zero_state = np.zeros(self._state_size, self.dtype)   # the state of a key not seen yet (read only)
@@ -193,7 +216,7 @@ class Model:
     # ------------------------------------------------------------------ layout
     def _layout(self):
         """(name, shape) of each parameter block, in the order of the flat vector."""
-        G, n, m, o = self._gates, self.n_hidden, self.n_inputs, self.n_outputs
+        G, n, m, o = self._gates, self.n_hidden, self.n_cell_inputs, self.n_outputs
         hh_shape = (G * n,) if self._cell in ELEMENTWISE else (G * n, n)
         blocks = [("weight_ih_l0", (G * n, m)), ("weight_hh_l0", hh_shape),
                   ("bias_ih_l0", (G * n,)), ("bias_hh_l0", (G * n,)),
@@ -203,7 +226,7 @@ class Model:
     def _initial_parameters(self, seed):
         rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(self.n_hidden)   # PyTorch's RNN init; nn.Linear(n, o) has the same bound
-        n_skip = self.n_outputs * self.n_inputs if self.readout_skip else 0
+        n_skip = self.n_outputs * self.n_cell_inputs if self.readout_skip else 0
         theta = np.zeros(self.n_params, self.dtype)
         theta[:self.n_params - n_skip] = rng.uniform(-bound, bound, self.n_params - n_skip)
         return theta
@@ -413,11 +436,18 @@ class Model:
         >>> bool((twin.step([0.1, 0.2], y=[1.0]) == out[0]).all())
         True
         """
-        spec = self._spec
         slots, reset = self._keyed.assign(keys, X.shape[0])
-        spec.step_many(self._cell, self._task, self._opt, self.n_inputs, self.n_hidden, self.n_outputs,
-                       self.theta, self.opt_state, self.hyper, self.counters, tuple(self._keyed.arrays.values()),
-                       X, Y, has_y, slots, reset, self._ws_fields, out, losses)
+        pre = self._pre
+        per_key = tuple(self._keyed.arrays.values())
+        if pre.active:     # standardise, append target feedback (changes nothing the learner owns)
+            Y_raw, has_y_raw = Y, has_y
+            X, Y, has_y, y_ls = pre.prepare(X, Y, has_y, slots, reset, self._keyed.arrays)
+            per_key = per_key[:self._n_learner_arrays]
+        self._spec.step_many(self._cell, self._task, self._opt, self.n_cell_inputs, self.n_hidden, self.n_outputs,
+                             self.theta, self.opt_state, self.hyper, self.counters, per_key,
+                             X, Y, has_y, slots, reset, self._ws_fields, out, losses)
+        if pre.active:     # predictions and losses back in the target's units
+            pre.finish(Y_raw, has_y_raw, y_ls, out, losses)
 
     def last_gradient(self) -> np.ndarray:
         """A copy of the flat gradient the learner formed at its last labelled step (TBPTT: its last
@@ -456,8 +486,14 @@ class Model:
         True
         """
         s = self._keyed.row("hidden", key)
-        predict_from_state(self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs, self.theta,
+        pre = self._pre
+        if pre.active:     # on copies of the statistics and of the key's lag buffer
+            lags = (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key)) if pre.k else ()
+            x, y_ls = pre.peek_row(x[None, :], *lags)
+        predict_from_state(self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs, self.theta,
                            self.n_params_cell, x, self._zero_state if s is None else s, out, None)
+        if pre.finishes:
+            out[:] = y_ls[0, 0] + y_ls[1, 0] * out
         return out
 
     def predict_from_state(self, x: np.ndarray, state: np.ndarray, out: np.ndarray,
@@ -465,7 +501,9 @@ class Model:
         """The prediction one more sample ``x`` would get from recurrent state ``state``, into ``out``;
         with ``next_state`` (S,) also the state it would reach. Returns ``out``; changes nothing.
 
-        Arrays as :meth:`peek_into` takes them, ``state`` (S,) as :meth:`hidden_state` returns it.
+        ``x`` is the cell's input, (``n_cell_inputs``,): with ``standardize`` or ``target_lags`` the
+        caller transforms it (this is the raw cell and readout); ``out`` (n_outputs,), ``state`` (S,)
+        as :meth:`hidden_state` returns it.
         Running it forward from a copy of a key's state gives recursive forecasts.
 
         >>> import numpy as np, streamrnn as sr
@@ -475,7 +513,7 @@ class Model:
         >>> bool((m.step([1.0]) == first).all()), bool((m.hidden_state() == s_next).all())
         (True, True)
         """
-        predict_from_state(self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs, self.theta,
+        predict_from_state(self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs, self.theta,
                            self.n_params_cell, x, state, out, next_state)
         return out
 
@@ -518,8 +556,10 @@ class Model:
             dims = dims._replace(truncation=int(k), stride=h)
         X = self._inputs(X)
         Y, has_y = self._targets(Y, X.shape[0])
+        if self._pre.active:   # a fresh key's inputs and standardised targets; statistics not committed
+            X, Y, has_y, _ = self._pre.transform_sequence(X, Y, has_y)
         grad = np.zeros(self.n_params, self.dtype)
-        args = (self._cell, self._task, self.n_inputs, self.n_hidden, self.n_outputs, self.theta)
+        args = (self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs, self.theta)
         if spec is None:
             bptt_sequence_gradient(*args, self.n_params_cell, X, Y, has_y, self._zero_state, grad)
         else:
@@ -538,7 +578,8 @@ class Model:
     def state_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Everything needed to continue bit-identically, as ``(arrays, meta)``."""
         keys, per_key = self._keyed.export()
-        arrays = {"theta": self.theta, "opt_state": self.opt_state, "counters": self.counters, **per_key}
+        arrays = {"theta": self.theta, "opt_state": self.opt_state, "counters": self.counters, **per_key,
+                  **self._pre.state_arrays()}
         meta = {"kind": _FORMAT_KIND, "config": self.config, "keys": keys}
         return arrays, meta
 
@@ -546,7 +587,7 @@ class Model:
     def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], source: str = "<state>") -> "Model":
         if meta.get("kind") != _FORMAT_KIND:
             raise checkpoint.CheckpointError(f"{source}: not a streamrnn Model (kind {meta.get('kind')!r})")
-        model = cls(**meta["config"])
+        model = cls(**{**_OLD_DEFAULTS, **meta["config"]})
         model.load_state(arrays, meta, source)
         return model
 
@@ -561,7 +602,7 @@ class Model:
         """Restore from ``state_arrays()`` output; the configuration must match this model's."""
         saved = meta.get("config")
         if isinstance(saved, dict):
-            saved = {"readout_skip": False, **saved}   # files from before the option existed
+            saved = {**_OLD_DEFAULTS, **saved}   # files from before the options existed
         if meta.get("kind") != _FORMAT_KIND or saved != self.config:
             raise checkpoint.CheckpointError(
                 f"{source}: the saved model has another configuration ({meta.get('config')}) "
@@ -570,7 +611,9 @@ class Model:
                             ("counters", self.counters.shape)):
             if name not in arrays or arrays[name].shape != shape:
                 raise checkpoint.CheckpointError(f"{source}: array {name!r} missing or of the wrong shape")
+        self._pre.check_state(arrays, source, checkpoint.CheckpointError)
         self._keyed.restore(meta["keys"], arrays, source)
+        self._pre.load_state(arrays)
         self.theta[:] = arrays["theta"]
         self.opt_state[:] = arrays["opt_state"]
         self.counters[:] = arrays["counters"]

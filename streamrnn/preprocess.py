@@ -1,0 +1,245 @@
+"""What the Model does to a batch before and after its learner: online standardisation and
+target feedback (NARX), in one compiled pass over the rows in arrival order.
+
+Before the learner (``prepare_rows``), for each row ``i`` of key ``slot``:
+
+1. inputs: each feature is folded into the input statistics (winsorised, see
+   :mod:`streamrnn.standardize`) and then standardised with them, ``x_i`` included (it is known
+   before the prediction, and so the very first row of a raw-units stream becomes 0, not 5 000);
+2. target feedback: the key's lag buffer (:mod:`streamrnn.narx`), lag values standardised with the
+   target statistics as they stand before ``y_i`` (regression), then the observed flags;
+3. target (regression): ``loc_i, scale_i`` = the target statistics before ``y_i``; the learner is
+   given ``clip((y_i − loc_i) / scale_i)`` and learns from the row only once the target statistics
+   hold two values (before that the scale is unknown); then ``y_i`` is folded in;
+4. the key's lag buffer shifts in ``y_i`` (or holds its last value).
+
+None of this depends on the parameters, so the whole batch is transformed before the learner runs
+and the learner's exactness is untouched. After the learner (``finish_rows``), regression
+predictions go back to the target's units, ``ŷ_i = loc_i + scale_i · ŷ_std,i``, and the reported
+loss is recomputed in the target's units, ``½‖ŷ_i − y_i‖²`` (every row with a target, the first
+two included); the learner itself minimises the loss in standardised units.
+
+Statistics are global: one set for the inputs and one for the targets, shared by every key. Only
+regression targets are standardised; class labels are labels.
+"""
+import numpy as np
+from numba import njit
+
+from . import narx
+from .losses import REGRESSION
+from .standardize import (
+    CLIP,
+    COUNT,
+    MEAN,
+    WARMUP,
+    fold,
+    make_stats,
+    scale_of,
+    standardize_value,
+)
+
+STATE_NAMES = ("standardize.x_stats", "standardize.y_stats")
+
+
+# Fields of the settings vector handed to ``prepare_rows`` (one array: a scalar argument costs a
+# compiled call more to dispatch than an array does, and the river path calls it per sample).
+TASK, STANDARDIZE, CLIP_AT, WARMUP_N, N_INPUTS, N_SETTINGS = 0, 1, 2, 3, 4, 5
+
+
+def settings(task_id, standardize, n_inputs, clip=CLIP, warmup=WARMUP):
+    out = np.zeros(N_SETTINGS, np.float64)
+    out[[TASK, STANDARDIZE, CLIP_AT, WARMUP_N, N_INPUTS]] = task_id, float(bool(standardize)), clip, warmup, n_inputs
+    return out
+
+
+@njit(cache=True)
+def prepare_rows(cfg, X, Y, has_y, slots, reset, x_stats, y_stats, lag_values, lag_observed,
+                 Xa, Ys, has_learn, y_ls):
+    """Transform rows in arrival order (see the module docstring), advancing ``x_stats``, ``y_stats``
+    and the keys' lag buffers (``lag_values`` (keys, k, w), ``lag_observed`` (keys, k); k may be 0)
+    in place. ``cfg`` is a :func:`settings` vector. Writes the learner's inputs ``Xa``
+    (N, n_in + k(w+1)), targets ``Ys``, mask ``has_learn`` and, for regression, each row's target
+    location and scale ``y_ls[0]``, ``y_ls[1]`` (N, width)."""
+    task = int(cfg[TASK])
+    standardize = cfg[STANDARDIZE] != 0.0
+    clip = cfg[CLIP_AT]
+    warmup = cfg[WARMUP_N]
+    n_in = int(cfg[N_INPUTS])
+    y_loc = y_ls[0]
+    y_scale = y_ls[1]
+    k = lag_values.shape[1]
+    w = lag_values.shape[2]
+    std_y = standardize and task == REGRESSION
+    for i in range(X.shape[0]):
+        slot = slots[i]
+        if k > 0 and reset[i]:
+            lag_values[slot] = 0.0
+            lag_observed[slot] = 0.0
+        for j in range(n_in):
+            if standardize:
+                fold(x_stats, j, X[i, j], clip, warmup)
+                Xa[i, j] = standardize_value(x_stats, j, X[i, j], clip)
+            else:
+                Xa[i, j] = X[i, j]
+        if k > 0:
+            vals = lag_values[slot]
+            obs = lag_observed[slot]
+            for lag in range(k):
+                for q in range(w):
+                    v = vals[lag, q]
+                    Xa[i, n_in + lag * w + q] = standardize_value(y_stats, q, v, clip) if std_y else v
+                Xa[i, n_in + k * w + lag] = obs[lag]
+        if std_y:
+            for q in range(Y.shape[1]):
+                y_loc[i, q] = y_stats[MEAN, q]
+                y_scale[i, q] = scale_of(y_stats, q)
+                Ys[i, q] = standardize_value(y_stats, q, Y[i, q], clip)
+            has_learn[i] = has_y[i] and y_stats[COUNT, 0] >= 2.0
+            if has_y[i]:
+                for q in range(Y.shape[1]):
+                    fold(y_stats, q, Y[i, q], clip, warmup)
+        else:
+            Ys[i, :] = Y[i, :]
+            has_learn[i] = has_y[i]
+        if k > 0:
+            narx.push_target(task, lag_values[slot], lag_observed[slot], Y[i], has_y[i])
+
+
+@njit(cache=True)
+def finish_rows(Y, has_y, y_ls, out, losses):
+    """Regression with standardisation: predictions back to target units (``y_ls[0] + y_ls[1] · out``),
+    losses in target units."""
+    y_loc = y_ls[0]
+    y_scale = y_ls[1]
+    for i in range(out.shape[0]):
+        for q in range(out.shape[1]):
+            out[i, q] = y_loc[i, q] + y_scale[i, q] * out[i, q]
+        if has_y[i]:
+            total = 0.0
+            for q in range(out.shape[1]):
+                d = out[i, q] - Y[i, q]
+                total += 0.5 * d * d
+            losses[i] = total
+        else:
+            losses[i] = np.nan
+
+
+class Preprocessor:
+    """The Model's standardisation statistics and target-feedback layout, and the calls around
+    its learner. Inactive (``active`` False) when ``standardize`` is off and ``target_lags`` is 0:
+    the Model then skips it entirely (bit-identical to a model without it)."""
+
+    def __init__(self, task_id, n_inputs, n_outputs, target_lags, standardize, dtype, clip=CLIP, warmup=WARMUP):
+        self.task, self.n_inputs, self.n_outputs = task_id, n_inputs, n_outputs
+        self.k, self.standardize = int(target_lags), bool(standardize)
+        self.dtype = np.dtype(dtype)
+        self.clip, self.warmup = float(clip), float(warmup)
+        self._cfg = settings(task_id, standardize, n_inputs, clip, warmup)
+        self.w = narx.lag_width(task_id, n_outputs)
+        self.width_y = n_outputs if task_id == REGRESSION else 1
+        self.n_cell_inputs = n_inputs + narx.lag_inputs(task_id, n_outputs, self.k)
+        self.active = self.standardize or self.k > 0
+        self.finishes = self.standardize and task_id == REGRESSION
+        self.x_stats = make_stats(n_inputs)
+        self.y_stats = make_stats(self.width_y)
+        self._no_lags = (np.zeros((1, 0, self.w)), np.zeros((1, 0)))
+        self._cap = self._views_n = 0
+        self._grow(1)
+
+    def per_key_layout(self):
+        """(name, shape, dtype) of the per-key arrays target feedback adds (none for k = 0)."""
+        if self.k == 0:
+            return []
+        return [("lag_values", (self.k, self.w), np.dtype(np.float64)),
+                ("lag_observed", (self.k,), np.dtype(np.float64))]
+
+    def _grow(self, n):
+        if n > self._cap:
+            cap = max(n, 2 * self._cap)
+            self._Xa = np.zeros((cap, self.n_cell_inputs), self.dtype)
+            self._Ys = np.zeros((cap, self.width_y), self.dtype)
+            self._has = np.zeros(cap, np.bool_)
+            self._ls = np.zeros((2, cap, self.width_y))
+            self._cap = cap
+        self._views_n = n
+        self._views = (self._Xa[:n], self._Ys[:n], self._has[:n], self._ls[:, :n])
+
+    def prepare(self, X, Y, has_y, slots, reset, keyed_arrays):
+        """The batch for the learner, ``(Xa, Ys, has_learn, y_ls)`` (views of scratch, valid until the
+        next call; ``y_ls[0]``, ``y_ls[1]`` each row's target location and scale), committing the
+        statistics and the keys' lag buffers."""
+        if X.shape[0] != self._views_n:
+            self._grow(X.shape[0])
+        lags = (keyed_arrays["lag_values"], keyed_arrays["lag_observed"]) if self.k else self._no_lags
+        prepare_rows(self._cfg, X, Y, has_y, slots, reset, self.x_stats, self.y_stats, *lags, *self._views)
+        return self._views
+
+    def finish(self, Y, has_y, y_ls, out, losses):
+        """After the learner: regression predictions and losses back in the target's units."""
+        if self.finishes:
+            finish_rows(Y, has_y, y_ls, out, losses)
+
+    def transform_sequence(self, X, Y, has_y, lag_row=None):
+        """New arrays ``(Xa, Ys, has_learn, y_ls)`` for one sequence of a fresh key (or of a
+        key whose lag buffer is ``lag_row = (values, observed)``), starting from copies of the
+        current statistics, which are advanced along the sequence and discarded: nothing changes."""
+        n = X.shape[0]
+        out = (np.zeros((n, self.n_cell_inputs), self.dtype), np.zeros((n, self.width_y), self.dtype),
+               np.zeros(n, np.bool_), np.zeros((2, n, self.width_y)))
+        if self.k:
+            fresh = lag_row is None
+            lag_values = np.zeros((1, self.k, self.w)) if fresh else lag_row[0][None].copy()
+            lag_observed = np.zeros((1, self.k)) if fresh else lag_row[1][None].copy()
+        else:
+            lag_values, lag_observed = self._no_lags
+        slots = np.zeros(n, np.int64)
+        reset = np.zeros(n, np.bool_)
+        prepare_rows(self._cfg, X, Y, has_y, slots, reset, self.x_stats.copy(), self.y_stats.copy(),
+                     lag_values, lag_observed, *out)
+        return out
+
+    def peek_row(self, x, lag_values=None, lag_observed=None):
+        """What one more row ``x`` (1, n_inputs) of a key with lag buffer ``(lag_values, lag_observed)``
+        (None: a new key) would give the learner, changing nothing: ``(xa, y_ls)``, views of scratch
+        reused by the next call, ``xa`` (n_cell_inputs,) and ``y_ls`` (2, 1, width) the target's
+        location and scale. For ``Model.peek`` and the adapters' preallocated predict paths."""
+        if not hasattr(self, "_peek"):
+            w = self.width_y
+            self._peek = (self.x_stats.copy(), self.y_stats.copy(), np.zeros((1, self.k, self.w)),
+                          np.zeros((1, self.k)), np.zeros((1, w), self.dtype), np.zeros(1, np.bool_),
+                          np.zeros(1, np.int64), np.zeros(1, np.bool_),
+                          (np.zeros((1, self.n_cell_inputs), self.dtype), np.zeros((1, w), self.dtype),
+                           np.zeros(1, np.bool_), np.zeros((2, 1, w))))
+        xs, ys, lv, lo, y0, has0, slot0, reset0, out = self._peek
+        xs[:] = self.x_stats
+        ys[:] = self.y_stats
+        if self.k:
+            if lag_values is None:
+                lv[:] = 0.0
+                lo[:] = 0.0
+            else:
+                lv[0] = lag_values
+                lo[0] = lag_observed
+        else:
+            lv, lo = self._no_lags
+        prepare_rows(self._cfg, x, y0, has0, slot0, reset0, xs, ys, lv, lo, *out)
+        return out[0][0], out[3]
+
+    def state_arrays(self):
+        return {STATE_NAMES[0]: self.x_stats, STATE_NAMES[1]: self.y_stats} if self.standardize else {}
+
+    def check_state(self, arrays, source, error):
+        """Validate the saved statistics (before anything is restored)."""
+        if not self.standardize:
+            return
+        for name, dest in zip(STATE_NAMES, (self.x_stats, self.y_stats)):
+            got = arrays.get(name)
+            if got is None or got.shape != dest.shape or got.dtype != dest.dtype or not np.isfinite(got).all() \
+                    or (got[COUNT] < 0).any() or (got[2] < 0).any():
+                raise error(f"{source}: array {name!r} missing, of the wrong shape or not valid statistics")
+
+    def load_state(self, arrays):
+        """Adopt the statistics checked by :meth:`check_state`."""
+        if self.standardize:
+            self.x_stats[:] = arrays[STATE_NAMES[0]]
+            self.y_stats[:] = arrays[STATE_NAMES[1]]
