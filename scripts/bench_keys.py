@@ -78,8 +78,8 @@ def state_formula(model):
     S x (P/n) values when each unit tracks only its own parameters (SnAp-1, and exact RTRL for the
     element-wise cells), S x P for exact RTRL of the other cells."""
     from streamrnn.cells.dispatch import ELEMENTWISE
-    S, P = model._state_size, model.n_params_cell
-    per_unit = model.learner == "snap1" or model._cell in ELEMENTWISE
+    S, P = model.dims.state_size, model.n_params_cell
+    per_unit = model.learner == "snap1" or model.dims.cell in ELEMENTWISE
     return model.dtype.itemsize * S * (1 + (P // model.n_hidden if per_unit else P))
 
 

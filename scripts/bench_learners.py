@@ -111,7 +111,7 @@ def main(argv=None):
             model = sr.Model(cell=args.cell, n_inputs=m, n_hidden=n, n_outputs=1, learner=learner, lr=1e-4,
                              seed=0, dtype=args.dtype, **extra)
             rate = steps_per_second(model, args.seconds, m)
-            measured = sum(a.nbytes for a in model._keyed.arrays.values())
+            measured = model.held_state_bytes
             bound = bandwidth / bytes_per_step(model)
             row.update(params=model.n_params, steps_per_s=rate, state_bytes_measured=measured,
                        bytes_per_step=bytes_per_step(model), bound_steps_per_s=bound, of_bound=rate / bound)

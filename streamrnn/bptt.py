@@ -44,8 +44,8 @@ from . import checkpoint
 from .cells.dispatch import CELL_IDS, ELEMENTWISE, n_gates
 from .learners.bptt_batch import allocate, batch_loss, stack_backward, stack_forward
 from .losses import BINARY, CLASSIFICATION, REGRESSION, TASK_IDS
-from .optim import BETA1, BETA2, EPS, LR, N_HYPER, OPTIMIZER_IDS, clip_grad_norm, optimizer_step, \
-    squared_norm
+from .optim import OPTIMIZER_IDS, clip_grad_norm, optimizer_step, squared_norm, state_shape
+from .validation import optimizer_settings
 
 __all__ = ["fit", "OfflineModel"]
 
@@ -387,9 +387,8 @@ def fit(X: ArrayLike, Y: ArrayLike, cell: str = "gru", n_hidden: int = 16, n_lay
     Xva, Yva = X[:, n_tr:], (Y[:, n_tr:] if output == "many_to_many" else Y[n_tr:])
     rng = np.random.default_rng(seed)
     kind = OPTIMIZER_IDS[optimizer]
-    hyper = np.zeros(N_HYPER)
-    hyper[LR], hyper[BETA1], hyper[BETA2], hyper[EPS] = lr, 0.9, 0.999, 1e-8
-    opt_state = np.zeros((2, m.n_params), m.dtype)
+    _, hyper = optimizer_settings(optimizer, lr, None, (0.9, 0.999), 1e-8, 0.0, 0.0)   # clipped below, per batch
+    opt_state = np.zeros(state_shape(optimizer, m.n_params), m.dtype)
     step = 0
     best, best_theta, since = np.inf, m.theta.copy(), 0
     for epoch in range(int(epochs)):
