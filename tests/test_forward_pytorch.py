@@ -46,7 +46,9 @@ def pytorch_reference(cell, w, X, recurrent=None):
 
 
 def run_model(cell, X):
-    m = sr.Model(cell=cell, n_inputs=N_IN, n_hidden=N, n_outputs=N_OUT, seed=11, optimizer="sgd", lr=0.0)
+    # the PyTorch equations on the raw inputs: standardisation off
+    m = sr.Model(cell=cell, n_inputs=N_IN, n_hidden=N, n_outputs=N_OUT, seed=11, optimizer="sgd", lr=0.0,
+                 standardize=False)
     w = m.get_weights()
     preds = m.step_many(X)
     return m, w, preds

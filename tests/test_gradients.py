@@ -38,7 +38,7 @@ def finite_difference_gradient(model, X, Y, eps=1e-6):
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_rtrl_equals_bptt_equals_finite_differences(cell, task):
-    model = make_model(cell, task, seed=3)
+    model = make_model(cell, task, seed=3, standardize=False)      # finite differences on the raw inputs
     X, Y = random_sequence(task, n_steps=N_STEPS, n_inputs=N_INPUTS, seed=7)
     g_rtrl = model.gradient(X, Y, method="rtrl")
     g_bptt = model.gradient(X, Y, method="bptt")
@@ -54,7 +54,8 @@ def test_rtrl_equals_bptt_equals_finite_differences(cell, task):
 @pytest.mark.parametrize("cell", CELLS)
 def test_online_rtrl_with_zero_lr_sums_to_bptt(cell):
     """step_many with lr=0 accumulates the same per-step gradients that `gradient` sums."""
-    model = make_model(cell, "regression", seed=1, optimizer="sgd", lr=0.0)
+    # raw inputs: the offline loss below is computed on them
+    model = make_model(cell, "regression", seed=1, optimizer="sgd", lr=0.0, standardize=False)
     X, Y = random_sequence("regression", n_steps=N_STEPS, n_inputs=N_INPUTS, seed=2)
     before = model.get_weights()
     preds, losses = model.step_many(X, Y, return_loss=True)
@@ -135,7 +136,8 @@ def test_wide_cells_take_the_blas_path_and_stay_exact(cell):
     """From n = 32 the forward and backward matrix-vector products go through BLAS."""
     from streamrnn.cells.common import BLAS_MIN_WIDTH
     n = BLAS_MIN_WIDTH
-    model = sr.Model(cell=cell, n_inputs=N_INPUTS, n_hidden=n, n_outputs=2, seed=5)
+    # raw inputs: the central differences below are taken on them
+    model = sr.Model(cell=cell, n_inputs=N_INPUTS, n_hidden=n, n_outputs=2, seed=5, standardize=False)
     X, Y = random_sequence("regression", n_steps=12, n_inputs=N_INPUTS, seed=8)
     g_bptt = model.gradient(X, Y, method="bptt")
     assert rel_err(model.gradient(X, Y, method="rtrl"), g_bptt) < 1e-9

@@ -75,8 +75,13 @@ def test_peek_changes_nothing():
     assert np.array_equal(m.hidden_state("k1"), state) and m.stats == stats
     assert all(np.array_equal(weights[k], m.get_weights()[k]) for k in weights)
     assert np.array_equal(p, m.step(X[0], key="k1"))
-    # An unknown key peeks from a zero state and is not registered.
-    fresh = model()
+    m.peek(X[0], key="never-seen")
+    assert "never-seen" not in m.keys
+    # An unknown key peeks from a zero state and is not registered. (Raw inputs: a fresh model
+    # would not share m's standardisation statistics, which are global, not per key.)
+    m = model(standardize=False)
+    m.step_many(X, Y, keys)
+    fresh = model(standardize=False)
     fresh.set_weights(m.get_weights())
     assert np.array_equal(m.peek(X[0], key="never-seen"), fresh.peek(X[0]))
     assert "never-seen" not in m.keys
@@ -84,11 +89,12 @@ def test_peek_changes_nothing():
 
 def test_lru_eviction_bounds_keys_and_restarts_evicted_state():
     X = np.random.default_rng(0).normal(size=(10, 3))
-    m = model(lr=0.0, max_keys=2)
+    # raw inputs: the fresh model compared with has none of m's (global) standardisation statistics
+    m = model(lr=0.0, max_keys=2, standardize=False)
     m.step_many(X[:3], keys=["a", "b", "a"])
     m.step(X[3], key="c")                 # evicts b (least recently used)
     assert m.keys == ["a", "c"]
-    fresh = model(lr=0.0)
+    fresh = model(lr=0.0, standardize=False)
     assert np.array_equal(m.step(X[4], key="b"), fresh.step(X[4]))   # b restarts from zero
     assert m.keys == ["c", "b"]
     # eviction and reuse of a slot inside one batch follows sequential semantics
@@ -221,7 +227,8 @@ def test_set_weights_round_trip():
 
 
 def test_non_finite_loss_is_skipped_and_counted():
-    m = model(optimizer="sgd", lr=0.1)
+    # raw targets: standardisation would clip the target and the loss would stay finite
+    m = model(optimizer="sgd", lr=0.1, standardize=False)
     before = m.get_weights()
     pred = m.step(np.ones(3), y=[1e300, 0.0])       # ½(ŷ − 1e300)² overflows to inf
     assert np.isfinite(pred).all()
@@ -232,7 +239,8 @@ def test_non_finite_loss_is_skipped_and_counted():
 
 
 def test_non_finite_state_rejects_the_sample():
-    m = model(cell="rnn", optimizer="sgd", lr=0.1)
+    # raw inputs: standardisation would clip them and the pre-activation would stay finite
+    m = model(cell="rnn", optimizer="sgd", lr=0.1, standardize=False)
     w = m.get_weights()
     w["weight_ih_l0"][:, 0] = 2.0
     w["weight_ih_l0"][:, 1] = -2.0

@@ -93,7 +93,8 @@ def test_restore_key_state_evicts_the_least_recent_key_when_full():
 @pytest.mark.parametrize("task", ["regression", "classification", "binary"])
 def test_peek_into_and_predict_from_state_are_peek_and_step(task):
     X, Y = random_sequence(task, n_steps=10)
-    m = model(task=task)
+    # raw inputs: predict_from_state is the raw cell and readout, fed X[5] as is
+    m = model(task=task, standardize=False)
     m.step_many(X[:5], Y[:5], keys=["a"] * 5)
     out = np.empty(N_OUTPUTS[task])
     for key in ("a", None, "unseen"):
@@ -111,7 +112,8 @@ def test_peek_into_and_predict_from_state_are_peek_and_step(task):
 @pytest.mark.parametrize("learner,extra", LEARNERS)
 def test_last_gradient_is_the_update_that_was_applied(learner, extra):
     X, Y = random_sequence("regression", n_steps=8, missing_every=0)
-    m = model(learner=learner, optimizer="sgd", lr=0.5, **extra)
+    # raw targets: every labelled row is learned (standardisation learns from the third target on)
+    m = model(learner=learner, optimizer="sgd", lr=0.5, standardize=False, **extra)
     before = m.theta.copy()
     m.step_many(X[:2], Y[:2])                 # TBPTT(4, 2): one window update at step 2
     g = m.last_gradient()

@@ -190,11 +190,11 @@ def test_off_and_zero_lags_is_the_plain_learner():
     out, loss = m.step_many(X, Y, return_loss=True)
     theta, opt_state, counters = theta0.copy(), np.zeros((2, m.n_params)), np.zeros_like(m.counters)
     H, Ms = np.zeros((1, m._state_size)), np.zeros((1, m._state_size, m.n_params_cell))
-    ws = _rtrl.make_workspace(m._cell, 2, 4, 1, m.n_params_cell, m.n_params, np.float64)
+    ws = tuple(_rtrl.make_workspace(m.dims))          # the learner kernel's API: dims in, plain tuples out
     out2, loss2 = np.empty_like(out), np.empty_like(loss)
     reset = np.zeros(120, bool)
     reset[0] = True
-    _rtrl.rtrl_step_many(m._cell, m._task, m._opt, 2, 4, 1, theta, opt_state, m.hyper, counters, H, Ms,
+    _rtrl.rtrl_step_many(m._cell, m._task, m._opt, 2, 4, 1, theta, opt_state, m.hyper, counters, (H, Ms),
                          np.ascontiguousarray(X), np.ascontiguousarray(Y), np.ones(120, bool),
                          np.zeros(120, np.int64), reset, ws, out2, loss2)
     np.testing.assert_array_equal(out, out2)
