@@ -356,3 +356,16 @@ def race_select(losses, scores, decay, picked):
             for k in range(K):
                 x = np.float64(losses[k, t])
                 scores[k] = decay * scores[k] + (x if np.isfinite(x) else np.inf)
+
+
+@njit(cache=True, error_model="numpy")
+def race_step(outs, losses, scores, decay, picked, out, loss_out):
+    """:func:`race_select` over the members' predictions ``outs`` (K, N, n_out) and losses (K, N), then
+    the reported row t: ``out[t] = outs[picked[t], t]``, ``loss_out[t] = losses[picked[t], t]``.
+    One compiled call (the one-sample path pays a dispatch per call)."""
+    race_select(losses, scores, decay, picked)
+    for t in range(out.shape[0]):
+        k = picked[t]
+        for j in range(out.shape[1]):
+            out[t, j] = outs[k, t, j]
+        loss_out[t] = losses[k, t]
