@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
+from numba import njit
 
 from . import checkpoint
 from .cells.common import n_cell_params
@@ -24,7 +25,7 @@ from .learners.common import (INFLUENCE_RESETS, N_COUNTERS, REJECTED_STATE, SKIP
 from .learners.registry import ModelDims
 from .losses import TASK_IDS
 from .optim import LR, OPTIMIZER_IDS, RACE_FACTORS, race_decay, race_rates, race_step, state_shape
-from .preprocess import Preprocessor
+from .preprocess import Preprocessor, finish_rows
 from .validation import (DTYPES, RACE, check_inputs, check_seed, check_targets, check_task_outputs, choice,
                          optimizer_settings, positive_int, target_width)
 
@@ -39,6 +40,16 @@ _OLD_DEFAULTS = {"readout_skip": False, "target_lags": 0, "standardize": False}
 
 ArrayLike = Any          # what np.asarray accepts
 Key = Optional[Union[str, int]]
+
+
+@njit(cache=True)
+def _race_finish(finishes, Y, has_y, y_ls, outs, member_losses, scores, decay, picked, out, losses):
+    """After a race's members ran: each member's predictions and losses back in the target's units
+    (``finishes``, as :meth:`Preprocessor.finish`), then the pick per row (``optim.race_step``); one call."""
+    if finishes:
+        for k in range(outs.shape[0]):
+            finish_rows(Y, has_y, y_ls, outs[k], member_losses[k])
+    race_step(outs, member_losses, scores, decay, picked, out, losses)
 
 
 class ValidatedRows(NamedTuple):
@@ -205,6 +216,7 @@ class Model:
             self.race_scores = np.zeros(K, np.float64)     # discounted prequential loss per member
             self._race_decay = race_decay()
             self._race_n = -1                              # rows of the scratch below
+            self._race_views = None
         self.learner, self.truncation, self.stride = learner, truncation, stride
         self._dims = ModelDims(self._cell, self._task, n_cell_inputs, n_hidden, n_outputs, self._state_size,
                                target_width(self._task, n_outputs), self.n_params_cell, self.n_params, self.dtype,
@@ -229,10 +241,14 @@ class Model:
         # The spec holds compiled kernels: pickle the learner by name and look it up again on load.
         state = dict(self.__dict__)
         del state["_spec"]
+        state.pop("_race_views", None)       # views of theta & co. would come back as copies
+
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        if self.race:
+            self._race_views = None
         self._spec = registry.resolve(self.learner, self._cell)
 
     @property
@@ -258,6 +274,16 @@ class Model:
 
     def _hidden_name(self):
         return f"member{self.race_leader}.hidden" if self.race else "hidden"
+
+    def _race_members(self):
+        """Per member, the views the learner kernel takes: (theta, opt_state, hyper, counters, workspace),
+        rebuilt when the arrays are replaced (``streamrnn.partitioned`` shares them by assignment)."""
+        v = self._race_views
+        if v is None or v[0] is not self.theta or v[1] is not self.opt_state or v[2] is not self.counters:
+            members = tuple((self.theta[k], self.opt_state[k], self.hyper[k], self.counters[k],
+                             self._members_ws_fields[k]) for k in range(self.n_members))
+            self._race_views = v = (self.theta, self.opt_state, self.counters, members)
+        return v[3]
 
     def _race_scratch(self, n_rows):
         """Per-member predictions (K, N, n_out), losses (K, N) and picks (N,), reused while N stays."""
@@ -514,15 +540,16 @@ class Model:
         outs, member_losses, picked = self._race_scratch(X.shape[0])
         n_arr = self._n_learner_arrays // self.n_members
         step_many = self._spec.step_many
-        for k in range(self.n_members):
-            out_k, loss_k = outs[k], member_losses[k]
-            step_many(self._cell, self._task, self._opt, self.n_cell_inputs, self.n_hidden, self.n_outputs,
-                      self.theta[k], self.opt_state[k], self.hyper[k], self.counters[k],
-                      arrays[k * n_arr:(k + 1) * n_arr], X, Y, has_y, slots, reset, self._members_ws_fields[k],
-                      out_k, loss_k)
-            if pre.active:
-                pre.finish(Y_raw, has_y_raw, y_ls, out_k, loss_k)
-        race_step(outs, member_losses, self.race_scores, self._race_decay, picked, out, losses)
+        cell, task, opt, n_in, n, n_out = self._cell, self._task, self._opt, self.n_cell_inputs, self.n_hidden, \
+            self.n_outputs
+        for k, (theta, opt_state, hyper, counters, ws) in enumerate(self._race_members()):
+            step_many(cell, task, opt, n_in, n, n_out, theta, opt_state, hyper, counters,
+                      arrays[k * n_arr:(k + 1) * n_arr], X, Y, has_y, slots, reset, ws, outs[k], member_losses[k])
+        if pre.finishes:
+            _race_finish(True, Y_raw, has_y_raw, y_ls, outs, member_losses, self.race_scores, self._race_decay,
+                         picked, out, losses)
+        else:
+            race_step(outs, member_losses, self.race_scores, self._race_decay, picked, out, losses)
 
     def last_gradient(self) -> np.ndarray:
         """A copy of the flat gradient the learner formed at its last labelled step (TBPTT: its last
