@@ -176,7 +176,8 @@ class Model:
             windowed = " or ".join(f"learner={name!r}" for name in registry.names() if registry.get(name).windowed)
             raise ValueError(f"truncation and stride apply to {windowed} only, not {learner!r}")
         check_task_outputs(task, n_outputs)
-        opt_config, self.hyper = optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay)
+        opt_config, self.hyper = optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay,
+                                                    allow_race=True)
         seed = check_seed(seed)
         if isinstance(target_lags, bool) or not isinstance(target_lags, (int, np.integer)) or target_lags < 0:
             raise ValueError(f"target_lags must be an integer >= 0; got {target_lags!r}")
@@ -271,6 +272,13 @@ class Model:
     def _theta(self):
         """The flat parameters of the model as one model: a race's leader's row of ``theta``."""
         return self.theta[self.race_leader] if self.race else self.theta
+
+    @property
+    def flat_parameters(self) -> np.ndarray:
+        """The flat parameter vector (P,) of the model as one model, live (a view): ``theta``, or under a
+        race the current leader's row of ``theta`` (which member that is changes as the race goes on).
+        For analysis tools that run kernels on one model's parameters (``compare``, ``diagnose``)."""
+        return self._theta()
 
     def _hidden_name(self):
         return f"member{self.race_leader}.hidden" if self.race else "hidden"

@@ -47,12 +47,12 @@ def check_task_outputs(task, n_outputs):
         raise ValueError(f"binary task has one output (the logit of class 1); got n_outputs={n_outputs}")
 
 
-def optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay):
+def optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay, allow_race=False):
     """Validated optimizer settings as ``(config dict, hyper-parameter vector for kernels)``.
 
     For ``optimizer="race"`` the vector is the members' template (its ``LR`` is ``lr``; the Model
-    scales it per member)."""
-    choice("optimizer", optimizer, OPTIMIZERS)
+    scales it per member); only estimators that run a race (``allow_race``, the Model) accept it."""
+    choice("optimizer", optimizer, OPTIMIZERS if allow_race else tuple(OPTIMIZER_IDS))
     lr = finite_nonneg("lr", lr)
     clip = None if clip is None else finite_nonneg("clip", clip)
     eps = finite_nonneg("eps", eps)

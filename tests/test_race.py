@@ -259,3 +259,35 @@ def test_bad_race_configs_are_refused(kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         sr.Model(**args)
+
+
+def test_partitioned_shared_mode_runs_a_race_on_shared_member_arrays():
+    from streamrnn.partitioned import PartitionedModel
+    cfg = config(optimizer="race")
+    X, Y, _ = stream(200, seed=4)
+    Y = np.asarray(Y, dtype=float)
+    parts, plain = PartitionedModel(cfg, mode="shared"), sr.Model(**cfg)
+    for sl in batches(len(X), [30, 1, 60]):
+        p, loss = parts.step_many(X[sl], Y[sl], [None] * len(X[sl]), ["t:0"] * len(X[sl]))
+        p_ref, loss_ref = plain.step_many(X[sl], Y[sl], return_loss=True)
+        np.testing.assert_array_equal(p, p_ref)
+        np.testing.assert_array_equal(loss, loss_ref)
+    assert parts.model("t:0").theta is parts.shared.theta
+    np.testing.assert_array_equal(parts.parameters, plain.theta)
+    parts.step_many(X[:5], Y[:5], [None] * 5, ["t:1"] * 5)      # a second partition moves the shared rows
+    assert parts.model("t:1").theta is parts.shared.theta
+    assert not np.array_equal(parts.parameters, plain.theta)
+
+
+def test_flat_parameters_is_the_leaders_row_and_optimizers_elsewhere_refuse_race():
+    cfg = config()
+    X, Y, _ = stream(300, seed=5)
+    race = sr.Model(optimizer="race", **cfg)
+    race.step_many(X, Y)
+    assert race.flat_parameters.shape == (race.n_params,)
+    np.testing.assert_array_equal(race.flat_parameters, race.theta[race.race_leader])
+    adam = sr.Model(optimizer="adam", **cfg)
+    assert adam.flat_parameters is adam.theta
+    from streamrnn.validation import optimizer_settings
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        optimizer_settings("race", 1e-3, None, (0.9, 0.999), 1e-8, 0.0, 0.0)
