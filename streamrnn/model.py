@@ -567,7 +567,7 @@ class Model:
         Examples
         --------
         >>> import streamrnn as sr
-        >>> m = sr.Model(n_inputs=1, n_hidden=2, lr=0.0)
+        >>> m = sr.Model(n_inputs=1, n_hidden=2, lr=0.0, standardize=False)
         >>> _ = m.step([1.0], y=[2.0])
         >>> g = m.last_gradient()
         >>> g.shape == (m.n_params,), bool(abs(g).sum() > 0)
@@ -618,7 +618,7 @@ class Model:
         Running it forward from a copy of a key's state gives recursive forecasts.
 
         >>> import numpy as np, streamrnn as sr
-        >>> m = sr.Model(n_inputs=1, n_hidden=2, lr=0.0)
+        >>> m = sr.Model(n_inputs=1, n_hidden=2, lr=0.0, standardize=False)
         >>> s, s_next, out = m.hidden_state(), np.empty(2), np.empty(1)
         >>> first = m.predict_from_state(np.ones(1), s, out, next_state=s_next).copy()
         >>> bool((m.step([1.0]) == first).all()), bool((m.hidden_state() == s_next).all())
