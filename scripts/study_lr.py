@@ -27,7 +27,8 @@ NARMA-10 is standardised with its own mean and std (a stand-in for the online st
 being added to Model); the other series are standardised by ``datasets.one_step_ahead``.
 
 ``--model-race-speed`` measures only the built-in ``Model(optimizer="race")`` against ``"adam"``
-(step_many at GRU-8/16 and the one-sample apply_rows path), in one run.
+(step_many at GRU-8/16 and the one-sample apply_rows path), in one run; ``--model-race-quality`` runs
+the built-in race against the grid with the Model's current defaults on the reported streams.
 
 Per-run results are cached under /tmp/study_lr/ (delete it to recompute). Prints a table and one
 JSON line. Run: ``PYTHONPATH=. NUMBA_NUM_THREADS=1 python scripts/study_lr.py``.
@@ -293,6 +294,26 @@ def model_race_speed(n_steps=6000, rounds=7, n_one=4000):
     return res
 
 
+def model_race_quality(names=REPORT, seeds=REPORT_SEEDS):
+    """The built-in ``Model(optimizer="race", lr=1e-3)`` against the fixed-rate Adam grid, both with the
+    Model's current defaults (so with its online standardisation), on the reported streams and seeds;
+    same protocol as the study (tail metric, ratio to the best grid rate per seed). Not cached."""
+    res = {}
+    for name in names:
+        r = res.setdefault(name, {})
+        for seed in seeds:
+            X, Y, task, _ = stream(name, seed)
+            kw = dict(cell="gru", n_inputs=X.shape[1], n_hidden=N_HIDDEN, n_outputs=1, task=task, learner="rtrl",
+                      clip=CLIP, seed=seed)
+            for label, opt, lr in [(f"adam {lr:g}", "adam", lr) for lr in GRID] + [("race", "race", 1e-3)]:
+                _, losses = sr.Model(optimizer=opt, lr=lr, **kw).step_many(X, Y, return_loss=True)
+                r.setdefault(label, []).append(tail_metric(name, seed, np.where(np.isfinite(losses), losses, 1e6)))
+    rat = ratios(res)
+    print_table("Model(optimizer='race') vs the Adam grid, the Model's defaults, REPORTED streams and seeds", res, rat)
+    print(json.dumps({"model_race_quality": res, "ratios": rat,
+                      "worst_race_ratio": max(rat[n]["race"] for n in names)}))
+
+
 def print_model_race_speed():
     res = model_race_speed()
     print("\nModel(optimizer='race') vs 'adam', steps per CPU-second, exact RTRL, best of 7 round-robin rounds")
@@ -337,5 +358,7 @@ if __name__ == "__main__":
     import sys
     if "--model-race-speed" in sys.argv:   # only the speed of Model(optimizer="race"), a minute
         print_model_race_speed()
+    elif "--model-race-quality" in sys.argv:   # the built-in race against the grid, a few minutes
+        model_race_quality()
     else:
         main()

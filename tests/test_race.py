@@ -87,6 +87,7 @@ def feed(model, X, Y, keys, sizes):
     ("classification", 3, {}),
     ("binary", 1, dict(learner="tbptt", truncation=4)),
     ("regression", 1, dict(cell="lstm", learner="snap1", readout_skip=True)),
+    ("regression", 1, dict(dtype="float32", learner="uoro")),
 ])
 def test_race_equals_numpy_race_over_independent_models(task, n_outputs, extra):
     cfg = config(task=task, n_outputs=n_outputs, max_keys=2, **extra)
