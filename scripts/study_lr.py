@@ -291,6 +291,25 @@ def model_race_speed(n_steps=6000, rounds=7, n_one=4000):
                 apply(*r, out, losses)
             best[opt] = min(best[opt], time.process_time() - t0)
     res["apply_rows one sample gru8"] = {opt: n_one / t for opt, t in best.items()}
+    try:                # the river API as scripts/bench_river.py's bare figure: predict_one + learn_one
+        from streamrnn.river import RNNRegressor
+    except ImportError:
+        return res
+    data = [({f"lag{j}": float(X[i - j, 0]) for j in range(1, 5)}, float(np.ravel(Y)[i])) for i in range(4, n_one)]
+    regs = {opt: RNNRegressor(n_hidden=8, optimizer=opt) for opt in ("adam", "race")}
+    best = dict.fromkeys(regs, np.inf)
+    for reg in regs.values():
+        for x, y in data[:200]:
+            reg.predict_one(x)
+            reg.learn_one(x, y)
+    for _ in range(rounds):
+        for opt, reg in regs.items():
+            t0 = time.process_time()
+            for x, y in data:
+                reg.predict_one(x)
+                reg.learn_one(x, y)
+            best[opt] = min(best[opt], time.process_time() - t0)
+    res["river predict+learn gru8"] = {opt: len(data) / t for opt, t in best.items()}
     return res
 
 
