@@ -46,7 +46,7 @@ class ReferenceRace:
         self.decay = race_decay()
 
     def step_many(self, X, Y=None, keys=None):
-        outs, losses = zip(*(m.step_many(X, Y, keys, return_loss=True) for m in self.members))
+        outs, losses = zip(*(m.step_many(X, Y, keys, return_loss=True) for m in self.members), strict=True)
         outs, losses = np.stack(outs), np.stack(losses)
         picks = np.empty(len(X), np.int64)
         for t in range(len(X)):
@@ -138,7 +138,7 @@ def test_batch_splits_give_identical_results():
         out, loss = feed(m, X, Y, keys, sizes)
         runs.append((out, loss, m.race_scores.copy(), m.theta.copy(), m.opt_state.copy(), m.counters.copy()))
     for other in runs[1:]:
-        for a, b in zip(runs[0], other):
+        for a, b in zip(runs[0], other, strict=True):
             np.testing.assert_array_equal(a, b)
 
 
@@ -292,3 +292,18 @@ def test_flat_parameters_is_the_leaders_row_and_optimizers_elsewhere_refuse_race
     from streamrnn.validation import optimizer_settings
     with pytest.raises(ValueError, match="optimizer must be one of"):
         optimizer_settings("race", 1e-3, None, (0.9, 0.999), 1e-8, 0.0, 0.0)
+
+
+def test_pickle_and_deepcopy_continue_identically():
+    import copy
+    import pickle
+    cfg = config()
+    X, Y, keys = stream(300, n_keys=2, seed=6)
+    a = sr.Model(optimizer="race", **cfg)
+    a.step_many(X[:150], Y[:150], keys[:150])
+    b, c = pickle.loads(pickle.dumps(a)), copy.deepcopy(a)
+    out_a = a.step_many(X[150:], Y[150:], keys[150:])
+    for m in (b, c):
+        np.testing.assert_array_equal(m.step_many(X[150:], Y[150:], keys[150:]), out_a)
+        np.testing.assert_array_equal(m.theta, a.theta)
+        np.testing.assert_array_equal(m.race_scores, a.race_scores)
