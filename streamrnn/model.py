@@ -400,7 +400,8 @@ class Model:
         if it holds no state. :meth:`restore_key_state` puts them back.
 
         The names are the learner's per-key layout (``"hidden"`` first), as in a checkpoint's
-        ``key.<name>`` arrays.
+        ``key.<name>`` arrays; under ``optimizer="race"`` every member's learner arrays,
+        ``member<k>.<name>`` (``member0.hidden`` first), then the shared target-feedback buffers.
 
         Examples
         --------

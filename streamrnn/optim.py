@@ -10,7 +10,10 @@ correction; the first step initialises lazily-set state).
 
 Which one needs no learning rate to be tuned was measured by ``scripts/study_lr.py``: none of the
 single-trajectory methods reaches 1.25x of the best fixed Adam rate on every generated stream; a
-race of three Adam rates does (:func:`race_select`, at three times the cost of one model).
+race of three Adam rates does (:func:`race_select`, at three times the cost of one model). The race is
+``Model(optimizer="race")``: the Model runs K = ``len(RACE_FACTORS)`` Adam members (their own parameters,
+Adam state and per-key learner state) over each batch and reports per row the member picked by
+:func:`race_step` (:func:`race_select` plus the gather of the picked predictions and losses).
 
 Every kernel in streamrnn compiles with ``error_model="numpy"``: IEEE division
 (inf/NaN, which the learners check for explicitly) instead of Python's
