@@ -307,3 +307,21 @@ def test_pickle_and_deepcopy_continue_identically():
         np.testing.assert_array_equal(m.step_many(X[150:], Y[150:], keys[150:]), out_a)
         np.testing.assert_array_equal(m.theta, a.theta)
         np.testing.assert_array_equal(m.race_scores, a.race_scores)
+
+
+def test_partitioned_shared_mode_save_and_load_continue_identically():
+    from streamrnn.partitioned import PartitionedModel
+    cfg = config(optimizer="race")
+    X, Y, _ = stream(240, seed=7)
+    Y = np.asarray(Y, dtype=float)
+    a = PartitionedModel(cfg, mode="shared")
+    a.step_many(X[:120], Y[:120], [None] * 120, ["t:0"] * 120)
+    arrays, meta = a.state_arrays("t:0")
+    arrays = {k: np.array(v) for k, v in arrays.items()}
+    b = PartitionedModel(cfg, mode="shared")
+    b.load("t:0", arrays, meta, adopt_parameters=True)
+    p_a, l_a = a.step_many(X[120:], Y[120:], [None] * 120, ["t:0"] * 120)
+    p_b, l_b = b.step_many(X[120:], Y[120:], [None] * 120, ["t:0"] * 120)
+    np.testing.assert_array_equal(p_a, p_b)
+    np.testing.assert_array_equal(l_a, l_b)
+    np.testing.assert_array_equal(a.parameters, b.parameters)
