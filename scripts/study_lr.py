@@ -26,6 +26,10 @@ integrates its own (RK4, sigma=10, rho=28, beta=8/3, h=0.01, sampled every 0.05,
 NARMA-10 is standardised with its own mean and std (a stand-in for the online standardisation
 being added to Model); the other series are standardised by ``datasets.one_step_ahead``.
 
+``--model-race-speed`` measures only the built-in ``Model(optimizer="race")`` against ``"adam"``
+(step_many at GRU-8/16 and the one-sample apply_rows path), in one run; ``--model-race-quality`` runs
+the built-in race against the grid with the Model's current defaults on the reported streams.
+
 Per-run results are cached under /tmp/study_lr/ (delete it to recompute). Prints a table and one
 JSON line. Run: ``PYTHONPATH=. NUMBA_NUM_THREADS=1 python scripts/study_lr.py``.
 """
@@ -251,6 +255,94 @@ def speed_table(n_hidden, optimizers, n_steps=6000, rounds=7):
     return {opt: n_steps / t for opt, t in best.items()}
 
 
+def model_race_speed(n_steps=6000, rounds=7, n_one=4000):
+    """``Model(optimizer="race")`` against ``Model(optimizer="adam")``, same run, round-robin, best
+    round of each, process time: ``step_many`` steps/s (6000 records a call) at GRU-8 and GRU-16, and
+    the one-sample ``apply_rows`` path (as the river estimators call it: rows validated beforehand,
+    preallocated buffers) at GRU-8. Exact RTRL, clip 1, the Model's default preprocessing."""
+    X, Y, _, _ = stream("mackey_glass", 0)
+    X, Y = X[:n_steps], Y[:n_steps]
+    res = {}
+    for n in (8, 16):
+        kw = dict(cell="gru", n_inputs=1, n_hidden=n, learner="rtrl", clip=CLIP, lr=1e-3)
+        models = {opt: sr.Model(optimizer=opt, **kw) for opt in ("adam", "race")}
+        for m in models.values():
+            m.step_many(X[:200], Y[:200])
+        best = dict.fromkeys(models, np.inf)
+        for _ in range(rounds):
+            for opt, m in models.items():
+                t0 = time.process_time()
+                m.step_many(X, Y)
+                best[opt] = min(best[opt], time.process_time() - t0)
+        res[f"step_many gru{n}"] = {opt: n_steps / t for opt, t in best.items()}
+    kw = dict(cell="gru", n_inputs=1, n_hidden=8, learner="rtrl", clip=CLIP, lr=1e-3)
+    models = {opt: sr.Model(optimizer=opt, **kw) for opt in ("adam", "race")}
+    rows = [models["adam"].validate_rows(X[i:i + 1], Y[i:i + 1]) for i in range(n_one)]
+    out, losses = np.empty((1, 1)), np.empty(1)
+    best = dict.fromkeys(models, np.inf)
+    for m in models.values():
+        for r in rows[:200]:
+            m.apply_rows(*r, out, losses)
+    for _ in range(rounds):
+        for opt, m in models.items():
+            apply = m.apply_rows
+            t0 = time.process_time()
+            for r in rows:
+                apply(*r, out, losses)
+            best[opt] = min(best[opt], time.process_time() - t0)
+    res["apply_rows one sample gru8"] = {opt: n_one / t for opt, t in best.items()}
+    try:                # the river API as scripts/bench_river.py's bare figure: predict_one + learn_one
+        from streamrnn.river import RNNRegressor
+    except ImportError:
+        return res
+    data = [({f"lag{j}": float(X[i - j, 0]) for j in range(1, 5)}, float(np.ravel(Y)[i])) for i in range(4, n_one)]
+    regs = {opt: RNNRegressor(n_hidden=8, optimizer=opt) for opt in ("adam", "race")}
+    best = dict.fromkeys(regs, np.inf)
+    for reg in regs.values():
+        for x, y in data[:200]:
+            reg.predict_one(x)
+            reg.learn_one(x, y)
+    for _ in range(rounds):
+        for opt, reg in regs.items():
+            t0 = time.process_time()
+            for x, y in data:
+                reg.predict_one(x)
+                reg.learn_one(x, y)
+            best[opt] = min(best[opt], time.process_time() - t0)
+    res["river predict+learn gru8"] = {opt: len(data) / t for opt, t in best.items()}
+    return res
+
+
+def model_race_quality(names=REPORT, seeds=REPORT_SEEDS):
+    """The built-in ``Model(optimizer="race", lr=1e-3)`` against the fixed-rate Adam grid, both with the
+    Model's current defaults (so with its online standardisation), on the reported streams and seeds;
+    same protocol as the study (tail metric, ratio to the best grid rate per seed). Not cached."""
+    res = {}
+    for name in names:
+        r = res.setdefault(name, {})
+        for seed in seeds:
+            X, Y, task, _ = stream(name, seed)
+            kw = dict(cell="gru", n_inputs=X.shape[1], n_hidden=N_HIDDEN, n_outputs=1, task=task, learner="rtrl",
+                      clip=CLIP, seed=seed)
+            for label, opt, lr in [(f"adam {lr:g}", "adam", lr) for lr in GRID] + [("race", "race", 1e-3)]:
+                _, losses = sr.Model(optimizer=opt, lr=lr, **kw).step_many(X, Y, return_loss=True)
+                r.setdefault(label, []).append(tail_metric(name, seed, np.where(np.isfinite(losses), losses, 1e6)))
+    rat = ratios(res)
+    print_table("Model(optimizer='race') vs the Adam grid, the Model's defaults, REPORTED streams and seeds", res, rat)
+    print(json.dumps({"model_race_quality": res, "ratios": rat,
+                      "worst_race_ratio": max(rat[n]["race"] for n in names)}))
+
+
+def print_model_race_speed():
+    res = model_race_speed()
+    print("\nModel(optimizer='race') vs 'adam', steps per CPU-second, exact RTRL, best of 7 round-robin rounds")
+    print(f"{'path':<28}{'adam':>12}{'race':>12}{'race/adam':>11}")
+    for path, r in res.items():
+        print(f"{path:<28}{r['adam']:>12.0f}{r['race']:>12.0f}{r['race'] / r['adam']:>10.2f}x")
+    print(json.dumps({"model_race_steps_per_s": res, "threads": {v: os.environ.get(v) for v in (
+        "NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}))
+
+
 def main():
     tune = evaluate(TUNING, TUNING_SEEDS, HD_BETAS, HALF_LIVES)
     tune_rat = ratios(tune)
@@ -282,4 +374,10 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    if "--model-race-speed" in sys.argv:   # only the speed of Model(optimizer="race"), a minute
+        print_model_race_speed()
+    elif "--model-race-quality" in sys.argv:   # the built-in race against the grid, a few minutes
+        model_race_quality()
+    else:
+        main()

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
+from numba import njit
 
 from . import checkpoint
 from .cells.common import n_cell_params
@@ -23,9 +24,9 @@ from .learners.common import (INFLUENCE_RESETS, N_COUNTERS, REJECTED_STATE, SKIP
                                predict_from_state)
 from .learners.registry import ModelDims
 from .losses import TASK_IDS
-from .optim import OPTIMIZER_IDS, state_shape
-from .preprocess import Preprocessor
-from .validation import (DTYPES, check_inputs, check_seed, check_targets, check_task_outputs, choice,
+from .optim import LR, OPTIMIZER_IDS, RACE_FACTORS, race_decay, race_rates, race_step, state_shape
+from .preprocess import Preprocessor, finish_rows
+from .validation import (DTYPES, RACE, check_inputs, check_seed, check_targets, check_task_outputs, choice,
                          optimizer_settings, positive_int, target_width)
 
 __all__ = ["Model", "ValidatedRows", "ModelDims"]
@@ -39,6 +40,16 @@ _OLD_DEFAULTS = {"readout_skip": False, "target_lags": 0, "standardize": False}
 
 ArrayLike = Any          # what np.asarray accepts
 Key = Optional[Union[str, int]]
+
+
+@njit(cache=True)
+def _race_finish(finishes, Y, has_y, y_ls, outs, member_losses, scores, decay, picked, out, losses):
+    """After a race's members ran: each member's predictions and losses back in the target's units
+    (``finishes``, as :meth:`Preprocessor.finish`), then the pick per row (``optim.race_step``); one call."""
+    if finishes:
+        for k in range(outs.shape[0]):
+            finish_rows(Y, has_y, y_ls, outs[k], member_losses[k])
+    race_step(outs, member_losses, scores, decay, picked, out, losses)
 
 
 class ValidatedRows(NamedTuple):
@@ -80,7 +91,20 @@ class Model:
         ``truncation`` steps; O(truncation·(S + inputs)) memory per key.
     truncation, stride : int, only for ``learner="tbptt"``
         Window length k and update stride h (1 <= h <= k; default h = k).
-    optimizer : {"adam", "sgd", "adam_hd", "cocob", "mechanic"} (see streamrnn.optim)
+    optimizer : {"adam", "sgd", "adam_hd", "cocob", "mechanic", "race"} (see streamrnn.optim)
+        ``"race"`` needs no learning rate to be tuned: K = ``len(optim.RACE_FACTORS)`` Adam members
+        at rates ``lr × RACE_FACTORS`` (0.3, 1, 3), the same seed and initial weights, each with its
+        own parameters, Adam state, counters, workspace and per-key learner state, run over every
+        batch (K times the cost of ``"adam"``); each row reports the prediction and loss of the
+        member whose discounted prequential loss (half-life ``RACE_HALF_LIFE`` labelled rows, the
+        race's scores, checkpointed) was lowest before that row (:func:`streamrnn.optim.race_select`).
+        Preprocessing runs once per batch and feeds every member. Under a race, ``theta`` is
+        (K, P) (row k is member k; ``n_params`` is P), ``opt_state`` (K, 2, P), ``counters``
+        (K, ·), and each learner array of a key is held per member as ``member<k>.<name>``
+        (``key_state``, checkpoints). Everything that reads one model reads the current leader,
+        ``argmin(race_scores)`` (ties to the lower index): ``peek``, ``get_weights``,
+        ``gradient``, ``last_gradient``, ``hidden_state``, ``predict_from_state``, ``stats``;
+        ``set_weights`` sets every member. ``momentum`` (an SGD setting) is refused.
     lr : float
     clip : float or None
         Global gradient-norm clipping per update (as ``clip_grad_norm_``).
@@ -152,7 +176,8 @@ class Model:
             windowed = " or ".join(f"learner={name!r}" for name in registry.names() if registry.get(name).windowed)
             raise ValueError(f"truncation and stride apply to {windowed} only, not {learner!r}")
         check_task_outputs(task, n_outputs)
-        opt_config, self.hyper = optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay)
+        opt_config, self.hyper = optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay,
+                                                    allow_race=True)
         seed = check_seed(seed)
         if isinstance(target_lags, bool) or not isinstance(target_lags, (int, np.integer)) or target_lags < 0:
             raise ValueError(f"target_lags must be an integer >= 0; got {target_lags!r}")
@@ -164,7 +189,8 @@ class Model:
                            target_lags=target_lags, standardize=bool(standardize), **opt_config)
         self._cell = CELL_IDS[cell]
         self._task = TASK_IDS[task]
-        self._opt = OPTIMIZER_IDS[optimizer]
+        self.race = optimizer == RACE
+        self._opt = OPTIMIZER_IDS["adam" if self.race else optimizer]   # a race's members are Adam
         self.dtype = np.dtype(dtype)
         self.n_inputs, self.n_hidden, self.n_outputs = n_inputs, n_hidden, n_outputs
         self.max_keys = max_keys
@@ -178,28 +204,52 @@ class Model:
         self.n_params = self.n_params_cell + n_outputs * (n_hidden + 1 + (n_cell_inputs if self.readout_skip else 0))
 
         self.theta = self._initial_parameters(int(seed))
-        self.opt_state = np.zeros(state_shape(optimizer, self.n_params), self.dtype)
+        self.opt_state = np.zeros(state_shape("adam" if self.race else optimizer, self.n_params), self.dtype)
         self.counters = np.zeros(N_COUNTERS, np.int64)
+        self.n_members = len(RACE_FACTORS) if self.race else 1
+        if self.race:    # member k: row k of theta, opt_state, counters, hyper (rate lr * RACE_FACTORS[k])
+            K = self.n_members
+            self.theta = np.ascontiguousarray(np.repeat(self.theta[None], K, axis=0))
+            self.opt_state = np.zeros((K,) + self.opt_state.shape, self.dtype)
+            self.counters = np.zeros((K, N_COUNTERS), np.int64)
+            self.hyper = np.ascontiguousarray(np.repeat(self.hyper[None], K, axis=0))
+            self.hyper[:, LR] = race_rates(self.config["lr"])
+            self.race_scores = np.zeros(K, np.float64)     # discounted prequential loss per member
+            self._race_decay = race_decay()
+            self._race_n = -1                              # rows of the scratch below
+            self._race_views = None
         self.learner, self.truncation, self.stride = learner, truncation, stride
         self._dims = ModelDims(self._cell, self._task, n_cell_inputs, n_hidden, n_outputs, self._state_size,
                                target_width(self._task, n_outputs), self.n_params_cell, self.n_params, self.dtype,
                                seed, truncation, stride)
         self._spec = registry.resolve(learner, self._cell)      # whose arrays and kernels run the learner
         learner_layout = self._spec.key_layout(self._dims)
+        if self.race:    # every member's learner arrays, member-prefixed, member 0 first
+            learner_layout = [(f"member{k}.{name}", shape, dt) for k in range(self.n_members)
+                              for name, shape, dt in learner_layout]
         self._n_learner_arrays = len(learner_layout)           # the learner's arrays come first
         self._keyed = KeyedState(learner_layout + self._pre.per_key_layout(), max_keys)
-        self._ws = self._spec.make_workspace(self._dims)
-        self._ws_fields = tuple(self._ws)          # as step_many takes it (see learners.registry)
+        if self.race:
+            self._members_ws = [self._spec.make_workspace(self._dims) for _ in range(self.n_members)]
+            self._members_ws_fields = [tuple(ws) for ws in self._members_ws]
+            self._ws = None
+        else:
+            self._ws = self._spec.make_workspace(self._dims)
+            self._ws_fields = tuple(self._ws)      # as step_many takes it (see learners.registry)
         self._zero_state = np.zeros(self._state_size, self.dtype)   # the state of a key not seen yet (read only)
 
     def __getstate__(self):
         # The spec holds compiled kernels: pickle the learner by name and look it up again on load.
         state = dict(self.__dict__)
         del state["_spec"]
+        state.pop("_race_views", None)       # views of theta & co. would come back as copies
+
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        if self.race:
+            self._race_views = None
         self._spec = registry.resolve(self.learner, self._cell)
 
     @property
@@ -212,6 +262,45 @@ class Model:
         (8, 144, 149)
         """
         return self._dims
+
+    # ------------------------------------------------------------------ race
+    @property
+    def race_leader(self) -> int:
+        """The member a race reports now: ``argmin(race_scores)``, ties to the lower index (0 if no race)."""
+        return int(np.argmin(self.race_scores)) if self.race else 0
+
+    def _theta(self):
+        """The flat parameters of the model as one model: a race's leader's row of ``theta``."""
+        return self.theta[self.race_leader] if self.race else self.theta
+
+    @property
+    def flat_parameters(self) -> np.ndarray:
+        """The flat parameter vector (P,) of the model as one model, live (a view): ``theta``, or under a
+        race the current leader's row of ``theta`` (which member that is changes as the race goes on).
+        For analysis tools that run kernels on one model's parameters (``compare``, ``diagnose``)."""
+        return self._theta()
+
+    def _hidden_name(self):
+        return f"member{self.race_leader}.hidden" if self.race else "hidden"
+
+    def _race_members(self):
+        """Per member, the views the learner kernel takes: (theta, opt_state, hyper, counters, workspace),
+        rebuilt when the arrays are replaced (``streamrnn.partitioned`` shares them by assignment)."""
+        v = self._race_views
+        if v is None or v[0] is not self.theta or v[1] is not self.opt_state or v[2] is not self.counters:
+            members = tuple((self.theta[k], self.opt_state[k], self.hyper[k], self.counters[k],
+                             self._members_ws_fields[k]) for k in range(self.n_members))
+            self._race_views = v = (self.theta, self.opt_state, self.counters, members)
+        return v[3]
+
+    def _race_scratch(self, n_rows):
+        """Per-member predictions (K, N, n_out), losses (K, N) and picks (N,), reused while N stays."""
+        if n_rows != self._race_n:
+            K = self.n_members
+            self._race_buf = (np.empty((K, n_rows, self.n_outputs), self.dtype), np.empty((K, n_rows), self.dtype),
+                              np.empty(n_rows, np.int64))
+            self._race_n = n_rows
+        return self._race_buf
 
     # ------------------------------------------------------------------ layout
     def _layout(self):
@@ -233,12 +322,7 @@ class Model:
 
     def get_weights(self) -> dict[str, np.ndarray]:
         """Copies of the parameters as a dict of arrays with PyTorch's names and shapes."""
-        out, pos = {}, 0
-        for name, shape in self._layout():
-            size = int(np.prod(shape))
-            out[name] = self.theta[pos:pos + size].reshape(shape).copy()
-            pos += size
-        return out
+        return self._unflatten(self._theta())
 
     def set_weights(self, weights: Mapping[str, ArrayLike]) -> None:
         """Replace every parameter; ``weights`` must hold exactly the names of ``get_weights()``."""
@@ -247,7 +331,7 @@ class Model:
         if set(weights) != expected:
             missing, extra = expected - set(weights), set(weights) - expected
             raise ValueError(f"set_weights: missing {sorted(missing)}, unexpected {sorted(extra)}")
-        new = np.empty_like(self.theta)
+        new = np.empty(self.n_params, self.dtype)
         pos = 0
         for name, shape in layout:
             arr = np.asarray(weights[name], dtype=np.float64)
@@ -257,7 +341,7 @@ class Model:
                 raise ValueError(f"set_weights: {name} contains NaN or inf")
             new[pos:pos + arr.size] = arr.ravel()
             pos += arr.size
-        self.theta[:] = new
+        self.theta[:] = new       # a race: every member
 
     # ------------------------------------------------------------------ input checks
     def _inputs(self, X):
@@ -309,14 +393,15 @@ class Model:
     # ------------------------------------------------------------------ per-key state
     @property
     def _H(self):
-        return self._keyed.arrays["hidden"]
+        return self._keyed.arrays[self._hidden_name()]
 
     def key_state(self, key: Key = None) -> Optional[dict[str, np.ndarray]]:
         """Copies of every array ``key`` owns (its state, and its influence matrix or window), or None
         if it holds no state. :meth:`restore_key_state` puts them back.
 
         The names are the learner's per-key layout (``"hidden"`` first), as in a checkpoint's
-        ``key.<name>`` arrays.
+        ``key.<name>`` arrays; under ``optimizer="race"`` every member's learner arrays,
+        ``member<k>.<name>`` (``member0.hidden`` first), then the shared target-feedback buffers.
 
         Examples
         --------
@@ -436,6 +521,9 @@ class Model:
         >>> bool((twin.step([0.1, 0.2], y=[1.0]) == out[0]).all())
         True
         """
+        if self.race:
+            self._apply_race(X, Y, has_y, keys, out, losses)
+            return
         slots, reset = self._keyed.assign(keys, X.shape[0])
         pre = self._pre
         per_key = tuple(self._keyed.arrays.values())
@@ -448,6 +536,29 @@ class Model:
                              X, Y, has_y, slots, reset, self._ws_fields, out, losses)
         if pre.active:     # predictions and losses back in the target's units
             pre.finish(Y_raw, has_y_raw, y_ls, out, losses)
+
+    def _apply_race(self, X, Y, has_y, keys, out, losses):
+        """:meth:`apply_rows` of a race: preprocess once, run every member's learner kernel over the
+        batch, then pick per row (:func:`streamrnn.optim.race_step`)."""
+        slots, reset = self._keyed.assign(keys, X.shape[0])
+        pre = self._pre
+        arrays = tuple(self._keyed.arrays.values())
+        Y_raw, has_y_raw = Y, has_y
+        if pre.active:     # once for all members: it does not depend on the parameters
+            X, Y, has_y, y_ls = pre.prepare(X, Y, has_y, slots, reset, self._keyed.arrays)
+        outs, member_losses, picked = self._race_scratch(X.shape[0])
+        n_arr = self._n_learner_arrays // self.n_members
+        step_many = self._spec.step_many
+        cell, task, opt, n_in, n, n_out = self._cell, self._task, self._opt, self.n_cell_inputs, self.n_hidden, \
+            self.n_outputs
+        for k, (theta, opt_state, hyper, counters, ws) in enumerate(self._race_members()):
+            step_many(cell, task, opt, n_in, n, n_out, theta, opt_state, hyper, counters,
+                      arrays[k * n_arr:(k + 1) * n_arr], X, Y, has_y, slots, reset, ws, outs[k], member_losses[k])
+        if pre.finishes:
+            _race_finish(True, Y_raw, has_y_raw, y_ls, outs, member_losses, self.race_scores, self._race_decay,
+                         picked, out, losses)
+        else:
+            race_step(outs, member_losses, self.race_scores, self._race_decay, picked, out, losses)
 
     def last_gradient(self) -> np.ndarray:
         """A copy of the flat gradient the learner formed at its last labelled step (TBPTT: its last
@@ -463,7 +574,8 @@ class Model:
         >>> g.shape == (m.n_params,), bool(abs(g).sum() > 0)
         (True, True)
         """
-        return self._ws.grad.copy()
+        ws = self._members_ws[self.race_leader] if self.race else self._ws
+        return ws.grad.copy()
 
     def peek(self, x: ArrayLike, key: Key = None) -> np.ndarray:
         """The prediction ``step(x, key=key)`` would return, changing nothing."""
@@ -485,12 +597,12 @@ class Model:
         >>> bool((m.peek_into(np.array([0.5, 1.0]), None, out) == m.peek([0.5, 1.0])).all())
         True
         """
-        s = self._keyed.row("hidden", key)
+        s = self._keyed.row(self._hidden_name(), key)
         pre = self._pre
         if pre.active:     # on copies of the statistics and of the key's lag buffer
             lags = (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key)) if pre.k else ()
             x, y_ls = pre.peek_row(x[None, :], *lags)
-        predict_from_state(self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs, self.theta,
+        predict_from_state(self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs, self._theta(),
                            self.n_params_cell, x, self._zero_state if s is None else s, out, None)
         if pre.finishes:
             out[:] = y_ls[0, 0] + y_ls[1, 0] * out
@@ -513,20 +625,20 @@ class Model:
         >>> bool((m.step([1.0]) == first).all()), bool((m.hidden_state() == s_next).all())
         (True, True)
         """
-        predict_from_state(self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs, self.theta,
+        predict_from_state(self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs, self._theta(),
                            self.n_params_cell, x, state, out, next_state)
         return out
 
     def hidden_state(self, key: Key = None) -> np.ndarray:
         """A copy of the recurrent state of ``key`` (zeros if it has none)."""
-        s = self._keyed.row("hidden", normalize_key(key))
+        s = self._keyed.row(self._hidden_name(), normalize_key(key))
         return np.zeros(self._state_size, self.dtype) if s is None else s.copy()
 
     @property
     def stats(self) -> dict[str, int]:
         """Counts of applied steps, updates, skipped non-finite updates, rejected samples
         (non-finite state: nothing changed) and influence matrices zeroed after overflow."""
-        c = self.counters
+        c = self.counters[self.race_leader] if self.race else self.counters
         return {"steps": int(c[STEPS]), "updates": int(c[UPDATES]),
                 "skipped_nonfinite": int(c[SKIPPED_NONFINITE]), "rejected_nonfinite_state": int(c[REJECTED_STATE]),
                 "influence_resets": int(c[INFLUENCE_RESETS])}
@@ -559,7 +671,7 @@ class Model:
         if self._pre.active:   # a fresh key's inputs and standardised targets; statistics not committed
             X, Y, has_y, _ = self._pre.transform_sequence(X, Y, has_y)
         grad = np.zeros(self.n_params, self.dtype)
-        args = (self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs, self.theta)
+        args = (self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs, self._theta())
         if spec is None:
             bptt_sequence_gradient(*args, self.n_params_cell, X, Y, has_y, self._zero_state, grad)
         else:
@@ -579,7 +691,7 @@ class Model:
         """Everything needed to continue bit-identically, as ``(arrays, meta)``."""
         keys, per_key = self._keyed.export()
         arrays = {"theta": self.theta, "opt_state": self.opt_state, "counters": self.counters, **per_key,
-                  **self._pre.state_arrays()}
+                  **self._pre.state_arrays(), **({"race.scores": self.race_scores} if self.race else {})}
         meta = {"kind": _FORMAT_KIND, "config": self.config, "keys": keys}
         return arrays, meta
 
@@ -611,12 +723,20 @@ class Model:
                             ("counters", self.counters.shape)):
             if name not in arrays or arrays[name].shape != shape:
                 raise checkpoint.CheckpointError(f"{source}: array {name!r} missing or of the wrong shape")
+        if self.race:
+            got = arrays.get("race.scores")
+            if got is None or got.shape != self.race_scores.shape or got.dtype != np.float64 \
+                    or np.isnan(got).any() or (got < 0).any():
+                raise checkpoint.CheckpointError(f"{source}: array 'race.scores' missing, of the wrong shape or "
+                                                 "not valid race scores")
         self._pre.check_state(arrays, source, checkpoint.CheckpointError)
         self._keyed.restore(meta["keys"], arrays, source)
         self._pre.load_state(arrays)
         self.theta[:] = arrays["theta"]
         self.opt_state[:] = arrays["opt_state"]
         self.counters[:] = arrays["counters"]
+        if self.race:
+            self.race_scores[:] = arrays["race.scores"]
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the whole model atomically (temp file, fsync, rename) with a checksum."""

@@ -10,7 +10,10 @@ correction; the first step initialises lazily-set state).
 
 Which one needs no learning rate to be tuned was measured by ``scripts/study_lr.py``: none of the
 single-trajectory methods reaches 1.25x of the best fixed Adam rate on every generated stream; a
-race of three Adam rates does (:func:`race_select`, at three times the cost of one model).
+race of three Adam rates does (:func:`race_select`, at three times the cost of one model). The race is
+``Model(optimizer="race")``: the Model runs K = ``len(RACE_FACTORS)`` Adam members (their own parameters,
+Adam state and per-key learner state) over each batch and reports per row the member picked by
+:func:`race_step` (:func:`race_select` plus the gather of the picked predictions and losses).
 
 Every kernel in streamrnn compiles with ``error_model="numpy"``: IEEE division
 (inf/NaN, which the learners check for explicitly) instead of Python's
@@ -356,3 +359,16 @@ def race_select(losses, scores, decay, picked):
             for k in range(K):
                 x = np.float64(losses[k, t])
                 scores[k] = decay * scores[k] + (x if np.isfinite(x) else np.inf)
+
+
+@njit(cache=True, error_model="numpy")
+def race_step(outs, losses, scores, decay, picked, out, loss_out):
+    """:func:`race_select` over the members' predictions ``outs`` (K, N, n_out) and losses (K, N), then
+    the reported row t: ``out[t] = outs[picked[t], t]``, ``loss_out[t] = losses[picked[t], t]``.
+    One compiled call (the one-sample path pays a dispatch per call)."""
+    race_select(losses, scores, decay, picked)
+    for t in range(out.shape[0]):
+        k = picked[t]
+        for j in range(out.shape[1]):
+            out[t, j] = outs[k, t, j]
+        loss_out[t] = losses[k, t]

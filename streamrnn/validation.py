@@ -5,9 +5,14 @@ import numpy as np
 
 from .losses import BINARY, REGRESSION
 from .optim import (BETA1, BETA2, CLIP, COCOB_ALPHA, COCOB_DEFAULT_ALPHA, EPS, HD_HYPERGRAD_LR, HD_LR_MAX, HD_LR_MIN,
-                    HYPERGRAD_LR, LR, LR_MAX, LR_MIN, MOMENTUM, N_HYPER, OPTIMIZER_IDS, WEIGHT_DECAY)
+                    HYPERGRAD_LR, LR, LR_MAX, LR_MIN, MOMENTUM, N_HYPER, OPTIMIZER_IDS, RACE_FACTORS,
+                    WEIGHT_DECAY)
 
 DTYPES = ("float64", "float32")
+# "race": K Adam members at rates lr * RACE_FACTORS, predicting with the member of lowest discounted
+# prequential loss (streamrnn.optim.race_select); not a kernel optimizer, the Model runs the members.
+RACE = "race"
+OPTIMIZERS = tuple(OPTIMIZER_IDS) + (RACE,)
 
 
 def choice(name, value, allowed):
@@ -42,9 +47,12 @@ def check_task_outputs(task, n_outputs):
         raise ValueError(f"binary task has one output (the logit of class 1); got n_outputs={n_outputs}")
 
 
-def optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay):
-    """Validated optimizer settings as ``(config dict, hyper-parameter vector for kernels)``."""
-    choice("optimizer", optimizer, tuple(OPTIMIZER_IDS))
+def optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay, allow_race=False):
+    """Validated optimizer settings as ``(config dict, hyper-parameter vector for kernels)``.
+
+    For ``optimizer="race"`` the vector is the members' template (its ``LR`` is ``lr``; the Model
+    scales it per member); only estimators that run a race (``allow_race``, the Model) accept it."""
+    choice("optimizer", optimizer, OPTIMIZERS if allow_race else tuple(OPTIMIZER_IDS))
     lr = finite_nonneg("lr", lr)
     clip = None if clip is None else finite_nonneg("clip", clip)
     eps = finite_nonneg("eps", eps)
@@ -52,6 +60,9 @@ def optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay):
     weight_decay = finite_nonneg("weight_decay", weight_decay)
     if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
         raise ValueError(f"betas must be two numbers in [0, 1); got {betas!r}")
+    if optimizer == RACE and momentum != 0.0:
+        raise ValueError(f"optimizer='race' races Adam learners (rates lr x {RACE_FACTORS}); momentum is an "
+                         f"SGD setting and does not apply: got momentum={momentum!r}")
     hyper = np.zeros(N_HYPER, np.float64)
     hyper[[LR, BETA1, BETA2, EPS, MOMENTUM, WEIGHT_DECAY, CLIP]] = (
         lr, betas[0], betas[1], eps, momentum, weight_decay, clip or 0.0)
