@@ -12,9 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
-from numba import njit
 
-from . import checkpoint
+from . import checkpoint, race
 from .cells.common import n_cell_params
 from .cells.dispatch import CELL_IDS, ELEMENTWISE, n_gates, recurrent_width, state_size
 from .keyed_state import KeyedState, normalize_key
@@ -24,8 +23,9 @@ from .learners.common import (INFLUENCE_RESETS, N_COUNTERS, REJECTED_STATE, SKIP
                                predict_from_state)
 from .learners.registry import ModelDims
 from .losses import TASK_IDS
-from .optim import LR, OPTIMIZER_IDS, RACE_FACTORS, race_decay, race_rates, race_step, state_shape
-from .preprocess import Preprocessor, finish_rows
+from .optim import OPTIMIZER_IDS, state_shape
+from .preprocess import Preprocessor
+from .race import Race, member_layout
 from .validation import (DTYPES, RACE, check_inputs, check_seed, check_targets, check_task_outputs, choice,
                          optimizer_settings, positive_int, target_width)
 
@@ -40,16 +40,6 @@ _OLD_DEFAULTS = {"readout_skip": False, "target_lags": 0, "standardize": False}
 
 ArrayLike = Any          # what np.asarray accepts
 Key = Optional[Union[str, int]]
-
-
-@njit(cache=True)
-def _race_finish(finishes, Y, has_y, y_ls, outs, member_losses, scores, decay, picked, out, losses):
-    """After a race's members ran: each member's predictions and losses back in the target's units
-    (``finishes``, as :meth:`Preprocessor.finish`), then the pick per row (``optim.race_step``); one call."""
-    if finishes:
-        for k in range(outs.shape[0]):
-            finish_rows(Y, has_y, y_ls, outs[k], member_losses[k])
-    race_step(outs, member_losses, scores, decay, picked, out, losses)
 
 
 class ValidatedRows(NamedTuple):
@@ -206,32 +196,22 @@ class Model:
         self.theta = self._initial_parameters(int(seed))
         self.opt_state = np.zeros(state_shape("adam" if self.race else optimizer, self.n_params), self.dtype)
         self.counters = np.zeros(N_COUNTERS, np.int64)
-        self.n_members = len(RACE_FACTORS) if self.race else 1
-        if self.race:    # member k: row k of theta, opt_state, counters, hyper (rate lr * RACE_FACTORS[k])
-            K = self.n_members
-            self.theta = np.ascontiguousarray(np.repeat(self.theta[None], K, axis=0))
-            self.opt_state = np.zeros((K,) + self.opt_state.shape, self.dtype)
-            self.counters = np.zeros((K, N_COUNTERS), np.int64)
-            self.hyper = np.ascontiguousarray(np.repeat(self.hyper[None], K, axis=0))
-            self.hyper[:, LR] = race_rates(self.config["lr"])
-            self.race_scores = np.zeros(K, np.float64)     # discounted prequential loss per member
-            self._race_decay = race_decay()
-            self._race_n = -1                              # rows of the scratch below
-            self._race_views = None
+        self.n_members = Race.n_members if self.race else 1
+        if self.race:    # member k: row k of theta, opt_state, counters, hyper (see streamrnn.race)
+            self.theta, self.opt_state, self.counters, self.hyper = Race.stack(
+                self.theta, self.opt_state, self.counters, self.hyper, self.config["lr"])
         self.learner, self.truncation, self.stride = learner, truncation, stride
         self._dims = ModelDims(self._cell, self._task, n_cell_inputs, n_hidden, n_outputs, self._state_size,
                                target_width(self._task, n_outputs), self.n_params_cell, self.n_params, self.dtype,
                                seed, truncation, stride)
         self._spec = registry.resolve(learner, self._cell)      # whose arrays and kernels run the learner
         learner_layout = self._spec.key_layout(self._dims)
-        if self.race:    # every member's learner arrays, member-prefixed, member 0 first
-            learner_layout = [(f"member{k}.{name}", shape, dt) for k in range(self.n_members)
-                              for name, shape, dt in learner_layout]
+        if self.race:
+            learner_layout = member_layout(learner_layout, self.n_members)
         self._n_learner_arrays = len(learner_layout)           # the learner's arrays come first
         self._keyed = KeyedState(learner_layout + self._pre.per_key_layout(), max_keys)
+        self._race = Race(self._spec, self._dims) if self.race else None
         if self.race:
-            self._members_ws = [self._spec.make_workspace(self._dims) for _ in range(self.n_members)]
-            self._members_ws_fields = [tuple(ws) for ws in self._members_ws]
             self._ws = None
         else:
             self._ws = self._spec.make_workspace(self._dims)
@@ -242,14 +222,10 @@ class Model:
         # The spec holds compiled kernels: pickle the learner by name and look it up again on load.
         state = dict(self.__dict__)
         del state["_spec"]
-        state.pop("_race_views", None)       # views of theta & co. would come back as copies
-
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        if self.race:
-            self._race_views = None
         self._spec = registry.resolve(self.learner, self._cell)
 
     @property
@@ -267,7 +243,12 @@ class Model:
     @property
     def race_leader(self) -> int:
         """The member a race reports now: ``argmin(race_scores)``, ties to the lower index (0 if no race)."""
-        return int(np.argmin(self.race_scores)) if self.race else 0
+        return self._race.leader if self.race else 0
+
+    @property
+    def race_scores(self) -> np.ndarray:
+        """A race's members' discounted prequential losses (live; see :mod:`streamrnn.race`)."""
+        return self._race.scores
 
     def _theta(self):
         """The flat parameters of the model as one model: a race's leader's row of ``theta``."""
@@ -282,25 +263,6 @@ class Model:
 
     def _hidden_name(self):
         return f"member{self.race_leader}.hidden" if self.race else "hidden"
-
-    def _race_members(self):
-        """Per member, the views the learner kernel takes: (theta, opt_state, hyper, counters, workspace),
-        rebuilt when the arrays are replaced (``streamrnn.partitioned`` shares them by assignment)."""
-        v = self._race_views
-        if v is None or v[0] is not self.theta or v[1] is not self.opt_state or v[2] is not self.counters:
-            members = tuple((self.theta[k], self.opt_state[k], self.hyper[k], self.counters[k],
-                             self._members_ws_fields[k]) for k in range(self.n_members))
-            self._race_views = v = (self.theta, self.opt_state, self.counters, members)
-        return v[3]
-
-    def _race_scratch(self, n_rows):
-        """Per-member predictions (K, N, n_out), losses (K, N) and picks (N,), reused while N stays."""
-        if n_rows != self._race_n:
-            K = self.n_members
-            self._race_buf = (np.empty((K, n_rows, self.n_outputs), self.dtype), np.empty((K, n_rows), self.dtype),
-                              np.empty(n_rows, np.int64))
-            self._race_n = n_rows
-        return self._race_buf
 
     # ------------------------------------------------------------------ layout
     def _layout(self):
@@ -521,44 +483,23 @@ class Model:
         >>> bool((twin.step([0.1, 0.2], y=[1.0]) == out[0]).all())
         True
         """
-        if self.race:
-            self._apply_race(X, Y, has_y, keys, out, losses)
-            return
         slots, reset = self._keyed.assign(keys, X.shape[0])
         pre = self._pre
-        per_key = tuple(self._keyed.arrays.values())
+        Y_raw, has_y_raw, y_ls = Y, has_y, None
         if pre.active:     # standardise, append target feedback (changes nothing the learner owns)
-            Y_raw, has_y_raw = Y, has_y
             X, Y, has_y, y_ls = pre.prepare(X, Y, has_y, slots, reset, self._keyed.arrays)
+        if self.race:      # once preprocessed, for every member
+            self._race.apply(self, slots, reset, X, Y, has_y, Y_raw, has_y_raw, y_ls if pre.finishes else None,
+                             out, losses)
+            return
+        per_key = tuple(self._keyed.arrays.values())
+        if pre.active:
             per_key = per_key[:self._n_learner_arrays]
         self._spec.step_many(self._cell, self._task, self._opt, self.n_cell_inputs, self.n_hidden, self.n_outputs,
                              self.theta, self.opt_state, self.hyper, self.counters, per_key,
                              X, Y, has_y, slots, reset, self._ws_fields, out, losses)
         if pre.active:     # predictions and losses back in the target's units
             pre.finish(Y_raw, has_y_raw, y_ls, out, losses)
-
-    def _apply_race(self, X, Y, has_y, keys, out, losses):
-        """:meth:`apply_rows` of a race: preprocess once, run every member's learner kernel over the
-        batch, then pick per row (:func:`streamrnn.optim.race_step`)."""
-        slots, reset = self._keyed.assign(keys, X.shape[0])
-        pre = self._pre
-        arrays = tuple(self._keyed.arrays.values())
-        Y_raw, has_y_raw = Y, has_y
-        if pre.active:     # once for all members: it does not depend on the parameters
-            X, Y, has_y, y_ls = pre.prepare(X, Y, has_y, slots, reset, self._keyed.arrays)
-        outs, member_losses, picked = self._race_scratch(X.shape[0])
-        n_arr = self._n_learner_arrays // self.n_members
-        step_many = self._spec.step_many
-        cell, task, opt, n_in, n, n_out = self._cell, self._task, self._opt, self.n_cell_inputs, self.n_hidden, \
-            self.n_outputs
-        for k, (theta, opt_state, hyper, counters, ws) in enumerate(self._race_members()):
-            step_many(cell, task, opt, n_in, n, n_out, theta, opt_state, hyper, counters,
-                      arrays[k * n_arr:(k + 1) * n_arr], X, Y, has_y, slots, reset, ws, outs[k], member_losses[k])
-        if pre.finishes:
-            _race_finish(True, Y_raw, has_y_raw, y_ls, outs, member_losses, self.race_scores, self._race_decay,
-                         picked, out, losses)
-        else:
-            race_step(outs, member_losses, self.race_scores, self._race_decay, picked, out, losses)
 
     def last_gradient(self) -> np.ndarray:
         """A copy of the flat gradient the learner formed at its last labelled step (TBPTT: its last
@@ -574,7 +515,7 @@ class Model:
         >>> g.shape == (m.n_params,), bool(abs(g).sum() > 0)
         (True, True)
         """
-        ws = self._members_ws[self.race_leader] if self.race else self._ws
+        ws = self._race.workspaces[self.race_leader] if self.race else self._ws
         return ws.grad.copy()
 
     def peek(self, x: ArrayLike, key: Key = None) -> np.ndarray:
@@ -691,7 +632,7 @@ class Model:
         """Everything needed to continue bit-identically, as ``(arrays, meta)``."""
         keys, per_key = self._keyed.export()
         arrays = {"theta": self.theta, "opt_state": self.opt_state, "counters": self.counters, **per_key,
-                  **self._pre.state_arrays(), **({"race.scores": self.race_scores} if self.race else {})}
+                  **self._pre.state_arrays(), **({race.SCORES: self.race_scores} if self.race else {})}
         meta = {"kind": _FORMAT_KIND, "config": self.config, "keys": keys}
         return arrays, meta
 
@@ -724,11 +665,7 @@ class Model:
             if name not in arrays or arrays[name].shape != shape:
                 raise checkpoint.CheckpointError(f"{source}: array {name!r} missing or of the wrong shape")
         if self.race:
-            got = arrays.get("race.scores")
-            if got is None or got.shape != self.race_scores.shape or got.dtype != np.float64 \
-                    or np.isnan(got).any() or (got < 0).any():
-                raise checkpoint.CheckpointError(f"{source}: array 'race.scores' missing, of the wrong shape or "
-                                                 "not valid race scores")
+            self._race.check_state(arrays, source, checkpoint.CheckpointError)
         self._pre.check_state(arrays, source, checkpoint.CheckpointError)
         self._keyed.restore(meta["keys"], arrays, source)
         self._pre.load_state(arrays)
@@ -736,7 +673,7 @@ class Model:
         self.opt_state[:] = arrays["opt_state"]
         self.counters[:] = arrays["counters"]
         if self.race:
-            self.race_scores[:] = arrays["race.scores"]
+            self.race_scores[:] = arrays[race.SCORES]
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the whole model atomically (temp file, fsync, rename) with a checksum."""
