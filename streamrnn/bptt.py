@@ -40,7 +40,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import checkpoint
+from . import checkpoint, parameters
 from .cells.dispatch import CELL_IDS, ELEMENTWISE, n_gates
 from .learners.bptt_batch import allocate, batch_loss, stack_backward, stack_forward
 from .losses import BINARY, CLASSIFICATION, REGRESSION, TASK_IDS
@@ -98,13 +98,8 @@ class OfflineModel:
         self._cell, self._task = CELL_IDS[cell], TASK_IDS[task]
         self.history = {"train": [], "validation": []}
         layout, bounds = self._layout()
-        self._blocks = []
-        pos = 0
-        for (name, shape), _ in zip(layout, bounds):
-            size = int(np.prod(shape))
-            self._blocks.append((name, shape, pos, size))
-            pos += size
-        self.n_params = pos
+        self._blocks = parameters.blocks(layout)
+        self.n_params = sum(s for *_, s in self._blocks)
         self._pos = {name: (p, s, shape) for name, shape, p, s in self._blocks}
         D = 2 if self.bidirectional else 1
         self._offs = np.array([self._pos[f"weight_ih_l{l}" + ("_reverse" if d else "")][0]
@@ -152,26 +147,11 @@ class OfflineModel:
 
     def get_weights(self):
         """Copies of the parameters, a dict of arrays with PyTorch-style names and shapes."""
-        return {name: self.theta[p:p + s].reshape(shape).copy() for name, shape, p, s in self._blocks}
+        return parameters.unflatten(self.theta, self._blocks)
 
     def set_weights(self, weights):
         """Replace every parameter; ``weights`` must hold exactly the names of ``get_weights()``."""
-        expected = set(self._pos)
-        if set(weights) != expected:
-            raise ValueError(f"set_weights: missing {sorted(expected - set(weights))}, "
-                             f"unexpected {sorted(set(weights) - expected)}")
-        new = np.empty_like(self.theta)
-        for name, shape, p, s in self._blocks:
-            arr = np.asarray(weights[name], dtype=self.dtype)
-            if arr.shape != tuple(shape):
-                raise ValueError(f"set_weights: {name} has shape {arr.shape}, expected {tuple(shape)}")
-            if not np.isfinite(arr).all():
-                raise ValueError(f"set_weights: {name} contains NaN or inf")
-            new[p:p + s] = arr.ravel()
-        self.theta[:] = new
-
-    def _unflatten(self, flat):
-        return {name: flat[p:p + s].reshape(shape).copy() for name, shape, p, s in self._blocks}
+        self.theta[:] = parameters.flatten(weights, self._blocks, self.n_params, self.dtype)
 
     # ------------------------------------------------------------------ input checks
     def _check_X(self, X):
@@ -305,7 +285,7 @@ class OfflineModel:
     def gradient(self, X, Y):
         """Gradient of :meth:`loss` at the current weights, keyed like ``get_weights()``."""
         X = self._check_X(X)
-        return self._unflatten(self._loss_grad(self.theta, X, self._check_Y(Y, X))[1])
+        return parameters.unflatten(self._loss_grad(self.theta, X, self._check_Y(Y, X))[1], self._blocks)
 
     def _config(self):
         return {"cell": self.cell, "n_inputs": self.n_inputs, "n_hidden": self.n_hidden,

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 
-from . import checkpoint, race
+from . import checkpoint, parameters, race
 from .cells.common import n_cell_params
 from .cells.dispatch import CELL_IDS, ELEMENTWISE, n_gates, recurrent_width, state_size
 from .keyed_state import KeyedState, normalize_key
@@ -266,13 +266,13 @@ class Model:
 
     # ------------------------------------------------------------------ layout
     def _layout(self):
-        """(name, shape) of each parameter block, in the order of the flat vector."""
+        """The parameter blocks ``(name, shape, offset, size)``, in the order of the flat vector."""
         G, n, m, o = self._gates, self.n_hidden, self.n_cell_inputs, self.n_outputs
         hh_shape = (G * n,) if self._cell in ELEMENTWISE else (G * n, n)
-        blocks = [("weight_ih_l0", (G * n, m)), ("weight_hh_l0", hh_shape),
+        layout = [("weight_ih_l0", (G * n, m)), ("weight_hh_l0", hh_shape),
                   ("bias_ih_l0", (G * n,)), ("bias_hh_l0", (G * n,)),
                   ("readout.weight", (o, n)), ("readout.bias", (o,))]
-        return (blocks + [("readout.skip_weight", (o, m))]) if self.readout_skip else blocks
+        return parameters.blocks(layout + [("readout.skip_weight", (o, m))] if self.readout_skip else layout)
 
     def _initial_parameters(self, seed):
         rng = np.random.default_rng(seed)
@@ -284,26 +284,16 @@ class Model:
 
     def get_weights(self) -> dict[str, np.ndarray]:
         """Copies of the parameters as a dict of arrays with PyTorch's names and shapes."""
-        return self._unflatten(self._theta())
+        return self.unflatten(self._theta())
+
+    def unflatten(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """A flat (P,) vector in this model's parameter order (``flat_parameters``, a gradient a kernel
+        formed) as copies keyed like :meth:`get_weights`."""
+        return parameters.unflatten(flat, self._layout())
 
     def set_weights(self, weights: Mapping[str, ArrayLike]) -> None:
         """Replace every parameter; ``weights`` must hold exactly the names of ``get_weights()``."""
-        layout = self._layout()
-        expected = {name for name, _ in layout}
-        if set(weights) != expected:
-            missing, extra = expected - set(weights), set(weights) - expected
-            raise ValueError(f"set_weights: missing {sorted(missing)}, unexpected {sorted(extra)}")
-        new = np.empty(self.n_params, self.dtype)
-        pos = 0
-        for name, shape in layout:
-            arr = np.asarray(weights[name], dtype=np.float64)
-            if arr.shape != shape:
-                raise ValueError(f"set_weights: {name} has shape {arr.shape}, expected {shape}")
-            if not np.isfinite(arr).all():
-                raise ValueError(f"set_weights: {name} contains NaN or inf")
-            new[pos:pos + arr.size] = arr.ravel()
-            pos += arr.size
-        self.theta[:] = new       # a race: every member
+        self.theta[:] = parameters.flatten(weights, self._layout(), self.n_params, self.dtype)   # a race: every member
 
     # ------------------------------------------------------------------ input checks
     def _inputs(self, X):
@@ -617,15 +607,7 @@ class Model:
             bptt_sequence_gradient(*args, self.n_params_cell, X, Y, has_y, self._zero_state, grad)
         else:
             spec.sequence_gradient(*args, X, Y, has_y, spec.new_key_state(dims), spec.make_workspace(dims), grad)
-        return self._unflatten(grad)
-
-    def _unflatten(self, flat):
-        out, pos = {}, 0
-        for name, shape in self._layout():
-            size = int(np.prod(shape))
-            out[name] = flat[pos:pos + size].reshape(shape).copy()
-            pos += size
-        return out
+        return self.unflatten(grad)
 
     # ------------------------------------------------------------------ persistence
     def state_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

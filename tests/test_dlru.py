@@ -99,7 +99,7 @@ def test_dense_rtrl_agrees_with_the_per_unit_form():
     dense.sequence_gradient(CELL_IDS["dlru"], 0, N_IN, N, 2, model.theta, X, Yf, has_y,
                             dense.new_key_state(model.dims), dense.make_workspace(model.dims), grad)
     assert grad.shape == (model.n_params,) and dense.key_layout(model.dims)[1][1][1] == model.n_params_cell
-    assert rel_err(model._unflatten(grad), model.gradient(X, Y, method="bptt")) < 1e-9
+    assert rel_err(model.unflatten(grad), model.gradient(X, Y, method="bptt")) < 1e-9
 
 
 def test_online_learning_is_exact_rtrl_in_O_P_memory():
@@ -114,7 +114,7 @@ def test_online_learning_is_exact_rtrl_in_O_P_memory():
         model.step_many(X[t:t + 1], Y[t:t + 1])
         if not np.isnan(Y[t, 0]):
             total += model.last_gradient()
-    assert rel_err(model._unflatten(total), model.gradient(X, Y, method="bptt")) < 1e-9
+    assert rel_err(model.unflatten(total), model.gradient(X, Y, method="bptt")) < 1e-9
     # and an update applies it: one labelled step at the end moves θ by -lr dL_T/dθ
     lr = 1e-3
     online = make_model(optimizer="sgd", lr=lr, standardize=False)

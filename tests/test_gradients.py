@@ -32,7 +32,7 @@ def finite_difference_gradient(model, X, Y, eps=1e-6):
         down = sequence_loss(*args, theta, model.n_params_cell, X, Yf, has_y)
         theta[p] = orig
         grad[p] = (up - down) / (2 * eps)
-    return model._unflatten(grad)
+    return model.unflatten(grad)
 
 
 @pytest.mark.parametrize("task", TASKS)

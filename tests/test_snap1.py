@@ -80,7 +80,7 @@ def test_snap1_equals_the_masked_dense_recursion(cell):
             grad[:Pc] += (W_out.T @ d) @ M[:N]
             grad[Pc:] += np.concatenate([np.outer(d, s[:N]).ravel(), d])
     got = model.gradient(X, Y, method="snap1")
-    assert rel_err(got, model._unflatten(grad)) < 1e-10
+    assert rel_err(got, model.unflatten(grad)) < 1e-10
     # and it is an approximation: not RTRL's gradient for general weights
     assert rel_err(got, model.gradient(X, Y, method="rtrl")) > 1e-3
 

@@ -50,7 +50,7 @@ def reference_tbptt(model, X, Y, k, h):
                                mask, states[start], g)
         total += g
         prev = u
-    return model._unflatten(total)
+    return model.unflatten(total)
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -95,7 +95,7 @@ def test_tbptt_k_equals_rtrl_with_influence_reset_at_window_starts(cell):
             if has_y[t]:
                 total += ws.grad
     got = model.gradient(X, Y, method="tbptt", truncation=k)
-    assert rel_err(got, model._unflatten(total)) < 1e-9
+    assert rel_err(got, model.unflatten(total)) < 1e-9
 
 
 @pytest.mark.parametrize("cell", CELLS)
