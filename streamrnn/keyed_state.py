@@ -121,6 +121,32 @@ class KeyedState:
             slots[i] = slot
         return slots, reset
 
+    def read(self, key):
+        """Copies of every array ``key`` (normalised) owns, by name, or None if it holds no state."""
+        slot = self.slots.get(key)
+        if slot is None:
+            return None
+        return {name: np.array(arr[slot]) for name, arr in self.arrays.items()}   # 0-d stays an array
+
+    def write(self, key, state):
+        """Give ``key`` (normalised) the arrays of ``state`` (as :meth:`read` returns them), taking a
+        slot as if it had arrived; ``ValueError`` and nothing changed if a name, shape or value does
+        not fit."""
+        layout = self.layout
+        if set(state) != {name for name, _, _ in layout}:
+            raise ValueError(f"restore_key_state: expected arrays {[n for n, _, _ in layout]}, got {sorted(state)}")
+        values = {}
+        for name, shape, dt in layout:
+            arr = np.asarray(state[name])
+            if arr.shape != tuple(shape):
+                raise ValueError(f"restore_key_state: {name} has shape {arr.shape}, expected {tuple(shape)}")
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise ValueError(f"restore_key_state: {name} contains NaN or inf")
+            values[name] = arr.astype(dt, copy=False)
+        slots, _ = self.assign([key], 1)
+        for name, arr in self.arrays.items():
+            arr[slots[0]] = values[name]
+
     def forget(self, key):
         """Drop ``key``'s state; slots stay dense (the last slot moves into the freed one)."""
         if key not in self.slots:

@@ -365,10 +365,7 @@ class Model:
         >>> sorted(m.key_state("a"))
         ['hidden', 'influence']
         """
-        slot = self._keyed.slots.get(normalize_key(key))
-        if slot is None:
-            return None
-        return {name: np.array(arr[slot]) for name, arr in self._keyed.arrays.items()}   # 0-d stays an array
+        return self._keyed.read(normalize_key(key))
 
     def restore_key_state(self, key: Key, state: Mapping[str, ArrayLike]) -> None:
         """Give ``key`` the arrays of ``state`` (from :meth:`key_state`), so it continues exactly
@@ -385,21 +382,7 @@ class Model:
         >>> bool((m.peek([0.5], key="a") == m.peek([0.5], key="b")).all())
         True
         """
-        key = normalize_key(key)
-        layout = self._keyed.layout
-        if set(state) != {name for name, _, _ in layout}:
-            raise ValueError(f"restore_key_state: expected arrays {[n for n, _, _ in layout]}, got {sorted(state)}")
-        values = {}
-        for name, shape, dt in layout:
-            arr = np.asarray(state[name])
-            if arr.shape != tuple(shape):
-                raise ValueError(f"restore_key_state: {name} has shape {arr.shape}, expected {tuple(shape)}")
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                raise ValueError(f"restore_key_state: {name} contains NaN or inf")
-            values[name] = arr.astype(dt, copy=False)
-        slots, _ = self._keyed.assign([key], 1)
-        for name, arr in self._keyed.arrays.items():
-            arr[slots[0]] = values[name]
+        self._keyed.write(normalize_key(key), state)
 
     @property
     def keys(self) -> list:
