@@ -301,7 +301,8 @@ def gradient_alignment(model, X, Y):
 
     Feeds ``X, Y`` to ``model`` one sample at a time (it learns exactly as with
     ``step_many``) while an exact RTRL influence matrix is carried alongside under
-    the same, changing weights; returns the cosine at every labelled step. Used
+    the same, changing weights; returns the cosine at every labelled step (the model must be
+    built with ``standardize=False`` and ``target_lags=0``). Used
     for the approximations (``snap1``, ``uoro``); an exact learner gives 1.
     """
     from .learners.rtrl import rtrl_sample
@@ -309,6 +310,9 @@ def gradient_alignment(model, X, Y):
         raise ValueError("gradient_alignment needs clip=None (clipping rescales the gradient in place)")
     if registry.get(model.learner).windowed:
         raise ValueError(f"{model.learner.upper()} applies window gradients, not per-step ones")
+    if model.config["standardize"] or model.config["target_lags"]:
+        raise ValueError("gradient_alignment needs standardize=False and target_lags=0 (the exact RTRL run "
+                         "alongside sees the raw rows)")
     X, Yf, has_y, _ = model.validate_rows(X, Y)
     Y_rows = np.where(has_y[:, None], Yf, np.nan)
     dims = model.dims
@@ -344,12 +348,13 @@ class Comparison:
         rows = []
         for spec in dict.fromkeys(r.learner for r in self.runs):
             rs = [r for r in self.runs if r.learner == spec]
-            row = {"learner": spec, "seeds": len(rs), "naive": spec in NAIVE}
+            row = {"learner": spec, "seeds": len(rs)}
             for name in ("prequential", "tail", "steps_per_s"):
                 row[name], row[name + "_std"] = _mean_std([getattr(r, name) for r in rs])
             for name in ("state_bytes_per_key", "state_bytes_at_10pct", "state_bytes_at_end", "peak_rss_bytes"):
                 values = [getattr(r, name) for r in rs if getattr(r, name) is not None]
                 row[name] = max(values) if values else None
+            row["naive"] = spec in NAIVE
             if spec in NAIVE:
                 row["steps_per_s"] = row["steps_per_s_std"] = None
             rows.append(row)

@@ -269,11 +269,11 @@ class RNNRegressor(_Recurrent, base.Regressor):
     ----------""" + _PARAM_DOC + """
     Examples
     --------
-    >>> from river import datasets, evaluate, metrics, preprocessing
+    >>> from river import datasets, evaluate, metrics
     >>> from streamrnn.river import RNNRegressor
     >>> model = RNNRegressor(seed=1)
     >>> evaluate.progressive_val_score(datasets.TrumpApproval(), model, metrics.MAE())
-    MAE: XXX
+    MAE: 0.513415
 
     Per-entity states: the feature named by ``key`` picks the hidden state.
 
@@ -337,10 +337,11 @@ class RNNClassifier(_Recurrent, base.Classifier):
     such samples; for target feedback they count as rows without a label).
 
     Defaults, and why: ``standardize=True`` (inputs only: labels are labels) so that features in
-    any units work without a scaler; ``target_lags=1``, the last label one-hot (binary: the label)
-    of the key, because in river's test-then-train protocol it is known at the next
-    ``predict_proba_one`` and on sequential streams labels persist; one lag, since the recurrent
-    state carries older ones.
+    any units work without a scaler. ``target_lags=0``: feeding back the key's last label (one-hot;
+    binary: the label), which river's test-then-train protocol makes known at the next
+    ``predict_proba_one``, helps only where labels persist, and labels of a classification stream
+    often do not (on the binary add task, where the last label is right 51 % of the time, it cost
+    0.04 nats of log loss, 0.716 → 0.757); set ``target_lags=1`` where they do.
 
     Parameters
     ----------""" + _PARAM_DOC + """    n_classes : int
@@ -348,11 +349,11 @@ class RNNClassifier(_Recurrent, base.Classifier):
 
     Examples
     --------
-    >>> from river import datasets, evaluate, metrics, preprocessing
+    >>> from river import datasets, evaluate, metrics
     >>> from streamrnn.river import RNNClassifier
     >>> model = RNNClassifier(seed=1)
     >>> evaluate.progressive_val_score(datasets.Phishing(), model, metrics.Accuracy())
-    Accuracy: XXX
+    Accuracy: 89.20%
 
     >>> clf = RNNClassifier(n_hidden=4, n_classes=5)
     >>> clf.learn_one({"a": 1.0}, "cat")
@@ -365,7 +366,7 @@ class RNNClassifier(_Recurrent, base.Classifier):
                  learner: str = "rtrl", truncation: Optional[int] = None, optimizer: str = "adam", lr: float = 0.01,
                  clip: Optional[float] = 1.0, seed: int = 0, dtype: str = "float64", key: Optional[str] = None,
                  max_keys: int = 1024, readout_skip: bool = False, standardize: bool = True,
-                 target_lags: int = 1) -> None:
+                 target_lags: int = 0) -> None:
         self.cell = cell
         self.n_hidden = n_hidden
         self.n_inputs = n_inputs
@@ -477,7 +478,9 @@ class RNNForecaster(_Recurrent, Forecaster):
     >>> from streamrnn.river import RNNForecaster
     >>> model = RNNForecaster(seed=1)
     >>> evaluate.evaluate(datasets.AirlinePassengers(), model, metrics.MAE(), horizon=3)
-    XXX
+    +1 MAE: 34.7134
+    +2 MAE: 38.681631
+    +3 MAE: 39.561023
 
     >>> model.forecast(horizon=2) == model.forecast(horizon=2)
     True
