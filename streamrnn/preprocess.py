@@ -146,6 +146,11 @@ class Preprocessor:
         self._cap = self._views_n = 0
         self._grow(1)
 
+    def __getstate__(self):
+        # The peek scratch is not state (every peek overwrites it): leaving it out keeps a pickle a
+        # function of the model's state, so a prediction does not change it. It is rebuilt lazily.
+        return {k: v for k, v in self.__dict__.items() if k != "_peek"}
+
     def per_key_layout(self):
         """(name, shape, dtype) of the per-key arrays target feedback adds (none for k = 0)."""
         if self.k == 0:

@@ -413,7 +413,7 @@ class RNNClassifier(_Recurrent, base.Classifier):
     def _unit_test_params(cls):
         yield {"n_hidden": 4, "n_inputs": 8}
         yield {"n_hidden": 4, "n_inputs": 20, "n_classes": 8, "cell": "rnn"}
-        yield {"n_hidden": 3, "n_inputs": 4, "n_classes": 3, "target_lags": 2, "standardize": False}
+        yield {"n_hidden": 3, "n_inputs": 20, "n_classes": 8, "target_lags": 2, "standardize": False}
 
     def learn_one(self, x: dict, y: Any) -> None:
         if self.n_classes == 2:
