@@ -92,7 +92,8 @@ def test_offline_bidirectional_learner_is_trained_on_the_head_and_scored_on_the_
     X, Y = one_step_ahead(mackey_glass(1201))
     result = compare.run(X, Y, learners=["bidir:40"], cell="gru", n_hidden=6, task="regression", lr=1e-2,
                          bidir_epochs=3, progress=False)
-    (row,) = result.summary()
+    row, persistence, mean = result.summary()
+    assert (row["learner"], persistence["learner"], mean["learner"]) == ("bidir:40", "persistence", "running mean")
     fitted = sr.bptt.fit(np.ascontiguousarray(X[:960].reshape(24, 40, 1).transpose(1, 0, 2)),
                          np.ascontiguousarray(Y[:960].reshape(24, 40, 1).transpose(1, 0, 2)), cell="gru",
                          n_hidden=6, bidirectional=True, merge="concat", task="regression", lr=1e-2, epochs=3,
