@@ -83,12 +83,12 @@ class _Core:
     """
 
     def __init__(self, n_inputs, n_outputs, task, keyed, cell, n_hidden, learner, truncation, optimizer, lr,
-                 clip, seed, dtype, max_keys, readout_skip, standardize, target_lags):
+                 clip, seed, dtype, max_keys, readout_skip, standardize, target_lags, baseline=None):
         kw = {} if truncation is None else {"truncation": truncation}
         self.model = Model(cell=cell, n_inputs=n_inputs, n_hidden=n_hidden, n_outputs=n_outputs, task=task,
                            learner=learner, optimizer=optimizer, lr=lr, clip=clip, seed=seed, dtype=dtype,
                            max_keys=max_keys, readout_skip=readout_skip, standardize=standardize,
-                           target_lags=target_lags, **kw)
+                           target_lags=target_lags, baseline=baseline, **kw)
         self.keyed = keyed
         self._scratch()
 
@@ -144,8 +144,14 @@ class _Recurrent:
         self._core = _Core(max(1, self.n_inputs), self._n_outputs, self._task, self.key is not None,
                            self.cell, self.n_hidden, self.learner, self.truncation, self.optimizer, self.lr,
                            self.clip, self.seed, self.dtype, self.max_keys, self.readout_skip,
-                           self.standardize, self.target_lags)
+                           self.standardize, self.target_lags, self._baseline())
         return self._core
+
+    def _baseline(self):
+        """The Model's ``baseline``: the estimator's, where it applies (regression with standardisation
+        and target feedback on), else None."""
+        b = getattr(self, "baseline", None)
+        return b if (self._task == "regression" and self.standardize and self.target_lags >= 1) else None
 
     @property
     def model(self) -> Model:
@@ -248,6 +254,14 @@ _PARAM_DOC = """
         ``learn_one`` of that key, with flags saying which were observed.
 """
 
+_BASELINE_DOC = """    baseline : {"last", None}
+        ``"last"`` (``Model(baseline="last")``; needs ``standardize`` and ``target_lags >= 1``): the
+        network predicts the change from the key's last target, ŷ = y_last + s_Δ·f, with s_Δ the
+        running scale of the changes, so persistence is where it starts. None: it predicts the level.
+        Applies where it can (``standardize`` on and ``target_lags >= 1``); otherwise ignored.
+"""
+
+
 
 class RNNRegressor(_Recurrent, base.Regressor):
     __doc__ = """Recurrent regressor that learns per sample with exact RTRL.
@@ -266,7 +280,7 @@ class RNNRegressor(_Recurrent, base.Regressor):
     more: the recurrent state carries older targets, and a second lag measured nothing more.
 
     Parameters
-    ----------""" + _PARAM_DOC + """
+    ----------""" + _PARAM_DOC + _BASELINE_DOC + """
     Examples
     --------
     >>> from river import datasets, evaluate, metrics
@@ -287,7 +301,7 @@ class RNNRegressor(_Recurrent, base.Regressor):
                  truncation: Optional[int] = None, optimizer: str = "adam", lr: float = 0.01,
                  clip: Optional[float] = 1.0, seed: int = 0, dtype: str = "float64", key: Optional[str] = None,
                  max_keys: int = 1024, readout_skip: bool = False, standardize: bool = True,
-                 target_lags: int = 1) -> None:
+                 target_lags: int = 1, baseline: Optional[str] = "last") -> None:
         self.cell = cell
         self.n_hidden = n_hidden
         self.n_inputs = n_inputs
@@ -303,12 +317,13 @@ class RNNRegressor(_Recurrent, base.Regressor):
         self.readout_skip = readout_skip
         self.standardize = standardize
         self.target_lags = target_lags
+        self.baseline = baseline
         self._reset()
 
     @classmethod
     def _unit_test_params(cls):
         yield {"n_hidden": 4, "n_inputs": 8}
-        yield {"n_hidden": 3, "n_inputs": 4, "standardize": False, "target_lags": 0}
+        yield {"n_hidden": 3, "n_inputs": 4, "standardize": False, "target_lags": 0, "baseline": None}
         yield {"cell": "lstm", "n_hidden": 3, "n_inputs": 4, "learner": "tbptt", "truncation": 4, "key": "dummy"}
         yield {"cell": "egru", "n_hidden": 4, "n_inputs": 6, "readout_skip": True}
 
@@ -471,7 +486,7 @@ class RNNForecaster(_Recurrent, Forecaster):
 
     Parameters
     ----------""" + _PARAM_DOC.replace("Input width", "Exogenous input width (0: none)").replace(
-        "at least 1 for the forecaster", "") + """
+        "at least 1 for the forecaster", "") + _BASELINE_DOC + """
     Examples
     --------
     >>> from river import datasets, evaluate, metrics
@@ -490,7 +505,7 @@ class RNNForecaster(_Recurrent, Forecaster):
                  truncation: Optional[int] = None, optimizer: str = "adam", lr: float = 0.01,
                  clip: Optional[float] = 1.0, seed: int = 0, dtype: str = "float64", key: Optional[str] = None,
                  max_keys: int = 1024, standardize: bool = True, readout_skip: bool = False,
-                 target_lags: int = 1) -> None:
+                 target_lags: int = 1, baseline: Optional[str] = "last") -> None:
         self.cell = cell
         self.n_hidden = n_hidden
         self.n_inputs = n_inputs
@@ -506,6 +521,7 @@ class RNNForecaster(_Recurrent, Forecaster):
         self.readout_skip = readout_skip
         self.standardize = standardize
         self.target_lags = target_lags
+        self.baseline = baseline
         if isinstance(target_lags, bool) or not isinstance(target_lags, (int, np.integer)) or target_lags < 1:
             raise ValueError(f"RNNForecaster needs target_lags >= 1 (its input is the series); got {target_lags!r}")
         self._reset()
@@ -514,7 +530,8 @@ class RNNForecaster(_Recurrent, Forecaster):
     def _unit_test_params(cls):
         yield {"n_hidden": 4}
         yield {"n_hidden": 3, "n_inputs": 2, "cell": "lstm", "key": "period", "target_lags": 2}
-        yield {"n_hidden": 3, "standardize": False}
+        yield {"n_hidden": 3, "standardize": False, "baseline": None}
+        yield {"n_hidden": 3, "baseline": None}
 
     def learn_one(self, y: float, x: Optional[dict] = None) -> None:
         y = float(y)
@@ -547,9 +564,12 @@ class RNNForecaster(_Recurrent, Forecaster):
             m.predict_from_state(xa, s, out, next_state=s_new)
             yhat = float(y_ls[0, 0, 0] + y_ls[1, 0, 0] * out[0]) if pre.finishes else float(out[0])
             preds.append(yhat)
+            k = pre.k                  # (lag_observed[k], with baseline "last": the key has a last target)
             lag_values[1:] = lag_values[:-1]
-            lag_observed[1:] = lag_observed[:-1]
+            lag_observed[1:k] = lag_observed[:k - 1]
             lag_values[0, 0] = yhat
             lag_observed[0] = 1.0
+            if lag_observed.shape[0] > k:
+                lag_observed[k] = 1.0
             s, s_new = s_new, s
         return preds

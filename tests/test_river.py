@@ -56,7 +56,7 @@ PARAMS = dict(cell="gru", n_hidden=5, lr=0.03, clip=1.0, seed=3)
 # ---------------------------------------------------------------------------- regressor
 def test_regressor_matches_model_bit_for_bit_and_predict_is_pure():
     reg = RNNRegressor(n_inputs=3, **PARAMS)
-    m = sr.Model(n_inputs=3, n_outputs=1, task="regression", target_lags=1, **PARAMS)   # the defaults
+    m = sr.Model(n_inputs=3, n_outputs=1, task="regression", target_lags=1, baseline="last", **PARAMS)   # the defaults
     # registration by first appearance: b at t=0 (a is dropped then), a at t=1, c at t=5; d (t=10) finds no free slot
     order = ["b", "a", "c"]
     for t, (x, y) in enumerate(_stream(40)):
@@ -77,7 +77,8 @@ def test_regressor_matches_model_bit_for_bit_and_predict_is_pure():
 def test_regressor_with_readout_skip_matches_model_bit_for_bit():
     """ŷ = W_out h + S x + b through the estimator: the same predictions and weights as the Model."""
     reg = RNNRegressor(n_inputs=3, readout_skip=True, **PARAMS)
-    m = sr.Model(n_inputs=3, n_outputs=1, task="regression", readout_skip=True, target_lags=1, **PARAMS)
+    m = sr.Model(n_inputs=3, n_outputs=1, task="regression", readout_skip=True, target_lags=1, baseline="last",
+                 **PARAMS)
     order = ["b", "a", "c"]
     for t, (x, y) in enumerate(_stream(40)):
         if t > 0:
@@ -123,7 +124,7 @@ def test_feature_width_missing_and_bad_values():
 
 def test_per_key_states_are_independent_and_bounded():
     reg = RNNRegressor(n_inputs=2, key="id", max_keys=2, **PARAMS)
-    m = sr.Model(n_inputs=2, max_keys=2, target_lags=1, **PARAMS)
+    m = sr.Model(n_inputs=2, max_keys=2, target_lags=1, baseline="last", **PARAMS)
     rows = [({"id": k, "u": 0.1 * t, "v": -0.2 * t}, math.cos(t)) for t, k in enumerate("abababab")]
     for x, y in rows:
         reg.learn_one(x, y)
@@ -270,7 +271,7 @@ def test_forecast_is_recursive_and_pure(readout_skip):
 def test_forecast_one_step_is_the_next_learn_prediction_with_standardisation():
     series = [100.0 + 20 * math.sin(t / 3.0) for t in range(50)]
     fc = RNNForecaster(n_hidden=4, n_inputs=1, seed=1, key="id")
-    m = sr.Model(n_inputs=1, n_hidden=4, lr=0.01, clip=1.0, seed=1, target_lags=1)
+    m = sr.Model(n_inputs=1, n_hidden=4, lr=0.01, clip=1.0, seed=1, target_lags=1, baseline="last")
     for t, y in enumerate(series):
         x = {"id": "a", "trend": t / 50.0}
         if t > 0:
@@ -309,7 +310,8 @@ def test_regressor_and_classifier_see_the_previous_target():
     """predict_one after learn_one(x, y) uses y: the same x after different targets predicts differently,
     exactly as Model.peek with the target fed back."""
     for make, model_kw, ys in [
-            (lambda: RNNRegressor(n_inputs=2, key="k", **PARAMS), dict(task="regression"), [1.0, -3.0]),
+            (lambda: RNNRegressor(n_inputs=2, key="k", **PARAMS), dict(task="regression", baseline="last"),
+             [1.0, -3.0]),
             (lambda: RNNClassifier(n_inputs=2, key="k", target_lags=1, **PARAMS), dict(task="binary"), [True, False]),
             (lambda: RNNClassifier(n_inputs=2, n_classes=3, key="k", target_lags=1, **PARAMS),
              dict(task="classification", n_outputs=3), ["x", "y"])]:
