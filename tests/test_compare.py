@@ -169,5 +169,5 @@ def test_cli_options_reach_the_model(tmp_path, capsys):
                          "--target-lags", "2", "--no-standardize", "--no-progress", "--out", str(tmp_path)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("{"))
     out = json.loads(line)
-    assert out["target_lags"] == 2 and out["standardize"] is False
+    assert out["target_lags"] == 2 and out["standardize"] is False and out["baseline"] is None
     assert [r["learner"] for r in out["summary"]] == ["rtrl", "persistence", "running mean"]

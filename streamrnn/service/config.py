@@ -196,6 +196,9 @@ MODEL = Section("model", "Keyword arguments of `streamrnn.Model` (cell, n_hidden
     Key("target_lags", "integer", "target feedback (NARX): each key's last k targets (a label one-hot for "
         "classification) are appended to its inputs, with flags saying which were observed; 0 = off",
         default=0, minimum=0),
+    Key("baseline", "string", "\"last\": the network predicts the change from each key's last target "
+        "(regression; needs standardize = true and target_lags >= 1); absent: it predicts the level",
+        choices=("last",), default_text="absent"),
 ), notes="""\
 Any other keyword of `streamrnn.Model` may be given here too; Model checks it. The summary prints
 the persistence baseline's loss (regression: each key's last target as the prediction, the same
