@@ -111,13 +111,13 @@ class LearnerRun:
 
 
 def _online_learner(name, kw, n_inputs, n_outputs, task, cell, n_hidden, lr, optimizer, clip, seed, dtype,
-                    target_lags=0, standardize=True):
+                    target_lags=0, standardize=True, baseline=None):
     if name == "window":
         return WindowFF(n_inputs=n_inputs, window=kw["window"], n_hidden=n_hidden, n_outputs=n_outputs, task=task,
                         optimizer=optimizer, lr=lr, clip=clip, seed=seed, dtype=dtype)
     return Model(cell=cell, n_inputs=n_inputs, n_hidden=n_hidden, n_outputs=n_outputs, task=task, learner=name,
                  optimizer=optimizer, lr=lr, clip=clip, seed=seed, dtype=dtype, target_lags=target_lags,
-                 standardize=standardize, **kw)
+                 standardize=standardize, baseline=baseline, **kw)
 
 
 NAIVE = ("persistence", "running mean")
@@ -246,10 +246,10 @@ def _run_bidir(spec, X, Y, has_y, tail_start, metric, task, cell, n_hidden, lr, 
 
 def run(X, Y, keys=None, learners=("rtrl", "tbptt:16", "window:10"), cell="gru", n_hidden=16, task="regression",
         metric=None, lr=1e-3, optimizer="adam", clip=None, seeds=(0,), train_fraction=0.8, dtype="float64",
-        n_chunks=50, bidir_epochs=20, progress=True, target_lags=0, standardize=True, naive=True):
+        n_chunks=50, bidir_epochs=20, progress=True, target_lags=0, standardize=True, naive=True, baseline=None):
     """Run every learner (for every seed) over the stream ``X, Y`` (NaN targets: none) and collect runs.
 
-    ``target_lags`` and ``standardize`` go to every :class:`Model` learner (``window:W`` and ``bidir``
+    ``target_lags``, ``standardize`` and ``baseline`` go to every :class:`Model` learner (``window:W`` and ``bidir``
     have neither). With ``naive`` the naive baselines (:func:`naive_predictions`: persistence and the
     running mean) are scored on the same samples and appear as rows beside the learners."""
     X = np.ascontiguousarray(X, dtype=np.float64)
@@ -280,7 +280,7 @@ def run(X, Y, keys=None, learners=("rtrl", "tbptt:16", "window:10"), cell="gru",
                 learner, preds, curve, elapsed, held_10 = _run_online(
                     spec, X, Y, keys, has_y, tail_start, metric, task, n_chunks, bar, cell=cell, n_hidden=n_hidden,
                     lr=lr, optimizer=optimizer, clip=clip, seed=seed, dtype=dtype, n_outputs=n_outputs,
-                    target_lags=target_lags, standardize=standardize)
+                    target_lags=target_lags, standardize=standardize, baseline=baseline)
                 runs.append(LearnerRun(
                     spec, seed, score(metric, task, preds, Y, has_y),
                     score(metric, task, preds[tail_start:], Y[tail_start:], has_y[tail_start:]),
@@ -293,7 +293,7 @@ def run(X, Y, keys=None, learners=("rtrl", "tbptt:16", "window:10"), cell="gru",
         runs.extend(_naive_runs(Y, has_y, keys, task, n_outputs, metric, tail_start, n_chunks))
     return Comparison(runs, metric, dict(cell=cell, n_hidden=n_hidden, task=task, lr=lr, optimizer=optimizer,
                                          n_steps=int(X.shape[0]), train_fraction=train_fraction,
-                                         target_lags=target_lags, standardize=standardize))
+                                         target_lags=target_lags, standardize=standardize, baseline=baseline))
 
 
 def gradient_alignment(model, X, Y):
@@ -464,6 +464,8 @@ def build_parser(parser=None):
                    help="target feedback: each key's last K targets as extra inputs of the Model learners")
     p.add_argument("--no-standardize", action="store_true",
                    help="turn off the Model learners' online standardisation of inputs and targets")
+    p.add_argument("--baseline", choices=("last",), default=None,
+                   help="the Model learners predict the change from each key's last target (needs --target-lags >= 1)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -491,7 +493,7 @@ def main(argv=None, args=None):
     result = run(X, Y, keys=keys, learners=[s.strip() for s in args.learners.split(",") if s.strip()], cell=args.cell,
                  n_hidden=args.hidden, task=task, lr=args.lr, optimizer=args.optimizer, clip=args.clip,
                  seeds=tuple(range(args.seeds)), train_fraction=args.train_fraction, progress=not args.no_progress,
-                 target_lags=args.target_lags, standardize=not args.no_standardize)
+                 target_lags=args.target_lags, standardize=not args.no_standardize, baseline=args.baseline)
     print(result.table())
     result.write(args.out)
     print(json.dumps({"benchmark": "compare", "dataset": args.stream or args.dataset, **result.to_json()["setup"],
