@@ -430,7 +430,7 @@ def test_target_lags_and_standardize_reach_the_model_and_summary_prints_persiste
 
 def test_config_checks_target_lags_and_standardize(tmp_path, stream):
     src, _, _ = stream
-    for bad in ({"target_lags": -1}, {"target_lags": 1.5}, {"standardize": "yes"}):
+    for bad in ({"target_lags": -1}, {"target_lags": 1.5}, {"standardize": "yes"}, {"baseline": "mean"}):
         raw = config(tmp_path, src)
         raw["model"].update(bad)
         with pytest.raises(ConfigError, match=f"model.{next(iter(bad))}"):
