@@ -8,6 +8,7 @@ state per owned partition). ``Daemon(config)`` picks the runner for the config.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import time
@@ -214,22 +215,25 @@ class Daemon:
 
     def _score_persistence(self, keys, Yg, has_y, losses, known):
         """Persistence baseline, in record order: the loss ½‖y_last − y‖² of the key's previous
-        target against this record's, beside the model's loss on the same record."""
+        target against this record's, beside the model's loss on the same record (records whose
+        persistence loss overflows are left out of both)."""
         last, s = self._last_target, self.stats
-        for i in np.flatnonzero(has_y).tolist():
-            key, y = keys[i], Yg[i]
-            prev = last.get(key)
-            if prev is None:
-                if len(last) >= self._last_target_cap:
-                    last.popitem(last=False)
-            else:
-                last.move_to_end(key)
-                if known[i]:
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i in np.flatnonzero(has_y).tolist():
+                key, y = keys[i], Yg[i]
+                prev = last.get(key)
+                if prev is None:
+                    if len(last) >= self._last_target_cap:
+                        last.popitem(last=False)
+                else:
+                    last.move_to_end(key)
                     d = prev - y
-                    s["persistence_loss_sum"] += 0.5 * float(d @ d)
-                    s["persistence_model_loss_sum"] += float(losses[i])
-                    s["persistence_count"] += 1
-            last[key] = y.copy()
+                    loss = 0.5 * float(d @ d)
+                    if known[i] and math.isfinite(loss):     # a target too large to square: not scored
+                        s["persistence_loss_sum"] += loss
+                        s["persistence_model_loss_sum"] += float(losses[i])
+                        s["persistence_count"] += 1
+                last[key] = y.copy()
 
     def _persistence_str(self):
         if not self._regression:
