@@ -11,7 +11,10 @@ causal: it bounds what hindsight buys, it is not a streaming competitor.
 Reported per learner (mean ± std over seeds): the prequential metric, the
 tail metric, steps/s, bytes of learner state per key, the learner state held
 at 10 % and at 100 % of the stream (flat for every streaming learner) and the
-process's peak resident memory while it ran.
+process's peak resident memory while it ran. Beside the learners, the naive
+baselines scored on the same samples (persistence: each key's last target; the
+running mean of the key's targets), so the table shows at once whether a
+learner learned anything.
 """
 import csv
 import json
@@ -107,12 +110,86 @@ class LearnerRun:
     curve: list = field(default_factory=list)    # (step, metric over the preceding chunk)
 
 
-def _online_learner(name, kw, n_inputs, n_outputs, task, cell, n_hidden, lr, optimizer, clip, seed, dtype):
+def _online_learner(name, kw, n_inputs, n_outputs, task, cell, n_hidden, lr, optimizer, clip, seed, dtype,
+                    target_lags=0, standardize=True, baseline=None):
     if name == "window":
         return WindowFF(n_inputs=n_inputs, window=kw["window"], n_hidden=n_hidden, n_outputs=n_outputs, task=task,
                         optimizer=optimizer, lr=lr, clip=clip, seed=seed, dtype=dtype)
     return Model(cell=cell, n_inputs=n_inputs, n_hidden=n_hidden, n_outputs=n_outputs, task=task, learner=name,
-                 optimizer=optimizer, lr=lr, clip=clip, seed=seed, dtype=dtype, **kw)
+                 optimizer=optimizer, lr=lr, clip=clip, seed=seed, dtype=dtype, target_lags=target_lags,
+                 standardize=standardize, baseline=baseline, **kw)
+
+
+NAIVE = ("persistence", "running mean")
+
+
+def naive_predictions(Y, has_y, keys, task, n_outputs):
+    """Test-then-train predictions of the naive baselines, per key, in arrival order:
+    ``{"persistence": ..., "running mean": ...}`` (rows without a target hold the key's
+    value as it stands). Regression: persistence predicts the key's last target, the running mean
+    the mean of the key's targets so far; a key with no target yet gets the running mean of all
+    targets so far (0 before any). Classification and binary: the running class frequency of
+    the key (Laplace-smoothed: one pseudo-count per class) for both rows, since a hard repeat of the
+    last label has an unbounded log loss; persistence then predicts the key's last label with the
+    probability its own record of repeats gives (the Laplace-smoothed rate at which the key's label
+    equalled the previous one)."""
+    n = Y.shape[0]
+    keys = [None] * n if keys is None else keys
+    if task == "regression":
+        w = Y.shape[1]
+        pers, mean = np.empty((n, w)), np.empty((n, w))
+        g_sum, g_n, last, sums = np.zeros(w), 0, {}, {}
+        for i in range(n):
+            k = keys[i]
+            g_mean = g_sum / g_n if g_n else np.zeros(w)
+            pers[i] = last.get(k, g_mean)
+            s, c = sums.get(k, (None, 0))
+            mean[i] = s / c if c else g_mean
+            if has_y[i]:
+                y = Y[i]
+                last[k] = y
+                sums[k] = (y.copy() if s is None else s + y, c + 1)
+                g_sum = g_sum + y
+                g_n += 1
+        return {"persistence": pers, "running mean": mean}
+    n_cls = 2 if task == "binary" else n_outputs
+    freq, pers = np.empty((n, n_cls)), np.empty((n, n_cls))
+    counts, last, repeats = {}, {}, {}
+    for i in range(n):
+        k = keys[i]
+        c = counts.get(k)
+        if c is None:
+            c = counts[k] = np.ones(n_cls)
+        freq[i] = c / c.sum()
+        r_same, r_all = repeats.get(k, (1.0, 2.0))
+        prev = last.get(k)
+        if prev is None:
+            pers[i] = freq[i]
+        else:
+            q = r_same / r_all
+            pers[i] = (1.0 - q) / max(n_cls - 1, 1)
+            pers[i, prev] = q
+        if has_y[i]:
+            label = int(Y[i, 0])
+            c[label] += 1
+            if prev is not None:
+                repeats[k] = (r_same + (label == prev), r_all + 1)
+            last[k] = label
+    if task == "binary":
+        freq, pers = freq[:, 1:], pers[:, 1:]
+    return {"persistence": pers, "running mean": freq}
+
+
+def _naive_runs(Y, has_y, keys, task, n_outputs, metric, tail_start, n_chunks):
+    runs = []
+    bounds = np.linspace(0, Y.shape[0], n_chunks + 1).astype(int)
+    for name, preds in naive_predictions(Y, has_y, keys, task, n_outputs).items():
+        curve = [(int(hi), score(metric, task, preds[lo:hi], Y[lo:hi], has_y[lo:hi]))
+                 for lo, hi in zip(bounds[:-1], bounds[1:])]
+        runs.append(LearnerRun(name, 0, score(metric, task, preds, Y, has_y),
+                               score(metric, task, preds[tail_start:], Y[tail_start:], has_y[tail_start:]),
+                               float("nan"), None, None, None, None, curve))
+    return runs
 
 
 def _run_online(spec, X, Y, keys, has_y, tail_start, metric, task, n_chunks, progress, **model_kw):
@@ -169,8 +246,12 @@ def _run_bidir(spec, X, Y, has_y, tail_start, metric, task, cell, n_hidden, lr, 
 
 def run(X, Y, keys=None, learners=("rtrl", "tbptt:16", "window:10"), cell="gru", n_hidden=16, task="regression",
         metric=None, lr=1e-3, optimizer="adam", clip=None, seeds=(0,), train_fraction=0.8, dtype="float64",
-        n_chunks=50, bidir_epochs=20, progress=True):
-    """Run every learner (for every seed) over the stream ``X, Y`` (NaN targets: none) and collect runs."""
+        n_chunks=50, bidir_epochs=20, progress=True, target_lags=0, standardize=True, naive=True, baseline=None):
+    """Run every learner (for every seed) over the stream ``X, Y`` (NaN targets: none) and collect runs.
+
+    ``target_lags``, ``standardize`` and ``baseline`` go to every :class:`Model` learner (``window:W`` and ``bidir``
+    have neither). With ``naive`` the naive baselines (:func:`naive_predictions`: persistence and the
+    running mean) are scored on the same samples and appear as rows beside the learners."""
     X = np.ascontiguousarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
     if Y.ndim == 1:
@@ -198,7 +279,8 @@ def run(X, Y, keys=None, learners=("rtrl", "tbptt:16", "window:10"), cell="gru",
                     continue
                 learner, preds, curve, elapsed, held_10 = _run_online(
                     spec, X, Y, keys, has_y, tail_start, metric, task, n_chunks, bar, cell=cell, n_hidden=n_hidden,
-                    lr=lr, optimizer=optimizer, clip=clip, seed=seed, dtype=dtype, n_outputs=n_outputs)
+                    lr=lr, optimizer=optimizer, clip=clip, seed=seed, dtype=dtype, n_outputs=n_outputs,
+                    target_lags=target_lags, standardize=standardize, baseline=baseline)
                 runs.append(LearnerRun(
                     spec, seed, score(metric, task, preds, Y, has_y),
                     score(metric, task, preds[tail_start:], Y[tail_start:], has_y[tail_start:]),
@@ -207,8 +289,11 @@ def run(X, Y, keys=None, learners=("rtrl", "tbptt:16", "window:10"), cell="gru",
     finally:
         if bar is not None:
             bar.close()
+    if naive:
+        runs.extend(_naive_runs(Y, has_y, keys, task, n_outputs, metric, tail_start, n_chunks))
     return Comparison(runs, metric, dict(cell=cell, n_hidden=n_hidden, task=task, lr=lr, optimizer=optimizer,
-                                         n_steps=int(X.shape[0]), train_fraction=train_fraction))
+                                         n_steps=int(X.shape[0]), train_fraction=train_fraction,
+                                         target_lags=target_lags, standardize=standardize, baseline=baseline))
 
 
 def gradient_alignment(model, X, Y):
@@ -216,7 +301,8 @@ def gradient_alignment(model, X, Y):
 
     Feeds ``X, Y`` to ``model`` one sample at a time (it learns exactly as with
     ``step_many``) while an exact RTRL influence matrix is carried alongside under
-    the same, changing weights; returns the cosine at every labelled step. Used
+    the same, changing weights; returns the cosine at every labelled step (the model must be
+    built with ``standardize=False`` and ``target_lags=0``). Used
     for the approximations (``snap1``, ``uoro``); an exact learner gives 1.
     """
     from .learners.rtrl import rtrl_sample
@@ -224,6 +310,9 @@ def gradient_alignment(model, X, Y):
         raise ValueError("gradient_alignment needs clip=None (clipping rescales the gradient in place)")
     if registry.get(model.learner).windowed:
         raise ValueError(f"{model.learner.upper()} applies window gradients, not per-step ones")
+    if model.config["standardize"] or model.config["target_lags"]:
+        raise ValueError("gradient_alignment needs standardize=False and target_lags=0 (the exact RTRL run "
+                         "alongside sees the raw rows)")
     X, Yf, has_y, _ = model.validate_rows(X, Y)
     Y_rows = np.where(has_y[:, None], Yf, np.nan)
     dims = model.dims
@@ -265,6 +354,9 @@ class Comparison:
             for name in ("state_bytes_per_key", "state_bytes_at_10pct", "state_bytes_at_end", "peak_rss_bytes"):
                 values = [getattr(r, name) for r in rs if getattr(r, name) is not None]
                 row[name] = max(values) if values else None
+            row["naive"] = spec in NAIVE
+            if spec in NAIVE:
+                row["steps_per_s"] = row["steps_per_s_std"] = None
             rows.append(row)
         return rows
 
@@ -275,10 +367,11 @@ class Comparison:
         lines = [head, "-" * len(head)]
         for r in self.summary():
             lines.append(f"{r['learner']:<12}{_pm(r['prequential'], r['prequential_std']):>24}"
-                         f"{_pm(r['tail'], r['tail_std']):>24}{r['steps_per_s']:>10.0f}"
+                         f"{_pm(r['tail'], r['tail_std']):>24}"
+                         f"{'-' if r['steps_per_s'] is None else format(r['steps_per_s'], '.0f'):>10}"
                          f"{_or_dash(r['state_bytes_per_key']):>12}{_or_dash(r['state_bytes_at_10pct']):>11}"
                          f"{_or_dash(r['state_bytes_at_end']):>11}"
-                         f"{r['peak_rss_bytes'] / 2 ** 20:>13.1f}")
+                         f"{'-' if r['peak_rss_bytes'] is None else format(r['peak_rss_bytes'] / 2 ** 20, '.1f'):>13}")
         return "\n".join(lines)
 
     def to_json(self):
@@ -367,6 +460,12 @@ def build_parser(parser=None):
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
     p.add_argument("--train-fraction", type=float, default=0.8, help="the tail after it is held out")
     p.add_argument("--out", default="compare-out", help="directory for comparison.json/.csv and the plot")
+    p.add_argument("--target-lags", type=int, default=0, metavar="K",
+                   help="target feedback: each key's last K targets as extra inputs of the Model learners")
+    p.add_argument("--no-standardize", action="store_true",
+                   help="turn off the Model learners' online standardisation of inputs and targets")
+    p.add_argument("--baseline", choices=("last",), default=None,
+                   help="the Model learners predict the change from each key's last target (needs --target-lags >= 1)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -393,7 +492,8 @@ def main(argv=None, args=None):
             print(f"wrote the {args.dataset} stream to {args.save_stream}")
     result = run(X, Y, keys=keys, learners=[s.strip() for s in args.learners.split(",") if s.strip()], cell=args.cell,
                  n_hidden=args.hidden, task=task, lr=args.lr, optimizer=args.optimizer, clip=args.clip,
-                 seeds=tuple(range(args.seeds)), train_fraction=args.train_fraction, progress=not args.no_progress)
+                 seeds=tuple(range(args.seeds)), train_fraction=args.train_fraction, progress=not args.no_progress,
+                 target_lags=args.target_lags, standardize=not args.no_standardize, baseline=args.baseline)
     print(result.table())
     result.write(args.out)
     print(json.dumps({"benchmark": "compare", "dataset": args.stream or args.dataset, **result.to_json()["setup"],

@@ -36,7 +36,7 @@ LEARNERS = registry.names()
 GRADIENT_METHODS = LEARNERS + ("bptt",)
 _FORMAT_KIND = "streamrnn.Model"
 # What a checkpoint written before an option existed implies for it.
-_OLD_DEFAULTS = {"readout_skip": False, "target_lags": 0, "standardize": False}
+_OLD_DEFAULTS = {"readout_skip": False, "target_lags": 0, "standardize": False, "baseline": None}
 
 ArrayLike = Any          # what np.asarray accepts
 Key = Optional[Union[str, int]]
@@ -125,6 +125,11 @@ class Model:
         running mean/variance of every input and regression target, winsorised against outlier
         bursts, global (shared by all keys), checkpointed. The network sees standardised inputs
         and learns standardised targets; predictions and reported losses are in the target's units.
+    baseline : {None, "last"}
+        ``"last"`` (regression, with ``standardize`` and ``target_lags >= 1``): the network predicts
+        the change from the key's last target, ``ŷ = y_last + s_Δ · f`` with ``s_Δ`` the running
+        scale of the changes (persistence is its baseline); a key's first target is predicted as
+        the level, as without it (:mod:`streamrnn.preprocess`).
 
     Predictions are ŷ for regression, class probabilities for classification
     and P(y = 1) for binary, always as an array of ``n_outputs`` values.
@@ -146,7 +151,8 @@ class Model:
                  clip: Optional[float] = None, seed: int = 0, dtype: str = "float64", max_keys: int = 1024,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, momentum: float = 0.0,
                  weight_decay: float = 0.0, truncation: Optional[int] = None, stride: Optional[int] = None,
-                 readout_skip: bool = False, target_lags: int = 0, standardize: bool = True) -> None:
+                 readout_skip: bool = False, target_lags: int = 0, standardize: bool = True,
+                 baseline: Optional[str] = None) -> None:
         choice("cell", cell, tuple(CELL_IDS))
         choice("task", task, tuple(TASK_IDS))
         choice("learner", learner, registry.names())
@@ -176,7 +182,7 @@ class Model:
         self.config = dict(cell=cell, n_inputs=n_inputs, n_hidden=n_hidden, n_outputs=n_outputs,
                            task=task, learner=learner, seed=seed, dtype=dtype, max_keys=max_keys,
                            truncation=truncation, stride=stride, readout_skip=bool(readout_skip),
-                           target_lags=target_lags, standardize=bool(standardize), **opt_config)
+                           target_lags=target_lags, standardize=bool(standardize), baseline=baseline, **opt_config)
         self._cell = CELL_IDS[cell]
         self._task = TASK_IDS[task]
         self.race = optimizer == RACE
@@ -184,7 +190,8 @@ class Model:
         self.dtype = np.dtype(dtype)
         self.n_inputs, self.n_hidden, self.n_outputs = n_inputs, n_hidden, n_outputs
         self.max_keys = max_keys
-        self._pre = Preprocessor(self._task, n_inputs, n_outputs, target_lags, standardize, self.dtype)
+        self._pre = Preprocessor(self._task, n_inputs, n_outputs, target_lags, standardize, self.dtype,
+                                 baseline=baseline)
         self.n_cell_inputs = n_cell_inputs = self._pre.n_cell_inputs   # n_inputs + the target-feedback columns
         self._gates = n_gates(self._cell)
         self._state_size = state_size(self._cell, n_hidden)

@@ -39,21 +39,24 @@ from .standardize import (
 )
 
 STATE_NAMES = ("standardize.x_stats", "standardize.y_stats")
+BASELINE_STATE = "standardize.d_stats"
+BASELINES = (None, "last")
 
 
 # Fields of the settings vector handed to ``prepare_rows`` (one array: a scalar argument costs a
 # compiled call more to dispatch than an array does, and the river path calls it per sample).
-TASK, STANDARDIZE, CLIP_AT, WARMUP_N, N_INPUTS, N_SETTINGS = 0, 1, 2, 3, 4, 5
+TASK, STANDARDIZE, CLIP_AT, WARMUP_N, N_INPUTS, BASELINE, N_SETTINGS = 0, 1, 2, 3, 4, 5, 6
 
 
-def settings(task_id, standardize, n_inputs, clip=CLIP, warmup=WARMUP):
+def settings(task_id, standardize, n_inputs, clip=CLIP, warmup=WARMUP, baseline=None):
     out = np.zeros(N_SETTINGS, np.float64)
-    out[[TASK, STANDARDIZE, CLIP_AT, WARMUP_N, N_INPUTS]] = task_id, float(bool(standardize)), clip, warmup, n_inputs
+    out[[TASK, STANDARDIZE, CLIP_AT, WARMUP_N, N_INPUTS, BASELINE]] = (
+        task_id, float(bool(standardize)), clip, warmup, n_inputs, float(baseline == "last"))
     return out
 
 
 @njit(cache=True)
-def prepare_rows(cfg, X, Y, has_y, slots, reset, x_stats, y_stats, lag_values, lag_observed,
+def prepare_rows(cfg, X, Y, has_y, slots, reset, x_stats, y_stats, d_stats, lag_values, lag_observed,
                  Xa, Ys, has_learn, y_ls):
     """Transform rows in arrival order (see the module docstring), advancing ``x_stats``, ``y_stats``
     and the keys' lag buffers (``lag_values`` (keys, k, w), ``lag_observed`` (keys, k); k may be 0)
@@ -70,6 +73,7 @@ def prepare_rows(cfg, X, Y, has_y, slots, reset, x_stats, y_stats, lag_values, l
     k = lag_values.shape[1]
     w = lag_values.shape[2]
     std_y = standardize and task == REGRESSION
+    base = cfg[BASELINE] != 0.0 and std_y and k > 0      # baseline "last": lag_observed[:, k] = ever observed
     for i in range(X.shape[0]):
         slot = slots[i]
         if k > 0 and reset[i]:
@@ -90,19 +94,31 @@ def prepare_rows(cfg, X, Y, has_y, slots, reset, x_stats, y_stats, lag_values, l
                     Xa[i, n_in + lag * w + q] = standardize_value(y_stats, q, v, clip) if std_y else v
                 Xa[i, n_in + k * w + lag] = obs[lag]
         if std_y:
+            has_last = base and lag_observed[slot, k] != 0.0
             for q in range(Y.shape[1]):
-                y_loc[i, q] = y_stats[MEAN, q]
-                y_scale[i, q] = scale_of(y_stats, q)
-                Ys[i, q] = standardize_value(y_stats, q, Y[i, q], clip)
-            has_learn[i] = has_y[i] and y_stats[COUNT, 0] >= 2.0
+                if has_last:         # the change from the key's last target, in units of the changes' scale
+                    last = lag_values[slot, 0, q]
+                    y_loc[i, q] = last
+                    y_scale[i, q] = scale_of(d_stats, q)
+                    z = (Y[i, q] - last) / y_scale[i, q]
+                    Ys[i, q] = clip if z > clip else (-clip if z < -clip else z)
+                else:
+                    y_loc[i, q] = y_stats[MEAN, q]
+                    y_scale[i, q] = scale_of(y_stats, q)
+                    Ys[i, q] = standardize_value(y_stats, q, Y[i, q], clip)
+            has_learn[i] = has_y[i] and y_stats[COUNT, 0] >= 2.0 and (not has_last or d_stats[COUNT, 0] >= 2.0)
             if has_y[i]:
                 for q in range(Y.shape[1]):
+                    if has_last:
+                        fold(d_stats, q, Y[i, q] - lag_values[slot, 0, q], clip, warmup)
                     fold(y_stats, q, Y[i, q], clip, warmup)
         else:
             Ys[i, :] = Y[i, :]
             has_learn[i] = has_y[i]
         if k > 0:
             narx.push_target(task, lag_values[slot], lag_observed[slot], Y[i], has_y[i])
+            if base and has_y[i]:
+                lag_observed[slot, k] = 1.0
 
 
 @njit(cache=True)
@@ -129,12 +145,20 @@ class Preprocessor:
     its learner. Inactive (``active`` False) when ``standardize`` is off and ``target_lags`` is 0:
     the Model then skips it entirely (bit-identical to a model without it)."""
 
-    def __init__(self, task_id, n_inputs, n_outputs, target_lags, standardize, dtype, clip=CLIP, warmup=WARMUP):
+    def __init__(self, task_id, n_inputs, n_outputs, target_lags, standardize, dtype, clip=CLIP, warmup=WARMUP,
+                 baseline=None):
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline must be None or 'last'; got {baseline!r}")
+        if baseline == "last" and not (task_id == REGRESSION and standardize and target_lags >= 1):
+            raise ValueError("baseline='last' needs task='regression', standardize=True and target_lags >= 1 "
+                             "(the key's last target is held in its lag buffer)")
         self.task, self.n_inputs, self.n_outputs = task_id, n_inputs, n_outputs
         self.k, self.standardize = int(target_lags), bool(standardize)
+        self.baseline = baseline
+        self._ext = 1 if baseline == "last" else 0      # lag_observed's extra column: the key has a last target
         self.dtype = np.dtype(dtype)
         self.clip, self.warmup = float(clip), float(warmup)
-        self._cfg = settings(task_id, standardize, n_inputs, clip, warmup)
+        self._cfg = settings(task_id, standardize, n_inputs, clip, warmup, baseline)
         self.w = narx.lag_width(task_id, n_outputs)
         self.width_y = n_outputs if task_id == REGRESSION else 1
         self.n_cell_inputs = n_inputs + narx.lag_inputs(task_id, n_outputs, self.k)
@@ -142,16 +166,22 @@ class Preprocessor:
         self.finishes = self.standardize and task_id == REGRESSION
         self.x_stats = make_stats(n_inputs)
         self.y_stats = make_stats(self.width_y)
+        self.d_stats = make_stats(self.width_y)     # changes y − y_last (baseline "last" only)
         self._no_lags = (np.zeros((1, 0, self.w)), np.zeros((1, 0)))
         self._cap = self._views_n = 0
         self._grow(1)
+
+    def __getstate__(self):
+        # The peek scratch is not state (every peek overwrites it): leaving it out keeps a pickle a
+        # function of the model's state, so a prediction does not change it. It is rebuilt lazily.
+        return {k: v for k, v in self.__dict__.items() if k != "_peek"}
 
     def per_key_layout(self):
         """(name, shape, dtype) of the per-key arrays target feedback adds (none for k = 0)."""
         if self.k == 0:
             return []
         return [("lag_values", (self.k, self.w), np.dtype(np.float64)),
-                ("lag_observed", (self.k,), np.dtype(np.float64))]
+                ("lag_observed", (self.k + self._ext,), np.dtype(np.float64))]
 
     def _grow(self, n):
         if n > self._cap:
@@ -171,7 +201,8 @@ class Preprocessor:
         if X.shape[0] != self._views_n:
             self._grow(X.shape[0])
         lags = (keyed_arrays["lag_values"], keyed_arrays["lag_observed"]) if self.k else self._no_lags
-        prepare_rows(self._cfg, X, Y, has_y, slots, reset, self.x_stats, self.y_stats, *lags, *self._views)
+        prepare_rows(self._cfg, X, Y, has_y, slots, reset, self.x_stats, self.y_stats, self.d_stats, *lags,
+                     *self._views)
         return self._views
 
     def finish(self, Y, has_y, y_ls, out, losses):
@@ -189,13 +220,13 @@ class Preprocessor:
         if self.k:
             fresh = lag_row is None
             lag_values = np.zeros((1, self.k, self.w)) if fresh else lag_row[0][None].copy()
-            lag_observed = np.zeros((1, self.k)) if fresh else lag_row[1][None].copy()
+            lag_observed = np.zeros((1, self.k + self._ext)) if fresh else lag_row[1][None].copy()
         else:
             lag_values, lag_observed = self._no_lags
         slots = np.zeros(n, np.int64)
         reset = np.zeros(n, np.bool_)
         prepare_rows(self._cfg, X, Y, has_y, slots, reset, self.x_stats.copy(), self.y_stats.copy(),
-                     lag_values, lag_observed, *out)
+                     self.d_stats.copy(), lag_values, lag_observed, *out)
         return out
 
     def peek_row(self, x, lag_values=None, lag_observed=None):
@@ -206,13 +237,15 @@ class Preprocessor:
         if not hasattr(self, "_peek"):
             w = self.width_y
             self._peek = (self.x_stats.copy(), self.y_stats.copy(), np.zeros((1, self.k, self.w)),
-                          np.zeros((1, self.k)), np.zeros((1, w), self.dtype), np.zeros(1, np.bool_),
+                          np.zeros((1, self.k + self._ext)), np.zeros((1, w), self.dtype), np.zeros(1, np.bool_),
                           np.zeros(1, np.int64), np.zeros(1, np.bool_),
                           (np.zeros((1, self.n_cell_inputs), self.dtype), np.zeros((1, w), self.dtype),
-                           np.zeros(1, np.bool_), np.zeros((2, 1, w))))
-        xs, ys, lv, lo, y0, has0, slot0, reset0, out = self._peek
+                           np.zeros(1, np.bool_), np.zeros((2, 1, w))), self.d_stats.copy())
+        xs, ys, lv, lo, y0, has0, slot0, reset0, out, ds = self._peek
         xs[:] = self.x_stats
         ys[:] = self.y_stats
+        if self.baseline:
+            ds[:] = self.d_stats
         if self.k:
             if lag_values is None:
                 lv[:] = 0.0
@@ -222,17 +255,21 @@ class Preprocessor:
                 lo[0] = lag_observed
         else:
             lv, lo = self._no_lags
-        prepare_rows(self._cfg, x, y0, has0, slot0, reset0, xs, ys, lv, lo, *out)
+        prepare_rows(self._cfg, x, y0, has0, slot0, reset0, xs, ys, ds, lv, lo, *out)
         return out[0][0], out[3]
 
+    def _stat_arrays(self):
+        names = STATE_NAMES + ((BASELINE_STATE,) if self.baseline else ())
+        return list(zip(names, (self.x_stats, self.y_stats, self.d_stats)))
+
     def state_arrays(self):
-        return {STATE_NAMES[0]: self.x_stats, STATE_NAMES[1]: self.y_stats} if self.standardize else {}
+        return dict(self._stat_arrays()) if self.standardize else {}
 
     def check_state(self, arrays, source, error):
         """Validate the saved statistics (before anything is restored)."""
         if not self.standardize:
             return
-        for name, dest in zip(STATE_NAMES, (self.x_stats, self.y_stats)):
+        for name, dest in self._stat_arrays():
             got = arrays.get(name)
             if got is None or got.shape != dest.shape or got.dtype != dest.dtype or not np.isfinite(got).all() \
                     or (got[COUNT] < 0).any() or (got[2] < 0).any():
@@ -241,5 +278,5 @@ class Preprocessor:
     def load_state(self, arrays):
         """Adopt the statistics checked by :meth:`check_state`."""
         if self.standardize:
-            self.x_stats[:] = arrays[STATE_NAMES[0]]
-            self.y_stats[:] = arrays[STATE_NAMES[1]]
+            for name, dest in self._stat_arrays():
+                dest[:] = arrays[name]

@@ -59,7 +59,8 @@ def test_run_reports_what_the_learners_do(tmp_path):
     assert rows["window:4"]["state_bytes_per_key"] == 8 * 4
     result.write(tmp_path)
     saved = json.loads((tmp_path / "comparison.json").read_text())
-    assert [r["learner"] for r in saved["summary"]] == ["rtrl", "tbptt:5:2", "window:4"]
+    assert [r["learner"] for r in saved["summary"]] == ["rtrl", "tbptt:5:2", "window:4", "persistence",
+                                                         "running mean"]
     assert (tmp_path / "comparison.csv").read_text().splitlines()[0].startswith("learner,seeds,prequential")
     assert (tmp_path / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "tbptt:5:2" in result.table()
@@ -70,9 +71,10 @@ def test_gradient_alignment_measures_the_approximation_without_changing_training
     X, Y = one_step_ahead(mackey_glass(401))
     cos = {}
     for learner in ("rtrl", "snap1", "uoro"):
-        m = sr.Model(cell="rnn", n_inputs=1, n_hidden=8, learner=learner, lr=1e-3, seed=2)
+        m = sr.Model(cell="rnn", n_inputs=1, n_hidden=8, learner=learner, lr=1e-3, seed=2, standardize=False)
         cos[learner] = compare.gradient_alignment(m, X, Y)
-        reference = sr.Model(cell="rnn", n_inputs=1, n_hidden=8, learner=learner, lr=1e-3, seed=2)
+        reference = sr.Model(cell="rnn", n_inputs=1, n_hidden=8, learner=learner, lr=1e-3, seed=2,
+                             standardize=False)
         reference.step_many(X, Y)
         assert np.array_equal(m.theta, reference.theta)      # the analysis run is the ordinary run
     assert len(cos["rtrl"]) == 400
@@ -81,6 +83,8 @@ def test_gradient_alignment_measures_the_approximation_without_changing_training
     assert cos["uoro"].mean() < cos["snap1"].mean()
     with pytest.raises(ValueError, match="clip=None"):
         compare.gradient_alignment(sr.Model(clip=1.0), X, Y)
+    with pytest.raises(ValueError, match="standardize=False"):
+        compare.gradient_alignment(sr.Model(), X, Y)
 
 
 def test_offline_bidirectional_learner_is_trained_on_the_head_and_scored_on_the_tail():
@@ -88,7 +92,8 @@ def test_offline_bidirectional_learner_is_trained_on_the_head_and_scored_on_the_
     X, Y = one_step_ahead(mackey_glass(1201))
     result = compare.run(X, Y, learners=["bidir:40"], cell="gru", n_hidden=6, task="regression", lr=1e-2,
                          bidir_epochs=3, progress=False)
-    (row,) = result.summary()
+    row, persistence, mean = result.summary()
+    assert (row["learner"], persistence["learner"], mean["learner"]) == ("bidir:40", "persistence", "running mean")
     fitted = sr.bptt.fit(np.ascontiguousarray(X[:960].reshape(24, 40, 1).transpose(1, 0, 2)),
                          np.ascontiguousarray(Y[:960].reshape(24, 40, 1).transpose(1, 0, 2)), cell="gru",
                          n_hidden=6, bidirectional=True, merge="concat", task="regression", lr=1e-2, epochs=3,
@@ -113,3 +118,56 @@ def test_generated_streams_round_trip_through_a_recorded_stream_file(tmp_path):
     with open(path, "a") as fh:
         fh.write('{"ts": 1, "key": 1, "value": {"x0": "bad", "x1": 0}}\nnot json\n')
     assert read_stream(path, names, "y")[3] == 2
+
+
+def _naive_reference(Y, keys):
+    """Persistence and running mean written out plainly: per key the last target / the mean of its
+    targets so far; a key's first record gets the mean of all targets so far (0 before any)."""
+    last, hist, seen = {}, {}, []
+    pers, mean = [], []
+    for y, k in zip(Y[:, 0].tolist(), keys):
+        g = sum(seen) / len(seen) if seen else 0.0
+        pers.append(last.get(k, g))
+        mean.append(sum(hist[k]) / len(hist[k]) if hist.get(k) else g)
+        if y == y:
+            last[k] = y
+            hist.setdefault(k, []).append(y)
+            seen.append(y)
+    return np.array(pers)[:, None], np.array(mean)[:, None]
+
+
+def test_naive_rows_are_the_persistence_and_running_mean_forecasts(tmp_path):
+    rng = np.random.default_rng(4)
+    n = 400
+    keys = [f"k{i % 3}" for i in range(n)]
+    level = np.cumsum(rng.normal(size=n))
+    X = rng.normal(size=(n, 2))
+    Y = (level + 0.1 * rng.normal(size=n))[:, None]
+    Y[::7] = np.nan                       # rows without a target hold the key's values
+    result = compare.run(X, Y, keys=keys, learners=["rtrl"], n_hidden=3, seeds=(0,), n_chunks=4, progress=False,
+                         metric="mse", target_lags=1, standardize=False)
+    rows = {r["learner"]: r for r in result.summary()}
+    has = ~np.isnan(Y[:, 0])
+    tail = int(0.8 * n)
+    for name, P in zip(("persistence", "running mean"), _naive_reference(Y, keys)):
+        err = (P[has] - Y[has]) ** 2
+        assert rows[name]["prequential"] == pytest.approx(err.mean(), rel=1e-12)
+        err_tail = (P[tail:][has[tail:]] - Y[tail:][has[tail:]]) ** 2
+        assert rows[name]["tail"] == pytest.approx(err_tail.mean(), rel=1e-12)
+        assert rows[name]["naive"] and rows[name]["steps_per_s"] is None
+    # the Model learner got target_lags and standardize
+    direct = sr.Model(cell="gru", n_inputs=2, n_hidden=3, seed=0, target_lags=1, standardize=False)
+    preds = direct.step_many(X, Y, keys)
+    assert rows["rtrl"]["prequential"] == pytest.approx(np.mean((preds[has] - Y[has]) ** 2), rel=1e-12)
+    assert result.setup["target_lags"] == 1 and result.setup["standardize"] is False
+    table = result.table()
+    assert "persistence" in table and "running mean" in table
+
+
+def test_cli_options_reach_the_model(tmp_path, capsys):
+    assert compare.main(["--dataset", "narma10", "--steps", "300", "--learners", "rtrl", "--hidden", "3",
+                         "--target-lags", "2", "--no-standardize", "--no-progress", "--out", str(tmp_path)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("{"))
+    out = json.loads(line)
+    assert out["target_lags"] == 2 and out["standardize"] is False and out["baseline"] is None
+    assert [r["learner"] for r in out["summary"]] == ["rtrl", "persistence", "running mean"]

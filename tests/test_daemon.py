@@ -393,3 +393,45 @@ def test_values_the_model_dtype_cannot_hold_go_to_dead_letters(tmp_path, stream,
     assert_same_weights(d2.model.get_weights(), ref.get_weights())
     assert_same_weights(d.model.get_weights(), ref.get_weights())
     assert [o["position"][1] for o in read_jsonl(tmp_path / "out.jsonl")] == [g[0] for g in kept]
+
+
+def test_target_lags_and_standardize_reach_the_model_and_summary_prints_persistence(tmp_path, stream):
+    src, good, bad = stream
+    raw = config(tmp_path, src)
+    raw["model"].update(target_lags=2, standardize=True)
+    d = Daemon(validate_config(raw))
+    assert (d.model.config["target_lags"], d.model.config["standardize"]) == (2, True)
+    assert d.model.n_cell_inputs == 2 + 2 * 2
+    stats = d.run()
+    # the daemon's model is the Model built with both options, fed the good records
+    ref = streamrnn.Model(n_inputs=2, target_lags=2, standardize=True, **MODEL)
+    X = np.array([g[2] for g in good])
+    Y = np.array([[g[3]] for g in good])
+    _, losses = ref.step_many(X, Y, [g[1] for g in good], return_loss=True)
+    assert_same_weights(d.model.get_weights(), ref.get_weights())
+    # persistence computed independently: per key the previous target, ½(y_prev − y)², on the records
+    # with a target whose key had one before
+    last, p_sum, m_sum, n = {}, 0.0, 0.0, 0
+    for (_, key, _, y), loss in zip(good, losses.tolist()):
+        if math.isnan(y):
+            continue
+        if key in last:
+            p_sum += 0.5 * (last[key] - y) ** 2
+            m_sum += loss
+            n += 1
+        last[key] = y
+    assert n > 200 and stats["persistence_count"] == n
+    assert stats["persistence_loss_sum"] == pytest.approx(p_sum, rel=1e-12)
+    assert stats["persistence_model_loss_sum"] == pytest.approx(m_sum, rel=1e-12)
+    text = d.summary()
+    line = next(x for x in text.splitlines() if "persistence loss" in x)
+    assert f"{p_sum / n:.6g}" in line and f"{m_sum / n:.6g}" in line and f"same {n} records" in line
+
+
+def test_config_checks_target_lags_and_standardize(tmp_path, stream):
+    src, _, _ = stream
+    for bad in ({"target_lags": -1}, {"target_lags": 1.5}, {"standardize": "yes"}, {"baseline": "mean"}):
+        raw = config(tmp_path, src)
+        raw["model"].update(bad)
+        with pytest.raises(ConfigError, match=f"model.{next(iter(bad))}"):
+            validate_config(raw)

@@ -56,7 +56,7 @@ PARAMS = dict(cell="gru", n_hidden=5, lr=0.03, clip=1.0, seed=3)
 # ---------------------------------------------------------------------------- regressor
 def test_regressor_matches_model_bit_for_bit_and_predict_is_pure():
     reg = RNNRegressor(n_inputs=3, **PARAMS)
-    m = sr.Model(n_inputs=3, n_outputs=1, task="regression", **PARAMS)
+    m = sr.Model(n_inputs=3, n_outputs=1, task="regression", target_lags=1, baseline="last", **PARAMS)   # the defaults
     # registration by first appearance: b at t=0 (a is dropped then), a at t=1, c at t=5; d (t=10) finds no free slot
     order = ["b", "a", "c"]
     for t, (x, y) in enumerate(_stream(40)):
@@ -77,7 +77,8 @@ def test_regressor_matches_model_bit_for_bit_and_predict_is_pure():
 def test_regressor_with_readout_skip_matches_model_bit_for_bit():
     """ŷ = W_out h + S x + b through the estimator: the same predictions and weights as the Model."""
     reg = RNNRegressor(n_inputs=3, readout_skip=True, **PARAMS)
-    m = sr.Model(n_inputs=3, n_outputs=1, task="regression", readout_skip=True, **PARAMS)
+    m = sr.Model(n_inputs=3, n_outputs=1, task="regression", readout_skip=True, target_lags=1, baseline="last",
+                 **PARAMS)
     order = ["b", "a", "c"]
     for t, (x, y) in enumerate(_stream(40)):
         if t > 0:
@@ -123,7 +124,7 @@ def test_feature_width_missing_and_bad_values():
 
 def test_per_key_states_are_independent_and_bounded():
     reg = RNNRegressor(n_inputs=2, key="id", max_keys=2, **PARAMS)
-    m = sr.Model(n_inputs=2, max_keys=2, **PARAMS)
+    m = sr.Model(n_inputs=2, max_keys=2, target_lags=1, baseline="last", **PARAMS)
     rows = [({"id": k, "u": 0.1 * t, "v": -0.2 * t}, math.cos(t)) for t, k in enumerate("abababab")]
     for x, y in rows:
         reg.learn_one(x, y)
@@ -138,10 +139,10 @@ def test_per_key_states_are_independent_and_bounded():
     np.testing.assert_array_equal(reg.model.theta, m.theta)
     reg.learn_one({"id": "c", "u": 0.0, "v": 0.0}, 0.0)            # evicts a (least recently used)
     assert reg.model.keys == ["b", "c"]
-    # a key seen only at predict time predicts from a zero state
-    z = sr.Model(n_inputs=2, **PARAMS)
-    z.set_weights(reg.model.get_weights())
-    assert reg.predict_one({"id": "new", "u": 0.3, "v": 0.0}) == z.peek([0.3, 0.0])[0]
+    # a key seen only at predict time predicts from a zero state and an empty lag buffer
+    z = copy.deepcopy(reg.model)
+    z.restore_key_state("new", {name: np.zeros_like(v) for name, v in z.key_state("b").items()})
+    assert reg.predict_one({"id": "new", "u": 0.3, "v": 0.0}) == z.peek([0.3, 0.0], key="new")[0]
 
 
 def test_pickle_and_clone_continue_bit_identically():
@@ -233,54 +234,109 @@ def _gru_numpy(w, x, h):
     return (1 - z) * c + z * h
 
 
+def _frozen_twin(model):
+    """A copy of ``model`` whose steps do not learn (lr 0: Adam's update is exactly 0)."""
+    cfg = dict(model.config)
+    twin = sr.Model(**{k: v for k, v in cfg.items() if k in sr.Model.__init__.__code__.co_varnames} | {"lr": 0.0})
+    twin.set_weights(model.get_weights())
+    for key in model.keys:
+        twin.restore_key_state(key, model.key_state(key))
+    return twin
+
+
 @pytest.mark.parametrize("readout_skip", [False, True])
 def test_forecast_is_recursive_and_pure(readout_skip):
+    """forecast(h) feeds its own forecasts back as lag 1: the same as stepping a frozen copy of the
+    Model with each forecast as the observed target (standardize off, so no statistics move)."""
     series = [float(v) for _, v in datasets.AirlinePassengers().take(40)]
-    fc = RNNForecaster(n_hidden=4, n_inputs=1, lr=0.02, seed=5, readout_skip=readout_skip)
+    fc = RNNForecaster(n_hidden=4, n_inputs=1, lr=0.02, seed=5, readout_skip=readout_skip, standardize=False,
+                       target_lags=2)
     for t, y in enumerate(series):
-        fc.learn_one(y, {"trend": t / 40.0, "month": "ignored"})
+        fc.learn_one(y / 100.0, {"trend": t / 40.0, "month": "ignored"})
     state = pickle.dumps(fc)
     xs = [{"trend": (40 + h) / 40.0} for h in range(6)]
     got = fc.forecast(6, xs)
     assert pickle.dumps(fc) == state                     # forecasting changes nothing
     assert fc.forecast(6, xs) == got
-    # by hand: population mean/std of the series, numpy GRU from the current weights and state
-    mean, sd = np.mean(series), np.std(series)
-    w = fc.model.get_weights()
-    h = fc.model.hidden_state()
-    z = (series[-1] - mean) / sd
+    assert readout_skip == ("readout.skip_weight" in fc.model.get_weights())
+    twin = _frozen_twin(fc.model)
     want = []
-    skip = w.get("readout.skip_weight", np.zeros((1, 2)))
-    assert readout_skip == ("readout.skip_weight" in w)
-    for h_ in range(6):
-        x = np.array([z, xs[h_]["trend"]])
-        h = _gru_numpy(w, x, h)
-        z = float((w["readout.weight"] @ h + skip @ x + w["readout.bias"])[0])
-        want.append(z * sd + mean)
+    for x in xs:
+        p = float(twin.peek([x["trend"]])[0])
+        want.append(p)
+        twin.step([x["trend"]], [p])
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
-def test_forecaster_learns_like_model_with_lag_inputs():
+def test_forecast_one_step_is_the_next_learn_prediction_with_standardisation():
+    series = [100.0 + 20 * math.sin(t / 3.0) for t in range(50)]
+    fc = RNNForecaster(n_hidden=4, n_inputs=1, seed=1, key="id")
+    m = sr.Model(n_inputs=1, n_hidden=4, lr=0.01, clip=1.0, seed=1, target_lags=1, baseline="last")
+    for t, y in enumerate(series):
+        x = {"id": "a", "trend": t / 50.0}
+        if t > 0:
+            assert fc.forecast(1, [x])[0] == m.peek([t / 50.0], key="a")[0]
+        fc.learn_one(y, x)
+        m.step([t / 50.0], [y], key="a")
+    np.testing.assert_array_equal(fc.model.theta, m.theta)
+    f = fc.forecast(3, [{"id": "a", "trend": 1.0}])
+    assert len(f) == 3 and 60 < f[0] < 140 and f[1] != f[0]     # in the series' units; recursive
+
+
+def test_forecaster_learns_like_model_with_target_feedback():
     series = [math.sin(t / 4.0) * 3 + 10 for t in range(30)]
     fc = RNNForecaster(n_hidden=3, lr=0.05, seed=2, standardize=False)
-    m = sr.Model(n_inputs=1, n_hidden=3, lr=0.05, clip=1.0, seed=2)
-    prev = 0.0
+    m = sr.Model(n_inputs=1, n_hidden=3, lr=0.05, clip=1.0, seed=2, standardize=False, target_lags=1)
     for y in series:
         fc.learn_one(y)
-        m.step([prev], [y])
-        prev = y
+        m.step([0.0], [y])                  # no exogenous feature: one input that reads 0
     np.testing.assert_array_equal(fc.model.theta, m.theta)
     np.testing.assert_array_equal(fc.model.hidden_state(), m.hidden_state())
-    # one step ahead equals Model.peek on the last observation
-    assert fc.forecast(1)[0] == m.peek([series[-1]])[0]
+    # one step ahead equals Model.peek: the last observation is in the lag buffer
+    assert fc.forecast(1)[0] == m.peek([0.0])[0]
+    with pytest.raises(ValueError, match="target_lags >= 1"):
+        RNNForecaster(target_lags=0)
 
 
 def test_forecaster_keys_are_bounded():
     fc = RNNForecaster(n_hidden=2, n_inputs=1, key="id", max_keys=2)
     for t, k in enumerate(["a", "b", "c", "a"]):
         fc.learn_one(float(t), {"id": k, "v": 1.0})
-    assert list(fc._last) == ["c", "a"] and fc.model.keys == ["c", "a"]
+    assert fc.model.keys == ["c", "a"]          # the last observations live (and go) with the state
     assert len(fc.forecast(3, [{"id": "a", "v": 1.0}])) == 3
+
+
+def test_regressor_and_classifier_see_the_previous_target():
+    """predict_one after learn_one(x, y) uses y: the same x after different targets predicts differently,
+    exactly as Model.peek with the target fed back."""
+    for make, model_kw, ys in [
+            (lambda: RNNRegressor(n_inputs=2, key="k", **PARAMS), dict(task="regression", baseline="last"),
+             [1.0, -3.0]),
+            (lambda: RNNClassifier(n_inputs=2, key="k", target_lags=1, **PARAMS), dict(task="binary"), [True, False]),
+            (lambda: RNNClassifier(n_inputs=2, n_classes=3, key="k", target_lags=1, **PARAMS),
+             dict(task="classification", n_outputs=3), ["x", "y"])]:
+        preds = []
+        for y in ys:
+            est = make()
+            m = sr.Model(n_inputs=2, target_lags=1, **model_kw, **PARAMS)
+            rows = [({"k": "a", "u": 0.5, "v": -0.1}, ys[0]), ({"k": "a", "u": 0.4, "v": 0.0}, ys[1]),
+                    ({"k": "a", "u": -0.2, "v": 0.3}, y)]
+            for x, target in rows:
+                est.learn_one(x, target)
+                label = float(target) if model_kw["task"] != "classification" else float(ys.index(target))
+                m.step([x["u"], x["v"]], [label], key="a")
+            x = {"k": "a", "u": 0.1, "v": 0.1}
+            if model_kw["task"] == "regression":
+                p = est.predict_one(x)
+                assert p == m.peek([0.1, 0.1], key="a")[0]
+            else:
+                proba = est.predict_proba_one(x)
+                p = proba[True] if model_kw["task"] == "binary" else proba[ys[0]]
+                want = m.peek([0.1, 0.1], key="a")
+                assert p == pytest.approx(want[0] if model_kw["task"] == "binary" else want[0] / want[:2].sum(),
+                                          rel=1e-12)
+            preds.append(p)
+        assert preds[0] != preds[1]
 
 
 def test_a_missing_river_names_the_extra(monkeypatch):

@@ -190,7 +190,20 @@ MODEL = Section("model", "Keyword arguments of `streamrnn.Model` (cell, n_hidden
                 "lr, ...), checked by Model itself.", (
     Key("n_inputs", "integer", "the model's input width; must equal len(schema.features)",
         default_text="len(schema.features)", checked=False),
-), open_keys=True)
+    Key("standardize", "boolean", "online winsorised standardisation of the inputs and of regression targets "
+        "inside the model (predictions and losses stay in the target's units); checkpointed with the model",
+        default=True),
+    Key("target_lags", "integer", "target feedback (NARX): each key's last k targets (a label one-hot for "
+        "classification) are appended to its inputs, with flags saying which were observed; 0 = off",
+        default=0, minimum=0),
+    Key("baseline", "string", "\"last\": the network predicts the change from each key's last target "
+        "(regression; needs standardize = true and target_lags >= 1); absent: it predicts the level",
+        choices=("last",), default_text="absent"),
+), notes="""\
+Any other keyword of `streamrnn.Model` may be given here too; Model checks it. The summary prints
+the persistence baseline's loss (regression: each key's last target as the prediction, the same
+loss, on the same records) beside the model's, so you see at once whether the model learned
+anything.""", open_keys=True)
 
 CHECKPOINT = Section("checkpoint", "Model, per-key state and source positions, saved together.", (
     Key("path", "path", "the checkpoint file (in a [group] with store = \"dir\": the directory of "
@@ -344,6 +357,7 @@ def _validate_schema(cfg, raw, base_dir):
 
 def _validate_model(cfg, raw, base_dir):
     model, n_features = cfg["model"], len(cfg["schema"]["features"])
+    check_keys(cfg, MODEL)          # the keys the schema describes; Model checks the rest
     model.setdefault("n_inputs", n_features)
     if model["n_inputs"] != n_features:
         raise ConfigError(f"model.n_inputs: {model['n_inputs']!r} differs from len(schema.features) = {n_features}")

@@ -8,10 +8,11 @@ state per owned partition). ``Daemon(config)`` picks the runner for the config.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -52,7 +53,13 @@ class Daemon:
         self.max_records = config["daemon"]["max_records"]
         self.progress = config["daemon"]["progress"] if progress is None else progress
         self.stats = {"records": 0, "applied": 0, "dead_letters": 0, "outputs": 0, "batches": 0,
-                      "loss_sum": 0.0, "loss_count": 0, "checkpoints": 0, "resumed_from": None}
+                      "loss_sum": 0.0, "loss_count": 0, "checkpoints": 0, "resumed_from": None,
+                      "persistence_loss_sum": 0.0, "persistence_model_loss_sum": 0.0, "persistence_count": 0}
+        # The persistence baseline (regression): each key's last target as the prediction, scored with
+        # the model's loss on the records where both are known (this run; bounded like the model's keys).
+        self._regression = config["model"].get("task", "regression") == "regression"
+        self._last_target = OrderedDict()
+        self._last_target_cap = int(config["model"].get("max_keys", 1024))
         self.latencies = deque(maxlen=100_000)   # the latest batches: bounded for months-long runs
         self._unwritten = ([], [])      # outputs and dead letters of the last batch, not yet written
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrnn-learn")
@@ -195,6 +202,8 @@ class Daemon:
         for loss in losses[known].tolist():       # in record order: the sum is batch-independent
             self.stats["loss_sum"] += loss
         self.stats["loss_count"] += int(known.sum())
+        if self._regression:
+            self._score_persistence(keys, Yg, has_y, losses, known)
         loss_out = [loss if ok else None for loss, ok in zip(losses.tolist(), known.tolist())]
         if Yg.shape[1] == 1:
             target_out = [t if ok else None for t, ok in zip(Yg[:, 0].tolist(), has_y.tolist())]
@@ -203,6 +212,38 @@ class Daemon:
         pred_out = preds[:, 0].tolist() if preds.shape[1] == 1 else preds.tolist()
         return [{"position": list(r.position), "key": k, "prediction": p, "target": t, "loss": loss}
                 for r, k, p, t, loss in zip(good, keys, pred_out, target_out, loss_out)]
+
+    def _score_persistence(self, keys, Yg, has_y, losses, known):
+        """Persistence baseline, in record order: the loss ½‖y_last − y‖² of the key's previous
+        target against this record's, beside the model's loss on the same record (records whose
+        persistence loss overflows are left out of both)."""
+        last, s = self._last_target, self.stats
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i in np.flatnonzero(has_y).tolist():
+                key, y = keys[i], Yg[i]
+                prev = last.get(key)
+                if prev is None:
+                    if len(last) >= self._last_target_cap:
+                        last.popitem(last=False)
+                else:
+                    last.move_to_end(key)
+                    d = prev - y
+                    loss = 0.5 * float(d @ d)
+                    if known[i] and math.isfinite(loss):     # a target too large to square: not scored
+                        s["persistence_loss_sum"] += loss
+                        s["persistence_model_loss_sum"] += float(losses[i])
+                        s["persistence_count"] += 1
+                last[key] = y.copy()
+
+    def _persistence_str(self):
+        if not self._regression:
+            return "n/a (regression only)"
+        s = self.stats
+        c = s["persistence_count"]
+        if not c:
+            return "n/a (no key has two targets yet)"
+        return (f"{s['persistence_loss_sum'] / c:.6g} (each key's last target as the prediction; "
+                f"the model's mean loss on the same {c} records: {s['persistence_model_loss_sum'] / c:.6g})")
 
     def _apply_one_by_one(self, good, X, Y, keys, streams, dead):
         kept, preds, losses = [], [], []
@@ -414,6 +455,7 @@ class Daemon:
             f"  dead letters     {s['dead_letters']}",
             f"  outputs written  {s['outputs']} (this run)",
             f"  mean loss        {self._mean_loss_str()}",
+            f"  persistence loss {self._persistence_str()}",
             f"  keys with state  {self._n_keys()}",
             f"  model steps      {self._model_stats().get('steps')}, updates {self._model_stats().get('updates')}",
             f"  this run         {elapsed:.2f} s, batches {s['batches']}, p50/p99 batch latency "
