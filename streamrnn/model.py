@@ -529,6 +529,43 @@ class Model:
             out[:] = y_ls[0, 0] + y_ls[1, 0] * out
         return out
 
+    def forecast(self, X: ArrayLike, key: Key = None) -> np.ndarray:
+        """Recursive forecast: the predictions for the next ``len(X)`` rows of ``key`` (inputs ``X``,
+        (h, n_inputs)), each fed back as the next row's target through target feedback
+        (``target_lags``), from copies of the key's state. Changes nothing.
+
+        >>> import numpy as np, streamrnn as sr
+        >>> m = sr.Model(n_inputs=1, n_hidden=3, target_lags=1, seed=0)
+        >>> _ = m.step_many(np.zeros((20, 1)), np.sin(np.arange(20.0))[:, None], keys=["a"] * 20)
+        >>> f = m.forecast(np.zeros((3, 1)), key="a")
+        >>> f.shape, bool((f[0] == m.peek([0.0], key="a")).all())
+        ((3, 1), True)
+        """
+        X = self._inputs(X)
+        key = normalize_key(key)
+        pre = self._pre
+        s = self._keyed.row(self._hidden_name(), key)
+        s = self._zero_state.copy() if s is None else s.copy()
+        s_next = np.empty_like(s)
+        if pre.k:
+            rows = (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key))
+            lags = tuple(np.zeros(shape, dt) if r is None else r.copy()
+                         for r, (_, shape, dt) in zip(rows, pre.per_key_layout()))
+        out = np.empty((X.shape[0], self.n_outputs), self.dtype)
+        theta = self._theta()
+        for t in range(X.shape[0]):
+            x = X[t]
+            if pre.active:
+                x, y_ls = pre.peek_row(X[t:t + 1], *(lags if pre.k else ()))
+            predict_from_state(self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs, theta,
+                               self.n_params_cell, x, s, out[t], s_next)
+            if pre.finishes:
+                out[t] = y_ls[0, 0] + y_ls[1, 0] * out[t]
+            if pre.k:
+                pre.feed_back(*lags, out[t])
+            s, s_next = s_next, s
+        return out
+
     def predict_from_state(self, x: np.ndarray, state: np.ndarray, out: np.ndarray,
                            next_state: Optional[np.ndarray] = None) -> np.ndarray:
         """The prediction one more sample ``x`` would get from recurrent state ``state``, into ``out``;

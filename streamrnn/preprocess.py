@@ -229,6 +229,14 @@ class Preprocessor:
                      self.d_stats.copy(), lag_values, lag_observed, *out)
         return out
 
+    def feed_back(self, lag_values, lag_observed, y):
+        """Shift one key's lag buffer (copies, as :meth:`peek_row` takes them) as if a row had had target
+        ``y`` (target units): the step of a recursive forecast."""
+        k = self.k
+        narx.push_target(self.task, lag_values, lag_observed[:k], np.asarray(y, np.float64), True)
+        if self._ext:
+            lag_observed[k] = 1.0      # baseline "last": the key now has a last target
+
     def peek_row(self, x, lag_values=None, lag_observed=None):
         """What one more row ``x`` (1, n_inputs) of a key with lag buffer ``(lag_values, lag_observed)``
         (None: a new key) would give the learner, changing nothing: ``(xa, y_ls)``, views of scratch

@@ -557,30 +557,8 @@ class RNNForecaster(_Recurrent, Forecaster):
         key = None
         if self.key is not None and xs:
             key = _entity(xs[0].get(self.key))
-        # The Model's own transform (Model.peek_into's path), on copies: the key's hidden state and
-        # lag buffer advance along the horizon, each forecast fed back as the next lag 1.
-        pre, keyed = m._pre, m._keyed
-        s = keyed.row("hidden", key)
-        s = np.zeros_like(m._zero_state) if s is None else s.copy()
-        lag_values = keyed.row("lag_values", key)
-        lag_observed = keyed.row("lag_observed", key)
-        lag_values = np.zeros((pre.k, pre.w)) if lag_values is None else lag_values.copy()
-        lag_observed = np.zeros(pre.k) if lag_observed is None else lag_observed.copy()
-        s_new = np.empty_like(s)
-        out = np.empty(1, m.dtype)
-        preds = []
+        X = np.empty((horizon, m.n_inputs), m.dtype)
         for t in range(horizon):
             self._map(xs[t] if xs is not None and t < len(xs) else None, False)
-            xa, y_ls = pre.peek_row(core.x, lag_values, lag_observed)
-            m.predict_from_state(xa, s, out, next_state=s_new)
-            yhat = float(y_ls[0, 0, 0] + y_ls[1, 0, 0] * out[0]) if pre.finishes else float(out[0])
-            preds.append(yhat)
-            k = pre.k                  # (lag_observed[k], with baseline "last": the key has a last target)
-            lag_values[1:] = lag_values[:-1]
-            lag_observed[1:k] = lag_observed[:k - 1]
-            lag_values[0, 0] = yhat
-            lag_observed[0] = 1.0
-            if lag_observed.shape[0] > k:
-                lag_observed[k] = 1.0
-            s, s_new = s_new, s
-        return preds
+            X[t] = core.x0
+        return m.forecast(X, key)[:, 0].tolist()
