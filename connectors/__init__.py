@@ -1,7 +1,20 @@
 """Sources and sinks for the streamrnn daemon: files, recorded-stream replay, Kafka."""
+
 from .base import BrokerUnavailable, ListSink, Record, Sink, Source, SourceError
 from .file import CsvSink, CsvSource, JsonLinesSink, JsonLinesSource, LineSource
 from .replay import ReplaySource
 
-__all__ = ["Record", "Source", "Sink", "SourceError", "BrokerUnavailable", "ListSink", "LineSource",
-           "JsonLinesSource", "CsvSource", "JsonLinesSink", "CsvSink", "ReplaySource"]
+__all__ = [
+    "Record",
+    "Source",
+    "Sink",
+    "SourceError",
+    "BrokerUnavailable",
+    "ListSink",
+    "LineSource",
+    "JsonLinesSource",
+    "CsvSource",
+    "JsonLinesSink",
+    "CsvSink",
+    "ReplaySource",
+]

@@ -5,13 +5,14 @@ A *position* names where a record came from and is JSON-able:
 ``Source.positions()`` maps a stream id (``"topic:partition"`` or the file path) to the
 *next unread* offset/line; ``Source.seek(positions)`` restores exactly that mapping.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-Position = tuple[Any, ...]   # ("topic", partition, offset) or (path, line); () when unknown
-Positions = dict[str, int]   # stream id -> next unread offset or line
+Position = tuple[Any, ...]  # ("topic", partition, offset) or (path, line); () when unknown
+Positions = dict[str, int]  # stream id -> next unread offset or line
 
 
 class Record:
@@ -44,8 +45,9 @@ class Record:
     __hash__ = None
 
     def __repr__(self) -> str:
-        return (f"Record(value={self.value!r}, key={self.key!r}, position={self.position!r}, "
-                f"timestamp={self.timestamp!r})")
+        return (
+            f"Record(value={self.value!r}, key={self.key!r}, position={self.position!r}, timestamp={self.timestamp!r})"
+        )
 
 
 class SourceError(RuntimeError):

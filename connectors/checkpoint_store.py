@@ -16,6 +16,7 @@ lost its partitions without noticing yet (a "zombie", e.g. after a long pause pa
 timeout) cannot overwrite its new owner's progress. (A check, then a write: not an atomic
 compare-and-swap, so it narrows the window of such a race to one write rather than closing it.)
 """
+
 from __future__ import annotations
 
 import io
@@ -32,7 +33,7 @@ log = logging.getLogger("streamrnn.store")
 def _split(stream):
     topic, _, partition = stream.rpartition(":")
     if not topic or not partition.isdigit():
-        raise ValueError(f"not a partition stream id (\"topic:partition\"): {stream!r}")
+        raise ValueError(f'not a partition stream id ("topic:partition"): {stream!r}')
     return topic, int(partition)
 
 
@@ -51,8 +52,11 @@ class _Store:
         another writer has saved the partition since."""
         newest = self.newest_token(stream)
         if newest != expect:
-            log.warning("not saving %s: its checkpoint in the store was written by another member since "
-                        "this one took it (the partition has moved on without this member)", stream)
+            log.warning(
+                "not saving %s: its checkpoint in the store was written by another member since "
+                "this one took it (the partition has moved on without this member)",
+                stream,
+            )
             return None
         token = uuid.uuid4().hex
         self._write(stream, ckpt.pieces(arrays, {**meta, "token": token}))
@@ -99,8 +103,13 @@ class DirectoryStore(_Store):
             if not os.path.isdir(folder):
                 continue
             for name in os.listdir(folder):
-                stem = name[:-len(".ckpt")] if name.endswith(".ckpt") else name[:-len(".ckpt.prev")] \
-                    if name.endswith(".ckpt.prev") else None
+                stem = (
+                    name[: -len(".ckpt")]
+                    if name.endswith(".ckpt")
+                    else name[: -len(".ckpt.prev")]
+                    if name.endswith(".ckpt.prev")
+                    else None
+                )
                 if stem is not None and stem.isdigit():
                     out.append(f"{topic}:{stem}")
         return sorted(set(out), key=_split)
@@ -114,6 +123,7 @@ class KafkaTopicStore(_Store):
 
     def __init__(self, bootstrap, topic, max_message_bytes=64 << 20):
         from .kafka import CompactedTopic
+
         self.topic = topic
         self.max_message_bytes = max_message_bytes
         self._kv = CompactedTopic(bootstrap, topic, max_message_bytes=max_message_bytes, keep=2)
@@ -124,15 +134,19 @@ class KafkaTopicStore(_Store):
     def _write(self, stream, pieces):
         data = b"".join(pieces)
         if len(data) > self.max_message_bytes:
-            raise OSError(f"checkpoint of {stream} is {len(data)} bytes, more than the store's "
-                          f"max_message_bytes = {self.max_message_bytes}")
+            raise OSError(
+                f"checkpoint of {stream} is {len(data)} bytes, more than the store's "
+                f"max_message_bytes = {self.max_message_bytes}"
+            )
         self._kv.put(stream, data)
 
     def generations(self, stream):
         values = self._kv.latest(stream)
         where = f"kafka:{self.topic}[{stream}]"
-        return [(f"{where}#{i}", lambda allocate, v=v, i=i: ckpt.loads(v, f"{where}#{i}", allocate=allocate))
-                for i, (_, v) in enumerate(values)]
+        return [
+            (f"{where}#{i}", lambda allocate, v=v, i=i: ckpt.loads(v, f"{where}#{i}", allocate=allocate))
+            for i, (_, v) in enumerate(values)
+        ]
 
     def newest_meta(self, stream, refresh=True):
         values = self._kv.latest(stream, refresh=refresh)

@@ -7,11 +7,12 @@ is lenient: ``NaN``/``Infinity`` literals and numbers that overflow a double
 are invalid JSON, so they surface as decode errors with a position.
 Floats are written as the shortest text that reads back to the same double.
 """
+
 from __future__ import annotations
 
 import orjson
 
-JSONDecodeError = orjson.JSONDecodeError        # a subclass of json.JSONDecodeError (msg, pos)
+JSONDecodeError = orjson.JSONDecodeError  # a subclass of json.JSONDecodeError (msg, pos)
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 

@@ -1,4 +1,5 @@
 """JSON Lines and CSV file sources (optionally following a growing file) and sinks."""
+
 from __future__ import annotations
 
 import csv
@@ -56,7 +57,7 @@ class LineSource:
         try:
             value = raw.decode("utf-8")
         except UnicodeDecodeError:
-            value = raw       # handed on as read: the daemon dead-letters it as invalid UTF-8
+            value = raw  # handed on as read: the daemon dead-letters it as invalid UTF-8
         return Record(value=value, key=None, position=(self.path, line))
 
     def poll(self, max_records=1000, timeout=0.0):
@@ -104,7 +105,7 @@ class CsvSource(LineSource):
     def _make(self, raw, line):
         try:
             text = raw.rstrip(b"\r\n").decode("utf-8")
-        except UnicodeDecodeError:   # handed on as read: the daemon dead-letters it as invalid UTF-8
+        except UnicodeDecodeError:  # handed on as read: the daemon dead-letters it as invalid UTF-8
             return Record(value=raw.rstrip(b"\r\n"), key=None, position=(self.path, line))
         row = next(csv.reader([text]), [])
         if len(row) != len(self.columns):

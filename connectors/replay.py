@@ -12,6 +12,7 @@ Replay is deterministic: the same file gives the same records in the same order;
 ``speed`` > 0 it sleeps to keep the recorded gaps divided by ``speed`` (``speed=0``: as fast
 as possible).
 """
+
 from __future__ import annotations
 
 import time
@@ -33,7 +34,7 @@ class ReplaySource(LineSource):
         try:
             obj = loads(raw)
         except JSONDecodeError:
-            return Record(value=raw, position=(self.path, line))     # the decoder says why
+            return Record(value=raw, position=(self.path, line))  # the decoder says why
         if not isinstance(obj, dict) or "value" not in obj:
             return Record(value=raw, position=(self.path, line))
         ts = obj.get("ts")
@@ -44,8 +45,12 @@ class ReplaySource(LineSource):
             wait = self._t0_wall + (ts - self._t0_rec) / self.speed - now
             if wait > 0:
                 time.sleep(wait)
-        return Record(value=obj["value"], key=obj.get("key"), position=(self.path, line),
-                      timestamp=ts if isinstance(ts, (int, float)) else None)
+        return Record(
+            value=obj["value"],
+            key=obj.get("key"),
+            position=(self.path, line),
+            timestamp=ts if isinstance(ts, (int, float)) else None,
+        )
 
 
 def count_lines(path):

@@ -31,48 +31,59 @@ unless --bootstrap is given.
     python scripts/bench_daemon.py [--records 200000] [--rounds 3] [--order timestamp|arrival]
                                    [--bootstrap HOST:PORT]
 """
+
 import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_var] = "1"
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-import streamrnn  # noqa: E402
-from streamrnn.connectors.codec import dumps, loads  # noqa: E402
-from streamrnn.service import Daemon, validate_config  # noqa: E402
+import streamrnn
+from streamrnn.connectors.codec import dumps, loads
+from streamrnn.service import Daemon, validate_config
 
-MODEL = dict(cell="gru", n_hidden=8, task="regression", learner="rtrl", optimizer="adam", lr=0.01, clip=1.0,
-             seed=0)
+MODEL = dict(cell="gru", n_hidden=8, task="regression", learner="rtrl", optimizer="adam", lr=0.01, clip=1.0, seed=0)
 
 
 def make_lines(n, n_keys=16, seed=0):
     rng = np.random.default_rng(seed)
     a, b = rng.normal(size=n).round(6), rng.normal(size=n).round(6)
-    return [json.dumps({"key": f"k{i % n_keys}", "a": float(a[i]), "b": float(b[i]),
-                        "y": round(float(np.sin(a[i]) + 0.5 * b[i]), 6)}, separators=(",", ":"))
-            for i in range(n)]
+    return [
+        json.dumps(
+            {
+                "key": f"k{i % n_keys}",
+                "a": float(a[i]),
+                "b": float(b[i]),
+                "y": round(float(np.sin(a[i]) + 0.5 * b[i]), 6),
+            },
+            separators=(",", ":"),
+        )
+        for i in range(n)
+    ]
 
 
 def create_topics(bootstrap, names, partitions):
     from kafka.admin import KafkaAdminClient, NewTopic
+
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
     admin.close()
-    time.sleep(2.0)    # let the partitions get their leaders
+    time.sleep(2.0)  # let the partitions get their leaders
 
 
 def produce(bootstrap, topic, lines):
     from kafka import KafkaProducer
+
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024)
     for line in lines:
         p.send(topic, key=json.loads(line)["key"].encode(), value=line.encode())
@@ -86,15 +97,27 @@ def bare_loop(bootstrap, topic, out_topic, n):
     from kafka import KafkaConsumer, KafkaProducer
 
     from streamrnn.connectors.kafka import await_offset_validation
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"bare-{uuid.uuid4().hex[:6]}",
-                             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=5000)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
-                             batch_size=256 * 1024) if out_topic else None
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bare-{uuid.uuid4().hex[:6]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=5000,
+    )
+    producer = (
+        KafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5, batch_size=256 * 1024
+        )
+        if out_topic
+        else None
+    )
     seen = 0
     start = time.perf_counter()
     while seen < n:
         batch = consumer.poll(timeout_ms=500, max_records=5000)
-        if not batch:       # the same kafka-python#3106 workaround as KafkaSource
+        if not batch:  # the same kafka-python#3106 workaround as KafkaSource
             await_offset_validation(consumer)
         for tp, recs in batch.items():
             if producer is None:
@@ -103,8 +126,13 @@ def bare_loop(bootstrap, topic, out_topic, n):
             else:
                 for r in recs:
                     v = loads(r.value)
-                    out = {"position": [tp.topic, tp.partition, r.offset], "key": v["key"], "prediction": v["a"],
-                           "target": v["y"], "loss": None}
+                    out = {
+                        "position": [tp.topic, tp.partition, r.offset],
+                        "key": v["key"],
+                        "prediction": v["a"],
+                        "target": v["y"],
+                        "loss": None,
+                    }
                     producer.send(out_topic, key=v["key"].encode(), value=dumps(out))
             seen += len(recs)
     if producer is not None:
@@ -117,9 +145,14 @@ def bare_loop(bootstrap, topic, out_topic, n):
 
 
 def run_daemon(source, sink, n, ckpt):
-    raw = {"source": source, "sink": sink, "schema": {"features": ["a", "b"], "target": "y", "key": "key"},
-           "model": dict(MODEL), "checkpoint": {"path": ckpt, "every_records": 50_000, "every_seconds": 0},
-           "daemon": {"batch_size": 5000, "max_records": n, "progress": False, "poll_timeout": 0.5}}
+    raw = {
+        "source": source,
+        "sink": sink,
+        "schema": {"features": ["a", "b"], "target": "y", "key": "key"},
+        "model": dict(MODEL),
+        "checkpoint": {"path": ckpt, "every_records": 50_000, "every_seconds": 0},
+        "daemon": {"batch_size": 5000, "max_records": n, "progress": False, "poll_timeout": 0.5},
+    }
     d = Daemon(validate_config(raw))
     start = time.perf_counter()
     stats = d.run()
@@ -131,8 +164,11 @@ def run_daemon(source, sink, n, ckpt):
 PHASE_TIMEOUT_S = 180
 PHASES = ("bare", "daemon", "daemon-inproc", "bare-decode", "daemon-file")
 # (name, numerator, denominator): the daemon against the bare loop doing the same I/O
-RATIOS = (("daemon/bare", "daemon", "bare"), ("in-process sink/bare", "daemon-inproc", "bare"),
-          ("Kafka->file/decode-only", "daemon-file", "bare-decode"))
+RATIOS = (
+    ("daemon/bare", "daemon", "bare"),
+    ("in-process sink/bare", "daemon-inproc", "bare"),
+    ("Kafka->file/decode-only", "daemon-file", "bare-decode"),
+)
 
 
 def phase(args):
@@ -141,21 +177,47 @@ def phase(args):
         out = args.out_topic if args.phase == "bare" else None
         print(json.dumps({"rate": bare_loop(args.bootstrap, args.topic, out, args.records)}))
         return
-    streamrnn.Model(n_inputs=2, **MODEL).step_many(np.zeros((2, 2)), np.zeros(2), ["a", "b"])   # load kernels
+    streamrnn.Model(n_inputs=2, **MODEL).step_many(np.zeros((2, 2)), np.zeros(2), ["a", "b"])  # load kernels
     if args.phase == "daemon-file":
         sink = {"type": "jsonl", "path": args.ckpt + ".out.jsonl"}
     else:
-        sink = {"type": "kafka", "bootstrap": args.bootstrap, "topic": args.out_topic,
-                "process": args.phase == "daemon"}
-    rate, p50, p99, _ = run_daemon({"type": "kafka", "bootstrap": args.bootstrap, "topic": args.topic,
-                                    "group": args.group, "order": args.order}, sink, args.records, args.ckpt)
+        sink = {
+            "type": "kafka",
+            "bootstrap": args.bootstrap,
+            "topic": args.out_topic,
+            "process": args.phase == "daemon",
+        }
+    rate, p50, p99, _ = run_daemon(
+        {"type": "kafka", "bootstrap": args.bootstrap, "topic": args.topic, "group": args.group, "order": args.order},
+        sink,
+        args.records,
+        args.ckpt,
+    )
     print(json.dumps({"rate": rate, "p50": p50, "p99": p99}))
 
 
 def run_phase(what, bootstrap, topic, out_topic, n, order, group="", ckpt=""):
     """Each measurement runs in its own process: no client state carries over between runs."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--phase", what, "--bootstrap", bootstrap, "--topic", topic,
-           "--out-topic", out_topic, "--records", str(n), "--order", order, "--group", group, "--ckpt", ckpt]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--phase",
+        what,
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--out-topic",
+        out_topic,
+        "--records",
+        str(n),
+        "--order",
+        order,
+        "--group",
+        group,
+        "--ckpt",
+        ckpt,
+    ]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=PHASE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -171,8 +233,12 @@ def main(argv=None):
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=3, help="alternating bare/daemon rounds (median ratio)")
     ap.add_argument("--bootstrap", help="an existing broker; default: start one with scripts/kafka.sh")
-    ap.add_argument("--order", default="timestamp", choices=("timestamp", "arrival"),
-                    help="the daemon's [source] order (default: the daemon's default)")
+    ap.add_argument(
+        "--order",
+        default="timestamp",
+        choices=("timestamp", "arrival"),
+        help="the daemon's [source] order (default: the daemon's default)",
+    )
     ap.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     for hidden in ("--topic", "--out-topic", "--group", "--ckpt"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
@@ -186,62 +252,111 @@ def main(argv=None):
     bootstrap = args.bootstrap
     if bootstrap is None:
         broker_dir = os.path.join(work, "kafka")
-        bootstrap = subprocess.run(["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "start", broker_dir],
-                                   check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        bootstrap = (
+            subprocess.run(
+                ["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "start", broker_dir],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
     try:
         stem = uuid.uuid4().hex[:8]
         topic, out_bare, out_daemon = f"bench-in-{stem}", f"bench-bare-{stem}", f"bench-out-{stem}"
         create_topics(bootstrap, [topic, out_bare, out_daemon], partitions=2)
         produce(bootstrap, topic, lines)
-        streamrnn.Model(n_inputs=2, **MODEL).step_many(np.zeros((2, 2)), np.zeros(2), ["a", "b"])   # compile
+        streamrnn.Model(n_inputs=2, **MODEL).step_many(np.zeros((2, 2)), np.zeros(2), ["a", "b"])  # compile
         rates = {what: [] for what in PHASES}
         lat50, lat99 = [], []
         for rnd in range(args.rounds):
-            runs = PHASES[rnd % len(PHASES):] + PHASES[:rnd % len(PHASES)]
-            got = {what: run_phase(what, bootstrap, topic, out_bare if what == "bare" else out_daemon, n, args.order,
-                                   group=f"{what}-{stem}-{rnd}", ckpt=os.path.join(work, f"{what}-{rnd}.ckpt"))
-                   for what in runs}
+            runs = PHASES[rnd % len(PHASES) :] + PHASES[: rnd % len(PHASES)]
+            got = {
+                what: run_phase(
+                    what,
+                    bootstrap,
+                    topic,
+                    out_bare if what == "bare" else out_daemon,
+                    n,
+                    args.order,
+                    group=f"{what}-{stem}-{rnd}",
+                    ckpt=os.path.join(work, f"{what}-{rnd}.ckpt"),
+                )
+                for what in runs
+            }
             if None in got.values():
                 continue
             for what in PHASES:
                 rates[what].append(got[what]["rate"])
             lat50.append(got["daemon"]["p50"])
             lat99.append(got["daemon"]["p99"])
-            print(f"round {rnd + 1}: " + ", ".join(f"{what} {got[what]['rate']:.0f}" for what in PHASES) + " rec/s; "
-                  + ", ".join(f"{name} {got[a]['rate'] / got[b]['rate']:.2f}" for name, a, b in RATIOS), flush=True)
+            print(
+                f"round {rnd + 1}: "
+                + ", ".join(f"{what} {got[what]['rate']:.0f}" for what in PHASES)
+                + " rec/s; "
+                + ", ".join(f"{name} {got[a]['rate'] / got[b]['rate']:.2f}" for name, a, b in RATIOS),
+                flush=True,
+            )
         if not rates["bare"]:
             raise SystemExit("no round completed")
         per_round = {name: [x / y for x, y in zip(rates[a], rates[b])] for name, a, b in RATIOS}
-        median_round = int(np.argsort(per_round["daemon/bare"])[len(lat50) // 2])   # the headline row
+        median_round = int(np.argsort(per_round["daemon/bare"])[len(lat50) // 2])  # the headline row
         k50, k99 = lat50[median_round], lat99[median_round]
         path = os.path.join(work, "in.jsonl")
         with open(path, "w") as fh:
             fh.write("\n".join(lines) + "\n")
-        file_rate, f50, f99, _ = run_daemon({"type": "jsonl", "path": path},
-                                            {"type": "jsonl", "path": os.path.join(work, "out.jsonl")}, n,
-                                            os.path.join(work, "file.ckpt"))
+        file_rate, f50, f99, _ = run_daemon(
+            {"type": "jsonl", "path": path},
+            {"type": "jsonl", "path": os.path.join(work, "out.jsonl")},
+            n,
+            os.path.join(work, "file.ckpt"),
+        )
     finally:
         if broker_dir is not None:
             subprocess.run(["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "stop", broker_dir], check=False)
     median = {what: float(np.median(r)) for what, r in rates.items()}
-    rows = [("bare loop: consume, decode, encode, produce", median["bare"], None, None),
-            ("daemon, Kafka -> Kafka", median["daemon"], k50, k99),
-            ("  the same, sink in-process", median["daemon-inproc"], None, None),
-            ("bare loop: consume, decode", median["bare-decode"], None, None),
-            ("daemon, Kafka -> JSONL file", median["daemon-file"], None, None),
-            ("daemon, file -> file", file_rate, f50, f99)]
-    print(f"{n} records, GRU n=8 RTRL, batches of up to 5000, source order {args.order!r}; medians of "
-          f"{len(lat50)} rounds, the runs of a round in rotating order, each in a fresh process")
+    rows = [
+        ("bare loop: consume, decode, encode, produce", median["bare"], None, None),
+        ("daemon, Kafka -> Kafka", median["daemon"], k50, k99),
+        ("  the same, sink in-process", median["daemon-inproc"], None, None),
+        ("bare loop: consume, decode", median["bare-decode"], None, None),
+        ("daemon, Kafka -> JSONL file", median["daemon-file"], None, None),
+        ("daemon, file -> file", file_rate, f50, f99),
+    ]
+    print(
+        f"{n} records, GRU n=8 RTRL, batches of up to 5000, source order {args.order!r}; medians of "
+        f"{len(lat50)} rounds, the runs of a round in rotating order, each in a fresh process"
+    )
     print(f"{'path':<46}{'records/s':>12}{'p50 ms':>9}{'p99 ms':>9}")
     for name, rate, p50, p99 in rows:
-        print(f"{name:<46}{rate:>12.0f}{'' if p50 is None else f'{p50:.1f}':>9}{'' if p99 is None else f'{p99:.1f}':>9}")
+        print(
+            f"{name:<46}{rate:>12.0f}{'' if p50 is None else f'{p50:.1f}':>9}{'' if p99 is None else f'{p99:.1f}':>9}"
+        )
     for name, _, _ in RATIOS:
-        print(f"{name:<26} {np.median(per_round[name]):.2f}  (per round {', '.join(f'{r:.2f}' for r in per_round[name])})")
+        print(
+            f"{name:<26} {np.median(per_round[name]):.2f}  (per round {', '.join(f'{r:.2f}' for r in per_round[name])})"
+        )
     print("target: daemon >= 0.80 of the bare loop")
-    print(json.dumps({"benchmark": "bench_daemon", "records": n, "order": args.order, "rounds": len(lat50),
-                      "median_records_per_s": median, "ratios": {k: float(np.median(v)) for k, v in per_round.items()},
-                      "round_ratios": per_round, "daemon_batch_p50_ms": k50, "daemon_batch_p99_ms": k99,
-                      "file_records_per_s": file_rate, "file_batch_p50_ms": f50, "file_batch_p99_ms": f99}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "bench_daemon",
+                "records": n,
+                "order": args.order,
+                "rounds": len(lat50),
+                "median_records_per_s": median,
+                "ratios": {k: float(np.median(v)) for k, v in per_round.items()},
+                "round_ratios": per_round,
+                "daemon_batch_p50_ms": k50,
+                "daemon_batch_p99_ms": k99,
+                "file_records_per_s": file_rate,
+                "file_batch_p50_ms": f50,
+                "file_batch_p99_ms": f99,
+            }
+        )
+    )
+
 
 if __name__ == "__main__":
     main()

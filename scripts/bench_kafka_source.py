@@ -14,26 +14,27 @@ Prints a table and one JSON line. Starts its own broker with scripts/kafka.sh un
 
     python scripts/bench_kafka_source.py [--records 200000] [--rounds 3] [--bootstrap HOST:PORT]
 """
+
 import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_var] = "1"
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
+import argparse
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-from streamrnn.connectors.kafka import KafkaSource  # noqa: E402
+from streamrnn.connectors.kafka import KafkaSource
 
 
 def produce(bootstrap, topic, n):
     from kafka import KafkaProducer
+
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024)
     for i in range(n):
         p.send(topic, key=f"k{i % 16}".encode(), value=f'{{"key":"k{i % 16}","a":{i % 997 / 997},"b":0.5}}'.encode())
@@ -43,6 +44,7 @@ def produce(bootstrap, topic, n):
 
 def read_bare(bootstrap, topic, n):
     from kafka import KafkaConsumer, TopicPartition
+
     c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, max_poll_records=5000)
     tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic))]
     c.assign(tps)
@@ -75,10 +77,15 @@ def main(argv=None):
     bootstrap = args.bootstrap
     if bootstrap is None:
         broker_dir = tempfile.mkdtemp(prefix="bench-kafka-source-")
-        bootstrap = subprocess.run(["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "start", broker_dir],
-                                   capture_output=True, text=True, check=True).stdout.split()[-1]
+        bootstrap = subprocess.run(
+            ["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "start", broker_dir],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()[-1]
     try:
         from tests.kafka_broker import create_topic, wait_until_ready
+
         wait_until_ready(bootstrap)
         topic = f"bench-source-{uuid.uuid4().hex[:8]}"
         create_topic(bootstrap, topic, partitions=2)
@@ -93,16 +100,29 @@ def main(argv=None):
         vs_bare = [t / b for t, b in zip(rates["timestamp"], rates["bare"])]
         print(f"{args.records} records, 2 partitions, median of {args.rounds} alternating rounds")
         print(f"{'reader':<34}{'records/s':>12}")
-        for k, label in (("bare", "bare kafka-python poll loop"), ("arrival", "KafkaSource order=arrival"),
-                         ("timestamp", "KafkaSource order=timestamp")):
+        for k, label in (
+            ("bare", "bare kafka-python poll loop"),
+            ("arrival", "KafkaSource order=arrival"),
+            ("timestamp", "KafkaSource order=timestamp"),
+        ):
             print(f"{label:<34}{statistics.median(rates[k]):>12.0f}")
-        print(f"timestamp / arrival: {statistics.median(vs_arrival):.2f} (per round "
-              f"{', '.join(f'{x:.2f}' for x in vs_arrival)}); timestamp / bare: {statistics.median(vs_bare):.2f}")
-        print(json.dumps({"benchmark": "bench_kafka_source", "records": args.records, "rounds": args.rounds,
-                          **{f"{k}_records_per_s": statistics.median(v) for k, v in rates.items()},
-                          "timestamp_over_arrival": statistics.median(vs_arrival),
-                          "timestamp_over_bare": statistics.median(vs_bare),
-                          "round_ratios_timestamp_over_arrival": vs_arrival}))
+        print(
+            f"timestamp / arrival: {statistics.median(vs_arrival):.2f} (per round "
+            f"{', '.join(f'{x:.2f}' for x in vs_arrival)}); timestamp / bare: {statistics.median(vs_bare):.2f}"
+        )
+        print(
+            json.dumps(
+                {
+                    "benchmark": "bench_kafka_source",
+                    "records": args.records,
+                    "rounds": args.rounds,
+                    **{f"{k}_records_per_s": statistics.median(v) for k, v in rates.items()},
+                    "timestamp_over_arrival": statistics.median(vs_arrival),
+                    "timestamp_over_bare": statistics.median(vs_bare),
+                    "round_ratios_timestamp_over_arrival": vs_arrival,
+                }
+            )
+        )
     finally:
         if broker_dir:
             subprocess.run(["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "stop", broker_dir], check=False)

@@ -23,25 +23,26 @@ table and one JSON line. BLAS and Numba are pinned to one thread.
 
     python scripts/bench_keys.py [--keys 100000] [--cell elstm] [--hidden 16] [--dtype float32] [--checkpoint]
 """
+
 import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_var] = "1"
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
-MIB = 2 ** 20
-GIB = 2 ** 30
+MIB = 2**20
+GIB = 2**30
 
 
 def memory_status(pid="self"):
@@ -66,10 +67,16 @@ def write_stream(path, n_keys, per_key, n_inputs, seed=0):
     names = [f"x{i}" for i in range(n_inputs)]
     with open(path, "w") as fh:
         for start in range(0, order.size, 10_000):
-            fh.write("".join(
-                json.dumps({"key": f"k{order[i]:07d}", **dict(zip(names, X[i].tolist())), "y": float(y[i])},
-                           separators=(",", ":")) + "\n"
-                for i in range(start, min(start + 10_000, order.size))))
+            fh.write(
+                "".join(
+                    json.dumps(
+                        {"key": f"k{order[i]:07d}", **dict(zip(names, X[i].tolist())), "y": float(y[i])},
+                        separators=(",", ":"),
+                    )
+                    + "\n"
+                    for i in range(start, min(start + 10_000, order.size))
+                )
+            )
     return int(order.size)
 
 
@@ -78,14 +85,23 @@ def state_formula(model):
     S x (P/n) values when each unit tracks only its own parameters (SnAp-1, and exact RTRL for the
     element-wise cells), S x P for exact RTRL of the other cells."""
     from streamrnn.cells.dispatch import ELEMENTWISE
+
     S, P = model.dims.state_size, model.n_params_cell
     per_unit = model.learner == "snap1" or model.dims.cell in ELEMENTWISE
     return model.dtype.itemsize * S * (1 + (P // model.n_hidden if per_unit else P))
 
 
 def model_config(args, n_keys):
-    return dict(cell=args.cell, n_inputs=args.inputs, n_hidden=args.hidden, dtype=args.dtype, learner=args.learner,
-                max_keys=n_keys, lr=1e-3, seed=0)
+    return dict(
+        cell=args.cell,
+        n_inputs=args.inputs,
+        n_hidden=args.hidden,
+        dtype=args.dtype,
+        learner=args.learner,
+        max_keys=n_keys,
+        lr=1e-3,
+        seed=0,
+    )
 
 
 def child(what, spec):
@@ -93,17 +109,19 @@ def child(what, spec):
     import streamrnn as sr
     from streamrnn.service import Daemon, validate_config
 
-    warm = sr.Model(**spec["model"])           # compile (or load) the kernels: part of the base
+    warm = sr.Model(**spec["model"])  # compile (or load) the kernels: part of the base
     warm.step_many(np.zeros((2, spec["model"]["n_inputs"])), np.zeros((2, 1)), ["a", "b"])
     del warm
     features = [f"x{i}" for i in range(spec["model"]["n_inputs"])]
     base, _ = memory_status()
     if what in ("daemon", "restart"):
-        raw = {"source": {"type": "jsonl", "path": spec["stream"]},
-               "sink": {"type": "jsonl", "path": spec["sink"], "mode": "w"},
-               "schema": {"features": features, "target": "y", "key": "key"},
-               "model": dict(spec["model"]),
-               "daemon": {"batch_size": spec["batch"], "progress": False, "log_every_seconds": 0.0}}
+        raw = {
+            "source": {"type": "jsonl", "path": spec["stream"]},
+            "sink": {"type": "jsonl", "path": spec["sink"], "mode": "w"},
+            "schema": {"features": features, "target": "y", "key": "key"},
+            "model": dict(spec["model"]),
+            "daemon": {"batch_size": spec["batch"], "progress": False, "log_every_seconds": 0.0},
+        }
         if spec["checkpoint"]:
             raw["checkpoint"] = {"path": spec["checkpoint"], "every_records": 0, "every_seconds": 0.0}
         daemon = Daemon(validate_config(raw))
@@ -114,7 +132,7 @@ def child(what, spec):
         base, _ = memory_status()
     start = time.perf_counter()
     if what in ("daemon", "restart"):
-        resumed = daemon.stats["records"]                 # records a checkpoint already holds
+        resumed = daemon.stats["records"]  # records a checkpoint already holds
         records = daemon.run()["records"] - resumed
     else:
         records = 0
@@ -124,14 +142,30 @@ def child(what, spec):
                 if not lines:
                     break
                 rows = [json.loads(line) for line in lines]
-                model.step_many(np.array([[r[f] for f in features] for r in rows]),
-                                np.array([[r["y"]] for r in rows]), [r["key"] for r in rows])
+                model.step_many(
+                    np.array([[r[f] for f in features] for r in rows]),
+                    np.array([[r["y"]] for r in rows]),
+                    [r["key"] for r in rows],
+                )
                 records += len(rows)
     elapsed = time.perf_counter() - start
     final, peak = memory_status()
-    print(json.dumps({"base": base, "final": final, "peak": peak, "records": records, "seconds": elapsed,
-                      "keys": len(model.keys), "bytes_per_key": model.state_bytes_per_key,
-                      "formula": state_formula(model), "params": model.n_params}), flush=True)
+    print(
+        json.dumps(
+            {
+                "base": base,
+                "final": final,
+                "peak": peak,
+                "records": records,
+                "seconds": elapsed,
+                "keys": len(model.keys),
+                "bytes_per_key": model.state_bytes_per_key,
+                "formula": state_formula(model),
+                "params": model.n_params,
+            }
+        ),
+        flush=True,
+    )
 
 
 def measure(what, spec, work):
@@ -139,8 +173,9 @@ def measure(what, spec, work):
     path = os.path.join(work, f"{what}.json")
     with open(path, "w") as fh:
         json.dump(spec, fh)
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", what, path],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--child", what, path], stdout=subprocess.PIPE, text=True
+    )
     sampled = [0]
 
     def sample():
@@ -186,19 +221,30 @@ def main(argv=None):
     stream = os.path.join(work, "stream.jsonl")
     t0 = time.perf_counter()
     n_records = write_stream(stream, args.keys, args.records_per_key, args.inputs)
-    print(f"stream: {n_records} records, {args.keys} keys, {os.path.getsize(stream) / MIB:.0f} MiB "
-          f"({time.perf_counter() - t0:.1f} s to write) in {work}", flush=True)
-    spec = {"model": model_config(args, args.keys), "stream": stream, "sink": os.path.join(work, "predictions.jsonl"),
-            "batch": args.batch, "checkpoint": os.path.join(work, "daemon.ckpt") if args.checkpoint else None}
+    print(
+        f"stream: {n_records} records, {args.keys} keys, {os.path.getsize(stream) / MIB:.0f} MiB "
+        f"({time.perf_counter() - t0:.1f} s to write) in {work}",
+        flush=True,
+    )
+    spec = {
+        "model": model_config(args, args.keys),
+        "stream": stream,
+        "sink": os.path.join(work, "predictions.jsonl"),
+        "batch": args.batch,
+        "checkpoint": os.path.join(work, "daemon.ckpt") if args.checkpoint else None,
+    }
     for stale in (spec["checkpoint"], f"{spec['checkpoint']}.prev") if args.checkpoint else ():
         if os.path.exists(stale):
-            os.unlink(stale)              # the daemon would resume from it
-    import streamrnn as sr                # compile the kernels into Numba's cache once, so that
-    sr.Model(**spec["model"]).step_many(np.zeros((1, args.inputs)), np.zeros((1, 1)))   # no run's base has the compiler
+            os.unlink(stale)  # the daemon would resume from it
+    import streamrnn as sr  # compile the kernels into Numba's cache once, so that
+
+    sr.Model(**spec["model"]).step_many(np.zeros((1, args.inputs)), np.zeros((1, 1)))  # no run's base has the compiler
     runs = {what: measure(what, spec, work) for what in ("model", "daemon") + (("restart",) if args.checkpoint else ())}
 
-    head = (f"{'run':<8}{'keys':>8}{'records':>9}{'rec/s':>9}{'base MiB':>10}{'final MiB':>10}{'peak MiB':>10}"
-            f"{'B/key formula':>15}{'B/key arrays':>14}{'B/key RSS':>11}")
+    head = (
+        f"{'run':<8}{'keys':>8}{'records':>9}{'rec/s':>9}{'base MiB':>10}{'final MiB':>10}{'peak MiB':>10}"
+        f"{'B/key formula':>15}{'B/key arrays':>14}{'B/key RSS':>11}"
+    )
     print(f"{args.cell}-{args.hidden}, {args.inputs} inputs, {args.dtype}, learner {args.learner}")
     print(head)
     print("-" * len(head))
@@ -206,18 +252,37 @@ def main(argv=None):
     for what, r in runs.items():
         per_key_rss = (r["final"] - r["base"]) / max(r["keys"], 1)
         peak = max(r["peak"], r["sampled_peak"])
-        rows.append(dict(run=what, **r, rss_bytes_per_key=per_key_rss, peak_bytes=peak,
-                         under_1_gib=bool(peak < GIB)))
-        print(f"{what:<8}{r['keys']:>8}{r['records']:>9}{r['records'] / max(r['seconds'], 1e-9):>9.0f}{r['base'] / MIB:>10.0f}"
-              f"{r['final'] / MIB:>10.0f}{peak / MIB:>10.0f}{r['formula']:>15}{r['bytes_per_key']:>14}"
-              f"{per_key_rss:>11.0f}")
+        rows.append(dict(run=what, **r, rss_bytes_per_key=per_key_rss, peak_bytes=peak, under_1_gib=bool(peak < GIB)))
+        print(
+            f"{what:<8}{r['keys']:>8}{r['records']:>9}"
+            f"{r['records'] / max(r['seconds'], 1e-9):>9.0f}{r['base'] / MIB:>10.0f}"
+            f"{r['final'] / MIB:>10.0f}{peak / MIB:>10.0f}{r['formula']:>15}{r['bytes_per_key']:>14}"
+            f"{per_key_rss:>11.0f}"
+        )
     for row in rows[1:]:
-        print(f"{row['run']} peak {row['peak_bytes'] / MIB:.0f} MiB: {'under' if row['under_1_gib'] else 'OVER'} 1 GiB"
-              + {"daemon": " (with a final checkpoint)" if args.checkpoint else "",
-                 "restart": " (loading the checkpoint)"}[row["run"]])
-    print(json.dumps({"benchmark": "bench_keys", "cell": args.cell, "n_hidden": args.hidden, "n_inputs": args.inputs,
-                      "dtype": args.dtype, "learner": args.learner, "keys": args.keys, "records": n_records,
-                      "checkpoint": args.checkpoint, "rows": rows}))
+        print(
+            f"{row['run']} peak {row['peak_bytes'] / MIB:.0f} MiB: {'under' if row['under_1_gib'] else 'OVER'} 1 GiB"
+            + {
+                "daemon": " (with a final checkpoint)" if args.checkpoint else "",
+                "restart": " (loading the checkpoint)",
+            }[row["run"]]
+        )
+    print(
+        json.dumps(
+            {
+                "benchmark": "bench_keys",
+                "cell": args.cell,
+                "n_hidden": args.hidden,
+                "n_inputs": args.inputs,
+                "dtype": args.dtype,
+                "learner": args.learner,
+                "keys": args.keys,
+                "records": n_records,
+                "checkpoint": args.checkpoint,
+                "rows": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ What is compared (nothing is tuned: every model is built with its defaults, the 
   river    LinearRegression (StandardScaler in front, as river's docs do), KNNRegressor (no scaler, as its
            docs), AMFRegressor (MinMaxScaler in front, as its docs), HoeffdingAdaptiveTreeRegressor
            (StandardScaler, as its docs); every one at its constructor defaults, KNN (its default SWINN
-           engine), AMF and the tree given ``seed``. River's regressors have no memory, so where the stream's features do not already hold
-           the last target they also run as "+lag": the same features plus ``y_lag1``, the key's last
-           target (the information persistence, river's forecasters and our target feedback use).
+           engine), AMF and the tree given ``seed``. River's regressors have no memory, so where the
+           stream's features do not already hold the last target they also run as "+lag": the same
+           features plus ``y_lag1``, the key's last target (the information persistence, river's
+           forecasters and our target feedback use).
            Series streams also run river's forecasters, configured as river's own docstring examples do:
              AirlinePassengers  HoltWinters(alpha=0.3, beta=0.1, gamma=0.6, seasonality=12,
                                 multiplicative=True); SNARIMAX(p=12, d=1, q=12, m=12, sd=1)
@@ -79,6 +80,7 @@ Run time (2026-12-02, this 2-core machine, one thread): the full run 3.3 min whe
 
     PYTHONPATH=. python scripts/bench_quality.py [--quick] [--seeds 3] [--n 4000] [--streams a,b] [--json-only]
 """
+
 import os
 
 for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -112,11 +114,11 @@ EPS = 1e-15
 
 # ----------------------------------------------------------------------------------------------- streams
 
+
 class Stream:
     """One stream: ``rows`` [(x dict, y)], optional ``key`` feature, arrays for ``Model`` (generated)."""
 
-    def __init__(self, name, rows, kind="regression", key=None, series=False, season=None, arrays=None,
-                 lag_view=True):
+    def __init__(self, name, rows, kind="regression", key=None, series=False, season=None, arrays=None, lag_view=True):
         self.name, self.rows, self.kind, self.key = name, rows, kind, key
         self.series, self.season, self.arrays, self.lag_view = series, season, arrays, lag_view
         self.y = np.array([float(y) for _, y in rows])
@@ -130,7 +132,7 @@ def month_features(x):
     """The SNARIMAX docstring's features for AirlinePassengers: ordinal date and month distances."""
     month = x["month"]
     out = {"ordinal_date": month.toordinal()}
-    out.update({calendar.month_name[m]: math.exp(-(month.month - m) ** 2) for m in range(1, 13)})
+    out.update({calendar.month_name[m]: math.exp(-((month.month - m) ** 2)) for m in range(1, 13)})
     return out
 
 
@@ -141,8 +143,9 @@ def from_arrays(name, X, Y, names, **kw):
 
 def make_streams(n):
     streams = {}
-    streams["airline"] = Stream("airline", [(month_features(x), float(y)) for x, y in datasets.AirlinePassengers()],
-                                series=True, season=12)
+    streams["airline"] = Stream(
+        "airline", [(month_features(x), float(y)) for x, y in datasets.AirlinePassengers()], series=True, season=12
+    )
     streams["trump"] = Stream("trump", [(dict(x), float(y)) for x, y in datasets.TrumpApproval()])
     streams["chick"] = Stream("chick", [(dict(x), float(y)) for x, y in datasets.ChickWeights()], key="chick")
     X, Y = generators.one_step_ahead(generators.mackey_glass(n + 1))
@@ -152,8 +155,9 @@ def make_streams(n):
     X, Y = generators.narma10(n, seed=0)
     streams["narma10"] = from_arrays("narma10", X, Y, ["u"])
     X, Y = generators.one_step_ahead(generators.mackey_glass(n + 1))
-    streams["mackey-glass-raw"] = from_arrays("mackey-glass-raw", X * 1000 + 5000, Y * 1000 + 5000, ["x"],
-                                              series=True, lag_view=False)
+    streams["mackey-glass-raw"] = from_arrays(
+        "mackey-glass-raw", X * 1000 + 5000, Y * 1000 + 5000, ["x"], series=True, lag_view=False
+    )
     X, Y = generators.binary_add_task(n, seed=0)
     s = from_arrays("binary-add", X, Y, ["x"], kind="classification", lag_view=False)
     s.rows = [(x, bool(y)) for x, y in s.rows]
@@ -162,6 +166,7 @@ def make_streams(n):
 
 
 # ------------------------------------------------------------------------------------------------ models
+
 
 class Fallback:
     """The running mean of all targets so far (0 before any): the prediction of a model that cannot predict yet,
@@ -184,6 +189,7 @@ def with_scaler(scaler, model, key):
 
 def regressor_learner(make):
     """A learner for run_regression from a factory of river regressors: predict, then learn."""
+
     def build(stream, seed):
         model = make(stream, seed)
 
@@ -192,13 +198,16 @@ def regressor_learner(make):
 
         def learn(x, y):
             model.learn_one(x, y)
+
         return predict, learn
+
     return build
 
 
 def forecaster_learner(make, pass_x=True):
     """Forecasters: ``forecast(horizon=1, xs=[x])`` before ``learn_one(y, x)``; without ``pass_x``
     ``forecast(horizon=1)`` and ``learn_one(y)``, as river's docstring examples drive HoltWinters and SNARIMAX."""
+
     def build(stream, seed):
         model = make(stream, seed)
 
@@ -210,7 +219,9 @@ def forecaster_learner(make, pass_x=True):
                 model.learn_one(y, x)
             else:
                 model.learn_one(y)
+
         return predict, learn
+
     return build
 
 
@@ -218,26 +229,33 @@ def river_forecaster(kind):
     def make(stream, seed):
         if stream.season:
             if kind == "hw":
-                return time_series.HoltWinters(alpha=0.3, beta=0.1, gamma=0.6, seasonality=stream.season,
-                                               multiplicative=True)
+                return time_series.HoltWinters(
+                    alpha=0.3, beta=0.1, gamma=0.6, seasonality=stream.season, multiplicative=True
+                )
             return time_series.SNARIMAX(p=12, d=1, q=12, m=stream.season, sd=1)
         if kind == "hw":
             return time_series.HoltWinters(alpha=0.3, beta=0.1)
-        return time_series.SNARIMAX(p=12, d=1, q=0)      # q=12 diverges on the generated series (docstring)
+        return time_series.SNARIMAX(p=12, d=1, q=0)  # q=12 diverges on the generated series (docstring)
+
     return make
 
 
 RIVER_REGRESSORS = {
     # label: (factory(stream, seed), seeded?)
-    "river LinearRegression": (lambda s, seed: preprocessing.StandardScaler() | linear_model.LinearRegression(),
-                               False),
+    "river LinearRegression": (lambda s, seed: preprocessing.StandardScaler() | linear_model.LinearRegression(), False),
     # KNNRegressor's default engine is SWINN, which draws random numbers (seed None by default): the same
     # default engine, seeded.
-    "river KNNRegressor": (lambda s, seed: neighbors.KNNRegressor(
-        engine=neighbors.SWINN(dist_func=utils.math._euclidean_distance, seed=seed)), True),
+    "river KNNRegressor": (
+        lambda s, seed: neighbors.KNNRegressor(
+            engine=neighbors.SWINN(dist_func=utils.math._euclidean_distance, seed=seed)
+        ),
+        True,
+    ),
     "river AMFRegressor": (lambda s, seed: preprocessing.MinMaxScaler() | forest.AMFRegressor(seed=seed), True),
-    "river HoeffdingAdaptiveTree": (lambda s, seed: preprocessing.StandardScaler()
-                                    | tree.HoeffdingAdaptiveTreeRegressor(seed=seed), True),
+    "river HoeffdingAdaptiveTree": (
+        lambda s, seed: preprocessing.StandardScaler() | tree.HoeffdingAdaptiveTreeRegressor(seed=seed),
+        True,
+    ),
 }
 
 
@@ -245,15 +263,28 @@ def regression_models(stream):
     """label -> (group, builder, seeded?, uses the +lag features?)."""
     key = stream.key
     models = {
-        "ours RNNRegressor": ("ours", regressor_learner(
-            lambda s, seed: with_scaler(preprocessing.StandardScaler(), RNNRegressor(seed=seed, key=key), key)),
-            True, False),
-        "ours RNNRegressor, no scaler": ("ours", regressor_learner(
-            lambda s, seed: RNNRegressor(seed=seed, key=key)), True, False),
+        "ours RNNRegressor": (
+            "ours",
+            regressor_learner(
+                lambda s, seed: with_scaler(preprocessing.StandardScaler(), RNNRegressor(seed=seed, key=key), key)
+            ),
+            True,
+            False,
+        ),
+        "ours RNNRegressor, no scaler": (
+            "ours",
+            regressor_learner(lambda s, seed: RNNRegressor(seed=seed, key=key)),
+            True,
+            False,
+        ),
     }
     if stream.series or key is not None:
-        models["ours RNNForecaster"] = ("ours", forecaster_learner(
-            lambda s, seed: RNNForecaster(seed=seed, key=key)), True, False)
+        models["ours RNNForecaster"] = (
+            "ours",
+            forecaster_learner(lambda s, seed: RNNForecaster(seed=seed, key=key)),
+            True,
+            False,
+        )
     for label, (make, seeded) in RIVER_REGRESSORS.items():
         models[label] = ("river", regressor_learner(make), seeded, False)
     if stream.lag_view:
@@ -266,6 +297,7 @@ def regression_models(stream):
 
 
 # ------------------------------------------------------------------------------------------------- runs
+
 
 def run_regression(stream, build, seed, lag):
     """Progressive validation of one learner; returns (predictions, fallback count, seconds)."""
@@ -329,21 +361,28 @@ def scores_regression(stream, preds):
     err = preds - stream.y
     res = {"mae": float(np.mean(np.abs(err)))}
     if stream.generated:
-        res["nmse"] = float(np.mean(err ** 2) / np.var(stream.y))
+        res["nmse"] = float(np.mean(err**2) / np.var(stream.y))
     return res
 
 
 def scores_binary(stream, p):
     y = stream.y
     pc = np.clip(p, EPS, 1 - EPS)
-    return {"log_loss": float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
-            "accuracy": float(np.mean((p > 0.5) == (y > 0.5)))}
+    return {
+        "log_loss": float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
+        "accuracy": float(np.mean((p > 0.5) == (y > 0.5))),
+    }
 
 
 def summarise(group, per_seed, seconds, n, fallbacks=0, oracle=False):
     keys = per_seed[0].keys()
-    row = {"group": group, "n_runs": len(per_seed), "samples_per_s": float(n / np.mean(seconds)) if seconds else None,
-           "fallbacks": int(fallbacks), "oracle": oracle}
+    row = {
+        "group": group,
+        "n_runs": len(per_seed),
+        "samples_per_s": float(n / np.mean(seconds)) if seconds else None,
+        "fallbacks": int(fallbacks),
+        "oracle": oracle,
+    }
     for k in keys:
         vals = np.array([s[k] for s in per_seed])
         row[k] = float(vals.mean())
@@ -357,7 +396,7 @@ def bench_regression(stream, seeds, log):
     n = len(stream.rows)
     for label, (group, build, seeded, lag) in regression_models(stream).items():
         per_seed, secs, fbs = [], [], 0
-        for seed in (seeds if seeded else seeds[:1]):
+        for seed in seeds if seeded else seeds[:1]:
             preds, nfb, dt = run_regression(stream, build, seed, lag)
             per_seed.append(scores_regression(stream, preds))
             secs.append(dt)
@@ -386,7 +425,7 @@ def bench_binary(stream, seeds, log):
     }
     for label, make in learners.items():
         per_seed, secs = [], []
-        for seed in (seeds if label.startswith("ours") else seeds[:1]):
+        for seed in seeds if label.startswith("ours") else seeds[:1]:
             model = make(seed)
             p = np.empty(n)
             t0 = time.perf_counter()
@@ -409,14 +448,15 @@ def bench_binary(stream, seeds, log):
     y = stream.y
     seen = np.concatenate([[0.0], np.cumsum(y)[:-1]])
     count = np.arange(n, dtype=float)
-    freq = (seen + 1.0) / (count + 2.0)            # Laplace: 1/2 before any label
+    freq = (seen + 1.0) / (count + 2.0)  # Laplace: 1/2 before any label
     rows["naive best constant (running frequency)"] = summarise("naive", [scores_binary(stream, freq)], [], n)
     majority = (seen > count / 2).astype(float)
     acc = float(np.mean((majority > 0.5) == (y > 0.5)))
     rows["naive majority class"] = summarise("naive", [{"log_loss": float("inf"), "accuracy": acc}], [], n)
     persistence = np.concatenate([[0.0], y[:-1]])
     rows["naive persistence (last label)"] = summarise(
-        "naive", [{"log_loss": float("inf"), "accuracy": float(np.mean(persistence == y))}], [], n)
+        "naive", [{"log_loss": float("inf"), "accuracy": float(np.mean(persistence == y))}], [], n
+    )
     floors = generators.binary_add_task_floors()
     rows["oracle: knows x[t-3]"] = summarise("oracle", [{"log_loss": floors["first"]}], [], n, oracle=True)
     rows["oracle: knows x[t-3], x[t-8]"] = summarise("oracle", [{"log_loss": floors["both"]}], [], n, oracle=True)
@@ -425,6 +465,7 @@ def bench_binary(stream, seeds, log):
 
 
 # ------------------------------------------------------------------------------------------------- main
+
 
 def verdict(stream, rows):
     metric = "log_loss" if stream.kind == "classification" else "mae"
@@ -437,11 +478,16 @@ def verdict(stream, rows):
     best_naive = min((v for k, v in others.items() if rows[k]["group"] == "naive"), default=float("inf"))
     ours = {k: v for k, v in finite.items() if rows[k]["group"] == "ours"}
     mine = finite[declared]
-    return {"metric": metric, "best": best, "declared": declared,
-            "beats_every_river_model": mine < best_river, "beats_every_naive_baseline": mine < best_naive,
-            "ours_wins": mine < min(best_river, best_naive),
-            "any_ours_row_wins": min(ours.values()) < min(best_river, best_naive),
-            "ratio_to_best_other": mine / min(best_river, best_naive)}
+    return {
+        "metric": metric,
+        "best": best,
+        "declared": declared,
+        "beats_every_river_model": mine < best_river,
+        "beats_every_naive_baseline": mine < best_naive,
+        "ours_wins": mine < min(best_river, best_naive),
+        "any_ours_row_wins": min(ours.values()) < min(best_river, best_naive),
+        "ratio_to_best_other": mine / min(best_river, best_naive),
+    }
 
 
 def jsonable(obj):
@@ -466,8 +512,9 @@ def fmt(row, k):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     ap.add_argument("--quick", action="store_true", help="generated streams of 1 000 samples")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of ours, KNN, AMF and the tree (>= 3 for the target)")
     ap.add_argument("--n", type=int, default=None, help="samples per generated stream (default 4000; 1000 quick)")
@@ -488,29 +535,39 @@ def main(argv=None):
             if label.startswith("ours"):
                 run_regression(Stream(s, warm[s].rows[:40], key=warm[s].key), build, 0, lag)
     model_step_many(warm["mackey-glass"], 0)
-    bench_binary(Stream("binary-add", warm["binary-add"].rows, kind="classification",
-                        arrays=warm["binary-add"].arrays), [0], lambda *a: None)
+    bench_binary(
+        Stream("binary-add", warm["binary-add"].rows, kind="classification", arrays=warm["binary-add"].arrays),
+        [0],
+        lambda *a: None,
+    )
 
     def log(stream, label, row):
         if not args.json_only:
             m = "log_loss" if "log_loss" in row else "mae"
-            print(f"  .. {stream:<17} {label:<38} {m} {fmt(row, m):>22}  {time.perf_counter() - t_start:6.0f}s",
-                  flush=True)
+            print(
+                f"  .. {stream:<17} {label:<38} {m} {fmt(row, m):>22}  {time.perf_counter() - t_start:6.0f}s",
+                flush=True,
+            )
 
     results = {}
     for name, stream in streams.items():
         bench = bench_binary if stream.kind == "classification" else bench_regression
         rows = bench(stream, seeds, log)
-        results[name] = {"n_samples": len(stream.rows), "key": stream.key, "rows": rows,
-                         "verdict": verdict(stream, rows)}
+        results[name] = {
+            "n_samples": len(stream.rows),
+            "key": stream.key,
+            "rows": rows,
+            "verdict": verdict(stream, rows),
+        }
     elapsed = time.perf_counter() - t_start
 
     wins = sum(r["verdict"]["ours_wins"] for r in results.values())
     any_wins = sum(r["verdict"]["any_ours_row_wins"] for r in results.values())
     if not args.json_only:
         print()
-        head = (f"{'stream':<17} {'model':<40} {'MAE / log loss':>22} {'NMSE / accuracy':>22} "
-                f"{'samples/s':>10} {'fb':>4}  ")
+        head = (
+            f"{'stream':<17} {'model':<40} {'MAE / log loss':>22} {'NMSE / accuracy':>22} {'samples/s':>10} {'fb':>4}  "
+        )
         print(head)
         print("-" * len(head))
         for name, res in results.items():
@@ -520,18 +577,37 @@ def main(argv=None):
                 second = "accuracy" if first == "log_loss" else "nmse"
                 sps = "" if row["samples_per_s"] is None else f"{row['samples_per_s']:.0f}"
                 mark = "best" if label == v["best"] else ""
-                print(f"{name:<17} {label:<40} {fmt(row, first):>22} {fmt(row, second):>22} {sps:>10} "
-                      f"{row['fallbacks'] or '':>4}  {mark}")
-            print(f"{name:<17} -> {v['declared']}: beats every river model: "
-                  f"{'yes' if v['beats_every_river_model'] else 'NO'}; every naive baseline: "
-                  f"{'yes' if v['beats_every_naive_baseline'] else 'NO'}; "
-                  f"{v['metric']} / best other row = {v['ratio_to_best_other']:.3f}")
+                print(
+                    f"{name:<17} {label:<40} {fmt(row, first):>22} {fmt(row, second):>22} {sps:>10} "
+                    f"{row['fallbacks'] or '':>4}  {mark}"
+                )
+            print(
+                f"{name:<17} -> {v['declared']}: beats every river model: "
+                f"{'yes' if v['beats_every_river_model'] else 'NO'}; every naive baseline: "
+                f"{'yes' if v['beats_every_naive_baseline'] else 'NO'}; "
+                f"{v['metric']} / best other row = {v['ratio_to_best_other']:.3f}"
+            )
             print()
         print(f"ours wins on {wins} of {len(results)} streams (declared rows; any of our rows: {any_wins})")
         print(f"elapsed {elapsed:.0f}s")
-    print(json.dumps(jsonable({"benchmark": "bench_quality", "quick": args.quick, "generated_samples": n, "seeds": seeds,
-                      "ours_wins": wins, "any_ours_row_wins": any_wins, "n_streams": len(results),
-                      "elapsed_s": elapsed, "load_average_1min": os.getloadavg()[0], "streams": results})))
+    print(
+        json.dumps(
+            jsonable(
+                {
+                    "benchmark": "bench_quality",
+                    "quick": args.quick,
+                    "generated_samples": n,
+                    "seeds": seeds,
+                    "ours_wins": wins,
+                    "any_ours_row_wins": any_wins,
+                    "n_streams": len(results),
+                    "elapsed_s": elapsed,
+                    "load_average_1min": os.getloadavg()[0],
+                    "streams": results,
+                }
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ Speed target (>= 20 000 samples/s for GRU-8 through the river API)
 
     PYTHONPATH=. python scripts/bench_river.py [--quick] [--mg-samples 5000] [--json-only]
 """
+
 import os
 
 for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -53,7 +54,7 @@ from river import (
 from streamrnn import datasets as generators
 from streamrnn.river import RNNRegressor
 
-OURS = {"n_hidden": 8}          # everything else at the estimator's defaults
+OURS = {"n_hidden": 8}  # everything else at the estimator's defaults
 LABEL = "streamrnn RNNRegressor(n_hidden=8)"
 TARGET = 20_000
 
@@ -100,7 +101,7 @@ def bare_speed(data, min_samples=20_000, repeats=5):
         rows.append((scaler.transform_one(x), y))
     rows = rows * -(-min_samples // len(rows))
     reg = RNNRegressor(**OURS)
-    for x, y in rows[:50]:           # compile outside the clock
+    for x, y in rows[:50]:  # compile outside the clock
         reg.predict_one(x)
         reg.learn_one(x, y)
     model = RNNRegressor(**OURS).model
@@ -121,13 +122,18 @@ def bare_speed(data, min_samples=20_000, repeats=5):
         t0 = time.perf_counter()
         model.step_many(X, Y)
         kernel.append(len(rows) / (time.perf_counter() - t0))
-    return {"api": max(api), "api_median": float(np.median(api)),
-            "step_many": max(kernel), "step_many_median": float(np.median(kernel))}
+    return {
+        "api": max(api),
+        "api_median": float(np.median(api)),
+        "step_many": max(kernel),
+        "step_many_median": float(np.median(kernel)),
+    }
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     ap.add_argument("--mg-samples", type=int, default=5000)
     ap.add_argument("--quick", action="store_true", help="1000 Mackey-Glass samples, 3 passes")
     ap.add_argument("--json-only", action="store_true")
@@ -135,7 +141,7 @@ def main(argv=None):
     mg_samples = 1000 if args.quick else args.mg_samples
     repeats = 3 if args.quick else 5
     streams = make_streams(mg_samples)
-    pipeline_speed(streams["airline"][:20], MODELS[LABEL], 20)      # compile outside every clock
+    pipeline_speed(streams["airline"][:20], MODELS[LABEL], 20)  # compile outside every clock
     load_start = os.getloadavg()[0]
     rows, result = [], {"bench": "river", "ours": OURS, "streams": {}}
     for name, data in streams.items():
@@ -146,7 +152,8 @@ def main(argv=None):
         rows.append((name, f"{LABEL}: bare predict_one+learn_one", speed["api"]))
         rows.append((name, f"{LABEL}: Model.step_many, same rows", speed["step_many"]))
         result["streams"][name] = {
-            "n_samples": len(data), "lags": len(data[0][0]),
+            "n_samples": len(data),
+            "lags": len(data[0][0]),
             "samples_per_s_pipeline": pipe,
             "gru8_river_api_samples_per_s": speed["api"],
             "gru8_river_api_samples_per_s_median": speed["api_median"],
@@ -158,15 +165,16 @@ def main(argv=None):
         print(f"{'stream':<14} {'model':<72} {'samples/s':>10}")
         for name, label, sps in rows:
             print(f"{name:<14} {label:<72} {sps:10.0f}")
-    result["gru8_river_api_samples_per_s"] = min(v["gru8_river_api_samples_per_s"]
-                                                 for v in result["streams"].values())
+    result["gru8_river_api_samples_per_s"] = min(v["gru8_river_api_samples_per_s"] for v in result["streams"].values())
     result["target_samples_per_s"] = TARGET
     result["target_speed_met"] = result["gru8_river_api_samples_per_s"] >= TARGET
     result["load_average_1min_start_end"] = [load_start, os.getloadavg()[0]]
     if not args.json_only:
-        print(f"GRU-8 through the river API: {result['gru8_river_api_samples_per_s']:.0f} samples/s "
-              f"(target >= {TARGET}: {'met' if result['target_speed_met'] else 'NOT met'}). "
-              "Quality: scripts/bench_quality.py")
+        print(
+            f"GRU-8 through the river API: {result['gru8_river_api_samples_per_s']:.0f} samples/s "
+            f"(target >= {TARGET}: {'met' if result['target_speed_met'] else 'NOT met'}). "
+            "Quality: scripts/bench_quality.py"
+        )
     print(json.dumps(result))
 
 

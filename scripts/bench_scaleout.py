@@ -14,24 +14,26 @@ with scripts/kafka.sh unless --bootstrap is given.
 
     python scripts/bench_scaleout.py [--records 300000] [--members 1,2,3] [--bootstrap HOST:PORT]
 """
+
 import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_var] = "1"
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-from bench_daemon import MODEL, create_topics, make_lines, produce  # noqa: E402
-from streamrnn.service import dump_config  # noqa: E402
+from bench_daemon import MODEL, create_topics, make_lines, produce
+
+from streamrnn.service import dump_config
 
 PARTITIONS = 6
 TICK = os.sysconf("SC_CLK_TCK")
@@ -73,38 +75,53 @@ def outputs_so_far(consumer, tps):
 def group_stable(admin, group, k):
     """Whether the group is Stable with k members, each holding partitions."""
     from kafka.errors import KafkaError
+
     try:
         g = admin.describe_groups([group]).get(group, {})
-    except KafkaError:             # e.g. no coordinator yet on a broker that just started
+    except KafkaError:  # e.g. no coordinator yet on a broker that just started
         return False
     members = g.get("members", [])
-    return g.get("group_state") == "Stable" and len(members) == k and all(
-        isinstance(m.get("member_assignment"), dict) and m["member_assignment"].get("assigned_partitions")
-        for m in members)
+    return (
+        g.get("group_state") == "Stable"
+        and len(members) == k
+        and all(
+            isinstance(m.get("member_assignment"), dict) and m["member_assignment"].get("assigned_partitions")
+            for m in members
+        )
+    )
 
 
 def run_group(bootstrap, topic, k, n, work):
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
     stem = uuid.uuid4().hex[:8]
     out_topic, group = f"scale-out-{k}-{stem}", f"scale-{k}-{stem}"
     create_topics(bootstrap, [out_topic], partitions=PARTITIONS)
     procs = []
     env = dict(os.environ, PYTHONPATH=ROOT)
     for i in range(k):
-        cfg = {"source": {"type": "kafka", "bootstrap": bootstrap, "topic": topic, "max_poll_records": 5000},
-               "sink": {"type": "kafka", "bootstrap": bootstrap, "topic": out_topic},
-               "schema": {"features": ["a", "b"], "target": "y", "key": "key"},
-               "model": {**MODEL, "n_inputs": 2},
-               "checkpoint": {"path": os.path.join(work, f"store-{k}"), "every_records": 50_000,
-                              "every_seconds": 0},
-               "daemon": {"batch_size": 5000, "poll_timeout": 0.5, "progress": False},
-               "group": {"mode": "independent", "member": f"m{i}"}}
+        cfg = {
+            "source": {"type": "kafka", "bootstrap": bootstrap, "topic": topic, "max_poll_records": 5000},
+            "sink": {"type": "kafka", "bootstrap": bootstrap, "topic": out_topic},
+            "schema": {"features": ["a", "b"], "target": "y", "key": "key"},
+            "model": {**MODEL, "n_inputs": 2},
+            "checkpoint": {"path": os.path.join(work, f"store-{k}"), "every_records": 50_000, "every_seconds": 0},
+            "daemon": {"batch_size": 5000, "poll_timeout": 0.5, "progress": False},
+            "group": {"mode": "independent", "member": f"m{i}"},
+        }
         path = os.path.join(work, f"k{k}-m{i}.toml")
         with open(path, "w") as fh:
             fh.write(dump_config(cfg))
         log = open(os.path.join(work, f"k{k}-m{i}.log"), "wb")
-        procs.append(subprocess.Popen([sys.executable, "-m", "streamrnn", "run", path, "--group", group,
-                                       "--no-progress"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "streamrnn", "run", path, "--group", group, "--no-progress"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     stable = False
@@ -118,8 +135,9 @@ def run_group(bootstrap, topic, k, n, work):
             if not stable:
                 stable = group_stable(admin, group, k)
                 if stable and done >= hi:
-                    raise RuntimeError(f"{k} members: the group was stable only after {done} of {n} records; "
-                                       "give more --records")
+                    raise RuntimeError(
+                        f"{k} members: the group was stable only after {done} of {n} records; give more --records"
+                    )
             if start is None and stable and done >= lo:
                 start = (time.monotonic(), done, sum(cpu_seconds(p.pid) for p in procs), machine_busy())
             if start is not None and done >= hi:
@@ -142,8 +160,12 @@ def run_group(bootstrap, topic, k, n, work):
         admin.close()
     wall = end[0] - start[0]
     busy = (end[3][0] - start[3][0]) / max(1, end[3][1] - start[3][1]) * os.cpu_count()
-    return {"members": k, "records_per_s": (end[1] - start[1]) / wall,
-            "member_cpu_cores": (end[2] - start[2]) / wall, "machine_busy_cores": busy}
+    return {
+        "members": k,
+        "records_per_s": (end[1] - start[1]) / wall,
+        "member_cpu_cores": (end[2] - start[2]) / wall,
+        "machine_busy_cores": busy,
+    }
 
 
 def main(argv=None):
@@ -157,8 +179,16 @@ def main(argv=None):
     broker_dir, bootstrap = None, args.bootstrap
     if bootstrap is None:
         broker_dir = os.path.join(work, "kafka")
-        bootstrap = subprocess.run(["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "start", broker_dir],
-                                   check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        bootstrap = (
+            subprocess.run(
+                ["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "start", broker_dir],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
     try:
         topic = f"scale-in-{uuid.uuid4().hex[:8]}"
         create_topics(bootstrap, [topic], partitions=PARTITIONS)
@@ -168,14 +198,27 @@ def main(argv=None):
         if broker_dir is not None:
             subprocess.run(["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "stop", broker_dir], check=False)
     base = rows[0]["records_per_s"]
-    print(f"{args.records} records, {PARTITIONS} partitions, GRU n=8 RTRL, independent mode; {os.cpu_count()} cores, "
-          f"broker on the same machine; steady state (group stable, up to 90 % of the records answered)")
+    print(
+        f"{args.records} records, {PARTITIONS} partitions, GRU n=8 RTRL, independent mode; {os.cpu_count()} cores, "
+        f"broker on the same machine; steady state (group stable, up to 90 % of the records answered)"
+    )
     print(f"{'members':>8}{'records/s':>12}{'speed-up':>10}{'member CPU cores':>18}{'machine busy cores':>20}")
     for r in rows:
-        print(f"{r['members']:>8}{r['records_per_s']:>12.0f}{r['records_per_s'] / base:>10.2f}"
-              f"{r['member_cpu_cores']:>18.2f}{r['machine_busy_cores']:>20.2f}")
-    print(json.dumps({"benchmark": "bench_scaleout", "records": args.records, "partitions": PARTITIONS,
-                      "cores": os.cpu_count(), "rows": rows}))
+        print(
+            f"{r['members']:>8}{r['records_per_s']:>12.0f}{r['records_per_s'] / base:>10.2f}"
+            f"{r['member_cpu_cores']:>18.2f}{r['machine_busy_cores']:>20.2f}"
+        )
+    print(
+        json.dumps(
+            {
+                "benchmark": "bench_scaleout",
+                "records": args.records,
+                "partitions": PARTITIONS,
+                "cores": os.cpu_count(),
+                "rows": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

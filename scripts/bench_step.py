@@ -14,19 +14,19 @@ Then one JSON line with every row. BLAS and Numba are pinned to one thread.
 
     python scripts/bench_step.py [--seconds 1.0] [--cells gru] [--sizes 8,32]
 """
+
 import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_var] = "1"
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import streamrnn as sr  # noqa: E402
+import streamrnn as sr
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -70,33 +70,33 @@ class NumpyRTRL:
         if self.cell == "rnn":
             h_new = np.tanh(gi + gh)
             dA = self.W_hh @ Mh + self.immediate(x, h)
-            self.M = (1 - h_new ** 2)[:, None] * dA
+            self.M = (1 - h_new**2)[:, None] * dA
         elif self.cell == "gru":
             r = sigmoid(gi[:n] + gh[:n])
-            z = sigmoid(gi[n:2 * n] + gh[n:2 * n])
-            hn = gh[2 * n:]
-            nn = np.tanh(gi[2 * n:] + r * hn)
+            z = sigmoid(gi[n : 2 * n] + gh[n : 2 * n])
+            hn = gh[2 * n :]
+            nn = np.tanh(gi[2 * n :] + r * hn)
             h_new = (1 - z) * nn + z * h
             d_hh = self.W_hh @ Mh + self.immediate(x, h, with_ih=False)
             d_ih = self.immediate(x, h, with_hh=False)
             dr = (r * (1 - r))[:, None] * (d_hh[:n] + d_ih[:n])
-            dz = (z * (1 - z))[:, None] * (d_hh[n:2 * n] + d_ih[n:2 * n])
-            dn = (1 - nn ** 2)[:, None] * (d_ih[2 * n:] + r[:, None] * d_hh[2 * n:] + hn[:, None] * dr)
+            dz = (z * (1 - z))[:, None] * (d_hh[n : 2 * n] + d_ih[n : 2 * n])
+            dn = (1 - nn**2)[:, None] * (d_ih[2 * n :] + r[:, None] * d_hh[2 * n :] + hn[:, None] * dr)
             self.M = (1 - z)[:, None] * dn + (h - nn)[:, None] * dz + z[:, None] * Mh
         else:
             a = gi + gh
-            i, f, o = sigmoid(a[:n]), sigmoid(a[n:2 * n]), sigmoid(a[3 * n:])
-            g = np.tanh(a[2 * n:3 * n])
+            i, f, o = sigmoid(a[:n]), sigmoid(a[n : 2 * n]), sigmoid(a[3 * n :])
+            g = np.tanh(a[2 * n : 3 * n])
             c_new = f * self.c + i * g
             tc = np.tanh(c_new)
             h_new = o * tc
             dA = self.W_hh @ Mh + self.immediate(x, h)
             di = (i * (1 - i))[:, None] * dA[:n]
-            df = (f * (1 - f))[:, None] * dA[n:2 * n]
-            dg = (1 - g ** 2)[:, None] * dA[2 * n:3 * n]
-            do = (o * (1 - o))[:, None] * dA[3 * n:]
+            df = (f * (1 - f))[:, None] * dA[n : 2 * n]
+            dg = (1 - g**2)[:, None] * dA[2 * n : 3 * n]
+            do = (o * (1 - o))[:, None] * dA[3 * n :]
             dc = f[:, None] * self.M[n:] + self.c[:, None] * df + i[:, None] * dg + g[:, None] * di
-            dh = (o * (1 - tc ** 2))[:, None] * dc + tc[:, None] * do
+            dh = (o * (1 - tc**2))[:, None] * dc + tc[:, None] * do
             self.M = np.vstack([dh, dc])
             self.c = c_new
         self.h = h_new
@@ -113,7 +113,7 @@ class NumpyRTRL:
             m1 += 0.1 * gr
             m2 *= 0.999
             m2 += 0.001 * gr * gr
-            p -= (lr / (1 - 0.9 ** self.t)) * m1 / (np.sqrt(m2) / np.sqrt(1 - 0.999 ** self.t) + 1e-8)
+            p -= (lr / (1 - 0.9**self.t)) * m1 / (np.sqrt(m2) / np.sqrt(1 - 0.999**self.t) + 1e-8)
         return yhat
 
 
@@ -157,10 +157,19 @@ def bench(cell, n, seconds, n_inputs=8):
     macs = G * n * n * P
     matmul_gmacs = rate(lambda: np.dot(W, M, out=D), seconds / 2, macs) / 1e9
     achieved = steps_per_s * macs / 1e9
-    return {"cell": cell, "n": n, "inputs": n_inputs, "params_cell": P, "steps_per_s": steps_per_s,
-            "mac_per_step": macs, "gmac_per_s": achieved, "numpy_matmul_gmac_per_s": matmul_gmacs,
-            "ratio_to_matmul": achieved / matmul_gmacs, "numpy_rtrl_steps_per_s": numpy_steps_per_s,
-            "speedup_over_numpy": steps_per_s / numpy_steps_per_s}
+    return {
+        "cell": cell,
+        "n": n,
+        "inputs": n_inputs,
+        "params_cell": P,
+        "steps_per_s": steps_per_s,
+        "mac_per_step": macs,
+        "gmac_per_s": achieved,
+        "numpy_matmul_gmac_per_s": matmul_gmacs,
+        "ratio_to_matmul": achieved / matmul_gmacs,
+        "numpy_rtrl_steps_per_s": numpy_steps_per_s,
+        "speedup_over_numpy": steps_per_s / numpy_steps_per_s,
+    }
 
 
 def main(argv=None):
@@ -170,17 +179,22 @@ def main(argv=None):
     ap.add_argument("--sizes", default="8,16,32,64")
     args = ap.parse_args(argv)
     rows = []
-    header = (f"{'cell':<5}{'n':>4}{'P':>7}{'steps/s':>11}{'MAC/step':>11}{'GMAC/s':>8}"
-              f"{'np matmul':>10}{'ratio':>7}{'np RTRL/s':>11}{'speedup':>9}")
+    header = (
+        f"{'cell':<5}{'n':>4}{'P':>7}{'steps/s':>11}{'MAC/step':>11}{'GMAC/s':>8}"
+        f"{'np matmul':>10}{'ratio':>7}{'np RTRL/s':>11}{'speedup':>9}"
+    )
     print(header)
     print("-" * len(header))
     for cell in args.cells.split(","):
         for n in map(int, args.sizes.split(",")):
             r = bench(cell, n, args.seconds)
             rows.append(r)
-            print(f"{cell:<5}{n:>4}{r['params_cell']:>7}{r['steps_per_s']:>11.0f}{r['mac_per_step']:>11}"
-                  f"{r['gmac_per_s']:>8.2f}{r['numpy_matmul_gmac_per_s']:>10.2f}{r['ratio_to_matmul']:>7.2f}"
-                  f"{r['numpy_rtrl_steps_per_s']:>11.0f}{r['speedup_over_numpy']:>8.1f}x", flush=True)
+            print(
+                f"{cell:<5}{n:>4}{r['params_cell']:>7}{r['steps_per_s']:>11.0f}{r['mac_per_step']:>11}"
+                f"{r['gmac_per_s']:>8.2f}{r['numpy_matmul_gmac_per_s']:>10.2f}{r['ratio_to_matmul']:>7.2f}"
+                f"{r['numpy_rtrl_steps_per_s']:>11.0f}{r['speedup_over_numpy']:>8.1f}x",
+                flush=True,
+            )
     print(json.dumps({"benchmark": "bench_step", "rows": rows}))
 
 

@@ -7,13 +7,11 @@ so the target is the next value of the same key. Every 97th record is damaged in
 ways (bad JSON, missing field, non-numeric, non-finite, bad key type) to exercise the
 dead-letter path: 30 bad records, 2970 good ones.
 """
+
 import json
 import os
-import sys
 
-import numpy as np
-
-from streamrnn.datasets import mackey_glass  # noqa: E402
+from streamrnn.datasets import mackey_glass
 
 N_PER_KEY = 750
 TAUS = (17, 19, 23, 30)
@@ -22,7 +20,7 @@ TAUS = (17, 19, 23, 30)
 def records():
     series = []
     for k, tau in enumerate(TAUS):
-        s = mackey_glass(N_PER_KEY + 2 + 37 * k, tau=tau)[37 * k:]
+        s = mackey_glass(N_PER_KEY + 2 + 37 * k, tau=tau)[37 * k :]
         s = (s - s.mean()) / s.std()
         series.append(s)
     out = []
@@ -31,14 +29,18 @@ def records():
         for k in range(len(TAUS)):
             s = series[k]
             key = f"mg-{k}"
-            value = {"key": key, "x": round(float(s[t]), 12), "dx": round(float(s[t] - s[t - 1]), 12),
-                     "y": round(float(s[t + 1]), 12)}
+            value = {
+                "key": key,
+                "x": round(float(s[t]), 12),
+                "dx": round(float(s[t] - s[t - 1]), 12),
+                "y": round(float(s[t + 1]), 12),
+            }
             line = {"ts": round(1_700_000_000 + 0.01 * n, 3), "key": key, "value": value}
             n += 1
             if n % 97 == 0:
                 kind = (n // 97) % 5
                 if kind == 0:
-                    out.append('{"ts": %s, "key": "%s", "value": {"key": "%s", "x": 0.1,' % (line["ts"], key, key))
+                    out.append(f'{{"ts": {line["ts"]}, "key": "{key}", "value": {{"key": "{key}", "x": 0.1,')
                     continue
                 if kind == 1:
                     del value["dx"]

@@ -43,6 +43,7 @@ minutes. ``--quick``: 1 selection seed, 3 reported seeds, TBPTT, SnAp-1 and UORO
 
     PYTHONPATH=. python scripts/reproduce_mackey_glass.py [--quick] [--seeds 10] [--learners rtrl,tbptt]
 """
+
 import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -73,8 +74,16 @@ N_STEPS, EVAL_LAST, N_HIDDEN = 15_000, 5_000, 64
 
 
 def nmse_of_run(X, Y, seed, settings):
-    model = sr.Model(cell="rnn", n_inputs=1, n_hidden=N_HIDDEN, n_outputs=1, task="regression",
-                     optimizer="adam", seed=seed, **settings)
+    model = sr.Model(
+        cell="rnn",
+        n_inputs=1,
+        n_hidden=N_HIDDEN,
+        n_outputs=1,
+        task="regression",
+        optimizer="adam",
+        seed=seed,
+        **settings,
+    )
     start = time.perf_counter()
     preds = model.step_many(X, Y)[:, 0]
     elapsed = time.perf_counter() - start
@@ -98,19 +107,23 @@ def select_rate(X, Y, name, seeds, log):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--learners", default="rtrl,tbptt,snap1,uoro")
-    ap.add_argument("--selection-seeds", default=",".join(map(str, SELECTION_SEEDS)),
-                    help="seeds the learning rate is picked on; must not overlap the reported seeds")
+    ap.add_argument(
+        "--selection-seeds",
+        default=",".join(map(str, SELECTION_SEEDS)),
+        help="seeds the learning rate is picked on; must not overlap the reported seeds",
+    )
     ap.add_argument("--rates", default="", help="learner=lr,... : use these rates, skip the selection for them")
     ap.add_argument("--cosine-seeds", type=int, default=3, help="seeds on which gradient cosines are measured")
     ap.add_argument("--quick", action="store_true", help="1 selection seed, 3 reported seeds, no exact RTRL")
     args = ap.parse_args(argv)
     if args.quick:
-        args.seeds, args.cosine_seeds = 3, 0          # the cosine needs exact RTRL along the run: slow
+        args.seeds, args.cosine_seeds = 3, 0  # the cosine needs exact RTRL along the run: slow
         args.selection_seeds = args.selection_seeds.split(",")[0]
         if args.learners == ap.get_default("learners"):
             args.learners = "tbptt,snap1,uoro"
@@ -120,7 +133,7 @@ def main(argv=None):
         ap.error(f"selection seeds {selection} overlap the reported seeds {reported}")
     given = {k: float(v) for k, v in (item.split("=") for item in args.rates.split(",") if item)}
     X, Y = one_step_ahead(mackey_glass(N_STEPS + 1))
-    sr.Model(cell="rnn", n_inputs=1, n_hidden=4).step_many(X[:2], Y[:2])      # compile before timing
+    sr.Model(cell="rnn", n_inputs=1, n_hidden=4).step_many(X[:2], Y[:2])  # compile before timing
 
     def log(text):
         print(text, file=sys.stderr, flush=True)
@@ -141,33 +154,69 @@ def main(argv=None):
         scores = np.array([r[0] for r in runs])
         speed = float(np.mean([r[1] for r in runs]))
         pub = PUBLISHED[name]
-        row = {"learner": name, "nmse_mean": float(scores.mean()), "nmse_std": float(scores.std()),
-               "published_mean": pub[0], "published_std": pub[1], "published_verified": False,
-               "steps_per_s": speed, "settings": settings, "lr_choice": how,
-               "selection_nmse": None if table is None else {str(k): v for k, v in table.items()},
-               "per_seed": scores.tolist(), "reported_seeds": reported}
+        row = {
+            "learner": name,
+            "nmse_mean": float(scores.mean()),
+            "nmse_std": float(scores.std()),
+            "published_mean": pub[0],
+            "published_std": pub[1],
+            "published_verified": False,
+            "steps_per_s": speed,
+            "settings": settings,
+            "lr_choice": how,
+            "selection_nmse": None if table is None else {str(k): v for k, v in table.items()},
+            "per_seed": scores.tolist(),
+            "reported_seeds": reported,
+        }
         if name in PUBLISHED_COSINE and args.cosine_seeds > 0:
-            cosines = [gradient_alignment(sr.Model(cell="rnn", n_inputs=1, n_hidden=N_HIDDEN, n_outputs=1,
-                                                   optimizer="adam", seed=seed, **settings), X, Y).mean()
-                       for seed in reported[:args.cosine_seeds]]
-            row.update(cosine_mean=float(np.mean(cosines)), cosine_std=float(np.std(cosines)),
-                       cosine_published=PUBLISHED_COSINE[name])
+            cosines = [
+                gradient_alignment(
+                    sr.Model(
+                        cell="rnn", n_inputs=1, n_hidden=N_HIDDEN, n_outputs=1, optimizer="adam", seed=seed, **settings
+                    ),
+                    X,
+                    Y,
+                ).mean()
+                for seed in reported[: args.cosine_seeds]
+            ]
+            row.update(
+                cosine_mean=float(np.mean(cosines)),
+                cosine_std=float(np.std(cosines)),
+                cosine_published=PUBLISHED_COSINE[name],
+            )
         rows.append(row)
         pub_text = f"{pub[0]:.3f} ± {pub[1]:.3f}" if pub[1] is not None else f"{pub[0]:.3f}"
-        lines.append(f"{name:<12}{lr:>8g}{scores.mean():>11.4f} ± {scores.std():<6.4f}{pub_text:>18}{speed:>10.0f}   "
-                     + " ".join(f"{s:.4f}" for s in scores))
+        lines.append(
+            f"{name:<12}{lr:>8g}{scores.mean():>11.4f} ± {scores.std():<6.4f}{pub_text:>18}{speed:>10.0f}   "
+            + " ".join(f"{s:.4f}" for s in scores)
+        )
         if "cosine_mean" in row:
-            lines.append(f"{'':<12}gradient cosine to exact RTRL {row['cosine_mean']:.3f} ± {row['cosine_std']:.3f} "
-                         f"(unverified published {row['cosine_published']:.2f})")
+            lines.append(
+                f"{'':<12}gradient cosine to exact RTRL {row['cosine_mean']:.3f} ± {row['cosine_std']:.3f} "
+                f"(unverified published {row['cosine_published']:.2f})"
+            )
     print(f"{'learner':<12}{'lr':>8}{'ours NMSE':>20}{'published*':>18}{'steps/s':>10}   per seed")
     for line in lines:
         print(line)
     print(f"{'persistence':<12}{'':>8}{persistence:>11.4f}{'':>9}{'':>18}{'':>10}   (x[t+1] = x[t], no learning)")
-    print("* unverified source (see the docstring); rates picked on seeds "
-          f"{selection}, reported seeds {reported[0]}-{reported[-1]}")
-    print(json.dumps({"benchmark": "reproduce_mackey_glass", "n_steps": N_STEPS, "eval_last": EVAL_LAST,
-                      "n_hidden": N_HIDDEN, "selection_seeds": selection, "rates": list(RATES),
-                      "persistence_nmse": persistence, "rows": rows}))
+    print(
+        "* unverified source (see the docstring); rates picked on seeds "
+        f"{selection}, reported seeds {reported[0]}-{reported[-1]}"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "reproduce_mackey_glass",
+                "n_steps": N_STEPS,
+                "eval_last": EVAL_LAST,
+                "n_hidden": N_HIDDEN,
+                "selection_seeds": selection,
+                "rates": list(RATES),
+                "persistence_nmse": persistence,
+                "rows": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ the built-in race against the grid with the Model's current defaults on the repo
 Per-run results are cached under /tmp/study_lr/ (delete it to recompute). Prints a table and one
 JSON line. Run: ``PYTHONPATH=. NUMBA_NUM_THREADS=1 python scripts/study_lr.py``.
 """
+
 import json
 import os
 import time
@@ -49,10 +50,10 @@ REPORT_SEEDS, TUNING_SEEDS = (0, 1, 2), (100, 101)
 HD_BETAS = (0.0003, 0.001, 0.003, 0.01)
 HALF_LIVES = (100, 500, 2000)
 RACE4 = (3e-4, 1e-3, 3e-3, 1e-2)
-RACE3 = (3e-4, 1e-3, 3e-3)     # the span of the best fixed rates on the tuning streams
+RACE3 = (3e-4, 1e-3, 3e-3)  # the span of the best fixed rates on the tuning streams
 RACE2 = (1e-3, 3e-3)
 CACHE = "/tmp/study_lr"
-NAIVE = "naive"             # persistence (regression) or the running class frequency (binary)
+NAIVE = "naive"  # persistence (regression) or the running class frequency (binary)
 
 
 # ---------------------------------------------------------------- streams
@@ -62,6 +63,7 @@ def lorenz_x(n, seed, dt=0.01, every=5, washout=1000):
 
     def f(u):
         return np.array([10.0 * (u[1] - u[0]), u[0] * (28.0 - u[2]) - u[1], u[0] * u[1] - 8.0 / 3.0 * u[2]])
+
     out = np.empty(n)
     for t in range(n + washout):
         for _ in range(every):
@@ -83,11 +85,11 @@ def stream(name, seed):
     """``(X, Y, task, persistence prediction or None)`` of N_STEPS rows."""
     n = N_STEPS
     if name == "mackey_glass":
-        X, Y = datasets.one_step_ahead(datasets.mackey_glass(n + 1 + 50 * seed))   # seed shifts the window
+        X, Y = datasets.one_step_ahead(datasets.mackey_glass(n + 1 + 50 * seed))  # seed shifts the window
         X, Y = X[-n:], Y[-n:]
     elif name == "narma10":
         X, Y = standardised(*datasets.narma10(n, seed=seed))
-        return X, Y, "regression", np.r_[0.0, Y[:-1]]          # persistence: the last target
+        return X, Y, "regression", np.r_[0.0, Y[:-1]]  # persistence: the last target
     elif name == "lorenz":
         X, Y = datasets.one_step_ahead(lorenz_x(n + 1, seed))
     elif name == "binary_add":
@@ -96,8 +98,11 @@ def stream(name, seed):
     elif name == "sines":
         rng = np.random.default_rng(seed)
         t = np.arange(n + 1)
-        s = np.sin(2 * np.pi * t / 37) + 0.6 * np.sin(2 * np.pi * t / 91 + rng.uniform(0, 6)) \
+        s = (
+            np.sin(2 * np.pi * t / 37)
+            + 0.6 * np.sin(2 * np.pi * t / 91 + rng.uniform(0, 6))
             + 0.1 * rng.standard_normal(n + 1)
+        )
         X, Y = datasets.one_step_ahead(s)
     elif name == "ar2":
         rng = np.random.default_rng(seed)
@@ -126,12 +131,22 @@ def run(name, seed, optimizer, lr, beta=None, n_hidden=N_HIDDEN):
     if os.path.exists(path):
         return np.load(path)
     X, Y, task, _ = stream(name, seed)
-    m = sr.Model(cell="gru", n_inputs=X.shape[1], n_hidden=n_hidden, n_outputs=1, task=task, learner="rtrl",
-                 optimizer=optimizer, lr=lr, clip=CLIP, seed=seed)
+    m = sr.Model(
+        cell="gru",
+        n_inputs=X.shape[1],
+        n_hidden=n_hidden,
+        n_outputs=1,
+        task=task,
+        learner="rtrl",
+        optimizer=optimizer,
+        lr=lr,
+        clip=CLIP,
+        seed=seed,
+    )
     if beta is not None:
         m.hyper[HYPERGRAD_LR] = beta
     _, losses = m.step_many(X, Y, return_loss=True)
-    losses = np.where(np.isfinite(losses), losses, 1e6)        # a diverged run loses, visibly
+    losses = np.where(np.isfinite(losses), losses, 1e6)  # a diverged run loses, visibly
     os.makedirs(CACHE, exist_ok=True)
     np.save(path, losses)
     return losses
@@ -146,7 +161,7 @@ def tail_metric(name, seed, losses):
 
 def baseline(name, seed):
     X, Y, task, persist = stream(name, seed)
-    if task == "binary":            # running frequency of class 1, predicted before the label
+    if task == "binary":  # running frequency of class 1, predicted before the label
         c = np.cumsum(Y) - Y
         p = np.clip((c + 0.5) / (np.arange(len(Y)) + 1.0), 1e-6, 1 - 1e-6)
         ll = -(Y * np.log(p) + (1 - Y) * np.log(1 - p))
@@ -156,7 +171,7 @@ def baseline(name, seed):
 
 def race(loss_runs, half_life):
     """Per-step losses of predicting with the run of lowest discounted past loss (ties: first)."""
-    L = np.stack(loss_runs)                       # (K, T)
+    L = np.stack(loss_runs)  # (K, T)
     decay = 0.5 ** (1.0 / half_life)
     score = np.zeros(L.shape[0])
     out = np.empty(L.shape[1])
@@ -187,9 +202,21 @@ class Race:
 def run_race(name, seed, rates, half_life, chunk=1000):
     """A live race over the stream, fed ``chunk`` records per call (as a service would)."""
     X, Y, task, _ = stream(name, seed)
-    race_model = Race(rates, half_life, cell="gru", n_inputs=X.shape[1], n_hidden=N_HIDDEN, n_outputs=1, task=task,
-                      learner="rtrl", clip=CLIP, seed=seed)
-    losses = np.concatenate([race_model.step_many(X[i:i + chunk], Y[i:i + chunk])[1] for i in range(0, len(Y), chunk)])
+    race_model = Race(
+        rates,
+        half_life,
+        cell="gru",
+        n_inputs=X.shape[1],
+        n_hidden=N_HIDDEN,
+        n_outputs=1,
+        task=task,
+        learner="rtrl",
+        clip=CLIP,
+        seed=seed,
+    )
+    losses = np.concatenate(
+        [race_model.step_many(X[i : i + chunk], Y[i : i + chunk])[1] for i in range(0, len(Y), chunk)]
+    )
     return np.where(np.isfinite(losses), losses, 1e6)
 
 
@@ -205,7 +232,9 @@ def evaluate(names, seeds, hd_betas, half_lives):
             r.setdefault("cocob", []).append(tail_metric(name, seed, run(name, seed, "cocob", 0.0)))
             r.setdefault("mechanic", []).append(tail_metric(name, seed, run(name, seed, "mechanic", 1e-3)))
             for b in hd_betas:
-                r.setdefault(f"adam_hd b={b:g}", []).append(tail_metric(name, seed, run(name, seed, "adam_hd", 1e-3, b)))
+                r.setdefault(f"adam_hd b={b:g}", []).append(
+                    tail_metric(name, seed, run(name, seed, "adam_hd", 1e-3, b))
+                )
             for h in half_lives:
                 r.setdefault(f"race-6 H={h}", []).append(tail_metric(name, seed, race([grid[lr] for lr in GRID], h)))
                 r.setdefault(f"race-4 H={h}", []).append(tail_metric(name, seed, race([grid[lr] for lr in RACE4], h)))
@@ -277,7 +306,7 @@ def model_race_speed(n_steps=6000, rounds=7, n_one=4000):
         res[f"step_many gru{n}"] = {opt: n_steps / t for opt, t in best.items()}
     kw = dict(cell="gru", n_inputs=1, n_hidden=8, learner="rtrl", clip=CLIP, lr=1e-3)
     models = {opt: sr.Model(optimizer=opt, **kw) for opt in ("adam", "race")}
-    rows = [models["adam"].validate_rows(X[i:i + 1], Y[i:i + 1]) for i in range(n_one)]
+    rows = [models["adam"].validate_rows(X[i : i + 1], Y[i : i + 1]) for i in range(n_one)]
     out, losses = np.empty((1, 1)), np.empty(1)
     best = dict.fromkeys(models, np.inf)
     for m in models.values():
@@ -291,7 +320,7 @@ def model_race_speed(n_steps=6000, rounds=7, n_one=4000):
                 apply(*r, out, losses)
             best[opt] = min(best[opt], time.process_time() - t0)
     res["apply_rows one sample gru8"] = {opt: n_one / t for opt, t in best.items()}
-    try:                # the river API as scripts/bench_river.py's bare figure: predict_one + learn_one
+    try:  # the river API as scripts/bench_river.py's bare figure: predict_one + learn_one
         from streamrnn.river import RNNRegressor
     except ImportError:
         return res
@@ -322,15 +351,24 @@ def model_race_quality(names=REPORT, seeds=REPORT_SEEDS):
         r = res.setdefault(name, {})
         for seed in seeds:
             X, Y, task, _ = stream(name, seed)
-            kw = dict(cell="gru", n_inputs=X.shape[1], n_hidden=N_HIDDEN, n_outputs=1, task=task, learner="rtrl",
-                      clip=CLIP, seed=seed)
+            kw = dict(
+                cell="gru",
+                n_inputs=X.shape[1],
+                n_hidden=N_HIDDEN,
+                n_outputs=1,
+                task=task,
+                learner="rtrl",
+                clip=CLIP,
+                seed=seed,
+            )
             for label, opt, lr in [(f"adam {lr:g}", "adam", lr) for lr in GRID] + [("race", "race", 1e-3)]:
                 _, losses = sr.Model(optimizer=opt, lr=lr, **kw).step_many(X, Y, return_loss=True)
                 r.setdefault(label, []).append(tail_metric(name, seed, np.where(np.isfinite(losses), losses, 1e6)))
     rat = ratios(res)
     print_table("Model(optimizer='race') vs the Adam grid, the Model's defaults, REPORTED streams and seeds", res, rat)
-    print(json.dumps({"model_race_quality": res, "ratios": rat,
-                      "worst_race_ratio": max(rat[n]["race"] for n in names)}))
+    print(
+        json.dumps({"model_race_quality": res, "ratios": rat, "worst_race_ratio": max(rat[n]["race"] for n in names)})
+    )
 
 
 def print_model_race_speed():
@@ -339,8 +377,16 @@ def print_model_race_speed():
     print(f"{'path':<28}{'adam':>12}{'race':>12}{'race/adam':>11}")
     for path, r in res.items():
         print(f"{path:<28}{r['adam']:>12.0f}{r['race']:>12.0f}{r['race'] / r['adam']:>10.2f}x")
-    print(json.dumps({"model_race_steps_per_s": res, "threads": {v: os.environ.get(v) for v in (
-        "NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}))
+    print(
+        json.dumps(
+            {
+                "model_race_steps_per_s": res,
+                "threads": {
+                    v: os.environ.get(v) for v in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+                },
+            }
+        )
+    )
 
 
 def main():
@@ -350,14 +396,16 @@ def main():
 
     def worst(label):
         return max(tune_rat[n][label] for n in TUNING)
+
     beta = min(HD_BETAS, key=lambda b: worst(f"adam_hd b={b:g}"))
     half_life = min(HALF_LIVES, key=lambda h: max(worst(f"race-{k} H={h}") for k in (3, 4, 6)))
     print(f"\nchosen on tuning streams: adam_hd beta={beta:g}, race half-life={half_life} steps")
 
     rep = evaluate(REPORT, REPORT_SEEDS, (beta,), (half_life,))
-    for name in REPORT:        # the race run live (three Models, compiled selection), not assembled
-        rep[name][f"race-3 live H={half_life}"] = [tail_metric(name, s, run_race(name, s, RACE3, half_life))
-                                                   for s in REPORT_SEEDS]
+    for name in REPORT:  # the race run live (three Models, compiled selection), not assembled
+        rep[name][f"race-3 live H={half_life}"] = [
+            tail_metric(name, s, run_race(name, s, RACE3, half_life)) for s in REPORT_SEEDS
+        ]
     rep_rat = ratios(rep)
     print_table("REPORTED streams, seeds 0, 1 and 2 (nothing tuned here)", rep, rep_rat)
 
@@ -366,18 +414,34 @@ def main():
     print(f"{'optimizer':<10}" + "".join(f"{'GRU-' + str(n):>18}" for n in speeds))
     for k in speeds[8]:
         print(f"{k:<10}" + "".join(f"{speeds[n][k]:>10.0f} ({speeds[n][k] / speeds[n]['adam']:.2f}x)" for n in speeds))
-    print(json.dumps({"protocol": dict(n_steps=N_STEPS, tail=TAIL, n_hidden=N_HIDDEN, clip=CLIP, learner="rtrl",
-                                       report_seeds=REPORT_SEEDS, tuning_seeds=TUNING_SEEDS),
-                      "chosen": {"adam_hd_beta": beta, "race_half_life": half_life},
-                      "tuning": tune, "report": rep, "report_ratios": rep_rat,
-                      "steps_per_s": {f"gru{n}": s for n, s in speeds.items()}}))
+    print(
+        json.dumps(
+            {
+                "protocol": dict(
+                    n_steps=N_STEPS,
+                    tail=TAIL,
+                    n_hidden=N_HIDDEN,
+                    clip=CLIP,
+                    learner="rtrl",
+                    report_seeds=REPORT_SEEDS,
+                    tuning_seeds=TUNING_SEEDS,
+                ),
+                "chosen": {"adam_hd_beta": beta, "race_half_life": half_life},
+                "tuning": tune,
+                "report": rep,
+                "report_ratios": rep_rat,
+                "steps_per_s": {f"gru{n}": s for n, s in speeds.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
     import sys
-    if "--model-race-speed" in sys.argv:   # only the speed of Model(optimizer="race"), a minute
+
+    if "--model-race-speed" in sys.argv:  # only the speed of Model(optimizer="race"), a minute
         print_model_race_speed()
-    elif "--model-race-quality" in sys.argv:   # the built-in race against the grid, a few minutes
+    elif "--model-race-quality" in sys.argv:  # the built-in race against the grid, a few minutes
         model_race_quality()
     else:
         main()

@@ -1,4 +1,5 @@
 """streamrnn: streaming online learning with recurrent cells (exact RTRL, TBPTT, BPTT)."""
+
 from . import bptt
 from .checkpoint import CheckpointError
 from .model import Model

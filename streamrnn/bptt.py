@@ -34,9 +34,10 @@ Examples
 >>> len(m.history["train"])
 3
 """
+
 import math
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ __all__ = ["fit", "OfflineModel"]
 
 _ACTS = ("tanh", "relu")
 
-ArrayLike = Any          # what np.asarray accepts
+ArrayLike = Any  # what np.asarray accepts
 
 
 def _act(name, z):
@@ -68,9 +69,23 @@ class OfflineModel:
 
     Built by :func:`fit`, or directly (then the weights are PyTorch-style random)."""
 
-    def __init__(self, cell="gru", n_inputs=1, n_hidden=16, n_outputs=1, n_layers=1, bidirectional=False,
-                 merge="sum", output="many_to_many", task="regression", hidden_layers_before=(),
-                 hidden_layers_after=(), activation="tanh", seed=0, dtype="float64"):
+    def __init__(
+        self,
+        cell="gru",
+        n_inputs=1,
+        n_hidden=16,
+        n_outputs=1,
+        n_layers=1,
+        bidirectional=False,
+        merge="sum",
+        output="many_to_many",
+        task="regression",
+        hidden_layers_before=(),
+        hidden_layers_after=(),
+        activation="tanh",
+        seed=0,
+        dtype="float64",
+    ):
         if cell not in CELL_IDS:
             raise ValueError(f"cell must be one of {sorted(CELL_IDS)}; got {cell!r}")
         if task not in TASK_IDS:
@@ -83,8 +98,12 @@ class OfflineModel:
             raise ValueError(f"activation must be one of {_ACTS}; got {activation!r}")
         if dtype not in ("float64", "float32"):
             raise ValueError(f"dtype must be 'float64' or 'float32'; got {dtype!r}")
-        for name, v in (("n_inputs", n_inputs), ("n_hidden", n_hidden), ("n_outputs", n_outputs),
-                        ("n_layers", n_layers)):
+        for name, v in (
+            ("n_inputs", n_inputs),
+            ("n_hidden", n_hidden),
+            ("n_outputs", n_outputs),
+            ("n_layers", n_layers),
+        ):
             if int(v) < 1:
                 raise ValueError(f"{name} must be a positive integer; got {v}")
         if task == BINARY and int(n_outputs) != 1:
@@ -102,12 +121,18 @@ class OfflineModel:
         self.n_params = sum(s for *_, s in self._blocks)
         self._pos = {name: (p, s, shape) for name, shape, p, s in self._blocks}
         D = 2 if self.bidirectional else 1
-        self._offs = np.array([self._pos[f"weight_ih_l{l}" + ("_reverse" if d else "")][0]
-                               for l in range(self.n_layers) for d in range(D)], dtype=np.int64)
+        self._offs = np.array(
+            [
+                self._pos[f"weight_ih_l{l}" + ("_reverse" if d else "")][0]
+                for l in range(self.n_layers)
+                for d in range(D)
+            ],
+            dtype=np.int64,
+        )
         rng = np.random.default_rng(seed)
         self.theta = np.empty(self.n_params, self.dtype)
-        for (name, shape, p, s), bound in zip(self._blocks, bounds):
-            self.theta[p:p + s] = rng.uniform(-bound, bound, s)
+        for (_, _, p, s), bound in zip(self._blocks, bounds):
+            self.theta[p : p + s] = rng.uniform(-bound, bound, s)
 
     # ------------------------------------------------------------------ layout
     def _layout(self):
@@ -127,8 +152,12 @@ class OfflineModel:
             for d in range(D):
                 sfx = f"l{l}" + ("_reverse" if d else "")
                 hh = (G * n,) if self._cell in ELEMENTWISE else (G * n, n)
-                out += [(f"weight_ih_{sfx}", (G * n, m)), (f"weight_hh_{sfx}", hh),
-                        (f"bias_ih_{sfx}", (G * n,)), (f"bias_hh_{sfx}", (G * n,))]
+                out += [
+                    (f"weight_ih_{sfx}", (G * n, m)),
+                    (f"weight_hh_{sfx}", hh),
+                    (f"bias_ih_{sfx}", (G * n,)),
+                    (f"bias_hh_{sfx}", (G * n,)),
+                ]
                 bounds += [b] * 4
         width = D * n if self.merge == "concat" else n
         for i, h in enumerate(self.hidden_layers_after):
@@ -143,7 +172,7 @@ class OfflineModel:
 
     def _view(self, theta, name):
         p, s, shape = self._pos[name]
-        return theta[p:p + s].reshape(shape)
+        return theta[p : p + s].reshape(shape)
 
     def get_weights(self):
         """Copies of the parameters, a dict of arrays with PyTorch-style names and shapes."""
@@ -175,8 +204,10 @@ class OfflineModel:
         if Y.shape == lead:
             Y = Y.reshape(lead + (1,))
         if Y.shape != lead + (width,):
-            raise ValueError(f"Y must have shape {lead + (width,)} (or {lead} for one value) for "
-                             f"output={self.output!r}, task={self.task!r}; got shape {Y.shape}")
+            raise ValueError(
+                f"Y must have shape {lead + (width,)} (or {lead} for one value) for "
+                f"output={self.output!r}, task={self.task!r}; got shape {Y.shape}"
+            )
         if not np.isfinite(Y).all():
             raise ValueError("Y contains NaN or inf")
         if self._task == CLASSIFICATION:
@@ -198,7 +229,7 @@ class OfflineModel:
             acts_in.append(h)
         states, caches, outputs = allocate(self._cell, self.n_layers, D, n, T, B, self.dtype)
         stack_forward(self._cell, self.n_layers, D, n, theta, self._offs, h, states, caches, outputs)
-        top = outputs[-1]                                     # (T, B, D n)
+        top = outputs[-1]  # (T, B, D n)
         if self.output == "many_to_one":
             feats = top[-1].copy()
             if D == 2:
@@ -253,8 +284,7 @@ class OfflineModel:
             G_top[:] = g
         h = acts_in[-1]
         G_X = np.zeros(h.shape, self.dtype)
-        stack_backward(self._cell, self.n_layers, D, n, theta, self._offs, h, states, caches, outputs,
-                       G_top, grad, G_X)
+        stack_backward(self._cell, self.n_layers, D, n, theta, self._offs, h, states, caches, outputs, G_top, grad, G_X)
         g = G_X
         for i in range(len(self.hidden_layers_before) - 1, -1, -1):
             dpre = g * _act_grad(self.activation, acts_in[i + 1])
@@ -288,12 +318,21 @@ class OfflineModel:
         return parameters.unflatten(self._loss_grad(self.theta, X, self._check_Y(Y, X))[1], self._blocks)
 
     def _config(self):
-        return {"cell": self.cell, "n_inputs": self.n_inputs, "n_hidden": self.n_hidden,
-                "n_outputs": self.n_outputs, "n_layers": self.n_layers, "bidirectional": self.bidirectional,
-                "merge": self.merge, "output": self.output, "task": self.task,
-                "hidden_layers_before": list(self.hidden_layers_before),
-                "hidden_layers_after": list(self.hidden_layers_after), "activation": self.activation,
-                "dtype": self.dtype.name}
+        return {
+            "cell": self.cell,
+            "n_inputs": self.n_inputs,
+            "n_hidden": self.n_hidden,
+            "n_outputs": self.n_outputs,
+            "n_layers": self.n_layers,
+            "bidirectional": self.bidirectional,
+            "merge": self.merge,
+            "output": self.output,
+            "task": self.task,
+            "hidden_layers_before": list(self.hidden_layers_before),
+            "hidden_layers_after": list(self.hidden_layers_after),
+            "activation": self.activation,
+            "dtype": self.dtype.name,
+        }
 
     def save(self, path):
         """Write config, weights and history atomically (:mod:`streamrnn.checkpoint`)."""
@@ -311,17 +350,38 @@ class OfflineModel:
         return m
 
     def __repr__(self):
-        return (f"OfflineModel(cell={self.cell!r}, n_hidden={self.n_hidden}, n_layers={self.n_layers}, "
-                f"bidirectional={self.bidirectional}, merge={self.merge!r}, output={self.output!r})")
+        return (
+            f"OfflineModel(cell={self.cell!r}, n_hidden={self.n_hidden}, n_layers={self.n_layers}, "
+            f"bidirectional={self.bidirectional}, merge={self.merge!r}, output={self.output!r})"
+        )
 
 
-def fit(X: ArrayLike, Y: ArrayLike, cell: str = "gru", n_hidden: int = 16, n_layers: int = 1,
-        bidirectional: bool = False, merge: str = "sum", output: str = "many_to_many", task: str = "regression",
-        n_outputs: Optional[int] = None, hidden_layers_before: Sequence[int] = (),
-        hidden_layers_after: Sequence[int] = (), activation: str = "tanh", optimizer: str = "adam",
-        lr: float = 1e-3, clip: Optional[float] = None, epochs: int = 10, batch_size: int = 32,
-        shuffle: bool = True, validation: float = 0.1, patience: Optional[int] = None, seed: int = 0,
-        dtype: str = "float64", verbose: bool = False) -> "OfflineModel":
+def fit(
+    X: ArrayLike,
+    Y: ArrayLike,
+    cell: str = "gru",
+    n_hidden: int = 16,
+    n_layers: int = 1,
+    bidirectional: bool = False,
+    merge: str = "sum",
+    output: str = "many_to_many",
+    task: str = "regression",
+    n_outputs: int | None = None,
+    hidden_layers_before: Sequence[int] = (),
+    hidden_layers_after: Sequence[int] = (),
+    activation: str = "tanh",
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    clip: float | None = None,
+    epochs: int = 10,
+    batch_size: int = 32,
+    shuffle: bool = True,
+    validation: float = 0.1,
+    patience: int | None = None,
+    seed: int = 0,
+    dtype: str = "float64",
+    verbose: bool = False,
+) -> "OfflineModel":
     """Train an :class:`OfflineModel` on time-major ``X`` (T, n_samples, n_inputs) and targets ``Y``.
 
     The validation split is the last ``validation`` fraction of the samples (before
@@ -352,10 +412,22 @@ def fit(X: ArrayLike, Y: ArrayLike, cell: str = "gru", n_hidden: int = 16, n_lay
         else:
             lead = 2 if output == "many_to_many" else 1
             n_outputs = 1 if Ya.ndim == lead else Ya.shape[-1]
-    m = OfflineModel(cell=cell, n_inputs=X.shape[2], n_hidden=n_hidden, n_outputs=n_outputs, n_layers=n_layers,
-                     bidirectional=bidirectional, merge=merge, output=output, task=task,
-                     hidden_layers_before=hidden_layers_before, hidden_layers_after=hidden_layers_after,
-                     activation=activation, seed=seed, dtype=dtype)
+    m = OfflineModel(
+        cell=cell,
+        n_inputs=X.shape[2],
+        n_hidden=n_hidden,
+        n_outputs=n_outputs,
+        n_layers=n_layers,
+        bidirectional=bidirectional,
+        merge=merge,
+        output=output,
+        task=task,
+        hidden_layers_before=hidden_layers_before,
+        hidden_layers_after=hidden_layers_after,
+        activation=activation,
+        seed=seed,
+        dtype=dtype,
+    )
     X = m._check_X(X)
     Y = m._check_Y(Y, X)
     N = X.shape[1]
@@ -367,7 +439,7 @@ def fit(X: ArrayLike, Y: ArrayLike, cell: str = "gru", n_hidden: int = 16, n_lay
     Xva, Yva = X[:, n_tr:], (Y[:, n_tr:] if output == "many_to_many" else Y[n_tr:])
     rng = np.random.default_rng(seed)
     kind = OPTIMIZER_IDS[optimizer]
-    _, hyper = optimizer_settings(optimizer, lr, None, (0.9, 0.999), 1e-8, 0.0, 0.0)   # clipped below, per batch
+    _, hyper = optimizer_settings(optimizer, lr, None, (0.9, 0.999), 1e-8, 0.0, 0.0)  # clipped below, per batch
     opt_state = np.zeros(state_shape(optimizer, m.n_params), m.dtype)
     step = 0
     best, best_theta, since = np.inf, m.theta.copy(), 0
@@ -375,7 +447,7 @@ def fit(X: ArrayLike, Y: ArrayLike, cell: str = "gru", n_hidden: int = 16, n_lay
         order = rng.permutation(n_tr) if shuffle else np.arange(n_tr)
         total = 0.0
         for s in range(0, n_tr, int(batch_size)):
-            idx = order[s:s + int(batch_size)]
+            idx = order[s : s + int(batch_size)]
             xb = np.ascontiguousarray(Xtr[:, idx])
             yb = np.ascontiguousarray(Ytr[:, idx] if output == "many_to_many" else Ytr[idx])
             loss, grad = m._loss_grad(m.theta, xb, yb)

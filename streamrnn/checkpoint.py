@@ -11,6 +11,7 @@ directory fsynced, so a reader sees either the old file or the new one, whole.
 :func:`save_generation` keeps the previous file as a second generation and
 never lets a failed write (a full disk) touch either.
 """
+
 import hashlib
 import io
 import json
@@ -75,8 +76,10 @@ def _read(fh, size, source, allocate=None):
         raise CheckpointError(f"{source}: not a streamrnn checkpoint (bad magic or too short)")
     _, version, header_len = _PREFIX.unpack(prefix)
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{source}: checkpoint format version {version} is not supported "
-                              f"(this streamrnn reads version {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{source}: checkpoint format version {version} is not supported "
+            f"(this streamrnn reads version {FORMAT_VERSION})"
+        )
     digest = hashlib.sha256(prefix)
     body_end = size - _DIGEST
     try:
@@ -111,7 +114,7 @@ def _read(fh, size, source, allocate=None):
             if _read_into(fh, view) != len(view):
                 raise _Structure(f"array {entry['name']!r} runs past the end of the file")
             digest.update(view)
-            if dtype != arr.dtype:           # a big-endian machine: the file is little-endian
+            if dtype != arr.dtype:  # a big-endian machine: the file is little-endian
                 arr.byteswap(inplace=True)
             arrays[entry["name"]] = arr
             offset += len(view)
@@ -167,10 +170,10 @@ def _write_temp(path, data):
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         try:
-            for piece in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
+            for piece in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
                 view = memoryview(piece)
-                while view:                  # os.write may write less than asked
-                    view = view[os.write(fd, view):]
+                while view:  # os.write may write less than asked
+                    view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -202,7 +205,7 @@ def _remove_stale_temps(path):
     for name in os.listdir(directory):
         if not name.startswith(stem):
             continue
-        pid = name[len(stem):]
+        pid = name[len(stem) :]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
@@ -210,7 +213,7 @@ def _remove_stale_temps(path):
         except ProcessLookupError:
             _unlink_quietly(os.path.join(directory, name))
         except OSError:
-            pass                             # alive (or not ours to probe): leave it
+            pass  # alive (or not ours to probe): leave it
 
 
 def write_atomic(path, data):
@@ -266,7 +269,7 @@ def save(path, arrays, meta):
     write_atomic(path, pieces(arrays, meta))
 
 
-PREVIOUS = ".prev"      # suffix of the previous generation (see save_generation)
+PREVIOUS = ".prev"  # suffix of the previous generation (see save_generation)
 
 
 def save_newest(path, data):
@@ -277,8 +280,7 @@ def save_newest(path, data):
 def generations(path):
     """The generations of ``path`` on disk, newest first: [(file, load(allocate) -> (arrays, meta))]."""
     path = os.fspath(path)
-    return [(p, lambda allocate, p=p: load(p, allocate=allocate))
-            for p in (path, path + PREVIOUS) if os.path.exists(p)]
+    return [(p, lambda allocate, p=p: load(p, allocate=allocate)) for p in (path, path + PREVIOUS) if os.path.exists(p)]
 
 
 def load(path, allocate=None):

@@ -1,5 +1,6 @@
 """Command line: ``streamrnn run CONFIG.toml [--group NAME] | status CONFIG.toml | demo | replay FILE |
 record | compare``."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,11 +14,13 @@ DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 def _load(path, group=None):
     from .service import load_config
+
     return load_config(path, group=group)
 
 
 def _run(cfg, args):
     from .service import run_config
+
     if getattr(args, "max_records", None):
         cfg["daemon"]["max_records"] = args.max_records
     if getattr(args, "no_progress", False):
@@ -38,6 +41,7 @@ def cmd_status(args):
 
     from .scaleout import format_status, group_status
     from .service import ConfigError
+
     cfg = _load(args.config, group=args.group)
     if not cfg.get("group"):
         raise ConfigError("group: missing (give the config a [group] section or --group NAME)")
@@ -50,6 +54,7 @@ def cmd_demo(args):
     import tomllib
 
     from .service import validate_config
+
     with open(os.path.join(DATA_DIR, "example.toml"), "rb") as fh:
         raw = tomllib.load(fh)
     out = os.path.abspath(args.out_dir)
@@ -58,8 +63,12 @@ def cmd_demo(args):
     for sec in ("sink", "dead_letter", "checkpoint"):
         raw[sec]["path"] = os.path.join(out, os.path.basename(raw[sec]["path"]))
     if not args.resume:
-        for p in (raw["sink"]["path"], raw["dead_letter"]["path"], raw["checkpoint"]["path"],
-                  raw["checkpoint"]["path"] + ".prev"):
+        for p in (
+            raw["sink"]["path"],
+            raw["dead_letter"]["path"],
+            raw["checkpoint"]["path"],
+            raw["checkpoint"]["path"] + ".prev",
+        ):
             if os.path.exists(p):
                 os.unlink(p)
     return _run(validate_config(raw), args)
@@ -70,6 +79,7 @@ def cmd_replay(args):
     if args.to_topic:
         from streamrnn.connectors.kafka import KafkaSink
         from streamrnn.connectors.replay import ReplaySource
+
         src = ReplaySource(args.file, speed=args.speed)
         sink = KafkaSink(args.bootstrap, args.to_topic, raw=True)
         n = 0
@@ -95,11 +105,14 @@ def cmd_replay(args):
 def cmd_record(args):
     """Copy a Kafka topic (or a JSONL/CSV file) into a recorded stream file."""
     from streamrnn.connectors.codec import JSONDecodeError, dumps, loads
+
     if args.topic:
         from streamrnn.connectors.kafka import KafkaSource
+
         src = KafkaSource(args.bootstrap, args.topic, group=None)
     else:
         from streamrnn.connectors.file import CsvSource, JsonLinesSource
+
         src = (CsvSource if args.file.endswith(".csv") else JsonLinesSource)(args.file)
     n = 0
     idle_since = time.monotonic()
@@ -118,7 +131,7 @@ def cmd_record(args):
                     value = value.decode("utf-8", errors="replace")
                 if isinstance(value, str):
                     try:
-                        value = loads(value)       # the daemon's parser: what it rejects stays text
+                        value = loads(value)  # the daemon's parser: what it rejects stays text
                     except JSONDecodeError:
                         pass
                 key = r.key.decode("utf-8", errors="replace") if isinstance(r.key, (bytes, bytearray)) else r.key
@@ -132,6 +145,7 @@ def cmd_record(args):
 
 def build_parser():
     from . import __version__
+
     p = argparse.ArgumentParser(prog="streamrnn", description="Streaming online learning with recurrent cells.")
     p.add_argument("--version", action="version", version=f"streamrnn {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (periodic progress lines)")
@@ -144,8 +158,11 @@ def build_parser():
 
     r = sub.add_parser("run", help="run the daemon with a TOML config")
     r.add_argument("config")
-    r.add_argument("--group", help="join this Kafka consumer group as one of its members (scale-out: the "
-                   "config's [group] section, created if absent, with this name)")
+    r.add_argument(
+        "--group",
+        help="join this Kafka consumer group as one of its members (scale-out: the "
+        "config's [group] section, created if absent, with this name)",
+    )
     common(r)
     r.set_defaults(func=cmd_run)
 
@@ -157,8 +174,9 @@ def build_parser():
 
     d = sub.add_parser("demo", help="run the bundled recorded stream; outputs go to --out-dir")
     d.add_argument("--out-dir", default=".", help="where predictions, dead letters and the checkpoint go")
-    d.add_argument("--resume", action="store_true",
-                   help="continue from the demo checkpoint in --out-dir (default: start afresh)")
+    d.add_argument(
+        "--resume", action="store_true", help="continue from the demo checkpoint in --out-dir (default: start afresh)"
+    )
     common(d)
     d.set_defaults(func=cmd_demo)
 
@@ -183,6 +201,7 @@ def build_parser():
 
     from .compare import build_parser as compare_parser
     from .compare import main as compare_main
+
     cp = sub.add_parser("compare", help="run several learners on one stream: table, JSON/CSV, plot")
     compare_parser(cp)
     cp.set_defaults(func=lambda args: compare_main(args=args))
@@ -206,10 +225,13 @@ def main(argv=None):
         used (the error is printed to stderr as ``streamrnn: error: ...``).
     """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     from .checkpoint import CheckpointError
     from .service import ConfigError
+
     try:
         from streamrnn.connectors.base import SourceError
     except ImportError:  # pragma: no cover

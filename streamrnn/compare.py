@@ -16,6 +16,7 @@ baselines scored on the same samples (persistence: each key's last target; the
 running mean of the key's targets), so the table shows at once whether a
 learner learned anything.
 """
+
 import csv
 import json
 import math
@@ -34,7 +35,8 @@ METRICS = ("nmse", "mse", "logloss", "accuracy")
 
 
 def parse_learner(spec):
-    """``"rtrl"``, ``"snap1"``, ``"uoro"``, ``"tbptt:16"`` (or ``"tbptt:16:4"`` with a stride), ``"window:10"``, ``"bidir"``."""
+    """``"rtrl"``, ``"snap1"``, ``"uoro"``, ``"tbptt:16"`` (or ``"tbptt:16:4"`` with a stride), ``"window:10"``,
+    ``"bidir"``."""
     name, _, arg = spec.partition(":")
     if name in registry.names():
         if not registry.get(name).windowed and not arg:
@@ -89,6 +91,7 @@ def _peak_rss_bytes():
     except OSError:
         pass
     import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -103,21 +106,60 @@ class LearnerRun:
     prequential: float
     tail: float
     steps_per_s: float
-    state_bytes_per_key: int            # None for the offline learner
+    state_bytes_per_key: int  # None for the offline learner
     state_bytes_at_10pct: int
     state_bytes_at_end: int
     peak_rss_bytes: int
-    curve: list = field(default_factory=list)    # (step, metric over the preceding chunk)
+    curve: list = field(default_factory=list)  # (step, metric over the preceding chunk)
 
 
-def _online_learner(name, kw, n_inputs, n_outputs, task, cell, n_hidden, lr, optimizer, clip, seed, dtype,
-                    target_lags=0, standardize=True, baseline=None):
+def _online_learner(
+    name,
+    kw,
+    n_inputs,
+    n_outputs,
+    task,
+    cell,
+    n_hidden,
+    lr,
+    optimizer,
+    clip,
+    seed,
+    dtype,
+    target_lags=0,
+    standardize=True,
+    baseline=None,
+):
     if name == "window":
-        return WindowFF(n_inputs=n_inputs, window=kw["window"], n_hidden=n_hidden, n_outputs=n_outputs, task=task,
-                        optimizer=optimizer, lr=lr, clip=clip, seed=seed, dtype=dtype)
-    return Model(cell=cell, n_inputs=n_inputs, n_hidden=n_hidden, n_outputs=n_outputs, task=task, learner=name,
-                 optimizer=optimizer, lr=lr, clip=clip, seed=seed, dtype=dtype, target_lags=target_lags,
-                 standardize=standardize, baseline=baseline, **kw)
+        return WindowFF(
+            n_inputs=n_inputs,
+            window=kw["window"],
+            n_hidden=n_hidden,
+            n_outputs=n_outputs,
+            task=task,
+            optimizer=optimizer,
+            lr=lr,
+            clip=clip,
+            seed=seed,
+            dtype=dtype,
+        )
+    return Model(
+        cell=cell,
+        n_inputs=n_inputs,
+        n_hidden=n_hidden,
+        n_outputs=n_outputs,
+        task=task,
+        learner=name,
+        optimizer=optimizer,
+        lr=lr,
+        clip=clip,
+        seed=seed,
+        dtype=dtype,
+        target_lags=target_lags,
+        standardize=standardize,
+        baseline=baseline,
+        **kw,
+    )
 
 
 NAIVE = ("persistence", "running mean")
@@ -184,18 +226,31 @@ def _naive_runs(Y, has_y, keys, task, n_outputs, metric, tail_start, n_chunks):
     runs = []
     bounds = np.linspace(0, Y.shape[0], n_chunks + 1).astype(int)
     for name, preds in naive_predictions(Y, has_y, keys, task, n_outputs).items():
-        curve = [(int(hi), score(metric, task, preds[lo:hi], Y[lo:hi], has_y[lo:hi]))
-                 for lo, hi in zip(bounds[:-1], bounds[1:])]
-        runs.append(LearnerRun(name, 0, score(metric, task, preds, Y, has_y),
-                               score(metric, task, preds[tail_start:], Y[tail_start:], has_y[tail_start:]),
-                               float("nan"), None, None, None, None, curve))
+        curve = [
+            (int(hi), score(metric, task, preds[lo:hi], Y[lo:hi], has_y[lo:hi]))
+            for lo, hi in zip(bounds[:-1], bounds[1:])
+        ]
+        runs.append(
+            LearnerRun(
+                name,
+                0,
+                score(metric, task, preds, Y, has_y),
+                score(metric, task, preds[tail_start:], Y[tail_start:], has_y[tail_start:]),
+                float("nan"),
+                None,
+                None,
+                None,
+                None,
+                curve,
+            )
+        )
     return runs
 
 
 def _run_online(spec, X, Y, keys, has_y, tail_start, metric, task, n_chunks, progress, **model_kw):
     name, kw = parse_learner(spec)
     learner = _online_learner(name, kw, X.shape[1], model_kw.pop("n_outputs"), task, **model_kw)
-    learner.step_many(X[:2], Y[:2], None if keys is None else keys[:2])      # compile outside the clock
+    learner.step_many(X[:2], Y[:2], None if keys is None else keys[:2])  # compile outside the clock
     learner = type(learner)(**learner.config)
     _peak_rss_reset()
     n = X.shape[0]
@@ -215,38 +270,71 @@ def _run_online(spec, X, Y, keys, has_y, tail_start, metric, task, n_chunks, pro
 
 
 def _run_bidir(spec, X, Y, has_y, tail_start, metric, task, cell, n_hidden, lr, seed, dtype, n_outputs, epochs):
-    from . import bptt     # offline mode; imported here so streaming use never pays for it
+    from . import bptt  # offline mode; imported here so streaming use never pays for it
+
     _, kw = parse_learner(spec)
     length = kw.get("window", 50)
 
     def windows(lo, hi):
         T = (hi - lo) // length
-        Xw = X[lo:lo + T * length].reshape(T, length, -1).transpose(1, 0, 2)
-        Yw = Y[lo:lo + T * length].reshape(T, length, -1).transpose(1, 0, 2)
-        Yw = np.where(has_y[lo:lo + T * length].reshape(T, length).T[:, :, None], Yw, np.nan)
+        Xw = X[lo : lo + T * length].reshape(T, length, -1).transpose(1, 0, 2)
+        Yw = Y[lo : lo + T * length].reshape(T, length, -1).transpose(1, 0, 2)
+        Yw = np.where(has_y[lo : lo + T * length].reshape(T, length).T[:, :, None], Yw, np.nan)
         return np.ascontiguousarray(Xw), np.ascontiguousarray(Yw)
 
     Xtr, Ytr = windows(0, tail_start)
     start = time.perf_counter()
     _peak_rss_reset()
-    fitted = bptt.fit(Xtr, Ytr, cell=cell, n_hidden=n_hidden, bidirectional=True, merge="concat", task=task,
-                      lr=lr, epochs=epochs, seed=seed, dtype=dtype)
+    fitted = bptt.fit(
+        Xtr,
+        Ytr,
+        cell=cell,
+        n_hidden=n_hidden,
+        bidirectional=True,
+        merge="concat",
+        task=task,
+        lr=lr,
+        epochs=epochs,
+        seed=seed,
+        dtype=dtype,
+    )
     elapsed = time.perf_counter() - start
     Xte, Yte = windows(tail_start, X.shape[0])
     p = fitted.predict(Xte)
     preds_tail = p.transpose(1, 0, 2).reshape(-1, p.shape[-1])
     n_tail = preds_tail.shape[0]
-    y_tail, h_tail = Y[tail_start:tail_start + n_tail], has_y[tail_start:tail_start + n_tail]
+    y_tail, h_tail = Y[tail_start : tail_start + n_tail], has_y[tail_start : tail_start + n_tail]
     tail = score(metric, task, preds_tail, y_tail, h_tail)
     steps = epochs * Xtr.shape[0] * Xtr.shape[1]
     # Offline: no per-key streaming state to report.
-    return LearnerRun(spec, seed, float("nan"), tail, steps / elapsed, None, None, None, _peak_rss_bytes(),
-                      [(X.shape[0], tail)])
+    return LearnerRun(
+        spec, seed, float("nan"), tail, steps / elapsed, None, None, None, _peak_rss_bytes(), [(X.shape[0], tail)]
+    )
 
 
-def run(X, Y, keys=None, learners=("rtrl", "tbptt:16", "window:10"), cell="gru", n_hidden=16, task="regression",
-        metric=None, lr=1e-3, optimizer="adam", clip=None, seeds=(0,), train_fraction=0.8, dtype="float64",
-        n_chunks=50, bidir_epochs=20, progress=True, target_lags=0, standardize=True, naive=True, baseline=None):
+def run(
+    X,
+    Y,
+    keys=None,
+    learners=("rtrl", "tbptt:16", "window:10"),
+    cell="gru",
+    n_hidden=16,
+    task="regression",
+    metric=None,
+    lr=1e-3,
+    optimizer="adam",
+    clip=None,
+    seeds=(0,),
+    train_fraction=0.8,
+    dtype="float64",
+    n_chunks=50,
+    bidir_epochs=20,
+    progress=True,
+    target_lags=0,
+    standardize=True,
+    naive=True,
+    baseline=None,
+):
     """Run every learner (for every seed) over the stream ``X, Y`` (NaN targets: none) and collect runs.
 
     ``target_lags``, ``standardize`` and ``baseline`` go to every :class:`Model` learner (``window:W`` and ``bidir``
@@ -267,6 +355,7 @@ def run(X, Y, keys=None, learners=("rtrl", "tbptt:16", "window:10"), cell="gru",
     bar = None
     if progress:
         from tqdm import tqdm
+
         online = sum(parse_learner(s)[0] != "bidir" for s in learners)
         bar = tqdm(total=online * len(seeds) * X.shape[0], unit="step", desc="compare", leave=False)
     runs = []
@@ -274,26 +363,83 @@ def run(X, Y, keys=None, learners=("rtrl", "tbptt:16", "window:10"), cell="gru",
         for spec in learners:
             for seed in seeds:
                 if parse_learner(spec)[0] == "bidir":
-                    runs.append(_run_bidir(spec, X, Y, has_y, tail_start, metric, task, cell, n_hidden, lr, seed,
-                                           dtype, n_outputs, bidir_epochs))
+                    runs.append(
+                        _run_bidir(
+                            spec,
+                            X,
+                            Y,
+                            has_y,
+                            tail_start,
+                            metric,
+                            task,
+                            cell,
+                            n_hidden,
+                            lr,
+                            seed,
+                            dtype,
+                            n_outputs,
+                            bidir_epochs,
+                        )
+                    )
                     continue
                 learner, preds, curve, elapsed, held_10 = _run_online(
-                    spec, X, Y, keys, has_y, tail_start, metric, task, n_chunks, bar, cell=cell, n_hidden=n_hidden,
-                    lr=lr, optimizer=optimizer, clip=clip, seed=seed, dtype=dtype, n_outputs=n_outputs,
-                    target_lags=target_lags, standardize=standardize, baseline=baseline)
-                runs.append(LearnerRun(
-                    spec, seed, score(metric, task, preds, Y, has_y),
-                    score(metric, task, preds[tail_start:], Y[tail_start:], has_y[tail_start:]),
-                    X.shape[0] / elapsed, learner.state_bytes_per_key, held_10, _held_state_bytes(learner),
-                    _peak_rss_bytes(), curve))
+                    spec,
+                    X,
+                    Y,
+                    keys,
+                    has_y,
+                    tail_start,
+                    metric,
+                    task,
+                    n_chunks,
+                    bar,
+                    cell=cell,
+                    n_hidden=n_hidden,
+                    lr=lr,
+                    optimizer=optimizer,
+                    clip=clip,
+                    seed=seed,
+                    dtype=dtype,
+                    n_outputs=n_outputs,
+                    target_lags=target_lags,
+                    standardize=standardize,
+                    baseline=baseline,
+                )
+                runs.append(
+                    LearnerRun(
+                        spec,
+                        seed,
+                        score(metric, task, preds, Y, has_y),
+                        score(metric, task, preds[tail_start:], Y[tail_start:], has_y[tail_start:]),
+                        X.shape[0] / elapsed,
+                        learner.state_bytes_per_key,
+                        held_10,
+                        _held_state_bytes(learner),
+                        _peak_rss_bytes(),
+                        curve,
+                    )
+                )
     finally:
         if bar is not None:
             bar.close()
     if naive:
         runs.extend(_naive_runs(Y, has_y, keys, task, n_outputs, metric, tail_start, n_chunks))
-    return Comparison(runs, metric, dict(cell=cell, n_hidden=n_hidden, task=task, lr=lr, optimizer=optimizer,
-                                         n_steps=int(X.shape[0]), train_fraction=train_fraction,
-                                         target_lags=target_lags, standardize=standardize, baseline=baseline))
+    return Comparison(
+        runs,
+        metric,
+        dict(
+            cell=cell,
+            n_hidden=n_hidden,
+            task=task,
+            lr=lr,
+            optimizer=optimizer,
+            n_steps=int(X.shape[0]),
+            train_fraction=train_fraction,
+            target_lags=target_lags,
+            standardize=standardize,
+            baseline=baseline,
+        ),
+    )
 
 
 def gradient_alignment(model, X, Y):
@@ -306,26 +452,43 @@ def gradient_alignment(model, X, Y):
     for the approximations (``snap1``, ``uoro``); an exact learner gives 1.
     """
     from .learners.rtrl import rtrl_sample
+
     if model.config["clip"] is not None:
         raise ValueError("gradient_alignment needs clip=None (clipping rescales the gradient in place)")
     if registry.get(model.learner).windowed:
         raise ValueError(f"{model.learner.upper()} applies window gradients, not per-step ones")
     if model.config["standardize"] or model.config["target_lags"]:
-        raise ValueError("gradient_alignment needs standardize=False and target_lags=0 (the exact RTRL run "
-                         "alongside sees the raw rows)")
+        raise ValueError(
+            "gradient_alignment needs standardize=False and target_lags=0 (the exact RTRL run "
+            "alongside sees the raw rows)"
+        )
     X, Yf, has_y, _ = model.validate_rows(X, Y)
     Y_rows = np.where(has_y[:, None], Yf, np.nan)
     dims = model.dims
-    exact = registry.get("rtrl")          # the dense form, for every cell (also the element-wise ones)
+    exact = registry.get("rtrl")  # the dense form, for every cell (also the element-wise ones)
     ws = exact.make_workspace(dims)
     keyed = exact.new_key_state(dims)
     pred = np.empty(model.n_outputs, model.dtype)
     cosines = []
     for t in range(X.shape[0]):
         theta = model.theta.copy()
-        model.step_many(X[t:t + 1], Y_rows[t:t + 1])
-        rtrl_sample(dims.cell, dims.task, dims.n_inputs, dims.n_hidden, dims.n_outputs, theta,
-                    X[t], Yf[t], has_y[t], keyed, 0, t, ws, pred)
+        model.step_many(X[t : t + 1], Y_rows[t : t + 1])
+        rtrl_sample(
+            dims.cell,
+            dims.task,
+            dims.n_inputs,
+            dims.n_hidden,
+            dims.n_outputs,
+            theta,
+            X[t],
+            Yf[t],
+            has_y[t],
+            keyed,
+            0,
+            t,
+            ws,
+            pred,
+        )
         if has_y[t]:
             a, e = model.last_gradient(), ws.grad
             cosines.append(float(a @ e / (np.linalg.norm(a) * np.linalg.norm(e) + 1e-300)))
@@ -362,21 +525,29 @@ class Comparison:
 
     def table(self):
         m = self.metric
-        head = (f"{'learner':<12}{'prequential ' + m:>24}{'tail ' + m:>24}{'steps/s':>10}"
-                f"{'state B/key':>12}{'held @10%':>11}{'held @end':>11}{'peak RSS MiB':>13}")
+        head = (
+            f"{'learner':<12}{'prequential ' + m:>24}{'tail ' + m:>24}{'steps/s':>10}"
+            f"{'state B/key':>12}{'held @10%':>11}{'held @end':>11}{'peak RSS MiB':>13}"
+        )
         lines = [head, "-" * len(head)]
         for r in self.summary():
-            lines.append(f"{r['learner']:<12}{_pm(r['prequential'], r['prequential_std']):>24}"
-                         f"{_pm(r['tail'], r['tail_std']):>24}"
-                         f"{'-' if r['steps_per_s'] is None else format(r['steps_per_s'], '.0f'):>10}"
-                         f"{_or_dash(r['state_bytes_per_key']):>12}{_or_dash(r['state_bytes_at_10pct']):>11}"
-                         f"{_or_dash(r['state_bytes_at_end']):>11}"
-                         f"{'-' if r['peak_rss_bytes'] is None else format(r['peak_rss_bytes'] / 2 ** 20, '.1f'):>13}")
+            lines.append(
+                f"{r['learner']:<12}{_pm(r['prequential'], r['prequential_std']):>24}"
+                f"{_pm(r['tail'], r['tail_std']):>24}"
+                f"{'-' if r['steps_per_s'] is None else format(r['steps_per_s'], '.0f'):>10}"
+                f"{_or_dash(r['state_bytes_per_key']):>12}{_or_dash(r['state_bytes_at_10pct']):>11}"
+                f"{_or_dash(r['state_bytes_at_end']):>11}"
+                f"{'-' if r['peak_rss_bytes'] is None else format(r['peak_rss_bytes'] / 2**20, '.1f'):>13}"
+            )
         return "\n".join(lines)
 
     def to_json(self):
-        return {"metric": self.metric, "setup": self.setup, "summary": self.summary(),
-                "runs": [r.__dict__ for r in self.runs]}
+        return {
+            "metric": self.metric,
+            "setup": self.setup,
+            "summary": self.summary(),
+            "runs": [r.__dict__ for r in self.runs],
+        }
 
     def write(self, out_dir, plot=True):
         """``comparison.json``, ``comparison.csv`` and (with matplotlib) ``learning_curves.png``."""
@@ -393,14 +564,16 @@ class Comparison:
 
     def plot(self, path):
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for spec in dict.fromkeys(r.learner for r in self.runs):
             curves = np.array([[v for _, v in r.curve] for r in self.runs if r.learner == spec])
             steps = [s for s, _ in next(r for r in self.runs if r.learner == spec).curve]
             mean = np.nanmean(curves, axis=0)
-            line, = ax.plot(steps, mean, marker="o" if len(steps) == 1 else None, label=spec)
+            (line,) = ax.plot(steps, mean, marker="o" if len(steps) == 1 else None, label=spec)
             if curves.shape[0] > 1:
                 std = np.nanstd(curves, axis=0)
                 ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
@@ -434,24 +607,36 @@ DATASETS = {
 
 def _datasets():
     from . import datasets
+
     return datasets
 
 
 def build_parser(parser=None):
     import argparse
+
     p = parser or argparse.ArgumentParser(prog="streamrnn compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="add_task",
-                   help="generated stream to compare on (unless --stream is given)")
+    p.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        default="add_task",
+        help="generated stream to compare on (unless --stream is given)",
+    )
     p.add_argument("--steps", type=int, default=30_000, help="stream length")
     p.add_argument("--save-stream", metavar="PATH", help="also write the generated stream as a recorded stream file")
     p.add_argument("--stream", metavar="PATH", help="a recorded stream file (JSON Lines) to compare on")
     p.add_argument("--features", help="with --stream: comma-separated feature fields")
     p.add_argument("--target", default="y", help="with --stream: the target field")
     p.add_argument("--key-field", help="with --stream: the field holding the entity key (default: the line's key)")
-    p.add_argument("--task", choices=("regression", "classification", "binary"),
-                   help="default: regression for --stream, the dataset's own otherwise")
-    p.add_argument("--learners", default="rtrl,tbptt:4,window:9",
-                   help="comma-separated: rtrl, snap1, uoro, tbptt:K[:STRIDE], window:W, bidir[:LENGTH]")
+    p.add_argument(
+        "--task",
+        choices=("regression", "classification", "binary"),
+        help="default: regression for --stream, the dataset's own otherwise",
+    )
+    p.add_argument(
+        "--learners",
+        default="rtrl,tbptt:4,window:9",
+        help="comma-separated: rtrl, snap1, uoro, tbptt:K[:STRIDE], window:W, bidir[:LENGTH]",
+    )
     p.add_argument("--cell", default="gru", choices=tuple(CELL_IDS))
     p.add_argument("--hidden", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -460,12 +645,24 @@ def build_parser(parser=None):
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
     p.add_argument("--train-fraction", type=float, default=0.8, help="the tail after it is held out")
     p.add_argument("--out", default="compare-out", help="directory for comparison.json/.csv and the plot")
-    p.add_argument("--target-lags", type=int, default=0, metavar="K",
-                   help="target feedback: each key's last K targets as extra inputs of the Model learners")
-    p.add_argument("--no-standardize", action="store_true",
-                   help="turn off the Model learners' online standardisation of inputs and targets")
-    p.add_argument("--baseline", choices=("last",), default=None,
-                   help="the Model learners predict the change from each key's last target (needs --target-lags >= 1)")
+    p.add_argument(
+        "--target-lags",
+        type=int,
+        default=0,
+        metavar="K",
+        help="target feedback: each key's last K targets as extra inputs of the Model learners",
+    )
+    p.add_argument(
+        "--no-standardize",
+        action="store_true",
+        help="turn off the Model learners' online standardisation of inputs and targets",
+    )
+    p.add_argument(
+        "--baseline",
+        choices=("last",),
+        default=None,
+        help="the Model learners predict the change from each key's last target (needs --target-lags >= 1)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -474,6 +671,7 @@ def main(argv=None, args=None):
     """``streamrnn compare``: print the table, write JSON, CSV and the learning-curve plot."""
     args = args or build_parser().parse_args(argv)
     from .datasets import read_stream, write_stream
+
     keys = None
     if args.stream:
         if not args.features:
@@ -490,14 +688,36 @@ def main(argv=None, args=None):
         if args.save_stream:
             write_stream(args.save_stream, X, Y)
             print(f"wrote the {args.dataset} stream to {args.save_stream}")
-    result = run(X, Y, keys=keys, learners=[s.strip() for s in args.learners.split(",") if s.strip()], cell=args.cell,
-                 n_hidden=args.hidden, task=task, lr=args.lr, optimizer=args.optimizer, clip=args.clip,
-                 seeds=tuple(range(args.seeds)), train_fraction=args.train_fraction, progress=not args.no_progress,
-                 target_lags=args.target_lags, standardize=not args.no_standardize, baseline=args.baseline)
+    result = run(
+        X,
+        Y,
+        keys=keys,
+        learners=[s.strip() for s in args.learners.split(",") if s.strip()],
+        cell=args.cell,
+        n_hidden=args.hidden,
+        task=task,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        clip=args.clip,
+        seeds=tuple(range(args.seeds)),
+        train_fraction=args.train_fraction,
+        progress=not args.no_progress,
+        target_lags=args.target_lags,
+        standardize=not args.no_standardize,
+        baseline=args.baseline,
+    )
     print(result.table())
     result.write(args.out)
-    print(json.dumps({"benchmark": "compare", "dataset": args.stream or args.dataset, **result.to_json()["setup"],
-                      "summary": result.summary()}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "compare",
+                "dataset": args.stream or args.dataset,
+                **result.to_json()["setup"],
+                "summary": result.summary(),
+            }
+        )
+    )
     print(f"wrote {os.path.join(args.out, 'comparison.json')}, comparison.csv, learning_curves.png")
     return 0
 

@@ -3,6 +3,7 @@
 Each generator is deterministic given ``seed`` and returns NumPy arrays in
 stream order: ``X`` of shape ``(n_steps, n_inputs)`` and ``Y`` of targets.
 """
+
 import numpy as np
 
 
@@ -31,8 +32,10 @@ def binary_add_task(n_steps, seed=0, lags=(3, 8)):
 
 def binary_add_task_floors(lags=(3, 8)):
     """Expected cross-entropy (nats) of the optimal predictor with 0, 1 or 2 dependencies known."""
+
     def h(p):
         return 0.0 if p in (0.0, 1.0) else -(p * np.log(p) + (1 - p) * np.log(1 - p))
+
     both = np.mean([h(0.5 + 0.5 * xa - 0.25 * xb) for xa in (0, 1) for xb in (0, 1)])
     first = np.mean([h(0.5 + 0.5 * xa - 0.125) for xa in (0, 1)])
     none = h(0.5 + 0.25 - 0.125)
@@ -52,15 +55,25 @@ def mackey_glass(n_steps, tau=17, beta=0.2, gamma=0.1, power=10, x0=1.2, washout
     """
     total = n_steps + washout
     x = np.empty(total + tau)
-    x[:tau + 1] = x0
+    x[: tau + 1] = x0
     for t in range(tau, total + tau - 1):
         lagged = x[t - tau]
-        x[t + 1] = x[t] + beta * lagged / (1.0 + lagged ** power) - gamma * x[t]
-    return x[tau + washout:tau + washout + n_steps]
+        x[t + 1] = x[t] + beta * lagged / (1.0 + lagged**power) - gamma * x[t]
+    return x[tau + washout : tau + washout + n_steps]
 
 
-def lorenz(n_steps, dt=0.01, subsample=5, component="x", sigma=10.0, rho=28.0, beta=8.0 / 3.0,
-           initial=(1.0, 1.0, 1.0), seed=None, washout=500):
+def lorenz(
+    n_steps,
+    dt=0.01,
+    subsample=5,
+    component="x",
+    sigma=10.0,
+    rho=28.0,
+    beta=8.0 / 3.0,
+    initial=(1.0, 1.0, 1.0),
+    seed=None,
+    washout=500,
+):
     """Lorenz-63 series by classical fourth-order Runge–Kutta steps of size ``dt``.
 
     Integrates ``x' = σ (y − x)``, ``y' = x (ρ − z) − y``, ``z' = x y − β z``
@@ -120,7 +133,7 @@ def lorenz(n_steps, dt=0.01, subsample=5, component="x", sigma=10.0, rho=28.0, b
     s, r, b, h = float(sigma), float(rho), float(beta), float(dt)
     out = np.empty((n_steps, 3))
     for i in range(washout + n_steps):
-        for _ in range(subsample):       # one RK4 step, written out on scalars (fast in pure Python)
+        for _ in range(subsample):  # one RK4 step, written out on scalars (fast in pure Python)
             a1, b1, c1 = s * (y - x), x * (r - z) - y, x * y - b * z
             xx, yy, zz = x + 0.5 * h * a1, y + 0.5 * h * b1, z + 0.5 * h * c1
             a2, b2, c2 = s * (yy - xx), xx * (r - zz) - yy, xx * yy - b * zz
@@ -159,9 +172,9 @@ def narma10(n_steps, seed=0, washout=200):
     u = rng.uniform(0.0, 0.5, total)
     y = np.zeros(total + 1)
     for t in range(total):
-        window = y[max(t - 9, 0):t + 1].sum()
+        window = y[max(t - 9, 0) : t + 1].sum()
         y[t + 1] = 0.3 * y[t] + 0.05 * y[t] * window + 1.5 * (u[t - 9] if t >= 9 else 0.0) * u[t] + 0.1
-    return u[washout:, None].copy(), y[washout + 1:].copy()
+    return u[washout:, None].copy(), y[washout + 1 :].copy()
 
 
 def adding_problem(n_sequences, length=50, seed=0):
@@ -218,6 +231,7 @@ def write_stream(path, X, Y=None, keys=None, feature_names=None, target_name="y"
     Returns the feature names.
     """
     import json
+
     X = np.asarray(X, dtype=np.float64)
     names = list(feature_names) if feature_names is not None else [f"x{j}" for j in range(X.shape[1])]
     if len(names) != X.shape[1]:
@@ -230,8 +244,9 @@ def write_stream(path, X, Y=None, keys=None, feature_names=None, target_name="y"
                 value[target_name] = float(Y[i, 0]) if Y.shape[1] == 1 else [float(v) for v in Y[i]]
             key = None if keys is None else keys[i]
             key = int(key) if isinstance(key, np.integer) else key
-            fh.write(json.dumps({"ts": round(t0 + i * dt, 6), "key": key, "value": value},
-                                separators=(",", ":")) + "\n")
+            fh.write(
+                json.dumps({"ts": round(t0 + i * dt, 6), "key": key, "value": value}, separators=(",", ":")) + "\n"
+            )
     return names
 
 
@@ -244,6 +259,7 @@ def read_stream(path, features, target=None, key=None):
     not finite numbers, are skipped and counted.
     """
     import json
+
     rows, targets, keys, skipped = [], [], [], 0
     with open(path, "rb") as fh:
         for raw in fh:

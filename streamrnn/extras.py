@@ -1,4 +1,5 @@
 """Optional dependencies: import one, or say which extra of ``pip install streamrnn[...]`` brings it."""
+
 from __future__ import annotations
 
 import importlib
@@ -17,10 +18,10 @@ def require(module: str, extra: str, feature: str) -> ModuleType:
 
     >>> require("json", "kafka", "the test").__name__
     'json'
-    >>> require("no_such_module_here", "kafka", "the Kafka source")
+    >>> require("no_such_module", "kafka", "Kafka")
     Traceback (most recent call last):
     ...
-    streamrnn.extras.MissingExtra: the Kafka source needs the 'no_such_module_here' package: pip install 'streamrnn[kafka]'
+    streamrnn.extras.MissingExtra: Kafka needs the 'no_such_module' package: pip install 'streamrnn[kafka]'
     """
     try:
         return importlib.import_module(module)

@@ -19,6 +19,7 @@ applied when its target arrives. Pending inputs are bounded like the Model's
 per-key state (LRU beyond ``max_keys``) and are part of the checkpoint, so a
 restart continues bit-identically.
 """
+
 from collections import OrderedDict
 
 import numpy as np
@@ -47,7 +48,7 @@ class NextRecordForecaster:
 
     def __init__(self, model):
         self.model = model
-        self.pending = OrderedDict()     # key -> inputs of its last record, least recent first
+        self.pending = OrderedDict()  # key -> inputs of its last record, least recent first
         m = model
         self._x1 = np.empty((1, m.n_inputs), m.dtype)
         self._y1 = np.empty((1, m.dims.target_width), m.dtype)
@@ -96,8 +97,9 @@ class NextRecordForecaster:
     def state_arrays(self):
         """``(arrays, meta)`` to store beside ``Model.state_arrays()`` in a checkpoint."""
         keys = list(self.pending)
-        inputs = (np.stack([self.pending[k] for k in keys]) if keys
-                  else np.zeros((0, self.model.n_inputs), self.model.dtype))
+        inputs = (
+            np.stack([self.pending[k] for k in keys]) if keys else np.zeros((0, self.model.n_inputs), self.model.dtype)
+        )
         return {_ARRAY: inputs}, {"forecast_keys": [encode_key(k) for k in keys]}
 
     def load_state(self, arrays, meta, source="<state>"):
@@ -106,4 +108,6 @@ class NextRecordForecaster:
         if encoded is None or inputs is None or inputs.shape != (len(encoded), self.model.n_inputs):
             raise CheckpointError(f"{source}: no forecast-mode state (was it written in another schema mode?)")
         self.pending = OrderedDict(
-            (None if tag == "n" else value, inputs[i].astype(self.model.dtype)) for i, (tag, value) in enumerate(encoded))
+            (None if tag == "n" else value, inputs[i].astype(self.model.dtype))
+            for i, (tag, value) in enumerate(encoded)
+        )

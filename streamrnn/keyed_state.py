@@ -4,6 +4,7 @@ A model's shared parameters live elsewhere; what each key (sensor, user,
 sequence) owns — its recurrent state, influence matrix or window — lives
 here, one slot per key, in arrays handed whole to compiled kernels.
 """
+
 from collections import OrderedDict
 
 import numpy as np
@@ -27,7 +28,7 @@ def encode_key(key):
 
 # Address space reserved per KeyedState for rows not yet used (see KeyedState): untouched pages of a
 # zero-filled allocation are not resident, so this costs no memory until keys arrive.
-RESERVE_BYTES = 2 ** 31
+RESERVE_BYTES = 2**31
 
 
 class KeyedState:
@@ -48,10 +49,10 @@ class KeyedState:
     def __init__(self, layout, max_keys):
         self.layout = list(layout)
         self.max_keys = max_keys
-        self.slots = OrderedDict()       # key -> slot, least recently used first
+        self.slots = OrderedDict()  # key -> slot, least recently used first
         self._reserved = OrderedDict((name, np.zeros((0,) + tuple(shape), dt)) for name, shape, dt in self.layout)
         self.arrays = OrderedDict((name, arr[:0]) for name, arr in self._reserved.items())
-        self._staged = {}                # name -> reservation a checkpoint is being read into
+        self._staged = {}  # name -> reservation a checkpoint is being read into
 
     @property
     def keys(self):
@@ -75,12 +76,16 @@ class KeyedState:
         instead of copying (so restoring 100 000 keys holds their state once, not twice).
         None for any other array, or one that does not fit the layout."""
         layout = {f"key.{n}": (tuple(shp), np.dtype(dt)) for n, shp, dt in self.layout}
-        if name not in layout or layout[name] != (tuple(shape[1:]), np.dtype(dtype)) or not shape \
-                or shape[0] > self.max_keys:
+        if (
+            name not in layout
+            or layout[name] != (tuple(shape[1:]), np.dtype(dtype))
+            or not shape
+            or shape[0] > self.max_keys
+        ):
             return None
         reservation = np.zeros((self._reservation_rows(shape[0]),) + tuple(shape[1:]), dtype)
-        self._staged[name[len("key."):]] = reservation
-        return reservation[:shape[0]]
+        self._staged[name[len("key.") :]] = reservation
+        return reservation[: shape[0]]
 
     def ensure_capacity(self, n_slots):
         cap = next(iter(self.arrays.values())).shape[0]
@@ -126,7 +131,7 @@ class KeyedState:
         slot = self.slots.get(key)
         if slot is None:
             return None
-        return {name: np.array(arr[slot]) for name, arr in self.arrays.items()}   # 0-d stays an array
+        return {name: np.array(arr[slot]) for name, arr in self.arrays.items()}  # 0-d stays an array
 
     def write(self, key, state):
         """Give ``key`` (normalised) the arrays of ``state`` (as :meth:`read` returns them), taking a
@@ -205,7 +210,7 @@ class KeyedState:
         staged, self._staged = self._staged, {}
         self.slots = OrderedDict((key, slot) for slot, key in enumerate(keys))
         if all(arrays[f"key.{name}"].base is staged.get(name) is not None for name in self.arrays):
-            for name in self.arrays:         # read in place by allocate(): adopt, no copy
+            for name in self.arrays:  # read in place by allocate(): adopt, no copy
                 self._reserved[name] = staged[name]
                 self.arrays[name] = staged[name][:n_keys]
             return

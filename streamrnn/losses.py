@@ -12,6 +12,7 @@ Tasks: regression (``½‖ŷ − y‖²`` over ``n_outputs`` values), classifica
 is ``ŷ`` for regression, class probabilities for classification and
 ``P(y = 1)`` for binary.
 """
+
 import numpy as np
 from numba import njit
 

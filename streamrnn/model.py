@@ -4,12 +4,13 @@ The Model owns every array (parameters, optimizer state, per-key recurrent
 state and influence matrices, scratch) and hands them to compiled kernels; it
 does no arithmetic per sample in Python.
 """
+
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -19,15 +20,32 @@ from .cells.dispatch import CELL_IDS, ELEMENTWISE, n_gates, recurrent_width, sta
 from .keyed_state import KeyedState, normalize_key
 from .learners import registry
 from .learners.bptt import bptt_sequence_gradient
-from .learners.common import (INFLUENCE_RESETS, N_COUNTERS, REJECTED_STATE, SKIPPED_NONFINITE, STEPS, UPDATES,
-                               predict_from_state)
+from .learners.common import (
+    INFLUENCE_RESETS,
+    N_COUNTERS,
+    REJECTED_STATE,
+    SKIPPED_NONFINITE,
+    STEPS,
+    UPDATES,
+    predict_from_state,
+)
 from .learners.registry import ModelDims
 from .losses import TASK_IDS
 from .optim import OPTIMIZER_IDS, state_shape
 from .preprocess import Preprocessor
 from .race import Race, member_layout
-from .validation import (DTYPES, RACE, check_inputs, check_seed, check_targets, check_task_outputs, choice,
-                         optimizer_settings, positive_int, target_width)
+from .validation import (
+    DTYPES,
+    RACE,
+    check_inputs,
+    check_seed,
+    check_targets,
+    check_task_outputs,
+    choice,
+    optimizer_settings,
+    positive_int,
+    target_width,
+)
 
 __all__ = ["Model", "ValidatedRows", "ModelDims"]
 
@@ -38,16 +56,17 @@ _FORMAT_KIND = "streamrnn.Model"
 # What a checkpoint written before an option existed implies for it.
 _OLD_DEFAULTS = {"readout_skip": False, "target_lags": 0, "standardize": False, "baseline": None}
 
-ArrayLike = Any          # what np.asarray accepts
-Key = Optional[Union[str, int]]
+ArrayLike = Any  # what np.asarray accepts
+Key = str | int | None
 
 
 class ValidatedRows(NamedTuple):
     """Rows checked by :meth:`Model.validate_rows`, ready for :meth:`Model.apply_rows`."""
-    X: np.ndarray                       # (N, n_inputs), C-contiguous, the model's dtype
-    Y: np.ndarray                       # (N, target width), NaN where there is no target
-    has_y: np.ndarray                   # (N,) bool
-    keys: Optional[list]                # N normalised keys, or None: every row is the default key
+
+    X: np.ndarray  # (N, n_inputs), C-contiguous, the model's dtype
+    Y: np.ndarray  # (N, target width), NaN where there is no target
+    has_y: np.ndarray  # (N,) bool
+    keys: list | None  # N normalised keys, or None: every row is the default key
 
 
 class Model:
@@ -146,13 +165,31 @@ class Model:
     [None, 'a', 'b']
     """
 
-    def __init__(self, cell: str = "gru", n_inputs: int = 1, n_hidden: int = 16, n_outputs: int = 1,
-                 task: str = "regression", learner: str = "rtrl", optimizer: str = "adam", lr: float = 1e-3,
-                 clip: Optional[float] = None, seed: int = 0, dtype: str = "float64", max_keys: int = 1024,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, momentum: float = 0.0,
-                 weight_decay: float = 0.0, truncation: Optional[int] = None, stride: Optional[int] = None,
-                 readout_skip: bool = False, target_lags: int = 0, standardize: bool = True,
-                 baseline: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        cell: str = "gru",
+        n_inputs: int = 1,
+        n_hidden: int = 16,
+        n_outputs: int = 1,
+        task: str = "regression",
+        learner: str = "rtrl",
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        clip: float | None = None,
+        seed: int = 0,
+        dtype: str = "float64",
+        max_keys: int = 1024,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        truncation: int | None = None,
+        stride: int | None = None,
+        readout_skip: bool = False,
+        target_lags: int = 0,
+        standardize: bool = True,
+        baseline: str | None = None,
+    ) -> None:
         choice("cell", cell, tuple(CELL_IDS))
         choice("task", task, tuple(TASK_IDS))
         choice("learner", learner, registry.names())
@@ -172,27 +209,43 @@ class Model:
             windowed = " or ".join(f"learner={name!r}" for name in registry.names() if registry.get(name).windowed)
             raise ValueError(f"truncation and stride apply to {windowed} only, not {learner!r}")
         check_task_outputs(task, n_outputs)
-        opt_config, self.hyper = optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay,
-                                                    allow_race=True)
+        opt_config, self.hyper = optimizer_settings(
+            optimizer, lr, clip, betas, eps, momentum, weight_decay, allow_race=True
+        )
         seed = check_seed(seed)
         if isinstance(target_lags, bool) or not isinstance(target_lags, (int, np.integer)) or target_lags < 0:
             raise ValueError(f"target_lags must be an integer >= 0; got {target_lags!r}")
         target_lags = int(target_lags)
 
-        self.config = dict(cell=cell, n_inputs=n_inputs, n_hidden=n_hidden, n_outputs=n_outputs,
-                           task=task, learner=learner, seed=seed, dtype=dtype, max_keys=max_keys,
-                           truncation=truncation, stride=stride, readout_skip=bool(readout_skip),
-                           target_lags=target_lags, standardize=bool(standardize), baseline=baseline, **opt_config)
+        self.config = dict(
+            cell=cell,
+            n_inputs=n_inputs,
+            n_hidden=n_hidden,
+            n_outputs=n_outputs,
+            task=task,
+            learner=learner,
+            seed=seed,
+            dtype=dtype,
+            max_keys=max_keys,
+            truncation=truncation,
+            stride=stride,
+            readout_skip=bool(readout_skip),
+            target_lags=target_lags,
+            standardize=bool(standardize),
+            baseline=baseline,
+            **opt_config,
+        )
         self._cell = CELL_IDS[cell]
         self._task = TASK_IDS[task]
         self.race = optimizer == RACE
-        self._opt = OPTIMIZER_IDS["adam" if self.race else optimizer]   # a race's members are Adam
+        self._opt = OPTIMIZER_IDS["adam" if self.race else optimizer]  # a race's members are Adam
         self.dtype = np.dtype(dtype)
         self.n_inputs, self.n_hidden, self.n_outputs = n_inputs, n_hidden, n_outputs
         self.max_keys = max_keys
-        self._pre = Preprocessor(self._task, n_inputs, n_outputs, target_lags, standardize, self.dtype,
-                                 baseline=baseline)
-        self.n_cell_inputs = n_cell_inputs = self._pre.n_cell_inputs   # n_inputs + the target-feedback columns
+        self._pre = Preprocessor(
+            self._task, n_inputs, n_outputs, target_lags, standardize, self.dtype, baseline=baseline
+        )
+        self.n_cell_inputs = n_cell_inputs = self._pre.n_cell_inputs  # n_inputs + the target-feedback columns
         self._gates = n_gates(self._cell)
         self._state_size = state_size(self._cell, n_hidden)
         self._rec = recurrent_width(self._cell, n_hidden)
@@ -204,26 +257,39 @@ class Model:
         self.opt_state = np.zeros(state_shape("adam" if self.race else optimizer, self.n_params), self.dtype)
         self.counters = np.zeros(N_COUNTERS, np.int64)
         self.n_members = Race.n_members if self.race else 1
-        if self.race:    # member k: row k of theta, opt_state, counters, hyper (see streamrnn.race)
+        if self.race:  # member k: row k of theta, opt_state, counters, hyper (see streamrnn.race)
             self.theta, self.opt_state, self.counters, self.hyper = Race.stack(
-                self.theta, self.opt_state, self.counters, self.hyper, self.config["lr"])
+                self.theta, self.opt_state, self.counters, self.hyper, self.config["lr"]
+            )
         self.learner, self.truncation, self.stride = learner, truncation, stride
-        self._dims = ModelDims(self._cell, self._task, n_cell_inputs, n_hidden, n_outputs, self._state_size,
-                               target_width(self._task, n_outputs), self.n_params_cell, self.n_params, self.dtype,
-                               seed, truncation, stride)
-        self._spec = registry.resolve(learner, self._cell)      # whose arrays and kernels run the learner
+        self._dims = ModelDims(
+            self._cell,
+            self._task,
+            n_cell_inputs,
+            n_hidden,
+            n_outputs,
+            self._state_size,
+            target_width(self._task, n_outputs),
+            self.n_params_cell,
+            self.n_params,
+            self.dtype,
+            seed,
+            truncation,
+            stride,
+        )
+        self._spec = registry.resolve(learner, self._cell)  # whose arrays and kernels run the learner
         learner_layout = self._spec.key_layout(self._dims)
         if self.race:
             learner_layout = member_layout(learner_layout, self.n_members)
-        self._n_learner_arrays = len(learner_layout)           # the learner's arrays come first
+        self._n_learner_arrays = len(learner_layout)  # the learner's arrays come first
         self._keyed = KeyedState(learner_layout + self._pre.per_key_layout(), max_keys)
         self._race = Race(self._spec, self._dims) if self.race else None
         if self.race:
             self._ws = None
         else:
             self._ws = self._spec.make_workspace(self._dims)
-            self._ws_fields = tuple(self._ws)      # as step_many takes it (see learners.registry)
-        self._zero_state = np.zeros(self._state_size, self.dtype)   # the state of a key not seen yet (read only)
+            self._ws_fields = tuple(self._ws)  # as step_many takes it (see learners.registry)
+        self._zero_state = np.zeros(self._state_size, self.dtype)  # the state of a key not seen yet (read only)
 
     def __getstate__(self):
         # The spec holds compiled kernels: pickle the learner by name and look it up again on load.
@@ -276,17 +342,22 @@ class Model:
         """The parameter blocks ``(name, shape, offset, size)``, in the order of the flat vector."""
         G, n, m, o = self._gates, self.n_hidden, self.n_cell_inputs, self.n_outputs
         hh_shape = (G * n,) if self._cell in ELEMENTWISE else (G * n, n)
-        layout = [("weight_ih_l0", (G * n, m)), ("weight_hh_l0", hh_shape),
-                  ("bias_ih_l0", (G * n,)), ("bias_hh_l0", (G * n,)),
-                  ("readout.weight", (o, n)), ("readout.bias", (o,))]
+        layout = [
+            ("weight_ih_l0", (G * n, m)),
+            ("weight_hh_l0", hh_shape),
+            ("bias_ih_l0", (G * n,)),
+            ("bias_hh_l0", (G * n,)),
+            ("readout.weight", (o, n)),
+            ("readout.bias", (o,)),
+        ]
         return parameters.blocks(layout + [("readout.skip_weight", (o, m))] if self.readout_skip else layout)
 
     def _initial_parameters(self, seed):
         rng = np.random.default_rng(seed)
-        bound = 1.0 / math.sqrt(self.n_hidden)   # PyTorch's RNN init; nn.Linear(n, o) has the same bound
+        bound = 1.0 / math.sqrt(self.n_hidden)  # PyTorch's RNN init; nn.Linear(n, o) has the same bound
         n_skip = self.n_outputs * self.n_cell_inputs if self.readout_skip else 0
         theta = np.zeros(self.n_params, self.dtype)
-        theta[:self.n_params - n_skip] = rng.uniform(-bound, bound, self.n_params - n_skip)
+        theta[: self.n_params - n_skip] = rng.uniform(-bound, bound, self.n_params - n_skip)
         return theta
 
     def get_weights(self) -> dict[str, np.ndarray]:
@@ -300,7 +371,7 @@ class Model:
 
     def set_weights(self, weights: Mapping[str, ArrayLike]) -> None:
         """Replace every parameter; ``weights`` must hold exactly the names of ``get_weights()``."""
-        self.theta[:] = parameters.flatten(weights, self._layout(), self.n_params, self.dtype)   # a race: every member
+        self.theta[:] = parameters.flatten(weights, self._layout(), self.n_params, self.dtype)  # a race: every member
 
     # ------------------------------------------------------------------ input checks
     def _inputs(self, X):
@@ -309,8 +380,9 @@ class Model:
     def _targets(self, Y, n_rows):
         return check_targets(Y, n_rows, self._task, self.n_outputs, self.dtype)
 
-    def validate_rows(self, X: ArrayLike, Y: Optional[ArrayLike] = None,
-                      keys: Optional[Sequence[Key]] = None) -> ValidatedRows:
+    def validate_rows(
+        self, X: ArrayLike, Y: ArrayLike | None = None, keys: Sequence[Key] | None = None
+    ) -> ValidatedRows:
         """Check rows as :meth:`step_many` does, changing nothing; ``ValueError`` on the first bad one.
 
         Parameters
@@ -354,7 +426,7 @@ class Model:
     def _H(self):
         return self._keyed.arrays[self._hidden_name()]
 
-    def key_state(self, key: Key = None) -> Optional[dict[str, np.ndarray]]:
+    def key_state(self, key: Key = None) -> dict[str, np.ndarray] | None:
         """Copies of every array ``key`` owns (its state, and its influence matrix or window), or None
         if it holds no state. :meth:`restore_key_state` puts them back.
 
@@ -411,13 +483,15 @@ class Model:
         return self._keyed.bytes_per_key
 
     # ------------------------------------------------------------------ streaming
-    def step(self, x: ArrayLike, y: Optional[ArrayLike] = None, key: Key = None) -> np.ndarray:
+    def step(self, x: ArrayLike, y: ArrayLike | None = None, key: Key = None) -> np.ndarray:
         """Predict for one sample, then learn from ``y`` if given; returns the prediction."""
-        return self.step_many(np.asarray(x)[None, :] if np.ndim(x) == 1 else x,
-                              None if y is None else [y], None if key is None else [key])[0]
+        return self.step_many(
+            np.asarray(x)[None, :] if np.ndim(x) == 1 else x, None if y is None else [y], None if key is None else [key]
+        )[0]
 
-    def step_many(self, X: ArrayLike, Y: Optional[ArrayLike] = None, keys: Optional[Sequence[Key]] = None,
-                  return_loss: bool = False) -> Union[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    def step_many(
+        self, X: ArrayLike, Y: ArrayLike | None = None, keys: Sequence[Key] | None = None, return_loss: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Test-then-train over many samples in arrival order, in one compiled call.
 
         ``X`` is ``(n_samples, n_inputs)``; ``Y`` holds a target per sample (NaN or
@@ -427,15 +501,16 @@ class Model:
         sample (NaN where no target). Bad samples raise ``ValueError`` and nothing
         in the batch is applied.
         """
-        rows = self.validate_rows(X, Y, keys)   # all rows checked before any state changes
+        rows = self.validate_rows(X, Y, keys)  # all rows checked before any state changes
         n_rows = rows.X.shape[0]
         out = np.empty((n_rows, self.n_outputs), self.dtype)
         losses = np.empty(n_rows, self.dtype)
         self.apply_rows(*rows, out, losses)
         return (out, losses) if return_loss else out
 
-    def apply_rows(self, X: np.ndarray, Y: np.ndarray, has_y: np.ndarray, keys: Optional[list],
-                   out: np.ndarray, losses: np.ndarray) -> None:
+    def apply_rows(
+        self, X: np.ndarray, Y: np.ndarray, has_y: np.ndarray, keys: list | None, out: np.ndarray, losses: np.ndarray
+    ) -> None:
         """Test-then-train over rows already validated, into the caller's buffers.
 
         The path :meth:`step_many` takes after :meth:`validate_rows`, without allocating: adapters
@@ -466,19 +541,38 @@ class Model:
         slots, reset = self._keyed.assign(keys, X.shape[0])
         pre = self._pre
         Y_raw, has_y_raw, y_ls = Y, has_y, None
-        if pre.active:     # standardise, append target feedback (changes nothing the learner owns)
+        if pre.active:  # standardise, append target feedback (changes nothing the learner owns)
             X, Y, has_y, y_ls = pre.prepare(X, Y, has_y, slots, reset, self._keyed.arrays)
-        if self.race:      # once preprocessed, for every member
-            self._race.apply(self, slots, reset, X, Y, has_y, Y_raw, has_y_raw, y_ls if pre.finishes else None,
-                             out, losses)
+        if self.race:  # once preprocessed, for every member
+            self._race.apply(
+                self, slots, reset, X, Y, has_y, Y_raw, has_y_raw, y_ls if pre.finishes else None, out, losses
+            )
             return
         per_key = tuple(self._keyed.arrays.values())
         if pre.active:
-            per_key = per_key[:self._n_learner_arrays]
-        self._spec.step_many(self._cell, self._task, self._opt, self.n_cell_inputs, self.n_hidden, self.n_outputs,
-                             self.theta, self.opt_state, self.hyper, self.counters, per_key,
-                             X, Y, has_y, slots, reset, self._ws_fields, out, losses)
-        if pre.active:     # predictions and losses back in the target's units
+            per_key = per_key[: self._n_learner_arrays]
+        self._spec.step_many(
+            self._cell,
+            self._task,
+            self._opt,
+            self.n_cell_inputs,
+            self.n_hidden,
+            self.n_outputs,
+            self.theta,
+            self.opt_state,
+            self.hyper,
+            self.counters,
+            per_key,
+            X,
+            Y,
+            has_y,
+            slots,
+            reset,
+            self._ws_fields,
+            out,
+            losses,
+        )
+        if pre.active:  # predictions and losses back in the target's units
             pre.finish(Y_raw, has_y_raw, y_ls, out, losses)
 
     def last_gradient(self) -> np.ndarray:
@@ -520,11 +614,22 @@ class Model:
         """
         s = self._keyed.row(self._hidden_name(), key)
         pre = self._pre
-        if pre.active:     # on copies of the statistics and of the key's lag buffer
+        if pre.active:  # on copies of the statistics and of the key's lag buffer
             lags = (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key)) if pre.k else ()
             x, y_ls = pre.peek_row(x[None, :], *lags)
-        predict_from_state(self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs, self._theta(),
-                           self.n_params_cell, x, self._zero_state if s is None else s, out, None)
+        predict_from_state(
+            self._cell,
+            self._task,
+            self.n_cell_inputs,
+            self.n_hidden,
+            self.n_outputs,
+            self._theta(),
+            self.n_params_cell,
+            x,
+            self._zero_state if s is None else s,
+            out,
+            None,
+        )
         if pre.finishes:
             out[:] = y_ls[0, 0] + y_ls[1, 0] * out
         return out
@@ -549,16 +654,28 @@ class Model:
         s_next = np.empty_like(s)
         if pre.k:
             rows = (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key))
-            lags = tuple(np.zeros(shape, dt) if r is None else r.copy()
-                         for r, (_, shape, dt) in zip(rows, pre.per_key_layout()))
+            lags = tuple(
+                np.zeros(shape, dt) if r is None else r.copy() for r, (_, shape, dt) in zip(rows, pre.per_key_layout())
+            )
         out = np.empty((X.shape[0], self.n_outputs), self.dtype)
         theta = self._theta()
         for t in range(X.shape[0]):
             x = X[t]
             if pre.active:
-                x, y_ls = pre.peek_row(X[t:t + 1], *(lags if pre.k else ()))
-            predict_from_state(self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs, theta,
-                               self.n_params_cell, x, s, out[t], s_next)
+                x, y_ls = pre.peek_row(X[t : t + 1], *(lags if pre.k else ()))
+            predict_from_state(
+                self._cell,
+                self._task,
+                self.n_cell_inputs,
+                self.n_hidden,
+                self.n_outputs,
+                theta,
+                self.n_params_cell,
+                x,
+                s,
+                out[t],
+                s_next,
+            )
             if pre.finishes:
                 out[t] = y_ls[0, 0] + y_ls[1, 0] * out[t]
             if pre.k:
@@ -566,8 +683,9 @@ class Model:
             s, s_next = s_next, s
         return out
 
-    def predict_from_state(self, x: np.ndarray, state: np.ndarray, out: np.ndarray,
-                           next_state: Optional[np.ndarray] = None) -> np.ndarray:
+    def predict_from_state(
+        self, x: np.ndarray, state: np.ndarray, out: np.ndarray, next_state: np.ndarray | None = None
+    ) -> np.ndarray:
         """The prediction one more sample ``x`` would get from recurrent state ``state``, into ``out``;
         with ``next_state`` (S,) also the state it would reach. Returns ``out``; changes nothing.
 
@@ -583,8 +701,19 @@ class Model:
         >>> bool((m.step([1.0]) == first).all()), bool((m.hidden_state() == s_next).all())
         (True, True)
         """
-        predict_from_state(self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs, self._theta(),
-                           self.n_params_cell, x, state, out, next_state)
+        predict_from_state(
+            self._cell,
+            self._task,
+            self.n_cell_inputs,
+            self.n_hidden,
+            self.n_outputs,
+            self._theta(),
+            self.n_params_cell,
+            x,
+            state,
+            out,
+            next_state,
+        )
         return out
 
     def hidden_state(self, key: Key = None) -> np.ndarray:
@@ -597,13 +726,24 @@ class Model:
         """Counts of applied steps, updates, skipped non-finite updates, rejected samples
         (non-finite state: nothing changed) and influence matrices zeroed after overflow."""
         c = self.counters[self.race_leader] if self.race else self.counters
-        return {"steps": int(c[STEPS]), "updates": int(c[UPDATES]),
-                "skipped_nonfinite": int(c[SKIPPED_NONFINITE]), "rejected_nonfinite_state": int(c[REJECTED_STATE]),
-                "influence_resets": int(c[INFLUENCE_RESETS])}
+        return {
+            "steps": int(c[STEPS]),
+            "updates": int(c[UPDATES]),
+            "skipped_nonfinite": int(c[SKIPPED_NONFINITE]),
+            "rejected_nonfinite_state": int(c[REJECTED_STATE]),
+            "influence_resets": int(c[INFLUENCE_RESETS]),
+        }
 
     # ------------------------------------------------------------------ offline gradients
-    def gradient(self, X: ArrayLike, Y: ArrayLike, method: str = "rtrl", truncation: Optional[int] = None,
-                 stride: Optional[int] = None, seed: Optional[int] = None) -> dict[str, np.ndarray]:
+    def gradient(
+        self,
+        X: ArrayLike,
+        Y: ArrayLike,
+        method: str = "rtrl",
+        truncation: int | None = None,
+        stride: int | None = None,
+        seed: int | None = None,
+    ) -> dict[str, np.ndarray]:
         """``Σ_t dL_t/dθ`` over one sequence from a zero state, at the current weights, no update.
 
         ``method`` is ``"rtrl"``, ``"snap1"`` or ``"uoro"`` (approximations; UORO's
@@ -626,7 +766,7 @@ class Model:
             dims = dims._replace(truncation=int(k), stride=h)
         X = self._inputs(X)
         Y, has_y = self._targets(Y, X.shape[0])
-        if self._pre.active:   # a fresh key's inputs and standardised targets; statistics not committed
+        if self._pre.active:  # a fresh key's inputs and standardised targets; statistics not committed
             X, Y, has_y, _ = self._pre.transform_sequence(X, Y, has_y)
         grad = np.zeros(self.n_params, self.dtype)
         args = (self._cell, self._task, self.n_cell_inputs, self.n_hidden, self.n_outputs, self._theta())
@@ -640,20 +780,26 @@ class Model:
     def state_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Everything needed to continue bit-identically, as ``(arrays, meta)``."""
         keys, per_key = self._keyed.export()
-        arrays = {"theta": self.theta, "opt_state": self.opt_state, "counters": self.counters, **per_key,
-                  **self._pre.state_arrays(), **({race.SCORES: self.race_scores} if self.race else {})}
+        arrays = {
+            "theta": self.theta,
+            "opt_state": self.opt_state,
+            "counters": self.counters,
+            **per_key,
+            **self._pre.state_arrays(),
+            **({race.SCORES: self.race_scores} if self.race else {}),
+        }
         meta = {"kind": _FORMAT_KIND, "config": self.config, "keys": keys}
         return arrays, meta
 
     @classmethod
-    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], source: str = "<state>") -> "Model":
+    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], source: str = "<state>") -> Model:
         if meta.get("kind") != _FORMAT_KIND:
             raise checkpoint.CheckpointError(f"{source}: not a streamrnn Model (kind {meta.get('kind')!r})")
         model = cls(**{**_OLD_DEFAULTS, **meta["config"]})
         model.load_state(arrays, meta, source)
         return model
 
-    def allocate_for_load(self, name: str, shape: tuple, dtype: Any) -> Optional[np.ndarray]:
+    def allocate_for_load(self, name: str, shape: tuple, dtype: Any) -> np.ndarray | None:
         """Destination of array ``name`` of a checkpoint about to be restored into this model
         (``checkpoint.load(path, allocate=model.allocate_for_load)``): per-key arrays are read
         straight into memory that :meth:`load_state` then adopts, so restoring many keys holds
@@ -664,13 +810,17 @@ class Model:
         """Restore from ``state_arrays()`` output; the configuration must match this model's."""
         saved = meta.get("config")
         if isinstance(saved, dict):
-            saved = {**_OLD_DEFAULTS, **saved}   # files from before the options existed
+            saved = {**_OLD_DEFAULTS, **saved}  # files from before the options existed
         if meta.get("kind") != _FORMAT_KIND or saved != self.config:
             raise checkpoint.CheckpointError(
                 f"{source}: the saved model has another configuration ({meta.get('config')}) "
-                f"than this one ({self.config})")
-        for name, shape in (("theta", self.theta.shape), ("opt_state", self.opt_state.shape),
-                            ("counters", self.counters.shape)):
+                f"than this one ({self.config})"
+            )
+        for name, shape in (
+            ("theta", self.theta.shape),
+            ("opt_state", self.opt_state.shape),
+            ("counters", self.counters.shape),
+        ):
             if name not in arrays or arrays[name].shape != shape:
                 raise checkpoint.CheckpointError(f"{source}: array {name!r} missing or of the wrong shape")
         if self.race:
@@ -684,18 +834,20 @@ class Model:
         if self.race:
             self.race_scores[:] = arrays[race.SCORES]
 
-    def save(self, path: Union[str, os.PathLike]) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write the whole model atomically (temp file, fsync, rename) with a checksum."""
         checkpoint.save(path, *self.state_arrays())
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike]) -> "Model":
+    def load(cls, path: str | os.PathLike) -> Model:
         """Read a file written by :meth:`save`; a corrupt or foreign file raises ``CheckpointError``."""
         arrays, meta = checkpoint.load(path)
         return cls.from_state(arrays, meta, source=str(path))
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"Model(cell={c['cell']!r}, n_inputs={c['n_inputs']}, n_hidden={c['n_hidden']}, "
-                f"n_outputs={c['n_outputs']}, task={c['task']!r}, learner={c['learner']!r}, "
-                f"optimizer={c['optimizer']!r}, lr={c['lr']}, dtype={c['dtype']!r})")
+        return (
+            f"Model(cell={c['cell']!r}, n_inputs={c['n_inputs']}, n_hidden={c['n_hidden']}, "
+            f"n_outputs={c['n_outputs']}, task={c['task']!r}, learner={c['learner']!r}, "
+            f"optimizer={c['optimizer']!r}, lr={c['lr']}, dtype={c['dtype']!r})"
+        )

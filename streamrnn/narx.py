@@ -18,6 +18,7 @@ The cell's input is ``[x (n_inputs), lag_1 (w), …, lag_k (w), observed_1, …,
 lag values enter standardised with the target statistics as they stand at the row (see
 :mod:`streamrnn.preprocess`); labels enter as they are.
 """
+
 import numpy as np
 from numba import njit
 
@@ -48,7 +49,7 @@ def push_target(task, values, observed, y, has_y):
             values[0, :] = 0.0
             values[0, int(y[0])] = 1.0
         else:
-            values[0, :] = y[:values.shape[1]]
+            values[0, :] = y[: values.shape[1]]
         observed[0] = 1.0
     else:
         observed[0] = 0.0

@@ -19,12 +19,13 @@ Every kernel in streamrnn compiles with ``error_model="numpy"``: IEEE division
 (inf/NaN, which the learners check for explicitly) instead of Python's
 zero-division check, whose branch keeps loops such as Adam's from vectorising.
 """
+
 import numpy as np
 from numba import njit
 
 SGD, ADAM, ADAM_HD, COCOB, MECHANIC = 0, 1, 2, 3, 4
 OPTIMIZER_IDS = {"sgd": SGD, "adam": ADAM, "adam_hd": ADAM_HD, "cocob": COCOB, "mechanic": MECHANIC}
-STATE_ROWS = (2, 2, 3, 5, 4)           # rows of P-vectors in the optimizer state, by optimizer id
+STATE_ROWS = (2, 2, 3, 5, 4)  # rows of P-vectors in the optimizer state, by optimizer id
 
 # Layout of the hyper-parameter vector handed to kernels.
 LR, BETA1, BETA2, EPS, MOMENTUM, WEIGHT_DECAY, CLIP, HYPERGRAD_LR, LR_MIN, LR_MAX, COCOB_ALPHA = range(11)
@@ -42,7 +43,7 @@ COCOB_DEFAULT_ALPHA = 100.0
 MECHANIC_BETAS = (0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999)
 N_MECHANIC = 6
 MECHANIC_S_INIT, MECHANIC_EPS, MECHANIC_LAMBDA = 1e-8, 1e-10, 0.01
-N_MECHANIC_SCALARS = 4 * N_MECHANIC     # s, m, v, r per beta, after the P-vector rows
+N_MECHANIC_SCALARS = 4 * N_MECHANIC  # s, m, v, r per beta, after the P-vector rows
 
 
 @njit(cache=True, error_model="numpy")
@@ -139,8 +140,15 @@ def adam_hd_rate(theta, grad, state, step, hyper):
     lr = np.float64(s[0])
     if lr > 0.0:
         sqrt_bias2 = np.sqrt(1.0 - hyper[BETA2] ** (step - 1))
-        c = hd_cosine(theta, grad, state[0], state[1], theta.dtype.type(hyper[WEIGHT_DECAY]),
-                      theta.dtype.type(sqrt_bias2), theta.dtype.type(hyper[EPS]))
+        c = hd_cosine(
+            theta,
+            grad,
+            state[0],
+            state[1],
+            theta.dtype.type(hyper[WEIGHT_DECAY]),
+            theta.dtype.type(sqrt_bias2),
+            theta.dtype.type(hyper[EPS]),
+        )
         s[0] = min(max(lr * np.exp(hyper[HYPERGRAD_LR] * c), hyper[LR_MIN]), hyper[LR_MAX])
     return np.float64(s[0])
 
@@ -272,7 +280,7 @@ def optimizer_step(kind, theta, grad, state, step, hyper):
 
     The arithmetic is in the parameters' dtype, as PyTorch's: float32 parameters take float32
     steps (which also halves the cost of Adam's square root and division per parameter)."""
-    k = np.empty(9, theta.dtype)        # the scalars below, in that dtype
+    k = np.empty(9, theta.dtype)  # the scalars below, in that dtype
     k[0] = hyper[LR]
     k[1] = hyper[WEIGHT_DECAY]
     lr, wd = k[0], k[1]
@@ -303,8 +311,8 @@ def optimizer_step(kind, theta, grad, state, step, hyper):
     k[4] = hyper[BETA2]
     k[5] = 1.0 - hyper[BETA2]
     rate = adam_hd_rate(theta, grad, state, step, hyper) if kind == ADAM_HD else hyper[LR]
-    k[6] = rate / (1.0 - hyper[BETA1] ** step)             # lr / bias correction 1
-    k[7] = np.sqrt(1.0 - hyper[BETA2] ** step)            # sqrt(bias correction 2)
+    k[6] = rate / (1.0 - hyper[BETA1] ** step)  # lr / bias correction 1
+    k[7] = np.sqrt(1.0 - hyper[BETA2] ** step)  # sqrt(bias correction 2)
     b1, one_b1, b2, one_b2, step_size, sqrt_bias2 = k[2], k[3], k[4], k[5], k[6], k[7]
     k[8] = hyper[EPS]
     eps = k[8]

@@ -4,6 +4,7 @@ Kernels take one flat ``theta``; users read and write it as a dict of named arra
 describes its vector by its blocks in flat order, ``[(name, shape, offset, size)]``, and these
 functions convert between the two, for the online ``Model`` and the offline ``bptt`` model alike.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,7 @@ def blocks(layout: Sequence[tuple[str, tuple]]) -> list[Block]:
 
 def unflatten(flat: np.ndarray, layout: Sequence[Block]) -> dict[str, np.ndarray]:
     """Copies of the blocks of ``flat``, by name."""
-    return {name: flat[p:p + s].reshape(shape).copy() for name, shape, p, s in layout}
+    return {name: flat[p : p + s].reshape(shape).copy() for name, shape, p, s in layout}
 
 
 def flatten(weights: Mapping, layout: Sequence[Block], n_params: int, dtype) -> np.ndarray:
@@ -41,15 +42,16 @@ def flatten(weights: Mapping, layout: Sequence[Block], n_params: int, dtype) -> 
     """
     expected = {name for name, *_ in layout}
     if set(weights) != expected:
-        raise ValueError(f"set_weights: missing {sorted(expected - set(weights))}, "
-                         f"unexpected {sorted(set(weights) - expected)}")
+        raise ValueError(
+            f"set_weights: missing {sorted(expected - set(weights))}, unexpected {sorted(set(weights) - expected)}"
+        )
     new = np.empty(n_params, dtype)
     for name, shape, p, s in layout:
-        with np.errstate(over="ignore"):      # a value beyond the dtype's range becomes inf, refused below
+        with np.errstate(over="ignore"):  # a value beyond the dtype's range becomes inf, refused below
             arr = np.asarray(weights[name], dtype=dtype)
         if arr.shape != shape:
             raise ValueError(f"set_weights: {name} has shape {arr.shape}, expected {shape}")
         if not np.isfinite(arr).all():
             raise ValueError(f"set_weights: {name} contains NaN or inf")
-        new[p:p + s] = arr.ravel()
+        new[p : p + s] = arr.ravel()
     return new

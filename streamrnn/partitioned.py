@@ -30,6 +30,7 @@ Examples
 >>> pm.release("t:1"); pm.load("t:1", arrays, meta); pm.model("t:1").keys
 ['b']
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -64,8 +65,8 @@ class PartitionedModel:
         # shared mode: the member's parameters, optimizer state and counters, which every
         # partition model of this member uses in place
         self.shared = Model(**self.config) if mode == "shared" else None
-        self._parts = {}                 # stream -> (Model, NextRecordForecaster or None)
-        self._loading = None             # (stream, model, forecaster) a checkpoint is being read into
+        self._parts = {}  # stream -> (Model, NextRecordForecaster or None)
+        self._loading = None  # (stream, model, forecaster) a checkpoint is being read into
         self.n_outputs = self._template().n_outputs
 
     def _template(self):
@@ -94,8 +95,7 @@ class PartitionedModel:
         return model, (NextRecordForecaster(model) if self.forecast else None)
 
     def _share_parameters(self, model):
-        model.theta, model.opt_state, model.counters = self.shared.theta, self.shared.opt_state, \
-            self.shared.counters
+        model.theta, model.opt_state, model.counters = self.shared.theta, self.shared.opt_state, self.shared.counters
 
     def release(self, stream):
         """Drop everything held for ``stream`` (after it was saved, or when it moves away)."""
@@ -130,7 +130,7 @@ class PartitionedModel:
             if i == n or streams[i] != streams[start]:
                 runs.append((streams[start], start, i))
                 start = i
-        for stream, a, b in runs:          # validate everything first: all or nothing
+        for stream, a, b in runs:  # validate everything first: all or nothing
             model = self._part(stream)[0]
             model.validate_rows(X[a:b], Y[a:b])
         preds = np.empty((n, self.n_outputs), np.dtype(self.config.get("dtype", "float64")))
@@ -178,10 +178,12 @@ class PartitionedModel:
             _, model, forecaster = staged
         else:
             model, forecaster = self._new()
-        if self.shared is not None:      # load into the model's own arrays, then share or adopt
+        if self.shared is not None:  # load into the model's own arrays, then share or adopt
             model.theta, model.opt_state, model.counters = (
-                np.empty_like(self.shared.theta), np.empty_like(self.shared.opt_state),
-                np.empty_like(self.shared.counters))
+                np.empty_like(self.shared.theta),
+                np.empty_like(self.shared.opt_state),
+                np.empty_like(self.shared.counters),
+            )
         if "model" not in meta:
             raise CheckpointError(f"{source}: no model state")
         model.load_state(arrays, meta["model"], source=source)

@@ -22,6 +22,7 @@ two included); the learner itself minimises the loss in standardised units.
 Statistics are global: one set for the inputs and one for the targets, shared by every key. Only
 regression targets are standardised; class labels are labels.
 """
+
 import numpy as np
 from numba import njit
 
@@ -51,13 +52,20 @@ TASK, STANDARDIZE, CLIP_AT, WARMUP_N, N_INPUTS, BASELINE, N_SETTINGS = 0, 1, 2, 
 def settings(task_id, standardize, n_inputs, clip=CLIP, warmup=WARMUP, baseline=None):
     out = np.zeros(N_SETTINGS, np.float64)
     out[[TASK, STANDARDIZE, CLIP_AT, WARMUP_N, N_INPUTS, BASELINE]] = (
-        task_id, float(bool(standardize)), clip, warmup, n_inputs, float(baseline == "last"))
+        task_id,
+        float(bool(standardize)),
+        clip,
+        warmup,
+        n_inputs,
+        float(baseline == "last"),
+    )
     return out
 
 
 @njit(cache=True)
-def prepare_rows(cfg, X, Y, has_y, slots, reset, x_stats, y_stats, d_stats, lag_values, lag_observed,
-                 Xa, Ys, has_learn, y_ls):
+def prepare_rows(
+    cfg, X, Y, has_y, slots, reset, x_stats, y_stats, d_stats, lag_values, lag_observed, Xa, Ys, has_learn, y_ls
+):
     """Transform rows in arrival order (see the module docstring), advancing ``x_stats``, ``y_stats``
     and the keys' lag buffers (``lag_values`` (keys, k, w), ``lag_observed`` (keys, k); k may be 0)
     in place. ``cfg`` is a :func:`settings` vector. Writes the learner's inputs ``Xa``
@@ -73,7 +81,7 @@ def prepare_rows(cfg, X, Y, has_y, slots, reset, x_stats, y_stats, d_stats, lag_
     k = lag_values.shape[1]
     w = lag_values.shape[2]
     std_y = standardize and task == REGRESSION
-    base = cfg[BASELINE] != 0.0 and std_y and k > 0      # baseline "last": lag_observed[:, k] = ever observed
+    base = cfg[BASELINE] != 0.0 and std_y and k > 0  # baseline "last": lag_observed[:, k] = ever observed
     for i in range(X.shape[0]):
         slot = slots[i]
         if k > 0 and reset[i]:
@@ -96,7 +104,7 @@ def prepare_rows(cfg, X, Y, has_y, slots, reset, x_stats, y_stats, d_stats, lag_
         if std_y:
             has_last = base and lag_observed[slot, k] != 0.0
             for q in range(Y.shape[1]):
-                if has_last:         # the change from the key's last target, in units of the changes' scale
+                if has_last:  # the change from the key's last target, in units of the changes' scale
                     last = lag_values[slot, 0, q]
                     y_loc[i, q] = last
                     y_scale[i, q] = scale_of(d_stats, q)
@@ -145,17 +153,20 @@ class Preprocessor:
     its learner. Inactive (``active`` False) when ``standardize`` is off and ``target_lags`` is 0:
     the Model then skips it entirely (bit-identical to a model without it)."""
 
-    def __init__(self, task_id, n_inputs, n_outputs, target_lags, standardize, dtype, clip=CLIP, warmup=WARMUP,
-                 baseline=None):
+    def __init__(
+        self, task_id, n_inputs, n_outputs, target_lags, standardize, dtype, clip=CLIP, warmup=WARMUP, baseline=None
+    ):
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be None or 'last'; got {baseline!r}")
         if baseline == "last" and not (task_id == REGRESSION and standardize and target_lags >= 1):
-            raise ValueError("baseline='last' needs task='regression', standardize=True and target_lags >= 1 "
-                             "(the key's last target is held in its lag buffer)")
+            raise ValueError(
+                "baseline='last' needs task='regression', standardize=True and target_lags >= 1 "
+                "(the key's last target is held in its lag buffer)"
+            )
         self.task, self.n_inputs, self.n_outputs = task_id, n_inputs, n_outputs
         self.k, self.standardize = int(target_lags), bool(standardize)
         self.baseline = baseline
-        self._ext = 1 if baseline == "last" else 0      # lag_observed's extra column: the key has a last target
+        self._ext = 1 if baseline == "last" else 0  # lag_observed's extra column: the key has a last target
         self.dtype = np.dtype(dtype)
         self.clip, self.warmup = float(clip), float(warmup)
         self._cfg = settings(task_id, standardize, n_inputs, clip, warmup, baseline)
@@ -166,7 +177,7 @@ class Preprocessor:
         self.finishes = self.standardize and task_id == REGRESSION
         self.x_stats = make_stats(n_inputs)
         self.y_stats = make_stats(self.width_y)
-        self.d_stats = make_stats(self.width_y)     # changes y − y_last (baseline "last" only)
+        self.d_stats = make_stats(self.width_y)  # changes y − y_last (baseline "last" only)
         self._no_lags = (np.zeros((1, 0, self.w)), np.zeros((1, 0)))
         self._cap = self._views_n = 0
         self._grow(1)
@@ -180,8 +191,10 @@ class Preprocessor:
         """(name, shape, dtype) of the per-key arrays target feedback adds (none for k = 0)."""
         if self.k == 0:
             return []
-        return [("lag_values", (self.k, self.w), np.dtype(np.float64)),
-                ("lag_observed", (self.k + self._ext,), np.dtype(np.float64))]
+        return [
+            ("lag_values", (self.k, self.w), np.dtype(np.float64)),
+            ("lag_observed", (self.k + self._ext,), np.dtype(np.float64)),
+        ]
 
     def _grow(self, n):
         if n > self._cap:
@@ -201,8 +214,9 @@ class Preprocessor:
         if X.shape[0] != self._views_n:
             self._grow(X.shape[0])
         lags = (keyed_arrays["lag_values"], keyed_arrays["lag_observed"]) if self.k else self._no_lags
-        prepare_rows(self._cfg, X, Y, has_y, slots, reset, self.x_stats, self.y_stats, self.d_stats, *lags,
-                     *self._views)
+        prepare_rows(
+            self._cfg, X, Y, has_y, slots, reset, self.x_stats, self.y_stats, self.d_stats, *lags, *self._views
+        )
         return self._views
 
     def finish(self, Y, has_y, y_ls, out, losses):
@@ -215,8 +229,12 @@ class Preprocessor:
         key whose lag buffer is ``lag_row = (values, observed)``), starting from copies of the
         current statistics, which are advanced along the sequence and discarded: nothing changes."""
         n = X.shape[0]
-        out = (np.zeros((n, self.n_cell_inputs), self.dtype), np.zeros((n, self.width_y), self.dtype),
-               np.zeros(n, np.bool_), np.zeros((2, n, self.width_y)))
+        out = (
+            np.zeros((n, self.n_cell_inputs), self.dtype),
+            np.zeros((n, self.width_y), self.dtype),
+            np.zeros(n, np.bool_),
+            np.zeros((2, n, self.width_y)),
+        )
         if self.k:
             fresh = lag_row is None
             lag_values = np.zeros((1, self.k, self.w)) if fresh else lag_row[0][None].copy()
@@ -225,8 +243,20 @@ class Preprocessor:
             lag_values, lag_observed = self._no_lags
         slots = np.zeros(n, np.int64)
         reset = np.zeros(n, np.bool_)
-        prepare_rows(self._cfg, X, Y, has_y, slots, reset, self.x_stats.copy(), self.y_stats.copy(),
-                     self.d_stats.copy(), lag_values, lag_observed, *out)
+        prepare_rows(
+            self._cfg,
+            X,
+            Y,
+            has_y,
+            slots,
+            reset,
+            self.x_stats.copy(),
+            self.y_stats.copy(),
+            self.d_stats.copy(),
+            lag_values,
+            lag_observed,
+            *out,
+        )
         return out
 
     def feed_back(self, lag_values, lag_observed, y):
@@ -235,7 +265,7 @@ class Preprocessor:
         k = self.k
         narx.push_target(self.task, lag_values, lag_observed[:k], np.asarray(y, np.float64), True)
         if self._ext:
-            lag_observed[k] = 1.0      # baseline "last": the key now has a last target
+            lag_observed[k] = 1.0  # baseline "last": the key now has a last target
 
     def peek_row(self, x, lag_values=None, lag_observed=None):
         """What one more row ``x`` (1, n_inputs) of a key with lag buffer ``(lag_values, lag_observed)``
@@ -244,11 +274,23 @@ class Preprocessor:
         location and scale. For ``Model.peek`` and the adapters' preallocated predict paths."""
         if not hasattr(self, "_peek"):
             w = self.width_y
-            self._peek = (self.x_stats.copy(), self.y_stats.copy(), np.zeros((1, self.k, self.w)),
-                          np.zeros((1, self.k + self._ext)), np.zeros((1, w), self.dtype), np.zeros(1, np.bool_),
-                          np.zeros(1, np.int64), np.zeros(1, np.bool_),
-                          (np.zeros((1, self.n_cell_inputs), self.dtype), np.zeros((1, w), self.dtype),
-                           np.zeros(1, np.bool_), np.zeros((2, 1, w))), self.d_stats.copy())
+            self._peek = (
+                self.x_stats.copy(),
+                self.y_stats.copy(),
+                np.zeros((1, self.k, self.w)),
+                np.zeros((1, self.k + self._ext)),
+                np.zeros((1, w), self.dtype),
+                np.zeros(1, np.bool_),
+                np.zeros(1, np.int64),
+                np.zeros(1, np.bool_),
+                (
+                    np.zeros((1, self.n_cell_inputs), self.dtype),
+                    np.zeros((1, w), self.dtype),
+                    np.zeros(1, np.bool_),
+                    np.zeros((2, 1, w)),
+                ),
+                self.d_stats.copy(),
+            )
         xs, ys, lv, lo, y0, has0, slot0, reset0, out, ds = self._peek
         xs[:] = self.x_stats
         ys[:] = self.y_stats
@@ -279,8 +321,14 @@ class Preprocessor:
             return
         for name, dest in self._stat_arrays():
             got = arrays.get(name)
-            if got is None or got.shape != dest.shape or got.dtype != dest.dtype or not np.isfinite(got).all() \
-                    or (got[COUNT] < 0).any() or (got[2] < 0).any():
+            if (
+                got is None
+                or got.shape != dest.shape
+                or got.dtype != dest.dtype
+                or not np.isfinite(got).all()
+                or (got[COUNT] < 0).any()
+                or (got[2] < 0).any()
+            ):
                 raise error(f"{source}: array {name!r} missing, of the wrong shape or not valid statistics")
 
     def load_state(self, arrays):

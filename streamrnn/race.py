@@ -9,6 +9,7 @@ the batch loop that runs every member's learner kernel over one preprocessed bat
 per row, the member whose score was lowest before that row. The leader, ``argmin(scores)`` (ties
 to the lower index), is what the Model's one-model views (``peek``, ``get_weights``, ...) read.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,7 @@ from numba import njit
 from .optim import LR, RACE_FACTORS, race_decay, race_rates, race_step
 from .preprocess import finish_rows
 
-SCORES = "race.scores"     # the checkpoint array
+SCORES = "race.scores"  # the checkpoint array
 
 
 @njit(cache=True)
@@ -40,7 +41,7 @@ class Race:
     n_members = len(RACE_FACTORS)
 
     def __init__(self, spec, dims):
-        self.scores = np.zeros(self.n_members, np.float64)      # discounted prequential loss per member
+        self.scores = np.zeros(self.n_members, np.float64)  # discounted prequential loss per member
         self.decay = race_decay()
         self.workspaces = [spec.make_workspace(dims) for _ in range(self.n_members)]
         self._ws_fields = [tuple(ws) for ws in self.workspaces]
@@ -53,8 +54,12 @@ class Race:
         K = cls.n_members
         hyper = np.ascontiguousarray(np.repeat(hyper[None], K, axis=0))
         hyper[:, LR] = race_rates(lr)
-        return (np.ascontiguousarray(np.repeat(theta[None], K, axis=0)), np.zeros((K,) + opt_state.shape, opt_state.dtype),
-                np.zeros((K,) + counters.shape, counters.dtype), hyper)
+        return (
+            np.ascontiguousarray(np.repeat(theta[None], K, axis=0)),
+            np.zeros((K,) + opt_state.shape, opt_state.dtype),
+            np.zeros((K,) + counters.shape, counters.dtype),
+            hyper,
+        )
 
     @property
     def leader(self):
@@ -62,7 +67,7 @@ class Race:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_views"] = None        # views of the Model's arrays would come back as copies
+        state["_views"] = None  # views of the Model's arrays would come back as copies
         return state
 
     def _members(self, model):
@@ -70,8 +75,10 @@ class Race:
         rebuilt when the Model's arrays are replaced (``streamrnn.partitioned`` shares them by assignment)."""
         v = self._views
         if v is None or v[0] is not model.theta or v[1] is not model.opt_state or v[2] is not model.counters:
-            members = tuple((model.theta[k], model.opt_state[k], model.hyper[k], model.counters[k], self._ws_fields[k])
-                            for k in range(self.n_members))
+            members = tuple(
+                (model.theta[k], model.opt_state[k], model.hyper[k], model.counters[k], self._ws_fields[k])
+                for k in range(self.n_members)
+            )
             self._views = v = (model.theta, model.opt_state, model.counters, members)
         return v[3]
 
@@ -79,8 +86,11 @@ class Race:
         """Per-member predictions (K, N, n_out), losses (K, N) and picks (N,), reused while N stays."""
         if n_rows != self._n_rows:
             K = self.n_members
-            self._buf = (np.empty((K, n_rows, n_outputs), dtype), np.empty((K, n_rows), dtype),
-                         np.empty(n_rows, np.int64))
+            self._buf = (
+                np.empty((K, n_rows, n_outputs), dtype),
+                np.empty((K, n_rows), dtype),
+                np.empty(n_rows, np.int64),
+            )
             self._n_rows = n_rows
         return self._buf
 
@@ -91,9 +101,27 @@ class Race:
         n_arr = model._n_learner_arrays // self.n_members
         step_many, d = model._spec.step_many, model.dims
         for k, (theta, opt_state, hyper, counters, ws) in enumerate(self._members(model)):
-            step_many(d.cell, d.task, model._opt, d.n_inputs, d.n_hidden, d.n_outputs, theta, opt_state, hyper,
-                      counters, arrays[k * n_arr:(k + 1) * n_arr], X, Y, has_y, slots, reset, ws, outs[k],
-                      member_losses[k])
+            step_many(
+                d.cell,
+                d.task,
+                model._opt,
+                d.n_inputs,
+                d.n_hidden,
+                d.n_outputs,
+                theta,
+                opt_state,
+                hyper,
+                counters,
+                arrays[k * n_arr : (k + 1) * n_arr],
+                X,
+                Y,
+                has_y,
+                slots,
+                reset,
+                ws,
+                outs[k],
+                member_losses[k],
+            )
         if y_ls is not None:
             _finish_and_pick(Y_raw, has_y_raw, y_ls, outs, member_losses, self.scores, self.decay, picked, out, losses)
         else:
@@ -101,6 +129,11 @@ class Race:
 
     def check_state(self, arrays, source, error):
         got = arrays.get(SCORES)
-        if got is None or got.shape != self.scores.shape or got.dtype != np.float64 \
-                or np.isnan(got).any() or (got < 0).any():
+        if (
+            got is None
+            or got.shape != self.scores.shape
+            or got.dtype != np.float64
+            or np.isnan(got).any()
+            or (got < 0).any()
+        ):
             raise error(f"{source}: array {SCORES!r} missing, of the wrong shape or not valid race scores")

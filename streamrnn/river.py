@@ -37,10 +37,11 @@ checks its own inputs): it fills preallocated buffers and hands them to
 every learner, so predictions and weights are bit-identical to driving the
 ``Model`` directly; predictions go through ``Model.peek_into`` the same way.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +56,7 @@ from .keyed_state import normalize_key  # noqa: E402
 from .model import Model  # noqa: E402
 
 __all__ = ["RNNRegressor", "RNNClassifier", "RNNForecaster"]
+
 
 def _entity(value):
     """The per-entity key of a feature value (None when absent)."""
@@ -82,13 +84,47 @@ class _Core:
     stay its constructor parameters plus this one object.
     """
 
-    def __init__(self, n_inputs, n_outputs, task, keyed, cell, n_hidden, learner, truncation, optimizer, lr,
-                 clip, seed, dtype, max_keys, readout_skip, standardize, target_lags, baseline=None):
+    def __init__(
+        self,
+        n_inputs,
+        n_outputs,
+        task,
+        keyed,
+        cell,
+        n_hidden,
+        learner,
+        truncation,
+        optimizer,
+        lr,
+        clip,
+        seed,
+        dtype,
+        max_keys,
+        readout_skip,
+        standardize,
+        target_lags,
+        baseline=None,
+    ):
         kw = {} if truncation is None else {"truncation": truncation}
-        self.model = Model(cell=cell, n_inputs=n_inputs, n_hidden=n_hidden, n_outputs=n_outputs, task=task,
-                           learner=learner, optimizer=optimizer, lr=lr, clip=clip, seed=seed, dtype=dtype,
-                           max_keys=max_keys, readout_skip=readout_skip, standardize=standardize,
-                           target_lags=target_lags, baseline=baseline, **kw)
+        self.model = Model(
+            cell=cell,
+            n_inputs=n_inputs,
+            n_hidden=n_hidden,
+            n_outputs=n_outputs,
+            task=task,
+            learner=learner,
+            optimizer=optimizer,
+            lr=lr,
+            clip=clip,
+            seed=seed,
+            dtype=dtype,
+            max_keys=max_keys,
+            readout_skip=readout_skip,
+            standardize=standardize,
+            target_lags=target_lags,
+            baseline=baseline,
+            **kw,
+        )
         self.keyed = keyed
         self._scratch()
 
@@ -136,15 +172,31 @@ class _Recurrent:
 
     def _reset(self):
         self._core = None
-        self._index = {}         # feature name -> input slot
+        self._index = {}  # feature name -> input slot
 
     def _build(self):
         # The forecaster may have no exogenous feature (n_inputs=0): the Model then gets one input
         # that always reads 0 (its only information is the target fed back).
-        self._core = _Core(max(1, self.n_inputs), self._n_outputs, self._task, self.key is not None,
-                           self.cell, self.n_hidden, self.learner, self.truncation, self.optimizer, self.lr,
-                           self.clip, self.seed, self.dtype, self.max_keys, self.readout_skip,
-                           self.standardize, self.target_lags, self._baseline())
+        self._core = _Core(
+            max(1, self.n_inputs),
+            self._n_outputs,
+            self._task,
+            self.key is not None,
+            self.cell,
+            self.n_hidden,
+            self.learner,
+            self.truncation,
+            self.optimizer,
+            self.lr,
+            self.clip,
+            self.seed,
+            self.dtype,
+            self.max_keys,
+            self.readout_skip,
+            self.standardize,
+            self.target_lags,
+            self._baseline(),
+        )
         return self._core
 
     def _baseline(self):
@@ -179,10 +231,10 @@ class _Recurrent:
                             new = []
                         new.append(name)
                     continue
-                if v - v:            # NaN or ±inf (v - v is 0 for every finite number)
+                if v - v:  # NaN or ±inf (v - v is 0 for every finite number)
                     raise ValueError(f"feature {name!r} is not finite: {v!r}")
                 buf[i] = v
-        except TypeError:            # a registered feature holds a non-number: None reads as missing
+        except TypeError:  # a registered feature holds a non-number: None reads as missing
             for name, v in x.items():
                 i = index.get(name)
                 if i is None or (name == keyname and keyname is not None):
@@ -262,9 +314,9 @@ _BASELINE_DOC = """    baseline : {"last", None}
 """
 
 
-
 class RNNRegressor(_Recurrent, base.Regressor):
-    __doc__ = """Recurrent regressor that learns per sample with exact RTRL.
+    __doc__ = (
+        """Recurrent regressor that learns per sample with exact RTRL.
 
     Each ``learn_one(x, y)`` advances the hidden state with ``x`` and takes one
     gradient step on ½(ŷ − y)²; ``predict_one(x)`` is the prediction the next
@@ -287,7 +339,10 @@ class RNNRegressor(_Recurrent, base.Regressor):
     (0.175 → 0.207).
 
     Parameters
-    ----------""" + _PARAM_DOC + _BASELINE_DOC + """
+    ----------"""
+        + _PARAM_DOC
+        + _BASELINE_DOC
+        + """
     Examples
     --------
     >>> from river import datasets, evaluate, metrics
@@ -303,12 +358,27 @@ class RNNRegressor(_Recurrent, base.Regressor):
     >>> reg.features, reg.model.keys
     (['t'], ['a'])
     """
+    )
 
-    def __init__(self, cell: str = "gru", n_hidden: int = 16, n_inputs: int = 16, learner: str = "rtrl",
-                 truncation: Optional[int] = None, optimizer: str = "adam", lr: float = 0.01,
-                 clip: Optional[float] = 1.0, seed: int = 0, dtype: str = "float64", key: Optional[str] = None,
-                 max_keys: int = 1024, readout_skip: bool = False, standardize: bool = True,
-                 target_lags: int = 1, baseline: Optional[str] = "last") -> None:
+    def __init__(
+        self,
+        cell: str = "gru",
+        n_hidden: int = 16,
+        n_inputs: int = 16,
+        learner: str = "rtrl",
+        truncation: int | None = None,
+        optimizer: str = "adam",
+        lr: float = 0.01,
+        clip: float | None = 1.0,
+        seed: int = 0,
+        dtype: str = "float64",
+        key: str | None = None,
+        max_keys: int = 1024,
+        readout_skip: bool = False,
+        standardize: bool = True,
+        target_lags: int = 1,
+        baseline: str | None = "last",
+    ) -> None:
         self.cell = cell
         self.n_hidden = n_hidden
         self.n_inputs = n_inputs
@@ -344,7 +414,8 @@ class RNNRegressor(_Recurrent, base.Regressor):
 
 
 class RNNClassifier(_Recurrent, base.Classifier):
-    __doc__ = """Recurrent classifier (binary or multiclass) that learns per sample with exact RTRL.
+    __doc__ = (
+        """Recurrent classifier (binary or multiclass) that learns per sample with exact RTRL.
 
     Class policy: ``n_classes`` fixes the readout width once, so the model is
     never rebuilt. With ``n_classes=2`` (the default) the classifier is binary:
@@ -366,7 +437,9 @@ class RNNClassifier(_Recurrent, base.Classifier):
     0.04 nats of log loss, 0.716 → 0.757); set ``target_lags=1`` where they do.
 
     Parameters
-    ----------""" + _PARAM_DOC + """    n_classes : int
+    ----------"""
+        + _PARAM_DOC
+        + """    n_classes : int
         Readout width: 2 for a binary classifier, more for multiclass.
 
     Examples
@@ -383,12 +456,27 @@ class RNNClassifier(_Recurrent, base.Classifier):
     >>> sorted(clf.predict_proba_one({"a": 1.0}))
     ['cat', 'dog']
     """
+    )
 
-    def __init__(self, cell: str = "gru", n_hidden: int = 16, n_inputs: int = 16, n_classes: int = 2,
-                 learner: str = "rtrl", truncation: Optional[int] = None, optimizer: str = "adam", lr: float = 0.01,
-                 clip: Optional[float] = 1.0, seed: int = 0, dtype: str = "float64", key: Optional[str] = None,
-                 max_keys: int = 1024, readout_skip: bool = False, standardize: bool = True,
-                 target_lags: int = 0) -> None:
+    def __init__(
+        self,
+        cell: str = "gru",
+        n_hidden: int = 16,
+        n_inputs: int = 16,
+        n_classes: int = 2,
+        learner: str = "rtrl",
+        truncation: int | None = None,
+        optimizer: str = "adam",
+        lr: float = 0.01,
+        clip: float | None = 1.0,
+        seed: int = 0,
+        dtype: str = "float64",
+        key: str | None = None,
+        max_keys: int = 1024,
+        readout_skip: bool = False,
+        standardize: bool = True,
+        target_lags: int = 0,
+    ) -> None:
         self.cell = cell
         self.n_hidden = n_hidden
         self.n_inputs = n_inputs
@@ -411,7 +499,7 @@ class RNNClassifier(_Recurrent, base.Classifier):
 
     def _reset(self):
         super()._reset()
-        self._classes = {}        # label -> output index (multiclass)
+        self._classes = {}  # label -> output index (multiclass)
         self.n_dropped_labels = 0
 
     @property
@@ -442,8 +530,9 @@ class RNNClassifier(_Recurrent, base.Classifier):
             if y is True or y is False or isinstance(y, np.bool_) or (isinstance(y, (int, np.integer)) and y in (0, 1)):
                 target = 1.0 if y else 0.0
             else:
-                raise ValueError(f"a binary RNNClassifier takes bool (or 0/1) labels; got {y!r} "
-                                 "(use n_classes > 2 for other labels)")
+                raise ValueError(
+                    f"a binary RNNClassifier takes bool (or 0/1) labels; got {y!r} (use n_classes > 2 for other labels)"
+                )
             key = self._map(x, True)
         else:
             key = self._map(x, True)
@@ -472,7 +561,8 @@ class RNNClassifier(_Recurrent, base.Classifier):
 
 
 class RNNForecaster(_Recurrent, Forecaster):
-    __doc__ = """Recurrent forecaster: learns one observation at a time, forecasts recursively.
+    __doc__ = (
+        """Recurrent forecaster: learns one observation at a time, forecasts recursively.
 
     A :class:`streamrnn.Model` with target feedback: the cell's input at step t is the
     exogenous features of ``x`` (registered by name like the regressor's, up to ``n_inputs``;
@@ -496,8 +586,12 @@ class RNNForecaster(_Recurrent, Forecaster):
     do better (the example below: AirlinePassengers +3 MAE 51.5, 39.6 with ``baseline=None``).
 
     Parameters
-    ----------""" + _PARAM_DOC.replace("Input width", "Exogenous input width (0: none)").replace(
-        "at least 1 for the forecaster", "") + _BASELINE_DOC + """
+    ----------"""
+        + _PARAM_DOC.replace("Input width", "Exogenous input width (0: none)").replace(
+            "at least 1 for the forecaster", ""
+        )
+        + _BASELINE_DOC
+        + """
     Examples
     --------
     >>> from river import datasets, evaluate, metrics
@@ -511,12 +605,27 @@ class RNNForecaster(_Recurrent, Forecaster):
     >>> model.forecast(horizon=2) == model.forecast(horizon=2)
     True
     """
+    )
 
-    def __init__(self, cell: str = "gru", n_hidden: int = 16, n_inputs: int = 0, learner: str = "rtrl",
-                 truncation: Optional[int] = None, optimizer: str = "adam", lr: float = 0.01,
-                 clip: Optional[float] = 1.0, seed: int = 0, dtype: str = "float64", key: Optional[str] = None,
-                 max_keys: int = 1024, standardize: bool = True, readout_skip: bool = False,
-                 target_lags: int = 1, baseline: Optional[str] = "last") -> None:
+    def __init__(
+        self,
+        cell: str = "gru",
+        n_hidden: int = 16,
+        n_inputs: int = 0,
+        learner: str = "rtrl",
+        truncation: int | None = None,
+        optimizer: str = "adam",
+        lr: float = 0.01,
+        clip: float | None = 1.0,
+        seed: int = 0,
+        dtype: str = "float64",
+        key: str | None = None,
+        max_keys: int = 1024,
+        standardize: bool = True,
+        readout_skip: bool = False,
+        target_lags: int = 1,
+        baseline: str | None = "last",
+    ) -> None:
         self.cell = cell
         self.n_hidden = n_hidden
         self.n_inputs = n_inputs
@@ -544,14 +653,14 @@ class RNNForecaster(_Recurrent, Forecaster):
         yield {"n_hidden": 3, "standardize": False, "baseline": None}
         yield {"n_hidden": 3, "baseline": None}
 
-    def learn_one(self, y: float, x: Optional[dict] = None) -> None:
+    def learn_one(self, y: float, x: dict | None = None) -> None:
         y = float(y)
         if not math.isfinite(y):
             raise ValueError(f"the observation must be finite; got {y!r}")
         key = self._map(x, True)
         self._core.step(key, y)
 
-    def forecast(self, horizon: int, xs: Optional[list] = None) -> list:
+    def forecast(self, horizon: int, xs: list | None = None) -> list:
         core = self._core or self._build()
         m = core.model
         key = None

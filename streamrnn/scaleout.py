@@ -20,6 +20,7 @@ exact per partition: each record is applied once to its key's state relative to 
 checkpoint, and every input gets an output. Optimizer state (Adam moments) stays local to each
 member. Choose the ``"independent"`` mode when reproducibility matters more than pooling data.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,10 @@ def make_store(group, checkpoint_section, bootstrap):
     """The per-partition checkpoint store a ``[group]`` section names."""
     if group["store"] == "kafka":
         from streamrnn.connectors.checkpoint_store import KafkaTopicStore
+
         return KafkaTopicStore(bootstrap, group["store_topic"], max_message_bytes=group["max_message_bytes"])
     from streamrnn.connectors.checkpoint_store import DirectoryStore
+
     return DirectoryStore(checkpoint_section["path"])
 
 
@@ -54,7 +57,7 @@ class ParameterExchange:
         self.topic, self.member, self.config = topic, member, json.loads(json.dumps(model_config))
         self.merge, self.stale_seconds = merge, float(stale_seconds)
         self.published = 0
-        self.last_merged = 0               # members averaged at the last merge
+        self.last_merged = 0  # members averaged at the last merge
 
     def _entries(self):
         """{member: (theta, meta)} of the latest publications of this configuration."""
@@ -70,8 +73,7 @@ class ParameterExchange:
                 continue
             theta = arrays.get("theta")
             if meta.get("config") != self.config or theta is None or not np.isfinite(theta).all():
-                log.warning("ignoring the parameters of member %s: another model configuration or non-finite",
-                            member)
+                log.warning("ignoring the parameters of member %s: another model configuration or non-finite", member)
                 continue
             out[member] = (theta, meta)
         return out
@@ -92,8 +94,13 @@ class ParameterExchange:
         and return the merged parameters."""
         now = time.time()
         self.published += 1
-        meta = {"member": self.member, "config": self.config, "time": now, "records": int(records_since),
-                "seq": self.published}
+        meta = {
+            "member": self.member,
+            "config": self.config,
+            "time": now,
+            "records": int(records_since),
+            "seq": self.published,
+        }
         self.topic.put(self.member, ckpt.dumps({"theta": theta}, meta))
         entries = {m: e for m, e in self._entries().items() if e[1]["time"] >= now - self.stale_seconds}
         entries[self.member] = (theta, meta)
@@ -112,23 +119,39 @@ class ParameterExchange:
 def group_status(cfg, timeout_ms=10000):
     """Members, partitions, keys, lag and checkpoint age of the group a config names, as a dict."""
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
     g, src = cfg["group"], cfg["source"]
-    admin = KafkaAdminClient(bootstrap_servers=src["bootstrap"], client_id="streamrnn-status",
-                             request_timeout_ms=timeout_ms)
-    consumer = KafkaConsumer(bootstrap_servers=src["bootstrap"], group_id=None, enable_auto_commit=False,
-                             request_timeout_ms=timeout_ms)
+    admin = KafkaAdminClient(
+        bootstrap_servers=src["bootstrap"], client_id="streamrnn-status", request_timeout_ms=timeout_ms
+    )
+    consumer = KafkaConsumer(
+        bootstrap_servers=src["bootstrap"], group_id=None, enable_auto_commit=False, request_timeout_ms=timeout_ms
+    )
     store = None
     try:
         described = admin.describe_groups([g["name"]]).get(g["name"], {})
         members, owner = [], {}
         for m in described.get("members", []):
             assignment = m.get("member_assignment")
-            owned = [f"{a['topic']}:{p}" for a in (assignment or {}).get("assigned_partitions", [])
-                     for p in a["partitions"]] if isinstance(assignment, dict) else []
+            owned = (
+                [
+                    f"{a['topic']}:{p}"
+                    for a in (assignment or {}).get("assigned_partitions", [])
+                    for p in a["partitions"]
+                ]
+                if isinstance(assignment, dict)
+                else []
+            )
             # a daemon's client id is its member name (group.member) unless source.client_id is set
             member = m.get("group_instance_id") or m.get("client_id") or m.get("member_id")
-            members.append({"member": member, "member_id": m.get("member_id"), "host": m.get("client_host"),
-                            "partitions": sorted(owned, key=_stream_order)})
+            members.append(
+                {
+                    "member": member,
+                    "member_id": m.get("member_id"),
+                    "host": m.get("client_host"),
+                    "partitions": sorted(owned, key=_stream_order),
+                }
+            )
             for stream in owned:
                 owner[stream] = member
         topic = src["topic"]
@@ -147,16 +170,28 @@ def group_status(cfg, timeout_ms=10000):
             c = committed.get(tp)
             c_off = c.offset if c is not None and c.offset >= 0 else None
             ck_off = (meta or {}).get("positions", {}).get(stream)
-            partitions.append({
-                "partition": stream, "member": owner.get(stream), "end": ends.get(tp, 0),
-                "committed": c_off, "lag": ends.get(tp, 0) - (c_off or 0),
-                "checkpoint_offset": ck_off,
-                "checkpoint_lag": None if ck_off is None else ends.get(tp, 0) - ck_off,
-                "keys": (meta or {}).get("n_keys"),
-                "checkpoint_age_s": None if meta is None else round(now - meta.get("saved_at", now), 1),
-                "saved_by": (meta or {}).get("member")})
-        return {"group": g["name"], "state": described.get("group_state"), "mode": g["mode"],
-                "store": repr(store), "members": members, "partitions": partitions}
+            partitions.append(
+                {
+                    "partition": stream,
+                    "member": owner.get(stream),
+                    "end": ends.get(tp, 0),
+                    "committed": c_off,
+                    "lag": ends.get(tp, 0) - (c_off or 0),
+                    "checkpoint_offset": ck_off,
+                    "checkpoint_lag": None if ck_off is None else ends.get(tp, 0) - ck_off,
+                    "keys": (meta or {}).get("n_keys"),
+                    "checkpoint_age_s": None if meta is None else round(now - meta.get("saved_at", now), 1),
+                    "saved_by": (meta or {}).get("member"),
+                }
+            )
+        return {
+            "group": g["name"],
+            "state": described.get("group_state"),
+            "mode": g["mode"],
+            "store": repr(store),
+            "members": members,
+            "partitions": partitions,
+        }
     finally:
         admin.close()
         consumer.close()
@@ -170,14 +205,28 @@ def _stream_order(stream):
 
 
 def format_status(status):
-    lines = [f"group {status['group']} ({status['state']}), mode {status['mode']}, store {status['store']}",
-             f"members: {len(status['members'])}"]
+    lines = [
+        f"group {status['group']} ({status['state']}), mode {status['mode']}, store {status['store']}",
+        f"members: {len(status['members'])}",
+    ]
     for m in status["members"]:
-        lines.append(f"  {m['member']} ({m['member_id']} at {m['host']})  partitions {', '.join(m['partitions']) or '-'}")
+        lines.append(
+            f"  {m['member']} ({m['member_id']} at {m['host']})  partitions {', '.join(m['partitions']) or '-'}"
+        )
     header = ("partition", "member", "end", "committed", "lag", "ckpt offset", "keys", "ckpt age s")
-    rows = [header] + [(p["partition"], str(p["member"] or "-"), str(p["end"]), str(p["committed"]),
-                        str(p["lag"]), str(p["checkpoint_offset"]), str(p["keys"]), str(p["checkpoint_age_s"]))
-                       for p in status["partitions"]]
+    rows = [header] + [
+        (
+            p["partition"],
+            str(p["member"] or "-"),
+            str(p["end"]),
+            str(p["committed"]),
+            str(p["lag"]),
+            str(p["checkpoint_offset"]),
+            str(p["keys"]),
+            str(p["checkpoint_age_s"]),
+        )
+        for p in status["partitions"]
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)

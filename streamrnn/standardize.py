@@ -23,6 +23,7 @@ The constants: ``CLIP = 4`` keeps 99.994 % of Gaussian values untouched (and ≥
 Laplace stream), while bounding an outlier's weight; ``WARMUP = 10`` values before
 winsorising, enough for a first scale, few enough that a burst early in a stream is rare.
 """
+
 import math
 
 import numpy as np

@@ -1,12 +1,30 @@
 """Argument and sample checks shared by every estimator: clear ``ValueError``s, nothing applied."""
+
 import math
 
 import numpy as np
 
 from .losses import BINARY, REGRESSION
-from .optim import (BETA1, BETA2, CLIP, COCOB_ALPHA, COCOB_DEFAULT_ALPHA, EPS, HD_HYPERGRAD_LR, HD_LR_MAX, HD_LR_MIN,
-                    HYPERGRAD_LR, LR, LR_MAX, LR_MIN, MOMENTUM, N_HYPER, OPTIMIZER_IDS, RACE_FACTORS,
-                    WEIGHT_DECAY)
+from .optim import (
+    BETA1,
+    BETA2,
+    CLIP,
+    COCOB_ALPHA,
+    COCOB_DEFAULT_ALPHA,
+    EPS,
+    HD_HYPERGRAD_LR,
+    HD_LR_MAX,
+    HD_LR_MIN,
+    HYPERGRAD_LR,
+    LR,
+    LR_MAX,
+    LR_MIN,
+    MOMENTUM,
+    N_HYPER,
+    OPTIMIZER_IDS,
+    RACE_FACTORS,
+    WEIGHT_DECAY,
+)
 
 DTYPES = ("float64", "float32")
 # "race": K Adam members at rates lr * RACE_FACTORS, predicting with the member of lowest discounted
@@ -28,8 +46,12 @@ def positive_int(name, value):
 
 
 def finite_nonneg(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(value) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.floating, np.integer))
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
     return float(value)
 
@@ -61,14 +83,30 @@ def optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay, 
     if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
         raise ValueError(f"betas must be two numbers in [0, 1); got {betas!r}")
     if optimizer == RACE and momentum != 0.0:
-        raise ValueError(f"optimizer='race' races Adam learners (rates lr x {RACE_FACTORS}); momentum is an "
-                         f"SGD setting and does not apply: got momentum={momentum!r}")
+        raise ValueError(
+            f"optimizer='race' races Adam learners (rates lr x {RACE_FACTORS}); momentum is an "
+            f"SGD setting and does not apply: got momentum={momentum!r}"
+        )
     hyper = np.zeros(N_HYPER, np.float64)
     hyper[[LR, BETA1, BETA2, EPS, MOMENTUM, WEIGHT_DECAY, CLIP]] = (
-        lr, betas[0], betas[1], eps, momentum, weight_decay, clip or 0.0)
+        lr,
+        betas[0],
+        betas[1],
+        eps,
+        momentum,
+        weight_decay,
+        clip or 0.0,
+    )
     hyper[[HYPERGRAD_LR, LR_MIN, LR_MAX, COCOB_ALPHA]] = HD_HYPERGRAD_LR, HD_LR_MIN, HD_LR_MAX, COCOB_DEFAULT_ALPHA
-    config = dict(optimizer=optimizer, lr=lr, clip=clip or None, betas=[float(b) for b in betas], eps=eps,
-                  momentum=momentum, weight_decay=weight_decay)
+    config = dict(
+        optimizer=optimizer,
+        lr=lr,
+        clip=clip or None,
+        betas=[float(b) for b in betas],
+        eps=eps,
+        momentum=momentum,
+        weight_decay=weight_decay,
+    )
     return config, hyper
 
 
@@ -81,7 +119,7 @@ def check_inputs(X, n_inputs, dtype):
         raise ValueError(f"X must have shape (n_samples, {n_inputs}); got {X.shape}")
     if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
         raise ValueError(f"X must be real numbers; got dtype {X.dtype}")
-    with np.errstate(over="ignore"):       # an overflow becomes inf, reported just below
+    with np.errstate(over="ignore"):  # an overflow becomes inf, reported just below
         X = np.ascontiguousarray(X, dtype=dtype)
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():

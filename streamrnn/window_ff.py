@@ -1,4 +1,5 @@
 """``WindowFF``: the feed-forward baseline every recurrent learner is compared with."""
+
 import math
 
 import numpy as np
@@ -8,8 +9,16 @@ from .learners import window_ff as _kernel
 from .learners.common import N_COUNTERS, STEPS, UPDATES
 from .losses import TASK_IDS
 from .optim import OPTIMIZER_IDS
-from .validation import (DTYPES, check_inputs, check_seed, check_targets, check_task_outputs, choice,
-                         optimizer_settings, positive_int)
+from .validation import (
+    DTYPES,
+    check_inputs,
+    check_seed,
+    check_targets,
+    check_task_outputs,
+    choice,
+    optimizer_settings,
+    positive_int,
+)
 
 
 class WindowFF:
@@ -26,9 +35,24 @@ class WindowFF:
     (3, 1)
     """
 
-    def __init__(self, n_inputs=1, window=10, n_hidden=32, n_outputs=1, task="regression", optimizer="adam",
-                 lr=1e-3, clip=None, seed=0, dtype="float64", max_keys=1024, betas=(0.9, 0.999), eps=1e-8,
-                 momentum=0.0, weight_decay=0.0):
+    def __init__(
+        self,
+        n_inputs=1,
+        window=10,
+        n_hidden=32,
+        n_outputs=1,
+        task="regression",
+        optimizer="adam",
+        lr=1e-3,
+        clip=None,
+        seed=0,
+        dtype="float64",
+        max_keys=1024,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        momentum=0.0,
+        weight_decay=0.0,
+    ):
         choice("task", task, tuple(TASK_IDS))
         choice("dtype", dtype, DTYPES)
         n_inputs, window = positive_int("n_inputs", n_inputs), positive_int("window", window)
@@ -37,8 +61,17 @@ class WindowFF:
         check_task_outputs(task, n_outputs)
         opt_config, self.hyper = optimizer_settings(optimizer, lr, clip, betas, eps, momentum, weight_decay)
         seed = check_seed(seed)
-        self.config = dict(n_inputs=n_inputs, window=window, n_hidden=n_hidden, n_outputs=n_outputs, task=task,
-                           seed=seed, dtype=dtype, max_keys=max_keys, **opt_config)
+        self.config = dict(
+            n_inputs=n_inputs,
+            window=window,
+            n_hidden=n_hidden,
+            n_outputs=n_outputs,
+            task=task,
+            seed=seed,
+            dtype=dtype,
+            max_keys=max_keys,
+            **opt_config,
+        )
         self.n_inputs, self.n_outputs, self.n_hidden, self.window = n_inputs, n_outputs, n_hidden, window
         self.dtype = np.dtype(dtype)
         self._task, self._opt = TASK_IDS[task], OPTIMIZER_IDS[optimizer]
@@ -72,8 +105,9 @@ class WindowFF:
         return {"steps": int(self.counters[STEPS]), "updates": int(self.counters[UPDATES])}
 
     def step(self, x, y=None, key=None):
-        return self.step_many(np.asarray(x)[None, :] if np.ndim(x) == 1 else x,
-                              None if y is None else [y], None if key is None else [key])[0]
+        return self.step_many(
+            np.asarray(x)[None, :] if np.ndim(x) == 1 else x, None if y is None else [y], None if key is None else [key]
+        )[0]
 
     def step_many(self, X, Y=None, keys=None, return_loss=False):
         """Predict for each sample, then learn from its target; see :meth:`streamrnn.Model.step_many`."""
@@ -87,7 +121,23 @@ class WindowFF:
         slots, reset = self._keyed.assign(keys, n_rows)
         out = np.empty((n_rows, self.n_outputs), self.dtype)
         losses = np.empty(n_rows, self.dtype)
-        _kernel.window_ff_step_many(self._task, self._opt, self.n_hidden, self.n_outputs, self.theta,
-                                    self.opt_state, self.hyper, self.counters, self._keyed.arrays["window"],
-                                    X, Y, has_y, slots, reset, self._ws, out, losses)
+        _kernel.window_ff_step_many(
+            self._task,
+            self._opt,
+            self.n_hidden,
+            self.n_outputs,
+            self.theta,
+            self.opt_state,
+            self.hyper,
+            self.counters,
+            self._keyed.arrays["window"],
+            X,
+            Y,
+            has_y,
+            slots,
+            reset,
+            self._ws,
+            out,
+            losses,
+        )
         return (out, losses) if return_loss else out

@@ -1,4 +1,5 @@
 """Shared test data: small random sequences for every task."""
+
 import numpy as np
 
 CELLS = ("rnn", "gru", "lstm")

@@ -12,6 +12,7 @@ Environment (see also scripts/kafka.sh):
     STREAMRNN_REQUIRE_KAFKA=1   fail (instead of skip) when no broker can be had
     STREAMRNN_KAFKA_CACHE       where the broker jars are cached
 """
+
 from __future__ import annotations
 
 import atexit
@@ -92,9 +93,7 @@ def wait_until_ready(bootstrap: str, timeout_s: float = READY_TIMEOUT_S) -> None
                     admin.close()
                 except Exception:  # noqa: BLE001
                     pass
-    raise TimeoutError(
-        f"Kafka broker at {bootstrap} did not answer within {timeout_s:.0f}s: {last_exc!r}"
-    )
+    raise TimeoutError(f"Kafka broker at {bootstrap} did not answer within {timeout_s:.0f}s: {last_exc!r}")
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = 1, configs: dict | None = None) -> None:
@@ -143,13 +142,11 @@ class KafkaBroker:
             )
         except subprocess.TimeoutExpired as exc:
             raise RuntimeError(
-                f"scripts/kafka.sh {' '.join(args)} timed out after {timeout:.0f}s\n"
-                f"stderr:\n{exc.stderr or ''}"
+                f"scripts/kafka.sh {' '.join(args)} timed out after {timeout:.0f}s\nstderr:\n{exc.stderr or ''}"
             ) from None
         if proc.returncode != 0:
             raise RuntimeError(
-                f"scripts/kafka.sh {' '.join(args)} failed (exit {proc.returncode})\n"
-                f"stderr:\n{proc.stderr}"
+                f"scripts/kafka.sh {' '.join(args)} failed (exit {proc.returncode})\nstderr:\n{proc.stderr}"
             )
         return proc.stdout
 
@@ -164,9 +161,7 @@ class KafkaBroker:
             raise RuntimeError("scripts/kafka.sh start printed no bootstrap address")
         bootstrap = lines[-1]
         if self._bootstrap is not None and bootstrap != self._bootstrap:
-            raise RuntimeError(
-                f"broker came back on {bootstrap}, expected the old address {self._bootstrap}"
-            )
+            raise RuntimeError(f"broker came back on {bootstrap}, expected the old address {self._bootstrap}")
         self._bootstrap = bootstrap
         self._running = True
         try:

@@ -1,4 +1,5 @@
 """Model(baseline="last"): the network predicts the change from the key's last target."""
+
 import numpy as np
 import pytest
 

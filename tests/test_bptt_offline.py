@@ -1,4 +1,5 @@
 """Offline minibatch BPTT (streamrnn.bptt): exact gradients, PyTorch forward, learning, bad input."""
+
 import numpy as np
 import pytest
 
@@ -73,10 +74,22 @@ def test_gradient_finite_differences(case):
         Y = rng.normal(size=lead + (o,))
     else:
         Y = rng.integers(0, o if task == "classification" else 2, size=lead).astype(float)
-    om = OfflineModel(cell=cell, n_inputs=m, n_hidden=n, n_outputs=o, n_layers=L, bidirectional=bi,
-                      merge=merge, output=output, task=task, hidden_layers_before=before,
-                      hidden_layers_after=after, activation="tanh", seed=2)
-    om.theta *= 2.0          # larger weights: stronger nonlinearity, a sharper test
+    om = OfflineModel(
+        cell=cell,
+        n_inputs=m,
+        n_hidden=n,
+        n_outputs=o,
+        n_layers=L,
+        bidirectional=bi,
+        merge=merge,
+        output=output,
+        task=task,
+        hidden_layers_before=before,
+        hidden_layers_after=after,
+        activation="tanh",
+        seed=2,
+    )
+    om.theta *= 2.0  # larger weights: stronger nonlinearity, a sharper test
     assert fd_check(om, X, Y) < 1e-6
 
 
@@ -84,8 +97,18 @@ def test_relu_ff_finite_differences():
     rng = np.random.default_rng(8)
     X = rng.normal(size=(10, 3, 2))
     Y = rng.normal(size=(10, 3, 1))
-    om = OfflineModel(cell="gru", n_inputs=2, n_hidden=3, n_outputs=1, bidirectional=True, merge="concat",
-                      hidden_layers_before=(4,), hidden_layers_after=(4,), activation="relu", seed=5)
+    om = OfflineModel(
+        cell="gru",
+        n_inputs=2,
+        n_hidden=3,
+        n_outputs=1,
+        bidirectional=True,
+        merge="concat",
+        hidden_layers_before=(4,),
+        hidden_layers_after=(4,),
+        activation="relu",
+        seed=5,
+    )
     assert fd_check(om, X, Y) < 1e-6
 
 
@@ -99,12 +122,12 @@ def numpy_gru_layer(x, Wih, Whh, bih, bhh, reverse):
     n = Whh.shape[1]
     h = np.zeros((B, n))
     out = np.zeros((T, B, n))
-    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+    for t in range(T - 1, -1, -1) if reverse else range(T):
         gi = x[t] @ Wih.T + bih
         gh = h @ Whh.T + bhh
         r = _sig(gi[:, :n] + gh[:, :n])
-        z = _sig(gi[:, n:2 * n] + gh[:, n:2 * n])
-        nn = np.tanh(gi[:, 2 * n:] + r * gh[:, 2 * n:])
+        z = _sig(gi[:, n : 2 * n] + gh[:, n : 2 * n])
+        nn = np.tanh(gi[:, 2 * n :] + r * gh[:, 2 * n :])
         h = (1 - z) * nn + z * h
         out[t] = h
     return out
@@ -114,20 +137,25 @@ def test_forward_equals_pytorch_equations_bidirectional_two_layer_gru():
     rng = np.random.default_rng(4)
     T, B, m, n, o = 9, 3, 2, 4, 2
     X = rng.normal(size=(T, B, m))
-    om = OfflineModel(cell="gru", n_inputs=m, n_hidden=n, n_outputs=o, n_layers=2, bidirectional=True,
-                      merge="concat", seed=6)
+    om = OfflineModel(
+        cell="gru", n_inputs=m, n_hidden=n, n_outputs=o, n_layers=2, bidirectional=True, merge="concat", seed=6
+    )
     w = om.get_weights()
     inp = X
     for l in range(2):
-        outs = [numpy_gru_layer(inp, *(w[f"{k}_l{l}{s}"] for k in ("weight_ih", "weight_hh", "bias_ih",
-                                                                    "bias_hh")), reverse=bool(s))
-                for s in ("", "_reverse")]
+        outs = [
+            numpy_gru_layer(
+                inp, *(w[f"{k}_l{l}{s}"] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")), reverse=bool(s)
+            )
+            for s in ("", "_reverse")
+        ]
         inp = np.concatenate(outs, axis=-1)
     want = inp @ w["readout.weight"].T + w["readout.bias"]
     assert np.abs(om.predict(X) - want).max() < 1e-12
     # sum merge uses the same layer outputs, added
-    om2 = OfflineModel(cell="gru", n_inputs=m, n_hidden=n, n_outputs=o, n_layers=2, bidirectional=True,
-                       merge="sum", seed=6)
+    om2 = OfflineModel(
+        cell="gru", n_inputs=m, n_hidden=n, n_outputs=o, n_layers=2, bidirectional=True, merge="sum", seed=6
+    )
     w2 = om2.get_weights()
     for k in w2:
         if k != "readout.weight":
@@ -136,8 +164,17 @@ def test_forward_equals_pytorch_equations_bidirectional_two_layer_gru():
     want2 = (inp[..., :n] + inp[..., n:]) @ w2["readout.weight"].T + w2["readout.bias"]
     assert np.abs(om2.predict(X) - want2).max() < 1e-12
     # many-to-one: h_n of the last layer (forward after t=T-1, reverse after t=0)
-    om3 = OfflineModel(cell="gru", n_inputs=m, n_hidden=n, n_outputs=o, n_layers=2, bidirectional=True,
-                       merge="concat", output="many_to_one", seed=6)
+    om3 = OfflineModel(
+        cell="gru",
+        n_inputs=m,
+        n_hidden=n,
+        n_outputs=o,
+        n_layers=2,
+        bidirectional=True,
+        merge="concat",
+        output="many_to_one",
+        seed=6,
+    )
     om3.set_weights(w)
     hn = np.concatenate([inp[-1, :, :n], inp[0, :, n:]], axis=-1)
     assert np.abs(om3.predict(X) - (hn @ w["readout.weight"].T + w["readout.bias"])).max() < 1e-12
@@ -163,7 +200,7 @@ def anticipation_task(rng, N, T=12, lead=3):
 def test_fit_learns_task_only_bidirectional_can_solve():
     rng = np.random.default_rng(0)
     X, Y = anticipation_task(rng, 400)
-    trivial = 0.5 * (Y[:, 320:] ** 2).sum(axis=(0, 2)).mean()      # predicting 0, the target mean
+    trivial = 0.5 * (Y[:, 320:] ** 2).sum(axis=(0, 2)).mean()  # predicting 0, the target mean
     kw = dict(cell="gru", n_hidden=8, merge="concat", lr=1e-2, epochs=25, batch_size=20, validation=0.2, seed=0)
     bi = bptt.fit(X, Y, bidirectional=True, **kw)
     val = bi.history["validation"][-1]
@@ -177,14 +214,24 @@ def test_fit_learns_task_only_bidirectional_can_solve():
 def test_early_stopping_and_determinism():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(6, 60, 2))
-    Y = rng.normal(size=(60, 1))            # pure noise: validation cannot keep improving
-    kw = dict(cell="rnn", n_hidden=4, output="many_to_one", lr=5e-2, epochs=60, batch_size=10,
-              validation=0.3, patience=3, seed=11, clip=1.0)
+    Y = rng.normal(size=(60, 1))  # pure noise: validation cannot keep improving
+    kw = dict(
+        cell="rnn",
+        n_hidden=4,
+        output="many_to_one",
+        lr=5e-2,
+        epochs=60,
+        batch_size=10,
+        validation=0.3,
+        patience=3,
+        seed=11,
+        clip=1.0,
+    )
     a = bptt.fit(X, Y, **kw)
     assert len(a.history["train"]) < 60
     assert len(a.history["validation"]) == len(a.history["train"])
     best = min(a.history["validation"])
-    assert a.loss(X[:, 42:], Y[42:]) == pytest.approx(best)          # best weights restored
+    assert a.loss(X[:, 42:], Y[42:]) == pytest.approx(best)  # best weights restored
     b = bptt.fit(X, Y, **kw)
     for k, v in a.get_weights().items():
         assert np.array_equal(v, b.get_weights()[k])
@@ -198,13 +245,22 @@ def test_clip_and_sgd_step():
     Y = rng.normal(size=(7, 8, 1))
     init = OfflineModel(cell="gru", n_inputs=2, n_hidden=3, bidirectional=True, seed=4)
     g = flat(init.gradient(X, Y), init.get_weights().keys())
-    kw = dict(cell="gru", n_hidden=3, bidirectional=True, optimizer="sgd", lr=1.0, epochs=1, batch_size=8,
-              validation=0.0, seed=4)
-    m = bptt.fit(X, Y, clip=1e-3, **kw)              # one full-batch step of length lr * clip
+    kw = dict(
+        cell="gru",
+        n_hidden=3,
+        bidirectional=True,
+        optimizer="sgd",
+        lr=1.0,
+        epochs=1,
+        batch_size=8,
+        validation=0.0,
+        seed=4,
+    )
+    m = bptt.fit(X, Y, clip=1e-3, **kw)  # one full-batch step of length lr * clip
     step = init.theta - m.theta
     assert np.linalg.norm(step) == pytest.approx(1e-3 * np.linalg.norm(g) / (np.linalg.norm(g) + 1e-6), rel=1e-12)
     assert rel_err(step / np.linalg.norm(step), g / np.linalg.norm(g)) < 1e-12
-    m2 = bptt.fit(X, Y, **kw)                          # no clip: plain gradient step
+    m2 = bptt.fit(X, Y, **kw)  # no clip: plain gradient step
     assert rel_err(init.theta - m2.theta, g) < 1e-12
 
 
@@ -212,8 +268,19 @@ def test_save_load_roundtrip(tmp_path):
     rng = np.random.default_rng(2)
     X = rng.normal(size=(5, 20, 2))
     Y = rng.integers(0, 3, size=(5, 20))
-    m = bptt.fit(X, Y, cell="lstm", n_hidden=3, n_layers=2, bidirectional=True, task="classification",
-                 hidden_layers_before=(3,), epochs=2, batch_size=5, validation=0.0)
+    m = bptt.fit(
+        X,
+        Y,
+        cell="lstm",
+        n_hidden=3,
+        n_layers=2,
+        bidirectional=True,
+        task="classification",
+        hidden_layers_before=(3,),
+        epochs=2,
+        batch_size=5,
+        validation=0.0,
+    )
     assert m.n_outputs == 3 and m.history["validation"] == []
     m.save(tmp_path / "m.ckpt")
     m2 = bptt.load(tmp_path / "m.ckpt")
@@ -222,19 +289,22 @@ def test_save_load_roundtrip(tmp_path):
     assert np.allclose(m.predict(X).sum(-1), 1.0)
 
 
-@pytest.mark.parametrize("bad, msg", [
-    (lambda X, Y: (X[0], Y), "shape"),
-    (lambda X, Y: (X[..., :1], Y), "inputs"),
-    (lambda X, Y: (np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X), Y), "NaN"),
-    (lambda X, Y: (X, Y[:-1]), "Y must have shape"),
-    (lambda X, Y: (X, np.full_like(Y, np.inf)), "NaN or inf"),
-])
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        (lambda X, Y: (X[0], Y), "shape"),
+        (lambda X, Y: (X[..., :1], Y), "inputs"),
+        (lambda X, Y: (np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X), Y), "NaN"),
+        (lambda X, Y: (X, Y[:-1]), "Y must have shape"),
+        (lambda X, Y: (X, np.full_like(Y, np.inf)), "NaN or inf"),
+    ],
+)
 def test_bad_input(bad, msg):
     rng = np.random.default_rng(3)
     X = rng.normal(size=(4, 6, 2))
     Y = rng.normal(size=(4, 6, 1))
     Xb, Yb = bad(X, Y)
-    if msg != "inputs":                 # fit takes n_inputs from X itself
+    if msg != "inputs":  # fit takes n_inputs from X itself
         with pytest.raises(ValueError, match=msg):
             bptt.fit(Xb, Yb, n_hidden=2, n_outputs=1, epochs=1)
     m = OfflineModel(n_inputs=2, n_hidden=2)

@@ -1,4 +1,5 @@
 """docs/config.md is generated from the daemon's config schema: the committed file must not drift."""
+
 import pathlib
 
 from streamrnn.service import validate_config
@@ -10,8 +11,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_committed_reference_equals_the_generated_one():
     committed = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
     assert committed == reference_markdown(), (
-        "docs/config.md differs from the schema; regenerate it: python -c \"import streamrnn.service.config "
-        "as c; print(c.reference_markdown(), end='')\" > docs/config.md")
+        'docs/config.md differs from the schema; regenerate it: python -c "import streamrnn.service.config '
+        "as c; print(c.reference_markdown(), end='')\" > docs/config.md"
+    )
 
 
 def test_reference_names_every_section_and_key():
@@ -23,9 +25,15 @@ def test_reference_names_every_section_and_key():
 
 
 def test_filled_defaults_are_the_schema_defaults():
-    cfg = validate_config({"source": {"type": "kafka", "bootstrap": "h:1", "topic": "t"},
-                           "sink": {"type": "kafka", "bootstrap": "h:1", "topic": "o"},
-                           "schema": {"features": ["a"]}, "checkpoint": {"path": "/tmp/x"}, "group": {}})
+    cfg = validate_config(
+        {
+            "source": {"type": "kafka", "bootstrap": "h:1", "topic": "t"},
+            "sink": {"type": "kafka", "bootstrap": "h:1", "topic": "o"},
+            "schema": {"features": ["a"]},
+            "checkpoint": {"path": "/tmp/x"},
+            "group": {},
+        }
+    )
     for section in SCHEMA:
         for key in section.keys:
             if key.fill:

@@ -30,7 +30,7 @@ def test_jsonl_source_poll_positions_and_seek(tmp_path):
     assert src.poll(10) == [] and src.exhausted
     src.seek({p: 1})
     assert [r.position[1] for r in src.poll(10)] == [1, 3, 4]
-    src.seek({"other-file": 0})          # positions of other streams are ignored
+    src.seek({"other-file": 0})  # positions of other streams are ignored
     assert src.positions() == {p: 5}
     src.close()
 
@@ -41,7 +41,7 @@ def test_jsonl_follow_waits_for_complete_lines(tmp_path):
     src = JsonLinesSource(str(path), follow=True)
     assert [r.value for r in src.poll(10, timeout=0.05)] == ['{"a":1}']
     t0 = time.monotonic()
-    assert src.poll(10, timeout=0.2) == []          # partial line is not returned
+    assert src.poll(10, timeout=0.2) == []  # partial line is not returned
     assert time.monotonic() - t0 >= 0.15
     assert not src.exhausted
     with open(path, "a") as fh:
@@ -56,10 +56,10 @@ def test_csv_source_rows_and_seek(tmp_path):
     src = CsvSource(p)
     recs = src.poll(10)
     assert recs[0].value == {"x": "1", "y": "2", "key": "a"} and recs[0].position == (p, 1)
-    assert recs[1].value == "3,4"                     # wrong width: left as text for the daemon
+    assert recs[1].value == "3,4"  # wrong width: left as text for the daemon
     assert recs[2].position == (p, 3)
     assert src.positions() == {p: 4}
-    src.seek({p: 0})                                  # line 0 is the header: skipped
+    src.seek({p: 0})  # line 0 is the header: skipped
     assert [r.position[1] for r in src.poll(10)] == [1, 2, 3]
     src.seek({p: 3})
     assert [r.value for r in src.poll(10)] == [{"x": "5", "y": "6", "key": "b"}]
@@ -79,9 +79,9 @@ def test_replay_source_deterministic_and_paced(tmp_path):
     assert [r.value for r in a[:5]] == [{"x": i} for i in range(5)]
     assert [r.key for r in a[:5]] == ["k0", "k1", "k0", "k1", "k0"]
     assert a[2].timestamp == pytest.approx(100.2) and a[2].position == (p, 2)
-    assert a[5].value == b"garbage"                   # handed on as read; the daemon dead-letters it
+    assert a[5].value == b"garbage"  # handed on as read; the daemon dead-letters it
     t0 = time.monotonic()
-    paced = ReplaySource(p, speed=2.0).poll(100)      # 0.4 s of recorded time at 2x -> >= 0.2 s
+    paced = ReplaySource(p, speed=2.0).poll(100)  # 0.4 s of recorded time at 2x -> >= 0.2 s
     assert time.monotonic() - t0 >= 0.18
     assert paced == a
 
@@ -94,7 +94,10 @@ def test_jsonl_and_csv_sinks(tmp_path):
     s.write([{"a": 3}])
     s.close()
     assert [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()] == [
-        {"a": 1, "b": [1.5, 2]}, {"a": 2, "b": None}, {"a": 3}]
+        {"a": 1, "b": [1.5, 2]},
+        {"a": 2, "b": None},
+        {"a": 3},
+    ]
     c = CsvSink(str(tmp_path / "o.csv"))
     c.write([{"k": "a", "v": 1.5}, {"k": "b", "v": [1, 2]}])
     c.close()
@@ -105,11 +108,19 @@ def test_jsonl_and_csv_sinks(tmp_path):
 
 
 def test_kafka_connectors_without_kafka_python_name_the_extra():
-    code = ("import sys; sys.modules['kafka'] = None  # as if kafka-python were not installed\n"
-            "try:\n    import streamrnn.connectors.kafka\n"
-            "except ImportError as exc:\n    print(type(exc).__name__, exc)\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
-                          capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys; sys.modules['kafka'] = None  # as if kafka-python were not installed\n"
+        "try:\n    import streamrnn.connectors.kafka\n"
+        "except ImportError as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == ("MissingExtra the Kafka connectors needs the 'kafka' package: "
-                                   "pip install 'streamrnn[kafka]'")
+    assert done.stdout.strip() == (
+        "MissingExtra the Kafka connectors needs the 'kafka' package: pip install 'streamrnn[kafka]'"
+    )

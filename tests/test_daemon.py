@@ -14,8 +14,7 @@ from streamrnn.checkpoint import CheckpointError
 from streamrnn.service import ConfigError, Daemon, load_checkpoint, load_config, validate_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = dict(cell="gru", n_hidden=4, task="regression", learner="rtrl", optimizer="adam", lr=0.01,
-             clip=1.0, seed=3)
+MODEL = dict(cell="gru", n_hidden=4, task="regression", learner="rtrl", optimizer="adam", lr=0.01, clip=1.0, seed=3)
 
 
 def make_stream(n=400, seed=0):
@@ -135,6 +134,7 @@ class CrashingSink:
 
     def __init__(self, path, after):
         from streamrnn.connectors.file import JsonLinesSink
+
         self.inner, self.after, self.n = JsonLinesSink(path), after, 0
 
     def write(self, records):
@@ -174,8 +174,15 @@ def test_injected_crash_and_restart_is_exactly_once(tmp_path, stream):
 
 def _cli(*args, **kw):
     env = dict(os.environ, PYTHONPATH=ROOT, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "streamrnn", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamrnn", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def _toml(cfg):
@@ -198,7 +205,7 @@ def _wait_lines(path, n, timeout=60):
 
 def test_kill9_midstream_and_restart_bit_identical(tmp_path):
     lines, good, bad = make_stream(n=600, seed=1)
-    rec = tmp_path / "rec.jsonl"   # a recorded stream replayed at pace: 600 records over ~3 s
+    rec = tmp_path / "rec.jsonl"  # a recorded stream replayed at pace: 600 records over ~3 s
     with open(rec, "w") as fh:
         for i, line in enumerate(lines):
             try:
@@ -279,26 +286,29 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path, stream):
         Daemon(validate_config(config(tmp_path, src)))
 
 
-@pytest.mark.parametrize("mutate, key", [
-    (lambda c: c.pop("source"), "source"),
-    (lambda c: c["source"].update(type="ftp"), "source.type"),
-    (lambda c: c["source"].pop("path"), "source.path"),
-    (lambda c: c["source"].update(follow="yes"), "source.follow"),
-    (lambda c: c["schema"].update(features=[]), "schema.features"),
-    (lambda c: c["schema"].update(features=["a", 3]), "schema.features"),
-    (lambda c: c["schema"].update(target=5), "schema.target"),
-    (lambda c: c["model"].update(cell="transformer"), "model"),
-    (lambda c: c["model"].update(n_inputs=3), "model.n_inputs"),
-    (lambda c: c["model"].update(colour="red"), "model"),
-    (lambda c: c["checkpoint"].update(every_records=-1), "checkpoint.every_records"),
-    (lambda c: c["checkpoint"].update(every_secs=1), "checkpoint.every_secs"),
-    (lambda c: c["daemon"].update(metrics_port=70000), "daemon.metrics_port"),
-    (lambda c: c["daemon"].update(batch_size=0), "daemon.batch_size"),
-    (lambda c: c.update(extra={}), "extra"),
-    (lambda c: c["sink"].update(type="kafka"), "sink.bootstrap"),
-    (lambda c: c["sink"].update(type="kafka", bootstrap="h:1", topic="t", process="yes"), "sink.process"),
-    (lambda c: c["sink"].update(process=True), "sink.process"),
-])
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda c: c.pop("source"), "source"),
+        (lambda c: c["source"].update(type="ftp"), "source.type"),
+        (lambda c: c["source"].pop("path"), "source.path"),
+        (lambda c: c["source"].update(follow="yes"), "source.follow"),
+        (lambda c: c["schema"].update(features=[]), "schema.features"),
+        (lambda c: c["schema"].update(features=["a", 3]), "schema.features"),
+        (lambda c: c["schema"].update(target=5), "schema.target"),
+        (lambda c: c["model"].update(cell="transformer"), "model"),
+        (lambda c: c["model"].update(n_inputs=3), "model.n_inputs"),
+        (lambda c: c["model"].update(colour="red"), "model"),
+        (lambda c: c["checkpoint"].update(every_records=-1), "checkpoint.every_records"),
+        (lambda c: c["checkpoint"].update(every_secs=1), "checkpoint.every_secs"),
+        (lambda c: c["daemon"].update(metrics_port=70000), "daemon.metrics_port"),
+        (lambda c: c["daemon"].update(batch_size=0), "daemon.batch_size"),
+        (lambda c: c.update(extra={}), "extra"),
+        (lambda c: c["sink"].update(type="kafka"), "sink.bootstrap"),
+        (lambda c: c["sink"].update(type="kafka", bootstrap="h:1", topic="t", process="yes"), "sink.process"),
+        (lambda c: c["sink"].update(process=True), "sink.process"),
+    ],
+)
 def test_config_errors_name_the_key(tmp_path, mutate, key):
     cfg = config(tmp_path, tmp_path / "in.jsonl")
     mutate(cfg)
@@ -309,17 +319,18 @@ def test_config_errors_name_the_key(tmp_path, mutate, key):
 
 def test_toml_paths_relative_to_config_and_cli_errors(tmp_path, stream):
     src, good, bad = stream
-    (tmp_path / "c.toml").write_text('[source]\ntype = "jsonl"\npath = "in.jsonl"\n'
-                                     '[schema]\nfeatures = ["a", "b"]\n')
+    (tmp_path / "c.toml").write_text('[source]\ntype = "jsonl"\npath = "in.jsonl"\n[schema]\nfeatures = ["a", "b"]\n')
     cfg = load_config(str(tmp_path / "c.toml"))
     assert cfg["source"]["path"] == str(tmp_path / "in.jsonl")
     (tmp_path / "bad.toml").write_text("[source\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(str(tmp_path / "bad.toml"))
     from streamrnn.cli import main
+
     assert main(["run", str(tmp_path / "bad.toml")]) == 2
-    (tmp_path / "nofile.toml").write_text('[source]\ntype = "jsonl"\npath = "missing.jsonl"\n'
-                                          '[schema]\nfeatures = ["a"]\n')
+    (tmp_path / "nofile.toml").write_text(
+        '[source]\ntype = "jsonl"\npath = "missing.jsonl"\n[schema]\nfeatures = ["a"]\n'
+    )
     assert main(["run", str(tmp_path / "nofile.toml")]) == 2
 
 
@@ -340,6 +351,7 @@ def test_csv_source_through_the_daemon(tmp_path):
 
 def test_demo_end_to_end(tmp_path, capsys):
     from streamrnn.cli import main
+
     assert main(["demo", "--out-dir", str(tmp_path), "--no-progress", "--metrics-port", "0"]) == 0
     out = capsys.readouterr().out
     assert "records read     3000" in out and "dead letters     30" in out
@@ -350,6 +362,7 @@ def test_demo_end_to_end(tmp_path, capsys):
 def test_metrics_endpoint(tmp_path, stream):
     import socket
     import urllib.request
+
     src, good, bad = stream
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,4 +1,5 @@
 """streamrnn.datasets.lorenz against independent integrations of the Lorenz-63 equations."""
+
 import numpy as np
 import pytest
 
@@ -30,7 +31,7 @@ def test_matches_rk4_written_out():
     dt, sub, wash, n = 0.01, 5, 20, 100
     ref = rk4_reference((1.0, 1.0, 1.0), dt, (wash + n) * sub)
     got = lorenz(n, dt=dt, subsample=sub, washout=wash, component="all")
-    expected = ref[(wash + 1) * sub::sub][:n]
+    expected = ref[(wash + 1) * sub :: sub][:n]
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
 
 
@@ -39,8 +40,15 @@ def test_matches_adaptive_solver_over_a_short_horizon():
     (before chaos amplifies the error), so the two agree closely there; at dt=0.01 loosely."""
     scipy_integrate = pytest.importorskip("scipy.integrate")
     t_end = 2.0
-    sol = scipy_integrate.solve_ivp(lambda t, s: lorenz_rhs(s), (0.0, t_end), [1.0, 1.0, 1.0], method="DOP853",
-                                    rtol=1e-12, atol=1e-12, dense_output=True)
+    sol = scipy_integrate.solve_ivp(
+        lambda t, s: lorenz_rhs(s),
+        (0.0, t_end),
+        [1.0, 1.0, 1.0],
+        method="DOP853",
+        rtol=1e-12,
+        atol=1e-12,
+        dense_output=True,
+    )
     for dt, tol in ((0.001, 1e-6), (0.01, 1e-3)):
         sub = 10
         n = round(t_end / (dt * sub))
@@ -64,18 +72,18 @@ def test_attractor_properties_and_determinism():
     assert xyz.shape == (4000, 3) and np.isfinite(xyz).all()
     x, y, z = xyz.T
     assert np.abs(x).max() < 25 and np.abs(y).max() < 35 and 0 < z.min() and z.max() < 55
-    assert 22 < z.mean() < 25                          # the attractor's well-known mean height (~23.5)
-    assert abs(x.mean()) < 2 and 7 < x.std() < 9       # symmetric wings
+    assert 22 < z.mean() < 25  # the attractor's well-known mean height (~23.5)
+    assert abs(x.mean()) < 2 and 7 < x.std() < 9  # symmetric wings
     np.testing.assert_array_equal(lorenz(500), lorenz(500))
     np.testing.assert_array_equal(lorenz(500, seed=3), lorenz(500, seed=3))
     assert not np.allclose(lorenz(500, seed=3), lorenz(500, seed=4))
     np.testing.assert_array_equal(lorenz(50, component="z"), lorenz(50, component="all")[:, 2])
-    np.testing.assert_array_equal(lorenz(30), lorenz(60)[:30])     # a prefix of a longer run
+    np.testing.assert_array_equal(lorenz(30), lorenz(60)[:30])  # a prefix of a longer run
 
 
 def test_one_step_prediction_is_learnable_but_not_trivial():
     X, Y = one_step_ahead(lorenz(3000))
-    persistence = np.mean((X[:, 0] - Y) ** 2)          # NMSE: one_step_ahead standardises
+    persistence = np.mean((X[:, 0] - Y) ** 2)  # NMSE: one_step_ahead standardises
     assert 0.01 < persistence < 0.2
 
 

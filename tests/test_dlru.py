@@ -4,6 +4,7 @@ Forward against a NumPy transcription of those equations; exact RTRL (the O(P) p
 form and the dense one) against BPTT and finite differences in float64; float32; offline
 BPTT through stacked bidirectional layers; and selection by name everywhere a cell is named.
 """
+
 import json
 
 import numpy as np
@@ -40,14 +41,19 @@ def numpy_dlru(w, X):
 def test_parameters_follow_the_pytorch_names():
     w = make_model().get_weights()
     assert {k: v.shape for k, v in w.items()} == {
-        "weight_ih_l0": (N, N_IN), "weight_hh_l0": (N,), "bias_ih_l0": (N,), "bias_hh_l0": (N,),
-        "readout.weight": (2, N), "readout.bias": (2,)}
+        "weight_ih_l0": (N, N_IN),
+        "weight_hh_l0": (N,),
+        "bias_ih_l0": (N,),
+        "bias_hh_l0": (N,),
+        "readout.weight": (2, N),
+        "readout.bias": (2,),
+    }
 
 
 def test_forward_is_the_equations():
-    model = make_model(optimizer="sgd", lr=0.0, standardize=False)      # the equations on the raw inputs
+    model = make_model(optimizer="sgd", lr=0.0, standardize=False)  # the equations on the raw inputs
     w = model.get_weights()
-    w["weight_hh_l0"] = np.array([-3.0, -0.5, 0.0, 2.0, 6.0])     # decays from 0.05 to 0.998
+    w["weight_hh_l0"] = np.array([-3.0, -0.5, 0.0, 2.0, 6.0])  # decays from 0.05 to 0.998
     model.set_weights(w)
     X = np.random.default_rng(4).normal(size=(60, N_IN))
     preds = model.step_many(X)
@@ -58,7 +64,7 @@ def test_forward_is_the_equations():
 
 def test_state_stays_bounded_for_any_decay_logit():
     """λ = σ(ν) < 1: under a constant input s converges to (W x + b) / (1 - λ), never diverges."""
-    model = make_model(optimizer="sgd", lr=0.0, standardize=False)      # the constant raw input drives s
+    model = make_model(optimizer="sgd", lr=0.0, standardize=False)  # the constant raw input drives s
     w = model.get_weights()
     w["weight_hh_l0"] = np.array([-30.0, 0.0, 5.0, 10.0, 30.0])
     model.set_weights(w)
@@ -68,14 +74,14 @@ def test_state_stays_bounded_for_any_decay_logit():
     drive = w["weight_ih_l0"] @ x + w["bias_ih_l0"] + w["bias_hh_l0"]
     s = model.hidden_state()[N:]
     assert np.all(np.isfinite(s))
-    converged = lam < 0.99                     # the slow units are still on their way
+    converged = lam < 0.99  # the slow units are still on their way
     np.testing.assert_allclose(s[converged], drive[converged] / (1 - lam[converged]), rtol=1e-9)
     assert np.all(np.abs(s) <= np.abs(drive) / (1 - lam) + 1e-9)
 
 
 @pytest.mark.parametrize("task", TASKS)
 def test_exact_rtrl_equals_bptt_equals_finite_differences(task):
-    model = make_model(task, standardize=False)      # finite differences on the raw inputs
+    model = make_model(task, standardize=False)  # finite differences on the raw inputs
     X, Y = random_sequence(task, n_steps=T, n_inputs=N_IN, seed=3)
     g_rtrl = model.gradient(X, Y, method="rtrl")
     g_bptt = model.gradient(X, Y, method="bptt")
@@ -90,14 +96,26 @@ def test_exact_rtrl_equals_bptt_equals_finite_differences(task):
 
 def test_dense_rtrl_agrees_with_the_per_unit_form():
     """The dense influence recursion (S x P, the cell's full tangent) gives the same gradient."""
-    model = make_model(standardize=False)      # the dense kernels below run on the raw inputs
+    model = make_model(standardize=False)  # the dense kernels below run on the raw inputs
     X, Y = random_sequence("regression", n_steps=T, n_inputs=N_IN, seed=7)
     Yf, has_y = model._targets(Y, T)
     assert model.dims.cell == CELL_IDS["dlru"] and model.dims.n_outputs == 2
-    dense = rtrl.SPEC                          # the dense kernels, not the per-unit ones the Model runs
+    dense = rtrl.SPEC  # the dense kernels, not the per-unit ones the Model runs
     grad = np.zeros(model.n_params)
-    dense.sequence_gradient(CELL_IDS["dlru"], 0, N_IN, N, 2, model.theta, X, Yf, has_y,
-                            dense.new_key_state(model.dims), dense.make_workspace(model.dims), grad)
+    dense.sequence_gradient(
+        CELL_IDS["dlru"],
+        0,
+        N_IN,
+        N,
+        2,
+        model.theta,
+        X,
+        Yf,
+        has_y,
+        dense.new_key_state(model.dims),
+        dense.make_workspace(model.dims),
+        grad,
+    )
     assert grad.shape == (model.n_params,) and dense.key_layout(model.dims)[1][1][1] == model.n_params_cell
     assert rel_err(model.unflatten(grad), model.gradient(X, Y, method="bptt")) < 1e-9
 
@@ -110,8 +128,8 @@ def test_online_learning_is_exact_rtrl_in_O_P_memory():
     assert model.state_bytes_per_key == 8 * 2 * N * (1 + N_IN + 3)
     X, Y = random_sequence("regression", n_steps=T, n_inputs=N_IN, seed=5)
     total = np.zeros(model.n_params)
-    for t in range(T):                         # lr = 0: the per-step gradients the learner would apply
-        model.step_many(X[t:t + 1], Y[t:t + 1])
+    for t in range(T):  # lr = 0: the per-step gradients the learner would apply
+        model.step_many(X[t : t + 1], Y[t : t + 1])
         if not np.isnan(Y[t, 0]):
             total += model.last_gradient()
     assert rel_err(model.unflatten(total), model.gradient(X, Y, method="bptt")) < 1e-9
@@ -123,8 +141,9 @@ def test_online_learning_is_exact_rtrl_in_O_P_memory():
     last_only[-1] = Y[-1]
     online.step_many(X, last_only)
     g = make_model(standardize=False).gradient(X, last_only, method="bptt")
-    np.testing.assert_allclose(online.theta, theta0 - lr * np.concatenate([v.ravel() for v in g.values()]),
-                               rtol=0, atol=1e-14)
+    np.testing.assert_allclose(
+        online.theta, theta0 - lr * np.concatenate([v.ravel() for v in g.values()]), rtol=0, atol=1e-14
+    )
 
 
 def test_float32_gradient_tracks_float64_and_learns():
@@ -153,8 +172,9 @@ def test_float32_gradient_tracks_float64_and_learns():
 def test_offline_bptt_through_stacked_bidirectional_layers():
     rng = np.random.default_rng(1)
     X, Y = rng.normal(size=(7, 3, 2)), rng.normal(size=(7, 3, 2))
-    om = OfflineModel(cell="dlru", n_inputs=2, n_hidden=3, n_outputs=2, n_layers=2, bidirectional=True,
-                      merge="concat", seed=2)
+    om = OfflineModel(
+        cell="dlru", n_inputs=2, n_hidden=3, n_outputs=2, n_layers=2, bidirectional=True, merge="concat", seed=2
+    )
     assert om.get_weights()["weight_hh_l1_reverse"].shape == (3,)
     assert fd_check(om, X, Y) < 1e-6
     fitted = sr.bptt.fit(X, Y, cell="dlru", n_hidden=3, bidirectional=True, epochs=3, batch_size=3, lr=1e-2)
@@ -175,8 +195,8 @@ def test_every_online_learner_runs_and_replays_bit_identically(learner, kw, tmp_
 
 def test_selectable_by_name_in_the_river_estimator_daemon_and_compare(tmp_path):
     from streamrnn.compare import build_parser
-    from streamrnn.service import Daemon, validate_config
     from streamrnn.river import RNNRegressor
+    from streamrnn.service import Daemon, validate_config
 
     reg = RNNRegressor(cell="dlru", n_hidden=4, n_inputs=2, key="k")
     for t in range(20):
@@ -185,11 +205,15 @@ def test_selectable_by_name_in_the_river_estimator_daemon_and_compare(tmp_path):
 
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"key": f"k{i % 5}", "a": i / 10, "y": (i % 3) / 3}) + "\n" for i in range(50)))
-    cfg = validate_config({"source": {"type": "jsonl", "path": str(src)},
-                           "sink": {"type": "jsonl", "path": str(tmp_path / "out.jsonl")},
-                           "schema": {"features": ["a"], "target": "y", "key": "key"},
-                           "model": {"cell": "dlru", "n_hidden": 4, "dtype": "float32"},
-                           "daemon": {"progress": False}})
+    cfg = validate_config(
+        {
+            "source": {"type": "jsonl", "path": str(src)},
+            "sink": {"type": "jsonl", "path": str(tmp_path / "out.jsonl")},
+            "schema": {"features": ["a"], "target": "y", "key": "key"},
+            "model": {"cell": "dlru", "n_hidden": 4, "dtype": "float32"},
+            "daemon": {"progress": False},
+        }
+    )
     d = Daemon(cfg)
     d.run()
     assert d.model.config["cell"] == "dlru" and len(d.model.keys) == 5

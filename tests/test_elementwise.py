@@ -1,4 +1,5 @@
 """Element-wise cells: each gate row reads only its own unit, so exact RTRL is O(P) per step."""
+
 import numpy as np
 import pytest
 
@@ -21,7 +22,7 @@ def make_model(cell, task="regression", **kw):
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("cell", ECELLS)
 def test_exact_rtrl_equals_bptt_equals_finite_differences(cell, task):
-    model = make_model(cell, task, standardize=False)      # finite differences on the raw inputs
+    model = make_model(cell, task, standardize=False)  # finite differences on the raw inputs
     X, Y = random_sequence(task, n_steps=T, n_inputs=N_IN, seed=3)
     g_rtrl = model.gradient(X, Y, method="rtrl")
     g_bptt = model.gradient(X, Y, method="bptt")
@@ -32,7 +33,7 @@ def test_exact_rtrl_equals_bptt_equals_finite_differences(cell, task):
 
 @pytest.mark.parametrize("cell", ECELLS)
 def test_forward_is_the_elementwise_equations(cell):
-    model = make_model(cell, optimizer="sgd", lr=0.0, standardize=False)   # the equations on the raw inputs
+    model = make_model(cell, optimizer="sgd", lr=0.0, standardize=False)  # the equations on the raw inputs
     w = model.get_weights()
     G = GATES[cell]
     assert w["weight_hh_l0"].shape == (G * N,)
@@ -54,7 +55,7 @@ def test_online_exact_rtrl_memory_is_O_P(cell):
     assert m.state_bytes_per_key == 8 * S * (1 + G * (N_IN + 3))
     X, Y = random_sequence("regression", n_steps=100, n_inputs=N_IN, seed=5)
     snap = make_model(cell, learner="snap1", lr=0.01, standardize=False)
-    assert np.array_equal(m.step_many(X, Y), snap.step_many(X, Y))   # the same exact kernel
+    assert np.array_equal(m.step_many(X, Y), snap.step_many(X, Y))  # the same exact kernel
     assert np.array_equal(m.theta, snap.theta)
     assert m.stats["updates"] == int(np.sum(~np.isnan(Y[:, 0])))
 
@@ -64,7 +65,7 @@ def test_many_keys_export_their_live_rows_in_lru_order_and_resume_bit_identicall
     key's state); a save/load in the middle of a stream with evictions changes nothing."""
     kw = dict(learner="rtrl", lr=0.01, dtype="float32", max_keys=40)
     X, Y = random_sequence("regression", n_steps=600, n_inputs=N_IN, seed=9)
-    keys = [int(k) for k in np.random.default_rng(3).integers(0, 70, 600)]     # evictions throughout
+    keys = [int(k) for k in np.random.default_rng(3).integers(0, 70, 600)]  # evictions throughout
     a = make_model("elstm", **kw)
     a.step_many(X[:300], Y[:300], keys[:300])
     lru = a.keys
@@ -77,5 +78,5 @@ def test_many_keys_export_their_live_rows_in_lru_order_and_resume_bit_identicall
     assert b.keys == lru
     pa, pb = a.step_many(X[300:], Y[300:], keys[300:]), b.step_many(X[300:], Y[300:], keys[300:])
     assert np.array_equal(pa, pb) and np.array_equal(a.theta, b.theta) and a.keys == b.keys
-    c = make_model("elstm", **kw)                  # never saved: the same run
+    c = make_model("elstm", **kw)  # never saved: the same run
     assert np.array_equal(c.step_many(X, Y, keys)[300:], pa) and np.array_equal(c.theta, a.theta)

@@ -1,4 +1,5 @@
 """Forecast mode: the target of a record is a field of the next record of the same key."""
+
 import json
 import math
 
@@ -7,8 +8,8 @@ import pytest
 
 import streamrnn
 from streamrnn.checkpoint import CheckpointError
-from streamrnn.service import ConfigError, Daemon, load_checkpoint, validate_config
 from streamrnn.forecast import NextRecordForecaster
+from streamrnn.service import ConfigError, Daemon, load_checkpoint, validate_config
 from tests.test_daemon import Boom, CrashingSink, assert_same_weights, read_jsonl
 
 LEARNERS = [("rtrl", {}), ("snap1", {}), ("uoro", {}), ("tbptt", {"truncation": 4})]
@@ -18,7 +19,7 @@ def keyed_series(n=300, n_keys=5, seed=0, gaps=7):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, 2))
     V = rng.normal(size=(n, 1))
-    V[::gaps] = np.nan                      # records without the target field
+    V[::gaps] = np.nan  # records without the target field
     keys = [f"k{i}" for i in rng.integers(0, n_keys, n)]
     return X, V, keys
 
@@ -47,7 +48,9 @@ def test_forecaster_equals_the_definition_whatever_the_batching(learner, extra):
     for batch in (1, 37, len(keys)):
         model = streamrnn.Model(**kw)
         fc = NextRecordForecaster(model)
-        parts = [fc.process(X[a:a + batch], V[a:a + batch], keys[a:a + batch]) for a in range(0, len(keys), batch)]
+        parts = [
+            fc.process(X[a : a + batch], V[a : a + batch], keys[a : a + batch]) for a in range(0, len(keys), batch)
+        ]
         preds = np.concatenate([p for p, _ in parts])
         losses = np.concatenate([l for _, l in parts])
         assert np.array_equal(preds, ref_preds)
@@ -58,8 +61,8 @@ def test_forecaster_equals_the_definition_whatever_the_batching(learner, extra):
     assert all(math.isnan(ref_losses[i]) for i in first.values())
     n_learned = sum(1 for i, k in enumerate(keys) if i not in first.values() and not math.isnan(V[i, 0]))
     assert int(np.isfinite(ref_losses).sum()) == n_learned
-    if learner != "tbptt":          # TBPTT updates once per window of targets; standardisation (on by
-        assert ref.stats["updates"] == n_learned - 2      # default) learns once the target scale is known
+    if learner != "tbptt":  # TBPTT updates once per window of targets; standardisation (on by
+        assert ref.stats["updates"] == n_learned - 2  # default) learns once the target scale is known
 
 
 def test_forecaster_single_key_is_one_step_ahead_regression():
@@ -110,8 +113,7 @@ def test_forecaster_rejects_a_bad_batch_without_changing_anything():
 
 
 # ----------------------------------------------------------------------------- through the daemon
-MODEL = dict(cell="gru", n_hidden=4, task="regression", learner="rtrl", optimizer="adam", lr=0.01, clip=1.0,
-             seed=3)
+MODEL = dict(cell="gru", n_hidden=4, task="regression", learner="rtrl", optimizer="adam", lr=0.01, clip=1.0, seed=3)
 
 
 def _config(tmp_path, src, every=50):
@@ -135,11 +137,10 @@ def readings(tmp_path):
         key = f"s{rng.integers(0, 4)}"
         level[key] = 0.9 * level.get(key, 0.0) + float(rng.normal(scale=0.3))
         if i % 13 == 12:
-            lines.append('{"key": "s0", "t": 0.5,')          # damaged: a dead letter
+            lines.append('{"key": "s0", "t": 0.5,')  # damaged: a dead letter
             continue
         target = None if i % 9 == 4 else round(level[key], 6)
-        lines.append(json.dumps({"key": key, "t": round(i / 400, 6), "level": round(level[key], 6),
-                                 "next": target}))
+        lines.append(json.dumps({"key": key, "t": round(i / 400, 6), "level": round(level[key], 6), "next": target}))
         good.append((i, key, [round(i / 400, 6), round(level[key], 6)], math.nan if target is None else target))
     path = tmp_path / "readings.jsonl"
     path.write_text("\n".join(lines) + "\n")
@@ -164,7 +165,7 @@ def test_daemon_forecast_mode_matches_the_forecaster(tmp_path, readings):
         assert o["target"] == (None if math.isnan(g[3]) else g[3])
         assert o["loss"] == (None if math.isnan(l) else l)
     resolved = [o for o in outs if o["loss"] is not None]
-    assert len(resolved) - 2 == ref.stats["updates"] > 300   # the first two targets set the scale
+    assert len(resolved) - 2 == ref.stats["updates"] > 300  # the first two targets set the scale
     assert stats["loss_count"] == len(resolved)
     assert math.isclose(stats["loss_sum"], math.fsum(o["loss"] for o in resolved), rel_tol=1e-12)
     arrays, meta, _ = load_checkpoint(str(tmp_path / "d.ckpt"))
@@ -180,12 +181,13 @@ def test_daemon_forecast_mode_crash_and_restart_is_exactly_once(tmp_path, readin
     assert d2.stats["resumed_from"] is not None and len(d2.forecaster.pending) > 0
     d2.run()
     ref = streamrnn.Model(n_inputs=2, **MODEL)
-    preds, _ = naive_forecast(ref, np.array([g[2] for g in good]), np.array([[g[3]] for g in good]),
-                              [g[1] for g in good])
+    preds, _ = naive_forecast(
+        ref, np.array([g[2] for g in good]), np.array([[g[3]] for g in good]), [g[1] for g in good]
+    )
     assert_same_weights(d2.model.get_weights(), ref.get_weights())
     by_pos = {}
     for o in read_jsonl(tmp_path / "out.jsonl"):
-        assert by_pos.setdefault(o["position"][1], o) == o     # duplicates are identical
+        assert by_pos.setdefault(o["position"][1], o) == o  # duplicates are identical
     assert sorted(by_pos) == [g[0] for g in good]
     assert [by_pos[g[0]]["prediction"] for g in good] == preds[:, 0].tolist()
 
@@ -195,7 +197,7 @@ def test_forecast_checkpoint_is_not_loaded_in_the_other_mode(tmp_path, readings)
     Daemon(validate_config(_config(tmp_path, src))).run()
     plain = _config(tmp_path, src)
     plain["schema"]["forecast"] = False
-    d = Daemon(validate_config(plain))       # plain mode ignores the pending inputs: same model state
+    d = Daemon(validate_config(plain))  # plain mode ignores the pending inputs: same model state
     assert d.stats["resumed_from"] is not None
     d.close()
     fresh = tmp_path / "other"
@@ -206,8 +208,9 @@ def test_forecast_checkpoint_is_not_loaded_in_the_other_mode(tmp_path, readings)
         Daemon(validate_config(cfg))
 
 
-@pytest.mark.parametrize("schema,key", [({"forecast": "yes"}, "schema.forecast"),
-                                        ({"forecast": True, "target": None}, "schema.target")])
+@pytest.mark.parametrize(
+    "schema,key", [({"forecast": "yes"}, "schema.forecast"), ({"forecast": True, "target": None}, "schema.target")]
+)
 def test_forecast_config_errors(tmp_path, readings, schema, key):
     src, _ = readings
     cfg = _config(tmp_path, src)

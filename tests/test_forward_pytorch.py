@@ -1,4 +1,5 @@
 """Forward pass equals PyTorch's cell equations (written out in NumPy here), and torch itself if present."""
+
 import numpy as np
 import pytest
 
@@ -34,8 +35,8 @@ def pytorch_reference(cell, w, X, recurrent=None):
             h = np.tanh(gi + gh)
         elif cell == "gru":
             r = sigmoid(gi[:n] + gh[:n])
-            z = sigmoid(gi[n:2 * n] + gh[n:2 * n])
-            nn = np.tanh(gi[2 * n:] + r * gh[2 * n:])
+            z = sigmoid(gi[n : 2 * n] + gh[n : 2 * n])
+            nn = np.tanh(gi[2 * n :] + r * gh[2 * n :])
             h = (1 - z) * nn + z * h
         else:
             i, f, g, o = (gi + gh).reshape(4, n)
@@ -47,8 +48,9 @@ def pytorch_reference(cell, w, X, recurrent=None):
 
 def run_model(cell, X):
     # the PyTorch equations on the raw inputs: standardisation off
-    m = sr.Model(cell=cell, n_inputs=N_IN, n_hidden=N, n_outputs=N_OUT, seed=11, optimizer="sgd", lr=0.0,
-                 standardize=False)
+    m = sr.Model(
+        cell=cell, n_inputs=N_IN, n_hidden=N, n_outputs=N_OUT, seed=11, optimizer="sgd", lr=0.0, standardize=False
+    )
     w = m.get_weights()
     preds = m.step_many(X)
     return m, w, preds
@@ -69,8 +71,13 @@ def test_parameter_shapes_follow_pytorch(cell):
     G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
     w = sr.Model(cell=cell, n_inputs=N_IN, n_hidden=N, n_outputs=N_OUT).get_weights()
     assert {k: v.shape for k, v in w.items()} == {
-        "weight_ih_l0": (G * N, N_IN), "weight_hh_l0": (G * N, N), "bias_ih_l0": (G * N,),
-        "bias_hh_l0": (G * N,), "readout.weight": (N_OUT, N), "readout.bias": (N_OUT,)}
+        "weight_ih_l0": (G * N, N_IN),
+        "weight_hh_l0": (G * N, N),
+        "bias_ih_l0": (G * N,),
+        "bias_hh_l0": (G * N,),
+        "readout.weight": (N_OUT, N),
+        "readout.bias": (N_OUT,),
+    }
     bound = 1 / np.sqrt(N)
     assert all(np.abs(v).max() <= bound for v in w.values())
 

@@ -1,4 +1,5 @@
 """The first law: RTRL's summed online gradient equals full BPTT's, and both equal finite differences."""
+
 import numpy as np
 import pytest
 
@@ -13,15 +14,21 @@ N_HIDDEN, N_INPUTS, N_STEPS = 5, 3, 32
 
 
 def make_model(cell, task, seed=0, **kw):
-    return sr.Model(cell=cell, n_inputs=N_INPUTS, n_hidden=N_HIDDEN, n_outputs=N_OUTPUTS[task],
-                    task=task, seed=seed, **kw)
+    return sr.Model(
+        cell=cell, n_inputs=N_INPUTS, n_hidden=N_HIDDEN, n_outputs=N_OUTPUTS[task], task=task, seed=seed, **kw
+    )
 
 
 def finite_difference_gradient(model, X, Y, eps=1e-6):
     """Central differences of Σ_t L_t over every parameter (forward passes only)."""
     Yf, has_y = model._targets(Y, X.shape[0])
-    args = (CELL_IDS[model.config["cell"]], TASK_IDS[model.config["task"]], model.n_inputs,
-            model.n_hidden, model.n_outputs)
+    args = (
+        CELL_IDS[model.config["cell"]],
+        TASK_IDS[model.config["task"]],
+        model.n_inputs,
+        model.n_hidden,
+        model.n_outputs,
+    )
     theta = model.theta.copy()
     grad = np.empty_like(theta)
     for p in range(theta.size):
@@ -38,7 +45,7 @@ def finite_difference_gradient(model, X, Y, eps=1e-6):
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_rtrl_equals_bptt_equals_finite_differences(cell, task):
-    model = make_model(cell, task, seed=3, standardize=False)      # finite differences on the raw inputs
+    model = make_model(cell, task, seed=3, standardize=False)  # finite differences on the raw inputs
     X, Y = random_sequence(task, n_steps=N_STEPS, n_inputs=N_INPUTS, seed=7)
     g_rtrl = model.gradient(X, Y, method="rtrl")
     g_bptt = model.gradient(X, Y, method="bptt")
@@ -63,8 +70,7 @@ def test_online_rtrl_with_zero_lr_sums_to_bptt(cell):
     assert all(np.array_equal(before[k], after[k]) for k in before)
     Yf, has_y = model._targets(Y, N_STEPS)
     # Σ losses of the online run equals the offline loss at the same weights.
-    offline = sequence_loss(CELL_IDS[cell], 0, N_INPUTS, N_HIDDEN, 2, model.theta, model.n_params_cell,
-                            X, Yf, has_y)
+    offline = sequence_loss(CELL_IDS[cell], 0, N_INPUTS, N_HIDDEN, 2, model.theta, model.n_params_cell, X, Yf, has_y)
     assert np.nansum(losses) == pytest.approx(offline, rel=1e-12)
     assert np.isnan(losses[~has_y]).all()
 
@@ -135,6 +141,7 @@ def test_float32_gradient_tracks_float64(cell):
 def test_wide_cells_take_the_blas_path_and_stay_exact(cell):
     """From n = 32 the forward and backward matrix-vector products go through BLAS."""
     from streamrnn.cells.common import BLAS_MIN_WIDTH
+
     n = BLAS_MIN_WIDTH
     # raw inputs: the central differences below are taken on them
     model = sr.Model(cell=cell, n_inputs=N_INPUTS, n_hidden=n, n_outputs=2, seed=5, standardize=False)

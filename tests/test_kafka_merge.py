@@ -1,4 +1,5 @@
 """The Kafka source's timestamp merge, without a broker: records, end offsets and the clock are given."""
+
 import logging
 from collections import namedtuple
 
@@ -7,7 +8,7 @@ import pytest
 from streamrnn.connectors.base import BrokerUnavailable, Record
 from streamrnn.connectors.kafka.merge import TimestampMerge, stream_id
 
-TP = namedtuple("TP", "topic partition")      # hashable, as kafka-python's TopicPartition
+TP = namedtuple("TP", "topic partition")  # hashable, as kafka-python's TopicPartition
 P0, P1, P2 = TP("t", 0), TP("t", 1), TP("t", 2)
 
 
@@ -15,8 +16,8 @@ class FakeOffsets:
     """End offsets and start positions as a test sets them; counts the broker requests."""
 
     def __init__(self, ends=None, start=None):
-        self.high = dict(ends or {})          # what the client saw last
-        self.broker_ends = dict(ends or {})   # what a request answers
+        self.high = dict(ends or {})  # what the client saw last
+        self.broker_ends = dict(ends or {})  # what a request answers
         self.start = dict(start or {})
         self.requests = []
         self.down = False
@@ -44,13 +45,16 @@ class Clock:
 
 def records(tp, offsets_and_timestamps):
     """Records of ``tp`` as the source makes them: timestamps in seconds, or None."""
-    return [Record(value=f"{tp.partition}/{o}", position=(tp.topic, tp.partition, o), timestamp=ts)
-            for o, ts in offsets_and_timestamps]
+    return [
+        Record(value=f"{tp.partition}/{o}", position=(tp.topic, tp.partition, o), timestamp=ts)
+        for o, ts in offsets_and_timestamps
+    ]
 
 
 def merge_of(offsets, max_wait_s=10.0, max_buffered=1000, next_offsets=None, clock=None):
-    return TimestampMerge(offsets, {} if next_offsets is None else next_offsets, max_wait_s, max_buffered,
-                          clock=clock or Clock())
+    return TimestampMerge(
+        offsets, {} if next_offsets is None else next_offsets, max_wait_s, max_buffered, clock=clock or Clock()
+    )
 
 
 def values(out):
@@ -61,13 +65,13 @@ def test_merges_by_timestamp_then_partition_then_offset():
     offsets = FakeOffsets(ends={P0: 4, P1: 3, P2: 2})
     m = merge_of(offsets)
     m.add(P0, records(P0, [(0, 1.0), (1, 3.0), (2, 3.0), (3, 7.0)]))
-    m.add(P1, records(P1, [(0, None), (1, 3.0), (2, 5.0)]))        # no timestamp: before all others
+    m.add(P1, records(P1, [(0, None), (1, 3.0), (2, 5.0)]))  # no timestamp: before all others
     m.add(P2, records(P2, [(0, 2.0), (1, 3.0)]))
     out = m.take([P0, P1, P2], 100)
     assert values(out) == ["1/0", "0/0", "2/0", "0/1", "0/2", "1/1", "2/1", "1/2", "0/3"]
     assert m.next_offsets == {"t:0": 4, "t:1": 3, "t:2": 2}
     assert not any(m.buffers.values())
-    assert offsets.requests == []                     # all known from the client: no request
+    assert offsets.requests == []  # all known from the client: no request
 
 
 def test_max_records_splits_the_same_order_and_advances_positions():
@@ -90,18 +94,20 @@ def test_a_partition_with_records_on_the_broker_is_awaited_up_to_max_wait(caplog
     offsets = FakeOffsets(ends={P0: 2, P1: 3})
     m = merge_of(offsets, max_wait_s=10.0, next_offsets={"t:1": 0}, clock=clock)
     m.add(P0, records(P0, [(0, 5.0), (1, 6.0)]))
-    assert m.take([P0, P1], 100) == []                  # P1 may hold earlier records: wait
+    assert m.take([P0, P1], 100) == []  # P1 may hold earlier records: wait
     assert m.blocked_since == {P1: 1000.0}
     clock.now = 1010.0
-    assert m.take([P0, P1], 100) == []                  # still within max_wait_s (10 s)
+    assert m.take([P0, P1], 100) == []  # still within max_wait_s (10 s)
     assert m.awaited(P1)
     clock.now = 1010.5
     with caplog.at_level(logging.WARNING, logger="streamrnn.kafka"):
-        assert values(m.take([P0, P1], 100)) == ["0/0", "0/1"]    # past it: merged without P1
-        assert not m.awaited(P1)                                  # warned once, then not waited for
+        assert values(m.take([P0, P1], 100)) == ["0/0", "0/1"]  # past it: merged without P1
+        assert not m.awaited(P1)  # warned once, then not waited for
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == ["partition t:1 has records up to offset 3 but none arrived within 10.0 s of "
-                        "waiting at 0: merging without it (order may differ from a replay)"]
+    assert warnings == [
+        "partition t:1 has records up to offset 3 but none arrived within 10.0 s of "
+        "waiting at 0: merging without it (order may differ from a replay)"
+    ]
     # once P1's records arrive, its wait is over; caught up, it is not waited for again
     m.add(P1, records(P1, [(0, 1.0), (1, 2.0), (2, 3.0)]))
     assert P1 not in m.blocked_since
@@ -132,11 +138,11 @@ def test_the_run_of_a_partition_stops_where_it_empties_and_is_awaited():
 
 
 def test_start_position_comes_from_the_client_until_something_is_handed_out():
-    offsets = FakeOffsets(ends={P0: 1, P1: 4}, start={P1: 4})     # P1: its committed offset is its end
+    offsets = FakeOffsets(ends={P0: 1, P1: 4}, start={P1: 4})  # P1: its committed offset is its end
     m = merge_of(offsets)
     m.add(P0, records(P0, [(0, 5.0)]))
     assert values(m.take([P0, P1], 100)) == ["0/0"]
-    offsets.start = {}                                              # not known yet: wait as for records
+    offsets.start = {}  # not known yet: wait as for records
     m2 = merge_of(offsets)
     m2.add(P0, records(P0, [(0, 5.0)]))
     assert m2.take([P0, P1], 100) == [] and P1 in m2.blocked_since
@@ -145,21 +151,21 @@ def test_start_position_comes_from_the_client_until_something_is_handed_out():
 def test_unknown_ends_are_requested_and_an_outage_restarts_every_wait():
     clock = Clock()
     offsets = FakeOffsets(ends={P0: 1, P1: 2, P2: 2})
-    offsets.high = {P0: 1}                            # the client has seen no end of P1, P2 yet
+    offsets.high = {P0: 1}  # the client has seen no end of P1, P2 yet
     m = merge_of(offsets, max_wait_s=10.0, next_offsets={"t:1": 0, "t:2": 0}, clock=clock)
     m.add(P0, records(P0, [(0, 5.0)]))
     assert m.take([P0, P1, P2], 100) == []
-    assert offsets.requests == [[P1]]                 # any() stops at the first awaited partition
+    assert offsets.requests == [[P1]]  # any() stops at the first awaited partition
     assert m.ends == {P1: 2}
     clock.now = 1011.0
-    assert not m.awaited(P1)                          # waited out: warned
+    assert not m.awaited(P1)  # waited out: warned
     assert m.awaited(P2)
     assert m.blocked_since == {P1: -1.0, P2: 1011.0}
     assert offsets.requests == [[P1], [P2]]
     offsets.down = True
     with pytest.raises(BrokerUnavailable):
         m.refresh_ends([P0, P1, P2])
-    assert m.blocked_since == {P1: -1.0}              # the warned one stays warned; P2 waits afresh
+    assert m.blocked_since == {P1: -1.0}  # the warned one stays warned; P2 waits afresh
     offsets.down = False
     m.refresh_ends([P0, P1, P2])
     assert m.ends == {P0: 1, P1: 2, P2: 2}
@@ -171,34 +177,34 @@ def test_time_outside_poll_is_not_time_spent_waiting():
     m = merge_of(offsets, max_wait_s=10.0, next_offsets={"t:1": 0}, clock=clock)
     m.add(P0, records(P0, [(0, 5.0)]))
     m.begin_poll(0.0)
-    assert m.take([P0, P1], 100) == []                # the wait for P1 starts at 0.5
+    assert m.take([P0, P1], 100) == []  # the wait for P1 starts at 0.5
     m.end_poll(1.0)
-    clock.now = 100.0                                 # the caller was busy for 98 s
+    clock.now = 100.0  # the caller was busy for 98 s
     m.begin_poll(99.0)
     assert m.blocked_since == {P1: 98.5}
-    assert m.take([P0, P1], 100) == []                # 1.5 s of waiting, not 99.5
+    assert m.take([P0, P1], 100) == []  # 1.5 s of waiting, not 99.5
     m.end_poll(100.0)
     clock.now = 109.0
-    m.begin_poll(109.0)                               # 9 s away: the wait moves to 107.5 ...
+    m.begin_poll(109.0)  # 9 s away: the wait moves to 107.5 ...
     clock.now = 120.0
     assert m.blocked_since == {P1: 107.5}
-    assert values(m.take([P0, P1], 100)) == ["0/0"]   # ... so 12.5 s at 120: past max_wait_s
+    assert values(m.take([P0, P1], 100)) == ["0/0"]  # ... so 12.5 s at 120: past max_wait_s
     m.end_poll(120.0)
     m.begin_poll(500.0)
-    assert m.blocked_since == {P1: -1.0}              # a warned partition's mark is not moved
+    assert m.blocked_since == {P1: -1.0}  # a warned partition's mark is not moved
 
 
 def test_add_bounds_each_buffer_and_says_where_to_fetch_again():
     offsets = FakeOffsets(ends={P0: 10})
     m = merge_of(offsets, max_buffered=4)
     assert m.add(P0, records(P0, [(3, 1.0), (4, 1.0)])) is None
-    assert m.next_offsets == {"t:0": 3}               # known from the first fetch on
+    assert m.next_offsets == {"t:0": 3}  # known from the first fetch on
     assert m.add(P0, records(P0, [(5, 2.0), (6, 2.0), (7, 3.0)])) == 7
     assert [r.position[2] for r in m.buffers[P0]] == [3, 4, 5, 6]
-    assert m.next_offsets == {"t:0": 3}               # a later fetch does not move it
+    assert m.next_offsets == {"t:0": 3}  # a later fetch does not move it
     m.blocked_since[P0] = 5.0
     assert m.add(P0, records(P0, [(7, 3.0)])) == 7
-    assert P0 not in m.blocked_since                  # records arrived: no longer waited for
+    assert P0 not in m.blocked_since  # records arrived: no longer waited for
 
 
 def test_forget_drops_what_is_held_for_a_partition():
@@ -208,11 +214,11 @@ def test_forget_drops_what_is_held_for_a_partition():
     m.ends[P0] = 2
     m.blocked_since[P0] = 3.0
     m.forget(P0)
-    m.forget(P2)                                      # not held: nothing to do
+    m.forget(P2)  # not held: nothing to do
     assert P0 not in m.buffers and P0 not in m.ends and P0 not in m.blocked_since
-    assert m.next_offsets == {"t:0": 0, "t:1": 0}     # positions belong to the source
+    assert m.next_offsets == {"t:0": 0, "t:1": 0}  # positions belong to the source
     m.add(P1, records(P1, [(0, 9.0)]))
-    assert m.take([P0, P1], 100) == []                # P0 has records on the broker again
+    assert m.take([P0, P1], 100) == []  # P0 has records on the broker again
     assert m.take([P1], 100) == [Record("1/0", position=("t", 1, 0), timestamp=9.0)]
 
 
@@ -220,7 +226,7 @@ def test_a_rebalance_during_a_take_ends_it():
     """The client's requests run the group's callbacks: when a partition is revoked and assigned
     again meanwhile (forgotten, then fetched from elsewhere), its old head is stale."""
     offsets = FakeOffsets(ends={P0: 1, P1: 9})
-    offsets.high = {P1: 9}                            # P0's end is asked for when P0 empties
+    offsets.high = {P1: 9}  # P0's end is asked for when P0 empties
     m = merge_of(offsets)
 
     def rebalance_then_answer(tps):

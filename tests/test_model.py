@@ -1,10 +1,22 @@
 """Model behaviour: determinism, per-key state, persistence, bad input, optimizers."""
+
 import numpy as np
 import pytest
 
 import streamrnn as sr
-from streamrnn.optim import ADAM, N_HYPER, SGD, LR, BETA1, BETA2, EPS, MOMENTUM, WEIGHT_DECAY, \
-    clip_grad_norm, optimizer_step
+from streamrnn.optim import (
+    ADAM,
+    BETA1,
+    BETA2,
+    EPS,
+    LR,
+    MOMENTUM,
+    N_HYPER,
+    SGD,
+    WEIGHT_DECAY,
+    clip_grad_norm,
+    optimizer_step,
+)
 
 from .helpers import CELLS, N_OUTPUTS, TASKS, random_sequence
 
@@ -47,8 +59,8 @@ def test_replay_is_deterministic(dtype):
     runs = []
     for _ in range(2):
         m = model("lstm", dtype=dtype, seed=5)
-        for start in range(0, 500, 64):       # batching must not matter either
-            m.step_many(X[start:start + 64], Y[start:start + 64], keys[start:start + 64])
+        for start in range(0, 500, 64):  # batching must not matter either
+            m.step_many(X[start : start + 64], Y[start : start + 64], keys[start : start + 64])
         runs.append(m)
     assert same_weights(*runs)
     one_batch = model("lstm", dtype=dtype, seed=5)
@@ -92,10 +104,10 @@ def test_lru_eviction_bounds_keys_and_restarts_evicted_state():
     # raw inputs: the fresh model compared with has none of m's (global) standardisation statistics
     m = model(lr=0.0, max_keys=2, standardize=False)
     m.step_many(X[:3], keys=["a", "b", "a"])
-    m.step(X[3], key="c")                 # evicts b (least recently used)
+    m.step(X[3], key="c")  # evicts b (least recently used)
     assert m.keys == ["a", "c"]
     fresh = model(lr=0.0, standardize=False)
-    assert np.array_equal(m.step(X[4], key="b"), fresh.step(X[4]))   # b restarts from zero
+    assert np.array_equal(m.step(X[4], key="b"), fresh.step(X[4]))  # b restarts from zero
     assert m.keys == ["c", "b"]
     # eviction and reuse of a slot inside one batch follows sequential semantics
     a, b = model(lr=0.0, max_keys=2), model(lr=0.0, max_keys=2)
@@ -147,11 +159,13 @@ def test_corrupted_truncated_and_foreign_files_are_refused(tmp_path):
     data = path.read_bytes()
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0x01
-    cases = {"flipped.ckpt": (bytes(flipped), "checksum mismatch"),
-             "truncated.ckpt": (data[:len(data) - 100], "checksum mismatch"),
-             "foreign.ckpt": (b"PK\x03\x04 not ours at all" * 4, "not a streamrnn checkpoint"),
-             "empty.ckpt": (b"", "not a streamrnn checkpoint"),
-             "future.ckpt": (data[:8] + (99).to_bytes(4, "little") + data[12:], "version 99")}
+    cases = {
+        "flipped.ckpt": (bytes(flipped), "checksum mismatch"),
+        "truncated.ckpt": (data[: len(data) - 100], "checksum mismatch"),
+        "foreign.ckpt": (b"PK\x03\x04 not ours at all" * 4, "not a streamrnn checkpoint"),
+        "empty.ckpt": (b"", "not a streamrnn checkpoint"),
+        "future.ckpt": (data[:8] + (99).to_bytes(4, "little") + data[12:], "version 99"),
+    }
     for name, (content, message) in cases.items():
         (tmp_path / name).write_bytes(content)
         with pytest.raises(sr.CheckpointError, match=message):
@@ -198,14 +212,16 @@ def test_bad_samples_raise_and_leave_the_model_untouched():
 
 
 def test_bad_arguments_raise_clear_errors():
-    for kwargs, message in [(dict(cell="transformer"), "cell must be one of"),
-                            (dict(n_hidden=0), "n_hidden must be a positive integer"),
-                            (dict(lr=-1.0), "lr must be a finite number"),
-                            (dict(lr=float("nan")), "lr must be a finite number"),
-                            (dict(task="classification", n_outputs=1), "needs n_outputs >= 2"),
-                            (dict(task="binary", n_outputs=2), "binary task has one output"),
-                            (dict(dtype="float16"), "dtype must be one of"),
-                            (dict(learner="magic"), "learner must be one of")]:
+    for kwargs, message in [
+        (dict(cell="transformer"), "cell must be one of"),
+        (dict(n_hidden=0), "n_hidden must be a positive integer"),
+        (dict(lr=-1.0), "lr must be a finite number"),
+        (dict(lr=float("nan")), "lr must be a finite number"),
+        (dict(task="classification", n_outputs=1), "needs n_outputs >= 2"),
+        (dict(task="binary", n_outputs=2), "binary task has one output"),
+        (dict(dtype="float16"), "dtype must be one of"),
+        (dict(learner="magic"), "learner must be one of"),
+    ]:
         with pytest.raises(ValueError, match=message):
             sr.Model(**kwargs)
     m = model()
@@ -230,7 +246,7 @@ def test_non_finite_loss_is_skipped_and_counted():
     # raw targets: standardisation would clip the target and the loss would stay finite
     m = model(optimizer="sgd", lr=0.1, standardize=False)
     before = m.get_weights()
-    pred = m.step(np.ones(3), y=[1e300, 0.0])       # ½(ŷ − 1e300)² overflows to inf
+    pred = m.step(np.ones(3), y=[1e300, 0.0])  # ½(ŷ − 1e300)² overflows to inf
     assert np.isfinite(pred).all()
     assert m.stats["skipped_nonfinite"] == 1 and m.stats["updates"] == 0 and m.stats["steps"] == 1
     assert all(np.array_equal(before[k], m.get_weights()[k]) for k in before)
@@ -249,8 +265,13 @@ def test_non_finite_state_rejects_the_sample():
     # 2e308 - 2e308 = inf - inf = NaN inside the pre-activation.
     pred = m.step([1e308, 1e308, 0.0], y=[0.0, 0.0])
     assert np.isnan(pred).all()
-    assert m.stats == {"steps": 0, "updates": 0, "skipped_nonfinite": 0, "rejected_nonfinite_state": 1,
-                       "influence_resets": 0}
+    assert m.stats == {
+        "steps": 0,
+        "updates": 0,
+        "skipped_nonfinite": 0,
+        "rejected_nonfinite_state": 1,
+        "influence_resets": 0,
+    }
     assert np.array_equal(m.hidden_state(), h_before)
     assert all(np.array_equal(w[k], m.get_weights()[k]) for k in w)
 
@@ -263,8 +284,8 @@ def numpy_adam(theta, grads, lr, b1, b2, eps, wd):
         g = g + wd * theta
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
-        denom = np.sqrt(v) / np.sqrt(1 - b2 ** t) + eps
-        theta = theta - (lr / (1 - b1 ** t)) * m / denom
+        denom = np.sqrt(v) / np.sqrt(1 - b2**t) + eps
+        theta = theta - (lr / (1 - b1**t)) * m / denom
     return theta
 
 
@@ -285,8 +306,10 @@ def test_optimizers_match_pytorch_formulas():
     grads = [rng.normal(size=50) for _ in range(20)]
     hyper = np.zeros(N_HYPER)
     hyper[[LR, BETA1, BETA2, EPS, MOMENTUM, WEIGHT_DECAY]] = 0.01, 0.8, 0.99, 1e-8, 0.9, 0.01
-    for kind, expected in [(ADAM, numpy_adam(theta0, grads, 0.01, 0.8, 0.99, 1e-8, 0.01)),
-                           (SGD, numpy_sgd(theta0, grads, 0.01, 0.9, 0.01))]:
+    for kind, expected in [
+        (ADAM, numpy_adam(theta0, grads, 0.01, 0.8, 0.99, 1e-8, 0.01)),
+        (SGD, numpy_sgd(theta0, grads, 0.01, 0.9, 0.01)),
+    ]:
         theta, state = theta0.copy(), np.zeros((2, 50))
         for t, g in enumerate(grads, 1):
             optimizer_step(kind, theta, g.copy(), state, t, hyper)
@@ -308,6 +331,7 @@ def test_load_reads_keys_into_place_and_continues_bit_identically(cell, learner,
     # checkpoint.load(allocate=model.allocate_for_load) reads the per-key arrays into memory the
     # model adopts (one copy of every key's state in memory, not two); new keys then grow it
     from streamrnn import checkpoint
+
     X, Y, keys = keyed_stream(n=400, n_keys=3)
     keys = keys[:200] + [f"new{i % 9}" if i % 2 else k for i, k in enumerate(keys[200:])]
     kw = dict(learner="tbptt", truncation=6, stride=3) if learner == "tbptt" else {}
@@ -327,13 +351,14 @@ def test_load_reads_keys_into_place_and_continues_bit_identically(cell, learner,
 
 def test_corrupt_checkpoint_read_into_place_leaves_the_model_unchanged(tmp_path):
     from streamrnn import checkpoint
+
     X, Y, keys = keyed_stream(n=100)
     a = model()
     a.step_many(X, Y, keys)
     path = tmp_path / "m.ckpt"
     a.save(path)
     data = bytearray(path.read_bytes())
-    data[-100] ^= 1                           # inside the last per-key array
+    data[-100] ^= 1  # inside the last per-key array
     path.write_bytes(bytes(data))
     b = model()
     b.step_many(X[:50], Y[:50], keys[:50])

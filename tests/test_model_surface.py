@@ -1,5 +1,6 @@
 """Model's public surface for adapters (validate_rows, apply_rows, peek_into, predict_from_state,
 key_state / restore_key_state, last_gradient, dims) and the learner registry: exact behaviour."""
+
 import numpy as np
 import pytest
 
@@ -59,7 +60,7 @@ def test_key_state_read_restore_continues_bit_identically(cell, learner, extra):
     assert b.keys == [] and b.key_state(keys[0]) is None
     for k, state in saved.items():
         b.restore_key_state(k, state)
-    for state in saved.values():            # b holds copies: changing the read arrays changes nothing
+    for state in saved.values():  # b holds copies: changing the read arrays changes nothing
         for arr in state.values():
             arr[...] = 0
     pa, la = a.step_many(X[80:], Y[80:], keys[80:], return_loss=True)
@@ -75,8 +76,11 @@ def test_restore_key_state_refuses_what_does_not_fit_and_changes_nothing():
     before = {k: m.key_state(k) for k in m.keys}
     bad_shape = {**good, "influence": good["influence"][:, :-1]}
     non_finite = {**good, "hidden": np.full_like(good["hidden"], np.nan)}
-    for state, message in [({"hidden": good["hidden"]}, "expected arrays"), (bad_shape, "has shape"),
-                           (non_finite, "NaN or inf")]:
+    for state, message in [
+        ({"hidden": good["hidden"]}, "expected arrays"),
+        (bad_shape, "has shape"),
+        (non_finite, "NaN or inf"),
+    ]:
         with pytest.raises(ValueError, match=message):
             m.restore_key_state("c", state)
     assert m.keys == ["a", "b"]
@@ -101,8 +105,8 @@ def test_peek_into_and_predict_from_state_are_peek_and_step(task):
         assert np.array_equal(m.peek_into(X[5], key, out), m.peek(X[5], key=key))
     s, s_next = m.hidden_state("a"), np.empty(m.dims.state_size)
     first = m.predict_from_state(X[5], s, out, next_state=s_next).copy()
-    assert np.array_equal(s, m.hidden_state("a"))           # nothing changed
-    assert np.array_equal(m.step(X[5], key="a"), first)     # the prediction step makes first
+    assert np.array_equal(s, m.hidden_state("a"))  # nothing changed
+    assert np.array_equal(m.step(X[5], key="a"), first)  # the prediction step makes first
     probe = sr.Model(**{**m.config, "lr": 0.0})
     probe.set_weights(m.get_weights())
     probe.restore_key_state("a", m.key_state("a"))
@@ -115,15 +119,15 @@ def test_last_gradient_is_the_update_that_was_applied(learner, extra):
     # raw targets: every labelled row is learned (standardisation learns from the third target on)
     m = model(learner=learner, optimizer="sgd", lr=0.5, standardize=False, **extra)
     before = m.theta.copy()
-    m.step_many(X[:2], Y[:2])                 # TBPTT(4, 2): one window update at step 2
+    m.step_many(X[:2], Y[:2])  # TBPTT(4, 2): one window update at step 2
     g = m.last_gradient()
-    if learner != "tbptt":                    # the per-step learners updated twice; undo the last one
+    if learner != "tbptt":  # the per-step learners updated twice; undo the last one
         before = m.theta + 0.5 * g
         m.theta[:] = before
         m.step_many(X[2:3], Y[2:3])
         g = m.last_gradient()
     assert np.allclose(m.theta, before - 0.5 * g, rtol=0, atol=1e-15)
-    g[:] = 0                                  # a copy
+    g[:] = 0  # a copy
     assert np.abs(m.last_gradient()).sum() > 0
 
 
@@ -131,7 +135,13 @@ def test_dims_describe_the_model():
     m = sr.Model(cell="lstm", n_inputs=3, n_hidden=4, n_outputs=3, task="classification", seed=7)
     d = m.dims
     assert (d.cell, d.n_inputs, d.n_hidden, d.n_outputs, d.state_size, d.target_width) == (
-        CELL_IDS["lstm"], 3, 4, 3, 8, 1)
+        CELL_IDS["lstm"],
+        3,
+        4,
+        3,
+        8,
+        1,
+    )
     assert (d.n_params_cell, d.n_params, d.seed, d.dtype) == (m.n_params_cell, m.n_params, 7, np.dtype("float64"))
 
 
@@ -148,7 +158,7 @@ def test_registry_lists_and_resolves_learners():
     assert registry.resolve("uoro", CELL_IDS["egru"]) is registry.get("uoro")
     with pytest.raises(ValueError, match="learner must be one of"):
         registry.get("magic")
-    m = sr.Model(cell="egru", n_inputs=2, n_hidden=3)       # exact RTRL on the per-unit layout
+    m = sr.Model(cell="egru", n_inputs=2, n_hidden=3)  # exact RTRL on the per-unit layout
     assert m.learner == "rtrl" and m.config["learner"] == "rtrl"
     assert m._keyed.arrays["influence"].shape[1:] == registry.get("snap1").key_layout(m.dims)[1][1]
 

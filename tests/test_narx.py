@@ -1,5 +1,6 @@
 """Target feedback: the lag buffer each row sees, row by row (interleaved keys, rows without a
 target, eviction), against a plain-Python replay."""
+
 from collections import OrderedDict
 
 import numpy as np
@@ -61,7 +62,7 @@ def test_lag_buffer_row_by_row(task, n_out, k, max_keys):
     assert pre.n_cell_inputs == 2 + lag_inputs(task, n_out, k) == 2 + k * (lag_width(task, n_out) + 1)
     keyed = KeyedState(pre.per_key_layout(), max_keys)
     got = []
-    for lo, hi in ((0, 7), (7, 8), (8, 60)):            # several batches, one key state
+    for lo, hi in ((0, 7), (7, 8), (8, 60)):  # several batches, one key state
         slots, reset = keyed.assign(keys[lo:hi], hi - lo)
         Xa, Ys, has, _ = pre.prepare(X[lo:hi], Y[lo:hi], has_y[lo:hi], slots, reset, keyed.arrays)
         got.append(Xa.copy())
@@ -82,7 +83,7 @@ def test_held_value_and_mask_by_hand():
     m = sr.Model(n_inputs=1, n_hidden=2, target_lags=2, standardize=False)
     m.step_many(np.zeros((4, 1)), [[1.0], None, [3.0], None], keys=["a", "a", "b", "a"])
     np.testing.assert_array_equal(m._keyed.row("lag_values", "a"), [[1.0], [1.0]])
-    np.testing.assert_array_equal(m._keyed.row("lag_observed", "a"), [0.0, 0.0])   # rows 3 and 1 had none
+    np.testing.assert_array_equal(m._keyed.row("lag_observed", "a"), [0.0, 0.0])  # rows 3 and 1 had none
     np.testing.assert_array_equal(m._keyed.row("lag_values", "b"), [[3.0], [0.0]])
     np.testing.assert_array_equal(m._keyed.row("lag_observed", "b"), [1.0, 0.0])
     m.forget("a")

@@ -1,15 +1,31 @@
 """The self-tuning optimizers (``adam_hd``, ``cocob``, ``mechanic``): each update written out in NumPy against the
 compiled kernel, and a save/load continuation that is bit-identical."""
+
 import numpy as np
 import pytest
 
 import streamrnn as sr
-from streamrnn.optim import (COCOB_ALPHA, EPS, HD_LR_MAX, HD_LR_MIN, HYPERGRAD_LR, LR, MECHANIC_BETAS, MECHANIC_EPS,
-                             MECHANIC_LAMBDA, MECHANIC_S_INIT, OPTIMIZER_IDS, WEIGHT_DECAY, optimizer_step,
-                             race_decay, race_select, state_shape)
+from streamrnn.optim import (
+    COCOB_ALPHA,
+    EPS,
+    HD_LR_MAX,
+    HD_LR_MIN,
+    HYPERGRAD_LR,
+    LR,
+    MECHANIC_BETAS,
+    MECHANIC_EPS,
+    MECHANIC_LAMBDA,
+    MECHANIC_S_INIT,
+    OPTIMIZER_IDS,
+    WEIGHT_DECAY,
+    optimizer_step,
+    race_decay,
+    race_select,
+    state_shape,
+)
 from streamrnn.validation import optimizer_settings
 
-P, STEPS = 29, 12          # P not a multiple of 8: the kernels' tail loops run too
+P, STEPS = 29, 12  # P not a multiple of 8: the kernels' tail loops run too
 
 
 def settings(optimizer, lr, weight_decay=0.0):
@@ -28,7 +44,7 @@ def reference_adam_hd(theta, grads, hyper):
             lr = min(max(lr * np.exp(beta * cos), HD_LR_MIN), HD_LR_MAX)
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
-        theta = theta - lr / (1 - b1 ** t) * m / (np.sqrt(v) / np.sqrt(1 - b2 ** t) + eps)
+        theta = theta - lr / (1 - b1**t) * m / (np.sqrt(v) / np.sqrt(1 - b2**t) + eps)
         rates.append(lr)
     return theta, rates
 
@@ -56,12 +72,12 @@ def reference_mechanic(theta, grads, hyper):
         g = grad + wd * theta
         h = (g + MECHANIC_LAMBDA * s.sum() * np.linalg.norm(g) / (np.linalg.norm(theta) + MECHANIC_EPS) * theta) @ delta
         mm = np.maximum(betas * mm, abs(h) + MECHANIC_EPS)
-        vv = betas ** 2 * vv + h * h
+        vv = betas**2 * vv + h * h
         r = betas * r + h * s
         s = (MECHANIC_S_INIT / 6 * mm + np.maximum(r, 0.0)) / (np.sqrt(vv) + MECHANIC_EPS)
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
-        delta = delta + lr / (1 - b1 ** t) * m / (np.sqrt(v) / np.sqrt(1 - b2 ** t) + eps)
+        delta = delta + lr / (1 - b1**t) * m / (np.sqrt(v) / np.sqrt(1 - b2**t) + eps)
         theta = x0 - s.sum() * delta
     return theta, s
 
@@ -76,14 +92,14 @@ def correlated_gradients(seed):
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_adam_hd_matches_numpy(weight_decay):
     hyper = settings("adam_hd", 1e-2, weight_decay)
-    hyper[HYPERGRAD_LR] = 0.3                   # large, so the rate visibly changes over 12 steps
+    hyper[HYPERGRAD_LR] = 0.3  # large, so the rate visibly changes over 12 steps
     theta0 = np.random.default_rng(1).standard_normal(P)
     grads = correlated_gradients(2)
     theta, state = theta0.copy(), np.zeros(state_shape("adam_hd", P))
     for t, g in enumerate(grads, start=1):
         optimizer_step(OPTIMIZER_IDS["adam_hd"], theta, g.copy(), state, t, hyper)
     want, rates = reference_adam_hd(theta0, grads, hyper)
-    assert abs(rates[-1] / rates[0] - 1) > 0.1          # the mechanism did something
+    assert abs(rates[-1] / rates[0] - 1) > 0.1  # the mechanism did something
     np.testing.assert_allclose(state[2, 0], rates[-1], rtol=1e-12, atol=0)
     np.testing.assert_allclose(theta, want, rtol=1e-12, atol=1e-14)
 
@@ -102,16 +118,16 @@ def test_cocob_matches_numpy(weight_decay):
     hyper = settings("cocob", 0.0, weight_decay)
     theta0 = np.random.default_rng(5).standard_normal(P)
     rng = np.random.default_rng(6)
-    grads = [rng.standard_normal(P) * (1 + t % 3) for t in range(STEPS)]    # alternating signs: Reward moves
+    grads = [rng.standard_normal(P) * (1 + t % 3) for t in range(STEPS)]  # alternating signs: Reward moves
     theta, state = theta0.copy(), np.zeros(state_shape("cocob", P))
     for t, g in enumerate(grads, start=1):
         optimizer_step(OPTIMIZER_IDS["cocob"], theta, g.copy(), state, t, hyper)
     np.testing.assert_allclose(theta, reference_cocob(theta0, grads, hyper), rtol=1e-12, atol=1e-14)
-    assert np.array_equal(state[0], theta0)                                    # w_1 kept
+    assert np.array_equal(state[0], theta0)  # w_1 kept
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-@pytest.mark.parametrize("n_params", [P, 5])        # 5: the 24 scalars spill over five rows
+@pytest.mark.parametrize("n_params", [P, 5])  # 5: the 24 scalars spill over five rows
 def test_mechanic_matches_numpy(weight_decay, n_params):
     hyper = settings("mechanic", 1e-2, weight_decay)
     theta0 = np.random.default_rng(8).standard_normal(n_params)
@@ -120,7 +136,7 @@ def test_mechanic_matches_numpy(weight_decay, n_params):
     for t, g in enumerate(grads, start=1):
         optimizer_step(OPTIMIZER_IDS["mechanic"], theta, g.copy(), state, t, hyper)
     want, s = reference_mechanic(theta0, grads, hyper)
-    assert s.sum() > 5 * 6 * MECHANIC_S_INIT                       # the scale was learned
+    assert s.sum() > 5 * 6 * MECHANIC_S_INIT  # the scale was learned
     np.testing.assert_allclose(state[4:].ravel()[:6], s, rtol=1e-12, atol=0)
     np.testing.assert_allclose(theta, want, rtol=1e-12, atol=1e-14)
 
@@ -163,8 +179,8 @@ def test_race_select_matches_numpy_and_is_chunk_invariant():
     rng = np.random.default_rng(10)
     K, N = 3, 400
     losses = rng.exponential(1.0, (K, N)) * np.array([[1.2], [1.0], [1.1]])
-    losses[:, rng.random(N) < 0.1] = np.nan                      # rows without a target
-    losses[2, 300] = np.inf                                       # member 2 diverges
+    losses[:, rng.random(N) < 0.1] = np.nan  # rows without a target
+    losses[2, 300] = np.inf  # member 2 diverges
     decay = race_decay(50)
     want_picked, want_scores = reference_race(losses, decay)
     scores, picked = np.zeros(K), np.empty(N, np.int64)
@@ -172,6 +188,6 @@ def test_race_select_matches_numpy_and_is_chunk_invariant():
     assert np.array_equal(picked, want_picked) and set(picked[301:]) <= {0, 1}
     np.testing.assert_allclose(scores, want_scores, rtol=1e-12)
     chunked_scores, chunked = np.zeros(K), np.empty(N, np.int64)
-    for a in range(0, N, 37):                                     # the scores are the only state
-        race_select(np.ascontiguousarray(losses[:, a:a + 37]), chunked_scores, decay, chunked[a:a + 37])
+    for a in range(0, N, 37):  # the scores are the only state
+        race_select(np.ascontiguousarray(losses[:, a : a + 37]), chunked_scores, decay, chunked[a : a + 37])
     assert np.array_equal(chunked, picked) and np.array_equal(chunked_scores, scores)

@@ -1,5 +1,6 @@
 """Model with online standardisation and target feedback: exactness (RTRL == BPTT, finite
 differences over the whole pipeline written out here), units, save/load and replay bit-identity."""
+
 import math
 
 import numpy as np
@@ -63,8 +64,8 @@ def ref_gru_loss(weights, Xa, Ys, learn):
     total = 0.0
     for t in range(Xa.shape[0]):
         gi, gh = W_ih @ Xa[t] + b_ih, W_hh @ h + b_hh
-        r, z = sigmoid(gi[:n] + gh[:n]), sigmoid(gi[n:2 * n] + gh[n:2 * n])
-        c = np.tanh(gi[2 * n:] + r * gh[2 * n:])
+        r, z = sigmoid(gi[:n] + gh[:n]), sigmoid(gi[n : 2 * n] + gh[n : 2 * n])
+        c = np.tanh(gi[2 * n :] + r * gh[2 * n :])
         h = (1 - z) * c + z * h
         y = weights["readout.weight"] @ h + weights["readout.bias"]
         if learn[t]:
@@ -73,8 +74,17 @@ def ref_gru_loss(weights, Xa, Ys, learn):
 
 
 def warmed_model(k, standardize=True, n_out=1, **kw):
-    m = sr.Model(cell="gru", n_inputs=2, n_hidden=4, n_outputs=n_out, target_lags=k, standardize=standardize,
-                 lr=1e-2, seed=3, **kw)
+    m = sr.Model(
+        cell="gru",
+        n_inputs=2,
+        n_hidden=4,
+        n_outputs=n_out,
+        target_lags=k,
+        standardize=standardize,
+        lr=1e-2,
+        seed=3,
+        **kw,
+    )
     X, Y = raw_stream(150)
     m.step_many(X, np.tile(Y, (1, n_out)) if n_out > 1 else Y)
     return m
@@ -85,7 +95,7 @@ def warmed_model(k, standardize=True, n_out=1, **kw):
 def test_transform_is_the_pipeline_written_out(k):
     m = warmed_model(k)
     X, Y = raw_stream(40, seed=5)
-    X[17, 0] = 1e7                                   # an outlier: winsorised and clipped
+    X[17, 0] = 1e7  # an outlier: winsorised and clipped
     has_y = np.ones(40, bool)
     has_y[[3, 4, 20]] = False
     Yn = np.where(has_y[:, None], Y, np.nan)
@@ -109,9 +119,12 @@ def test_rtrl_equals_bptt_and_finite_differences_over_the_pipeline(k, fresh):
     g_rtrl = m.gradient(X, Yn, method="rtrl")
     g_bptt = m.gradient(X, Yn, method="bptt")
     g_tbptt = m.gradient(X, Yn, method="tbptt", truncation=25)
-    np.testing.assert_array_equal(m._pre.x_stats, stats_before[0])   # gradient() commits nothing
+    np.testing.assert_array_equal(m._pre.x_stats, stats_before[0])  # gradient() commits nothing
     np.testing.assert_array_equal(m._pre.y_stats, stats_before[1])
-    flat = lambda g: np.concatenate([g[name].ravel() for name in g])
+
+    def flat(g):
+        return np.concatenate([g[name].ravel() for name in g])
+
     scale = np.abs(flat(g_bptt)).max()
     assert scale > 0
     assert np.abs(flat(g_rtrl) - flat(g_bptt)).max() <= 1e-9 * scale
@@ -151,7 +164,7 @@ def test_predictions_and_losses_in_target_units():
     out, loss = m.step_many(X, Y, return_loss=True)
     assert np.isfinite(out).all() and np.isfinite(loss).all()
     np.testing.assert_allclose(loss, 0.5 * ((out - Y) ** 2).sum(axis=1), rtol=1e-12)
-    assert abs(np.median(out[100:]) - np.median(Y[100:])) < 3 * Y.std()   # in the target's units
+    assert abs(np.median(out[100:]) - np.median(Y[100:])) < 3 * Y.std()  # in the target's units
 
 
 def test_no_nan_on_constant_and_early_streams():
@@ -176,7 +189,7 @@ def test_outlier_burst_keeps_predictions_sane():
     out = m.step_many(X[1520:], Y[1520:])
     after_x, after_y = np.sqrt(m._pre.x_stats[2] / m._pre.x_stats[0]), np.sqrt(m._pre.y_stats[2] / m._pre.y_stats[0])
     assert (after_x / scale_x < 1.25).all() and (after_y / scale_y < 1.25).all()
-    assert np.abs(out).max() < 5.0                           # the signal is in [-1.4, 1.4]
+    assert np.abs(out).max() < 5.0  # the signal is in [-1.4, 1.4]
     assert np.mean((out[-500:] - Y[-500:]) ** 2) < 0.1 * np.var(Y[-500:]) + 0.05
 
 
@@ -190,13 +203,31 @@ def test_off_and_zero_lags_is_the_plain_learner():
     out, loss = m.step_many(X, Y, return_loss=True)
     theta, opt_state, counters = theta0.copy(), np.zeros((2, m.n_params)), np.zeros_like(m.counters)
     H, Ms = np.zeros((1, m._state_size)), np.zeros((1, m._state_size, m.n_params_cell))
-    ws = tuple(_rtrl.make_workspace(m.dims))          # the learner kernel's API: dims in, plain tuples out
+    ws = tuple(_rtrl.make_workspace(m.dims))  # the learner kernel's API: dims in, plain tuples out
     out2, loss2 = np.empty_like(out), np.empty_like(loss)
     reset = np.zeros(120, bool)
     reset[0] = True
-    _rtrl.rtrl_step_many(m._cell, m._task, m._opt, 2, 4, 1, theta, opt_state, m.hyper, counters, (H, Ms),
-                         np.ascontiguousarray(X), np.ascontiguousarray(Y), np.ones(120, bool),
-                         np.zeros(120, np.int64), reset, ws, out2, loss2)
+    _rtrl.rtrl_step_many(
+        m._cell,
+        m._task,
+        m._opt,
+        2,
+        4,
+        1,
+        theta,
+        opt_state,
+        m.hyper,
+        counters,
+        (H, Ms),
+        np.ascontiguousarray(X),
+        np.ascontiguousarray(Y),
+        np.ones(120, bool),
+        np.zeros(120, np.int64),
+        reset,
+        ws,
+        out2,
+        loss2,
+    )
     np.testing.assert_array_equal(out, out2)
     np.testing.assert_array_equal(loss, loss2)
     np.testing.assert_array_equal(m.theta, theta)
@@ -227,8 +258,20 @@ def keyed_stream(n=240, seed=0):
 @pytest.mark.parametrize("k,std", [(2, True), (1, False), (0, True)])
 def test_save_load_and_batch_split_are_bit_identical(tmp_path, learner, kw, k, std):
     X, Y, keys = keyed_stream()
-    make = lambda: sr.Model(cell="gru", n_inputs=2, n_hidden=4, learner=learner, target_lags=k,
-                            standardize=std, max_keys=3, seed=5, **kw)
+
+    def make():
+        return sr.Model(
+            cell="gru",
+            n_inputs=2,
+            n_hidden=4,
+            learner=learner,
+            target_lags=k,
+            standardize=std,
+            max_keys=3,
+            seed=5,
+            **kw,
+        )
+
     a = make()
     out_a = a.step_many(X, Y, keys)
     b = make()
@@ -237,7 +280,7 @@ def test_save_load_and_batch_split_are_bit_identical(tmp_path, learner, kw, k, s
     b = sr.Model.load(tmp_path / "m.ckpt")
     out_b.append(b.step_many(X[100:], Y[100:], keys[100:]))
     c = make()
-    out_c = [c.step_many(X[i:i + 7], Y[i:i + 7], keys[i:i + 7]) for i in range(0, len(X), 7)]
+    out_c = [c.step_many(X[i : i + 7], Y[i : i + 7], keys[i : i + 7]) for i in range(0, len(X), 7)]
     np.testing.assert_array_equal(out_a, np.vstack(out_b))
     np.testing.assert_array_equal(out_a, np.vstack(out_c))
     sa, sb = a.state_arrays()[0], b.state_arrays()[0]

@@ -1,6 +1,7 @@
 """``Model(optimizer="race")``: K Adam members at rates lr * RACE_FACTORS, each row reported by the member
 whose discounted prequential loss was lowest before it. Checked against the race written out here in
 NumPy over K independently constructed single-rate Adam Models on the same stream."""
+
 import numpy as np
 import pytest
 
@@ -12,8 +13,20 @@ K = len(RACE_FACTORS)
 
 
 def config(**kw):
-    base = dict(cell="gru", n_inputs=2, n_hidden=4, n_outputs=1, task="regression", learner="rtrl", lr=0.02,
-                clip=1.0, seed=3, dtype="float64", standardize=True, target_lags=1)
+    base = dict(
+        cell="gru",
+        n_inputs=2,
+        n_hidden=4,
+        n_outputs=1,
+        task="regression",
+        learner="rtrl",
+        lr=0.02,
+        clip=1.0,
+        seed=3,
+        dtype="float64",
+        standardize=True,
+        target_lags=1,
+    )
     base.update(kw)
     return base
 
@@ -24,10 +37,10 @@ def stream(n, task="regression", n_keys=1, seed=0, n_outputs=1):
     X = np.stack([np.sin(t / 7.0), np.cos(t / 3.0)], axis=1) * 3.0 + 10.0 + 0.1 * rng.standard_normal((n, 2))
     if task == "regression":
         Y = (np.roll(X[:, :1], -1, axis=0) * 2.0 - 5.0).astype(float)
-        Y[rng.random(n) < 0.15] = np.nan             # rows without target
+        Y[rng.random(n) < 0.15] = np.nan  # rows without target
         Y = Y.tolist()
     elif task == "classification":
-        Y = ((X[:, 0] > 10.0).astype(float) + (X[:, 1] > 10.0))
+        Y = (X[:, 0] > 10.0).astype(float) + (X[:, 1] > 10.0)
         Y[rng.random(n) < 0.15] = np.nan
     else:
         Y = (X[:, 0] > 10.0).astype(float)
@@ -50,7 +63,7 @@ class ReferenceRace:
         outs, losses = np.stack(outs), np.stack(losses)
         picks = np.empty(len(X), np.int64)
         for t in range(len(X)):
-            picks[t] = int(np.argmin(self.scores))           # first minimum: ties to the lower index
+            picks[t] = int(np.argmin(self.scores))  # first minimum: ties to the lower index
             finite = np.isfinite(losses[:, t])
             if finite.any():
                 self.scores = self.decay * self.scores + np.where(finite, losses[:, t], np.inf)
@@ -81,14 +94,17 @@ def feed(model, X, Y, keys, sizes):
     return np.concatenate(outs), np.concatenate(losses)
 
 
-@pytest.mark.parametrize("task,n_outputs,extra", [
-    ("regression", 1, {}),
-    ("regression", 1, dict(standardize=False, target_lags=0)),
-    ("classification", 3, {}),
-    ("binary", 1, dict(learner="tbptt", truncation=4)),
-    ("regression", 1, dict(cell="lstm", learner="snap1", readout_skip=True)),
-    ("regression", 1, dict(dtype="float32", learner="uoro")),
-])
+@pytest.mark.parametrize(
+    "task,n_outputs,extra",
+    [
+        ("regression", 1, {}),
+        ("regression", 1, dict(standardize=False, target_lags=0)),
+        ("classification", 3, {}),
+        ("binary", 1, dict(learner="tbptt", truncation=4)),
+        ("regression", 1, dict(cell="lstm", learner="snap1", readout_skip=True)),
+        ("regression", 1, dict(dtype="float32", learner="uoro")),
+    ],
+)
 def test_race_equals_numpy_race_over_independent_models(task, n_outputs, extra):
     cfg = config(task=task, n_outputs=n_outputs, max_keys=2, **extra)
     X, Y, keys = stream(600, task, n_keys=3)
@@ -151,8 +167,9 @@ def test_save_load_mid_stream_continues_bit_identically(tmp_path):
     b = sr.Model.load(tmp_path / "race.ckpt")
     assert b.race and b.config == a.config
     np.testing.assert_array_equal(b.race_scores, a.race_scores)
-    c = sr.Model(optimizer="race", **cfg)          # load_state into a fresh model through allocate_for_load
+    c = sr.Model(optimizer="race", **cfg)  # load_state into a fresh model through allocate_for_load
     from streamrnn import checkpoint
+
     arrays, meta = checkpoint.load(tmp_path / "race.ckpt", allocate=c.allocate_for_load)
     c.load_state(arrays, meta)
     rest = (X[300:], Y[300:], keys[300:], [1, 25, 70])
@@ -232,7 +249,7 @@ def test_race_shapes_and_default_stays_adam():
     assert m.config["optimizer"] == "adam" and not m.race and m.theta.shape == (m.n_params,)
     r = sr.Model(n_inputs=2, n_hidden=3, optimizer="race", lr=1e-3)
     assert r.theta.shape == (K, r.n_params) and r.opt_state.shape[0] == K and r.counters.shape[0] == K
-    np.testing.assert_array_equal(r.theta[0], m.theta)                # same seed, same initial weights
+    np.testing.assert_array_equal(r.theta[0], m.theta)  # same seed, same initial weights
     np.testing.assert_allclose(r.hyper[:, 0], [1e-3 * f for f in RACE_FACTORS])
     assert "race" in repr(r)
 
@@ -244,17 +261,20 @@ def test_race_one_sample_apply_rows_path_matches_step_many():
     out, losses = np.empty((1, 1)), np.empty(1)
     got = []
     for i in range(len(X)):
-        a.apply_rows(*a.validate_rows(X[i:i + 1], [Y[i]]), out, losses)
+        a.apply_rows(*a.validate_rows(X[i : i + 1], [Y[i]]), out, losses)
         got.append(out[0, 0])
     np.testing.assert_array_equal(np.array(got), b.step_many(X, Y)[:, 0])
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(momentum=0.9), "momentum"),
-    (dict(optimizer="racing"), "race"),
-    (dict(lr=-1.0), "lr"),
-    (dict(lr=float("nan")), "lr"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(momentum=0.9), "momentum"),
+        (dict(optimizer="racing"), "race"),
+        (dict(lr=-1.0), "lr"),
+        (dict(lr=float("nan")), "lr"),
+    ],
+)
 def test_bad_race_configs_are_refused(kw, match):
     args = dict(n_inputs=1, n_hidden=2, optimizer="race")
     args.update(kw)
@@ -264,6 +284,7 @@ def test_bad_race_configs_are_refused(kw, match):
 
 def test_partitioned_shared_mode_runs_a_race_on_shared_member_arrays():
     from streamrnn.partitioned import PartitionedModel
+
     cfg = config(optimizer="race")
     X, Y, _ = stream(200, seed=4)
     Y = np.asarray(Y, dtype=float)
@@ -275,7 +296,7 @@ def test_partitioned_shared_mode_runs_a_race_on_shared_member_arrays():
         np.testing.assert_array_equal(loss, loss_ref)
     assert parts.model("t:0").theta is parts.shared.theta
     np.testing.assert_array_equal(parts.parameters, plain.theta)
-    parts.step_many(X[:5], Y[:5], [None] * 5, ["t:1"] * 5)      # a second partition moves the shared rows
+    parts.step_many(X[:5], Y[:5], [None] * 5, ["t:1"] * 5)  # a second partition moves the shared rows
     assert parts.model("t:1").theta is parts.shared.theta
     assert not np.array_equal(parts.parameters, plain.theta)
 
@@ -290,6 +311,7 @@ def test_flat_parameters_is_the_leaders_row_and_optimizers_elsewhere_refuse_race
     adam = sr.Model(optimizer="adam", **cfg)
     assert adam.flat_parameters is adam.theta
     from streamrnn.validation import optimizer_settings
+
     with pytest.raises(ValueError, match="optimizer must be one of"):
         optimizer_settings("race", 1e-3, None, (0.9, 0.999), 1e-8, 0.0, 0.0)
 
@@ -297,6 +319,7 @@ def test_flat_parameters_is_the_leaders_row_and_optimizers_elsewhere_refuse_race
 def test_pickle_and_deepcopy_continue_identically():
     import copy
     import pickle
+
     cfg = config()
     X, Y, keys = stream(300, n_keys=2, seed=6)
     a = sr.Model(optimizer="race", **cfg)
@@ -311,6 +334,7 @@ def test_pickle_and_deepcopy_continue_identically():
 
 def test_partitioned_shared_mode_save_and_load_continue_identically():
     from streamrnn.partitioned import PartitionedModel
+
     cfg = config(optimizer="race")
     X, Y, _ = stream(240, seed=7)
     Y = np.asarray(Y, dtype=float)

@@ -1,5 +1,6 @@
 """The readout skip connection ŷ = W_out h + S x + b_out: gradients of every learner against full BPTT,
 finite differences and a NumPy forward pass; initialisation, checkpoints and weights by name."""
+
 import numpy as np
 import pytest
 
@@ -19,8 +20,16 @@ READOUT = ("readout.weight", "readout.bias", "readout.skip_weight")
 def make_model(cell, task, seed=0, **kw):
     """The tests using this check the equations on the raw inputs: standardisation off."""
     kw.setdefault("standardize", False)
-    model = sr.Model(cell=cell, n_inputs=N_INPUTS, n_hidden=N_HIDDEN, n_outputs=N_OUTPUTS[task], task=task,
-                     seed=seed, readout_skip=True, **kw)
+    model = sr.Model(
+        cell=cell,
+        n_inputs=N_INPUTS,
+        n_hidden=N_HIDDEN,
+        n_outputs=N_OUTPUTS[task],
+        task=task,
+        seed=seed,
+        readout_skip=True,
+        **kw,
+    )
     # skip weights start at zero; random ones make the checks below see them
     w = model.get_weights()
     w["readout.skip_weight"] = np.random.default_rng(seed + 100).uniform(-0.5, 0.5, w["readout.skip_weight"].shape)
@@ -44,9 +53,16 @@ def test_rtrl_equals_bptt_equals_finite_differences_with_skip(cell, task):
     assert np.abs(g_rtrl["readout.skip_weight"]).max() > 0
 
 
-@pytest.mark.parametrize("method, kw", [("snap1", {}), ("uoro", {}), ("tbptt", {"truncation": 5}),
-                                        ("tbptt", {"truncation": 5, "stride": 2}),
-                                        ("tbptt", {"truncation": N_STEPS})])
+@pytest.mark.parametrize(
+    "method, kw",
+    [
+        ("snap1", {}),
+        ("uoro", {}),
+        ("tbptt", {"truncation": 5}),
+        ("tbptt", {"truncation": 5, "stride": 2}),
+        ("tbptt", {"truncation": N_STEPS}),
+    ],
+)
 @pytest.mark.parametrize("cell", CELLS)
 def test_every_learner_has_the_exact_readout_gradient(cell, method, kw):
     """The readout (skip included) reads the states of the forward pass only, which every learner
@@ -85,8 +101,9 @@ def test_sgd_step_moves_the_skip_weights_by_the_gradient():
     before = model.get_weights()
     pred = model.step(X[0], Y[0])
     after = model.get_weights()
-    np.testing.assert_allclose(after["readout.skip_weight"],
-                               before["readout.skip_weight"] - lr * np.outer(pred - Y[0], X[0]), rtol=1e-12)
+    np.testing.assert_allclose(
+        after["readout.skip_weight"], before["readout.skip_weight"] - lr * np.outer(pred - Y[0], X[0]), rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -110,15 +127,17 @@ def test_checkpoint_holds_the_skip_weights_and_continues_bit_identically(learner
     Y = (X @ [1.0, -2.0, 0.5])[:, None]
     keys = [t % 3 for t in range(300)]
     kw = dict(truncation=4) if learner == "tbptt" else {}
-    a = sr.Model(cell="gru", n_inputs=N_INPUTS, n_hidden=N_HIDDEN, learner=learner, lr=0.02, readout_skip=True,
-                 seed=1, **kw)
+    a = sr.Model(
+        cell="gru", n_inputs=N_INPUTS, n_hidden=N_HIDDEN, learner=learner, lr=0.02, readout_skip=True, seed=1, **kw
+    )
     a.step_many(X[:150], Y[:150], keys[:150])
     arrays, meta = a.state_arrays()
     assert meta["config"]["readout_skip"] is True
     a.save(tmp_path / "m.ckpt")
     b = sr.Model.load(tmp_path / "m.ckpt")
-    assert b.readout_skip and np.array_equal(b.get_weights()["readout.skip_weight"],
-                                             a.get_weights()["readout.skip_weight"])
+    assert b.readout_skip and np.array_equal(
+        b.get_weights()["readout.skip_weight"], a.get_weights()["readout.skip_weight"]
+    )
     assert np.array_equal(a.step_many(X[150:], Y[150:], keys[150:]), b.step_many(X[150:], Y[150:], keys[150:]))
     assert np.array_equal(a.theta, b.theta) and np.array_equal(a.opt_state, b.opt_state)
 

@@ -1,4 +1,5 @@
 """River estimators: river's own checks, plus exact behaviour against independent computations."""
+
 import copy
 import math
 import pickle
@@ -56,14 +57,14 @@ PARAMS = dict(cell="gru", n_hidden=5, lr=0.03, clip=1.0, seed=3)
 # ---------------------------------------------------------------------------- regressor
 def test_regressor_matches_model_bit_for_bit_and_predict_is_pure():
     reg = RNNRegressor(n_inputs=3, **PARAMS)
-    m = sr.Model(n_inputs=3, n_outputs=1, task="regression", target_lags=1, baseline="last", **PARAMS)   # the defaults
+    m = sr.Model(n_inputs=3, n_outputs=1, task="regression", target_lags=1, baseline="last", **PARAMS)  # the defaults
     # registration by first appearance: b at t=0 (a is dropped then), a at t=1, c at t=5; d (t=10) finds no free slot
     order = ["b", "a", "c"]
     for t, (x, y) in enumerate(_stream(40)):
         if t > 0:
             before = pickle.dumps(reg)
             p = reg.predict_one(x)
-            assert pickle.dumps(reg) == before               # predict_one changes nothing
+            assert pickle.dumps(reg) == before  # predict_one changes nothing
             known = {k: v for k, v in x.items() if k in reg.features}
             assert p == m.peek(_mapped(known, order))[0]
         reg.learn_one(x, y)
@@ -77,8 +78,9 @@ def test_regressor_matches_model_bit_for_bit_and_predict_is_pure():
 def test_regressor_with_readout_skip_matches_model_bit_for_bit():
     """ŷ = W_out h + S x + b through the estimator: the same predictions and weights as the Model."""
     reg = RNNRegressor(n_inputs=3, readout_skip=True, **PARAMS)
-    m = sr.Model(n_inputs=3, n_outputs=1, task="regression", readout_skip=True, target_lags=1, baseline="last",
-                 **PARAMS)
+    m = sr.Model(
+        n_inputs=3, n_outputs=1, task="regression", readout_skip=True, target_lags=1, baseline="last", **PARAMS
+    )
     order = ["b", "a", "c"]
     for t, (x, y) in enumerate(_stream(40)):
         if t > 0:
@@ -87,7 +89,7 @@ def test_regressor_with_readout_skip_matches_model_bit_for_bit():
         reg.learn_one(x, y)
         m.step(_mapped(x, order), [y])
     w = reg.model.get_weights()
-    assert np.abs(w["readout.skip_weight"]).max() > 0          # the skip path learned
+    assert np.abs(w["readout.skip_weight"]).max() > 0  # the skip path learned
     for name, v in m.get_weights().items():
         np.testing.assert_array_equal(w[name], v)
     twin = pickle.loads(pickle.dumps(reg))
@@ -107,18 +109,21 @@ def test_dict_order_never_matters():
 def test_feature_width_missing_and_bad_values():
     reg = RNNRegressor(n_inputs=2, n_hidden=3)
     reg.learn_one({"z": 1.0, "y": 2.0, "x": 3.0, "when": "monday"}, 1.0)
-    assert reg.features == ["x", "y"]              # sorted within the sample, width 2; z and the str ignored
+    assert reg.features == ["x", "y"]  # sorted within the sample, width 2; z and the str ignored
     theta = reg.model.theta.copy()
     h = reg.model.hidden_state()
     with pytest.raises(ValueError):
         reg.learn_one({"x": float("nan")}, 1.0)
     with pytest.raises(ValueError):
         reg.learn_one({"x": "oops"}, 1.0)
-    np.testing.assert_array_equal(reg.model.theta, theta)     # nothing changed
+    np.testing.assert_array_equal(reg.model.theta, theta)  # nothing changed
     np.testing.assert_array_equal(reg.model.hidden_state(), h)
     # missing and None read as 0; unknown features never change a prediction
-    assert reg.predict_one({"y": 2.0}) == reg.predict_one({"x": 0.0, "y": 2.0, "q": 5.0}) \
+    assert (
+        reg.predict_one({"y": 2.0})
+        == reg.predict_one({"x": 0.0, "y": 2.0, "q": 5.0})
         == reg.predict_one({"x": None, "y": 2.0})
+    )
     assert reg.predict_one({"y": 2.0}) == reg.model.peek([0.0, 2.0])[0]
 
 
@@ -131,13 +136,13 @@ def test_per_key_states_are_independent_and_bounded():
         m.step([x["u"], x["v"]], [y], key=x["id"])
     assert reg.features == ["u", "v"] and reg.model.keys == ["a", "b"]
     ha = reg.model.hidden_state("a")
-    reg.learn_one({"id": "b", "u": 1.0, "v": 1.0}, 0.5)              # learning on b moves b only
+    reg.learn_one({"id": "b", "u": 1.0, "v": 1.0}, 0.5)  # learning on b moves b only
     np.testing.assert_array_equal(reg.model.hidden_state("a"), ha)
     assert not np.array_equal(reg.model.hidden_state("b"), m.hidden_state("b"))
     m.step([1.0, 1.0], [0.5], key="b")
     np.testing.assert_array_equal(reg.model.hidden_state("b"), m.hidden_state("b"))
     np.testing.assert_array_equal(reg.model.theta, m.theta)
-    reg.learn_one({"id": "c", "u": 0.0, "v": 0.0}, 0.0)            # evicts a (least recently used)
+    reg.learn_one({"id": "c", "u": 0.0, "v": 0.0}, 0.0)  # evicts a (least recently used)
     assert reg.model.keys == ["b", "c"]
     # a key seen only at predict time predicts from a zero state and an empty lag buffer
     z = copy.deepcopy(reg.model)
@@ -186,8 +191,8 @@ def test_binary_classifier_keys_and_probabilities():
     p = clf.predict_proba_one({"a": 1.0})
     assert set(p) == {False, True} and p[True] + p[False] == 1.0
     m = sr.Model(n_inputs=4, n_hidden=3, n_outputs=1, task="binary", lr=0.01, clip=1.0, seed=1)
-    assert p[True] == m.peek([0.0, 0, 0, 0])[0]          # "a" is not registered by predict_one
-    for t, (x, y) in enumerate(datasets.Phishing().take(50)):
+    assert p[True] == m.peek([0.0, 0, 0, 0])[0]  # "a" is not registered by predict_one
+    for x, y in datasets.Phishing().take(50):
         p = clf.predict_proba_one(x)
         assert set(p) == {False, True} and math.isclose(sum(p.values()), 1.0)
         clf.learn_one(x, y)
@@ -213,7 +218,7 @@ def test_multiclass_new_class_mid_stream():
                 assert math.isclose(p[lab2], full[idx[lab2]] / sum(full[idx[k]] for k in known), rel_tol=1e-12)
         clf.learn_one(x, lab)
         m.step([x["u"], x["v"]], [idx[lab]] if lab in idx else None)
-    assert clf.classes == ["x", "y", "z"] and clf.n_dropped_labels == 1   # "w": no free output
+    assert clf.classes == ["x", "y", "z"] and clf.n_dropped_labels == 1  # "w": no free output
     np.testing.assert_array_equal(clf.model.theta, m.theta)
     assert clf.predict_one({"u": 0.0, "v": 1.0}) in {"x", "y", "z"}
 
@@ -229,8 +234,8 @@ def _gru_numpy(w, x, h):
     gi = w["weight_ih_l0"] @ x + w["bias_ih_l0"]
     gh = w["weight_hh_l0"] @ h + w["bias_hh_l0"]
     r = _sigmoid(gi[:n] + gh[:n])
-    z = _sigmoid(gi[n:2 * n] + gh[n:2 * n])
-    c = np.tanh(gi[2 * n:] + r * gh[2 * n:])
+    z = _sigmoid(gi[n : 2 * n] + gh[n : 2 * n])
+    c = np.tanh(gi[2 * n :] + r * gh[2 * n :])
     return (1 - z) * c + z * h
 
 
@@ -249,14 +254,15 @@ def test_forecast_is_recursive_and_pure(readout_skip):
     """forecast(h) feeds its own forecasts back as lag 1: the same as stepping a frozen copy of the
     Model with each forecast as the observed target (standardize off, so no statistics move)."""
     series = [float(v) for _, v in datasets.AirlinePassengers().take(40)]
-    fc = RNNForecaster(n_hidden=4, n_inputs=1, lr=0.02, seed=5, readout_skip=readout_skip, standardize=False,
-                       target_lags=2)
+    fc = RNNForecaster(
+        n_hidden=4, n_inputs=1, lr=0.02, seed=5, readout_skip=readout_skip, standardize=False, target_lags=2
+    )
     for t, y in enumerate(series):
         fc.learn_one(y / 100.0, {"trend": t / 40.0, "month": "ignored"})
     state = pickle.dumps(fc)
     xs = [{"trend": (40 + h) / 40.0} for h in range(6)]
     got = fc.forecast(6, xs)
-    assert pickle.dumps(fc) == state                     # forecasting changes nothing
+    assert pickle.dumps(fc) == state  # forecasting changes nothing
     assert fc.forecast(6, xs) == got
     assert readout_skip == ("readout.skip_weight" in fc.model.get_weights())
     twin = _frozen_twin(fc.model)
@@ -280,7 +286,7 @@ def test_forecast_one_step_is_the_next_learn_prediction_with_standardisation():
         m.step([t / 50.0], [y], key="a")
     np.testing.assert_array_equal(fc.model.theta, m.theta)
     f = fc.forecast(3, [{"id": "a", "trend": 1.0}])
-    assert len(f) == 3 and 60 < f[0] < 140 and f[1] != f[0]     # in the series' units; recursive
+    assert len(f) == 3 and 60 < f[0] < 140 and f[1] != f[0]  # in the series' units; recursive
 
 
 def test_forecaster_learns_like_model_with_target_feedback():
@@ -289,7 +295,7 @@ def test_forecaster_learns_like_model_with_target_feedback():
     m = sr.Model(n_inputs=1, n_hidden=3, lr=0.05, clip=1.0, seed=2, standardize=False, target_lags=1)
     for y in series:
         fc.learn_one(y)
-        m.step([0.0], [y])                  # no exogenous feature: one input that reads 0
+        m.step([0.0], [y])  # no exogenous feature: one input that reads 0
     np.testing.assert_array_equal(fc.model.theta, m.theta)
     np.testing.assert_array_equal(fc.model.hidden_state(), m.hidden_state())
     # one step ahead equals Model.peek: the last observation is in the lag buffer
@@ -302,7 +308,7 @@ def test_forecaster_keys_are_bounded():
     fc = RNNForecaster(n_hidden=2, n_inputs=1, key="id", max_keys=2)
     for t, k in enumerate(["a", "b", "c", "a"]):
         fc.learn_one(float(t), {"id": k, "v": 1.0})
-    assert fc.model.keys == ["c", "a"]          # the last observations live (and go) with the state
+    assert fc.model.keys == ["c", "a"]  # the last observations live (and go) with the state
     assert len(fc.forecast(3, [{"id": "a", "v": 1.0}])) == 3
 
 
@@ -310,17 +316,23 @@ def test_regressor_and_classifier_see_the_previous_target():
     """predict_one after learn_one(x, y) uses y: the same x after different targets predicts differently,
     exactly as Model.peek with the target fed back."""
     for make, model_kw, ys in [
-            (lambda: RNNRegressor(n_inputs=2, key="k", **PARAMS), dict(task="regression", baseline="last"),
-             [1.0, -3.0]),
-            (lambda: RNNClassifier(n_inputs=2, key="k", target_lags=1, **PARAMS), dict(task="binary"), [True, False]),
-            (lambda: RNNClassifier(n_inputs=2, n_classes=3, key="k", target_lags=1, **PARAMS),
-             dict(task="classification", n_outputs=3), ["x", "y"])]:
+        (lambda: RNNRegressor(n_inputs=2, key="k", **PARAMS), dict(task="regression", baseline="last"), [1.0, -3.0]),
+        (lambda: RNNClassifier(n_inputs=2, key="k", target_lags=1, **PARAMS), dict(task="binary"), [True, False]),
+        (
+            lambda: RNNClassifier(n_inputs=2, n_classes=3, key="k", target_lags=1, **PARAMS),
+            dict(task="classification", n_outputs=3),
+            ["x", "y"],
+        ),
+    ]:
         preds = []
         for y in ys:
             est = make()
             m = sr.Model(n_inputs=2, target_lags=1, **model_kw, **PARAMS)
-            rows = [({"k": "a", "u": 0.5, "v": -0.1}, ys[0]), ({"k": "a", "u": 0.4, "v": 0.0}, ys[1]),
-                    ({"k": "a", "u": -0.2, "v": 0.3}, y)]
+            rows = [
+                ({"k": "a", "u": 0.5, "v": -0.1}, ys[0]),
+                ({"k": "a", "u": 0.4, "v": 0.0}, ys[1]),
+                ({"k": "a", "u": -0.2, "v": 0.3}, y),
+            ]
             for x, target in rows:
                 est.learn_one(x, target)
                 label = float(target) if model_kw["task"] != "classification" else float(ys.index(target))
@@ -333,8 +345,9 @@ def test_regressor_and_classifier_see_the_previous_target():
                 proba = est.predict_proba_one(x)
                 p = proba[True] if model_kw["task"] == "binary" else proba[ys[0]]
                 want = m.peek([0.1, 0.1], key="a")
-                assert p == pytest.approx(want[0] if model_kw["task"] == "binary" else want[0] / want[:2].sum(),
-                                          rel=1e-12)
+                assert p == pytest.approx(
+                    want[0] if model_kw["task"] == "binary" else want[0] / want[:2].sum(), rel=1e-12
+                )
             preds.append(p)
         assert preds[0] != preds[1]
 
@@ -344,7 +357,10 @@ def test_a_missing_river_names_the_extra(monkeypatch):
     import sys
 
     from streamrnn.extras import MissingExtra
-    monkeypatch.setitem(sys.modules, "river", None)          # import river now fails
+
+    monkeypatch.setitem(sys.modules, "river", None)  # import river now fails
     monkeypatch.delitem(sys.modules, "streamrnn.river", raising=False)
-    with pytest.raises(MissingExtra, match=r"streamrnn\.river needs the 'river' package: pip install 'streamrnn\[river\]'"):
+    with pytest.raises(
+        MissingExtra, match=r"streamrnn\.river needs the 'river' package: pip install 'streamrnn\[river\]'"
+    ):
         importlib.import_module("streamrnn.river")

@@ -5,6 +5,7 @@ recurrent weights are diagonal, where it is exact; and for general weights it
 equals the masked dense recursion M_t = mask ⊙ (J_t M_{t-1} + I_t) with J and
 I from the cells' reverse-mode Jacobians.
 """
+
 import numpy as np
 import pytest
 
@@ -26,7 +27,7 @@ def diagonalize_recurrence(model):
     w = model.get_weights()
     G = GATES[model.config["cell"]]
     W = w["weight_hh_l0"].reshape(G, N, N)
-    W *= np.eye(N)[None] * 3.0          # keep it diagonal, and not small
+    W *= np.eye(N)[None] * 3.0  # keep it diagonal, and not small
     w["weight_hh_l0"] = W.reshape(G * N, N)
     model.set_weights(w)
 
@@ -47,14 +48,20 @@ def unit_mask(cell):
     G = GATES[cell]
     S = state_size(CELL_IDS[cell], N)
     rows = G * N
-    owner = np.concatenate([np.repeat(np.arange(rows) % N, N_IN), np.repeat(np.arange(rows) % N, N),
-                            np.arange(rows) % N, np.arange(rows) % N])
+    owner = np.concatenate(
+        [
+            np.repeat(np.arange(rows) % N, N_IN),
+            np.repeat(np.arange(rows) % N, N),
+            np.arange(rows) % N,
+            np.arange(rows) % N,
+        ]
+    )
     return (np.arange(S)[:, None] % N) == owner[None, :]
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_snap1_equals_the_masked_dense_recursion(cell):
-    model = make_model(cell, seed=4, standardize=False)      # the recursion below runs on the raw inputs
+    model = make_model(cell, seed=4, standardize=False)  # the recursion below runs on the raw inputs
     X, Y = random_sequence("regression", n_steps=T, n_inputs=N_IN, seed=5)
     Yf, has_y = model._targets(Y, T)
     c = CELL_IDS[cell]
@@ -91,8 +98,8 @@ def test_snap1_online_memory_is_O_P_and_replay_is_bit_identical(cell, tmp_path):
     G = GATES[cell]
     S = state_size(CELL_IDS[cell], N)
     P_cell = G * N * (N_IN + N + 2)
-    assert m.state_bytes_per_key == 8 * S * (1 + P_cell // N)        # O(P) per key ...
-    assert make_model(cell).state_bytes_per_key == 8 * S * (1 + P_cell)   # ... where RTRL holds O(nP)
+    assert m.state_bytes_per_key == 8 * S * (1 + P_cell // N)  # O(P) per key ...
+    assert make_model(cell).state_bytes_per_key == 8 * S * (1 + P_cell)  # ... where RTRL holds O(nP)
     X, Y = random_sequence("regression", n_steps=200, n_inputs=N_IN, seed=6)
     keys = [i % 3 for i in range(200)]
     a = m

@@ -1,4 +1,5 @@
 """Online standardisation kernels against the equations written out in plain Python."""
+
 import math
 
 import numpy as np
@@ -45,7 +46,7 @@ def ref_standardize(st, v, clip=CLIP):
 def stream(n=600, seed=0):
     rng = np.random.default_rng(seed)
     V = np.column_stack([rng.normal(5000.0, 1000.0, n), rng.standard_t(2.0, n), np.full(n, 3.0)])
-    V[[100, 101, 400], 0] = [1e9, -1e9, 7e7]    # outliers
+    V[[100, 101, 400], 0] = [1e9, -1e9, 7e7]  # outliers
     return V
 
 

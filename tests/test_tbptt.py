@@ -1,11 +1,12 @@
 """Truncated BPTT: equals full BPTT when the window covers the sequence, and BPTT per window otherwise."""
+
 import numpy as np
 import pytest
 
 import streamrnn as sr
 from streamrnn.cells.dispatch import CELL_IDS
-from streamrnn.learners.bptt import bptt_sequence_gradient
 from streamrnn.learners import registry
+from streamrnn.learners.bptt import bptt_sequence_gradient
 from streamrnn.learners.rtrl import rtrl_sample
 from streamrnn.losses import TASK_IDS
 
@@ -43,11 +44,22 @@ def reference_tbptt(model, X, Y, k, h):
     for u in updates:
         start = max(u - k, 0)
         mask = has_y[start:u].copy()
-        mask[: max(prev - start, 0)] = False          # losses of earlier updates are not injected again
+        mask[: max(prev - start, 0)] = False  # losses of earlier updates are not injected again
         g = np.zeros(model.n_params)
-        bptt_sequence_gradient(CELL_IDS[model.config["cell"]], TASK_IDS[model.config["task"]], N_IN, N,
-                               model.n_outputs, model.theta, model.n_params_cell, X[start:u], Yf[start:u],
-                               mask, states[start], g)
+        bptt_sequence_gradient(
+            CELL_IDS[model.config["cell"]],
+            TASK_IDS[model.config["task"]],
+            N_IN,
+            N,
+            model.n_outputs,
+            model.theta,
+            model.n_params_cell,
+            X[start:u],
+            Yf[start:u],
+            mask,
+            states[start],
+            g,
+        )
         total += g
         prev = u
     return model.unflatten(total)
@@ -66,18 +78,18 @@ def test_tbptt_with_window_covering_the_sequence_equals_bptt(cell, task):
 @pytest.mark.parametrize("k,h", [(7, 7), (8, 3), (5, 1), (10, 4)])
 @pytest.mark.parametrize("cell", CELLS)
 def test_truncated_windows_match_bptt_per_window(cell, k, h):
-    model = make_model(cell, "regression", standardize=False)     # the reference runs on the raw inputs
+    model = make_model(cell, "regression", standardize=False)  # the reference runs on the raw inputs
     X, Y = random_sequence("regression", n_steps=T, n_inputs=N_IN, seed=5)
     got = model.gradient(X, Y, method="tbptt", truncation=k, stride=h)
     assert rel_err(got, reference_tbptt(model, X, Y, k, h)) < 1e-9
-    assert rel_err(got, model.gradient(X, Y, method="bptt")) > 1e-6     # truncation does cut something
+    assert rel_err(got, model.gradient(X, Y, method="bptt")) > 1e-6  # truncation does cut something
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_tbptt_k_equals_rtrl_with_influence_reset_at_window_starts(cell):
     """With stride = k, each window's gradient is RTRL's from the window's start state with M = 0."""
     k = 8
-    model = make_model(cell, "regression", standardize=False)     # the reference runs on the raw inputs
+    model = make_model(cell, "regression", standardize=False)  # the reference runs on the raw inputs
     X, Y = random_sequence("regression", n_steps=T, n_inputs=N_IN, seed=6)
     Yf, has_y = model._targets(Y, T)
     states = states_along(model, X)
@@ -86,11 +98,12 @@ def test_tbptt_k_equals_rtrl_with_influence_reset_at_window_starts(cell):
     pred = np.empty(model.n_outputs)
     total = np.zeros(model.n_params)
     for start in range(0, T, k):
-        keyed = dense.new_key_state(model.dims)             # the influence matrix reset at the window start
+        keyed = dense.new_key_state(model.dims)  # the influence matrix reset at the window start
         keyed.hidden[0] = states[start]
         for t in range(start, min(start + k, T)):
-            outcome, _ = rtrl_sample(CELL_IDS[cell], 0, N_IN, N, model.n_outputs, model.theta, X[t], Yf[t],
-                                     has_y[t], keyed, 0, t, ws, pred)
+            outcome, _ = rtrl_sample(
+                CELL_IDS[cell], 0, N_IN, N, model.n_outputs, model.theta, X[t], Yf[t], has_y[t], keyed, 0, t, ws, pred
+            )
             assert outcome == 0
             if has_y[t]:
                 total += ws.grad
@@ -106,8 +119,8 @@ def test_online_tbptt_applies_the_window_gradient(cell):
     X, Y = random_sequence("regression", n_steps=k, n_inputs=N_IN, seed=7)
     g = model.gradient(X, Y, method="tbptt")
     w0 = model.get_weights()
-    model.step_many(X[:k - 1], Y[:k - 1])
-    assert all(np.array_equal(w0[n], v) for n, v in model.get_weights().items())   # no update mid-window
+    model.step_many(X[: k - 1], Y[: k - 1])
+    assert all(np.array_equal(w0[n], v) for n, v in model.get_weights().items())  # no update mid-window
     model.step(X[k - 1], Y[k - 1])
     for name, w in model.get_weights().items():
         np.testing.assert_allclose(w, w0[name] - lr * g[name], rtol=0, atol=1e-14)

@@ -1,4 +1,5 @@
 """UORO: the rank-one influence estimate is the documented recursion, and it is unbiased."""
+
 import numpy as np
 import pytest
 
@@ -23,7 +24,7 @@ def flat(grad_dict):
 @pytest.mark.parametrize("cell", CELLS)
 def test_uoro_follows_its_recursion(cell):
     """s̃ = ρ0 J s̃ + ρ1 ν, θ̃ = θ̃/ρ0 + νᵀI/ρ1 with dense J, I: the same numbers as the kernel."""
-    model = make_model(cell, standardize=False)      # the recursion below runs on the raw inputs
+    model = make_model(cell, standardize=False)  # the recursion below runs on the raw inputs
     X, Y = random_sequence("regression", n_steps=T, n_inputs=N_IN, seed=2)
     Yf, has_y = model._targets(Y, T)
     c, theta, Pc = CELL_IDS[cell], model.theta, model.n_params_cell

@@ -1,4 +1,5 @@
 """The windowed feed-forward baseline: exact gradient steps, per-key windows, and what it can learn."""
+
 import numpy as np
 import pytest
 
@@ -8,9 +9,9 @@ from streamrnn.window_ff import WindowFF
 
 def numpy_forward(theta, u, H, o):
     D = u.size
-    W1, b1 = theta[:H * D].reshape(H, D), theta[H * D:H * (D + 1)]
-    W2 = theta[H * (D + 1):H * (D + 1) + o * H].reshape(o, H)
-    b2 = theta[H * (D + 1) + o * H:]
+    W1, b1 = theta[: H * D].reshape(H, D), theta[H * D : H * (D + 1)]
+    W2 = theta[H * (D + 1) : H * (D + 1) + o * H].reshape(o, H)
+    b2 = theta[H * (D + 1) + o * H :]
     z = np.tanh(W1 @ u + b1)
     return z, W2 @ z + b2, (W1, b1, W2, b2)
 
@@ -23,14 +24,14 @@ def test_sgd_step_matches_numpy_backprop():
     theta = ff.theta.copy()
     for t in range(4):
         u = np.zeros((w, m))
-        rows = X[max(0, t - w + 1):t + 1]
-        u[w - len(rows):] = rows
+        rows = X[max(0, t - w + 1) : t + 1]
+        u[w - len(rows) :] = rows
         u = u.ravel()
         z, yhat, (W1, b1, W2, b2) = numpy_forward(theta, u, H, o)
         pred = ff.step(X[t], Y[t])
         np.testing.assert_allclose(pred, yhat, rtol=1e-13)
         d = yhat - Y[t]
-        da = (W2.T @ d) * (1 - z ** 2)
+        da = (W2.T @ d) * (1 - z**2)
         grad = np.concatenate([np.outer(da, u).ravel(), da, np.outer(d, z).ravel(), d])
         theta = theta - lr * grad
         np.testing.assert_allclose(ff.theta, theta, rtol=1e-12, atol=1e-14)

@@ -12,9 +12,10 @@ An unreachable broker raises :class:`~streamrnn.connectors.base.BrokerUnavailabl
 constructor, from ``poll`` after an empty poll and a failed probe, from ``flush`` when outputs
 stay unacknowledged); nothing is dropped meanwhile and the daemon retries under its retry policy.
 """
+
 from streamrnn.extras import require as _require
 
-_require("kafka", "kafka", "the Kafka connectors")   # before any module here imports it
+_require("kafka", "kafka", "the Kafka connectors")  # before any module here imports it
 
 from .admin import CompactedTopic, ensure_topic  # noqa: E402
 from .errors import translate_broker_errors  # noqa: E402
@@ -23,5 +24,15 @@ from .sink import KafkaSink, encode_outputs  # noqa: E402
 from .sink_process import KafkaSinkProcess, _sink_process_entry  # noqa: E402, F401 - the child's entry point
 from .source import KafkaSource, await_offset_validation  # noqa: E402
 
-__all__ = ["KafkaSource", "await_offset_validation", "ORDERS", "TimestampMerge", "KafkaSink", "encode_outputs",
-           "KafkaSinkProcess", "ensure_topic", "CompactedTopic", "translate_broker_errors"]
+__all__ = [
+    "KafkaSource",
+    "await_offset_validation",
+    "ORDERS",
+    "TimestampMerge",
+    "KafkaSink",
+    "encode_outputs",
+    "KafkaSinkProcess",
+    "ensure_topic",
+    "CompactedTopic",
+    "translate_broker_errors",
+]

@@ -1,4 +1,5 @@
 """Topics: creating one, and a compacted topic used as a key-value store."""
+
 from __future__ import annotations
 
 import logging
@@ -17,13 +18,15 @@ from .source import await_offset_validation
 log = logging.getLogger("streamrnn.kafka")
 
 
-def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, configs: Mapping[str, Any] | None = None,
-                 timeout_ms: int = 10000) -> bool:
+def ensure_topic(
+    bootstrap: str, topic: str, partitions: int = 1, configs: Mapping[str, Any] | None = None, timeout_ms: int = 10000
+) -> bool:
     """Create ``topic`` (replication factor: the broker's default) unless it exists; True if created."""
     what = f"cannot create topic {topic!r}"
     with translate_broker_errors(bootstrap, what):
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrnn-admin",
-                                 request_timeout_ms=timeout_ms)
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap, client_id="streamrnn-admin", request_timeout_ms=timeout_ms
+        )
     try:
         with translate_broker_errors(bootstrap, what):
             if topic in admin.list_topics():
@@ -31,7 +34,7 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, configs: Mappi
             spec = {"num_partitions": partitions, "configs": {k: str(v) for k, v in (configs or {}).items()}}
             try:
                 admin.create_topics({topic: spec}, timeout_ms=timeout_ms, wait_for_metadata=True)
-            except TopicAlreadyExistsError:      # created meanwhile by another member
+            except TopicAlreadyExistsError:  # created meanwhile by another member
                 return False
             log.info("created topic %r (%s)", topic, spec)
             return True
@@ -50,20 +53,45 @@ class CompactedTopic:
     with that ``max.message.bytes``); a ``None`` value deletes the key (a tombstone).
     """
 
-    def __init__(self, bootstrap: str, topic: str, max_message_bytes: int = 64 << 20, keep: int = 2,
-                 partitions: int = 1, bootstrap_timeout_ms: int = 10000, timeout_s: float = 30.0):
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        max_message_bytes: int = 64 << 20,
+        keep: int = 2,
+        partitions: int = 1,
+        bootstrap_timeout_ms: int = 10000,
+        timeout_s: float = 30.0,
+    ):
         self.bootstrap, self.topic, self.keep, self.timeout_s = bootstrap, topic, keep, timeout_s
-        ensure_topic(bootstrap, topic, partitions=partitions,
-                     configs={"cleanup.policy": "compact", "max.message.bytes": max_message_bytes,
-                              "min.cleanable.dirty.ratio": 0.1, "segment.ms": 600_000})
+        ensure_topic(
+            bootstrap,
+            topic,
+            partitions=partitions,
+            configs={
+                "cleanup.policy": "compact",
+                "max.message.bytes": max_message_bytes,
+                "min.cleanable.dirty.ratio": 0.1,
+                "segment.ms": 600_000,
+            },
+        )
         with translate_broker_errors(bootstrap, f"opening the clients of {topic!r}"):
-            self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                          max_request_size=max_message_bytes, linger_ms=0,
-                                          **bootstrap_timeout(KafkaProducer, bootstrap_timeout_ms))
-            self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                          fetch_max_bytes=max(52428800, max_message_bytes),
-                                          max_partition_fetch_bytes=max_message_bytes,
-                                          **bootstrap_timeout(KafkaConsumer, bootstrap_timeout_ms))
+            self.producer = KafkaProducer(
+                bootstrap_servers=bootstrap,
+                acks="all",
+                enable_idempotence=True,
+                max_request_size=max_message_bytes,
+                linger_ms=0,
+                **bootstrap_timeout(KafkaProducer, bootstrap_timeout_ms),
+            )
+            self.consumer = KafkaConsumer(
+                bootstrap_servers=bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                fetch_max_bytes=max(52428800, max_message_bytes),
+                max_partition_fetch_bytes=max_message_bytes,
+                **bootstrap_timeout(KafkaConsumer, bootstrap_timeout_ms),
+            )
         parts = self.consumer.partitions_for_topic(topic) or {0}
         self._tps = [TopicPartition(topic, p) for p in sorted(parts)]
         self.consumer.assign(self._tps)
@@ -86,8 +114,9 @@ class CompactedTopic:
             deadline = time.monotonic() + self.timeout_s
             while any(self.consumer.position(tp, timeout_ms=timeout_ms) < ends[tp] for tp in self._tps):
                 if time.monotonic() > deadline:
-                    raise BrokerUnavailable(f"reading Kafka topic {self.topic!r} did not reach its end within "
-                                            f"{self.timeout_s:g} s")
+                    raise BrokerUnavailable(
+                        f"reading Kafka topic {self.topic!r} did not reach its end within {self.timeout_s:g} s"
+                    )
                 batches = self.consumer.poll(timeout_ms=200, max_records=10_000)
                 if not batches:
                     await_offset_validation(self.consumer)

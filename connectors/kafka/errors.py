@@ -8,6 +8,7 @@ Errors that the connectors handle rather than translate (a producer blocked by a
 its outputs; a failed offset commit is logged) catch :data:`UNREACHABLE` or ``KafkaError`` there.
 :func:`bootstrap_timeout` bounds how long a new client tries before the broker counts as unreachable.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -20,7 +21,8 @@ from ..base import BrokerUnavailable, SourceError
 
 # NoBrokersAvailable is gone from kafka-python 3.x, where the client's timeouts say it instead
 UNREACHABLE: tuple[type[KafkaError], ...] = tuple(
-    getattr(kafka.errors, name) for name in ("NoBrokersAvailable", "KafkaTimeoutError") if hasattr(kafka.errors, name))
+    getattr(kafka.errors, name) for name in ("NoBrokersAvailable", "KafkaTimeoutError") if hasattr(kafka.errors, name)
+)
 
 
 def bootstrap_timeout(client_class: type, ms: int) -> dict[str, int]:
@@ -31,8 +33,7 @@ def bootstrap_timeout(client_class: type, ms: int) -> dict[str, int]:
 
 
 @contextmanager
-def translate_broker_errors(bootstrap: str, what: str,
-                            failure: type[Exception] = SourceError) -> Iterator[None]:
+def translate_broker_errors(bootstrap: str, what: str, failure: type[Exception] = SourceError) -> Iterator[None]:
     """Raise kafka-python's errors from the block as ours: ``BrokerUnavailable`` when the broker at
     ``bootstrap`` is unreachable, ``failure`` for any other :class:`~kafka.errors.KafkaError`.
 

@@ -11,6 +11,7 @@ uninterrupted run.
 What the merge needs to know of the broker comes through a :class:`PartitionOffsets` (the
 source adapts its consumer to it; tests give a fake), and time through ``clock``.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -26,8 +27,8 @@ log = logging.getLogger("streamrnn.kafka")
 
 ORDERS = ("timestamp", "arrival")
 
-_NO_TIMESTAMP = -1.0   # a record without a timestamp sorts before every record with one
-_WARNED = -1.0         # blocked_since of a partition already warned about: merged without waiting
+_NO_TIMESTAMP = -1.0  # a record without a timestamp sorts before every record with one
+_WARNED = -1.0  # blocked_since of a partition already warned about: merged without waiting
 
 
 def stream_id(topic: str, partition: int) -> str:
@@ -75,17 +76,23 @@ class TimestampMerge:
         Monotonic seconds.
     """
 
-    def __init__(self, offsets: PartitionOffsets, next_offsets: dict[str, int], max_wait_s: float,
-                 max_buffered: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        offsets: PartitionOffsets,
+        next_offsets: dict[str, int],
+        max_wait_s: float,
+        max_buffered: int,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.offsets = offsets
         self.next_offsets = next_offsets
         self.max_wait_s = max_wait_s
         self.max_buffered = max_buffered
         self.clock = clock
-        self.buffers: dict[Partition, deque[Record]] = {}    # fetched, not handed out
-        self.ends: dict[Partition, int] = {}                 # end offset last seen on the broker
-        self.blocked_since: dict[Partition, float] = {}      # when the merge began waiting for it
-        self.left_poll: float | None = None                  # when the last poll ended
+        self.buffers: dict[Partition, deque[Record]] = {}  # fetched, not handed out
+        self.ends: dict[Partition, int] = {}  # end offset last seen on the broker
+        self.blocked_since: dict[Partition, float] = {}  # when the merge began waiting for it
+        self.left_poll: float | None = None  # when the last poll ended
 
     def forget(self, tp: Partition) -> None:
         """Drop what is held for ``tp`` (revoked, or about to be read again from a seek)."""
@@ -139,7 +146,7 @@ class TimestampMerge:
         while heads and room > 0:
             _, partition, offset, tp = heapq.heappop(heads)
             buf = buffers.get(tp)
-            if not buf or buf[0].position[2] != offset:    # forgotten meanwhile (a rebalance)
+            if not buf or buf[0].position[2] != offset:  # forgotten meanwhile (a rebalance)
                 break
             # take this partition's run: every record that sorts before the next partition's head
             bound_ts, bound_p = (heads[0][0], heads[0][1]) if heads else (float("inf"), 0)
@@ -167,10 +174,10 @@ class TimestampMerge:
             self.refresh_ends([tp])
             end = self.ends[tp]
         pos = self.next_offsets.get(stream_id(tp.topic, tp.partition))
-        if pos is None:          # nothing handed out yet: where the client starts
+        if pos is None:  # nothing handed out yet: where the client starts
             pos = self.offsets.position(tp)
             if pos is None:
-                pos = -1         # unknown yet: wait for it like a partition with records
+                pos = -1  # unknown yet: wait for it like a partition with records
         if pos >= end:
             self.blocked_since.pop(tp, None)
             return False
@@ -179,9 +186,14 @@ class TimestampMerge:
         if now - since <= self.max_wait_s:
             return True
         if since != _WARNED:
-            log.warning("partition %s has records up to offset %d but none arrived within %.1f s of "
-                        "waiting at %d: merging without it (order may differ from a replay)",
-                        stream_id(tp.topic, tp.partition), end, self.max_wait_s, pos)
+            log.warning(
+                "partition %s has records up to offset %d but none arrived within %.1f s of "
+                "waiting at %d: merging without it (order may differ from a replay)",
+                stream_id(tp.topic, tp.partition),
+                end,
+                self.max_wait_s,
+                pos,
+            )
             self.blocked_since[tp] = _WARNED
         return False
 

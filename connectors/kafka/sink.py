@@ -1,4 +1,5 @@
 """The Kafka sink: a producer with ``acks="all"`` and idempotence, whose ``flush`` waits for every send."""
+
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,7 @@ from .errors import UNREACHABLE, bootstrap_timeout, translate_broker_errors
 
 log = logging.getLogger("streamrnn.kafka")
 
-EncodedOutput = tuple[bytes | None, bytes]     # (key, value) as produced
+EncodedOutput = tuple[bytes | None, bytes]  # (key, value) as produced
 
 
 def _key_bytes(k: Any) -> bytes | None:
@@ -40,26 +41,40 @@ class KafkaSink:
     retry policy decides how long to wait.
     """
 
-    def __init__(self, bootstrap: str, topic: str, raw: bool = False, linger_ms: int = 5,
-                 bootstrap_timeout_ms: int = 10000, flush_timeout_s: float = 5.0,
-                 delivery_timeout_ms: int = 24 * 3600 * 1000, max_block_ms: int = 5000):
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        raw: bool = False,
+        linger_ms: int = 5,
+        bootstrap_timeout_ms: int = 10000,
+        flush_timeout_s: float = 5.0,
+        delivery_timeout_ms: int = 24 * 3600 * 1000,
+        max_block_ms: int = 5000,
+    ):
         self.bootstrap, self.topic = bootstrap, topic
         self.flush_timeout_s = flush_timeout_s
         with translate_broker_errors(bootstrap, f"opening a producer to {topic!r}"):
-            self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                          linger_ms=linger_ms, batch_size=256 * 1024,
-                                          delivery_timeout_ms=delivery_timeout_ms, max_block_ms=max_block_ms,
-                                          **bootstrap_timeout(KafkaProducer, bootstrap_timeout_ms))
+            self.producer = KafkaProducer(
+                bootstrap_servers=bootstrap,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=linger_ms,
+                batch_size=256 * 1024,
+                delivery_timeout_ms=delivery_timeout_ms,
+                max_block_ms=max_block_ms,
+                **bootstrap_timeout(KafkaProducer, bootstrap_timeout_ms),
+            )
         self._futures = []
-        self._backlog: list[EncodedOutput] = []   # outputs the producer would not take (broker unreachable), in order
-        self._unreachable = False                 # the last flush timed out
+        self._backlog: list[EncodedOutput] = []  # outputs the producer would not take (broker unreachable), in order
+        self._unreachable = False  # the last flush timed out
 
     def write(self, records: Iterable[Mapping[str, Any]]) -> None:
         self.write_encoded(encode_outputs(records))
 
     def write_encoded(self, pairs: list[EncodedOutput]) -> None:
         """Outputs already encoded as (key bytes or None, value bytes), in order."""
-        if self._backlog:         # keep the order: queue behind what is already waiting
+        if self._backlog:  # keep the order: queue behind what is already waiting
             self._backlog.extend(pairs)
             return
         send, topic, futures = self.producer.send, self.topic, self._futures
@@ -67,10 +82,9 @@ class KafkaSink:
         try:
             for key, value in pairs:
                 futures.append(send(topic, key=key, value=value))
-        except UNREACHABLE as exc:   # no metadata or a full buffer within max_block_ms
-            log.warning("Kafka producer to %r blocked (%s): queueing outputs until the broker is back",
-                        topic, exc)
-            self._backlog.extend(pairs[len(futures) - n_before:])
+        except UNREACHABLE as exc:  # no metadata or a full buffer within max_block_ms
+            log.warning("Kafka producer to %r blocked (%s): queueing outputs until the broker is back", topic, exc)
+            self._backlog.extend(pairs[len(futures) - n_before :])
 
     def write_raw(self, pairs: Iterable[tuple[Any, Any]]) -> None:
         """(key, value) pairs; dict/list values are JSON-encoded, str values UTF-8."""
@@ -92,11 +106,15 @@ class KafkaSink:
         except UNREACHABLE:
             self._unreachable = True
             pending = sum(not f.is_done for f in self._futures) + len(self._backlog)
-            raise BrokerUnavailable(f"Kafka broker at {self.bootstrap!r} is unreachable: {pending} outputs to "
-                                    f"{self.topic!r} not acknowledged within {self.flush_timeout_s:g} s") from None
+            raise BrokerUnavailable(
+                f"Kafka broker at {self.bootstrap!r} is unreachable: {pending} outputs to "
+                f"{self.topic!r} not acknowledged within {self.flush_timeout_s:g} s"
+            ) from None
         if self._backlog:
-            raise BrokerUnavailable(f"Kafka broker at {self.bootstrap!r} is unreachable: "
-                                    f"{len(self._backlog)} outputs to {self.topic!r} still queued")
+            raise BrokerUnavailable(
+                f"Kafka broker at {self.bootstrap!r} is unreachable: "
+                f"{len(self._backlog)} outputs to {self.topic!r} still queued"
+            )
         futures, self._futures = self._futures, []
         for f in futures:
             if f.failed():

@@ -1,4 +1,5 @@
 """A :class:`~.sink.KafkaSink` in a child process, and the child's entry point."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,11 @@ from ..base import BrokerUnavailable, SourceError
 from .sink import KafkaSink, encode_outputs
 
 # The child's program: the parent's import path first, so it runs the same streamrnn.
-_SINK_CHILD_CODE = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]); "
-                    "from streamrnn.connectors.kafka.sink_process import _sink_process_entry; "
-                    "_sink_process_entry(json.loads(sys.argv[2]))")
+_SINK_CHILD_CODE = (
+    "import sys, json; sys.path[:0] = json.loads(sys.argv[1]); "
+    "from streamrnn.connectors.kafka.sink_process import _sink_process_entry; "
+    "_sink_process_entry(json.loads(sys.argv[2]))"
+)
 
 # the child's error replies -> the exception the daemon raises (the most specific first; any
 # other kind, "error", is a RuntimeError)
@@ -44,12 +47,19 @@ class KafkaSinkProcess:
         # client threads' locks.
         to_child_r, to_child_w = os.pipe()
         to_parent_r, to_parent_w = os.pipe()
-        args = {"read_fd": to_child_r, "write_fd": to_parent_w, "bootstrap": bootstrap, "topic": topic,
-                "options": sink_options}
+        args = {
+            "read_fd": to_child_r,
+            "write_fd": to_parent_w,
+            "bootstrap": bootstrap,
+            "topic": topic,
+            "options": sink_options,
+        }
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-c", _SINK_CHILD_CODE, json.dumps([p for p in sys.path if p]), json.dumps(args)],
-                pass_fds=(to_child_r, to_parent_w), stdin=subprocess.DEVNULL)
+                pass_fds=(to_child_r, to_parent_w),
+                stdin=subprocess.DEVNULL,
+            )
         finally:
             os.close(to_child_r)
             os.close(to_parent_w)
@@ -57,16 +67,15 @@ class KafkaSinkProcess:
         # however this process ends (an exception before close(), interpreter exit), the child sees
         # its pipe end and exits (it ignores SIGTERM: the daemon decides when to stop)
         self._finalizer = weakref.finalize(self, _stop_sink_process, self._conn, self._proc)
-        self._reply()                  # raises what the child's KafkaSink constructor raised
+        self._reply()  # raises what the child's KafkaSink constructor raised
 
     def _died(self, exc: BaseException) -> SourceError:
-        return SourceError(f"the Kafka sink process for {self.topic!r} died (exit code {self._proc.poll()}): "
-                           f"{exc!r}")
+        return SourceError(f"the Kafka sink process for {self.topic!r} died (exit code {self._proc.poll()}): {exc!r}")
 
     def _send(self, message: tuple) -> None:
         try:
             self._conn.send(message)
-        except (OSError, ValueError) as exc:       # a closed or broken pipe
+        except (OSError, ValueError) as exc:  # a closed or broken pipe
             raise self._died(exc) from None
 
     def _call(self, *message: Any) -> None:
@@ -114,7 +123,7 @@ class _Duplex:
 
 
 def _stop_sink_process(conn: _Duplex, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    conn.close()                       # the child delivers what it holds (bounded), then exits
+    conn.close()  # the child delivers what it holds (bounded), then exits
     try:
         proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
@@ -145,11 +154,11 @@ def _sink_process_main(conn: _Duplex, bootstrap: str, topic: str, options: dict[
         _reply_error(conn, exc)
         return
     conn.send(("ok", ""))
-    failed = None                      # an error of a write, reported at the next flush or close
+    failed = None  # an error of a write, reported at the next flush or close
     while True:
         try:
             message = conn.recv()
-        except (EOFError, OSError):    # the daemon is gone: deliver what we can, briefly
+        except (EOFError, OSError):  # the daemon is gone: deliver what we can, briefly
             sink.flush_timeout_s = min(sink.flush_timeout_s, 5.0)
             try:
                 sink.close()

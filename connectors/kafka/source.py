@@ -1,4 +1,5 @@
 """The Kafka source: a consumer-group member that hands out records in a replayable order."""
+
 from __future__ import annotations
 
 import logging
@@ -16,8 +17,8 @@ from .merge import ORDERS, TimestampMerge, stream_id
 
 log = logging.getLogger("streamrnn.kafka")
 
-_PROBE_EVERY_S = 2.0          # idle polls probe the broker at most this often
-_MIN_POLL_S = 0.05            # shortest wait handed to the client's poll (see KafkaSource.poll)
+_PROBE_EVERY_S = 2.0  # idle polls probe the broker at most this often
+_MIN_POLL_S = 0.05  # shortest wait handed to the client's poll (see KafkaSource.poll)
 
 
 def await_offset_validation(consumer: KafkaConsumer, timeout_ms: int = 2000) -> None:
@@ -36,7 +37,7 @@ def await_offset_validation(consumer: KafkaConsumer, timeout_ms: int = 2000) -> 
         if needs(tp):
             try:
                 consumer.position(tp, timeout_ms=timeout_ms)
-            except KafkaError as exc:      # the next poll retries; callers judge outages
+            except KafkaError as exc:  # the next poll retries; callers judge outages
                 log.info("offset validation of %s: %s", tp, exc)
 
 
@@ -94,25 +95,36 @@ class KafkaSource:
     follow = True
     exhausted = False
 
-    def __init__(self, bootstrap: str, topic: str, group: str | None = "streamrnn", client_id: str = "streamrnn",
-                 max_poll_records: int = 5000, request_timeout_ms: int = 30000, bootstrap_timeout_ms: int = 10000,
-                 on_revoke: Callable[[list[str]], object] | None = None,
-                 order: Literal["timestamp", "arrival"] = "timestamp",
-                 instance_id: str | None = None, max_wait_ms: int = 10000, probe_timeout_ms: int = 2000,
-                 max_buffered: int | None = None,
-                 on_assign: Callable[[list[str]], dict[str, int] | None] | None = None,
-                 session_timeout_ms: int | None = None):
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        group: str | None = "streamrnn",
+        client_id: str = "streamrnn",
+        max_poll_records: int = 5000,
+        request_timeout_ms: int = 30000,
+        bootstrap_timeout_ms: int = 10000,
+        on_revoke: Callable[[list[str]], object] | None = None,
+        order: Literal["timestamp", "arrival"] = "timestamp",
+        instance_id: str | None = None,
+        max_wait_ms: int = 10000,
+        probe_timeout_ms: int = 2000,
+        max_buffered: int | None = None,
+        on_assign: Callable[[list[str]], dict[str, int] | None] | None = None,
+        session_timeout_ms: int | None = None,
+    ):
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
         self.bootstrap, self.topic, self.order = bootstrap, topic, order
         self.max_wait_s = max_wait_ms / 1000.0
         self.probe_timeout_ms = int(probe_timeout_ms)
-        self._start: dict[str, int] = {}       # positions given to seek()
-        self._next: dict[str, int] = {}        # next offset to hand out per stream id
+        self._start: dict[str, int] = {}  # positions given to seek()
+        self._next: dict[str, int] = {}  # next offset to hand out per stream id
         # one fetch can bring ~1 MB per partition (tens of thousands of small records): a tighter
         # bound would make the client fetch the same records again and again
-        self.merge = TimestampMerge(_ConsumerOffsets(self), self._next, self.max_wait_s,
-                                    max_buffered or max(10 * max_poll_records, 50_000))
+        self.merge = TimestampMerge(
+            _ConsumerOffsets(self), self._next, self.max_wait_s, max_buffered or max(10 * max_poll_records, 50_000)
+        )
         self._last_contact = time.monotonic()
         self.on_revoke = on_revoke
         self.on_assign = on_assign
@@ -122,10 +134,16 @@ class KafkaSource:
             extra["heartbeat_interval_ms"] = max(100, int(session_timeout_ms) // 3)
         with translate_broker_errors(bootstrap, f"opening a consumer of {topic!r}"):
             self.consumer = KafkaConsumer(
-                bootstrap_servers=bootstrap, group_id=group, client_id=client_id,
-                enable_auto_commit=False, auto_offset_reset="earliest",
-                max_poll_records=max_poll_records, request_timeout_ms=request_timeout_ms,
-                **bootstrap_timeout(KafkaConsumer, bootstrap_timeout_ms), **extra)
+                bootstrap_servers=bootstrap,
+                group_id=group,
+                client_id=client_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=max_poll_records,
+                request_timeout_ms=request_timeout_ms,
+                **bootstrap_timeout(KafkaConsumer, bootstrap_timeout_ms),
+                **extra,
+            )
         parts = self.consumer.partitions_for_topic(topic)
         if not parts:
             self.consumer.close()
@@ -190,14 +208,14 @@ class KafkaSource:
 
     def _poll_merged(self, max_records: int, deadline: float) -> list[Record]:
         assigned = self.consumer.assignment
-        out = self.merge.take(assigned(), max_records)     # what is buffered already, without asking the client
+        out = self.merge.take(assigned(), max_records)  # what is buffered already, without asking the client
         while not out:
             # Never a near-zero wait: kafka-python 3.0.12 can lose a group join (the member then
             # holds its partitions but never fetches) when polls keep returning before it completes.
             fetched = self._fetch(max_records, max(deadline - time.monotonic(), _MIN_POLL_S))
             out = self.merge.take(assigned(), max_records)
             now = time.monotonic()
-            if not out:      # nothing fetched, or the merge awaits a partition that may be stuck
+            if not out:  # nothing fetched, or the merge awaits a partition that may be stuck
                 self._await_offset_validation()
             if not out and now >= deadline:
                 if not fetched:
@@ -224,8 +242,12 @@ class KafkaSource:
 
     @staticmethod
     def _record(r) -> Record:
-        return Record(value=r.value, key=r.key, position=(r.topic, r.partition, r.offset),
-                      timestamp=r.timestamp / 1000.0 if r.timestamp is not None else None)
+        return Record(
+            value=r.value,
+            key=r.key,
+            position=(r.topic, r.partition, r.offset),
+            timestamp=r.timestamp / 1000.0 if r.timestamp is not None else None,
+        )
 
     def _fetch(self, max_records: int, wait: float) -> int:
         """Move what the client has (waiting up to ``wait`` s) into the merge's buffers."""
@@ -268,8 +290,9 @@ class KafkaSource:
             except KafkaError as exc:
                 # the checkpoint (already durable) is the source of truth for positions; a
                 # failed commit (e.g. during a rebalance or an outage) only means the group lags it
-                log.warning("offset commit failed (positions are safe in the checkpoint): %s: %s",
-                            type(exc).__name__, exc)
+                log.warning(
+                    "offset commit failed (positions are safe in the checkpoint): %s: %s", type(exc).__name__, exc
+                )
 
     def lag(self) -> int:
         """Records on the broker not handed out yet, over the assigned partitions."""
@@ -301,7 +324,7 @@ class _RebalanceListener(ConsumerRebalanceListener):
                 source.on_revoke(sorted(stream_id(tp.topic, tp.partition) for tp in revoked))
             except Exception as exc:  # noqa: BLE001 - the checkpoint store still holds positions
                 log.warning("checkpoint on partition revocation failed: %s", exc)
-        for tp in revoked:     # fetched, not handed out: the next owner reads them again
+        for tp in revoked:  # fetched, not handed out: the next owner reads them again
             source.merge.forget(tp)
 
     def on_partitions_assigned(self, assigned):
@@ -330,8 +353,7 @@ class _ConsumerOffsets:
 
     def end_offsets(self, tps):
         source = self.source
-        with translate_broker_errors(source.bootstrap, f"end offsets of {source.topic!r}",
-                                     failure=BrokerUnavailable):
+        with translate_broker_errors(source.bootstrap, f"end offsets of {source.topic!r}", failure=BrokerUnavailable):
             ends = source.consumer.end_offsets(list(tps), timeout_ms=source.probe_timeout_ms)
         source._last_contact = time.monotonic()
         return ends

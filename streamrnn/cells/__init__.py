@@ -7,4 +7,5 @@ the tangent, for the per-unit influence of SnAp-1 and of exact RTRL in the
 element-wise cells; see ``common``). ``dispatch`` selects among them by an
 integer cell id, so learners are written once for every cell.
 """
+
 from .dispatch import CELL_IDS, CELL_NAMES, cache_size, n_gates, state_size  # noqa: F401

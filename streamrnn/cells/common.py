@@ -14,6 +14,7 @@ with respect to the parameters (holding ``h`` fixed) touches only row ``j`` of
 each block. The helpers below exploit that sparsity, for forward-mode (RTRL)
 and reverse-mode (BPTT) derivatives alike.
 """
+
 import numpy as np
 from numba import njit
 
@@ -32,7 +33,7 @@ def param_views(w, n_gates, n_in, n, rec):
     o_bhh = o_bih + rows
     W_ih = w[:o_hh].reshape((rows, n_in))
     W_hh = w[o_hh:o_bih].reshape((rows, rec))
-    return W_ih, W_hh, w[o_bih:o_bhh], w[o_bhh:o_bhh + rows]
+    return W_ih, W_hh, w[o_bih:o_bhh], w[o_bhh : o_bhh + rows]
 
 
 @njit(cache=True, error_model="numpy")
@@ -182,6 +183,7 @@ def hh_influence(w, n_gates, n_in, n, rec, x, h, M_h, D, ih_rows, immediate):
 # (``coef``: A in columns 0..R-1, then C_ih, C_whh, C_bhh for each gate); one pass over the row
 # then updates it in place, checks it and writes row 0's gradient, with no (G, G*B) scratch.
 
+
 @njit(cache=True, error_model="numpy")
 def unit_block(n_in, rec):
     return n_in + rec + 2
@@ -196,6 +198,7 @@ def own_recurrent_weight(W_hh, row, i, rec):
 # The loops below index views from 0 with a ``range`` variable: Numba then knows the index is
 # non-negative and drops its wrap-around check, which lets LLVM vectorise them; and they are
 # inlined into their caller, where a call per segment of a few entries would cost more than its work.
+
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _mix_one(m, a, c, u):
@@ -240,22 +243,23 @@ def unit_influence_update(M, n_rows, coef, n_gates, n_in, n, rec, i, x, u, grad,
     o_hh = rows * n_in
     o_bih = o_hh + rows * rec
     o_bhh = o_bih + rows
-    u_own = u[i:i + 1] if rec == 1 else u
+    u_own = u[i : i + 1] if rec == 1 else u
     c_ih, c_whh, c_bhh = n_rows, n_rows + n_gates, n_rows + 2 * n_gates
     m0 = M[i]
     m1 = M[n + i] if n_rows == 2 else M[i]
     a00, a01, a10, a11 = coef[0, 0], coef[0, n_rows - 1], coef[n_rows - 1, 0], coef[n_rows - 1, n_rows - 1]
     bad = False
     for g in range(n_gates):
-        q_ih, q_hh, q_b = g * B, g * B + n_in, g * B + n_in + rec     # the gate's segments in the row
+        q_ih, q_hh, q_b = g * B, g * B + n_in, g * B + n_in + rec  # the gate's segments in the row
         if n_rows == 1:
             bad |= _mix_one(m0[q_ih:q_hh], a00, coef[0, c_ih + g], x)
             bad |= _mix_one(m0[q_hh:q_b], a00, coef[0, c_whh + g], u_own)
         else:
             bad |= _mix_two(m0[q_ih:q_hh], m1[q_ih:q_hh], a00, a01, a10, a11, coef[0, c_ih + g], coef[1, c_ih + g], x)
-            bad |= _mix_two(m0[q_hh:q_b], m1[q_hh:q_b], a00, a01, a10, a11, coef[0, c_whh + g], coef[1, c_whh + g],
-                            u_own)
-        for q, col in ((q_b, c_ih + g), (q_b + 1, c_bhh + g)):      # b_ih and b_hh: immediate partial 1
+            bad |= _mix_two(
+                m0[q_hh:q_b], m1[q_hh:q_b], a00, a01, a10, a11, coef[0, c_whh + g], coef[1, c_whh + g], u_own
+            )
+        for q, col in ((q_b, c_ih + g), (q_b + 1, c_bhh + g)):  # b_ih and b_hh: immediate partial 1
             v0 = m0[q]
             if n_rows == 1:
                 w0 = a00 * v0 + coef[0, col]
@@ -269,8 +273,8 @@ def unit_influence_update(M, n_rows, coef, n_gates, n_in, n, rec, i, x, u, grad,
             bad |= (w0 - w0) != 0.0
         if scatter:
             r = g * n + i
-            _scaled_copy(grad[r * n_in:(r + 1) * n_in], g_i, m0[q_ih:q_hh])
-            _scaled_copy(grad[o_hh + r * rec:o_hh + (r + 1) * rec], g_i, m0[q_hh:q_b])
+            _scaled_copy(grad[r * n_in : (r + 1) * n_in], g_i, m0[q_ih:q_hh])
+            _scaled_copy(grad[o_hh + r * rec : o_hh + (r + 1) * rec], g_i, m0[q_hh:q_b])
             grad[o_bih + r] = g_i * m0[q_b]
             grad[o_bhh + r] = g_i * m0[q_b + 1]
     return not bad

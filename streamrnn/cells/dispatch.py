@@ -9,16 +9,21 @@ weight per gate row on its own unit (``weight_hh`` of shape (G*n,)), so no
 unit's state depends on another unit's parameters and exact RTRL costs O(P).
 Cell 6 ("dlru") is a diagonal linear recurrence with a tanh readout, element-wise too.
 """
+
 import numpy as np
 from numba import njit
 
 from .common import param_views, unit_influence_update
-from .dlru import (N_GATES as DLRU_GATES, STATE_FACTOR as DLRU_STATE, dlru_backward, dlru_forward, dlru_tangent,
-                   dlru_unit_coefficients)
-from .gru import N_GATES as GRU_GATES, gru_backward, gru_forward, gru_tangent, gru_unit_coefficients
-from .lstm import (N_GATES as LSTM_GATES, STATE_FACTOR as LSTM_STATE, lstm_backward, lstm_forward, lstm_tangent,
-                   lstm_unit_coefficients)
-from .rnn import N_GATES as RNN_GATES, rnn_backward, rnn_forward, rnn_tangent, rnn_unit_coefficients
+from .dlru import N_GATES as DLRU_GATES
+from .dlru import STATE_FACTOR as DLRU_STATE
+from .dlru import dlru_backward, dlru_forward, dlru_tangent, dlru_unit_coefficients
+from .gru import N_GATES as GRU_GATES
+from .gru import gru_backward, gru_forward, gru_tangent, gru_unit_coefficients
+from .lstm import N_GATES as LSTM_GATES
+from .lstm import STATE_FACTOR as LSTM_STATE
+from .lstm import lstm_backward, lstm_forward, lstm_tangent, lstm_unit_coefficients
+from .rnn import N_GATES as RNN_GATES
+from .rnn import rnn_backward, rnn_forward, rnn_tangent, rnn_unit_coefficients
 
 RNN, GRU, LSTM, ERNN, EGRU, ELSTM, DLRU = 0, 1, 2, 3, 4, 5, 6
 CELL_IDS = {"rnn": RNN, "gru": GRU, "lstm": LSTM, "ernn": ERNN, "egru": EGRU, "elstm": ELSTM, "dlru": DLRU}
@@ -109,7 +114,7 @@ def cell_unit_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M, coef, grad, 
     base, rec = base_cell(cell), recurrent_width(cell, n)
     G = n_gates(cell)
     R = coef.shape[0]
-    u = s_prev[n:] if base == DLRU else s_prev[:n]     # what the W_hh entries multiply
+    u = s_prev[n:] if base == DLRU else s_prev[:n]  # what the W_hh entries multiply
     W_hh = param_views(w, G, n_in, n, rec)[1]
     finite = True
     for j in range(n):

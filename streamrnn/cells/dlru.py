@@ -16,6 +16,7 @@ and every learner read ``h`` from the first n entries. No unit reads another
 and ``h`` does not recur, so ``ds'_j/dθ`` is non-zero only for unit j's own
 parameters: exact RTRL runs in the O(P) per-unit form. The cache keeps λ.
 """
+
 import numpy as np
 from numba import njit
 

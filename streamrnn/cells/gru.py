@@ -10,11 +10,20 @@
 State ``s = h`` (n values). The cache keeps ``r, z, n`` in place of ``a_ih`` and
 ``W_hn h + b_hn`` in the last block of ``a_hh``.
 """
+
 import numpy as np
 from numba import njit
 
-from .common import (accumulate_param_grad, add_ih_immediate, hh_influence, hh_transpose_product,
-                     own_recurrent_weight, preactivations, set_gate_coefficients, sigmoid)
+from .common import (
+    accumulate_param_grad,
+    add_ih_immediate,
+    hh_influence,
+    hh_transpose_product,
+    own_recurrent_weight,
+    preactivations,
+    set_gate_coefficients,
+    sigmoid,
+)
 
 N_GATES = 3
 STATE_FACTOR = 1
@@ -22,8 +31,8 @@ STATE_FACTOR = 1
 
 @njit(cache=True, error_model="numpy")
 def gru_forward(w, n_in, n, rec, x, s_prev, s_new, cache):
-    a_ih = cache[:3 * n]
-    a_hh = cache[3 * n:6 * n]
+    a_ih = cache[: 3 * n]
+    a_hh = cache[3 * n : 6 * n]
     preactivations(w, 3, n_in, n, rec, x, s_prev, a_ih, a_hh)
     for j in range(n):
         r = sigmoid(a_ih[j] + a_hh[j])

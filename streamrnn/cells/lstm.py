@@ -9,11 +9,19 @@
 State ``s = (h, c)`` stacked (2n values); the influence matrix covers both.
 The cache keeps ``i, f, g, o`` in place of ``a_ih`` and ``tanh(c')`` after them.
 """
+
 import numpy as np
 from numba import njit
 
-from .common import (accumulate_param_grad, hh_influence, hh_transpose_product, own_recurrent_weight,
-                     preactivations, set_gate_coefficients, sigmoid)
+from .common import (
+    accumulate_param_grad,
+    hh_influence,
+    hh_transpose_product,
+    own_recurrent_weight,
+    preactivations,
+    set_gate_coefficients,
+    sigmoid,
+)
 
 N_GATES = 4
 STATE_FACTOR = 2
@@ -21,8 +29,8 @@ STATE_FACTOR = 2
 
 @njit(cache=True, error_model="numpy")
 def lstm_forward(w, n_in, n, rec, x, s_prev, s_new, cache):
-    a_ih = cache[:4 * n]
-    a_hh = cache[4 * n:8 * n]
+    a_ih = cache[: 4 * n]
+    a_hh = cache[4 * n : 8 * n]
     preactivations(w, 4, n_in, n, rec, x, s_prev[:n], a_ih, a_hh)
     for j in range(n):
         i = sigmoid(a_ih[j] + a_hh[j])
@@ -69,8 +77,19 @@ def lstm_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, imm
     """``M_new = d(h', c')/dθ`` from ``M_prev = d(h, c)/dθ``."""
     hh_influence(w, 4, n_in, n, rec, x, s_prev[:n], M_prev[:n], D, 4 * n, immediate)
     for j in range(n):
-        lstm_unit_influence(cache, n, j, s_prev[n + j], D[j], D[n + j], D[2 * n + j], D[3 * n + j],
-                            M_prev[n + j], M_new[j], M_new[n + j])
+        lstm_unit_influence(
+            cache,
+            n,
+            j,
+            s_prev[n + j],
+            D[j],
+            D[n + j],
+            D[2 * n + j],
+            D[3 * n + j],
+            M_prev[n + j],
+            M_new[j],
+            M_new[n + j],
+        )
 
 
 @njit(cache=True, error_model="numpy")
@@ -79,8 +98,11 @@ def lstm_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef):
     ``lstm_unit_influence``: ``dc' = f dc + β dh + Σ k_g I_g`` and ``dh' = k_c dc' + k_o (w_o dh + I_o)``
     with ``β = Σ_{g in i,f,g} k_g w_g``."""
     f, k_i, k_f, k_g, k_o, k_c = lstm_unit_slopes(cache, n, j, s_prev[n + j])
-    beta = (k_i * own_recurrent_weight(W_hh, j, j, rec) + k_f * own_recurrent_weight(W_hh, n + j, j, rec)
-            + k_g * own_recurrent_weight(W_hh, 2 * n + j, j, rec))
+    beta = (
+        k_i * own_recurrent_weight(W_hh, j, j, rec)
+        + k_f * own_recurrent_weight(W_hh, n + j, j, rec)
+        + k_g * own_recurrent_weight(W_hh, 2 * n + j, j, rec)
+    )
     coef[0, 0] = k_c * beta + k_o * own_recurrent_weight(W_hh, 3 * n + j, j, rec)
     coef[0, 1] = k_c * f
     coef[1, 0] = beta

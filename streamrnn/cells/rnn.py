@@ -2,20 +2,27 @@
 
 ``h' = tanh(W_ih x + b_ih + W_hh h + b_hh)``; state ``s = h`` (n values).
 """
+
 import numpy as np
 from numba import njit
 
-from .common import (accumulate_param_grad, hh_influence, hh_transpose_product, own_recurrent_weight,
-                     preactivations, set_gate_coefficients)
+from .common import (
+    accumulate_param_grad,
+    hh_influence,
+    hh_transpose_product,
+    own_recurrent_weight,
+    preactivations,
+    set_gate_coefficients,
+)
 
 N_GATES = 1
-STATE_FACTOR = 1   # state size = STATE_FACTOR * n
+STATE_FACTOR = 1  # state size = STATE_FACTOR * n
 
 
 @njit(cache=True, error_model="numpy")
 def rnn_forward(w, n_in, n, rec, x, s_prev, s_new, cache):
     a_ih = cache[:n]
-    a_hh = cache[n:2 * n]
+    a_hh = cache[n : 2 * n]
     preactivations(w, 1, n_in, n, rec, x, s_prev, a_ih, a_hh)
     for j in range(n):
         s_new[j] = np.tanh(a_ih[j] + a_hh[j])

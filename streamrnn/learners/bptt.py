@@ -3,6 +3,7 @@
 Stores every state and cache of the forward pass, then runs the cells'
 reverse-mode kernels from the last step to the first. Memory O(T (S + C)).
 """
+
 import numpy as np
 from numba import njit
 
@@ -21,7 +22,7 @@ def bptt_sequence_gradient(cell, task, n_in, n, n_out, theta, Pc, X, Y, has_y, s
     states = np.zeros((T + 1, S), dt)
     states[0] = s0
     caches = np.zeros((T, C), dt)
-    g_hs = np.zeros((T, n), dt)           # dL_t/dh_t through the readout
+    g_hs = np.zeros((T, n), dt)  # dL_t/dh_t through the readout
     logits = np.empty(n_out, dt)
     pred = np.empty(n_out, dt)
     dlogits = np.empty(n_out, dt)
@@ -31,8 +32,9 @@ def bptt_sequence_gradient(cell, task, n_in, n, n_out, theta, Pc, X, Y, has_y, s
     for t in range(T):
         cell_forward(cell, theta, n_in, n, X[t], states[t], states[t + 1], caches[t])
         if has_y[t]:
-            total += readout_step(task, theta, Pc, n, n_out, states[t + 1], X[t], Y[t], True,
-                                  logits, pred, dlogits, step_grad, g_hs[t])
+            total += readout_step(
+                task, theta, Pc, n, n_out, states[t + 1], X[t], Y[t], True, logits, pred, dlogits, step_grad, g_hs[t]
+            )
             grad_sum[Pc:] += step_grad[Pc:]
     g_s = np.zeros(S, dt)
     g_prev = np.zeros(S, dt)
@@ -41,8 +43,9 @@ def bptt_sequence_gradient(cell, task, n_in, n, n_out, theta, Pc, X, Y, has_y, s
     for t in range(T - 1, -1, -1):
         for k in range(n):
             g_s[k] += g_hs[t, k]
-        cell_backward(cell, theta, n_in, n, X[t], states[t], states[t + 1], caches[t],
-                      g_s, g_prev, grad_sum, da_ih, da_hh)
+        cell_backward(
+            cell, theta, n_in, n, X[t], states[t], states[t + 1], caches[t], g_s, g_prev, grad_sum, da_ih, da_hh
+        )
         g_s[:] = g_prev
     return total
 

@@ -10,12 +10,13 @@ handles time ``T-1-k``. Each step calls the per-step cell kernels
 ``cell_forward`` / ``cell_backward`` of :mod:`streamrnn.cells.dispatch`; the
 only extra piece is ``dL/dx = W_ih^T da_ih``, the gradient into a layer's input.
 """
+
 import numpy as np
 from numba import njit
 
 from ..cells.common import param_views
-from ..losses import loss_and_grad
 from ..cells.dispatch import cache_size, cell_backward, cell_forward, n_gates, recurrent_width, state_size
+from ..losses import loss_and_grad
 
 
 @njit(cache=True, error_model="numpy")
@@ -34,15 +35,14 @@ def stack_forward(cell, L, D, n, theta, offs, X, states, caches, outputs):
         for d in range(D):
             ld = l * D + d
             Pc = n_gates(cell) * n * (n_in + recurrent_width(cell, n) + 2)
-            w = theta[offs[ld]:offs[ld] + Pc]
+            w = theta[offs[ld] : offs[ld] + Pc]
             for b in range(B):
                 states[l, d, 0, b, :] = 0.0
                 for k in range(T):
                     t = _time_of(d, k, T)
                     x = xbuf[:n_in]
                     x[:] = X[t, b] if l == 0 else outputs[l - 1, t, b]
-                    cell_forward(cell, w, n_in, n, x, states[l, d, k, b], states[l, d, k + 1, b],
-                                 caches[l, d, k, b])
+                    cell_forward(cell, w, n_in, n, x, states[l, d, k, b], states[l, d, k + 1, b], caches[l, d, k, b])
                     for j in range(n):
                         outputs[l, t, b, d * n + j] = states[l, d, k + 1, b, j]
 
@@ -70,8 +70,8 @@ def stack_backward(cell, L, D, n, theta, offs, X, states, caches, outputs, G_top
         for d in range(D):
             ld = l * D + d
             Pc = n_gates(cell) * n * (n_in + rec + 2)
-            w = theta[offs[ld]:offs[ld] + Pc]
-            gw = grad[offs[ld]:offs[ld] + Pc]
+            w = theta[offs[ld] : offs[ld] + Pc]
+            gw = grad[offs[ld] : offs[ld] + Pc]
             W_ih = param_views(w, n_gates(cell), n_in, n, rec)[0]
             for b in range(B):
                 g_s[:] = 0.0
@@ -81,8 +81,21 @@ def stack_backward(cell, L, D, n, theta, offs, X, states, caches, outputs, G_top
                         g_s[j] += G_in[t, b, d * n + j]
                     x = xbuf[:n_in]
                     x[:] = X[t, b] if l == 0 else outputs[l - 1, t, b]
-                    cell_backward(cell, w, n_in, n, x, states[l, d, k, b], states[l, d, k + 1, b],
-                                  caches[l, d, k, b], g_s, g_prev, gw, da_ih, da_hh)
+                    cell_backward(
+                        cell,
+                        w,
+                        n_in,
+                        n,
+                        x,
+                        states[l, d, k, b],
+                        states[l, d, k + 1, b],
+                        caches[l, d, k, b],
+                        g_s,
+                        g_prev,
+                        gw,
+                        da_ih,
+                        da_hh,
+                    )
                     for r in range(rows):
                         g = da_ih[r]
                         if g != 0.0:
@@ -96,8 +109,7 @@ def allocate(cell, L, D, n, T, B, dtype):
     """Scratch arrays for :func:`stack_forward` (cell is the integer id)."""
     S = state_size(cell, n)
     C = cache_size(cell, n)
-    return (np.zeros((L, D, T + 1, B, S), dtype), np.zeros((L, D, T, B, C), dtype),
-            np.zeros((L, T, B, D * n), dtype))
+    return (np.zeros((L, D, T + 1, B, S), dtype), np.zeros((L, D, T, B, C), dtype), np.zeros((L, T, B, D * n), dtype))
 
 
 @njit(cache=True, error_model="numpy")

@@ -3,6 +3,7 @@ record loop of the influence-carrying learners (RTRL, SnAp-1, UORO).
 
 Counters (an int64 array owned by the Model) record what happened to each record.
 """
+
 from collections import namedtuple
 
 import numpy as np
@@ -94,7 +95,7 @@ def predict_from_state(cell, task, n_in, n, n_out, theta, Pc, x, s, pred, s_next
     """The prediction one more sample would get from state ``s`` (unchanged) into ``pred``, and the
     state it would reach into ``s_next`` unless that is None (``Model.peek``; forecasts run forward
     from a copy of a state)."""
-    if s_next is None:          # resolved at compile time: None is its own type
+    if s_next is None:  # resolved at compile time: None is its own type
         s_new = np.empty_like(s)
     else:
         s_new = s_next
@@ -124,8 +125,8 @@ def clear_influence_key(keyed, slot):
 # Numba picks them while typing, so each learner gets its own compiled and cached loop. (A function
 # passed in as an argument instead is a pointer to a Python object in the compiled code: not cacheable.)
 
-_SAMPLES = {}      # workspace namedtuple class -> the learner's @njit sample function
-_CLEARS = {}       # key-state namedtuple class -> the @njit function zeroing one key
+_SAMPLES = {}  # workspace namedtuple class -> the learner's @njit sample function
+_CLEARS = {}  # key-state namedtuple class -> the @njit function zeroing one key
 
 
 def register_online_learner(workspace_class, key_state_class, sample, clear):
@@ -158,6 +159,7 @@ def _learner_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, keyed, slot,
 
     def run(cell, task, n_in, n, n_out, theta, x, y, has_y, keyed, slot, draw, ws, pred):
         return sample(cell, task, n_in, n, n_out, theta, x, y, has_y, keyed, slot, draw, ws, pred)
+
     return run
 
 
@@ -167,12 +169,32 @@ def _clear_key(keyed, slot):
 
     def run(keyed, slot):
         clear(keyed, slot)
+
     return run
 
 
-@njit(cache=True, error_model="numpy", nogil=True)   # the daemon overlaps it with Kafka I/O threads
-def online_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
-                     keyed, X, Y, has_y, slots, reset, ws, out, losses):
+@njit(cache=True, error_model="numpy", nogil=True)  # the daemon overlaps it with Kafka I/O threads
+def online_step_many(
+    cell,
+    task,
+    opt_kind,
+    n_in,
+    n,
+    n_out,
+    theta,
+    opt_state,
+    hyper,
+    counters,
+    keyed,
+    X,
+    Y,
+    has_y,
+    slots,
+    reset,
+    ws,
+    out,
+    losses,
+):
     """Test-then-train over records in arrival order; each record's key owns slot ``slots[i]``.
 
     ``reset[i]`` clears the slot first (a new or evicted key). ``losses[i]`` is NaN when the record
@@ -183,8 +205,9 @@ def online_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyp
         slot = slots[i]
         if reset[i]:
             clear_key(keyed, slot)
-        outcome, loss = learner_sample(cell, task, n_in, n, n_out, theta, X[i], Y[i], has_y[i], keyed, slot,
-                                       counters[STEPS], ws, out[i])
+        outcome, loss = learner_sample(
+            cell, task, n_in, n, n_out, theta, X[i], Y[i], has_y[i], keyed, slot, counters[STEPS], ws, out[i]
+        )
         losses[i] = settle_sample(outcome, has_y[i], loss, opt_kind, theta, ws.grad, opt_state, hyper, counters)
 
 
@@ -199,8 +222,7 @@ def online_sequence_gradient(cell, task, n_in, n, n_out, theta, X, Y, has_y, key
     grad_sum[:] = 0.0
     total = 0.0
     for t in range(X.shape[0]):
-        outcome, loss = learner_sample(cell, task, n_in, n, n_out, theta, X[t], Y[t], has_y[t], keyed, 0, t,
-                                       ws, pred)
+        outcome, loss = learner_sample(cell, task, n_in, n, n_out, theta, X[t], Y[t], has_y[t], keyed, 0, t, ws, pred)
         if outcome != APPLIED:
             grad_sum[:] = np.nan
             return np.nan

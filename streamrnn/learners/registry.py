@@ -34,12 +34,14 @@ the modules are imported on the first lookup.
 >>> registry.get("uoro").key_state._fields
 ('hidden', 'uoro_state', 'uoro_params')
 """
+
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,19 +50,20 @@ __all__ = ["ModelDims", "LearnerSpec", "register", "get", "names", "resolve"]
 
 class ModelDims(NamedTuple):
     """The sizes and settings of a Model that a learner's arrays and kernels are built for."""
-    cell: int                    # cell id (streamrnn.cells.dispatch.CELL_IDS)
-    task: int                    # task id (streamrnn.losses.TASK_IDS)
+
+    cell: int  # cell id (streamrnn.cells.dispatch.CELL_IDS)
+    task: int  # task id (streamrnn.losses.TASK_IDS)
     n_inputs: int
     n_hidden: int
     n_outputs: int
-    state_size: int              # S: n, or 2n for LSTM's (h, c)
-    target_width: int            # columns of a validated target row
-    n_params_cell: int           # P_cell: the cell's block of theta, before the readout
+    state_size: int  # S: n, or 2n for LSTM's (h, c)
+    target_width: int  # columns of a validated target row
+    n_params_cell: int  # P_cell: the cell's block of theta, before the readout
     n_params: int
     dtype: np.dtype
-    seed: int                    # UORO's random signs
-    truncation: Optional[int]    # TBPTT's window k
-    stride: Optional[int]        # TBPTT's update stride h
+    seed: int  # UORO's random signs
+    truncation: int | None  # TBPTT's window k
+    stride: int | None  # TBPTT's update stride h
 
 
 Layout = list  # [(name, shape, dtype)] of the arrays one key owns
@@ -88,6 +91,7 @@ class LearnerSpec:
         Name of the learner whose kernels run this one for element-wise cells (exact RTRL runs on
         SnAp-1's per-unit kernels there: no other influence entry is non-zero, O(P) instead of O(nP)).
     """
+
     name: str
     key_layout: Callable[[ModelDims], Layout]
     key_state: type
@@ -95,7 +99,7 @@ class LearnerSpec:
     step_many: Any
     sequence_gradient: Any
     windowed: bool = False
-    elementwise_runs_as: Optional[str] = None
+    elementwise_runs_as: str | None = None
 
     def new_key_state(self, dims: ModelDims, n_slots: int = 1):
         """Zeroed per-key arrays for ``n_slots`` keys, as the kernels take them (``sequence_gradient``:
@@ -153,6 +157,7 @@ def resolve(name: str, cell: int) -> LearnerSpec:
     ('snap1', 'rtrl')
     """
     from ..cells.dispatch import ELEMENTWISE
+
     spec = get(name)
     if spec.elementwise_runs_as is not None and cell in ELEMENTWISE:
         return get(spec.elementwise_runs_as)

@@ -11,15 +11,26 @@ own parameters, so the Model runs exact RTRL for them in the compact O(P) form
 of :mod:`streamrnn.learners.snap1`; this dense form serves them too (checks,
 ``compare.gradient_alignment``).
 """
+
 from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
-from ..cells.dispatch import cell_forward, cell_tangent, cache_size, n_gates
-from .common import (APPLIED, INFLUENCE_RESET, REJECTED, InfluenceKeyState, all_finite, cell_params_end,
-                     clear_influence_key, online_sequence_gradient, online_step_many,
-                     register_online_learner, readout_step)
+from ..cells.dispatch import cache_size, cell_forward, cell_tangent, n_gates
+from .common import (
+    APPLIED,
+    INFLUENCE_RESET,
+    REJECTED,
+    InfluenceKeyState,
+    all_finite,
+    cell_params_end,
+    clear_influence_key,
+    online_sequence_gradient,
+    online_step_many,
+    readout_step,
+    register_online_learner,
+)
 from .registry import LearnerSpec, register
 
 # Scratch of one step: the new state, D = W_hh M + I (G n x P_cell, large for big n), the cell's
@@ -30,9 +41,15 @@ RTRLWorkspace = namedtuple("RTRLWorkspace", ["s_new", "D", "cache", "logits", "d
 def make_workspace(dims):
     """The workspace of one RTRL step for a model of ``dims``, allocated once per Model."""
     dt, n = dims.dtype, dims.n_hidden
-    return RTRLWorkspace(np.zeros(dims.state_size, dt), np.zeros((n_gates(dims.cell) * n, dims.n_params_cell), dt),
-                         np.zeros(cache_size(dims.cell, n), dt), np.zeros(dims.n_outputs, dt),
-                         np.zeros(dims.n_outputs, dt), np.zeros(n, dt), np.zeros(dims.n_params, dt))
+    return RTRLWorkspace(
+        np.zeros(dims.state_size, dt),
+        np.zeros((n_gates(dims.cell) * n, dims.n_params_cell), dt),
+        np.zeros(cache_size(dims.cell, n), dt),
+        np.zeros(dims.n_outputs, dt),
+        np.zeros(dims.n_outputs, dt),
+        np.zeros(n, dt),
+        np.zeros(dims.n_params, dt),
+    )
 
 
 def key_layout(dims):
@@ -76,17 +93,63 @@ def rtrl_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, keyed, slot, dra
     return APPLIED, loss
 
 
-@njit(cache=True, error_model="numpy", nogil=True)   # the daemon overlaps it with Kafka I/O threads
-def rtrl_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
-                   keyed, X, Y, has_y, slots, reset, ws, out, losses):
+@njit(cache=True, error_model="numpy", nogil=True)  # the daemon overlaps it with Kafka I/O threads
+def rtrl_step_many(
+    cell,
+    task,
+    opt_kind,
+    n_in,
+    n,
+    n_out,
+    theta,
+    opt_state,
+    hyper,
+    counters,
+    keyed,
+    X,
+    Y,
+    has_y,
+    slots,
+    reset,
+    ws,
+    out,
+    losses,
+):
     """:func:`~streamrnn.learners.common.online_step_many` for RTRL, ``keyed`` and ``ws`` given as plain tuples
     of their fields (see :data:`~streamrnn.learners.registry.LearnerSpec`)."""
-    online_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters, InfluenceKeyState(*keyed),
-                     X, Y, has_y, slots, reset, RTRLWorkspace(*ws), out, losses)
+    online_step_many(
+        cell,
+        task,
+        opt_kind,
+        n_in,
+        n,
+        n_out,
+        theta,
+        opt_state,
+        hyper,
+        counters,
+        InfluenceKeyState(*keyed),
+        X,
+        Y,
+        has_y,
+        slots,
+        reset,
+        RTRLWorkspace(*ws),
+        out,
+        losses,
+    )
 
 
 register_online_learner(RTRLWorkspace, InfluenceKeyState, rtrl_sample, clear_influence_key)
 
-SPEC = register(LearnerSpec(name="rtrl", key_layout=key_layout, key_state=InfluenceKeyState,
-                            make_workspace=make_workspace, step_many=rtrl_step_many,
-                            sequence_gradient=online_sequence_gradient, elementwise_runs_as="snap1"))
+SPEC = register(
+    LearnerSpec(
+        name="rtrl",
+        key_layout=key_layout,
+        key_state=InfluenceKeyState,
+        make_workspace=make_workspace,
+        step_many=rtrl_step_many,
+        sequence_gradient=online_sequence_gradient,
+        elementwise_runs_as="snap1",
+    )
+)

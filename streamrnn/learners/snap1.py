@@ -14,17 +14,34 @@ approximation; for the element-wise cells (ernn, egru, elstm, dlru) no unit
 ever reads another, so no other entry of ``M`` is non-zero and it is exact
 RTRL, which is what ``Model(learner="rtrl")`` runs for them.
 """
+
 from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
 from ..cells.common import unit_block
-from ..cells.dispatch import (cache_size, cell_forward, cell_unit_tangent, n_gates, recurrent_width,
-                              unit_coefficient_shape)
-from .common import (APPLIED, INFLUENCE_RESET, REJECTED, InfluenceKeyState, all_finite, cell_params_end,
-                     clear_influence_key, online_sequence_gradient, online_step_many,
-                     register_online_learner, readout_step)
+from ..cells.dispatch import (
+    cache_size,
+    cell_forward,
+    cell_unit_tangent,
+    n_gates,
+    recurrent_width,
+    unit_coefficient_shape,
+)
+from .common import (
+    APPLIED,
+    INFLUENCE_RESET,
+    REJECTED,
+    InfluenceKeyState,
+    all_finite,
+    cell_params_end,
+    clear_influence_key,
+    online_sequence_gradient,
+    online_step_many,
+    readout_step,
+    register_online_learner,
+)
 from .registry import LearnerSpec, register
 
 # Scratch of one step: the new state, the per-unit update's coefficients, the cell's cache, logits and
@@ -41,9 +58,15 @@ def influence_width(cell, n_in, n):
 def make_workspace(dims):
     """The workspace of one SnAp-1 step for a model of ``dims``, allocated once per Model."""
     dt, n = dims.dtype, dims.n_hidden
-    return SnAp1Workspace(np.zeros(dims.state_size, dt), np.zeros(unit_coefficient_shape(dims.cell, n), dt),
-                          np.zeros(cache_size(dims.cell, n), dt), np.zeros(dims.n_outputs, dt),
-                          np.zeros(dims.n_outputs, dt), np.zeros(n, dt), np.zeros(dims.n_params, dt))
+    return SnAp1Workspace(
+        np.zeros(dims.state_size, dt),
+        np.zeros(unit_coefficient_shape(dims.cell, n), dt),
+        np.zeros(cache_size(dims.cell, n), dt),
+        np.zeros(dims.n_outputs, dt),
+        np.zeros(dims.n_outputs, dt),
+        np.zeros(n, dt),
+        np.zeros(dims.n_params, dt),
+    )
 
 
 def key_layout(dims):
@@ -70,8 +93,7 @@ def snap1_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, keyed, slot, dr
     if not all_finite(s_new):
         pred[:] = np.nan
         return REJECTED, 0.0
-    loss = readout_step(task, theta[Pc:], 0, n, n_out, s_new, x, y, has_y, ws.logits, pred, ws.dlogits,
-                        grad[Pc:], g_h)
+    loss = readout_step(task, theta[Pc:], 0, n, n_out, s_new, x, y, has_y, ws.logits, pred, ws.dlogits, grad[Pc:], g_h)
     finite = cell_unit_tangent(cell, theta, n_in, n, x, s, s_new, ws.cache, M, ws.coef, grad, g_h, has_y)
     s[:] = s_new
     if not finite:
@@ -80,17 +102,62 @@ def snap1_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, keyed, slot, dr
     return APPLIED, loss
 
 
-@njit(cache=True, error_model="numpy", nogil=True)   # the daemon overlaps it with Kafka I/O threads
-def snap1_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
-                    keyed, X, Y, has_y, slots, reset, ws, out, losses):
+@njit(cache=True, error_model="numpy", nogil=True)  # the daemon overlaps it with Kafka I/O threads
+def snap1_step_many(
+    cell,
+    task,
+    opt_kind,
+    n_in,
+    n,
+    n_out,
+    theta,
+    opt_state,
+    hyper,
+    counters,
+    keyed,
+    X,
+    Y,
+    has_y,
+    slots,
+    reset,
+    ws,
+    out,
+    losses,
+):
     """:func:`~streamrnn.learners.common.online_step_many` for SnAp-1, ``keyed`` and ``ws`` given as plain tuples
     of their fields (see :data:`~streamrnn.learners.registry.LearnerSpec`)."""
-    online_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters, InfluenceKeyState(*keyed),
-                     X, Y, has_y, slots, reset, SnAp1Workspace(*ws), out, losses)
+    online_step_many(
+        cell,
+        task,
+        opt_kind,
+        n_in,
+        n,
+        n_out,
+        theta,
+        opt_state,
+        hyper,
+        counters,
+        InfluenceKeyState(*keyed),
+        X,
+        Y,
+        has_y,
+        slots,
+        reset,
+        SnAp1Workspace(*ws),
+        out,
+        losses,
+    )
 
 
 register_online_learner(SnAp1Workspace, InfluenceKeyState, snap1_sample, clear_influence_key)
 
-SPEC = register(LearnerSpec(name="snap1", key_layout=key_layout, key_state=InfluenceKeyState,
-                            make_workspace=make_workspace, step_many=snap1_step_many,
-                            sequence_gradient=online_sequence_gradient))
+SPEC = register(
+    LearnerSpec(
+        name="snap1",
+        key_layout=key_layout,
+        key_state=InfluenceKeyState,
+        make_workspace=make_workspace,
+        step_many=snap1_step_many,
+        sequence_gradient=online_sequence_gradient,
+    )
+)

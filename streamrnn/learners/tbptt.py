@@ -8,6 +8,7 @@ last ``k`` steps and updates the parameters. With ``h = k`` the windows do not
 overlap and the summed gradient equals RTRL's with the influence matrix reset
 at every window start; with ``k >= T`` it is full BPTT.
 """
+
 from collections import namedtuple
 
 import numpy as np
@@ -19,37 +20,97 @@ from .registry import LearnerSpec, register
 
 # The arrays a key owns (a slot axis first): its state, and the ring of its last k steps (input, state
 # before the step, the cell's cache, target, whether it had one) with the count of steps taken.
-TBPTTKeyState = namedtuple("TBPTTKeyState", ["hidden", "window_inputs", "window_states", "window_caches",
-                                             "window_targets", "window_has_target", "window_count"])
+TBPTTKeyState = namedtuple(
+    "TBPTTKeyState",
+    [
+        "hidden",
+        "window_inputs",
+        "window_states",
+        "window_caches",
+        "window_targets",
+        "window_has_target",
+        "window_count",
+    ],
+)
 
 # The update stride h, and the scratch: the new state and cache of a forward step, the backward pass's
 # dL/ds and dL/ds_prev, pre-activation gradients, logits, a prediction, their gradient, dL/dh, one
 # step's readout gradient, and ``grad``, the window's summed gradient (the one applied).
-TBPTTWorkspace = namedtuple("TBPTTWorkspace", ["stride", "s_new", "cache", "g_s", "g_prev", "da_ih", "da_hh",
-                                               "logits", "pred", "dlogits", "g_h", "step_grad", "grad"])
+TBPTTWorkspace = namedtuple(
+    "TBPTTWorkspace",
+    [
+        "stride",
+        "s_new",
+        "cache",
+        "g_s",
+        "g_prev",
+        "da_ih",
+        "da_hh",
+        "logits",
+        "pred",
+        "dlogits",
+        "g_h",
+        "step_grad",
+        "grad",
+    ],
+)
 
 
 def make_workspace(dims):
     """The workspace of TBPTT(``dims.truncation``, ``dims.stride``) for a model of ``dims``."""
     dt, S, n, o = dims.dtype, dims.state_size, dims.n_hidden, dims.n_outputs
     rows = n_gates(dims.cell) * n
-    return TBPTTWorkspace(int(dims.stride), np.zeros(S, dt), np.zeros(cache_size(dims.cell, n), dt),
-                          np.zeros(S, dt), np.zeros(S, dt), np.zeros(rows, dt), np.zeros(rows, dt),
-                          np.zeros(o, dt), np.zeros(o, dt), np.zeros(o, dt), np.zeros(n, dt),
-                          np.zeros(dims.n_params, dt), np.zeros(dims.n_params, dt))
+    return TBPTTWorkspace(
+        int(dims.stride),
+        np.zeros(S, dt),
+        np.zeros(cache_size(dims.cell, n), dt),
+        np.zeros(S, dt),
+        np.zeros(S, dt),
+        np.zeros(rows, dt),
+        np.zeros(rows, dt),
+        np.zeros(o, dt),
+        np.zeros(o, dt),
+        np.zeros(o, dt),
+        np.zeros(n, dt),
+        np.zeros(dims.n_params, dt),
+        np.zeros(dims.n_params, dt),
+    )
 
 
 def key_layout(dims):
     S, dt, k = dims.state_size, dims.dtype, dims.truncation
-    return [("hidden", (S,), dt), ("window_inputs", (k, dims.n_inputs), dt), ("window_states", (k, S), dt),
-            ("window_caches", (k, cache_size(dims.cell, dims.n_hidden)), dt),
-            ("window_targets", (k, dims.target_width), dt), ("window_has_target", (k,), np.dtype(np.bool_)),
-            ("window_count", (), np.dtype(np.int64))]
+    return [
+        ("hidden", (S,), dt),
+        ("window_inputs", (k, dims.n_inputs), dt),
+        ("window_states", (k, S), dt),
+        ("window_caches", (k, cache_size(dims.cell, dims.n_hidden)), dt),
+        ("window_targets", (k, dims.target_width), dt),
+        ("window_has_target", (k,), np.dtype(np.bool_)),
+        ("window_count", (), np.dtype(np.int64)),
+    ]
 
 
 @njit(cache=True, error_model="numpy")
-def tbptt_backprop(cell, task, n_in, n, n_out, theta, Pc, s_last, win_x, win_s, win_c, win_y, win_has,
-                   count, n_back, n_inject, ws, grad):
+def tbptt_backprop(
+    cell,
+    task,
+    n_in,
+    n,
+    n_out,
+    theta,
+    Pc,
+    s_last,
+    win_x,
+    win_s,
+    win_c,
+    win_y,
+    win_has,
+    count,
+    n_back,
+    n_inject,
+    ws,
+    grad,
+):
     """``grad = Σ`` over the last ``n_inject`` steps of ``dL_t/dθ``, backpropagated ``n_back`` steps.
 
     The window arrays are rings indexed by step number modulo ``k``; ``count``
@@ -66,20 +127,36 @@ def tbptt_backprop(cell, task, n_in, n, n_out, theta, Pc, s_last, win_x, win_s, 
         idx = t % k
         s_after = s_last if back == 0 else win_s[(t + 1) % k]
         if back < n_inject and win_has[idx]:
-            total += readout_step(task, theta, Pc, n, n_out, s_after, win_x[idx], win_y[idx], True,
-                                  ws.logits, ws.pred, ws.dlogits, step_grad, g_h)
+            total += readout_step(
+                task,
+                theta,
+                Pc,
+                n,
+                n_out,
+                s_after,
+                win_x[idx],
+                win_y[idx],
+                True,
+                ws.logits,
+                ws.pred,
+                ws.dlogits,
+                step_grad,
+                g_h,
+            )
             grad[Pc:] += step_grad[Pc:]
             for j in range(n):
                 g_s[j] += g_h[j]
-        cell_backward(cell, theta, n_in, n, win_x[idx], win_s[idx], s_after, win_c[idx],
-                      g_s, g_prev, grad, da_ih, da_hh)
+        cell_backward(
+            cell, theta, n_in, n, win_x[idx], win_s[idx], s_after, win_c[idx], g_s, g_prev, grad, da_ih, da_hh
+        )
         g_s[:] = g_prev
     return total
 
 
 @njit(cache=True, error_model="numpy")
-def tbptt_advance(cell, task, n_in, n, n_out, theta, Pc, x, y, has_y, s, win_x, win_s, win_c, win_y,
-                  win_has, count, ws, pred):
+def tbptt_advance(
+    cell, task, n_in, n, n_out, theta, Pc, x, y, has_y, s, win_x, win_s, win_c, win_y, win_has, count, ws, pred
+):
     """Step one key forward, recording the step in its window. False (and nothing changed) when
     the new state is not finite."""
     s_new, cache = ws.s_new, ws.cache
@@ -98,18 +175,75 @@ def tbptt_advance(cell, task, n_in, n, n_out, theta, Pc, x, y, has_y, s, win_x, 
     return True, loss
 
 
-@njit(cache=True, error_model="numpy", nogil=True)   # the daemon overlaps it with Kafka I/O threads
-def tbptt_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
-                    keyed, X, Y, has_y, slots, reset, ws, out, losses):
+@njit(cache=True, error_model="numpy", nogil=True)  # the daemon overlaps it with Kafka I/O threads
+def tbptt_step_many(
+    cell,
+    task,
+    opt_kind,
+    n_in,
+    n,
+    n_out,
+    theta,
+    opt_state,
+    hyper,
+    counters,
+    keyed,
+    X,
+    Y,
+    has_y,
+    slots,
+    reset,
+    ws,
+    out,
+    losses,
+):
     """:func:`tbptt_records`, ``keyed`` and ``ws`` given as plain tuples of their fields (see
     :data:`~streamrnn.learners.registry.LearnerSpec`)."""
-    tbptt_records(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters, TBPTTKeyState(*keyed),
-                  X, Y, has_y, slots, reset, TBPTTWorkspace(*ws), out, losses)
+    tbptt_records(
+        cell,
+        task,
+        opt_kind,
+        n_in,
+        n,
+        n_out,
+        theta,
+        opt_state,
+        hyper,
+        counters,
+        TBPTTKeyState(*keyed),
+        X,
+        Y,
+        has_y,
+        slots,
+        reset,
+        TBPTTWorkspace(*ws),
+        out,
+        losses,
+    )
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def tbptt_records(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
-                  keyed, X, Y, has_y, slots, reset, ws, out, losses):
+def tbptt_records(
+    cell,
+    task,
+    opt_kind,
+    n_in,
+    n,
+    n_out,
+    theta,
+    opt_state,
+    hyper,
+    counters,
+    keyed,
+    X,
+    Y,
+    has_y,
+    slots,
+    reset,
+    ws,
+    out,
+    losses,
+):
     """Test-then-train over records in arrival order, one TBPTT window per key slot."""
     Pc = cell_params_end(cell, n_in, n)
     H, W_x, W_s, W_c = keyed.hidden, keyed.window_inputs, keyed.window_states, keyed.window_caches
@@ -123,8 +257,27 @@ def tbptt_records(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper,
             H[slot] = 0.0
             W_count[slot] = 0
         losses[i] = np.nan
-        ok, loss = tbptt_advance(cell, task, n_in, n, n_out, theta, Pc, X[i], Y[i], has_y[i], H[slot],
-                                 W_x[slot], W_s[slot], W_c[slot], W_y[slot], W_has[slot], W_count[slot], ws, out[i])
+        ok, loss = tbptt_advance(
+            cell,
+            task,
+            n_in,
+            n,
+            n_out,
+            theta,
+            Pc,
+            X[i],
+            Y[i],
+            has_y[i],
+            H[slot],
+            W_x[slot],
+            W_s[slot],
+            W_c[slot],
+            W_y[slot],
+            W_has[slot],
+            W_count[slot],
+            ws,
+            out[i],
+        )
         if not ok:
             counters[REJECTED_STATE] += 1
             continue
@@ -134,8 +287,26 @@ def tbptt_records(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper,
         W_count[slot] += 1
         count = W_count[slot]
         if count % stride == 0:
-            total = tbptt_backprop(cell, task, n_in, n, n_out, theta, Pc, H[slot], W_x[slot], W_s[slot],
-                                   W_c[slot], W_y[slot], W_has[slot], count, min(k, count), stride, ws, grad)
+            total = tbptt_backprop(
+                cell,
+                task,
+                n_in,
+                n,
+                n_out,
+                theta,
+                Pc,
+                H[slot],
+                W_x[slot],
+                W_s[slot],
+                W_c[slot],
+                W_y[slot],
+                W_has[slot],
+                count,
+                min(k, count),
+                stride,
+                ws,
+                grad,
+            )
             injected = False
             for back in range(stride):
                 injected |= W_has[slot, (count - 1 - back) % k]
@@ -159,8 +330,27 @@ def tbptt_sequence_gradient(cell, task, n_in, n, n_out, theta, X, Y, has_y, keye
     total = 0.0
     T = X.shape[0]
     for t in range(T):
-        ok, _ = tbptt_advance(cell, task, n_in, n, n_out, theta, Pc, X[t], Y[t], has_y[t], s,
-                              win_x, win_s, win_c, win_y, win_has, t, ws, pred)
+        ok, _ = tbptt_advance(
+            cell,
+            task,
+            n_in,
+            n,
+            n_out,
+            theta,
+            Pc,
+            X[t],
+            Y[t],
+            has_y[t],
+            s,
+            win_x,
+            win_s,
+            win_c,
+            win_y,
+            win_has,
+            t,
+            ws,
+            pred,
+        )
         if not ok:
             grad_sum[:] = np.nan
             return np.nan
@@ -168,12 +358,38 @@ def tbptt_sequence_gradient(cell, task, n_in, n, n_out, theta, X, Y, has_y, keye
         pending = count % stride
         if pending == 0 or count == T:
             n_inject = stride if pending == 0 else pending
-            total += tbptt_backprop(cell, task, n_in, n, n_out, theta, Pc, s, win_x, win_s, win_c, win_y,
-                                    win_has, count, min(k, count), n_inject, ws, grad)
+            total += tbptt_backprop(
+                cell,
+                task,
+                n_in,
+                n,
+                n_out,
+                theta,
+                Pc,
+                s,
+                win_x,
+                win_s,
+                win_c,
+                win_y,
+                win_has,
+                count,
+                min(k, count),
+                n_inject,
+                ws,
+                grad,
+            )
             grad_sum += grad
     return total
 
 
-SPEC = register(LearnerSpec(name="tbptt", key_layout=key_layout, key_state=TBPTTKeyState,
-                            make_workspace=make_workspace, step_many=tbptt_step_many,
-                            sequence_gradient=tbptt_sequence_gradient, windowed=True))
+SPEC = register(
+    LearnerSpec(
+        name="tbptt",
+        key_layout=key_layout,
+        key_state=TBPTTKeyState,
+        make_workspace=make_workspace,
+        step_many=tbptt_step_many,
+        sequence_gradient=tbptt_sequence_gradient,
+        windowed=True,
+    )
+)

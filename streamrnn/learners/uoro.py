@@ -11,15 +11,23 @@ Per key it holds ``s̃`` (S) and ``θ̃`` (P): O(S + P) memory, O(P) time per st
 a counter-based generator keyed by the model seed and the step index, so a
 replay of the same records is bit-identical, also across a save and load.
 """
+
 from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
 from ..cells.dispatch import cache_size, cell_backward, cell_forward, cell_tangent, n_gates
-from .common import (APPLIED, INFLUENCE_RESET, REJECTED, all_finite, online_sequence_gradient, online_step_many,
-                     register_online_learner,
-                     readout_step)
+from .common import (
+    APPLIED,
+    INFLUENCE_RESET,
+    REJECTED,
+    all_finite,
+    online_sequence_gradient,
+    online_step_many,
+    readout_step,
+    register_online_learner,
+)
 from .registry import LearnerSpec, register
 
 # The arrays a key owns (a slot axis first): its state, s̃ (S) and θ̃ (P_cell).
@@ -28,19 +36,32 @@ UOROKeyState = namedtuple("UOROKeyState", ["hidden", "uoro_state", "uoro_params"
 # The model's seed of the random signs, and the scratch of one step: the new state, the cell's cache, the
 # tangent's D (G n x 1) and J s̃ (S x 1), the signs ν, the reverse pass's dL/ds_prev and pre-activation
 # gradients, νᵀI (P_cell), logits and their gradient, dL/dh, and the gradient estimate of the step.
-UOROWorkspace = namedtuple("UOROWorkspace", ["seed", "s_new", "cache", "D1", "js", "nu", "g_prev", "da_ih",
-                                             "da_hh", "vI", "logits", "dlogits", "g_h", "grad"])
+UOROWorkspace = namedtuple(
+    "UOROWorkspace",
+    ["seed", "s_new", "cache", "D1", "js", "nu", "g_prev", "da_ih", "da_hh", "vI", "logits", "dlogits", "g_h", "grad"],
+)
 
 
 def make_workspace(dims):
     """The workspace of one UORO step for a model of ``dims`` (signs from ``dims.seed``)."""
     dt, S, n = dims.dtype, dims.state_size, dims.n_hidden
     rows = n_gates(dims.cell) * n
-    return UOROWorkspace(int(dims.seed), np.zeros(S, dt), np.zeros(cache_size(dims.cell, n), dt),
-                         np.zeros((rows, 1), dt), np.zeros((S, 1), dt), np.zeros(S, dt), np.zeros(S, dt),
-                         np.zeros(rows, dt), np.zeros(rows, dt), np.zeros(dims.n_params_cell, dt),
-                         np.zeros(dims.n_outputs, dt), np.zeros(dims.n_outputs, dt), np.zeros(n, dt),
-                         np.zeros(dims.n_params, dt))
+    return UOROWorkspace(
+        int(dims.seed),
+        np.zeros(S, dt),
+        np.zeros(cache_size(dims.cell, n), dt),
+        np.zeros((rows, 1), dt),
+        np.zeros((S, 1), dt),
+        np.zeros(S, dt),
+        np.zeros(S, dt),
+        np.zeros(rows, dt),
+        np.zeros(rows, dt),
+        np.zeros(dims.n_params_cell, dt),
+        np.zeros(dims.n_outputs, dt),
+        np.zeros(dims.n_outputs, dt),
+        np.zeros(n, dt),
+        np.zeros(dims.n_params, dt),
+    )
 
 
 def key_layout(dims):
@@ -120,17 +141,62 @@ def uoro_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, keyed, slot, dra
     return APPLIED, loss
 
 
-@njit(cache=True, error_model="numpy", nogil=True)   # the daemon overlaps it with Kafka I/O threads
-def uoro_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters,
-                   keyed, X, Y, has_y, slots, reset, ws, out, losses):
+@njit(cache=True, error_model="numpy", nogil=True)  # the daemon overlaps it with Kafka I/O threads
+def uoro_step_many(
+    cell,
+    task,
+    opt_kind,
+    n_in,
+    n,
+    n_out,
+    theta,
+    opt_state,
+    hyper,
+    counters,
+    keyed,
+    X,
+    Y,
+    has_y,
+    slots,
+    reset,
+    ws,
+    out,
+    losses,
+):
     """:func:`~streamrnn.learners.common.online_step_many` for UORO, ``keyed`` and ``ws`` given as plain tuples
     of their fields (see :data:`~streamrnn.learners.registry.LearnerSpec`)."""
-    online_step_many(cell, task, opt_kind, n_in, n, n_out, theta, opt_state, hyper, counters, UOROKeyState(*keyed),
-                     X, Y, has_y, slots, reset, UOROWorkspace(*ws), out, losses)
+    online_step_many(
+        cell,
+        task,
+        opt_kind,
+        n_in,
+        n,
+        n_out,
+        theta,
+        opt_state,
+        hyper,
+        counters,
+        UOROKeyState(*keyed),
+        X,
+        Y,
+        has_y,
+        slots,
+        reset,
+        UOROWorkspace(*ws),
+        out,
+        losses,
+    )
 
 
 register_online_learner(UOROWorkspace, UOROKeyState, uoro_sample, clear_uoro_key)
 
-SPEC = register(LearnerSpec(name="uoro", key_layout=key_layout, key_state=UOROKeyState,
-                            make_workspace=make_workspace, step_many=uoro_step_many,
-                            sequence_gradient=online_sequence_gradient))
+SPEC = register(
+    LearnerSpec(
+        name="uoro",
+        key_layout=key_layout,
+        key_state=UOROKeyState,
+        make_workspace=make_workspace,
+        step_many=uoro_step_many,
+        sequence_gradient=online_sequence_gradient,
+    )
+)

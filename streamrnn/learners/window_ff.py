@@ -4,6 +4,7 @@ Parameters, flat: ``W1 (H, w*m) | b1 (H) | W_out (o, H) | b_out (o)``. Per key
 the window of the last ``w`` inputs (oldest first, zero before the stream
 starts) is all the state there is; gradients are exact and local in time.
 """
+
 from collections import namedtuple
 
 import numpy as np
@@ -11,19 +12,40 @@ from numba import njit
 
 from .common import STEPS, guarded_update, readout_step
 
-
 # Scratch of one step: hidden activations, logits and their gradient, dL/dz, and the gradient.
 WindowFFWorkspace = namedtuple("WindowFFWorkspace", ["z", "logits", "dlogits", "g_z", "grad"])
 
 
 def make_workspace(n_hidden, n_out, n_params, dtype):
-    return WindowFFWorkspace(np.zeros(n_hidden, dtype), np.zeros(n_out, dtype), np.zeros(n_out, dtype),
-                             np.zeros(n_hidden, dtype), np.zeros(n_params, dtype))
+    return WindowFFWorkspace(
+        np.zeros(n_hidden, dtype),
+        np.zeros(n_out, dtype),
+        np.zeros(n_out, dtype),
+        np.zeros(n_hidden, dtype),
+        np.zeros(n_params, dtype),
+    )
 
 
 @njit(cache=True, error_model="numpy")
-def window_ff_step_many(task, opt_kind, n_hidden, n_out, theta, opt_state, hyper, counters,
-                        windows, X, Y, has_y, slots, reset, ws, out, losses):
+def window_ff_step_many(
+    task,
+    opt_kind,
+    n_hidden,
+    n_out,
+    theta,
+    opt_state,
+    hyper,
+    counters,
+    windows,
+    X,
+    Y,
+    has_y,
+    slots,
+    reset,
+    ws,
+    out,
+    losses,
+):
     """Test-then-train over records in arrival order; ``windows[slot]`` is the key's (w, m) window."""
     z, logits, dlogits, g_z, grad = ws.z, ws.logits, ws.dlogits, ws.g_z, ws.grad
     w, m = windows.shape[1], windows.shape[2]
@@ -44,8 +66,9 @@ def window_ff_step_many(task, opt_kind, n_hidden, n_out, theta, opt_state, hyper
             z[j] = np.tanh(acc)
         counters[STEPS] += 1
         losses[i] = np.nan
-        loss = readout_step(task, theta, off, n_hidden, n_out, z, X[i], Y[i], has_y[i], logits, out[i], dlogits,
-                            grad, g_z)
+        loss = readout_step(
+            task, theta, off, n_hidden, n_out, z, X[i], Y[i], has_y[i], logits, out[i], dlogits, grad, g_z
+        )
         if not has_y[i]:
             continue
         losses[i] = loss

@@ -14,6 +14,7 @@ One module per concern, in the order of the data path:
 
 The configuration reference is ``docs/config.md`` (generated from :mod:`.config`).
 """
+
 from .checkpoints import first_usable, load_checkpoint, save_checkpoint
 from .config import ConfigError, dump_config, load_config, reference_markdown, validate_config
 from .decode import BadRecord, Decoder
@@ -24,6 +25,23 @@ from .metrics import Metrics
 from .retry import RetryPolicy
 from .single import SingleDaemon
 
-__all__ = ["BadRecord", "ConfigError", "Daemon", "Decoder", "GroupDaemon", "Metrics", "RetryPolicy", "SingleDaemon",
-           "dump_config", "first_usable", "load_checkpoint", "load_config", "make_sink", "make_source",
-           "reference_markdown", "run_config", "save_checkpoint", "validate_config"]
+__all__ = [
+    "BadRecord",
+    "ConfigError",
+    "Daemon",
+    "Decoder",
+    "GroupDaemon",
+    "Metrics",
+    "RetryPolicy",
+    "SingleDaemon",
+    "dump_config",
+    "first_usable",
+    "load_checkpoint",
+    "load_config",
+    "make_sink",
+    "make_source",
+    "reference_markdown",
+    "run_config",
+    "save_checkpoint",
+    "validate_config",
+]

@@ -4,6 +4,7 @@ A checkpoint holds the model, per-key state and the source positions together (s
 :mod:`streamrnn.checkpoint` for the file format); the same fallback serves the per-partition
 stores of a consumer group (:func:`first_usable`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,7 @@ import time
 from streamrnn import checkpoint as ckpt
 from streamrnn.checkpoint import CheckpointError
 
-log = logging.getLogger("streamrnn.daemon")   # one logger for the whole service: operators filter on it
+log = logging.getLogger("streamrnn.daemon")  # one logger for the whole service: operators filter on it
 
 
 def load_checkpoint(path, restore=None, allocate=None):

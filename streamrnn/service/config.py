@@ -10,6 +10,7 @@ per-section validators add the rules between keys. Every error names its key::
     ...
     streamrnn.service.config.ConfigError: source.type: expected one of jsonl, csv, replay, kafka, got 'ftp'
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the offending key."""
 
 
-NO_DEFAULT = object()   # a key without a default: required, or absent unless given
+NO_DEFAULT = object()  # a key without a default: required, or absent unless given
 
 SOURCE_TYPES = ("jsonl", "csv", "replay", "kafka")
 SINK_TYPES = ("jsonl", "csv", "kafka", "none")
@@ -51,14 +52,14 @@ class Key:
     choices: tuple = ()
     minimum: float | None = None
     maximum: float | None = None
-    above: bool = False          # the minimum itself is excluded
-    nonempty: bool = False       # strings: "" is refused
+    above: bool = False  # the minimum itself is excluded
+    nonempty: bool = False  # strings: "" is refused
     required: bool = False
-    used_by: tuple = ()          # the source/sink types that read the key (empty: every type)
+    used_by: tuple = ()  # the source/sink types that read the key (empty: every type)
     fill: bool = False
     checked: bool = True
-    what: str = ""               # the expected value, as errors say it (default: derived from the rest)
-    default_text: str = ""       # the default as the reference shows it, when not a plain value
+    what: str = ""  # the expected value, as errors say it (default: derived from the rest)
+    default_text: str = ""  # the default as the reference shows it, when not a plain value
 
     def expected(self) -> str:
         """What a valid value is, as the error messages say it."""
@@ -73,8 +74,11 @@ class Key:
             return f"{kind} from {self.minimum:g} to {self.maximum:g}"
         if self.minimum is not None:
             return f"{kind} {'>' if self.above else '>='} {self.minimum:g}"
-        return {"string": "a non-empty string" if self.nonempty else "a string", "path": "a file path",
-                "list of strings": "a list of strings"}.get(self.type, kind)
+        return {
+            "string": "a non-empty string" if self.nonempty else "a string",
+            "path": "a file path",
+            "list of strings": "a list of strings",
+        }.get(self.type, kind)
 
     def valid(self, value) -> bool:
         """Whether ``value`` has this key's type and lies in its choices or range."""
@@ -93,7 +97,7 @@ class Key:
 
     def _in_range(self, value) -> bool:
         if isinstance(value, float) and math.isnan(value):
-            return False                  # no count of records or seconds
+            return False  # no count of records or seconds
         low = self.minimum is None or (value > self.minimum if self.above else value >= self.minimum)
         return low and (self.maximum is None or value <= self.maximum)
 
@@ -110,8 +114,8 @@ class Section:
     name: str
     meaning: str
     keys: tuple[Key, ...]
-    notes: str = ""                       # longer explanations for the reference page
-    open_keys: bool = False               # [model]: keyword arguments checked by Model itself
+    notes: str = ""  # longer explanations for the reference page
+    open_keys: bool = False  # [model]: keyword arguments checked by Model itself
 
     def key(self, name: str) -> Key:
         return next(k for k in self.keys if k.name == name)
@@ -126,155 +130,389 @@ def _endpoint_keys(types: tuple, file_types: tuple, what: str) -> tuple[Key, ...
     """The keys shared by the source, sink and dead-letter sections: where records come from or go."""
     return (
         Key("type", "string", f"where {what}", choices=types, required=True),
-        Key("path", "path", "the file (relative paths resolve against the config file's folder)",
-            required=True, used_by=file_types),
-        Key("bootstrap", "string", "the Kafka bootstrap server", required=True, used_by=("kafka",),
-            what="a 'host:port' string"),
+        Key(
+            "path",
+            "path",
+            "the file (relative paths resolve against the config file's folder)",
+            required=True,
+            used_by=file_types,
+        ),
+        Key(
+            "bootstrap",
+            "string",
+            "the Kafka bootstrap server",
+            required=True,
+            used_by=("kafka",),
+            what="a 'host:port' string",
+        ),
         Key("topic", "string", "the Kafka topic", required=True, used_by=("kafka",), what="a topic name"),
     )
 
 
-_SINK_MODE = Key("mode", "string", "file open mode: \"a\" appends, \"w\" truncates", default="a",
-                 used_by=("jsonl", "csv"), checked=False)
+_SINK_MODE = Key(
+    "mode", "string", 'file open mode: "a" appends, "w" truncates', default="a", used_by=("jsonl", "csv"), checked=False
+)
 
-SOURCE = Section("source", "Where the records come from (required).", _endpoint_keys(
-    SOURCE_TYPES, FILE_TYPES, "records are read") + (
-    Key("follow", "boolean", "keep reading a growing file (tail -f)", default=False, used_by=("jsonl", "csv")),
-    Key("speed", "number", "0 = as fast as possible, else the recorded pace times speed", default=0.0,
-        minimum=0, used_by=("replay",)),
-    Key("group", "string", "the Kafka consumer group (in a [group], equal to group.name)",
-        default="streamrnn", used_by=("kafka",), checked=False),
-    Key("client_id", "string", "the Kafka client id (in a [group]: the member's name)", default="streamrnn",
-        used_by=("kafka",), checked=False),
-    Key("max_poll_records", "integer", "most records fetched by one poll", default=5000, used_by=("kafka",),
-        checked=False),
-    Key("order", "string", "\"timestamp\": merge partitions by (timestamp, partition, offset), so that a "
-        "restart replays the same order; \"arrival\": as fetched", default="timestamp",
-        choices=("timestamp", "arrival"), used_by=("kafka",), default_text='`"timestamp"` (`"arrival"` in a [group])'),
-    Key("instance_id", "string", "static group membership: a restarted daemon gets its partitions back at "
-        "once instead of after the session timeout", used_by=("kafka",),
-        what="a string (static group membership id)"),
-    Key("session_timeout_ms", "integer", "in a [group]: how long a crashed member's partitions wait before "
-        "moving (at least 1000)", used_by=("kafka",), default_text="kafka-python's", checked=False),
-), notes="""\
+SOURCE = Section(
+    "source",
+    "Where the records come from (required).",
+    _endpoint_keys(SOURCE_TYPES, FILE_TYPES, "records are read")
+    + (
+        Key("follow", "boolean", "keep reading a growing file (tail -f)", default=False, used_by=("jsonl", "csv")),
+        Key(
+            "speed",
+            "number",
+            "0 = as fast as possible, else the recorded pace times speed",
+            default=0.0,
+            minimum=0,
+            used_by=("replay",),
+        ),
+        Key(
+            "group",
+            "string",
+            "the Kafka consumer group (in a [group], equal to group.name)",
+            default="streamrnn",
+            used_by=("kafka",),
+            checked=False,
+        ),
+        Key(
+            "client_id",
+            "string",
+            "the Kafka client id (in a [group]: the member's name)",
+            default="streamrnn",
+            used_by=("kafka",),
+            checked=False,
+        ),
+        Key(
+            "max_poll_records",
+            "integer",
+            "most records fetched by one poll",
+            default=5000,
+            used_by=("kafka",),
+            checked=False,
+        ),
+        Key(
+            "order",
+            "string",
+            '"timestamp": merge partitions by (timestamp, partition, offset), so that a '
+            'restart replays the same order; "arrival": as fetched',
+            default="timestamp",
+            choices=("timestamp", "arrival"),
+            used_by=("kafka",),
+            default_text='`"timestamp"` (`"arrival"` in a [group])',
+        ),
+        Key(
+            "instance_id",
+            "string",
+            "static group membership: a restarted daemon gets its partitions back at "
+            "once instead of after the session timeout",
+            used_by=("kafka",),
+            what="a string (static group membership id)",
+        ),
+        Key(
+            "session_timeout_ms",
+            "integer",
+            "in a [group]: how long a crashed member's partitions wait before moving (at least 1000)",
+            used_by=("kafka",),
+            default_text="kafka-python's",
+            checked=False,
+        ),
+    ),
+    notes="""\
 With `order = "timestamp"` the source waits for partitions that have records on the broker: a
 restart replays the same order (bit-identical results) for records that were on the broker when
-first read; live records reaching a caught-up partition merge as they arrive.""")
+first read; live records reaching a caught-up partition merge as they arrive.""",
+)
 
-SINK = Section("sink", "Where the predictions go (default: discarded).", _endpoint_keys(
-    SINK_TYPES, ("jsonl", "csv"), "the predictions are written") + (
-    _SINK_MODE,
-    Key("process", "boolean", "produce from a child process (kafka-python's send is pure Python; there it "
-        "runs on another core); false = in the daemon", default=True, used_by=("kafka",), fill=True),
-))
+SINK = Section(
+    "sink",
+    "Where the predictions go (default: discarded).",
+    _endpoint_keys(SINK_TYPES, ("jsonl", "csv"), "the predictions are written")
+    + (
+        _SINK_MODE,
+        Key(
+            "process",
+            "boolean",
+            "produce from a child process (kafka-python's send is pure Python; there it "
+            "runs on another core); false = in the daemon",
+            default=True,
+            used_by=("kafka",),
+            fill=True,
+        ),
+    ),
+)
 
-DEAD_LETTER = Section("dead_letter", "Records that cannot be used, with the reason and their position "
-                      "(default: discarded).",
-                      _endpoint_keys(SINK_TYPES, ("jsonl", "csv"), "the dead letters are written")
-                      + (_SINK_MODE,))
+DEAD_LETTER = Section(
+    "dead_letter",
+    "Records that cannot be used, with the reason and their position (default: discarded).",
+    _endpoint_keys(SINK_TYPES, ("jsonl", "csv"), "the dead letters are written") + (_SINK_MODE,),
+)
 
-RECORD_FIELDS = Section("schema", "Which fields of a record the model reads.", (
-    Key("features", "list of strings", "fields of the record's JSON object (or CSV columns), in input order",
-        required=True, what="a non-empty list of field names"),
-    Key("target", "string", "the target field; a missing or null target means predict only", nonempty=True,
-        what="a field name"),
-    Key("key", "string", "the field holding the per-entity key (a string or an integer); when absent, the "
-        "source's record key (the Kafka key) is used", nonempty=True, what="a field name"),
-    Key("forecast", "boolean", "the target of a record is the `target` field of the next record of the same "
-        "key (streamrnn.forecast)", default=False, fill=True),
-), notes="""\
+RECORD_FIELDS = Section(
+    "schema",
+    "Which fields of a record the model reads.",
+    (
+        Key(
+            "features",
+            "list of strings",
+            "fields of the record's JSON object (or CSV columns), in input order",
+            required=True,
+            what="a non-empty list of field names",
+        ),
+        Key(
+            "target",
+            "string",
+            "the target field; a missing or null target means predict only",
+            nonempty=True,
+            what="a field name",
+        ),
+        Key(
+            "key",
+            "string",
+            "the field holding the per-entity key (a string or an integer); when absent, the "
+            "source's record key (the Kafka key) is used",
+            nonempty=True,
+            what="a field name",
+        ),
+        Key(
+            "forecast",
+            "boolean",
+            "the target of a record is the `target` field of the next record of the same key (streamrnn.forecast)",
+            default=False,
+            fill=True,
+        ),
+    ),
+    notes="""\
 With `forecast = true` each output carries the forecast for the key's next record, and its
-target and loss are those of the key's previous forecast, which this record resolved.""")
+target and loss are those of the key's previous forecast, which this record resolved.""",
+)
 
-MODEL = Section("model", "Keyword arguments of `streamrnn.Model` (cell, n_hidden, task, learner, optimizer, "
-                "lr, ...), checked by Model itself.", (
-    Key("n_inputs", "integer", "the model's input width; must equal len(schema.features)",
-        default_text="len(schema.features)", checked=False),
-    Key("standardize", "boolean", "online winsorised standardisation of the inputs and of regression targets "
-        "inside the model (predictions and losses stay in the target's units); checkpointed with the model",
-        default=True),
-    Key("target_lags", "integer", "target feedback (NARX): each key's last k targets (a label one-hot for "
-        "classification) are appended to its inputs, with flags saying which were observed; 0 = off",
-        default=0, minimum=0),
-    Key("baseline", "string", "\"last\": the network predicts the change from each key's last target "
-        "(regression; needs standardize = true and target_lags >= 1); absent: it predicts the level",
-        choices=("last",), default_text="absent"),
-), notes="""\
+MODEL = Section(
+    "model",
+    "Keyword arguments of `streamrnn.Model` (cell, n_hidden, task, learner, optimizer, "
+    "lr, ...), checked by Model itself.",
+    (
+        Key(
+            "n_inputs",
+            "integer",
+            "the model's input width; must equal len(schema.features)",
+            default_text="len(schema.features)",
+            checked=False,
+        ),
+        Key(
+            "standardize",
+            "boolean",
+            "online winsorised standardisation of the inputs and of regression targets "
+            "inside the model (predictions and losses stay in the target's units); checkpointed with the model",
+            default=True,
+        ),
+        Key(
+            "target_lags",
+            "integer",
+            "target feedback (NARX): each key's last k targets (a label one-hot for "
+            "classification) are appended to its inputs, with flags saying which were observed; 0 = off",
+            default=0,
+            minimum=0,
+        ),
+        Key(
+            "baseline",
+            "string",
+            '"last": the network predicts the change from each key\'s last target '
+            "(regression; needs standardize = true and target_lags >= 1); absent: it predicts the level",
+            choices=("last",),
+            default_text="absent",
+        ),
+    ),
+    notes="""\
 Any other keyword of `streamrnn.Model` may be given here too; Model checks it. The summary prints
 the persistence baseline's loss (regression: each key's last target as the prediction, the same
 loss, on the same records) beside the model's, so you see at once whether the model learned
-anything.""", open_keys=True)
+anything.""",
+    open_keys=True,
+)
 
-CHECKPOINT = Section("checkpoint", "Model, per-key state and source positions, saved together.", (
-    Key("path", "path", "the checkpoint file (in a [group] with store = \"dir\": the directory of "
-        "per-partition checkpoints); absent = no checkpoints"),
-    Key("every_records", "integer", "records between checkpoints (0 = off)", default=1000, minimum=0,
-        fill=True),
-    Key("every_seconds", "number", "seconds between checkpoints, when records arrived (0 = off)",
-        default=30.0, minimum=0, fill=True),
-    Key("keep", "integer", "accepted for compatibility; unused (two generations are kept)", checked=False),
-), notes="""\
+CHECKPOINT = Section(
+    "checkpoint",
+    "Model, per-key state and source positions, saved together.",
+    (
+        Key(
+            "path",
+            "path",
+            'the checkpoint file (in a [group] with store = "dir": the directory of '
+            "per-partition checkpoints); absent = no checkpoints",
+        ),
+        Key("every_records", "integer", "records between checkpoints (0 = off)", default=1000, minimum=0, fill=True),
+        Key(
+            "every_seconds",
+            "number",
+            "seconds between checkpoints, when records arrived (0 = off)",
+            default=30.0,
+            minimum=0,
+            fill=True,
+        ),
+        Key("keep", "integer", "accepted for compatibility; unused (two generations are kept)", checked=False),
+    ),
+    notes="""\
 The previous generation is kept as PATH.prev. An unusable newest one (corrupt, or of another
-[model]) is renamed PATH.unusable-TIME and the daemon resumes from PATH.prev.""")
+[model]) is renamed PATH.unusable-TIME and the daemon resumes from PATH.prev.""",
+)
 
-DAEMON = Section("daemon", "The loop: batching, polling, logging, limits and the retry policy.", (
-    Key("batch_size", "integer", "most records per batch (one compiled step)", default=500, minimum=1, fill=True),
-    Key("poll_timeout", "number", "seconds a poll waits for records", default=0.5, minimum=0, fill=True),
-    Key("metrics_port", "integer", "Prometheus endpoint on 127.0.0.1 (0 = none; needs streamrnn[metrics])",
-        default=0, minimum=0, maximum=65535, fill=True),
-    Key("log_every_seconds", "number", "seconds between progress log lines (0 = none)", default=10.0,
-        minimum=0, fill=True),
-    Key("progress", "boolean", "a progress bar when reading a finite file", default=True, fill=True),
-    Key("max_records", "integer", "stop after this many records (0 = no limit)", default=0, minimum=0,
-        fill=True),
-    Key("max_record_bytes", "integer", "larger records go to the dead-letter sink unparsed", default=1 << 20,
-        minimum=1, fill=True),
-    Key("retry_attempts", "integer", "give up after this many failures in a row (0 = that bound off)",
-        default=30, minimum=0, fill=True),
-    Key("retry_backoff", "number", "seconds before the first retry, doubling each time ...", default=0.5,
-        minimum=0, fill=True),
-    Key("retry_backoff_max", "number", "... up to this", default=30.0, minimum=0, fill=True),
-    Key("retry_give_up_seconds", "number", "give up after retrying this long (0 = that bound off; not both "
-        "bounds off)", default=600.0, minimum=0, fill=True),
-), notes="""\
+DAEMON = Section(
+    "daemon",
+    "The loop: batching, polling, logging, limits and the retry policy.",
+    (
+        Key("batch_size", "integer", "most records per batch (one compiled step)", default=500, minimum=1, fill=True),
+        Key("poll_timeout", "number", "seconds a poll waits for records", default=0.5, minimum=0, fill=True),
+        Key(
+            "metrics_port",
+            "integer",
+            "Prometheus endpoint on 127.0.0.1 (0 = none; needs streamrnn[metrics])",
+            default=0,
+            minimum=0,
+            maximum=65535,
+            fill=True,
+        ),
+        Key(
+            "log_every_seconds",
+            "number",
+            "seconds between progress log lines (0 = none)",
+            default=10.0,
+            minimum=0,
+            fill=True,
+        ),
+        Key("progress", "boolean", "a progress bar when reading a finite file", default=True, fill=True),
+        Key("max_records", "integer", "stop after this many records (0 = no limit)", default=0, minimum=0, fill=True),
+        Key(
+            "max_record_bytes",
+            "integer",
+            "larger records go to the dead-letter sink unparsed",
+            default=1 << 20,
+            minimum=1,
+            fill=True,
+        ),
+        Key(
+            "retry_attempts",
+            "integer",
+            "give up after this many failures in a row (0 = that bound off)",
+            default=30,
+            minimum=0,
+            fill=True,
+        ),
+        Key(
+            "retry_backoff",
+            "number",
+            "seconds before the first retry, doubling each time ...",
+            default=0.5,
+            minimum=0,
+            fill=True,
+        ),
+        Key("retry_backoff_max", "number", "... up to this", default=30.0, minimum=0, fill=True),
+        Key(
+            "retry_give_up_seconds",
+            "number",
+            "give up after retrying this long (0 = that bound off; not both bounds off)",
+            default=600.0,
+            minimum=0,
+            fill=True,
+        ),
+    ),
+    notes="""\
 The retry policy applies while the Kafka broker is unreachable (at start, on poll, on flushing
 outputs): the daemon logs "broker unreachable, retrying in ..." and retries with exponential
 backoff; past the bounds it exits with status 2 and the last checkpoint intact (nothing later
 saved or committed). The same bounds apply to checkpoint writes that fail (disk full, I/O
 error): the daemon logs the error, keeps both previous generations, commits no offsets past
 them, keeps running and tries again at the next checkpoint; past the bounds (or if the final
-checkpoint fails) it stops with status 2.""")
+checkpoint fails) it stops with status 2.""",
+)
 
-GROUP = Section("group", "Scale-out: this daemon is one member of a Kafka consumer group (absent = a "
-                "single daemon).", (
-    Key("name", "string", "the consumer group (= source.group; `streamrnn run --group NAME` sets it); Kafka "
-        "splits the topic's partitions among the members", nonempty=True, what="a consumer group name",
-        default_text='source.group, else `"streamrnn"`'),
-    Key("mode", "string", "\"independent\": one model per partition (bit-identical to one daemon reading the "
-        "whole topic); \"shared\": one parameter set per member, averaged across the group through "
-        "model_topic", default="independent", choices=MODES, fill=True),
-    Key("store", "string", "per-partition checkpoints: \"dir\" = checkpoint.path is a directory every member "
-        "reaches (`DIR/<topic>/<partition>.ckpt`); \"kafka\" = the compacted topic store_topic",
-        default="dir", choices=("dir", "kafka"), fill=True),
-    Key("store_topic", "string", "the compacted topic of the kafka store", nonempty=True,
-        default_text='`"<name>-checkpoints"`'),
-    Key("model_topic", "string", "shared mode: each member's latest parameters (compacted)", nonempty=True,
-        default_text='`"<name>-model"`'),
-    Key("publish_every", "integer", "shared mode: records learned between publishing and merging",
-        default=1000, minimum=1, fill=True),
-    Key("merge", "string", "shared mode: \"mean\", or \"records\" (weighted by records learned)",
-        default="mean", choices=("mean", "records"), fill=True),
-    Key("stale_seconds", "number", "shared mode: parameters published longer ago are ignored", default=300.0,
-        minimum=0, above=True, fill=True),
-    Key("member", "string", "this member's name", nonempty=True,
-        default_text="source.instance_id, else host-pid"),
-    Key("max_message_bytes", "integer", "largest checkpoint (kafka store) or parameter message",
-        default=64 << 20, minimum=1024, fill=True),
-), notes="""\
+GROUP = Section(
+    "group",
+    "Scale-out: this daemon is one member of a Kafka consumer group (absent = a single daemon).",
+    (
+        Key(
+            "name",
+            "string",
+            "the consumer group (= source.group; `streamrnn run --group NAME` sets it); Kafka "
+            "splits the topic's partitions among the members",
+            nonempty=True,
+            what="a consumer group name",
+            default_text='source.group, else `"streamrnn"`',
+        ),
+        Key(
+            "mode",
+            "string",
+            '"independent": one model per partition (bit-identical to one daemon reading the '
+            'whole topic); "shared": one parameter set per member, averaged across the group through '
+            "model_topic",
+            default="independent",
+            choices=MODES,
+            fill=True,
+        ),
+        Key(
+            "store",
+            "string",
+            'per-partition checkpoints: "dir" = checkpoint.path is a directory every member '
+            'reaches (`DIR/<topic>/<partition>.ckpt`); "kafka" = the compacted topic store_topic',
+            default="dir",
+            choices=("dir", "kafka"),
+            fill=True,
+        ),
+        Key(
+            "store_topic",
+            "string",
+            "the compacted topic of the kafka store",
+            nonempty=True,
+            default_text='`"<name>-checkpoints"`',
+        ),
+        Key(
+            "model_topic",
+            "string",
+            "shared mode: each member's latest parameters (compacted)",
+            nonempty=True,
+            default_text='`"<name>-model"`',
+        ),
+        Key(
+            "publish_every",
+            "integer",
+            "shared mode: records learned between publishing and merging",
+            default=1000,
+            minimum=1,
+            fill=True,
+        ),
+        Key(
+            "merge",
+            "string",
+            'shared mode: "mean", or "records" (weighted by records learned)',
+            default="mean",
+            choices=("mean", "records"),
+            fill=True,
+        ),
+        Key(
+            "stale_seconds",
+            "number",
+            "shared mode: parameters published longer ago are ignored",
+            default=300.0,
+            minimum=0,
+            above=True,
+            fill=True,
+        ),
+        Key("member", "string", "this member's name", nonempty=True, default_text="source.instance_id, else host-pid"),
+        Key(
+            "max_message_bytes",
+            "integer",
+            "largest checkpoint (kafka store) or parameter message",
+            default=64 << 20,
+            minimum=1024,
+            fill=True,
+        ),
+    ),
+    notes="""\
 Revoked partitions are saved to the store and released; assigned ones are loaded from it and
 read from their saved offsets (from their beginning when they have no checkpoint). The
 [checkpoint] cadence saves every partition with new records. source.order defaults to
-"arrival" (partitions are independent).""")
+"arrival" (partitions are independent).""",
+)
 
 
 # ---------------------------------------------------------------------------- generic checks
@@ -329,17 +567,18 @@ def _validate_source(cfg, raw, base_dir):
 def _validate_sink(section):
     def validate(cfg, raw, base_dir):
         if not raw.get(section.name):
-            cfg[section.name] = {"type": "none"}       # discarded
+            cfg[section.name] = {"type": "none"}  # discarded
             return
         table = cfg[section.name]
-        check_key(section.name, table, section.key("type"))     # the type decides which keys apply
+        check_key(section.name, table, section.key("type"))  # the type decides which keys apply
         if "process" in table and table["type"] != "kafka":
-            raise ConfigError(f"{section.name}.process: only for type = \"kafka\"")
+            raise ConfigError(f'{section.name}.process: only for type = "kafka"')
         if table["type"] == "kafka":
             fill_defaults(table, section)
         check_keys(cfg, section, table["type"])
         if table["type"] in ("jsonl", "csv"):
             _resolve_path(table, base_dir)
+
     return validate
 
 
@@ -351,18 +590,19 @@ def _validate_schema(cfg, raw, base_dir):
         raise ConfigError(f"schema.features: duplicate field names in {feats!r}")
     fill_defaults(schema, RECORD_FIELDS)
     if schema["forecast"] and "target" not in schema:
-        raise ConfigError("schema.target: missing (forecast mode reads the target from the next record's "
-                          "field of this name)")
+        raise ConfigError(
+            "schema.target: missing (forecast mode reads the target from the next record's field of this name)"
+        )
 
 
 def _validate_model(cfg, raw, base_dir):
     model, n_features = cfg["model"], len(cfg["schema"]["features"])
-    check_keys(cfg, MODEL)          # the keys the schema describes; Model checks the rest
+    check_keys(cfg, MODEL)  # the keys the schema describes; Model checks the rest
     model.setdefault("n_inputs", n_features)
     if model["n_inputs"] != n_features:
         raise ConfigError(f"model.n_inputs: {model['n_inputs']!r} differs from len(schema.features) = {n_features}")
     if "betas" in model and isinstance(model["betas"], list):
-        model["betas"] = tuple(model["betas"])      # TOML has arrays, Model takes a tuple
+        model["betas"] = tuple(model["betas"])  # TOML has arrays, Model takes a tuple
     try:
         Model(**model)
     except (TypeError, ValueError) as exc:
@@ -380,8 +620,9 @@ def _validate_daemon(cfg, raw, base_dir):
     fill_defaults(d, DAEMON)
     check_keys(cfg, DAEMON)
     if not d["retry_attempts"] and not d["retry_give_up_seconds"]:
-        raise ConfigError("daemon.retry_attempts, daemon.retry_give_up_seconds: both 0 would retry forever; "
-                          "bound at least one")
+        raise ConfigError(
+            "daemon.retry_attempts, daemon.retry_give_up_seconds: both 0 would retry forever; bound at least one"
+        )
 
 
 def _validate_group(cfg, raw, base_dir):
@@ -392,18 +633,20 @@ def _validate_group(cfg, raw, base_dir):
     g, src = cfg["group"], cfg["source"]
     fill_defaults(g, GROUP)
     if src["type"] != "kafka":
-        raise ConfigError(f"group: scale-out needs source.type = \"kafka\", not {src['type']!r}")
+        raise ConfigError(f'group: scale-out needs source.type = "kafka", not {src["type"]!r}')
     name = g.get("name", src.get("group", "streamrnn"))
     if not GROUP.key("name").valid(name):
         raise _key_error("group", GROUP.key("name"), name)
     if "group" in src and src["group"] != name:
         raise ConfigError(f"group.name: {name!r} differs from source.group = {src['group']!r}")
     g["name"] = src["group"] = name
-    src.setdefault("order", "arrival")       # partitions are independent: no cross-partition merge
+    src.setdefault("order", "arrival")  # partitions are independent: no cross-partition merge
     check_keys(cfg, GROUP)
     if g["store"] == "dir" and not cfg["checkpoint"].get("path"):
-        raise ConfigError("checkpoint.path: missing (with group.store = \"dir\" it is the directory of "
-                          "per-partition checkpoints, which every member must reach)")
+        raise ConfigError(
+            'checkpoint.path: missing (with group.store = "dir" it is the directory of '
+            "per-partition checkpoints, which every member must reach)"
+        )
     g.setdefault("store_topic", f"{name}-checkpoints")
     g.setdefault("model_topic", f"{name}-model")
     timeout = Key("session_timeout_ms", "integer", "", minimum=1000)
@@ -411,12 +654,19 @@ def _validate_group(cfg, raw, base_dir):
         raise _key_error("source", timeout, src["session_timeout_ms"])
 
 
-SCHEMA = (SOURCE, SINK, DEAD_LETTER, RECORD_FIELDS, MODEL, CHECKPOINT, DAEMON, GROUP)   # in validation order
+SCHEMA = (SOURCE, SINK, DEAD_LETTER, RECORD_FIELDS, MODEL, CHECKPOINT, DAEMON, GROUP)  # in validation order
 SECTIONS = {section.name: section for section in SCHEMA}
 # one validator per section: the schema's checks and the rules between keys, in the order of SCHEMA
-VALIDATORS = {"source": _validate_source, "sink": _validate_sink(SINK), "dead_letter": _validate_sink(DEAD_LETTER),
-              "schema": _validate_schema, "model": _validate_model, "checkpoint": _validate_checkpoint,
-              "daemon": _validate_daemon, "group": _validate_group}
+VALIDATORS = {
+    "source": _validate_source,
+    "sink": _validate_sink(SINK),
+    "dead_letter": _validate_sink(DEAD_LETTER),
+    "schema": _validate_schema,
+    "model": _validate_model,
+    "checkpoint": _validate_checkpoint,
+    "daemon": _validate_daemon,
+    "group": _validate_group,
+}
 
 
 def _check_tables(raw) -> None:
@@ -464,6 +714,7 @@ def load_config(path, group=None):
     """Read and validate a TOML config; ``group`` (``streamrnn run --group NAME``) makes the daemon
     a member of that consumer group (the [group] section, created if absent)."""
     import tomllib
+
     try:
         with open(path, "rb") as fh:
             raw = tomllib.load(fh)
@@ -476,7 +727,7 @@ def load_config(path, group=None):
             raise ConfigError("group: expected a table")
         raw.setdefault("group", {})["name"] = group
         if isinstance(raw.get("source"), dict) and "group" in raw["source"]:
-            raw["source"]["group"] = group            # the command line wins
+            raw["source"]["group"] = group  # the command line wins
     return validate_config(raw, base_dir=os.path.dirname(os.path.abspath(path)))
 
 

@@ -9,6 +9,7 @@ Traceback (most recent call last):
 ...
 streamrnn.service.decode.BadRecord: missing feature field 'b'
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ def _number(name, v, max_abs=float("inf")):
     if isinstance(v, (int, float)):
         try:
             f = float(v)
-        except OverflowError:                      # an integer beyond any double
+        except OverflowError:  # an integer beyond any double
             raise BadRecord(f"field {name!r}: {str(v)[:40]}... overflows the model's dtype") from None
     elif isinstance(v, str):
         try:
@@ -62,11 +63,13 @@ class Decoder:
     def decode(self, record):
         value = record.value
         if isinstance(value, (bytes, bytearray, str)):
-            if len(value) > self.max_record_bytes:    # a str's length is a lower bound of its bytes
-                raise BadRecord(f"record of {len(value)} {'bytes' if type(value) is not str else 'characters'} "
-                                f"exceeds daemon.max_record_bytes = {self.max_record_bytes}")
+            if len(value) > self.max_record_bytes:  # a str's length is a lower bound of its bytes
+                raise BadRecord(
+                    f"record of {len(value)} {'bytes' if type(value) is not str else 'characters'} "
+                    f"exceeds daemon.max_record_bytes = {self.max_record_bytes}"
+                )
             try:
-                value = loads(value)               # bytes: UTF-8 is validated while parsing
+                value = loads(value)  # bytes: UTF-8 is validated while parsing
             except JSONDecodeError as exc:
                 raise BadRecord(f"invalid JSON: {exc.msg} at char {exc.pos}") from None
         if not isinstance(value, dict):
@@ -122,12 +125,12 @@ class Decoder:
         return key
 
 
-_DEAD_VALUE_CHARS = 1 << 16     # dead letters carry at most this much of the record (Kafka caps messages)
+_DEAD_VALUE_CHARS = 1 << 16  # dead letters carry at most this much of the record (Kafka caps messages)
 
 
 def _raw_text(value):
     if isinstance(value, (bytes, bytearray)):
-        text = bytes(value[:_DEAD_VALUE_CHARS * 4]).decode("utf-8", errors="replace")
+        text = bytes(value[: _DEAD_VALUE_CHARS * 4]).decode("utf-8", errors="replace")
     elif isinstance(value, str):
         text = value
     else:
@@ -153,5 +156,9 @@ def _jsonable_key(k):
 
 def dead_letter(record, reason):
     """The dead-letter entry of an unusable ``record``: its position, the reason, its key and value."""
-    return {"position": list(record.position), "reason": reason, "key": _jsonable_key(record.key),
-            "value": _raw_text(record.value)}
+    return {
+        "position": list(record.position),
+        "reason": reason,
+        "key": _jsonable_key(record.key),
+        "value": _raw_text(record.value),
+    }

@@ -5,6 +5,7 @@ owned partition (:class:`~streamrnn.partitioned.PartitionedModel`), loads a part
 from the checkpoint store when it is assigned and saves it there when it is revoked. In
 "shared" mode the members also exchange and average their parameters through a compacted topic.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,7 @@ from streamrnn.partitioned import PartitionedModel
 from .checkpoints import first_usable
 from .loop import Daemon
 
-log = logging.getLogger("streamrnn.daemon")   # one logger for the whole service: operators filter on it
+log = logging.getLogger("streamrnn.daemon")  # one logger for the whole service: operators filter on it
 
 
 class GroupDaemon(Daemon):
@@ -28,31 +29,39 @@ class GroupDaemon(Daemon):
 
     def _open_state(self, config):
         from streamrnn.scaleout import ParameterExchange, make_store
+
         self.group = g = config["group"]
         src = config["source"]
         self.parts = PartitionedModel(config["model"], mode=g["mode"], forecast=config["schema"].get("forecast", False))
         self.model = self.forecaster = None
         self.member = g.get("member") or src.get("instance_id") or f"{socket.gethostname()}-{os.getpid()}"
-        src.setdefault("client_id", self.member)        # how `streamrnn status` names the member
-        self.store = self._retrying("open the checkpoint store",
-                                    lambda: make_store(g, config["checkpoint"], src["bootstrap"]))
+        src.setdefault("client_id", self.member)  # how `streamrnn status` names the member
+        self.store = self._retrying(
+            "open the checkpoint store", lambda: make_store(g, config["checkpoint"], src["bootstrap"])
+        )
         self.ckpt_path = repr(self.store)
-        self._dirty_streams = set()      # partitions with records since their last save
-        self._tokens = {}                # partition -> token of the checkpoint it was loaded from or saved as
-        self._part_counts = {}           # partition -> [records, applied] over its whole history
-        self._fatal = None               # an error raised inside a rebalance callback, re-raised after poll
+        self._dirty_streams = set()  # partitions with records since their last save
+        self._tokens = {}  # partition -> token of the checkpoint it was loaded from or saved as
+        self._part_counts = {}  # partition -> [records, applied] over its whole history
+        self._fatal = None  # an error raised inside a rebalance callback, re-raised after poll
         self._have_params = g["mode"] == "independent"
         self.exchange = None
         self._since_publish = 0
         if g["mode"] == "shared":
             require("kafka", "kafka", "the shared-parameter exchange")
             from streamrnn.connectors.kafka import CompactedTopic
-            topic = self._retrying("open the model topic", lambda: CompactedTopic(
-                src["bootstrap"], g["model_topic"], max_message_bytes=g["max_message_bytes"], keep=1))
-            self.exchange = ParameterExchange(topic, self.member, config["model"], merge=g["merge"],
-                                              stale_seconds=g["stale_seconds"])
+
+            topic = self._retrying(
+                "open the model topic",
+                lambda: CompactedTopic(
+                    src["bootstrap"], g["model_topic"], max_message_bytes=g["max_message_bytes"], keep=1
+                ),
+            )
+            self.exchange = ParameterExchange(
+                topic, self.member, config["model"], merge=g["merge"], stale_seconds=g["stale_seconds"]
+            )
             theta = self._retrying("read the model topic", self.exchange.initial)
-            if theta is not None:         # join the group's current parameters
+            if theta is not None:  # join the group's current parameters
                 self.parts.set_parameters(theta)
                 self._have_params = True
                 log.info("starting from the average parameters of %d members", self.exchange.last_merged)
@@ -89,21 +98,28 @@ class GroupDaemon(Daemon):
                 raise CheckpointError(f"{exc} (the config's [model] may differ from the group's)") from None
 
         generations = self.store.generations(stream)
-        found = first_usable(generations, restore, lambda: self.parts.allocate_for_load(stream),
-                             what=f"partition {stream}: ")
+        found = first_usable(
+            generations, restore, lambda: self.parts.allocate_for_load(stream), what=f"partition {stream}: "
+        )
         if found is None:
             self._part_counts[stream] = [0, 0]
-            self.parts.model(stream)      # held (fresh) from now on, so its first checkpoint is written
+            self.parts.model(stream)  # held (fresh) from now on, so its first checkpoint is written
             return None
         _, meta, where = found
         self._have_params = True
-        if where != generations[0][0]:    # resumed from an older generation: save soon over the unusable one
+        if where != generations[0][0]:  # resumed from an older generation: save soon over the unusable one
             self._dirty_streams.add(stream)
         counts = meta.get("daemon", {})
         self._part_counts[stream] = [counts.get("records", 0), counts.get("applied", 0)]
         pos = int(meta["positions"][stream])
-        log.info("partition %s: resumed from %s at offset %d (%s keys, saved by %s)", stream, where, pos,
-                 meta.get("n_keys"), meta.get("member"))
+        log.info(
+            "partition %s: resumed from %s at offset %d (%s keys, saved by %s)",
+            stream,
+            where,
+            pos,
+            meta.get("n_keys"),
+            meta.get("member"),
+        )
         return pos
 
     def _partitions_revoked(self, streams):
@@ -113,15 +129,19 @@ class GroupDaemon(Daemon):
             self._flush_sinks()
             self._save_partitions(held)
         except Exception as exc:  # noqa: BLE001 - the store keeps the last save: the next owner redoes the rest
-            log.error("could not save partitions %s on revocation: %s; their next owner resumes from their "
-                      "previous checkpoints", held, exc)
+            log.error(
+                "could not save partitions %s on revocation: %s; their next owner resumes from their "
+                "previous checkpoints",
+                held,
+                exc,
+            )
         for stream in held:
             self.parts.release(stream)
             self._dirty_streams.discard(stream)
 
     def _after_poll(self):
         if self._fatal is not None:
-            raise self._fatal          # from a rebalance callback: before any record is used
+            raise self._fatal  # from a rebalance callback: before any record is used
 
     # -- learning
     def _streams_of(self, records):
@@ -144,8 +164,10 @@ class GroupDaemon(Daemon):
         """Shared mode, every ``publish_every`` learned records: publish and merge."""
         if self.exchange is None or self._since_publish < self.group["publish_every"]:
             return
-        merged = self._retrying("exchange parameters", lambda: self.exchange.publish_and_merge(
-            self.parts.parameters.copy(), self._since_publish))
+        merged = self._retrying(
+            "exchange parameters",
+            lambda: self.exchange.publish_and_merge(self.parts.parameters.copy(), self._since_publish),
+        )
         self.parts.set_parameters(merged)
         self._since_publish = 0
         self.stats["merges"] = self.stats.get("merges", 0) + 1
@@ -163,9 +185,14 @@ class GroupDaemon(Daemon):
                 continue
             arrays, meta = self.parts.state_arrays(stream)
             records, applied = self._part_counts.get(stream, (0, 0))
-            meta.update(positions={stream: positions[stream]}, member=self.member, mode=self.group["mode"],
-                        saved_at=time.time(), n_keys=len(self.parts.model(stream).keys),
-                        daemon={"records": records, "applied": applied})
+            meta.update(
+                positions={stream: positions[stream]},
+                member=self.member,
+                mode=self.group["mode"],
+                saved_at=time.time(),
+                n_keys=len(self.parts.model(stream).keys),
+                daemon={"records": records, "applied": applied},
+            )
             token = self.store.save(stream, arrays, meta, expect=self._tokens.get(stream))
             if token is not None:
                 self._tokens[stream] = token
@@ -186,5 +213,8 @@ class GroupDaemon(Daemon):
         return (self.store, getattr(self.exchange, "topic", None))
 
     def _summary_lines(self):
-        return [f"  group            {self.group['name']} as member {self.member} ({self.group['mode']} mode"
-                + (f", {self.stats.get('merges', 0)} parameter merges" if self.exchange else "") + ")"]
+        return [
+            f"  group            {self.group['name']} as member {self.member} ({self.group['mode']} mode"
+            + (f", {self.stats.get('merges', 0)} parameter merges" if self.exchange else "")
+            + ")"
+        ]

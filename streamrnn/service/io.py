@@ -4,6 +4,7 @@ writes it. Kafka connectors are imported only when configured (they need ``strea
 >>> make_sink({"type": "none"}).__class__.__name__
 'NullSink'
 """
+
 from __future__ import annotations
 
 from streamrnn.extras import require
@@ -15,6 +16,7 @@ def _kafka():
     """The Kafka connectors, or MissingExtra naming ``streamrnn[kafka]``."""
     require("kafka", "kafka", "the Kafka source/sink")
     from streamrnn.connectors import kafka
+
     return kafka
 
 
@@ -24,30 +26,42 @@ def make_source(section):
     t = section["type"]
     if t == "jsonl":
         from streamrnn.connectors.file import JsonLinesSource
+
         return JsonLinesSource(section["path"], follow=opt["follow"])
     if t == "csv":
         from streamrnn.connectors.file import CsvSource
+
         return CsvSource(section["path"], follow=opt["follow"])
     if t == "replay":
         from streamrnn.connectors.replay import ReplaySource
+
         return ReplaySource(section["path"], speed=opt["speed"])
-    return _kafka().KafkaSource(section["bootstrap"], section["topic"], group=opt["group"],
-                                client_id=opt["client_id"], max_poll_records=opt["max_poll_records"],
-                                order=opt["order"], instance_id=section.get("instance_id"),
-                                session_timeout_ms=section.get("session_timeout_ms"))
+    return _kafka().KafkaSource(
+        section["bootstrap"],
+        section["topic"],
+        group=opt["group"],
+        client_id=opt["client_id"],
+        max_poll_records=opt["max_poll_records"],
+        order=opt["order"],
+        instance_id=section.get("instance_id"),
+        session_timeout_ms=section.get("session_timeout_ms"),
+    )
 
 
 def make_sink(section):
     """The sink of a validated [sink] or [dead_letter] section."""
     t = section["type"]
-    if t == "none":                 # discard: a list would grow for as long as the daemon runs
+    if t == "none":  # discard: a list would grow for as long as the daemon runs
         from streamrnn.connectors.base import NullSink
+
         return NullSink()
     if t == "jsonl":
         from streamrnn.connectors.file import JsonLinesSink
+
         return JsonLinesSink(section["path"], mode=section.get("mode", "a"))
     if t == "csv":
         from streamrnn.connectors.file import CsvSink
+
         return CsvSink(section["path"], mode=section.get("mode", "a"))
     kafka = _kafka()
     if section.get("process", False):

@@ -5,6 +5,7 @@ two runners: :class:`~streamrnn.service.single.SingleDaemon` (one model over the
 and :class:`~streamrnn.service.group.GroupDaemon` (one member of a Kafka consumer group, a model
 state per owned partition). ``Daemon(config)`` picks the runner for the config.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,7 +25,7 @@ from .io import make_sink, make_source
 from .metrics import Metrics
 from .retry import RetryPolicy
 
-log = logging.getLogger("streamrnn.daemon")   # one logger for the whole service: operators filter on it
+log = logging.getLogger("streamrnn.daemon")  # one logger for the whole service: operators filter on it
 
 # the counts a checkpoint carries over a restart
 PERSISTED_STATS = ("records", "applied", "dead_letters", "loss_sum", "loss_count")
@@ -38,9 +39,10 @@ class Daemon:
     """
 
     def __new__(cls, config, *args, **kwargs):
-        if cls is Daemon:        # the public entry point: the runner the config asks for
+        if cls is Daemon:  # the public entry point: the runner the config asks for
             from .group import GroupDaemon
             from .single import SingleDaemon
+
             cls = GroupDaemon if config.get("group") else SingleDaemon
         return super().__new__(cls)
 
@@ -52,34 +54,52 @@ class Daemon:
         self.poll_timeout = config["daemon"]["poll_timeout"]
         self.max_records = config["daemon"]["max_records"]
         self.progress = config["daemon"]["progress"] if progress is None else progress
-        self.stats = {"records": 0, "applied": 0, "dead_letters": 0, "outputs": 0, "batches": 0,
-                      "loss_sum": 0.0, "loss_count": 0, "checkpoints": 0, "resumed_from": None,
-                      "persistence_loss_sum": 0.0, "persistence_model_loss_sum": 0.0, "persistence_count": 0}
+        self.stats = {
+            "records": 0,
+            "applied": 0,
+            "dead_letters": 0,
+            "outputs": 0,
+            "batches": 0,
+            "loss_sum": 0.0,
+            "loss_count": 0,
+            "checkpoints": 0,
+            "resumed_from": None,
+            "persistence_loss_sum": 0.0,
+            "persistence_model_loss_sum": 0.0,
+            "persistence_count": 0,
+        }
         # The persistence baseline (regression): each key's last target as the prediction, scored with
         # the model's loss on the records where both are known (this run; bounded like the model's keys).
         self._regression = config["model"].get("task", "regression") == "regression"
         self._last_target = OrderedDict()
         self._last_target_cap = int(config["model"].get("max_keys", 1024))
-        self.latencies = deque(maxlen=100_000)   # the latest batches: bounded for months-long runs
-        self._unwritten = ([], [])      # outputs and dead letters of the last batch, not yet written
+        self.latencies = deque(maxlen=100_000)  # the latest batches: bounded for months-long runs
+        self._unwritten = ([], [])  # outputs and dead letters of the last batch, not yet written
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrnn-learn")
         self._stop = False
         self._dirty = False
         self._since_ckpt = 0
         self._last_ckpt = time.monotonic()
-        self._last_durable = time.monotonic()   # last checkpoint known to be on disk
-        self._ckpt_failures = 0                 # consecutive failed checkpoint writes
+        self._last_durable = time.monotonic()  # last checkpoint known to be on disk
+        self._ckpt_failures = 0  # consecutive failed checkpoint writes
         self.retry = RetryPolicy.from_config(config["daemon"])
-        self.metrics = Metrics(0)               # replaced by the real endpoint below
+        self.metrics = Metrics(0)  # replaced by the real endpoint below
         self._open_state(config)
-        self.source = source if source is not None else self._retrying(
-            "connect to the source", lambda: make_source(config["source"]))
+        self.source = (
+            source
+            if source is not None
+            else self._retrying("connect to the source", lambda: make_source(config["source"]))
+        )
         try:
             self._resume_source()
-            self.sink = sink if sink is not None else self._retrying(
-                "connect to the sink", lambda: make_sink(config["sink"]))
-            self.dead = dead_letter if dead_letter is not None else self._retrying(
-                "connect to the dead-letter sink", lambda: make_sink(config["dead_letter"]))
+            self.sink = (
+                sink if sink is not None else self._retrying("connect to the sink", lambda: make_sink(config["sink"]))
+            )
+            self.dead = (
+                dead_letter
+                if dead_letter is not None
+                else self._retrying("connect to the dead-letter sink", lambda: make_sink(config["dead_letter"]))
+            )
         except BaseException:
             self.source.close()
             raise
@@ -158,7 +178,7 @@ class Daemon:
             keys.append(k)
         outputs, streams = [], self._streams_of(good)
         if good:
-            Xa = np.asarray(X, dtype=np.float64)     # the Model casts to its dtype and checks
+            Xa = np.asarray(X, dtype=np.float64)  # the Model casts to its dtype and checks
             Ya = np.asarray(Y, dtype=np.float64)
             # The compiled step releases the GIL: it runs on the worker thread while this one
             # hands the previous batch's outputs to the sinks (kafka-python's Python-heavy send).
@@ -169,8 +189,7 @@ class Daemon:
             except ValueError:
                 # The model refused a row the decoder passed; step_many applied nothing, so
                 # isolate the refused rows record by record and apply the rest in order.
-                good, X, Y, keys, streams, preds, losses = self._apply_one_by_one(good, X, Y, keys, streams,
-                                                                                  dead)
+                good, X, Y, keys, streams, preds, losses = self._apply_one_by_one(good, X, Y, keys, streams, dead)
             outputs = self._outputs(good, keys, preds, losses, Y)
         self._write_unwritten()
         # written at the next batch (or flush, checkpoint), overlapping its learning step
@@ -185,9 +204,10 @@ class Daemon:
         self._since_ckpt += n
         dt = time.perf_counter() - t0
         self.latencies.append(dt)
-        if self.metrics.enabled:        # the key count and the source's lag cost: only for the endpoint
-            self.metrics.observe_batch(n, len(dead), dt, outputs, self._n_keys(), self._model_stats(),
-                                       getattr(self.source, "lag", None))
+        if self.metrics.enabled:  # the key count and the source's lag cost: only for the endpoint
+            self.metrics.observe_batch(
+                n, len(dead), dt, outputs, self._n_keys(), self._model_stats(), getattr(self.source, "lag", None)
+            )
         return outputs, dead
 
     def _outputs(self, good, keys, preds, losses, Y):
@@ -199,7 +219,7 @@ class Daemon:
         # null where there is no target, the update was skipped as non-finite, or (forecast
         # mode) the key had no previous forecast
         known = has_y & np.isfinite(losses)
-        for loss in losses[known].tolist():       # in record order: the sum is batch-independent
+        for loss in losses[known].tolist():  # in record order: the sum is batch-independent
             self.stats["loss_sum"] += loss
         self.stats["loss_count"] += int(known.sum())
         if self._regression:
@@ -210,8 +230,10 @@ class Daemon:
         else:
             target_out = [t if ok else None for t, ok in zip(Yg.tolist(), has_y.tolist())]
         pred_out = preds[:, 0].tolist() if preds.shape[1] == 1 else preds.tolist()
-        return [{"position": list(r.position), "key": k, "prediction": p, "target": t, "loss": loss}
-                for r, k, p, t, loss in zip(good, keys, pred_out, target_out, loss_out)]
+        return [
+            {"position": list(r.position), "key": k, "prediction": p, "target": t, "loss": loss}
+            for r, k, p, t, loss in zip(good, keys, pred_out, target_out, loss_out)
+        ]
 
     def _score_persistence(self, keys, Yg, has_y, losses, known):
         """Persistence baseline, in record order: the loss ½‖y_last − y‖² of the key's previous
@@ -229,7 +251,7 @@ class Daemon:
                     last.move_to_end(key)
                     d = prev - y
                     loss = 0.5 * float(d @ d)
-                    if known[i] and math.isfinite(loss):     # a target too large to square: not scored
+                    if known[i] and math.isfinite(loss):  # a target too large to square: not scored
                         s["persistence_loss_sum"] += loss
                         s["persistence_model_loss_sum"] += float(losses[i])
                         s["persistence_count"] += 1
@@ -242,15 +264,18 @@ class Daemon:
         c = s["persistence_count"]
         if not c:
             return "n/a (no key has two targets yet)"
-        return (f"{s['persistence_loss_sum'] / c:.6g} (each key's last target as the prediction; "
-                f"the model's mean loss on the same {c} records: {s['persistence_model_loss_sum'] / c:.6g})")
+        return (
+            f"{s['persistence_loss_sum'] / c:.6g} (each key's last target as the prediction; "
+            f"the model's mean loss on the same {c} records: {s['persistence_model_loss_sum'] / c:.6g})"
+        )
 
     def _apply_one_by_one(self, good, X, Y, keys, streams, dead):
         kept, preds, losses = [], [], []
         for i, r in enumerate(good):
             try:
-                pred, loss = self._learn(np.asarray([X[i]]), np.asarray([Y[i]]), [keys[i]],
-                                         None if streams is None else [streams[i]])
+                pred, loss = self._learn(
+                    np.asarray([X[i]]), np.asarray([Y[i]]), [keys[i]], None if streams is None else [streams[i]]
+                )
             except ValueError as exc:
                 dead.append(dead_letter(r, f"refused by the model: {exc}"))
                 continue
@@ -258,8 +283,15 @@ class Daemon:
             preds.append(pred[0])
             losses.append(loss[0])
         pick = lambda seq: [seq[i] for i in kept]  # noqa: E731
-        return (pick(good), pick(X), pick(Y), pick(keys), None if streams is None else pick(streams),
-                np.asarray(preds).reshape(-1, self._n_outputs), np.asarray(losses))
+        return (
+            pick(good),
+            pick(X),
+            pick(Y),
+            pick(keys),
+            None if streams is None else pick(streams),
+            np.asarray(preds).reshape(-1, self._n_outputs),
+            np.asarray(losses),
+        )
 
     # -- checkpoint
     def checkpoint(self, commit_offsets=True, final=False):
@@ -293,13 +325,15 @@ class Daemon:
         row, ``retry_give_up_seconds`` since the last durable checkpoint); then, or when this was
         the final checkpoint, it stops with CheckpointError (exit status 2)."""
         self._ckpt_failures += 1
-        self._since_ckpt = 0                  # next attempt at the normal cadence
+        self._since_ckpt = 0  # next attempt at the normal cadence
         self._last_ckpt = time.monotonic()
         self.metrics.count_checkpoint_failure()
         unsaved = time.monotonic() - self._last_durable
-        msg = (f"cannot write checkpoint {self.ckpt_path}: {exc}; the previous generations are kept and no "
-               f"offsets were committed past them ({self._ckpt_failures} failed in a row, last durable "
-               f"checkpoint {unsaved:.1f} s ago)")
+        msg = (
+            f"cannot write checkpoint {self.ckpt_path}: {exc}; the previous generations are kept and no "
+            f"offsets were committed past them ({self._ckpt_failures} failed in a row, last durable "
+            f"checkpoint {unsaved:.1f} s ago)"
+        )
         if final or self.retry.exhausted(self._ckpt_failures, unsaved):
             log.error("%s: stopping", msg)
             raise CheckpointError(msg) from exc
@@ -309,8 +343,11 @@ class Daemon:
         c = self.cfg["checkpoint"]
         if c["every_records"] and self._since_ckpt >= c["every_records"]:
             return True
-        return bool(c["every_seconds"]) and self._since_ckpt > 0 and \
-            time.monotonic() - self._last_ckpt >= c["every_seconds"]
+        return (
+            bool(c["every_seconds"])
+            and self._since_ckpt > 0
+            and time.monotonic() - self._last_ckpt >= c["every_seconds"]
+        )
 
     # -- main loop
     def run(self):
@@ -351,8 +388,11 @@ class Daemon:
                 if self._due():
                     self._retrying("flush the outputs and checkpoint", self.checkpoint)
                 self._report(time.monotonic())
-            if self._since_ckpt or self._ckpt_failures or (
-                    self.stats["checkpoints"] == 0 and self.stats["resumed_from"] is None):
+            if (
+                self._since_ckpt
+                or self._ckpt_failures
+                or (self.stats["checkpoints"] == 0 and self.stats["resumed_from"] is None)
+            ):
                 self._retrying("flush the outputs and checkpoint", lambda: self.checkpoint(final=True))
             else:
                 self._retrying("flush the outputs", self._flush_sinks)
@@ -388,9 +428,14 @@ class Daemon:
         if log_every and now - self._last_log >= log_every:
             rate = (self.stats["records"] - self._last_count) / (now - self._last_log)
             self.metrics.set_rate(rate)
-            log.info("records=%d dead=%d rate=%.0f/s mean_loss=%s keys=%d",
-                     self.stats["records"], self.stats["dead_letters"], rate,
-                     self._mean_loss_str(), self._n_keys())
+            log.info(
+                "records=%d dead=%d rate=%.0f/s mean_loss=%s keys=%d",
+                self.stats["records"],
+                self.stats["dead_letters"],
+                rate,
+                self._mean_loss_str(),
+                self._n_keys(),
+            )
             self._last_log, self._last_count = now, self.stats["records"]
 
     def _progress_bar(self):
@@ -401,11 +446,11 @@ class Daemon:
             from tqdm import tqdm
 
             from streamrnn.connectors.replay import count_lines
+
             path = getattr(self.source, "path", None)
             total = count_lines(path) if path else None
             start = self.source.positions().get(path, 0) if path else 0
-            return tqdm(total=total, initial=start, unit="rec", file=sys.stderr, dynamic_ncols=True,
-                        mininterval=0.5)
+            return tqdm(total=total, initial=start, unit="rec", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
         except Exception:  # noqa: BLE001 - a progress bar is optional
             return None
 
@@ -413,8 +458,12 @@ class Daemon:
         """``call()``, retried under the [daemon] retry policy while the broker is unreachable
         (:meth:`RetryPolicy.call`); a stop request ends the retries."""
         return self.retry.call(
-            what, call, stopped=lambda: self._stop, on_failure=self.metrics.count_retry,
-            unsaved=lambda: f"nothing after the last checkpoint ({self.ckpt_path or 'none'}) was saved or committed")
+            what,
+            call,
+            stopped=lambda: self._stop,
+            on_failure=self.metrics.count_retry,
+            unsaved=lambda: f"nothing after the last checkpoint ({self.ckpt_path or 'none'}) was saved or committed",
+        )
 
     def _write_unwritten(self):
         outputs, dead = self._unwritten
@@ -461,7 +510,8 @@ class Daemon:
             f"  this run         {elapsed:.2f} s, batches {s['batches']}, p50/p99 batch latency "
             f"{np.percentile(lat, 50) * 1e3:.2f}/{np.percentile(lat, 99) * 1e3:.2f} ms",
             f"  checkpoint       {self.ckpt_path or '(none)'} ({s['checkpoints']} written"
-            + (f", resumed from {s['resumed_from']}" if s["resumed_from"] else "") + ")",
+            + (f", resumed from {s['resumed_from']}" if s["resumed_from"] else "")
+            + ")",
             *self._summary_lines(),
         ]
         for name, sec in (("predictions", self.cfg["sink"]), ("dead letters", self.cfg["dead_letter"])):

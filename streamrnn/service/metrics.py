@@ -6,13 +6,14 @@ With the port 0 every method is a no-op, so the loop calls them unconditionally:
 >>> m.enabled, m.count_retry(), m.close()
 (False, None, None)
 """
+
 from __future__ import annotations
 
 import logging
 
 from streamrnn.extras import MissingExtra, require
 
-log = logging.getLogger("streamrnn.daemon")   # one logger for the whole service: operators filter on it
+log = logging.getLogger("streamrnn.daemon")  # one logger for the whole service: operators filter on it
 
 # the model's counters carried into the metrics: model stat -> Metrics attribute
 _MODEL_COUNTERS = {"skipped_nonfinite": "skipped", "rejected_nonfinite_state": "rejected"}
@@ -23,32 +24,38 @@ class Metrics:
 
     def __init__(self, port):
         self.enabled = False
-        self._counted = dict.fromkeys(_MODEL_COUNTERS, 0)   # model counts already carried over
+        self._counted = dict.fromkeys(_MODEL_COUNTERS, 0)  # model counts already carried over
         if not port:
             return
         try:
             pc = require("prometheus_client", "metrics", "metrics_port")
-        except MissingExtra as exc:      # metrics are optional: the daemon runs without them
+        except MissingExtra as exc:  # metrics are optional: the daemon runs without them
             log.warning("%s; metrics off", exc)
             return
         reg = pc.CollectorRegistry()
         self.records = pc.Counter("streamrnn_records", "records consumed", registry=reg)
         self.dead = pc.Counter("streamrnn_dead_letters", "records sent to the dead-letter sink", registry=reg)
-        self.latency = pc.Histogram("streamrnn_batch_seconds", "batch processing latency", registry=reg,
-                                    buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.latency = pc.Histogram(
+            "streamrnn_batch_seconds",
+            "batch processing latency",
+            registry=reg,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
         self.rate = pc.Gauge("streamrnn_records_per_second", "records/s over the last log interval", registry=reg)
         self.loss = pc.Gauge("streamrnn_loss", "mean loss of the last batch", registry=reg)
         self.keys = pc.Gauge("streamrnn_keys", "keys holding state", registry=reg)
         self.lag = pc.Gauge("streamrnn_lag", "records behind the end of the source (when known)", registry=reg)
-        self.ckpt_age = pc.Gauge("streamrnn_checkpoint_age_seconds", "seconds since the last checkpoint",
-                                 registry=reg)
-        self.skipped = pc.Counter("streamrnn_skipped_updates", "updates skipped: non-finite loss or gradient",
-                                  registry=reg)
-        self.rejected = pc.Counter("streamrnn_rejected_samples",
-                                   "samples rejected: they would make the recurrent state non-finite", registry=reg)
+        self.ckpt_age = pc.Gauge("streamrnn_checkpoint_age_seconds", "seconds since the last checkpoint", registry=reg)
+        self.skipped = pc.Counter(
+            "streamrnn_skipped_updates", "updates skipped: non-finite loss or gradient", registry=reg
+        )
+        self.rejected = pc.Counter(
+            "streamrnn_rejected_samples",
+            "samples rejected: they would make the recurrent state non-finite",
+            registry=reg,
+        )
         self.retries = pc.Counter("streamrnn_broker_retries", "failed attempts to reach the broker", registry=reg)
-        self.ckpt_failures = pc.Counter("streamrnn_checkpoint_failures", "checkpoint writes that failed",
-                                        registry=reg)
+        self.ckpt_failures = pc.Counter("streamrnn_checkpoint_failures", "checkpoint writes that failed", registry=reg)
         self.server, self.thread = pc.start_http_server(port, addr="127.0.0.1", registry=reg)
         self.enabled = True
 

@@ -7,13 +7,14 @@ and how many failed checkpoint writes to tolerate.
 >>> policy.exhausted(2, waited=1e6), policy.exhausted(3, waited=0.0)
 (False, True)
 """
+
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
 
-log = logging.getLogger("streamrnn.daemon")   # one logger for the whole service: operators filter on it
+log = logging.getLogger("streamrnn.daemon")  # one logger for the whole service: operators filter on it
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,18 @@ class RetryPolicy:
     @classmethod
     def from_config(cls, daemon):
         """The policy of a validated [daemon] section."""
-        return cls(daemon["retry_attempts"], daemon["retry_backoff"], daemon["retry_backoff_max"],
-                   daemon["retry_give_up_seconds"])
+        return cls(
+            daemon["retry_attempts"],
+            daemon["retry_backoff"],
+            daemon["retry_backoff_max"],
+            daemon["retry_give_up_seconds"],
+        )
 
     def exhausted(self, count, waited):
         """Whether ``count`` (retries made, or failures in a row) or ``waited`` seconds reach a bound."""
         return bool(self.attempts and count >= self.attempts) or bool(
-            self.give_up_seconds and waited >= self.give_up_seconds)
+            self.give_up_seconds and waited >= self.give_up_seconds
+        )
 
     def delay(self, attempt, waited):
         """Seconds to wait after the ``attempt``-th failure, ``waited`` seconds after the first."""
@@ -52,6 +58,7 @@ class RetryPolicy:
         request, BrokerUnavailable is raised saying so, with ``unsaved()`` (what was not saved).
         """
         from streamrnn.connectors.base import BrokerUnavailable
+
         attempt, first = 0, None
         while True:
             try:
@@ -64,18 +71,30 @@ class RetryPolicy:
                 on_failure()
                 if self.exhausted(attempt - 1, waited) or stopped():
                     why = "stop requested" if stopped() else "retry policy exhausted"
-                    msg = (f"{exc}; giving up after {attempt} attempts over {waited:.1f} s to {what} ({why}); "
-                           f"{unsaved()}")
+                    msg = (
+                        f"{exc}; giving up after {attempt} attempts over {waited:.1f} s to {what} ({why}); {unsaved()}"
+                    )
                     log.error("%s", msg)
                     raise BrokerUnavailable(msg) from None
                 delay = self.delay(attempt, waited)
-                log.warning("broker unreachable, retrying in %.1f s (attempt %d%s, %.1f s so far) to %s: %s",
-                            delay, attempt, f"/{self.attempts}" if self.attempts else "", waited, what, exc)
+                log.warning(
+                    "broker unreachable, retrying in %.1f s (attempt %d%s, %.1f s so far) to %s: %s",
+                    delay,
+                    attempt,
+                    f"/{self.attempts}" if self.attempts else "",
+                    waited,
+                    what,
+                    exc,
+                )
                 end = time.monotonic() + delay
                 while not stopped() and time.monotonic() < end:
                     time.sleep(min(0.1, max(0.0, end - time.monotonic())))
                 continue
             if attempt:
-                log.warning("broker reachable again after %.1f s and %d attempts: %s succeeded",
-                            time.monotonic() - first, attempt, what)
+                log.warning(
+                    "broker reachable again after %.1f s and %d attempts: %s succeeded",
+                    time.monotonic() - first,
+                    attempt,
+                    what,
+                )
             return result

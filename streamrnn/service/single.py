@@ -1,4 +1,5 @@
 """The single-member runner: one Model (and forecaster) over the whole source, one checkpoint file."""
+
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,7 @@ from streamrnn.model import Model
 from .checkpoints import load_checkpoint, save_checkpoint, set_aside
 from .loop import PERSISTED_STATS, Daemon
 
-log = logging.getLogger("streamrnn.daemon")   # one logger for the whole service: operators filter on it
+log = logging.getLogger("streamrnn.daemon")  # one logger for the whole service: operators filter on it
 
 
 class SingleDaemon(Daemon):
@@ -21,8 +22,11 @@ class SingleDaemon(Daemon):
     def _open_state(self, config):
         self.model = Model(**config["model"])
         self.forecaster = NextRecordForecaster(self.model) if config["schema"].get("forecast") else None
-        self._resume = load_checkpoint(self.ckpt_path, restore=self._restore,
-                                       allocate=self.model.allocate_for_load) if self.ckpt_path else None
+        self._resume = (
+            load_checkpoint(self.ckpt_path, restore=self._restore, allocate=self.model.allocate_for_load)
+            if self.ckpt_path
+            else None
+        )
         if self._resume is not None and self._resume[2] != self.ckpt_path and os.path.exists(self.ckpt_path):
             set_aside(self.ckpt_path)
 
@@ -33,8 +37,9 @@ class SingleDaemon(Daemon):
             if self.forecaster is not None:
                 self.forecaster.load_state(arrays, meta, source=used)
         except CheckpointError as exc:
-            raise CheckpointError(f"{exc} (the config's [model] differs from the checkpoint's; "
-                                  f"move the checkpoint away to start afresh)") from None
+            raise CheckpointError(
+                f"{exc} (the config's [model] differs from the checkpoint's; move the checkpoint away to start afresh)"
+            ) from None
 
     def _resume_source(self):
         if self._resume is None:
@@ -45,7 +50,7 @@ class SingleDaemon(Daemon):
             self.stats[k] = meta.get("daemon", {}).get(k, self.stats[k])
         self.stats["resumed_from"] = used
         log.info("resumed from %s at %s", used, meta["positions"])
-        self._resume = None                 # the arrays are in the model now: do not keep them
+        self._resume = None  # the arrays are in the model now: do not keep them
 
     def _attach_rebalance_callbacks(self):
         if hasattr(self.source, "on_revoke"):

@@ -1,4 +1,5 @@
 """The daemon against a real Kafka broker: dead letters, output topic, kill -9 and restart."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,8 @@ pytestmark = pytest.mark.kafka
 kafka = pytest.importorskip("kafka")
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
-from streamrnn.connectors.kafka import await_offset_validation  # noqa: E402
 import streamrnn  # noqa: E402
+from streamrnn.connectors.kafka import await_offset_validation  # noqa: E402
 from streamrnn.service import Daemon, load_checkpoint, validate_config  # noqa: E402
 from tests.kafka_broker import create_topic, delete_topic  # noqa: E402
 from tests.test_daemon import MODEL, ROOT, _toml, assert_same_weights, make_stream, reference_weights  # noqa: E402
@@ -58,7 +59,7 @@ def consume_all(bootstrap, topic, n, timeout=60):
     while len(out) < n and time.monotonic() < deadline:
         batches = c.poll(timeout_ms=500)
         if not batches:
-            await_offset_validation(c)      # as KafkaSource does (kafka-python#3106)
+            await_offset_validation(c)  # as KafkaSource does (kafka-python#3106)
         for recs in batches.values():
             out.extend(json.loads(r.value) for r in recs)
     c.close()
@@ -101,8 +102,14 @@ def test_kafka_mixed_records_to_output_and_dead_letter_topics(tmp_path, kafka_bo
 
 def _daemon(cfg_path):
     env = dict(os.environ, PYTHONPATH=ROOT, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "streamrnn", "run", str(cfg_path)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamrnn", "run", str(cfg_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_kafka_kill9_and_restart_bit_identical(tmp_path, kafka_bootstrap, topics):
@@ -123,17 +130,15 @@ def test_kafka_kill9_and_restart_bit_identical(tmp_path, kafka_bootstrap, topics
     assert len(got) == n_first, err[-3000:]
     _, meta, _ = load_checkpoint(str(tmp_path / "k.ckpt"))
     ckpt_at = meta["positions"][f"{topics['in']}:0"]
-    assert ckpt_at < first          # outputs beyond the checkpoint exist: they will be redone
+    assert ckpt_at < first  # outputs beyond the checkpoint exist: they will be redone
     produce(kafka_bootstrap, topics["in"], lines[first:])
     p = _daemon(cfg_path)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     arrays, meta, _ = load_checkpoint(str(tmp_path / "k.ckpt"))
     assert meta["positions"] == {f"{topics['in']}:0": len(lines)}
-    assert_same_weights(streamrnn.Model.from_state(arrays, meta["model"]).get_weights(),
-                        reference_weights(good)[0])
-    outs = consume_all(kafka_bootstrap, topics["out"], len(good) + (n_first - sum(
-        1 for g in good if g[0] < ckpt_at)))
+    assert_same_weights(streamrnn.Model.from_state(arrays, meta["model"]).get_weights(), reference_weights(good)[0])
+    outs = consume_all(kafka_bootstrap, topics["out"], len(good) + (n_first - sum(1 for g in good if g[0] < ckpt_at)))
     by_pos = {}
     for o in outs:  # duplicates after the crash are identical
         assert by_pos.setdefault(o["position"][2], o) == o
@@ -143,6 +148,7 @@ def test_kafka_kill9_and_restart_bit_identical(tmp_path, kafka_bootstrap, topics
 def test_kafka_startup_errors(tmp_path, kafka_bootstrap):
     from streamrnn.connectors.base import SourceError
     from streamrnn.connectors.kafka import KafkaSource
+
     with pytest.raises(SourceError, match="does not exist"):
         KafkaSource(kafka_bootstrap, f"no-such-topic-{uuid.uuid4().hex[:8]}", group=None)
     with pytest.raises(SourceError, match="unreachable"):

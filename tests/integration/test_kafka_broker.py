@@ -1,4 +1,5 @@
 """Round trips through a real Kafka broker with kafka-python (no mocks)."""
+
 from __future__ import annotations
 
 import json
@@ -126,9 +127,7 @@ def test_roundtrip_1000_keyed_json_records(kafka_bootstrap, kafka_topic):
     try:
         tps = _assign_all(consumer, kafka_topic)
         end = consumer.end_offsets(tps)
-        assert {tp.partition: off for tp, off in end.items()} == {
-            p: len(recs) for p, recs in expected.items()
-        }
+        assert {tp.partition: off for tp, off in end.items()} == {p: len(recs) for p, recs in expected.items()}
         got = _drain(consumer, N_RECORDS)
         consumer.commit()  # manual commit of the positions reached
         committed = {tp.partition: consumer.committed(tp) for tp in tps}

@@ -1,6 +1,7 @@
 """`streamrnn record` and `streamrnn replay` against a real broker: a keyed topic with two
 partitions is recorded to a file, the file replays into the model deterministically and back
 into a topic with keys, values and per-key order intact."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ pytestmark = pytest.mark.kafka
 kafka = pytest.importorskip("kafka")
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 
-from streamrnn.connectors.kafka import await_offset_validation  # noqa: E402
 import streamrnn  # noqa: E402
 from streamrnn.cli import main  # noqa: E402
+from streamrnn.connectors.kafka import await_offset_validation  # noqa: E402
 from tests.kafka_broker import create_topic, delete_topic  # noqa: E402
 from tests.test_daemon import MODEL, _toml, assert_same_weights, make_stream, read_jsonl  # noqa: E402
 
@@ -52,13 +53,15 @@ def produce_keyed(bootstrap, topic, lines):
 
 def consume_everything(bootstrap, topic, n, timeout=60):
     import time
-    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                      enable_auto_commit=False)
+
+    c = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     out, deadline = [], time.monotonic() + timeout
     while len(out) < n and time.monotonic() < deadline:
         batches = c.poll(timeout_ms=500)
         if not batches:
-            await_offset_validation(c)      # as KafkaSource does (kafka-python#3106)
+            await_offset_validation(c)  # as KafkaSource does (kafka-python#3106)
         for recs in batches.values():
             out.extend(recs)
     c.close()
@@ -72,13 +75,28 @@ def per_key_values(records):
     return by_key
 
 
-def test_record_a_topic_then_replay_into_the_model_and_into_a_topic(tmp_path, kafka_bootstrap, keyed_topics,
-                                                                    capsys):
+def test_record_a_topic_then_replay_into_the_model_and_into_a_topic(tmp_path, kafka_bootstrap, keyed_topics, capsys):
     lines, good, bad = make_stream(n=N, seed=5)
     produce_keyed(kafka_bootstrap, keyed_topics["in"], lines)
     rec = tmp_path / "recorded.jsonl"
-    assert main(["record", "--topic", keyed_topics["in"], "--bootstrap", kafka_bootstrap, "--out", str(rec),
-                 "--max-records", str(N), "--idle-timeout", "20"]) == 0
+    assert (
+        main(
+            [
+                "record",
+                "--topic",
+                keyed_topics["in"],
+                "--bootstrap",
+                kafka_bootstrap,
+                "--out",
+                str(rec),
+                "--max-records",
+                str(N),
+                "--idle-timeout",
+                "20",
+            ]
+        )
+        == 0
+    )
     assert f"recorded {N} records" in capsys.readouterr().out
     recorded = read_jsonl(rec)
     assert len(recorded) == N and all({"ts", "key", "value", "position"} <= set(r) for r in recorded)
@@ -95,22 +113,28 @@ def test_record_a_topic_then_replay_into_the_model_and_into_a_topic(tmp_path, ka
             by_line.setdefault("obj", []).append(json.loads(line))
         except ValueError:
             by_line.setdefault("text", []).append(line)
-    assert sorted(json.dumps(r["value"], sort_keys=True) for r in recorded if isinstance(r["value"], dict)) == \
-        sorted(json.dumps(v, sort_keys=True) for v in by_line["obj"])
+    assert sorted(json.dumps(r["value"], sort_keys=True) for r in recorded if isinstance(r["value"], dict)) == sorted(
+        json.dumps(v, sort_keys=True) for v in by_line["obj"]
+    )
     assert sorted(r["value"] for r in recorded if isinstance(r["value"], str)) == sorted(by_line["text"])
     # per key, the recorded order is the produced order (a key lives in one partition)
     produced = per_key_values((str(json.loads(line)["key"]), line) for line in lines if _is_json(line))
     got = per_key_values((r["key"], json.dumps(r["value"])) for r in recorded if isinstance(r["value"], dict))
-    assert {k: [json.loads(v) for v in vs] for k, vs in got.items()} == \
-        {k: [json.loads(v) for v in vs] for k, vs in produced.items()}
+    assert {k: [json.loads(v) for v in vs] for k, vs in got.items()} == {
+        k: [json.loads(v) for v in vs] for k, vs in produced.items()
+    }
 
     # replay into the model: the daemon on the recording, twice, bit-identical, and equal to the
     # Model stepped over the recording's good records in file order
-    cfg = {"source": {"type": "replay", "path": str(rec)},
-           "sink": {"type": "jsonl", "path": "out.jsonl"}, "dead_letter": {"type": "jsonl", "path": "dead.jsonl"},
-           "schema": {"features": ["a", "b"], "target": "y", "key": "key"}, "model": dict(MODEL),
-           "checkpoint": {"path": "replay.ckpt", "every_records": 100, "every_seconds": 0},
-           "daemon": {"batch_size": 64, "progress": False}}
+    cfg = {
+        "source": {"type": "replay", "path": str(rec)},
+        "sink": {"type": "jsonl", "path": "out.jsonl"},
+        "dead_letter": {"type": "jsonl", "path": "dead.jsonl"},
+        "schema": {"features": ["a", "b"], "target": "y", "key": "key"},
+        "model": dict(MODEL),
+        "checkpoint": {"path": "replay.ckpt", "every_records": 100, "every_seconds": 0},
+        "daemon": {"batch_size": 64, "progress": False},
+    }
     weights = []
     for run in ("one", "two"):
         d = tmp_path / run
@@ -124,19 +148,25 @@ def test_record_a_topic_then_replay_into_the_model_and_into_a_topic(tmp_path, ka
     ref = streamrnn.Model(n_inputs=2, **MODEL)
     rows = [r["value"] for r in recorded if isinstance(r["value"], dict) and _good(r["value"])]
     assert len(rows) == len(good)
-    ref.step_many(np.array([[v["a"], v["b"]] for v in rows]),
-                  np.array([[np.nan if v["y"] is None else v["y"]] for v in rows]), [v["key"] for v in rows])
+    ref.step_many(
+        np.array([[v["a"], v["b"]] for v in rows]),
+        np.array([[np.nan if v["y"] is None else v["y"]] for v in rows]),
+        [v["key"] for v in rows],
+    )
     assert_same_weights(weights[0], ref.get_weights())
 
     # replay into a topic: same keys and values, per-key order kept
     assert main(["replay", str(rec), "--to-topic", keyed_topics["back"], "--bootstrap", kafka_bootstrap]) == 0
     back = consume_everything(kafka_bootstrap, keyed_topics["back"], N)
     assert len(back) == N
-    sent = per_key_values((None if r["key"] is None else str(r["key"]),
-                           r["value"] if isinstance(r["value"], str) else json.dumps(r["value"], sort_keys=True))
-                          for r in recorded)
-    came = per_key_values((None if m.key is None else m.key.decode(),
-                           _canonical(m.value)) for m in back)
+    sent = per_key_values(
+        (
+            None if r["key"] is None else str(r["key"]),
+            r["value"] if isinstance(r["value"], str) else json.dumps(r["value"], sort_keys=True),
+        )
+        for r in recorded
+    )
+    came = per_key_values((None if m.key is None else m.key.decode(), _canonical(m.value)) for m in back)
     assert came == sent
 
 
@@ -159,8 +189,11 @@ def _canonical(raw):
 def _good(v):
     """The decoder's verdict, restated: both features finite numbers, key str/int, target ok."""
     import math
-    if not all(isinstance(v.get(f), (int, float)) and not isinstance(v.get(f), bool) and math.isfinite(v[f])
-               for f in ("a", "b")):
+
+    if not all(
+        isinstance(v.get(f), (int, float)) and not isinstance(v.get(f), bool) and math.isfinite(v[f])
+        for f in ("a", "b")
+    ):
         return False
     if not (isinstance(v.get("key"), (str, int)) and not isinstance(v.get("key"), bool)):
         return False
@@ -170,5 +203,6 @@ def _good(v):
 
 def _weights(path):
     from streamrnn.service import load_checkpoint
+
     arrays, meta, _ = load_checkpoint(str(path))
     return streamrnn.Model.from_state(arrays, meta["model"]).get_weights()

@@ -1,7 +1,7 @@
 """The Kafka sink in a child process: outputs, flush semantics and every failure path."""
+
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,7 +20,7 @@ def _alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    with open(f"/proc/{pid}/stat") as fh:        # a zombie (exited, not yet reaped) is gone too
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie (exited, not yet reaped) is gone too
         return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
@@ -41,17 +41,19 @@ def test_outputs_arrive_in_order_and_signals_do_not_reach_the_child(kafka_bootst
     sink = KafkaSinkProcess(kafka_bootstrap, topic["out"])
     reader = TopicReader(kafka_bootstrap, topic["out"])
     try:
-        os.kill(sink._proc.pid, signal.SIGTERM)       # a Ctrl-C or SIGTERM to the group: ignored
+        os.kill(sink._proc.pid, signal.SIGTERM)  # a Ctrl-C or SIGTERM to the group: ignored
         os.kill(sink._proc.pid, signal.SIGINT)
-        rows = [{"position": ["in", 0, i], "key": f"k{i % 3}", "prediction": i / 7, "target": None, "loss": None}
-                for i in range(3000)]
+        rows = [
+            {"position": ["in", 0, i], "key": f"k{i % 3}", "prediction": i / 7, "target": None, "loss": None}
+            for i in range(3000)
+        ]
         for a in range(0, len(rows), 700):
-            sink.write(rows[a:a + 700])
-        sink.flush()                                   # returns once every output is acknowledged
+            sink.write(rows[a : a + 700])
+        sink.flush()  # returns once every output is acknowledged
         reader.wait_for(lambda v: len(v) >= len(rows), 30, "every output")
         got = reader.snapshot()
         assert sorted(got, key=lambda o: o["position"][2]) == rows
-        for k in ("k0", "k1", "k2"):                   # per key (one partition each): in write order
+        for k in ("k0", "k1", "k2"):  # per key (one partition each): in write order
             seq = [o["position"][2] for o in got if o["key"] == k]
             assert seq == sorted(seq)
     finally:
@@ -68,7 +70,7 @@ def test_a_failed_write_is_reported_at_the_next_flush_and_the_pipe_stays_in_step
         with pytest.raises(RuntimeError, match="TypeError"):
             sink.flush()
         sink.write([{"key": "a", "prediction": 1.0}])
-        sink.flush()                                    # the next exchange is answered by its own reply
+        sink.flush()  # the next exchange is answered by its own reply
     finally:
         sink.close()
 
@@ -90,7 +92,7 @@ def test_the_child_delivers_what_it_holds_and_exits_when_the_daemon_is_killed(ka
 import os, signal, sys
 sys.path.insert(0, {ROOT!r})
 from streamrnn.connectors.kafka import KafkaSinkProcess
-sink = KafkaSinkProcess({kafka_bootstrap!r}, {topic['out']!r})
+sink = KafkaSinkProcess({kafka_bootstrap!r}, {topic["out"]!r})
 sink.write([{{"position": ["in", 0, i], "key": "k", "prediction": float(i)}} for i in range(500)])
 print(sink._proc.pid, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)

@@ -1,5 +1,6 @@
 """Shared pieces of the reliability suite: a keyed stream with known bad records, the reference
 model run over its good records, the daemon as a subprocess, Kafka producing/draining."""
+
 from __future__ import annotations
 
 import json
@@ -13,14 +14,15 @@ import uuid
 
 import numpy as np
 
-from streamrnn.connectors.kafka import await_offset_validation
 import streamrnn
+from streamrnn.connectors.kafka import await_offset_validation
 from streamrnn.service import dump_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FEATURES = ["a", "b"]
-MODEL = dict(cell="gru", n_inputs=2, n_hidden=4, task="regression", learner="rtrl", optimizer="adam",
-             lr=0.01, clip=1.0, seed=3)
+MODEL = dict(
+    cell="gru", n_inputs=2, n_hidden=4, task="regression", learner="rtrl", optimizer="adam", lr=0.01, clip=1.0, seed=3
+)
 
 # Bad records planted in a keyed stream: (kind, reason the dead letter must contain).
 BAD_KINDS = (
@@ -83,7 +85,7 @@ def assert_same_state(arrays, meta_model, ref_model):
     ref_arrays, ref_meta = ref_model.state_arrays()
     assert meta_model["keys"] == ref_meta["keys"]
     assert meta_model["config"] == ref_meta["config"]
-    assert set(ref_arrays) <= set(arrays)      # a daemon checkpoint may hold more (forecast state)
+    assert set(ref_arrays) <= set(arrays)  # a daemon checkpoint may hold more (forecast state)
     for name, ref in ref_arrays.items():
         assert arrays[name].dtype == ref.dtype and np.array_equal(arrays[name], ref), name
 
@@ -94,6 +96,7 @@ toml = dump_config
 def fresh_topics(bootstrap, prefix, **partitions):
     """Create uniquely named topics (name -> partitions), yield {name: topic}, delete them after."""
     from tests.kafka_broker import create_topic, delete_topic
+
     stem = uuid.uuid4().hex[:10]
     names = {k: f"{prefix}-{k}-{stem}" for k in partitions}
     for k, n in partitions.items():
@@ -109,13 +112,23 @@ def fresh_topics(bootstrap, prefix, **partitions):
 def start_daemon(config_path, log_path, verbose=False):
     """``python -m streamrnn run CONFIG`` as a subprocess, stdout+stderr appended to ``log_path``
     (with ``verbose``, INFO log lines too)."""
-    env = dict(os.environ, PYTHONPATH=ROOT, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1",
-               OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=ROOT,
+        NUMBA_NUM_THREADS="1",
+        OMP_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+    )
     log = open(log_path, "ab")
     try:
-        return subprocess.Popen([sys.executable, "-m", "streamrnn", *(["-v"] if verbose else []), "run",
-                                 str(config_path), "--no-progress"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "streamrnn", *(["-v"] if verbose else []), "run", str(config_path), "--no-progress"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     finally:
         log.close()
 
@@ -139,6 +152,7 @@ def produce(bootstrap, topic, stream):
     """Produce ``stream`` entries with explicit, increasing timestamps (t0 + index ms, in the
     past) and the record key as Kafka key; returns {index: (partition, offset)}."""
     from kafka import KafkaProducer
+
     t0_ms = int(time.time() * 1000) - len(stream) - 60_000
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024)
     futures = []
@@ -158,8 +172,10 @@ class TopicReader:
 
     def __init__(self, bootstrap, topic):
         from kafka import KafkaConsumer, TopicPartition
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                      request_timeout_ms=30000)
+
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, request_timeout_ms=30000
+        )
         tps = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic))]
         self.consumer.assign(tps)
         self.consumer.seek_to_beginning(*tps)
@@ -176,7 +192,7 @@ class TopicReader:
             except Exception:  # noqa: BLE001 - the broker may be restarting; keep reading
                 time.sleep(0.2)
                 continue
-            if not batches:          # the workaround KafkaSource applies (kafka-python#3106)
+            if not batches:  # the workaround KafkaSource applies (kafka-python#3106)
                 try:
                     await_offset_validation(self.consumer)
                 except Exception:  # noqa: BLE001 - as above

@@ -1,5 +1,6 @@
 """Hypothesis strategies for hostile input: each draw is one line/value as bytes plus what the
 daemon must make of it, ("good", key, [a, b], y) or ("bad", reason fragment, category)."""
+
 from __future__ import annotations
 
 import json
@@ -7,31 +8,40 @@ import math
 
 from hypothesis import strategies as st
 
-MAX_RECORD_BYTES = 4096          # daemon.max_record_bytes in the fuzz configurations
+MAX_RECORD_BYTES = 4096  # daemon.max_record_bytes in the fuzz configurations
 FIELDS = ("a", "b")
 
 # ---------------------------------------------------------------------------- good values
 finite = st.one_of(
     st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False),
-    st.integers(min_value=-10**3, max_value=10**3),
+    st.integers(min_value=-(10**3), max_value=10**3),
     st.floats(min_value=-1e300, max_value=1e300, allow_nan=False, allow_infinity=False),  # huge, finite
-    st.integers(min_value=-(10**30), max_value=10**30),                                   # beyond int64
+    st.integers(min_value=-(10**30), max_value=10**30),  # beyond int64
 )
-keys = st.one_of(st.sampled_from([f"k{i}" for i in range(8)]), st.integers(-5, 20), st.text(max_size=6),
-                 st.none())
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
-                      st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8))
-json_value = st.one_of(json_leaf, st.lists(json_leaf, max_size=3), st.dictionaries(st.text(max_size=3), json_leaf,
-                                                                                    max_size=2))
-unknown_fields = st.one_of(st.just({}), st.dictionaries(
-    st.text(max_size=6).filter(lambda k: k not in ("a", "b", "y", "key")), json_value, min_size=1, max_size=2))
+keys = st.one_of(st.sampled_from([f"k{i}" for i in range(8)]), st.integers(-5, 20), st.text(max_size=6), st.none())
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
+json_value = st.one_of(
+    json_leaf, st.lists(json_leaf, max_size=3), st.dictionaries(st.text(max_size=3), json_leaf, max_size=2)
+)
+unknown_fields = st.one_of(
+    st.just({}),
+    st.dictionaries(
+        st.text(max_size=6).filter(lambda k: k not in ("a", "b", "y", "key")), json_value, min_size=1, max_size=2
+    ),
+)
 
 
 @st.composite
 def number_text(draw, v):
     """A JSON rendering of the finite number ``v``: as a number, or as a numeric string."""
     if draw(st.integers(0, 5)) == 0:
-        return str(float(v)) if draw(st.booleans()) else repr(v)   # "1.5" as a string: accepted
+        return str(float(v)) if draw(st.booleans()) else repr(v)  # "1.5" as a string: accepted
     return v
 
 
@@ -51,7 +61,7 @@ def good_object(draw):
     elif target == "empty":
         obj["y"] = ""
     obj.update(draw(unknown_fields))
-    if draw(st.booleans()):                        # field order is not fixed
+    if draw(st.booleans()):  # field order is not fixed
         obj = dict(reversed(list(obj.items())))
     return obj, (key, [float(a), float(b)], y)
 
@@ -67,16 +77,39 @@ def good_record(draw):
 
 
 # ---------------------------------------------------------------------------- bad records
-INVALID_UTF8 = [b"\xff", b"\xfe\xfe", b"\xc3\x28", b"\xa0\xa1", b"\xed\xa0\x80", b"\xf0\x28\x8c\x28", b"\xc0\xaf",
-                b"\xe2\x82"]
+INVALID_UTF8 = [
+    b"\xff",
+    b"\xfe\xfe",
+    b"\xc3\x28",
+    b"\xa0\xa1",
+    b"\xed\xa0\x80",
+    b"\xf0\x28\x8c\x28",
+    b"\xc0\xaf",
+    b"\xe2\x82",
+]
 
 
 @st.composite
 def bad_record(draw):
     obj, _ = draw(good_object())
-    kind = draw(st.sampled_from(["invalid utf-8", "invalid json", "non-finite literal", "non-finite string",
-                                 "overflow", "wrong type", "wrong width", "missing field", "key type",
-                                 "oversized", "deep nesting", "not an object"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "invalid utf-8",
+                "invalid json",
+                "non-finite literal",
+                "non-finite string",
+                "overflow",
+                "wrong type",
+                "wrong width",
+                "missing field",
+                "key type",
+                "oversized",
+                "deep nesting",
+                "not an object",
+            ]
+        )
+    )
     line = dumps(obj)
     if kind == "invalid utf-8":
         raw = draw(st.sampled_from(INVALID_UTF8))
@@ -89,8 +122,11 @@ def bad_record(draw):
             line = line[:i] + raw + line[i:]
         return line, ("bad", "invalid JSON", kind)
     if kind == "invalid json":
-        how = draw(st.sampled_from(["truncate", "trailing comma", "single quotes", "garbage after", "bom",
-                                    "bare word", "unquoted key"]))
+        how = draw(
+            st.sampled_from(
+                ["truncate", "trailing comma", "single quotes", "garbage after", "bom", "bare word", "unquoted key"]
+            )
+        )
         if how == "truncate":
             line = line[: draw(st.integers(1, len(line) - 1))]
         elif how == "trailing comma":
@@ -121,7 +157,7 @@ def bad_record(draw):
     if kind == "wrong type":
         value = draw(st.sampled_from([True, False, {}, {"v": 1}, "abc", "", "1,5", "0x10"]))
         if field == "y" and value == "":
-            value = "abc"                      # an empty target means "no target"
+            value = "abc"  # an empty target means "no target"
         if field != "y":
             value = draw(st.sampled_from([value, None, [1.0, 2.0]]))
         obj[field] = value
@@ -151,7 +187,7 @@ def bad_record(draw):
         obj["padding"] = "x" * draw(st.integers(MAX_RECORD_BYTES, 3 * MAX_RECORD_BYTES))
         return dumps(obj), ("bad", "exceeds daemon.max_record_bytes", kind)
     if kind == "deep nesting":
-        depth = draw(st.integers(1100, 1900))      # beyond the parser's 1024 levels, within the size cap
+        depth = draw(st.integers(1100, 1900))  # beyond the parser's 1024 levels, within the size cap
         obj["deep"] = "@@"
         return dumps(obj).replace(b'"@@"', b"[" * depth + b"]" * depth), ("bad", "invalid JSON", kind)
     top = draw(st.sampled_from([b"[]", b"[1, 2]", b"3.5", b'"text"', b"null", b"true", b'[{"a": 1, "b": 2}]']))
@@ -168,5 +204,6 @@ def nested_good_record(draw):
 
 
 def records(min_size, max_size):
-    return st.lists(st.one_of(good_record(), nested_good_record(), bad_record(), bad_record()),
-                    min_size=min_size, max_size=max_size)
+    return st.lists(
+        st.one_of(good_record(), nested_good_record(), bad_record(), bad_record()), min_size=min_size, max_size=max_size
+    )

@@ -1,6 +1,7 @@
 """The broker goes away under a running daemon: it waits (retry policy, clear log lines) and
 completes with the same guarantees when the broker comes back, or gives up with a clear exit
 (status 2, checkpoint intact) when the policy is exhausted. A dedicated broker, not the session's."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,18 @@ import pytest
 
 from streamrnn.service import load_checkpoint
 from tests.kafka_broker import KafkaBroker, create_topic, kafka_skip_or_fail, missing_tools
-from tests.reliability.common import (FEATURES, MODEL, TopicReader, assert_same_state, by_position, keyed_stream,
-                                      produce, reference, start_daemon, toml)
+from tests.reliability.common import (
+    FEATURES,
+    MODEL,
+    TopicReader,
+    assert_same_state,
+    by_position,
+    keyed_stream,
+    produce,
+    reference,
+    start_daemon,
+    toml,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -43,8 +54,13 @@ def make_topics(bootstrap):
 
 def daemon_config(tmp_path, bootstrap, topics, **daemon):
     return {
-        "source": {"type": "kafka", "bootstrap": bootstrap, "topic": topics["in"], "group": f"g-{topics['in']}",
-                   "instance_id": "restart-member-0"},
+        "source": {
+            "type": "kafka",
+            "bootstrap": bootstrap,
+            "topic": topics["in"],
+            "group": f"g-{topics['in']}",
+            "instance_id": "restart-member-0",
+        },
         "sink": {"type": "kafka", "bootstrap": bootstrap, "topic": topics["out"]},
         "dead_letter": {"type": "kafka", "bootstrap": bootstrap, "topic": topics["dead"]},
         "schema": {"features": FEATURES, "target": "y", "key": "key"},
@@ -87,9 +103,17 @@ def test_broker_crash_mid_run_daemon_waits_and_completes(tmp_path, broker):
     # Every record is on the broker before the daemon starts: the merged order is then fixed by
     # the topic (records arriving live while a partition is caught up merge in arrival order).
     where = produce(bootstrap, topics["in"], stream)
-    cfg = daemon_config(tmp_path, bootstrap, topics, max_records=n, retry_attempts=0, retry_backoff=0.2,
-                        retry_backoff_max=1.0, retry_give_up_seconds=180.0)
-    cfg["daemon"]["batch_size"] = 20                    # slow enough for the crash to land mid-stream
+    cfg = daemon_config(
+        tmp_path,
+        bootstrap,
+        topics,
+        max_records=n,
+        retry_attempts=0,
+        retry_backoff=0.2,
+        retry_backoff_max=1.0,
+        retry_give_up_seconds=180.0,
+    )
+    cfg["daemon"]["batch_size"] = 20  # slow enough for the crash to land mid-stream
     cfg["checkpoint"]["every_records"] = 200
     cfg_path = tmp_path / "r.toml"
     cfg_path.write_text(toml(cfg))
@@ -99,11 +123,11 @@ def test_broker_crash_mid_run_daemon_waits_and_completes(tmp_path, broker):
     try:
         outputs.wait_for(lambda v: distinct(v) >= n // 10, 120, "the first tenth of the outputs")
         t_down = time.monotonic()
-        broker.kill()                                   # a crash: SIGKILL, no controlled shutdown
-        time.sleep(4.0)                                 # the daemon notices and waits
+        broker.kill()  # a crash: SIGKILL, no controlled shutdown
+        time.sleep(4.0)  # the daemon notices and waits
         assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
         at_restart = distinct(outputs.snapshot())
-        broker.start()                                  # same port, same data directory
+        broker.start()  # same port, same data directory
         outage_s = time.monotonic() - t_down
         rc = proc.wait(240)
         log_text = log_path.read_text(errors="replace")
@@ -115,12 +139,21 @@ def test_broker_crash_mid_run_daemon_waits_and_completes(tmp_path, broker):
         if proc.poll() is None:
             proc.kill()
         outputs.close()
-    assert at_restart < n_good                          # the crash landed mid-stream
-    print(json.dumps({"test": "broker_crash_and_restart", "records": n, "good_checked": n_good,
-                      "outputs_before_restart": at_restart,
-                      "outage_s": round(outage_s, 1), "duplicate_outputs": n_dupes,
-                      "retry_log_lines": log_text.count("broker unreachable, retrying in"),
-                      "wall_s": round(time.monotonic() - t_start, 1)}))
+    assert at_restart < n_good  # the crash landed mid-stream
+    print(
+        json.dumps(
+            {
+                "test": "broker_crash_and_restart",
+                "records": n,
+                "good_checked": n_good,
+                "outputs_before_restart": at_restart,
+                "outage_s": round(outage_s, 1),
+                "duplicate_outputs": n_dupes,
+                "retry_log_lines": log_text.count("broker unreachable, retrying in"),
+                "wall_s": round(time.monotonic() - t_start, 1),
+            }
+        )
+    )
 
 
 def test_broker_gone_daemon_gives_up_with_checkpoint_intact(tmp_path, broker):
@@ -131,8 +164,15 @@ def test_broker_gone_daemon_gives_up_with_checkpoint_intact(tmp_path, broker):
     stream = keyed_stream(n, seed=12)
     where = produce(bootstrap, topics["in"], stream)
     give_up_s = 8.0
-    cfg = daemon_config(tmp_path, bootstrap, topics, retry_attempts=0, retry_backoff=0.5, retry_backoff_max=2.0,
-                        retry_give_up_seconds=give_up_s)
+    cfg = daemon_config(
+        tmp_path,
+        bootstrap,
+        topics,
+        retry_attempts=0,
+        retry_backoff=0.5,
+        retry_backoff_max=2.0,
+        retry_give_up_seconds=give_up_s,
+    )
     cfg["daemon"]["batch_size"] = 20
     cfg["checkpoint"]["every_records"] = 200
     cfg_path = tmp_path / "r.toml"
@@ -178,6 +218,16 @@ def test_broker_gone_daemon_gives_up_with_checkpoint_intact(tmp_path, broker):
         if proc.poll() is None:
             proc.kill()
         outputs.close()
-    print(json.dumps({"test": "broker_gone_give_up", "records": n, "checkpointed_prefix": len(applied),
-                      "gave_up_after_s": round(gave_up_after, 1), "exit_status": 2, "good_checked": n_good,
-                      "wall_s": round(time.monotonic() - t_start, 1)}))
+    print(
+        json.dumps(
+            {
+                "test": "broker_gone_give_up",
+                "records": n,
+                "checkpointed_prefix": len(applied),
+                "gave_up_after_s": round(gave_up_after, 1),
+                "exit_status": 2,
+                "good_checked": n_good,
+                "wall_s": round(time.monotonic() - t_start, 1),
+            }
+        )
+    )

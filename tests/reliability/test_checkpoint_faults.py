@@ -1,5 +1,6 @@
 """Checkpoint faults: damaged or foreign newest generation, both generations unusable, a full
 disk (injected ENOSPC/EIO inside checkpoint writes), a crash between the two renames."""
+
 from __future__ import annotations
 
 import errno
@@ -13,12 +14,21 @@ import numpy as np
 import pytest
 
 import streamrnn
-from streamrnn.connectors.file import JsonLinesSource
 from streamrnn import checkpoint as ckpt
 from streamrnn.checkpoint import CheckpointError
+from streamrnn.connectors.file import JsonLinesSource
 from streamrnn.service import Daemon, load_checkpoint, save_checkpoint, validate_config
-from tests.reliability.common import (FEATURES, MODEL, ROOT, assert_same_state, by_position, keyed_stream,
-                                      read_jsonl, reference, toml)
+from tests.reliability.common import (
+    FEATURES,
+    MODEL,
+    ROOT,
+    assert_same_state,
+    by_position,
+    keyed_stream,
+    read_jsonl,
+    reference,
+    toml,
+)
 
 N = 1200
 EVERY = 200
@@ -33,15 +43,17 @@ def stream(tmp_path):
 
 
 def config(tmp_path, src, **daemon):
-    return validate_config({
-        "source": {"type": "jsonl", "path": str(src)},
-        "sink": {"type": "jsonl", "path": str(tmp_path / "out.jsonl")},
-        "dead_letter": {"type": "jsonl", "path": str(tmp_path / "dead.jsonl")},
-        "schema": {"features": FEATURES, "target": "y", "key": "key"},
-        "model": dict(MODEL),
-        "checkpoint": {"path": str(tmp_path / "d.ckpt"), "every_records": EVERY, "every_seconds": 0},
-        "daemon": {"batch_size": 50, "poll_timeout": 0.01, "progress": False, **daemon},
-    })
+    return validate_config(
+        {
+            "source": {"type": "jsonl", "path": str(src)},
+            "sink": {"type": "jsonl", "path": str(tmp_path / "out.jsonl")},
+            "dead_letter": {"type": "jsonl", "path": str(tmp_path / "dead.jsonl")},
+            "schema": {"features": FEATURES, "target": "y", "key": "key"},
+            "model": dict(MODEL),
+            "checkpoint": {"path": str(tmp_path / "d.ckpt"), "every_records": EVERY, "every_seconds": 0},
+            "daemon": {"batch_size": 50, "poll_timeout": 0.01, "progress": False, **daemon},
+        }
+    )
 
 
 def digest(path):
@@ -93,9 +105,14 @@ def damage(path, how):
         fh.write(bytes(data))
 
 
-REASONS = {"truncated": "checksum mismatch", "empty": "bad magic or too short", "flipped byte": "checksum mismatch",
-           "flipped digest": "checksum mismatch", "newer format version": "format version 2 is not supported",
-           "other model configuration": "another configuration"}
+REASONS = {
+    "truncated": "checksum mismatch",
+    "empty": "bad magic or too short",
+    "flipped byte": "checksum mismatch",
+    "flipped digest": "checksum mismatch",
+    "newer format version": "format version 2 is not supported",
+    "other model configuration": "another configuration",
+}
 
 
 @pytest.mark.parametrize("how", list(REASONS))
@@ -126,11 +143,22 @@ def test_every_generation_unusable_refuses_to_start_and_touches_nothing(tmp_path
     assert "checksum mismatch" in str(err.value) and "another configuration" in str(err.value)
     # the command line exits with status 2 and a clear message, and changes no file
     cfg_path = tmp_path / "c.toml"
-    raw = {"source": {"type": "jsonl", "path": str(src)}, "schema": {"features": FEATURES, "target": "y",
-           "key": "key"}, "model": dict(MODEL), "checkpoint": {"path": path}, "daemon": {"progress": False}}
+    raw = {
+        "source": {"type": "jsonl", "path": str(src)},
+        "schema": {"features": FEATURES, "target": "y", "key": "key"},
+        "model": dict(MODEL),
+        "checkpoint": {"path": path},
+        "daemon": {"progress": False},
+    }
     cfg_path.write_text(toml(raw))
-    proc = subprocess.run([sys.executable, "-m", "streamrnn", "run", str(cfg_path)], cwd=ROOT, capture_output=True,
-                          text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamrnn", "run", str(cfg_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "streamrnn: error: no usable checkpoint" in proc.stderr
     assert {p: digest(p) for p in before} == before
@@ -143,14 +171,15 @@ def test_crash_between_the_two_renames(tmp_path, stream):
     s, src = stream
     path = run_first_part(tmp_path, src)
     os.replace(path, path + ".prev")
-    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout.strip()
+    dead_pid = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     stale = tmp_path / f".d.ckpt.tmp-{dead_pid}"
     stale.write_bytes(b"half a checkpoint")
     d = Daemon(config(tmp_path, src))
     assert d.stats["resumed_from"] == path + ".prev"
     d.run()
-    assert not stale.exists()                        # the dead writer's temp file is cleaned up
+    assert not stale.exists()  # the dead writer's temp file is cleaned up
     assert_complete(tmp_path, s, src)
 
 
@@ -175,7 +204,7 @@ class DiskFull:
     def write(self, fd, data):
         if self.failing and self.call == "write" and self._is_temp(fd):
             if os.fstat(fd).st_size == 0 and len(data) > 4096:
-                return self._write(fd, bytes(data[:4096]))     # a partial write first ...
+                return self._write(fd, bytes(data[:4096]))  # a partial write first ...
             self.failures += 1
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # ... then the disk is full
         return self._write(fd, data)
@@ -205,15 +234,15 @@ def test_full_disk_keeps_generations_commits_nothing_and_recovers(tmp_path, stre
     disk = DiskFull(monkeypatch, call)
     source = CommitRecordingSource(src)
     d = Daemon(config(tmp_path, src), source=source)
-    saved = {}                                   # digest of each file after every successful save
+    saved = {}  # digest of each file after every successful save
     real_process = d.process
 
-    def process(records):                        # the disk is full from line 400 to line 800
+    def process(records):  # the disk is full from line 400 to line 800
         line = records[0].position[1]
         disk.failing = 400 <= line < 800
         if disk.failing and os.path.exists(path):
             saved.setdefault("during", (digest(path), digest(path + ".prev")))
-            assert (digest(path), digest(path + ".prev")) == saved["during"]   # untouched
+            assert (digest(path), digest(path + ".prev")) == saved["during"]  # untouched
         return real_process(records)
 
     d.process = process

@@ -1,5 +1,6 @@
 """Crash loop: the daemon is SIGKILLed at 20 seeded-random points of a 20 000-record keyed Kafka
 topic (2 partitions) and restarted each time; the result must equal one uninterrupted run."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,19 @@ import numpy as np
 import pytest
 
 from streamrnn.service import load_checkpoint
-from tests.reliability.common import (FEATURES, MODEL, TopicReader, assert_same_state, by_position, fresh_topics,
-                                      keyed_stream, produce, reference, start_daemon, toml)
+from tests.reliability.common import (
+    FEATURES,
+    MODEL,
+    TopicReader,
+    assert_same_state,
+    by_position,
+    fresh_topics,
+    keyed_stream,
+    produce,
+    reference,
+    start_daemon,
+    toml,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -31,13 +43,18 @@ def test_sigkill_20_times_then_bit_identical(tmp_path, kafka_bootstrap, topics):
     t_start = time.monotonic()
     stream = keyed_stream(N_RECORDS, seed=7)
     where = produce(kafka_bootstrap, topics["in"], stream)
-    assert {p for p, _ in where.values()} == {0, 1}          # both partitions carry records
+    assert {p for p, _ in where.values()} == {0, 1}  # both partitions carry records
     good = [i for i, s in enumerate(stream) if s[2] is not None]
     bad = {i: s[3] for i, s in enumerate(stream) if s[2] is None}
 
     cfg = {
-        "source": {"type": "kafka", "bootstrap": kafka_bootstrap, "topic": topics["in"],
-                   "group": f"crash-{uuid.uuid4().hex[:8]}", "instance_id": "crash-member-0"},
+        "source": {
+            "type": "kafka",
+            "bootstrap": kafka_bootstrap,
+            "topic": topics["in"],
+            "group": f"crash-{uuid.uuid4().hex[:8]}",
+            "instance_id": "crash-member-0",
+        },
         "sink": {"type": "kafka", "bootstrap": kafka_bootstrap, "topic": topics["out"]},
         "dead_letter": {"type": "kafka", "bootstrap": kafka_bootstrap, "topic": topics["dead"]},
         "schema": {"features": FEATURES, "target": "y", "key": "key"},
@@ -63,13 +80,18 @@ def test_sigkill_20_times_then_bit_identical(tmp_path, kafka_bootstrap, topics):
             seen_before = outputs.count()
             t0 = time.monotonic()
             proc = start_daemon(cfg_path, log_path)
-            outputs.wait_for(lambda v: proc.poll() is not None or (
-                len(v) > seen_before and len({tuple(o["position"]) for o in v}) >= threshold),
-                timeout=120, what=f"outputs up to {threshold} positions")
+            outputs.wait_for(  # the predicate runs within this iteration, so it sees this iteration's values
+                lambda v: (
+                    proc.poll() is not None  # noqa: B023
+                    or (len(v) > seen_before and len({tuple(o["position"]) for o in v}) >= threshold)  # noqa: B023
+                ),
+                timeout=120,
+                what=f"outputs up to {threshold} positions",
+            )
             restarts_s.append(time.monotonic() - t0)
             time.sleep(rng.uniform(0.0, 0.04))
             if proc.poll() is not None:
-                break                                   # finished before this kill point
+                break  # finished before this kill point
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             kills.append(len({tuple(o["position"]) for o in outputs.snapshot()}))
@@ -77,9 +99,12 @@ def test_sigkill_20_times_then_bit_identical(tmp_path, kafka_bootstrap, topics):
         rc = proc.wait(300)
         log_text = log_path.read_text(errors="replace")
         assert rc == 0, log_text[-5000:]
-        outputs.wait_for(lambda v: len({tuple(o["position"]) for o in v}) >= len(good), timeout=60,
-                         what="an output for every good record")
-        time.sleep(0.5)                                   # let stragglers arrive
+        outputs.wait_for(
+            lambda v: len({tuple(o["position"]) for o in v}) >= len(good),
+            timeout=60,
+            what="an output for every good record",
+        )
+        time.sleep(0.5)  # let stragglers arrive
     finally:
         outputs.close()
     assert len(kills) == N_KILLS, f"only {len(kills)} kills landed before the end: {kills}"
@@ -106,8 +131,9 @@ def test_sigkill_20_times_then_bit_identical(tmp_path, kafka_bootstrap, topics):
     # 3. the dead-letter topic holds exactly the bad records, each with its reason and position
     dead_reader = TopicReader(kafka_bootstrap, topics["dead"])
     try:
-        dead_reader.wait_for(lambda v: len({tuple(d["position"]) for d in v}) >= len(bad), timeout=60,
-                             what="every dead letter")
+        dead_reader.wait_for(
+            lambda v: len({tuple(d["position"]) for d in v}) >= len(bad), timeout=60, what="every dead letter"
+        )
         time.sleep(0.3)
         dead = by_position(dead_reader.snapshot())
     finally:
@@ -120,8 +146,19 @@ def test_sigkill_20_times_then_bit_identical(tmp_path, kafka_bootstrap, topics):
 
     n_dupes = len(outputs.values) - len(outs)
     wall = time.monotonic() - t_start
-    print(json.dumps({"test": "crash_loop", "records": N_RECORDS, "good": len(good), "bad": len(bad),
-                      "kills_survived": len(kills), "kill_points_positions": kills,
-                      "outputs_received": len(outputs.values), "duplicate_outputs": n_dupes,
-                      "mean_time_to_kill_s": round(sum(restarts_s) / len(restarts_s), 2),
-                      "wall_s": round(wall, 1)}))
+    print(
+        json.dumps(
+            {
+                "test": "crash_loop",
+                "records": N_RECORDS,
+                "good": len(good),
+                "bad": len(bad),
+                "kills_survived": len(kills),
+                "kill_points_positions": kills,
+                "outputs_received": len(outputs.values),
+                "duplicate_outputs": n_dupes,
+                "mean_time_to_kill_s": round(sum(restarts_s) / len(restarts_s), 2),
+                "wall_s": round(wall, 1),
+            }
+        )
+    )

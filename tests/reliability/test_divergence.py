@@ -1,5 +1,6 @@
 """Divergence: records that would make the loss or gradient non-finite skip their update, are
 counted, leave every parameter finite, and show in the Prometheus endpoint."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,12 @@ from streamrnn.service import Daemon, validate_config
 from tests.reliability.common import FEATURES, MODEL, read_jsonl, reference
 
 # decoder-valid records (finite numbers) that overflow the loss or its gradient
-DIVERGENT = [{"a": 0.5, "b": -0.5, "y": 1e200}, {"a": 1e300, "b": 1.0, "y": 1e300}, {"a": 1.0, "b": 1.0, "y": 1e154},
-             {"a": -2.0, "b": 3.0, "y": -1e250}]
+DIVERGENT = [
+    {"a": 0.5, "b": -0.5, "y": 1e200},
+    {"a": 1e300, "b": 1.0, "y": 1e300},
+    {"a": 1.0, "b": 1.0, "y": 1e154},
+    {"a": -2.0, "b": 3.0, "y": -1e250},
+]
 
 
 def free_port():
@@ -61,14 +66,16 @@ def test_nonfinite_updates_skipped_counted_and_exported(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines) + "\n")
     port = free_port()
-    cfg = validate_config({
-        "source": {"type": "jsonl", "path": str(src), "follow": True},
-        "sink": {"type": "jsonl", "path": str(tmp_path / "out.jsonl")},
-        "schema": {"features": FEATURES, "target": "y", "key": "key"},
-        "model": dict(MODEL, standardize=False),   # raw: these records overflow the cell
-        "checkpoint": {"path": str(tmp_path / "d.ckpt"), "every_records": 100, "every_seconds": 0},
-        "daemon": {"batch_size": 32, "poll_timeout": 0.05, "progress": False, "metrics_port": port},
-    })
+    cfg = validate_config(
+        {
+            "source": {"type": "jsonl", "path": str(src), "follow": True},
+            "sink": {"type": "jsonl", "path": str(tmp_path / "out.jsonl")},
+            "schema": {"features": FEATURES, "target": "y", "key": "key"},
+            "model": dict(MODEL, standardize=False),  # raw: these records overflow the cell
+            "checkpoint": {"path": str(tmp_path / "d.ckpt"), "every_records": 100, "every_seconds": 0},
+            "daemon": {"batch_size": 32, "poll_timeout": 0.05, "progress": False, "metrics_port": port},
+        }
+    )
     d = Daemon(cfg)
     thread = run_until(d, len(rows))
     metrics = scrape(port)
@@ -109,5 +116,13 @@ def test_nonfinite_updates_skipped_counted_and_exported(tmp_path):
     d2.stop()
     thread.join(30)
     assert metrics2["streamrnn_skipped_updates_total"] == n_div
-    print(json.dumps({"test": "divergence", "records": len(rows), "skipped_updates": n_div,
-                      "metric": metrics["streamrnn_skipped_updates_total"]}))
+    print(
+        json.dumps(
+            {
+                "test": "divergence",
+                "records": len(rows),
+                "skipped_updates": n_div,
+                "metric": metrics["streamrnn_skipped_updates_total"],
+            }
+        )
+    )

@@ -1,6 +1,7 @@
 """Long run: 1 000 000 records through the file source with more keys than ``max_keys`` (LRU
 eviction all along); the daemon's resident memory is sampled while it runs and must stay flat
 (growth under 5 % after warm-up)."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,9 @@ from tests.reliability.common import start_daemon, toml
 pytestmark = pytest.mark.slow
 
 N_RECORDS = 1_000_000
-N_KEYS = 5_000          # keys seen ...
-MAX_KEYS = 500          # ... and the most that hold state at once
-BAD_EVERY = 1_000       # a dead letter every 1 000 records
+N_KEYS = 5_000  # keys seen ...
+MAX_KEYS = 500  # ... and the most that hold state at once
+BAD_EVERY = 1_000  # a dead letter every 1 000 records
 
 
 def write_stream(path, n, seed=0):
@@ -28,11 +29,17 @@ def write_stream(path, n, seed=0):
     chunk = 100_000
     with open(path, "w") as fh:
         for lo in range(0, n, chunk):
-            lines = [f'{{"key":"s{k}","a":{a},"b":{b},"y":{t}}}' for k, a, b, t in
-                     zip(keys[lo:lo + chunk].tolist(), ab[lo:lo + chunk, 0].tolist(), ab[lo:lo + chunk, 1].tolist(),
-                         y[lo:lo + chunk].tolist())]
+            lines = [
+                f'{{"key":"s{k}","a":{a},"b":{b},"y":{t}}}'
+                for k, a, b, t in zip(
+                    keys[lo : lo + chunk].tolist(),
+                    ab[lo : lo + chunk, 0].tolist(),
+                    ab[lo : lo + chunk, 1].tolist(),
+                    y[lo : lo + chunk].tolist(),
+                )
+            ]
             for i in range(BAD_EVERY - 1 - lo % BAD_EVERY, len(lines), BAD_EVERY):
-                lines[i] = lines[i][:-5]                   # truncated: invalid JSON
+                lines[i] = lines[i][:-5]  # truncated: invalid JSON
             fh.write("\n".join(lines) + "\n")
 
 
@@ -54,8 +61,16 @@ def test_one_million_records_memory_flat(tmp_path):
         "sink": {"type": "jsonl", "path": str(tmp_path / "out.jsonl")},
         "dead_letter": {"type": "jsonl", "path": str(tmp_path / "dead.jsonl")},
         "schema": {"features": ["a", "b"], "target": "y", "key": "key"},
-        "model": {"cell": "gru", "n_hidden": 4, "learner": "rtrl", "optimizer": "adam", "lr": 0.01, "clip": 1.0,
-                  "seed": 1, "max_keys": MAX_KEYS},
+        "model": {
+            "cell": "gru",
+            "n_hidden": 4,
+            "learner": "rtrl",
+            "optimizer": "adam",
+            "lr": 0.01,
+            "clip": 1.0,
+            "seed": 1,
+            "max_keys": MAX_KEYS,
+        },
         "checkpoint": {"path": str(tmp_path / "long.ckpt"), "every_records": 100_000, "every_seconds": 0},
         "daemon": {"batch_size": 2_000, "poll_timeout": 0.1, "progress": False},
     }
@@ -64,7 +79,7 @@ def test_one_million_records_memory_flat(tmp_path):
     out_path = tmp_path / "out.jsonl"
     t_run = time.monotonic()
     proc = start_daemon(cfg_path, tmp_path / "daemon.log")
-    samples = []                                           # (seconds, output bytes, RSS KiB)
+    samples = []  # (seconds, output bytes, RSS KiB)
     try:
         while proc.poll() is None:
             rss = rss_kib(proc.pid)
@@ -93,11 +108,24 @@ def test_one_million_records_memory_flat(tmp_path):
     final = float(np.median([r for f, r in after if f >= 0.8]))
     peak = max(r for _, r in after)
     growth = final / baseline - 1
-    print(json.dumps({"test": "long_run", "records": N_RECORDS, "keys_seen": N_KEYS, "max_keys": MAX_KEYS,
-                      "records_per_s": round(N_RECORDS / run_s), "rss_start_mib": round(samples[0][2] / 1024, 1),
-                      "rss_after_warmup_mib": round(baseline / 1024, 1), "rss_final_mib": round(final / 1024, 1),
-                      "rss_peak_mib": round(peak / 1024, 1),
-                      "growth_pct": round(100 * growth, 2), "samples": len(samples),
-                      "generate_s": round(t_gen, 1), "run_s": round(run_s, 1),
-                      "wall_s": round(time.monotonic() - t0, 1)}))
+    print(
+        json.dumps(
+            {
+                "test": "long_run",
+                "records": N_RECORDS,
+                "keys_seen": N_KEYS,
+                "max_keys": MAX_KEYS,
+                "records_per_s": round(N_RECORDS / run_s),
+                "rss_start_mib": round(samples[0][2] / 1024, 1),
+                "rss_after_warmup_mib": round(baseline / 1024, 1),
+                "rss_final_mib": round(final / 1024, 1),
+                "rss_peak_mib": round(peak / 1024, 1),
+                "growth_pct": round(100 * growth, 2),
+                "samples": len(samples),
+                "generate_s": round(t_gen, 1),
+                "run_s": round(run_s, 1),
+                "wall_s": round(time.monotonic() - t0, 1),
+            }
+        )
+    )
     assert growth < 0.05

@@ -1,6 +1,7 @@
 """The timestamp merge across a consumer-group rebalance: a member that loses partitions (with
 records fetched but not yet handed out) and gets them back hands out every offset of every
 partition, without gaps, in (timestamp, partition, offset) order between rebalances."""
+
 from __future__ import annotations
 
 import time
@@ -71,13 +72,14 @@ def test_skewed_partitions_merge_in_timestamp_order_with_bounded_buffers(kafka_b
     """Partition 0 holds the later half of the stream, partition 1 the earlier half: the merge
     must hand out all of partition 1 first while partition 0's buffer stays bounded."""
     from kafka import KafkaProducer
+
     topic = f"skew-{uuid.uuid4().hex[:10]}"
     create_topic(kafka_bootstrap, topic, partitions=2)
     try:
         n = 8000
         t0 = int(time.time() * 1000) - 3_600_000
         p = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
-        for i in range(n):                       # interleaved sends, so both partitions fill at once
+        for i in range(n):  # interleaved sends, so both partitions fill at once
             part = 1 if i % 2 == 0 else 0
             ts = t0 + (i // 2 if part == 1 else n // 2 + i // 2)
             p.send(topic, value=str(ts).encode(), partition=part, timestamp_ms=ts)
@@ -91,6 +93,6 @@ def test_skewed_partitions_merge_in_timestamp_order_with_bounded_buffers(kafka_b
             peak = max(peak, max((len(b) for b in src._buffers.values()), default=0))
         src.close()
         assert seen == sorted(seen) and len(seen) == n
-        assert peak <= 400 + 200                   # bounded: max_buffered (+ one fetch)
+        assert peak <= 400 + 200  # bounded: max_buffered (+ one fetch)
     finally:
         delete_topic(kafka_bootstrap, topic)

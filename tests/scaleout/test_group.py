@@ -4,6 +4,7 @@ The others take its partitions over (loading their state from the checkpoint sto
 every input has an output and, in independent mode, every partition's model is bit-identical to
 one Model run over that partition's records and to a single daemon reading the whole topic.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,16 +18,24 @@ import pytest
 
 import streamrnn
 from streamrnn.connectors.checkpoint_store import DirectoryStore
-from streamrnn.service import Daemon, validate_config
 from streamrnn.scaleout import group_status
-from tests.reliability.common import (FEATURES, MODEL, TopicReader, by_position, fresh_topics, keyed_stream,
-                                      start_daemon, toml)
+from streamrnn.service import Daemon, validate_config
+from tests.reliability.common import (
+    FEATURES,
+    MODEL,
+    TopicReader,
+    by_position,
+    fresh_topics,
+    keyed_stream,
+    start_daemon,
+    toml,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 N_RECORDS = 24_000
 PARTITIONS = 6
-RATE = 2_000                      # records/s produced while the group runs
+RATE = 2_000  # records/s produced while the group runs
 
 
 @pytest.fixture
@@ -40,6 +49,7 @@ class LiveProducer(threading.Thread):
     def __init__(self, bootstrap, topic, stream):
         super().__init__(daemon=True)
         from kafka import KafkaProducer
+
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
         self.topic, self.stream = topic, stream
         self.where = {}
@@ -91,8 +101,7 @@ def _owned(status):
     return {m["member"]: m["partitions"] for m in status["members"]}
 
 
-def test_three_members_one_killed_every_input_answered_and_partitions_bit_identical(tmp_path, kafka_bootstrap,
-                                                                                       topics):
+def test_three_members_one_killed_every_input_answered_and_partitions_bit_identical(tmp_path, kafka_bootstrap, topics):
     t_start = time.monotonic()
     stream = keyed_stream(N_RECORDS, seed=11)
     group = f"so-{uuid.uuid4().hex[:8]}"
@@ -109,26 +118,36 @@ def test_three_members_one_killed_every_input_answered_and_partitions_bit_identi
     producer = LiveProducer(kafka_bootstrap, topics["in"], stream)
     try:
         # all three members hold two partitions each before any record is produced
-        _wait(lambda: sorted(len(p) for p in _owned(group_status(cfg)).values()) == [2, 2, 2], 90,
-              "three members with two partitions each")
+        _wait(
+            lambda: sorted(len(p) for p in _owned(group_status(cfg)).values()) == [2, 2, 2],
+            90,
+            "three members with two partitions each",
+        )
         victim = "member-b"
         victim_partitions = _owned(group_status(cfg))[victim]
         producer.start()
-        _wait(lambda: producer.sent >= N_RECORDS // 3 and outputs.count() >= N_RECORDS // 4, 120,
-              "a third of the stream produced and answered")
+        _wait(
+            lambda: producer.sent >= N_RECORDS // 3 and outputs.count() >= N_RECORDS // 4,
+            120,
+            "a third of the stream produced and answered",
+        )
         procs[victim].send_signal(signal.SIGKILL)
         procs[victim].wait(10)
         killed_at = outputs.count()
         # the survivors take the victim's partitions over (after the 6 s session timeout)
-        owned = _wait(lambda: (lambda o: o if sorted(len(p) for p in o.values()) == [3, 3] else None)(
-            _owned(group_status(cfg))), 90, "the two survivors owning three partitions each")
+        owned = _wait(
+            lambda: (lambda o: o if sorted(len(p) for p in o.values()) == [3, 3] else None)(_owned(group_status(cfg))),
+            90,
+            "the two survivors owning three partitions each",
+        )
         assert victim not in owned
         producer.join(120)
         assert producer.error is None and len(producer.where) == N_RECORDS, producer.error
         good = [i for i, s in enumerate(stream) if s[2] is not None]
         expected = {(topics["in"], *producer.where[i]) for i in good}
-        outputs.wait_for(lambda v: expected <= {tuple(o["position"]) for o in v}, timeout=120,
-                         what="an output for every good record")
+        outputs.wait_for(
+            lambda v: expected <= {tuple(o["position"]) for o in v}, timeout=120, what="an output for every good record"
+        )
         ends = {}
         for p, off in producer.where.values():
             ends[f"{topics['in']}:{p}"] = max(ends.get(f"{topics['in']}:{p}", 0), off + 1)
@@ -140,7 +159,7 @@ def test_three_members_one_killed_every_input_answered_and_partitions_bit_identi
                 rc = procs[m].wait(60)
                 assert rc == 0, logs[m].read_text(errors="replace")[-3000:]
         time.sleep(0.5)
-        status = group_status(cfg)        # the group is empty now; the store holds every partition at its end
+        status = group_status(cfg)  # the group is empty now; the store holds every partition at its end
         assert status["members"] == []
         assert {p["partition"]: p["checkpoint_offset"] for p in status["partitions"]} == ends
         assert all(p["checkpoint_lag"] == 0 and p["lag"] == 0 for p in status["partitions"]), status
@@ -153,7 +172,7 @@ def test_three_members_one_killed_every_input_answered_and_partitions_bit_identi
     # 1. every input has an output; repeated outputs (after the takeover) are identical
     outs = by_position(outputs.values)
     assert expected <= set(outs)
-    assert set(outs) == expected                  # and nothing for the bad records
+    assert set(outs) == expected  # and nothing for the bad records
     bad = [i for i, s in enumerate(stream) if s[2] is None]
 
     # 2. each partition's final model is one Model over that partition's good records, in offset order
@@ -178,7 +197,7 @@ def test_three_members_one_killed_every_input_answered_and_partitions_bit_identi
             assert outs[(topics["in"], part, off)]["prediction"] == float(p)
         final[stream_id] = arrays
         if stream_id in victim_partitions:
-            assert meta["member"] != victim        # finished by a survivor
+            assert meta["member"] != victim  # finished by a survivor
 
     # 3. a single daemon reading the whole topic (one member) ends with the same partitions
     single_dir = tmp_path / "single"
@@ -199,11 +218,27 @@ def test_three_members_one_killed_every_input_answered_and_partitions_bit_identi
     # the survivors loaded the victim's partitions from the checkpoints it had saved
     survivors_log = "".join(logs[m].read_text(errors="replace") for m in members if m != victim)
     takeovers = [line for line in survivors_log.splitlines() if "resumed from" in line and "saved by member-b" in line]
-    assert {line.split("partition ")[1].split(":")[0] + ":" + line.split("partition ")[1].split(":")[1]
-            for line in takeovers} == set(victim_partitions), takeovers
-    print(json.dumps({"test": "scaleout_kill", "records": N_RECORDS, "good": len(good), "bad": len(bad),
-                      "partitions": PARTITIONS, "members": 3, "killed": victim,
-                      "victim_partitions": victim_partitions, "outputs_at_kill": killed_at,
-                      "outputs_received": len(outputs.values), "duplicates": len(outputs.values) - len(outs),
-                      "victim_checkpoints_loaded": len(takeovers),
-                      "keys": sum(p["keys"] for p in status["partitions"]), "wall_s": round(time.monotonic() - t_start, 1)}))
+    assert {
+        line.split("partition ")[1].split(":")[0] + ":" + line.split("partition ")[1].split(":")[1]
+        for line in takeovers
+    } == set(victim_partitions), takeovers
+    print(
+        json.dumps(
+            {
+                "test": "scaleout_kill",
+                "records": N_RECORDS,
+                "good": len(good),
+                "bad": len(bad),
+                "partitions": PARTITIONS,
+                "members": 3,
+                "killed": victim,
+                "victim_partitions": victim_partitions,
+                "outputs_at_kill": killed_at,
+                "outputs_received": len(outputs.values),
+                "duplicates": len(outputs.values) - len(outs),
+                "victim_checkpoints_loaded": len(takeovers),
+                "keys": sum(p["keys"] for p in status["partitions"]),
+                "wall_s": round(time.monotonic() - t_start, 1),
+            }
+        )
+    )

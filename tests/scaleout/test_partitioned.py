@@ -1,14 +1,15 @@
 """Per-partition model state and the checkpoint directory store, without a broker."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 import streamrnn
-from streamrnn.connectors.checkpoint_store import DirectoryStore
 from streamrnn.checkpoint import CheckpointError
-from streamrnn.service import ConfigError, validate_config
+from streamrnn.connectors.checkpoint_store import DirectoryStore
 from streamrnn.partitioned import PartitionedModel
+from streamrnn.service import ConfigError, validate_config
 
 CONFIG = dict(cell="gru", n_inputs=2, n_hidden=3, lr=0.02, seed=4)
 
@@ -33,9 +34,9 @@ def test_independent_partitions_equal_one_model_per_partition_bit_for_bit():
     X, Y, keys, streams = _stream()
     pm = PartitionedModel(CONFIG)
     preds, losses = np.empty((len(X), 1)), np.empty(len(X))
-    for a in range(0, len(X), 37):                       # batches that cut across partitions
-        p, l = pm.step_many(X[a:a + 37], Y[a:a + 37], keys[a:a + 37], streams[a:a + 37])
-        preds[a:a + 37], losses[a:a + 37] = p, l
+    for a in range(0, len(X), 37):  # batches that cut across partitions
+        p, l = pm.step_many(X[a : a + 37], Y[a : a + 37], keys[a : a + 37], streams[a : a + 37])
+        preds[a : a + 37], losses[a : a + 37] = p, l
     for stream in ("t:0", "t:1", "t:2"):
         ref, idx, rp, rl = _reference(X, Y, keys, streams, stream)
         assert np.array_equal(pm.model(stream).theta, ref.theta)
@@ -49,7 +50,7 @@ def test_save_release_load_continues_bit_identically():
     a, b = PartitionedModel(CONFIG), PartitionedModel(CONFIG)
     a.step_many(X, Y, keys, streams)
     b.step_many(X[:150], Y[:150], keys[:150], streams[:150])
-    for stream in b.streams:                              # move every partition to a new holder
+    for stream in b.streams:  # move every partition to a new holder
         arrays, meta = b.state_arrays(stream)
         arrays = {k: v.copy() for k, v in arrays.items()}
         b.release(stream)
@@ -142,28 +143,33 @@ def test_directory_store_generations_and_refusal_to_overwrite_another_writer(tmp
 
 
 def test_group_config_is_checked_with_clear_messages(tmp_path):
-    base = {"source": {"type": "kafka", "bootstrap": "h:1", "topic": "t"},
-            "schema": {"features": ["a"], "target": "y"}, "model": {"n_hidden": 2},
-            "checkpoint": {"path": str(tmp_path)}}
+    base = {
+        "source": {"type": "kafka", "bootstrap": "h:1", "topic": "t"},
+        "schema": {"features": ["a"], "target": "y"},
+        "model": {"n_hidden": 2},
+        "checkpoint": {"path": str(tmp_path)},
+    }
     cfg = validate_config({**base, "group": {"name": "g"}})
     assert cfg["source"]["group"] == "g" and cfg["group"]["mode"] == "independent"
     assert cfg["group"]["store_topic"] == "g-checkpoints" and cfg["source"]["order"] == "arrival"
     assert validate_config(base)["group"] is None
     for group, extra, message in (
-            ({"mode": "both"}, {}, "group.mode: expected one of independent, shared"),
-            ({"store": "s3"}, {}, "group.store"),
-            ({"publish_every": 0}, {}, "group.publish_every"),
-            ({"stale_seconds": 0}, {}, "group.stale_seconds"),
-            ({"bogus": 1}, {}, "group.bogus: unknown key"),
-            ({"name": "a"}, {"source": {**base["source"], "group": "b"}}, "differs from source.group"),
-            ({}, {"checkpoint": {}}, "checkpoint.path: missing"),
-            ({}, {"source": {"type": "jsonl", "path": "x"}}, "scale-out needs source.type")):
+        ({"mode": "both"}, {}, "group.mode: expected one of independent, shared"),
+        ({"store": "s3"}, {}, "group.store"),
+        ({"publish_every": 0}, {}, "group.publish_every"),
+        ({"stale_seconds": 0}, {}, "group.stale_seconds"),
+        ({"bogus": 1}, {}, "group.bogus: unknown key"),
+        ({"name": "a"}, {"source": {**base["source"], "group": "b"}}, "differs from source.group"),
+        ({}, {"checkpoint": {}}, "checkpoint.path: missing"),
+        ({}, {"source": {"type": "jsonl", "path": "x"}}, "scale-out needs source.type"),
+    ):
         with pytest.raises(ConfigError, match=message):
             validate_config({**base, **extra, "group": group})
 
 
 def test_forecast_mode_keeps_pending_inputs_per_partition():
     from streamrnn.forecast import NextRecordForecaster
+
     X, Y, keys, streams = _stream(seed=3)
     pm = PartitionedModel(CONFIG, forecast=True)
     preds, losses = pm.step_many(X, Y, keys, streams)
@@ -178,9 +184,12 @@ def test_forecast_mode_keeps_pending_inputs_per_partition():
 
 def test_run_group_option_joins_the_named_group(tmp_path):
     from streamrnn.service import load_config
+
     path = tmp_path / "c.toml"
-    path.write_text('[source]\ntype = "kafka"\nbootstrap = "h:1"\ntopic = "t"\ngroup = "old"\n'
-                    '[schema]\nfeatures = ["a"]\n[checkpoint]\npath = "store"\n')
+    path.write_text(
+        '[source]\ntype = "kafka"\nbootstrap = "h:1"\ntopic = "t"\ngroup = "old"\n'
+        '[schema]\nfeatures = ["a"]\n[checkpoint]\npath = "store"\n'
+    )
     cfg = load_config(path, group="sensors")
     assert cfg["group"]["name"] == cfg["source"]["group"] == "sensors"
     assert cfg["checkpoint"]["path"] == str(tmp_path / "store")

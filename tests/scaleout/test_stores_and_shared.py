@@ -1,5 +1,6 @@
 """The compacted-topic checkpoint store, checkpoint fallbacks per partition, and shared mode's
 parameter exchange, against the real broker."""
+
 from __future__ import annotations
 
 import threading
@@ -10,15 +11,15 @@ import numpy as np
 import pytest
 
 import streamrnn
+from streamrnn import checkpoint as ckpt
+from streamrnn.checkpoint import CheckpointError
+from streamrnn.cli import main as cli_main
 from streamrnn.connectors.base import ListSink
 from streamrnn.connectors.checkpoint_store import DirectoryStore, KafkaTopicStore
 from streamrnn.connectors.kafka import CompactedTopic
-from streamrnn import checkpoint as ckpt
-from streamrnn.checkpoint import CheckpointError
-from streamrnn.service import Daemon, validate_config
 from streamrnn.scaleout import ParameterExchange, group_status
+from streamrnn.service import Daemon, validate_config
 from tests.kafka_broker import create_topic, delete_topic
-from streamrnn.cli import main as cli_main
 from tests.reliability.common import FEATURES, MODEL, keyed_stream, produce, toml
 
 pytestmark = pytest.mark.kafka
@@ -38,14 +39,16 @@ def names(kafka_bootstrap):
 
 
 def _config(bootstrap, names, tmp_path, **group):
-    return validate_config({
-        "source": {"type": "kafka", "bootstrap": bootstrap, "topic": names["in"], "session_timeout_ms": 6000},
-        "schema": {"features": FEATURES, "target": "y", "key": "key"},
-        "model": dict(MODEL),
-        "checkpoint": {"path": str(tmp_path / "store"), "every_records": 400, "every_seconds": 0},
-        "daemon": {"batch_size": 100, "poll_timeout": 0.2, "progress": False},
-        "group": {"name": names["group"], **group},
-    })
+    return validate_config(
+        {
+            "source": {"type": "kafka", "bootstrap": bootstrap, "topic": names["in"], "session_timeout_ms": 6000},
+            "schema": {"features": FEATURES, "target": "y", "key": "key"},
+            "model": dict(MODEL),
+            "checkpoint": {"path": str(tmp_path / "store"), "every_records": 400, "every_seconds": 0},
+            "daemon": {"batch_size": 100, "poll_timeout": 0.2, "progress": False},
+            "group": {"name": names["group"], **group},
+        }
+    )
 
 
 def _per_partition_reference(stream, where, good):
@@ -72,8 +75,7 @@ def _run(cfg, sink, max_records):
     return d
 
 
-def test_kafka_topic_store_resumes_each_partition_and_falls_back_a_generation(tmp_path, kafka_bootstrap, names,
-                                                                             capsys):
+def test_kafka_topic_store_resumes_each_partition_and_falls_back_a_generation(tmp_path, kafka_bootstrap, names, capsys):
     n = 3000
     stream = keyed_stream(n, seed=5)
     where = produce(kafka_bootstrap, names["in"], stream)
@@ -94,7 +96,7 @@ def test_kafka_topic_store_resumes_each_partition_and_falls_back_a_generation(tm
         assert second.stats["records"] >= n - 1700
         streams = store.streams()
         assert streams == [f"{names['in']}:{p}" for p in range(3)]
-        for stream_id in streams:      # the damaged newest was replaced by a good one
+        for stream_id in streams:  # the damaged newest was replaced by a good one
             (where_, load), *_ = store.generations(stream_id)
             arrays, meta = load(None)
             _assert_partition_equals(arrays, meta, refs[int(stream_id.rpartition(":")[2])])
@@ -104,14 +106,32 @@ def test_kafka_topic_store_resumes_each_partition_and_falls_back_a_generation(tm
         assert sum(p["keys"] for p in status["partitions"]) == len({stream[i][0] for i in good})
         # the same through the command line, as a table
         cfg_path = tmp_path / "status.toml"
-        cfg_path.write_text(toml({"source": {"type": "kafka", "bootstrap": kafka_bootstrap, "topic": names["in"]},
-                                  "schema": {"features": FEATURES}, "group": {"store": "kafka"}}))
+        cfg_path.write_text(
+            toml(
+                {
+                    "source": {"type": "kafka", "bootstrap": kafka_bootstrap, "topic": names["in"]},
+                    "schema": {"features": FEATURES},
+                    "group": {"store": "kafka"},
+                }
+            )
+        )
         capsys.readouterr()
         assert cli_main(["status", str(cfg_path), "--group", names["group"]]) == 0
         table = capsys.readouterr().out.splitlines()
         assert table[0].startswith(f"group {names['group']} (") and table[1] == "members: 0"
-        assert table[2].split() == ["partition", "member", "end", "committed", "lag", "ckpt", "offset", "keys",
-                                    "ckpt", "age", "s"]
+        assert table[2].split() == [
+            "partition",
+            "member",
+            "end",
+            "committed",
+            "lag",
+            "ckpt",
+            "offset",
+            "keys",
+            "ckpt",
+            "age",
+            "s",
+        ]
         for p, line in zip(status["partitions"], table[3:]):
             cols = line.split()
             assert cols[0] == p["partition"] and int(cols[5]) == p["checkpoint_offset"] and int(cols[6]) == p["keys"]
@@ -130,11 +150,15 @@ def _run_until(cfg, sink, expected, timeout=120):
             d.run()
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
+
     t = threading.Thread(target=run, daemon=True)
     t.start()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and t.is_alive() and not expected <= {tuple(o["position"]) for o in
-                                                                          list(sink.records)}:
+    while (
+        time.monotonic() < deadline
+        and t.is_alive()
+        and not expected <= {tuple(o["position"]) for o in list(sink.records)}
+    ):
         time.sleep(0.1)
     d.stop()
     t.join(60)
@@ -164,7 +188,7 @@ def test_partition_without_usable_checkpoint_stops_the_member_before_any_record(
 
 def test_parameter_exchange_averages_the_groups_latest_parameters(kafka_bootstrap, names):
     topic = f"{names['group']}-model"
-    config = dict(MODEL, betas=(0.9, 0.99))         # a tuple: as validate_config leaves it
+    config = dict(MODEL, betas=(0.9, 0.99))  # a tuple: as validate_config leaves it
     rng = np.random.default_rng(0)
     ta, tb, tc = (rng.normal(size=7) for _ in range(3))
     tops = [CompactedTopic(kafka_bootstrap, topic, keep=1) for _ in range(3)]
@@ -173,27 +197,25 @@ def test_parameter_exchange_averages_the_groups_latest_parameters(kafka_bootstra
         b = ParameterExchange(tops[1], "b", config, merge="records")
         c = ParameterExchange(tops[2], "c", config, stale_seconds=1.0)
         assert a.initial() is None
-        np.testing.assert_array_equal(a.publish_and_merge(ta, 100), ta)          # alone in the group
+        np.testing.assert_array_equal(a.publish_and_merge(ta, 100), ta)  # alone in the group
         np.testing.assert_allclose(b.publish_and_merge(tb, 300), (100 * ta + 300 * tb) / 400, rtol=1e-15)
         # a member of another configuration is ignored
         foreign = ParameterExchange(tops[2], "foreign", {**config, "n_hidden": 9})
         foreign.publish_and_merge(np.full(7, 1e6), 10)
         np.testing.assert_allclose(c.publish_and_merge(tc, 5), (ta + tb + tc) / 3, rtol=1e-15)
-        np.testing.assert_allclose(ParameterExchange(tops[0], "new", config).initial(), (ta + tb + tc) / 3,
-                                   rtol=1e-15)
-        time.sleep(1.5)                   # a and b are now stale for c
+        np.testing.assert_allclose(ParameterExchange(tops[0], "new", config).initial(), (ta + tb + tc) / 3, rtol=1e-15)
+        time.sleep(1.5)  # a and b are now stale for c
         np.testing.assert_array_equal(c.publish_and_merge(tb, 5), tb)
         assert c.last_merged == 1
         # a damaged publication is ignored, not fatal
         tops[0].put("b", b"garbage")
-        np.testing.assert_allclose(a.publish_and_merge(ta, 1), (ta + tb) / 2, rtol=1e-15)   # a and c's tb
+        np.testing.assert_allclose(a.publish_and_merge(ta, 1), (ta + tb) / 2, rtol=1e-15)  # a and c's tb
     finally:
         for t in tops:
             t.close()
 
 
-def test_two_members_in_shared_mode_average_parameters_and_keep_keys_per_partition(tmp_path, kafka_bootstrap,
-                                                                                      names):
+def test_two_members_in_shared_mode_average_parameters_and_keep_keys_per_partition(tmp_path, kafka_bootstrap, names):
     n = 9000
     stream = keyed_stream(n, seed=8)
     where = produce(kafka_bootstrap, names["in"], stream)
@@ -212,6 +234,7 @@ def test_two_members_in_shared_mode_average_parameters_and_keep_keys_per_partiti
                 d.run()
             except Exception as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
+
         threads.append(threading.Thread(target=run, daemon=True))
     for t in threads:
         t.start()
@@ -227,8 +250,9 @@ def test_two_members_in_shared_mode_average_parameters_and_keep_keys_per_partiti
     assert not errors, errors
     outs = [o for s in sinks for o in s.records]
     assert {tuple(o["position"]) for o in outs} == expected
-    assert all(d.stats["merges"] >= 1 for d in members if d.stats["applied"] >= 300), \
-        [(d.stats["applied"], d.stats.get("merges")) for d in members]
+    assert all(d.stats["merges"] >= 1 for d in members if d.stats["applied"] >= 300), [
+        (d.stats["applied"], d.stats.get("merges")) for d in members
+    ]
     # per-key state stayed with its partition; every partition was checkpointed at its end
     store = DirectoryStore(tmp_path / "store")
     for p in range(3):
@@ -263,5 +287,6 @@ def test_two_members_in_shared_mode_average_parameters_and_keep_keys_per_partiti
         m = streamrnn.Model(**MODEL)
         m.theta[:] = theta
         return float(np.mean((m.step_many(X, None, [r[0] for r in held_out])[:, 0] - Y) ** 2))
+
     learned, initial = mse((published["a"] + published["b"]) / 2), mse(streamrnn.Model(**MODEL).theta)
     assert learned < 0.25 * initial, (learned, initial)
