@@ -617,19 +617,7 @@ class Model:
         if pre.active:  # on copies of the statistics and of the key's lag buffer
             lags = (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key)) if pre.k else ()
             x, y_ls = pre.peek_row(x[None, :], *lags)
-        predict_from_state(
-            self._cell,
-            self._task,
-            self.n_cell_inputs,
-            self.n_hidden,
-            self.n_outputs,
-            self._theta(),
-            self.n_params_cell,
-            x,
-            self._zero_state if s is None else s,
-            out,
-            None,
-        )
+        self.predict_from_state(x, self._zero_state if s is None else s, out)
         if pre.finishes:
             out[:] = y_ls[0, 0] + y_ls[1, 0] * out
         return out
@@ -658,24 +646,11 @@ class Model:
                 np.zeros(shape, dt) if r is None else r.copy() for r, (_, shape, dt) in zip(rows, pre.per_key_layout())
             )
         out = np.empty((X.shape[0], self.n_outputs), self.dtype)
-        theta = self._theta()
         for t in range(X.shape[0]):
             x = X[t]
             if pre.active:
                 x, y_ls = pre.peek_row(X[t : t + 1], *(lags if pre.k else ()))
-            predict_from_state(
-                self._cell,
-                self._task,
-                self.n_cell_inputs,
-                self.n_hidden,
-                self.n_outputs,
-                theta,
-                self.n_params_cell,
-                x,
-                s,
-                out[t],
-                s_next,
-            )
+            self.predict_from_state(x, s, out[t], s_next)
             if pre.finishes:
                 out[t] = y_ls[0, 0] + y_ls[1, 0] * out[t]
             if pre.k:
