@@ -228,6 +228,21 @@ def run_phase(what, bootstrap, topic, out_topic, n, order, group="", ckpt=""):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def start_broker(broker_dir):
+    """Start a single-node Kafka broker with scripts/kafka.sh in ``broker_dir``; its bootstrap address."""
+    run = subprocess.run(
+        ["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "start", broker_dir],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return run.stdout.strip().splitlines()[-1]
+
+
+def stop_broker(broker_dir):
+    subprocess.run(["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "stop", broker_dir], check=False)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=200_000)
@@ -252,16 +267,7 @@ def main(argv=None):
     bootstrap = args.bootstrap
     if bootstrap is None:
         broker_dir = os.path.join(work, "kafka")
-        bootstrap = (
-            subprocess.run(
-                ["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "start", broker_dir],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+        bootstrap = start_broker(broker_dir)
     try:
         stem = uuid.uuid4().hex[:8]
         topic, out_bare, out_daemon = f"bench-in-{stem}", f"bench-bare-{stem}", f"bench-out-{stem}"
@@ -314,7 +320,7 @@ def main(argv=None):
         )
     finally:
         if broker_dir is not None:
-            subprocess.run(["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "stop", broker_dir], check=False)
+            stop_broker(broker_dir)
     median = {what: float(np.median(r)) for what, r in rates.items()}
     rows = [
         ("bare loop: consume, decode, encode, produce", median["bare"], None, None),

@@ -23,12 +23,13 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 import argparse
 import json
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+from bench_daemon import create_topics, start_broker, stop_broker
+
 from streamrnn.connectors.kafka import KafkaSource
 
 
@@ -77,18 +78,10 @@ def main(argv=None):
     bootstrap = args.bootstrap
     if bootstrap is None:
         broker_dir = tempfile.mkdtemp(prefix="bench-kafka-source-")
-        bootstrap = subprocess.run(
-            ["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "start", broker_dir],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()[-1]
+        bootstrap = start_broker(broker_dir)
     try:
-        from tests.kafka_broker import create_topic, wait_until_ready
-
-        wait_until_ready(bootstrap)
         topic = f"bench-source-{uuid.uuid4().hex[:8]}"
-        create_topic(bootstrap, topic, partitions=2)
+        create_topics(bootstrap, [topic], partitions=2)
         produce(bootstrap, topic, args.records)
         rates = {"bare": [], "arrival": [], "timestamp": []}
         for r in range(args.rounds):
@@ -125,7 +118,7 @@ def main(argv=None):
         )
     finally:
         if broker_dir:
-            subprocess.run(["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "stop", broker_dir], check=False)
+            stop_broker(broker_dir)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-from bench_daemon import MODEL, create_topics, make_lines, produce
+from bench_daemon import MODEL, create_topics, make_lines, produce, start_broker, stop_broker
 
 from streamrnn.service import dump_config
 
@@ -179,16 +179,7 @@ def main(argv=None):
     broker_dir, bootstrap = None, args.bootstrap
     if bootstrap is None:
         broker_dir = os.path.join(work, "kafka")
-        bootstrap = (
-            subprocess.run(
-                ["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "start", broker_dir],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+        bootstrap = start_broker(broker_dir)
     try:
         topic = f"scale-in-{uuid.uuid4().hex[:8]}"
         create_topics(bootstrap, [topic], partitions=PARTITIONS)
@@ -196,7 +187,7 @@ def main(argv=None):
         rows = [run_group(bootstrap, topic, k, args.records, work) for k in counts]
     finally:
         if broker_dir is not None:
-            subprocess.run(["bash", os.path.join(ROOT, "scripts", "kafka.sh"), "stop", broker_dir], check=False)
+            stop_broker(broker_dir)
     base = rows[0]["records_per_s"]
     print(
         f"{args.records} records, {PARTITIONS} partitions, GRU n=8 RTRL, independent mode; {os.cpu_count()} cores, "
