@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import checkpoint, parameters, race
+from . import checkpoint, parameters, race, rls
 from .cells.common import n_cell_params
 from .cells.dispatch import CELL_IDS, ELEMENTWISE, n_gates, recurrent_width, state_size
 from .keyed_state import KeyedState, normalize_key
@@ -149,6 +149,14 @@ class Model:
         the change from the key's last target, ``ŷ = y_last + s_Δ · f`` with ``s_Δ`` the running
         scale of the changes (persistence is its baseline); a key's first target is predicted as
         the level, as without it (:mod:`streamrnn.preprocess`).
+    head_lags : int >= 0 or None
+        The fast linear head (:mod:`streamrnn.rls`, regression with ``standardize``): recursive
+        least squares with forgetting on ``[x, the key's last target, its last K changes, flags,
+        1]``, beside the network, and a second online least-squares fit that combines the two
+        predictions. It learns from a few dozen rows where the network needs thousands, and never
+        touches the network's parameters or gradient. None (default): 8 where it applies, else 0.
+        The key's lag buffer then holds ``max(target_lags, K + 1)`` targets; the head's ``P``,
+        ``W`` and combiner are global (shared by all keys) and checkpointed.
 
     Predictions are ŷ for regression, class probabilities for classification
     and P(y = 1) for binary, always as an array of ``n_outputs`` values.
@@ -189,6 +197,7 @@ class Model:
         target_lags: int = 0,
         standardize: bool = True,
         baseline: str | None = None,
+        head_lags: int | None = None,
     ) -> None:
         choice("cell", cell, tuple(CELL_IDS))
         choice("task", task, tuple(TASK_IDS))
@@ -216,6 +225,11 @@ class Model:
         if isinstance(target_lags, bool) or not isinstance(target_lags, (int, np.integer)) or target_lags < 0:
             raise ValueError(f"target_lags must be an integer >= 0; got {target_lags!r}")
         target_lags = int(target_lags)
+        if head_lags is None:  # the linear head wherever it applies
+            head_lags = rls.HEAD_LAGS if (task == "regression" and standardize) else 0
+        if isinstance(head_lags, bool) or not isinstance(head_lags, (int, np.integer)) or head_lags < 0:
+            raise ValueError(f"head_lags must be an integer >= 0 or None; got {head_lags!r}")
+        head_lags = int(head_lags)
 
         self.config = dict(
             cell=cell,
@@ -233,6 +247,7 @@ class Model:
             target_lags=target_lags,
             standardize=bool(standardize),
             baseline=baseline,
+            head_lags=head_lags,
             **opt_config,
         )
         self._cell = CELL_IDS[cell]
@@ -243,7 +258,14 @@ class Model:
         self.n_inputs, self.n_hidden, self.n_outputs = n_inputs, n_hidden, n_outputs
         self.max_keys = max_keys
         self._pre = Preprocessor(
-            self._task, n_inputs, n_outputs, target_lags, standardize, self.dtype, baseline=baseline
+            self._task,
+            n_inputs,
+            n_outputs,
+            target_lags,
+            standardize,
+            self.dtype,
+            baseline=baseline,
+            head_lags=head_lags,
         )
         self.n_cell_inputs = n_cell_inputs = self._pre.n_cell_inputs  # n_inputs + the target-feedback columns
         self._gates = n_gates(self._cell)
@@ -441,8 +463,8 @@ class Model:
         >>> m.key_state("a") is None
         True
         >>> _ = m.step([1.0], y=[0.5], key="a")
-        >>> sorted(m.key_state("a"))
-        ['hidden', 'influence']
+        >>> sorted(m.key_state("a"))  # the lag buffer holds the head's last targets (head_lags)
+        ['hidden', 'influence', 'lag_observed', 'lag_values']
         """
         return self._keyed.read(normalize_key(key))
 
@@ -545,8 +567,10 @@ class Model:
             X, Y, has_y, y_ls = pre.prepare(X, Y, has_y, slots, reset, self._keyed.arrays)
         if self.race:  # once preprocessed, for every member
             self._race.apply(
-                self, slots, reset, X, Y, has_y, Y_raw, has_y_raw, y_ls if pre.finishes else None, out, losses
+                self, slots, reset, X, Y, has_y, Y_raw, has_y_raw, y_ls if pre.finishes_race else None, out, losses
             )
+            if pre.head_lags:  # the race picked in standardised units; the head and the combiner follow
+                pre.finish(Y_raw, has_y_raw, y_ls, out, losses)
             return
         per_key = tuple(self._keyed.arrays.values())
         if pre.active:
@@ -615,11 +639,11 @@ class Model:
         s = self._keyed.row(self._hidden_name(), key)
         pre = self._pre
         if pre.active:  # on copies of the statistics and of the key's lag buffer
-            lags = (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key)) if pre.k else ()
+            lags = (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key)) if pre.depth else ()
             x, y_ls = pre.peek_row(x[None, :], *lags)
         self.predict_from_state(x, self._zero_state if s is None else s, out)
-        if pre.finishes:
-            out[:] = y_ls[0, 0] + y_ls[1, 0] * out
+        if pre.active:
+            pre.peek_finish(out, y_ls)
         return out
 
     def forecast(self, X: ArrayLike, key: Key = None) -> np.ndarray:
@@ -640,7 +664,7 @@ class Model:
         s = self._keyed.row(self._hidden_name(), key)
         s = self._zero_state.copy() if s is None else s.copy()
         s_next = np.empty_like(s)
-        if pre.k:
+        if pre.depth:
             rows = (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key))
             lags = tuple(
                 np.zeros(shape, dt) if r is None else r.copy() for r, (_, shape, dt) in zip(rows, pre.per_key_layout())
@@ -649,11 +673,11 @@ class Model:
         for t in range(X.shape[0]):
             x = X[t]
             if pre.active:
-                x, y_ls = pre.peek_row(X[t : t + 1], *(lags if pre.k else ()))
+                x, y_ls = pre.peek_row(X[t : t + 1], *(lags if pre.depth else ()))
             self.predict_from_state(x, s, out[t], s_next)
-            if pre.finishes:
-                out[t] = y_ls[0, 0] + y_ls[1, 0] * out[t]
-            if pre.k:
+            if pre.active:
+                pre.peek_finish(out[t], y_ls)
+            if pre.depth:
                 pre.feed_back(*lags, out[t])
             s, s_next = s_next, s
         return out

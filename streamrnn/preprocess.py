@@ -19,6 +19,12 @@ predictions go back to the target's units, ``ŷ_i = loc_i + scale_i · ŷ_std,i`
 loss is recomputed in the target's units, ``½‖ŷ_i − y_i‖²`` (every row with a target, the first
 two included); the learner itself minimises the loss in standardised units.
 
+With the linear head (``head_lags = K`` > 0, regression with standardisation), ``prepare_rows``
+also writes each row's head features (:func:`head_features`: the standardised inputs, the key's
+last target, its last ``K`` changes in units of the changes' scale, the observed flags, 1), and
+after the learner ``combine_and_finish`` replaces each standardised prediction by the combination
+of the network's and the head's (:mod:`streamrnn.rls`) before the way back to the target's units.
+
 Statistics are global: one set for the inputs and one for the targets, shared by every key. Only
 regression targets are standardised; class labels are labels.
 """
@@ -26,7 +32,7 @@ regression targets are standardised; class labels are labels.
 import numpy as np
 from numba import njit
 
-from . import narx
+from . import narx, rls
 from .losses import REGRESSION
 from .standardize import (
     CLIP,
@@ -46,45 +52,52 @@ BASELINES = (None, "last")
 
 # Fields of the settings vector handed to ``prepare_rows`` (one array: a scalar argument costs a
 # compiled call more to dispatch than an array does, and the river path calls it per sample).
-TASK, STANDARDIZE, CLIP_AT, WARMUP_N, N_INPUTS, BASELINE, N_SETTINGS = 0, 1, 2, 3, 4, 5, 6
+TASK, STANDARDIZE, CLIP_AT, WARMUP_N, N_INPUTS, BASELINE, CELL_LAGS, HEAD_LAGS, N_SETTINGS = range(9)
 
 
-def settings(task_id, standardize, n_inputs, clip=CLIP, warmup=WARMUP, baseline=None):
+def settings(task_id, standardize, n_inputs, clip=CLIP, warmup=WARMUP, baseline=None, target_lags=0, head_lags=0):
     out = np.zeros(N_SETTINGS, np.float64)
-    out[[TASK, STANDARDIZE, CLIP_AT, WARMUP_N, N_INPUTS, BASELINE]] = (
+    out[[TASK, STANDARDIZE, CLIP_AT, WARMUP_N, N_INPUTS, BASELINE, CELL_LAGS, HEAD_LAGS]] = (
         task_id,
         float(bool(standardize)),
         clip,
         warmup,
         n_inputs,
         float(baseline == "last"),
+        target_lags,
+        head_lags,
     )
     return out
 
 
 @njit(cache=True)
 def prepare_rows(
-    cfg, X, Y, has_y, slots, reset, x_stats, y_stats, d_stats, lag_values, lag_observed, Xa, Ys, has_learn, y_ls
+    cfg, X, Y, has_y, slots, reset, x_stats, y_stats, d_stats, lag_values, lag_observed, Xa, Ys, has_learn, y_ls, Z
 ):
-    """Transform rows in arrival order (see the module docstring), advancing ``x_stats``, ``y_stats``
-    and the keys' lag buffers (``lag_values`` (keys, k, w), ``lag_observed`` (keys, k); k may be 0)
-    in place. ``cfg`` is a :func:`settings` vector. Writes the learner's inputs ``Xa``
-    (N, n_in + k(w+1)), targets ``Ys``, mask ``has_learn`` and, for regression, each row's target
-    location and scale ``y_ls[0]``, ``y_ls[1]`` (N, width)."""
+    """Transform rows in arrival order (see the module docstring), advancing ``x_stats``, ``y_stats``,
+    ``d_stats`` and the keys' lag buffers (``lag_values`` (keys, depth, w), ``lag_observed`` (keys,
+    depth [+ 1]); depth may be 0) in place. ``cfg`` is a :func:`settings` vector. Writes the
+    learner's inputs ``Xa`` (N, n_in + k(w+1)), targets ``Ys``, mask ``has_learn``, for regression
+    each row's target location and scale ``y_ls[0]``, ``y_ls[1]`` (N, width), and with a linear head
+    its features ``Z`` (N, :func:`streamrnn.rls.n_features`)."""
     task = int(cfg[TASK])
     standardize = cfg[STANDARDIZE] != 0.0
     clip = cfg[CLIP_AT]
     warmup = cfg[WARMUP_N]
     n_in = int(cfg[N_INPUTS])
+    k = int(cfg[CELL_LAGS])
+    kh = int(cfg[HEAD_LAGS])
     y_loc = y_ls[0]
     y_scale = y_ls[1]
-    k = lag_values.shape[1]
+    depth = lag_values.shape[1]
     w = lag_values.shape[2]
     std_y = standardize and task == REGRESSION
-    base = cfg[BASELINE] != 0.0 and std_y and k > 0  # baseline "last": lag_observed[:, k] = ever observed
+    base = cfg[BASELINE] != 0.0 and std_y and k > 0
+    # lag_observed[:, depth]: the key has had a target (baseline "last" and the head need it)
+    track = depth > 0 and (base or kh > 0)
     for i in range(X.shape[0]):
         slot = slots[i]
-        if k > 0 and reset[i]:
+        if depth > 0 and reset[i]:
             lag_values[slot] = 0.0
             lag_observed[slot] = 0.0
         for j in range(n_in):
@@ -93,19 +106,21 @@ def prepare_rows(
                 Xa[i, j] = standardize_value(x_stats, j, X[i, j], clip)
             else:
                 Xa[i, j] = X[i, j]
-        if k > 0:
-            vals = lag_values[slot]
-            obs = lag_observed[slot]
-            for lag in range(k):
-                for q in range(w):
-                    v = vals[lag, q]
-                    Xa[i, n_in + lag * w + q] = standardize_value(y_stats, q, v, clip) if std_y else v
-                Xa[i, n_in + k * w + lag] = obs[lag]
+        vals = lag_values[slot if depth > 0 else 0]  # (the dummy buffer of a model without lags has one row)
+        obs = lag_observed[slot if depth > 0 else 0]
+        for lag in range(k):
+            for q in range(w):
+                v = vals[lag, q]
+                Xa[i, n_in + lag * w + q] = standardize_value(y_stats, q, v, clip) if std_y else v
+            Xa[i, n_in + k * w + lag] = obs[lag]
+        ever = track and obs[depth] != 0.0
+        if kh > 0:
+            head_features(Xa[i], n_in, w, kh, vals, obs, ever, y_stats, d_stats, clip, Z[i])
         if std_y:
-            has_last = base and lag_observed[slot, k] != 0.0
+            has_last = base and ever
             for q in range(Y.shape[1]):
                 if has_last:  # the change from the key's last target, in units of the changes' scale
-                    last = lag_values[slot, 0, q]
+                    last = vals[0, q]
                     y_loc[i, q] = last
                     y_scale[i, q] = scale_of(d_stats, q)
                     z = (Y[i, q] - last) / y_scale[i, q]
@@ -117,16 +132,41 @@ def prepare_rows(
             has_learn[i] = has_y[i] and y_stats[COUNT, 0] >= 2.0 and (not has_last or d_stats[COUNT, 0] >= 2.0)
             if has_y[i]:
                 for q in range(Y.shape[1]):
-                    if has_last:
-                        fold(d_stats, q, Y[i, q] - lag_values[slot, 0, q], clip, warmup)
+                    if ever:
+                        fold(d_stats, q, Y[i, q] - vals[0, q], clip, warmup)
                     fold(y_stats, q, Y[i, q], clip, warmup)
         else:
             Ys[i, :] = Y[i, :]
             has_learn[i] = has_y[i]
-        if k > 0:
-            narx.push_target(task, lag_values[slot], lag_observed[slot], Y[i], has_y[i])
-            if base and has_y[i]:
-                lag_observed[slot, k] = 1.0
+        if depth > 0:
+            narx.push_target(task, vals, obs, Y[i], has_y[i])
+            if track and has_y[i]:
+                obs[depth] = 1.0
+
+
+@njit(cache=True)
+def head_features(xa, n_in, w, kh, vals, obs, ever, y_stats, d_stats, clip, z):
+    """The linear head's features of one row (see :mod:`streamrnn.rls`), from its standardised
+    inputs ``xa`` and its key's lag buffer as it stands before the row's own target."""
+    for j in range(n_in):
+        z[j] = xa[j]
+    col = n_in
+    for q in range(w):
+        z[col + q] = standardize_value(y_stats, q, vals[0, q], clip) if ever and y_stats[COUNT, q] >= 2.0 else 0.0
+    col += w
+    changes = d_stats[COUNT, 0] >= 2.0
+    for j in range(kh):
+        both = changes and obs[j] != 0.0 and obs[j + 1] != 0.0
+        for q in range(w):
+            if both:
+                c = (vals[j, q] - vals[j + 1, q]) / scale_of(d_stats, q)
+                z[col + q] = clip if c > clip else (-clip if c < -clip else c)
+            else:
+                z[col + q] = 0.0
+        col += w
+    for j in range(kh):
+        z[col + j] = obs[j]
+    z[col + kh] = 1.0
 
 
 @njit(cache=True)
@@ -148,13 +188,34 @@ def finish_rows(Y, has_y, y_ls, out, losses):
             losses[i] = np.nan
 
 
+@njit(cache=True)
+def combine_and_finish(Y, has_y, y_ls, out, losses, Z, Ys, has_learn, P, W, mix_P, mix_c, scratch):
+    """The linear head and the combiner over the batch (:func:`streamrnn.rls.head_rows`), then
+    :func:`finish_rows`: one compiled call after the learner."""
+    rls.head_rows(Z, Ys, has_learn, out, P, W, mix_P, mix_c, scratch)
+    finish_rows(Y, has_y, y_ls, out, losses)
+
+
 class Preprocessor:
-    """The Model's standardisation statistics and target-feedback layout, and the calls around
-    its learner. Inactive (``active`` False) when ``standardize`` is off and ``target_lags`` is 0:
-    the Model then skips it entirely (bit-identical to a model without it)."""
+    """The Model's standardisation statistics, target-feedback layout and linear head, and the calls
+    around its learner. Inactive (``active`` False) when ``standardize`` is off and ``target_lags``
+    and ``head_lags`` are 0: the Model then skips it entirely (bit-identical to a model without it).
+
+    The keys' lag buffers hold ``depth`` = max(``target_lags``, ``head_lags`` + 1) targets: the cell
+    is fed the first ``target_lags``, the head the last target and ``head_lags`` changes."""
 
     def __init__(
-        self, task_id, n_inputs, n_outputs, target_lags, standardize, dtype, clip=CLIP, warmup=WARMUP, baseline=None
+        self,
+        task_id,
+        n_inputs,
+        n_outputs,
+        target_lags,
+        standardize,
+        dtype,
+        clip=CLIP,
+        warmup=WARMUP,
+        baseline=None,
+        head_lags=0,
     ):
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be None or 'last'; got {baseline!r}")
@@ -163,21 +224,34 @@ class Preprocessor:
                 "baseline='last' needs task='regression', standardize=True and target_lags >= 1 "
                 "(the key's last target is held in its lag buffer)"
             )
+        if head_lags and not (task_id == REGRESSION and standardize):
+            raise ValueError(
+                "head_lags > 0 (the linear head) needs task='regression' and standardize=True; "
+                f"got head_lags={head_lags!r}"
+            )
         self.task, self.n_inputs, self.n_outputs = task_id, n_inputs, n_outputs
         self.k, self.standardize = int(target_lags), bool(standardize)
+        self.head_lags = int(head_lags)
+        self.depth = max(self.k, self.head_lags + 1 if self.head_lags else 0)
         self.baseline = baseline
-        self._ext = 1 if baseline == "last" else 0  # lag_observed's extra column: the key has a last target
+        # lag_observed's extra column (the key has had a target), and the statistics of the changes
+        self._ext = 1 if (baseline == "last" or self.head_lags) else 0
         self.dtype = np.dtype(dtype)
         self.clip, self.warmup = float(clip), float(warmup)
-        self._cfg = settings(task_id, standardize, n_inputs, clip, warmup, baseline)
+        self._cfg = settings(task_id, standardize, n_inputs, clip, warmup, baseline, self.k, self.head_lags)
         self.w = narx.lag_width(task_id, n_outputs)
         self.width_y = n_outputs if task_id == REGRESSION else 1
         self.n_cell_inputs = n_inputs + narx.lag_inputs(task_id, n_outputs, self.k)
-        self.active = self.standardize or self.k > 0
+        self.active = self.standardize or self.depth > 0
         self.finishes = self.standardize and task_id == REGRESSION
+        self.finishes_race = self.finishes and not self.head_lags  # with the head, finish() follows the race
         self.x_stats = make_stats(n_inputs)
         self.y_stats = make_stats(self.width_y)
-        self.d_stats = make_stats(self.width_y)  # changes y − y_last (baseline "last" only)
+        self.d_stats = make_stats(self.width_y)  # changes y − y_last (baseline "last" and the head)
+        self.n_head_features = rls.n_features(n_inputs, self.width_y, self.head_lags) if self.head_lags else 0
+        if self.head_lags:
+            self.head = rls.make_state(n_inputs, self.width_y, self.head_lags)
+            self._head_scratch = np.zeros(self.n_head_features + 4 + 2 * self.width_y)
         self._no_lags = (np.zeros((1, 0, self.w)), np.zeros((1, 0)))
         self._cap = self._views_n = 0
         self._grow(1)
@@ -188,13 +262,16 @@ class Preprocessor:
         return {k: v for k, v in self.__dict__.items() if k != "_peek"}
 
     def per_key_layout(self):
-        """(name, shape, dtype) of the per-key arrays target feedback adds (none for k = 0)."""
-        if self.k == 0:
+        """(name, shape, dtype) of the per-key arrays target feedback and the head add (none for depth 0)."""
+        if self.depth == 0:
             return []
         return [
-            ("lag_values", (self.k, self.w), np.dtype(np.float64)),
-            ("lag_observed", (self.k + self._ext,), np.dtype(np.float64)),
+            ("lag_values", (self.depth, self.w), np.dtype(np.float64)),
+            ("lag_observed", (self.depth + self._ext,), np.dtype(np.float64)),
         ]
+
+    def _fresh_lags(self):
+        return np.zeros((1, self.depth, self.w)), np.zeros((1, self.depth + self._ext))
 
     def _grow(self, n):
         if n > self._cap:
@@ -203,25 +280,43 @@ class Preprocessor:
             self._Ys = np.zeros((cap, self.width_y), self.dtype)
             self._has = np.zeros(cap, np.bool_)
             self._ls = np.zeros((2, cap, self.width_y))
+            self._Z = np.zeros((cap, self.n_head_features))
             self._cap = cap
         self._views_n = n
         self._views = (self._Xa[:n], self._Ys[:n], self._has[:n], self._ls[:, :n])
+        self._Z_view = self._Z[:n]
 
     def prepare(self, X, Y, has_y, slots, reset, keyed_arrays):
         """The batch for the learner, ``(Xa, Ys, has_learn, y_ls)`` (views of scratch, valid until the
         next call; ``y_ls[0]``, ``y_ls[1]`` each row's target location and scale), committing the
-        statistics and the keys' lag buffers."""
+        statistics and the keys' lag buffers. The head's features stay in scratch for :meth:`finish`."""
         if X.shape[0] != self._views_n:
             self._grow(X.shape[0])
-        lags = (keyed_arrays["lag_values"], keyed_arrays["lag_observed"]) if self.k else self._no_lags
+        lags = (keyed_arrays["lag_values"], keyed_arrays["lag_observed"]) if self.depth else self._no_lags
         prepare_rows(
-            self._cfg, X, Y, has_y, slots, reset, self.x_stats, self.y_stats, self.d_stats, *lags, *self._views
+            self._cfg,
+            X,
+            Y,
+            has_y,
+            slots,
+            reset,
+            self.x_stats,
+            self.y_stats,
+            self.d_stats,
+            *lags,
+            *self._views,
+            self._Z_view,
         )
         return self._views
 
     def finish(self, Y, has_y, y_ls, out, losses):
-        """After the learner: regression predictions and losses back in the target's units."""
-        if self.finishes:
+        """After the learner, on the batch :meth:`prepare` gave it: with the head, the combined
+        prediction (and the head's and the combiner's update); regression predictions and losses
+        back in the target's units."""
+        if self.head_lags:
+            _, Ys, has_learn, _ = self._views
+            combine_and_finish(Y, has_y, y_ls, out, losses, self._Z_view, Ys, has_learn, *self.head, self._head_scratch)
+        elif self.finishes:
             finish_rows(Y, has_y, y_ls, out, losses)
 
     def transform_sequence(self, X, Y, has_y, lag_row=None):
@@ -235,10 +330,10 @@ class Preprocessor:
             np.zeros(n, np.bool_),
             np.zeros((2, n, self.width_y)),
         )
-        if self.k:
-            fresh = lag_row is None
-            lag_values = np.zeros((1, self.k, self.w)) if fresh else lag_row[0][None].copy()
-            lag_observed = np.zeros((1, self.k + self._ext)) if fresh else lag_row[1][None].copy()
+        if self.depth:
+            lag_values, lag_observed = (
+                self._fresh_lags() if lag_row is None else (lag_row[0][None].copy(), lag_row[1][None].copy())
+            )
         else:
             lag_values, lag_observed = self._no_lags
         slots = np.zeros(n, np.int64)
@@ -256,29 +351,32 @@ class Preprocessor:
             lag_values,
             lag_observed,
             *out,
+            np.zeros((n, self.n_head_features)),
         )
         return out
 
     def feed_back(self, lag_values, lag_observed, y):
         """Shift one key's lag buffer (copies, as :meth:`peek_row` takes them) as if a row had had target
         ``y`` (target units): the step of a recursive forecast."""
-        k = self.k
-        narx.push_target(self.task, lag_values, lag_observed[:k], np.asarray(y, np.float64), True)
+        depth = self.depth
+        narx.push_target(self.task, lag_values, lag_observed[:depth], np.asarray(y, np.float64), True)
         if self._ext:
-            lag_observed[k] = 1.0  # baseline "last": the key now has a last target
+            lag_observed[depth] = 1.0  # the key now has a last target
 
     def peek_row(self, x, lag_values=None, lag_observed=None):
         """What one more row ``x`` (1, n_inputs) of a key with lag buffer ``(lag_values, lag_observed)``
         (None: a new key) would give the learner, changing nothing: ``(xa, y_ls)``, views of scratch
         reused by the next call, ``xa`` (n_cell_inputs,) and ``y_ls`` (2, 1, width) the target's
-        location and scale. For ``Model.peek`` and the adapters' preallocated predict paths."""
+        location and scale. With the head, :meth:`peek_finish` then gives the prediction. For
+        ``Model.peek`` and the adapters' preallocated predict paths."""
         if not hasattr(self, "_peek"):
             w = self.width_y
+            lv, lo = self._fresh_lags()
             self._peek = (
                 self.x_stats.copy(),
                 self.y_stats.copy(),
-                np.zeros((1, self.k, self.w)),
-                np.zeros((1, self.k + self._ext)),
+                lv,
+                lo,
                 np.zeros((1, w), self.dtype),
                 np.zeros(1, np.bool_),
                 np.zeros(1, np.int64),
@@ -290,13 +388,15 @@ class Preprocessor:
                     np.zeros((2, 1, w)),
                 ),
                 self.d_stats.copy(),
+                np.zeros((1, self.n_head_features)),
+                np.zeros(w),
             )
-        xs, ys, lv, lo, y0, has0, slot0, reset0, out, ds = self._peek
+        xs, ys, lv, lo, y0, has0, slot0, reset0, out, ds, z, _ = self._peek
         xs[:] = self.x_stats
         ys[:] = self.y_stats
-        if self.baseline:
+        if self._ext:
             ds[:] = self.d_stats
-        if self.k:
+        if self.depth:
             if lag_values is None:
                 lv[:] = 0.0
                 lo[:] = 0.0
@@ -305,18 +405,30 @@ class Preprocessor:
                 lo[0] = lag_observed
         else:
             lv, lo = self._no_lags
-        prepare_rows(self._cfg, x, y0, has0, slot0, reset0, xs, ys, ds, lv, lo, *out)
+        prepare_rows(self._cfg, x, y0, has0, slot0, reset0, xs, ys, ds, lv, lo, *out, z)
         return out[0][0], out[3]
 
+    def peek_finish(self, pred, y_ls):
+        """After :meth:`peek_row` and the cell's prediction ``pred`` (n_outputs,) in standardised units:
+        the combined prediction in the target's units, in place."""
+        if self.head_lags:
+            P, W, mix_P, mix_c = self.head
+            rls.head_predict(self._peek[10][0], pred, W, mix_c, self._peek[11], pred)
+        if self.finishes:
+            pred[:] = y_ls[0, 0] + y_ls[1, 0] * pred
+
     def _stat_arrays(self):
-        names = STATE_NAMES + ((BASELINE_STATE,) if self.baseline else ())
+        names = STATE_NAMES + ((BASELINE_STATE,) if self._ext else ())
         return list(zip(names, (self.x_stats, self.y_stats, self.d_stats)))
 
+    def _head_arrays(self):
+        return list(zip(rls.STATE_NAMES, self.head)) if self.head_lags else []
+
     def state_arrays(self):
-        return dict(self._stat_arrays()) if self.standardize else {}
+        return dict(self._stat_arrays() + self._head_arrays()) if self.standardize else {}
 
     def check_state(self, arrays, source, error):
-        """Validate the saved statistics (before anything is restored)."""
+        """Validate the saved statistics and head (before anything is restored)."""
         if not self.standardize:
             return
         for name, dest in self._stat_arrays():
@@ -330,9 +442,13 @@ class Preprocessor:
                 or (got[2] < 0).any()
             ):
                 raise error(f"{source}: array {name!r} missing, of the wrong shape or not valid statistics")
+        for name, dest in self._head_arrays():
+            got = arrays.get(name)
+            if got is None or got.shape != dest.shape or got.dtype != dest.dtype or not np.isfinite(got).all():
+                raise error(f"{source}: array {name!r} missing, of the wrong shape or not finite")
 
     def load_state(self, arrays):
-        """Adopt the statistics checked by :meth:`check_state`."""
+        """Adopt the statistics and head checked by :meth:`check_state`."""
         if self.standardize:
-            for name, dest in self._stat_arrays():
+            for name, dest in self._stat_arrays() + self._head_arrays():
                 dest[:] = arrays[name]

@@ -26,6 +26,7 @@ def config(**kw):
         dtype="float64",
         standardize=True,
         target_lags=1,
+        head_lags=0,  # the race alone; with the linear head after it: tests/test_rls_head.py
     )
     base.update(kw)
     return base
