@@ -129,6 +129,7 @@ def _online_learner(
     target_lags=0,
     standardize=True,
     baseline=None,
+    head_lags=None,
 ):
     if name == "window":
         return WindowFF(
@@ -158,6 +159,7 @@ def _online_learner(
         target_lags=target_lags,
         standardize=standardize,
         baseline=baseline,
+        head_lags=head_lags,
         **kw,
     )
 
@@ -334,11 +336,12 @@ def run(
     standardize=True,
     naive=True,
     baseline=None,
+    head_lags=None,
 ):
     """Run every learner (for every seed) over the stream ``X, Y`` (NaN targets: none) and collect runs.
 
-    ``target_lags``, ``standardize`` and ``baseline`` go to every :class:`Model` learner (``window:W`` and ``bidir``
-    have neither). With ``naive`` the naive baselines (:func:`naive_predictions`: persistence and the
+    ``target_lags``, ``standardize``, ``baseline`` and ``head_lags`` (None: the Model's default, the linear head
+    for regression) go to every :class:`Model` learner (``window:W`` and ``bidir`` have none of them). With ``naive`` the naive baselines (:func:`naive_predictions`: persistence and the
     running mean) are scored on the same samples and appear as rows beside the learners."""
     X = np.ascontiguousarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
@@ -404,6 +407,7 @@ def run(
                     target_lags=target_lags,
                     standardize=standardize,
                     baseline=baseline,
+                    head_lags=head_lags,
                 )
                 runs.append(
                     LearnerRun(
@@ -438,6 +442,7 @@ def run(
             target_lags=target_lags,
             standardize=standardize,
             baseline=baseline,
+            head_lags=head_lags,
         ),
     )
 
@@ -663,6 +668,14 @@ def build_parser(parser=None):
         default=None,
         help="the Model learners predict the change from each key's last target (needs --target-lags >= 1)",
     )
+    p.add_argument(
+        "--head-lags",
+        type=int,
+        default=None,
+        metavar="K",
+        help="the Model learners' linear head over each key's last K target changes (default: the Model's, 8 for "
+        "regression; 0: off, to compare the learners alone)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -705,6 +718,7 @@ def main(argv=None, args=None):
         target_lags=args.target_lags,
         standardize=not args.no_standardize,
         baseline=args.baseline,
+        head_lags=args.head_lags,
     )
     print(result.table())
     result.write(args.out)
