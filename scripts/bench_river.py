@@ -21,8 +21,9 @@ Speed target (>= 20 000 samples/s for GRU-8 through the river API)
   The bare estimator: ``predict_one`` + ``learn_one`` on pre-scaled dicts (scaling outside the clock), the
   stream repeated to >= 20 000 samples; the headline is the smaller of the two streams' figures, each the
   best of 5 passes (the median is in the JSON too; on a shared machine slower passes time other
-  processes). In the same interleaved passes, ``Model.step_many`` on the same rows (the compiled kernel
-  alone, no per-sample Python), so api / step_many is what the river layer costs. BLAS and Numba pinned
+  processes). In the same interleaved passes: the same estimator without the linear head (``head_lags=0``:
+  what the head costs), and ``Model.step_many`` on the same rows (the compiled kernel alone, no per-sample
+  Python), so api / step_many is what the river layer costs. BLAS and Numba pinned
   to one thread; the 1-minute load average at the start and end is in the JSON.
 
     PYTHONPATH=. python scripts/bench_river.py [--quick] [--mg-samples 5000] [--json-only]
@@ -101,9 +102,11 @@ def bare_speed(data, min_samples=20_000, repeats=5):
         rows.append((scaler.transform_one(x), y))
     rows = rows * -(-min_samples // len(rows))
     reg = RNNRegressor(**OURS)
+    no_head = RNNRegressor(head_lags=0, **OURS)  # what the linear head costs, in the same passes
     for x, y in rows[:50]:  # compile outside the clock
-        reg.predict_one(x)
-        reg.learn_one(x, y)
+        for r in (reg, no_head):
+            r.predict_one(x)
+            r.learn_one(x, y)
     model = RNNRegressor(**OURS).model
     width = model.n_inputs
     X = np.zeros((len(rows), width))
@@ -112,19 +115,21 @@ def bare_speed(data, min_samples=20_000, repeats=5):
             X[i, j] = x.get(name, 0.0)
     Y = np.array([[y] for _, y in rows])
     model.step_many(X[:50], Y[:50])
-    api, kernel = [], []
+    api, kernel, api_no_head = [], [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for x, y in rows:
-            reg.predict_one(x)
-            reg.learn_one(x, y)
-        api.append(len(rows) / (time.perf_counter() - t0))
+        for r, into in ((reg, api), (no_head, api_no_head)):
+            t0 = time.perf_counter()
+            for x, y in rows:
+                r.predict_one(x)
+                r.learn_one(x, y)
+            into.append(len(rows) / (time.perf_counter() - t0))
         t0 = time.perf_counter()
         model.step_many(X, Y)
         kernel.append(len(rows) / (time.perf_counter() - t0))
     return {
         "api": max(api),
         "api_median": float(np.median(api)),
+        "api_no_head": max(api_no_head),
         "step_many": max(kernel),
         "step_many_median": float(np.median(kernel)),
     }
@@ -150,6 +155,7 @@ def main(argv=None):
         for label, sps in pipe.items():
             rows.append((name, f"{label}, StandardScaler | model", sps))
         rows.append((name, f"{LABEL}: bare predict_one+learn_one", speed["api"]))
+        rows.append((name, f"{LABEL}: bare, head_lags=0 (no linear head)", speed["api_no_head"]))
         rows.append((name, f"{LABEL}: Model.step_many, same rows", speed["step_many"]))
         result["streams"][name] = {
             "n_samples": len(data),
@@ -157,6 +163,7 @@ def main(argv=None):
             "samples_per_s_pipeline": pipe,
             "gru8_river_api_samples_per_s": speed["api"],
             "gru8_river_api_samples_per_s_median": speed["api_median"],
+            "gru8_river_api_no_head_samples_per_s": speed["api_no_head"],
             "gru8_step_many_samples_per_s": speed["step_many"],
             "gru8_step_many_samples_per_s_median": speed["step_many_median"],
             "river_api_to_step_many_ratio": speed["api"] / speed["step_many"],
