@@ -341,8 +341,9 @@ def run(
     """Run every learner (for every seed) over the stream ``X, Y`` (NaN targets: none) and collect runs.
 
     ``target_lags``, ``standardize``, ``baseline`` and ``head_lags`` (None: the Model's default, the linear head
-    for regression) go to every :class:`Model` learner (``window:W`` and ``bidir`` have none of them). With ``naive`` the naive baselines (:func:`naive_predictions`: persistence and the
-    running mean) are scored on the same samples and appear as rows beside the learners."""
+    for regression) go to every :class:`Model` learner (``window:W`` and ``bidir`` have none of them). With
+    ``naive`` the naive baselines (:func:`naive_predictions`: persistence and the running mean) are scored on the
+    same samples and appear as rows beside the learners."""
     X = np.ascontiguousarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
     if Y.ndim == 1:

@@ -202,7 +202,7 @@ def test_binary_classifier_keys_and_probabilities():
 
 def test_multiclass_new_class_mid_stream():
     clf = RNNClassifier(n_hidden=4, n_inputs=2, n_classes=3, seed=0)
-    m = sr.Model(n_inputs=2, n_hidden=4, n_outputs=3, task="classification", lr=0.01, clip=1.0, seed=0)
+    m = sr.Model(n_inputs=2, n_hidden=4, n_outputs=3, task="classification", lr=0.01, clip=None, seed=0)
     assert clf.predict_proba_one({"u": 1.0}) == {}
     labels = ["x", "y"] * 5 + ["z"] + ["x", "y", "z"] * 3 + ["w", "x"]
     idx = {"x": 0, "y": 1, "z": 2}
