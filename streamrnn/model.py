@@ -54,7 +54,7 @@ LEARNERS = registry.names()
 GRADIENT_METHODS = LEARNERS + ("bptt",)
 _FORMAT_KIND = "streamrnn.Model"
 # What a checkpoint written before an option existed implies for it.
-_OLD_DEFAULTS = {"readout_skip": False, "target_lags": 0, "standardize": False, "baseline": None}
+_OLD_DEFAULTS = {"readout_skip": False, "target_lags": 0, "standardize": False, "baseline": None, "head_lags": 0}
 
 ArrayLike = Any  # what np.asarray accepts
 Key = str | int | None

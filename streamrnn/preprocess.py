@@ -38,6 +38,7 @@ from .standardize import (
     CLIP,
     COUNT,
     MEAN,
+    SAMPLE,
     WARMUP,
     fold,
     make_stats,
@@ -432,7 +433,7 @@ class Preprocessor:
         if not self.standardize:
             return
         for name, dest in self._stat_arrays():
-            got = arrays.get(name)
+            got = self._current_layout(arrays.get(name), dest)
             if (
                 got is None
                 or got.shape != dest.shape
@@ -447,8 +448,19 @@ class Preprocessor:
             if got is None or got.shape != dest.shape or got.dtype != dest.dtype or not np.isfinite(got).all():
                 raise error(f"{source}: array {name!r} missing, of the wrong shape or not finite")
 
+    def _current_layout(self, got, dest):
+        """Saved statistics in today's layout: a ``(3, width)`` array (from before the first values were
+        kept) loads when every column is past its warm-up, after which those values are not used."""
+        if got is not None and got.shape == (SAMPLE, dest.shape[1]) and (got[COUNT] >= self.warmup).all():
+            out = np.zeros_like(dest)
+            out[:SAMPLE] = got
+            return out
+        return got
+
     def load_state(self, arrays):
         """Adopt the statistics and head checked by :meth:`check_state`."""
         if self.standardize:
-            for name, dest in self._stat_arrays() + self._head_arrays():
+            for name, dest in self._stat_arrays():
+                dest[:] = self._current_layout(arrays[name], dest)
+            for name, dest in self._head_arrays():
                 dest[:] = arrays[name]

@@ -1,11 +1,19 @@
 """Online standardisation: running mean and variance (Welford), winsorised against outliers.
 
-Kernels over a statistics array ``stats`` of shape ``(3, width)`` (float64): row ``COUNT``
-holds how many values were folded into column ``j``, row ``MEAN`` their mean and row ``M2``
-the sum of squared deviations (Welford's accumulator). The variance is the population
+Kernels over a statistics array ``stats`` of shape ``(3 + WARMUP, width)`` (float64): row
+``COUNT`` holds how many values were folded into column ``j``, row ``MEAN`` their mean, row ``M2``
+the sum of squared deviations (Welford's accumulator), and rows ``SAMPLE …`` the column's first
+``WARMUP`` values. The variance is the population
 variance ``M2 / count``; the scale is its square root, or 1 while it is undefined or zero
 (``count < 2`` or every value equal), so a transform never divides by zero and never
 produces NaN.
+
+Robust start. The first ``warmup`` values cannot be judged against a scale not yet known, so
+they go in as they are; at the ``warmup``-th, the column is refolded from them, each winsorised to
+``median ± clip · 1.4826 · MAD`` (the median and the median absolute deviation, which a minority
+of outliers cannot move far). So an outlier among the first values does not set the scale for the
+rest of the stream (it would: the statistics never forget): 3 values at 1e6 among the first 10
+of a unit-scale stream leave the scale within a factor 2 (``tests/test_standardize.py``).
 
 Robust update. Once a column holds ``warmup`` values, a new value is winsorised to
 ``mean ± clip · scale`` (the statistics as they stand before it) and only the clipped value
@@ -30,13 +38,16 @@ import numpy as np
 from numba import njit
 
 COUNT, MEAN, M2 = 0, 1, 2
+SAMPLE = 3  # rows SAMPLE .. SAMPLE + WARMUP - 1: a column's first WARMUP values, for the robust restart
 CLIP = 4.0
 WARMUP = 10
+MAD_TO_SD = 1.4826  # a Gaussian's standard deviation per median absolute deviation
+MEAN_AD_TO_SD = 1.2533  # … per mean absolute deviation (sqrt(pi / 2)), where the MAD is 0
 
 
 def make_stats(width):
-    """Empty statistics for ``width`` columns."""
-    return np.zeros((3, width), np.float64)
+    """Empty statistics for ``width`` columns: ``(3 + WARMUP, width)``."""
+    return np.zeros((SAMPLE + WARMUP, width), np.float64)
 
 
 @njit(cache=True)
@@ -51,25 +62,55 @@ def scale_of(stats, j):
 
 
 @njit(cache=True)
-def fold(stats, j, v, clip, warmup):
-    """Fold value ``v`` into column ``j``: winsorised to ``mean ± clip·scale`` once the column
-    holds ``warmup`` values, then Welford's update. Returns the value actually folded."""
-    c = stats[COUNT, j]
+def welford(stats, j, v):
+    """Welford's update of column ``j`` with ``v``."""
+    c = stats[COUNT, j] + 1.0
     m = stats[MEAN, j]
-    if c >= warmup:
-        s = scale_of(stats, j)
-        lo = m - clip * s
-        hi = m + clip * s
-        if v < lo:
-            v = lo
-        elif v > hi:
-            v = hi
-    c += 1.0
     d = v - m
     m += d / c
     stats[M2, j] += d * (v - m)
     stats[MEAN, j] = m
     stats[COUNT, j] = c
+
+
+@njit(cache=True)
+def robust_restart(stats, j, clip, n):
+    """Refold column ``j`` from its first ``n`` values, each winsorised to ``median ± clip·s`` with
+    ``s`` = 1.4826 · MAD (1.2533 · the mean absolute deviation where the MAD is 0): an outlier among
+    the first values then weighs no more than a later one would."""
+    vals = stats[SAMPLE : SAMPLE + n, j].copy()
+    med = np.median(vals)
+    dev = np.abs(vals - med)
+    s = MAD_TO_SD * np.median(dev)
+    if not s > 0.0:
+        s = MEAN_AD_TO_SD * dev.mean()
+    stats[COUNT, j] = 0.0
+    stats[MEAN, j] = 0.0
+    stats[M2, j] = 0.0
+    for v in vals:
+        if s > 0.0:
+            v = min(max(v, med - clip * s), med + clip * s)
+        welford(stats, j, v)
+
+
+@njit(cache=True)
+def fold(stats, j, v, clip, warmup):
+    """Fold value ``v`` into column ``j``. The first ``warmup`` values go in as they are (and are kept);
+    at the ``warmup``-th the column is refolded robustly from them (:func:`robust_restart`); later
+    values are winsorised to ``mean ± clip·scale`` first. Returns the value actually folded."""
+    c = stats[COUNT, j]
+    if c < warmup:
+        kept = stats.shape[0] - SAMPLE
+        if c < kept:
+            stats[SAMPLE + int(c), j] = v
+        welford(stats, j, v)
+        if c + 1.0 == warmup and warmup <= kept:
+            robust_restart(stats, j, clip, int(warmup))
+        return v
+    m = stats[MEAN, j]
+    s = scale_of(stats, j)
+    v = min(max(v, m - clip * s), m + clip * s)
+    welford(stats, j, v)
     return v
 
 

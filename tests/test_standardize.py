@@ -1,6 +1,7 @@
 """Online standardisation kernels against the equations written out in plain Python."""
 
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -25,17 +26,36 @@ def ref_scale(c, m2):
     return 1.0
 
 
-def ref_fold(st, v, clip=CLIP, warmup=WARMUP):
-    """Winsorise at mean ± clip·scale once ``warmup`` values are in, then Welford."""
-    c, m, m2 = st
-    if c >= warmup:
-        s = ref_scale(c, m2)
-        v = min(max(v, m - clip * s), m + clip * s)
+def ref_welford(c, m, m2, v):
     c += 1.0
     d = v - m
     m += d / c
-    m2 += d * (v - m)
-    return [c, m, m2]
+    return c, m, m2 + d * (v - m)
+
+
+def ref_fold(st, v, clip=CLIP, warmup=WARMUP):
+    """``st`` = [count, mean, M2, the first values seen …]. The first ``warmup`` values go in as they
+    are; at the ``warmup``-th the statistics are rebuilt from them, each winsorised at the median ±
+    clip · 1.4826 · MAD (1.2533 · mean absolute deviation if the MAD is 0); later values are
+    winsorised at mean ± clip·scale, then Welford."""
+    c, m, m2 = st[:3]
+    first = [float(x) for x in st[3 : 3 + int(min(c, warmup))]]
+    if c < warmup:
+        first.append(v)
+        c, m, m2 = ref_welford(c, m, m2, v)
+        if c == warmup:
+            med = statistics.median(first)
+            dev = [abs(x - med) for x in first]
+            s = 1.4826 * statistics.median(dev)
+            if not s > 0:
+                s = 1.2533 * (sum(dev) / len(dev))
+            c = m = m2 = 0.0
+            for x in first:
+                c, m, m2 = ref_welford(c, m, m2, min(max(x, med - clip * s), med + clip * s) if s > 0 else x)
+        return [c, m, m2, *first]
+    s = ref_scale(c, m2)
+    v = min(max(v, m - clip * s), m + clip * s)
+    return [*ref_welford(c, m, m2, v), *first]
 
 
 def ref_standardize(st, v, clip=CLIP):
@@ -61,7 +81,8 @@ def test_welford_winsorised_matches_plain_python_bit_for_bit():
             ref_st[j] = ref_fold(ref_st[j], float(V[i, j]))
             want[i, j] = ref_standardize(ref_st[j], float(V[i, j]))
     np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(stats, np.array(ref_st).T)
+    np.testing.assert_array_equal(stats[:3], np.array([st[:3] for st in ref_st]).T)
+    np.testing.assert_array_equal(stats[3:], np.array([st[3:] for st in ref_st]).T)  # the first values, kept
 
 
 def test_without_winsorising_it_is_welford_exactly():
@@ -102,3 +123,32 @@ def test_a_burst_of_outliers_does_not_wreck_the_scale(burst_at):
     plain = make_stats(1)
     fold_stream(plain, V, np.inf, 1e300)
     assert scale_of(plain, 0) > 1e4
+
+
+@pytest.mark.parametrize("where", [(0,), (1, 4, 7), (9,), (0, 1, 2, 3)])
+def test_outliers_among_the_first_values_do_not_set_the_scale(where):
+    """The robust restart at the 10th value: 1 to 4 values at 1e6 among the first 10 of a unit-scale
+    stream leave the scale within a factor 2 (plain Welford: above 1e4 after 2 000 values)."""
+    rng = np.random.default_rng(7)
+    V = rng.normal(0.0, 1.0, 2000)
+    V[list(where)] = 1e6
+    stats = make_stats(1)
+    Z = fold_stream(stats, V[:, None], CLIP, WARMUP)[:, 0]
+    assert 0.5 < scale_of(stats, 0) < 2.0 and abs(stats[1, 0]) < 0.2
+    assert np.abs(Z[10:]).max() <= CLIP and np.abs(Z[100:][np.abs(V[100:]) < 1]).max() < 2
+    plain = make_stats(1)
+    fold_stream(plain, V[:, None], np.inf, 1e300)
+    assert scale_of(plain, 0) > 1e4
+
+
+def test_restart_with_a_zero_mad_uses_the_mean_absolute_deviation():
+    V = np.array([5.0] * 9 + [1e6] + [5.0, 6.0, 4.0])
+    stats = make_stats(1)
+    fold_stream(stats, V[:, None], CLIP, WARMUP)
+    ref = [0.0, 0.0, 0.0]
+    for v in V:
+        ref = ref_fold(ref, float(v))
+    np.testing.assert_array_equal(stats[:3, 0], ref[:3])
+    s = 1.2533 * (1e6 - 5.0) / 10  # the MAD is 0; the outlier is held at the median + 4 s, then 5, 6, 4 pass
+    assert stats[0, 0] == 13
+    assert math.isclose(stats[1, 0], (9 * 5.0 + (5.0 + 4 * s) + 5.0 + 6.0 + 4.0) / 13, rel_tol=1e-12)
