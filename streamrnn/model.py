@@ -38,6 +38,7 @@ from .validation import (
     DTYPES,
     RACE,
     check_inputs,
+    check_resets,
     check_seed,
     check_targets,
     check_task_outputs,
@@ -505,33 +506,60 @@ class Model:
         return self._keyed.bytes_per_key
 
     # ------------------------------------------------------------------ streaming
-    def step(self, x: ArrayLike, y: ArrayLike | None = None, key: Key = None) -> np.ndarray:
-        """Predict for one sample, then learn from ``y`` if given; returns the prediction."""
+    def step(self, x: ArrayLike, y: ArrayLike | None = None, key: Key = None, reset: bool = False) -> np.ndarray:
+        """Predict for one sample, then learn from ``y`` if given; returns the prediction. ``reset``:
+        the sample starts a new sequence of ``key`` (see :meth:`step_many`)."""
         return self.step_many(
-            np.asarray(x)[None, :] if np.ndim(x) == 1 else x, None if y is None else [y], None if key is None else [key]
+            np.asarray(x)[None, :] if np.ndim(x) == 1 else x,
+            None if y is None else [y],
+            None if key is None else [key],
+            resets=[reset] if reset else None,
         )[0]
 
     def step_many(
-        self, X: ArrayLike, Y: ArrayLike | None = None, keys: Sequence[Key] | None = None, return_loss: bool = False
+        self,
+        X: ArrayLike,
+        Y: ArrayLike | None = None,
+        keys: Sequence[Key] | None = None,
+        return_loss: bool = False,
+        resets: ArrayLike | None = None,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Test-then-train over many samples in arrival order, in one compiled call.
 
         ``X`` is ``(n_samples, n_inputs)``; ``Y`` holds a target per sample (NaN or
         None where there is none); ``keys`` a key per sample, each key with its
-        own recurrent state. Returns the predictions made before each sample's
-        update, ``(n_samples, n_outputs)``; with ``return_loss`` also the loss per
-        sample (NaN where no target). Bad samples raise ``ValueError`` and nothing
-        in the batch is applied.
+        own recurrent state. ``resets`` (bool per sample) marks the samples that start a new
+        sequence of their key (a session, a trip, a batch of a process): the key's hidden state,
+        influence matrix (or TBPTT window) and target-feedback buffer are zeroed before the
+        sample, exactly as for a key never seen; the parameters and statistics are kept. A label
+        given only on a sequence's last sample makes it sequence-to-one. Returns the predictions
+        made before each sample's update, ``(n_samples, n_outputs)``; with ``return_loss`` also the
+        loss per sample (NaN where no target). Bad samples raise ``ValueError`` and nothing in the
+        batch is applied.
+
+        >>> import numpy as np, streamrnn as sr
+        >>> m = sr.Model(n_inputs=1, n_hidden=2, lr=0.0)
+        >>> out = m.step_many(np.ones((4, 1)), keys=["a"] * 4, resets=[False, False, True, False])
+        >>> bool((out[2] == out[0]).all()), bool((out[3] == out[1]).all())  # row 2 starts afresh
+        (True, True)
         """
         rows = self.validate_rows(X, Y, keys)  # all rows checked before any state changes
         n_rows = rows.X.shape[0]
+        resets = check_resets(resets, n_rows)
         out = np.empty((n_rows, self.n_outputs), self.dtype)
         losses = np.empty(n_rows, self.dtype)
-        self.apply_rows(*rows, out, losses)
+        self.apply_rows(*rows, out, losses, resets=resets)
         return (out, losses) if return_loss else out
 
     def apply_rows(
-        self, X: np.ndarray, Y: np.ndarray, has_y: np.ndarray, keys: list | None, out: np.ndarray, losses: np.ndarray
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        has_y: np.ndarray,
+        keys: list | None,
+        out: np.ndarray,
+        losses: np.ndarray,
+        resets: np.ndarray | None = None,
     ) -> None:
         """Test-then-train over rows already validated, into the caller's buffers.
 
@@ -549,6 +577,8 @@ class Model:
             Receives the prediction made before each row's update.
         losses : ndarray (N,)
             Receives each row's loss (NaN where there was no target or no update).
+        resets : ndarray of bool (N,) or None
+            Rows that start a new sequence of their key (:meth:`step_many`); not checked here.
 
         Examples
         --------
@@ -561,6 +591,8 @@ class Model:
         True
         """
         slots, reset = self._keyed.assign(keys, X.shape[0])
+        if resets is not None:
+            reset |= resets
         pre = self._pre
         Y_raw, has_y_raw, y_ls = Y, has_y, None
         if pre.active:  # standardise, append target feedback (changes nothing the learner owns)
@@ -616,19 +648,20 @@ class Model:
         ws = self._race.workspaces[self.race_leader] if self.race else self._ws
         return ws.grad.copy()
 
-    def peek(self, x: ArrayLike, key: Key = None) -> np.ndarray:
-        """The prediction ``step(x, key=key)`` would return, changing nothing."""
+    def peek(self, x: ArrayLike, key: Key = None, reset: bool = False) -> np.ndarray:
+        """The prediction ``step(x, key=key, reset=reset)`` would return, changing nothing."""
         X = self._inputs(x)
         if X.shape[0] != 1:
             raise ValueError("peek takes one sample")
         pred = np.empty(self.n_outputs, self.dtype)
-        return self.peek_into(X[0], normalize_key(key), pred)
+        return self.peek_into(X[0], normalize_key(key), pred, reset=bool(reset))
 
-    def peek_into(self, x: np.ndarray, key: Key, out: np.ndarray) -> np.ndarray:
+    def peek_into(self, x: np.ndarray, key: Key, out: np.ndarray, reset: bool = False) -> np.ndarray:
         """:meth:`peek` for an input already validated, into the caller's buffer; returns ``out``.
 
         ``x`` is (n_inputs,) in this model's dtype, ``key`` normalised (str, int or None), ``out``
-        (n_outputs,). Nothing is checked and nothing changes (the adapters' prediction path).
+        (n_outputs,). ``reset``: as if the sample started a new sequence of ``key`` (from a fresh
+        key's state). Nothing is checked and nothing changes (the adapters' prediction path).
 
         >>> import numpy as np, streamrnn as sr
         >>> m = sr.Model(n_inputs=2, n_hidden=3)
@@ -636,20 +669,22 @@ class Model:
         >>> bool((m.peek_into(np.array([0.5, 1.0]), None, out) == m.peek([0.5, 1.0])).all())
         True
         """
-        s = self._keyed.row(self._hidden_name(), key)
+        s = None if reset else self._keyed.row(self._hidden_name(), key)  # None: a fresh key's state
         pre = self._pre
         if pre.active:  # on copies of the statistics and of the key's lag buffer
-            lags = (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key)) if pre.depth else ()
+            fresh = reset or not pre.depth
+            lags = () if fresh else (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key))
             x, y_ls = pre.peek_row(x[None, :], *lags)
         self.predict_from_state(x, self._zero_state if s is None else s, out)
         if pre.active:
             pre.peek_finish(out, y_ls)
         return out
 
-    def forecast(self, X: ArrayLike, key: Key = None) -> np.ndarray:
+    def forecast(self, X: ArrayLike, key: Key = None, reset: bool = False) -> np.ndarray:
         """Recursive forecast: the predictions for the next ``len(X)`` rows of ``key`` (inputs ``X``,
         (h, n_inputs)), each fed back as the next row's target through target feedback
-        (``target_lags``), from copies of the key's state. Changes nothing.
+        (``target_lags``), from copies of the key's state (``reset``: of a fresh key's, as for a new
+        sequence). Changes nothing.
 
         >>> import numpy as np, streamrnn as sr
         >>> m = sr.Model(n_inputs=1, n_hidden=3, target_lags=1, seed=0)
@@ -661,11 +696,11 @@ class Model:
         X = self._inputs(X)
         key = normalize_key(key)
         pre = self._pre
-        s = self._keyed.row(self._hidden_name(), key)
+        s = None if reset else self._keyed.row(self._hidden_name(), key)
         s = self._zero_state.copy() if s is None else s.copy()
         s_next = np.empty_like(s)
         if pre.depth:
-            rows = (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key))
+            rows = (None, None) if reset else (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key))
             lags = tuple(
                 np.zeros(shape, dt) if r is None else r.copy() for r, (_, shape, dt) in zip(rows, pre.per_key_layout())
             )

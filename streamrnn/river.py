@@ -140,8 +140,9 @@ class _Core:
         self.out = np.zeros((1, n_out), dt)
         self.loss = np.zeros(1, dt)
         self.pred = np.zeros(n_out, dt)
+        self.resets = np.zeros(1, np.bool_)  # the sample starts a new sequence (the ``reset`` feature)
 
-    _SCRATCH = ("x", "x0", "y", "has_y", "out", "loss", "pred")
+    _SCRATCH = ("x", "x0", "y", "has_y", "out", "loss", "pred", "resets")
 
     def __getstate__(self):
         # Scratch buffers are not state: leaving them out makes the pickle a function of the
@@ -158,12 +159,20 @@ class _Core:
         if has:
             self.y[0, 0] = target
         self.has_y[0] = has
-        self.model.apply_rows(self.x, self.y, self.has_y, [key] if self.keyed else None, self.out, self.loss)
+        self.model.apply_rows(
+            self.x,
+            self.y,
+            self.has_y,
+            [key] if self.keyed else None,
+            self.out,
+            self.loss,
+            resets=self.resets if self.resets[0] else None,
+        )
         return self.out[0]
 
     def peek(self, key):
         """``Model.peek(self.x, key)`` into ``self.pred``, changing nothing."""
-        return self.model.peek_into(self.x0, key, self.pred)
+        return self.model.peek_into(self.x0, key, self.pred, reset=bool(self.resets[0]))
 
 
 class _Recurrent:
@@ -223,14 +232,18 @@ class _Recurrent:
         core = self._core or self._build()
         buf = core.x0
         buf[:] = 0.0
+        core.resets[0] = False
         if not x:
             return None
         index = self._index
         keyname = self.key
+        resetname = getattr(self, "reset", None)
+        if resetname is not None and x.get(resetname):
+            core.resets[0] = True
         new = None
         try:
             for name, v in x.items():
-                if name == keyname and keyname is not None:
+                if (name == keyname and keyname is not None) or (name == resetname and resetname is not None):
                     continue
                 i = index.get(name)
                 if i is None:
@@ -245,7 +258,7 @@ class _Recurrent:
         except TypeError:  # a registered feature holds a non-number: None reads as missing
             for name, v in x.items():
                 i = index.get(name)
-                if i is None or (name == keyname and keyname is not None):
+                if i is None or (name == keyname and keyname is not None) or name == resetname:
                     continue
                 if v is None:
                     buf[i] = 0.0
@@ -297,6 +310,10 @@ _PARAM_DOC = """
     dtype : {"float64", "float32"}
     key : str or None
         Name of the feature whose value selects a per-entity hidden state; it is not an input.
+    reset : str or None
+        Name of the feature that marks a new sequence (a session, a trip, a batch): where it is
+        truthy, the entity's state starts afresh at this sample (``Model.step_many(resets=...)``);
+        it is not an input. A label given only at a sequence's end makes it sequence-to-one.
     max_keys : int
         Most entity states held at once (least recently used dropped beyond that).
     readout_skip : bool
@@ -389,6 +406,7 @@ class RNNRegressor(_Recurrent, base.Regressor):
         seed: int = 0,
         dtype: str = "float64",
         key: str | None = None,
+        reset: str | None = None,
         max_keys: int = 1024,
         readout_skip: bool = False,
         standardize: bool = True,
@@ -407,6 +425,7 @@ class RNNRegressor(_Recurrent, base.Regressor):
         self.seed = seed
         self.dtype = dtype
         self.key = key
+        self.reset = reset
         self.max_keys = max_keys
         self.readout_skip = readout_skip
         self.standardize = standardize
@@ -495,6 +514,7 @@ class RNNClassifier(_Recurrent, base.Classifier):
         seed: int = 0,
         dtype: str = "float64",
         key: str | None = None,
+        reset: str | None = None,
         max_keys: int = 1024,
         readout_skip: bool = False,
         standardize: bool = True,
@@ -512,6 +532,7 @@ class RNNClassifier(_Recurrent, base.Classifier):
         self.seed = seed
         self.dtype = dtype
         self.key = key
+        self.reset = reset
         self.max_keys = max_keys
         self.readout_skip = readout_skip
         self.standardize = standardize
@@ -644,6 +665,7 @@ class RNNForecaster(_Recurrent, Forecaster):
         seed: int = 0,
         dtype: str = "float64",
         key: str | None = None,
+        reset: str | None = None,
         max_keys: int = 1024,
         standardize: bool = True,
         readout_skip: bool = False,
@@ -662,6 +684,7 @@ class RNNForecaster(_Recurrent, Forecaster):
         self.seed = seed
         self.dtype = dtype
         self.key = key
+        self.reset = reset
         self.max_keys = max_keys
         self.readout_skip = readout_skip
         self.standardize = standardize
@@ -693,7 +716,9 @@ class RNNForecaster(_Recurrent, Forecaster):
         if self.key is not None and xs:
             key = _entity(xs[0].get(self.key))
         X = np.empty((horizon, m.n_inputs), m.dtype)
+        reset = False
         for t in range(horizon):
             self._map(xs[t] if xs is not None and t < len(xs) else None, False)
+            reset = reset or (t == 0 and bool(core.resets[0]))  # the first sample starts a new sequence
             X[t] = core.x0
-        return m.forecast(X, key)[:, 0].tolist()
+        return m.forecast(X, key, reset=reset)[:, 0].tolist()

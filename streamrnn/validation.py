@@ -164,3 +164,16 @@ def check_targets(Y, n_rows, task_id, n_outputs, dtype):
     if not np.isfinite(Y).all():
         raise ValueError(f"a target overflows {dtype}")
     return Y, has_y
+
+
+def check_resets(resets, n_rows):
+    """Sequence starts as a bool array (n_rows,): booleans (or 0/1) only, one per row."""
+    if resets is None:
+        return None
+    arr = np.asarray(resets)
+    if arr.shape != (n_rows,):
+        raise ValueError(f"resets must hold one flag per row ({n_rows}); got shape {arr.shape}")
+    if arr.dtype != np.bool_:
+        if arr.dtype.kind not in "iuf" or not np.isin(arr, (0, 1)).all():
+            raise ValueError("resets must be booleans (or 0/1), one per row")
+    return arr.astype(np.bool_)
