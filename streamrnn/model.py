@@ -810,6 +810,34 @@ class Model:
             spec.sequence_gradient(*args, X, Y, has_y, spec.new_key_state(dims), spec.make_workspace(dims), grad)
         return self.unflatten(grad)
 
+    def cell_sequence(
+        self, X: ArrayLike, Y: ArrayLike | None = None, key: Key = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What the learner would be given for the rows ``X`` (targets ``Y``) run as one sequence: the
+        cell's inputs ``(T, n_cell_inputs)`` (standardised with the current statistics, the target
+        feedback from ``key``'s lag buffer, None or an unknown key: a fresh one's), the learner's
+        targets and which rows it would learn from. The statistics advance along the sequence on
+        copies; nothing changes. For analysis tools (:mod:`streamrnn.diagnose`).
+
+        >>> import numpy as np, streamrnn as sr
+        >>> m = sr.Model(n_inputs=2, n_hidden=3, target_lags=1)
+        >>> Xa, Ys, learn = m.cell_sequence(np.ones((4, 2)), np.arange(4.0))
+        >>> Xa.shape, learn.tolist()  # 2 inputs, one lag and its flag; the first 2 targets set the scale
+        ((4, 4), [False, False, True, True])
+        """
+        X = self._inputs(X)
+        Y, has_y = self._targets(Y, X.shape[0])
+        pre = self._pre
+        if not pre.active:
+            return X, Y, has_y
+        lag_row = None
+        if pre.depth:
+            key = normalize_key(key)
+            rows = (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key))
+            lag_row = None if rows[0] is None else rows
+        Xa, Ys, has_learn, _ = pre.transform_sequence(X, Y, has_y, lag_row)
+        return Xa, Ys, has_learn
+
     # ------------------------------------------------------------------ persistence
     def state_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Everything needed to continue bit-identically, as ``(arrays, meta)``."""

@@ -1,0 +1,121 @@
+"""streamrnn.diagnose against central finite differences through the Model's own forward step
+(``predict_from_state``), float64."""
+
+import numpy as np
+import pytest
+
+import streamrnn as sr
+from streamrnn import diagnose
+
+EPS = 1e-6
+
+
+def roll(m, Xa, s0=None):
+    """States after each row of cell inputs ``Xa`` from ``s0`` (zeros), and the predictions."""
+    s = np.zeros(m.dims.state_size) if s0 is None else s0.copy()
+    nxt, out = np.empty_like(s), np.empty(m.n_outputs)
+    states, preds = [], []
+    for x in Xa:
+        m.predict_from_state(x, s, out, nxt)
+        s, nxt = nxt.copy(), s
+        states.append(s.copy())
+        preds.append(out.copy())
+    return np.array(states), np.array(preds)
+
+
+def model(cell, **kw):
+    m = sr.Model(cell=cell, n_inputs=2, n_hidden=3, seed=4, lr=3e-2, **kw)
+    rng = np.random.default_rng(1)
+    m.step_many(rng.normal(size=(60, 2)), rng.normal(size=(60, 1)))  # weights away from the initial ones
+    return m
+
+
+CELLS = ["rnn", "gru", "lstm", "egru", "elstm", "dlru"]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kw", [dict(standardize=False), dict(target_lags=1)])
+def test_input_sensitivity_equals_finite_differences(cell, kw):
+    m = model(cell, **kw)
+    X = np.random.default_rng(2).normal(size=(9, 2)) * 2.0
+    got = diagnose.input_sensitivity(m, X)
+    Xa = m.cell_sequence(X)[0]
+    n, T = m.n_hidden, len(X)
+    want = np.zeros(T)
+    for t in range(T):
+        J = np.zeros((n, 2))
+        for c in range(2):  # the features, not the target-feedback columns
+            up, down = Xa.copy(), Xa.copy()
+            up[t, c] += EPS
+            down[t, c] -= EPS
+            J[:, c] = (roll(m, up)[0][-1, :n] - roll(m, down)[0][-1, :n]) / (2 * EPS)
+        want[T - 1 - t] = np.linalg.norm(J)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("task", ["regression", "binary"])
+def test_gradient_flow_equals_finite_differences(cell, task):
+    m = model(cell, standardize=False) if task == "regression" else None
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(10, 2))
+    if task == "binary":
+        m = sr.Model(cell=cell, task="binary", n_inputs=2, n_hidden=3, seed=4)
+        Y = (rng.random(10) > 0.5).astype(float)
+    else:
+        Y = rng.normal(size=10)
+    Y[[2, 5]] = np.nan
+    max_lag = 4
+    got = diagnose.gradient_flow(m, X, Y, max_lag=max_lag)
+    Xa, Ys, learn = m.cell_sequence(X, Y)
+    states, _ = roll(m, Xa)
+    S = m.dims.state_size
+    total, count = np.zeros(max_lag + 1), np.zeros(max_lag + 1)
+
+    def loss_at(t, s_from, start):
+        _, preds = roll(m, Xa[start + 1 : t + 1], s_from)
+        p = preds[-1, 0]
+        if task == "regression":
+            return 0.5 * (p - Ys[t, 0]) ** 2
+        return -(Ys[t, 0] * np.log(p) + (1 - Ys[t, 0]) * np.log(1 - p))
+
+    for t in range(len(X)):
+        if not learn[t]:
+            continue
+        for k in range(min(max_lag, t) + 1):
+            start = t - k  # perturb the state after row t - k, then run rows t-k+1 .. t
+            g = np.zeros(S)
+            for j in range(S):
+                up, down = states[start].copy(), states[start].copy()
+                up[j] += EPS
+                down[j] -= EPS
+                if k == 0:  # the readout alone: the prediction from the perturbed state
+                    g[j] = (readout_loss(m, up, Xa[t], Ys[t], task) - readout_loss(m, down, Xa[t], Ys[t], task)) / (
+                        2 * EPS
+                    )
+                else:
+                    g[j] = (loss_at(t, up, start) - loss_at(t, down, start)) / (2 * EPS)
+            total[k] += np.linalg.norm(g)
+            count[k] += 1
+    np.testing.assert_allclose(got, total / count, rtol=1e-6, atol=1e-9)
+
+
+def readout_loss(m, s, x, y, task):
+    """The loss of the readout on state ``s`` (the LSTM's c does not reach it)."""
+    W = m.unflatten(m.flat_parameters)
+    logit = W["readout.weight"][0] @ s[: m.n_hidden] + W["readout.bias"][0]
+    if task == "regression":
+        return 0.5 * (logit - y[0]) ** 2
+    p = 1 / (1 + np.exp(-logit))
+    return -(y[0] * np.log(p) + (1 - y[0]) * np.log(1 - p))
+
+
+def test_a_gated_cell_remembers_longer_than_a_plain_rnn_at_init():
+    """The curves mean something: at their initial weights on N(0, 1) inputs, the GRU's dependence on
+    the input 20 steps back, relative to the newest input, is larger than the Elman RNN's."""
+    X = np.random.default_rng(0).normal(size=(40, 1))
+    ratio = {}
+    for cell in ("rnn", "gru"):
+        c = diagnose.input_sensitivity(sr.Model(cell=cell, n_inputs=1, n_hidden=16, seed=0), X)
+        ratio[cell] = c[20] / c[0]
+    assert ratio["gru"] > ratio["rnn"]
