@@ -170,3 +170,114 @@ def gradient_flow(model, X, Y, max_lag=50, key=None) -> np.ndarray:
                 g, g_prev = g_prev, g
     with np.errstate(invalid="ignore"):
         return total / count
+
+
+# ---------------------------------------------------------------------------------------------- command
+def curves(X, Y, task, cells=("rnn", "gru", "lstm"), n_hidden=16, window=50, max_lag=None, seed=0, **model_kw):
+    """Per cell: a Model trained test-then-train on all rows but the last ``window``, then both curves
+    on those last rows. Returns ``{cell: (sensitivity (window,), flow (max_lag + 1,))}``."""
+    from .model import Model
+
+    X = np.asarray(X, np.float64)
+    Y = np.asarray(Y, np.float64)
+    if X.ndim == 1:
+        X = X[:, None]
+    window = min(window, len(X))
+    max_lag = window - 1 if max_lag is None else max_lag
+    out = {}
+    for cell in cells:
+        m = Model(cell=cell, n_inputs=X.shape[1], n_hidden=n_hidden, task=task, seed=seed, **model_kw)
+        if len(X) > window:
+            m.step_many(X[:-window], Y[:-window])
+        out[cell] = (input_sensitivity(m, X[-window:]), gradient_flow(m, X[-window:], Y[-window:], max_lag=max_lag))
+    return out
+
+
+def write_curves(result, out_dir):
+    """``diagnose.csv`` (lag, then each cell's two curves) and, with matplotlib, ``diagnose.png``."""
+    import csv
+    import os
+
+    os.makedirs(out_dir, exist_ok=True)
+    cells = list(result)
+    n = max(max(len(s), len(f)) for s, f in result.values())
+    csv_path = os.path.join(out_dir, "diagnose.csv")
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["lag"] + [f"{c}_input_sensitivity" for c in cells] + [f"{c}_gradient_flow" for c in cells])
+        for k in range(n):
+            row = [k]
+            row += [f"{result[c][0][k]:.6g}" if k < len(result[c][0]) else "" for c in cells]
+            row += [f"{result[c][1][k]:.6g}" if k < len(result[c][1]) else "" for c in cells]
+            w.writerow(row)
+    paths = [csv_path]
+    try:
+        import matplotlib
+    except ImportError:
+        return paths
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for c in cells:
+        s, f = result[c]
+        axes[0].semilogy(np.arange(len(s)), np.maximum(s, 1e-300), label=c)
+        axes[1].semilogy(np.arange(len(f)), np.maximum(f, 1e-300), label=c)
+    axes[0].set(title="input sensitivity ‖∂h_T / ∂x_{T−k}‖", xlabel="k (steps back)")
+    axes[1].set(title="gradient flow ‖∂L_t / ∂s_{t−k}‖ (mean over t)", xlabel="k (steps back)")
+    for ax in axes:
+        ax.legend()
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    png = os.path.join(out_dir, "diagnose.png")
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return paths + [png]
+
+
+def build_parser(parser=None):
+    import argparse
+
+    from .compare import DATASETS
+
+    p = parser or argparse.ArgumentParser(prog="streamrnn diagnose", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="add_task", help="generated stream (no --stream)")
+    p.add_argument("--steps", type=int, default=5_000, help="generated stream length")
+    p.add_argument("--stream", metavar="PATH", help="a recorded stream file (JSON Lines)")
+    p.add_argument("--features", help="with --stream: comma-separated feature fields")
+    p.add_argument("--target", default="y", help="with --stream: the target field")
+    p.add_argument("--task", choices=("regression", "classification", "binary"), help="default: the stream's")
+    p.add_argument("--cells", default="rnn,gru,lstm", help="comma-separated cells to draw")
+    p.add_argument("--hidden", type=int, default=16)
+    p.add_argument("--window", type=int, default=50, help="the last rows the curves are measured on")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="diagnose-out", help="directory for diagnose.csv and diagnose.png")
+    return p
+
+
+def main(argv=None, args=None):
+    """``streamrnn diagnose``: train each cell on the stream, then write both curves (CSV, PNG)."""
+    from .compare import DATASETS
+    from .datasets import read_stream
+
+    args = args or build_parser().parse_args(argv)
+    if args.stream:
+        if not args.features:
+            raise SystemExit("streamrnn diagnose: --stream needs --features")
+        X, Y, _, _ = read_stream(args.stream, args.features.split(","), args.target)
+        task = args.task or "regression"
+    else:
+        task, make = DATASETS[args.dataset]
+        task = args.task or task
+        X, Y = make(args.steps, args.seed)[:2]
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    result = curves(X, Y, task, cells, n_hidden=args.hidden, window=args.window, seed=args.seed)
+    for c, (s, f) in result.items():
+        far = next((k for k in range(len(s)) if s[k] < 1e-3 * s[0]), None)
+        print(
+            f"{c:>6}: sensitivity at lag 0 {s[0]:.3g}, lag 10 {s[min(10, len(s) - 1)]:.3g}; "
+            f"below 1e-3 of lag 0 from lag {far if far is not None else '>' + str(len(s) - 1)}; "
+            f"gradient at lag 0 {f[0]:.3g}, lag 10 {f[min(10, len(f) - 1)]:.3g}"
+        )
+    for path in write_curves(result, args.out):
+        print(f"wrote {path}")

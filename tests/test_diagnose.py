@@ -119,3 +119,13 @@ def test_a_gated_cell_remembers_longer_than_a_plain_rnn_at_init():
         c = diagnose.input_sensitivity(sr.Model(cell=cell, n_inputs=1, n_hidden=16, seed=0), X)
         ratio[cell] = c[20] / c[0]
     assert ratio["gru"] > ratio["rnn"]
+
+
+def test_command_writes_the_curves(tmp_path, capsys):
+    diagnose.main(["--steps", "400", "--window", "20", "--hidden", "4", "--out", str(tmp_path)])
+    lines = (tmp_path / "diagnose.csv").read_text().splitlines()
+    assert lines[0].split(",") == ["lag"] + [f"{c}_input_sensitivity" for c in ("rnn", "gru", "lstm")] + [
+        f"{c}_gradient_flow" for c in ("rnn", "gru", "lstm")
+    ]
+    assert len(lines) == 21 and all(float(v) > 0 for v in lines[1].split(",")[1:])
+    assert "gru: sensitivity at lag 0" in capsys.readouterr().out
