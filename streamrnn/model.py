@@ -159,6 +159,8 @@ class Model:
         The key's lag buffer then holds ``max(target_lags, K + 1)`` targets; the head's ``P``,
         ``W`` and combiner are global (shared by all keys) and checkpointed.
 
+    Notes
+    -----
     Predictions are ŷ for regression, class probabilities for classification
     and P(y = 1) for binary, always as an array of ``n_outputs`` values.
 
@@ -439,6 +441,8 @@ class Model:
         n_rows = X.shape[0]
         Y, has_y = self._targets(Y, n_rows)
         if keys is not None:
+            if isinstance(keys, (str, bytes)):
+                raise ValueError(f"keys must be a sequence with one key per row, not a {type(keys).__name__}")
             if len(keys) != n_rows:
                 raise ValueError(f"keys has {len(keys)} entries for {n_rows} samples")
             keys = [normalize_key(k) for k in keys]

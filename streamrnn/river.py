@@ -175,6 +175,23 @@ class _Core:
         return self.model.peek_into(self.x0, key, self.pred, reset=bool(self.resets[0]))
 
 
+def _missing(y):
+    """None or NaN: a sample without a target."""
+    return y is None or (isinstance(y, (float, np.floating)) and y != y)
+
+
+def _regression_target(y):
+    """A finite float, or None for a sample without a target; ValueError for anything else."""
+    if _missing(y):
+        return None
+    if not _is_number(y) or isinstance(y, bool):
+        raise ValueError(f"the target must be a number (None or NaN: no target); got {y!r}")
+    y = float(y)
+    if not math.isfinite(y):
+        raise ValueError(f"the target must be finite (None or NaN: no target); got {y!r}")
+    return y
+
+
 class _Recurrent:
     """Feature registration, key handling and the lazy Model shared by the estimators."""
 
@@ -441,9 +458,12 @@ class RNNRegressor(_Recurrent, base.Regressor):
         yield {"cell": "lstm", "n_hidden": 3, "n_inputs": 4, "learner": "tbptt", "truncation": 4, "key": "dummy"}
         yield {"cell": "egru", "n_hidden": 4, "n_inputs": 6, "readout_skip": True}
 
-    def learn_one(self, x: dict, y: float) -> None:
+    def learn_one(self, x: dict, y: float | None) -> None:
+        """Advance ``x``'s entity and learn from ``y``; ``y`` None or NaN: a sample without a target
+        (the state advances, nothing is learned: the steps before a sequence's only label)."""
+        target = _regression_target(y)
         key = self._map(x, True)
-        self._core.step(key, float(y))
+        self._core.step(key, target)
 
     def predict_one(self, x: dict) -> float:
         key = self._map(x, False)
@@ -570,6 +590,11 @@ class RNNClassifier(_Recurrent, base.Classifier):
         yield {"n_hidden": 3, "n_inputs": 20, "n_classes": 8, "target_lags": 2, "standardize": False}
 
     def learn_one(self, x: dict, y: Any) -> None:
+        """Advance ``x``'s entity and learn from the label ``y``; ``y`` None or NaN: a sample without a
+        label (the state advances, nothing is learned, no class is registered)."""
+        if _missing(y):
+            self._core.step(self._map(x, True), None)
+            return
         if self.n_classes == 2:
             if y is True or y is False or isinstance(y, np.bool_) or (isinstance(y, (int, np.integer)) and y in (0, 1)):
                 target = 1.0 if y else 0.0

@@ -136,8 +136,15 @@ def check_targets(Y, n_rows, task_id, n_outputs, dtype):
     width = target_width(task_id, n_outputs)
     if Y is None:
         return np.zeros((n_rows, width), dtype), np.zeros(n_rows, np.bool_)
-    if isinstance(Y, (list, tuple)):
-        Y = [np.full(width, np.nan) if v is None else v for v in Y]
+    if isinstance(Y, (list, tuple)):  # rows: None (no target), a number, or a sequence of numbers
+        missing = np.full(width, np.nan)
+        rows = []
+        for i, v in enumerate(Y):
+            v = missing if v is None else (v if np.ndim(v) else [v])
+            if len(v) != width:
+                raise ValueError(f"Y row {i} has {len(v)} values; expected {width} (or None for no target)")
+            rows.append(v)
+        Y = rows
     try:
         Y = np.array(Y, dtype=np.float64)
     except (TypeError, ValueError) as exc:
