@@ -42,7 +42,8 @@ def hh_in(h, j, n, rec, k):
     return h[j % n] if rec == 1 else h[k]
 
 
-# Below this width a plain loop beats a BLAS call; above it the loop's serial sum is the bottleneck.
+# Below this width a plain loop beats a BLAS call for the matrix-vector products of one step
+# (forward, backward); above it the loop's serial sum is the bottleneck.
 BLAS_MIN_WIDTH = 32
 
 
@@ -69,31 +70,6 @@ def preactivations(w, n_gates, n_in, n, rec, x, h, a_ih, a_hh):
 
 
 @njit(cache=True, error_model="numpy")
-def add_ih_immediate(D, row_start, row_stop, n_gates, n_in, n, rec, x):
-    """Add d(W_ih x + b_ih)_j / dθ to rows ``j`` in [row_start, row_stop) of ``D`` (rows x P)."""
-    rows = n_gates * n
-    o_bih = rows * (n_in + rec)
-    for j in range(row_start, row_stop):
-        base = j * n_in
-        for k in range(n_in):
-            D[j, base + k] += x[k]
-        D[j, o_bih + j] += 1.0
-
-
-@njit(cache=True, error_model="numpy")
-def add_hh_immediate(D, row_start, row_stop, n_gates, n_in, n, rec, h):
-    """Add d(W_hh h + b_hh)_j / dθ (``h`` held fixed) to rows [row_start, row_stop) of ``D``."""
-    rows = n_gates * n
-    o_hh = rows * n_in
-    o_bhh = rows * (n_in + rec + 1)
-    for j in range(row_start, row_stop):
-        base = o_hh + j * rec
-        for k in range(rec):
-            D[j, base + k] += hh_in(h, j, n, rec, k)
-        D[j, o_bhh + j] += 1.0
-
-
-@njit(cache=True, error_model="numpy")
 def accumulate_param_grad(grad, n_gates, n_in, n, rec, x, h, da_ih, da_hh):
     """Reverse mode: ``grad += dL/dθ`` given dL/d(a_ih) and dL/d(a_hh) for one step."""
     rows = n_gates * n
@@ -113,6 +89,20 @@ def accumulate_param_grad(grad, n_gates, n_in, n, rec, x, h, da_ih, da_hh):
                 grad[base + k] += gh * hh_in(h, j, n, rec, k)
         grad[o_bih + j] += gi
         grad[o_bhh + j] += gh
+
+
+@njit(cache=True, error_model="numpy")
+def all_finite(a):
+    """True when every entry of ``a`` (any shape) is finite; one pass, no allocation.
+
+    ``v - v`` is 0 for finite ``v`` and NaN otherwise; an OR over integers
+    vectorises, where a floating-point sum would be a serial dependency chain.
+    """
+    flat = a.reshape(a.size)
+    bad = False
+    for p in range(flat.shape[0]):
+        bad |= (flat[p] - flat[p]) != 0.0
+    return not bad
 
 
 @njit(cache=True, error_model="numpy")
@@ -139,28 +129,169 @@ def hh_transpose_product(w, n_gates, n_in, n, rec, da_hh, out):
                     out[k] += W_hh[j, k] * g
 
 
-@njit(cache=True, error_model="numpy")
-def hh_influence(w, n_gates, n_in, n, rec, x, h, M_h, D, ih_rows, immediate):
-    """``D = d(a_hh)/dθ`` for every gate row, plus ``d(a_ih)/dθ`` for the first ``ih_rows``.
+# --- Dense influence update (exact RTRL): M' = J M + I, J formed first --------------------------
+# A cell with R state rows per unit (h, and c for LSTM) supplies, per unit j, the scalars of its
+# per-unit update (``coef`` below: C_ih, C_whh, C_bhh per gate and the unit-local couplings A) and
+# its direct h -> h' slope (GRU's z, the one path that skips W_hh). The rows of J over h are then
+#
+#     J[r n + j, k] = Σ_g C_whh[r, g] W_hh[g n + j, k]  (+ the direct slope on k = j, row h)
+#
+# (R G n² operations), the product J M_h is one GEMM-shaped (R n x n)(n x P) product, R n² P
+# multiply-adds (n² P for rnn and gru, 2 n² P for lstm, against G n² P for W_hh M_h), and one pass
+# per row adds the sparse immediate partial, the diagonal couplings to the other state rows (LSTM's
+# c), checks finiteness and accumulates the gradient, with no dense immediate or second S x P buffer.
 
-    ``d(a_hh)/dθ = W_hh M_h`` (the O(G n^2 P) product, done by BLAS) plus, with
-    ``immediate``, the immediate partial of ``W_hh h + b_hh`` and of ``W_ih x + b_ih``.
-    Cells that sum both maps take ``ih_rows = G n``; GRU's ``n`` gate scales its
-    ``a_hh`` part by ``r`` and adds its ``a_ih`` part itself. Without ``immediate``
-    the columns of ``M_h`` may be any directions in state space: ``D = W_hh M_h``
-    is then the first half of a state Jacobian-vector product (UORO).
-    """
-    W_hh = param_views(w, n_gates, n_in, n, rec)[1]
+# Below this width the influence product J M_h runs as a plain loop, from it as a BLAS GEMM.
+GEMM_MIN_WIDTH = 16
+
+
+@njit(cache=True, error_model="numpy")
+def jacobian_rows(W_hh, n_gates, n, rec, j, coef, direct_h, J):
+    """Rows ``r n + j`` (r < R = coef.shape[0]) of ``J = d(state rows)/dh``, shape (R n, rec):
+    ``Σ_g C_whh[r, g] W_hh[g n + j, :]`` plus ``direct_h`` on h_j in row 0. For ``rec = 1``
+    (element-wise cells) J is diagonal and column 0 holds it."""
+    R = coef.shape[0]
+    c_whh = R + n_gates
+    own = 0 if rec == 1 else j
+    for r in range(R):
+        Jr = J[r * n + j]
+        c0 = coef[r, c_whh]
+        W0 = W_hh[j]
+        for k in range(rec):
+            Jr[k] = c0 * W0[k]
+        for g in range(1, n_gates):
+            c = coef[r, c_whh + g]
+            Wg = W_hh[g * n + j]
+            for k in range(rec):
+                Jr[k] += c * Wg[k]
+    J[j, own] += direct_h
+
+
+@njit(cache=True, error_model="numpy")
+def _rows_times(J, Mh, D, i0, i1):
+    """``D[i] = J[i] M_h`` for rows i in [i0, i1): four rows of M_h per pass over the output row, so
+    the loop over columns vectorises and each pass loads the output row once per four products."""
+    K = Mh.shape[0]
+    P = Mh.shape[1]
+    head = K - K % 4
+    for i in range(i0, i1):
+        d = D[i]
+        a = J[i]
+        if head == 0:
+            for p in range(P):
+                d[p] = 0.0
+        for k in range(0, head, 4):
+            a0, a1, a2, a3 = a[k], a[k + 1], a[k + 2], a[k + 3]
+            m0, m1, m2, m3 = Mh[k], Mh[k + 1], Mh[k + 2], Mh[k + 3]
+            if k == 0:
+                for p in range(P):
+                    d[p] = a0 * m0[p] + a1 * m1[p] + a2 * m2[p] + a3 * m3[p]
+            else:
+                for p in range(P):
+                    d[p] += a0 * m0[p] + a1 * m1[p] + a2 * m2[p] + a3 * m3[p]
+        for k in range(head, K):
+            ak = a[k]
+            mk = Mh[k]
+            for p in range(P):
+                d[p] += ak * mk[p]
+
+
+@njit(cache=True, error_model="numpy")
+def jacobian_product(J, Mh, D, n, rec, use_blas):
+    """``D = J M_h`` (R n x P): a BLAS GEMM with ``use_blas``, else the plain loop (same result to
+    rounding); for ``rec = 1`` the diagonal J scales the rows of M_h (O(R n P))."""
     if rec == 1:
-        for j in range(n_gates * n):
-            wj = W_hh[j, 0]
-            for p in range(D.shape[1]):
-                D[j, p] = wj * M_h[j % n, p]
+        for i in range(D.shape[0]):
+            a = J[i, 0]
+            m = Mh[i % n]
+            d = D[i]
+            for p in range(d.shape[0]):
+                d[p] = a * m[p]
+    elif use_blas:
+        np.dot(J, Mh, D)
     else:
-        np.dot(W_hh, M_h, D)
-    if immediate:
-        add_hh_immediate(D, 0, n_gates * n, n_gates, n_in, n, rec, h)
-        add_ih_immediate(D, 0, ih_rows, n_gates, n_in, n, rec, x)
+        _rows_times(J, Mh, D, 0, D.shape[0])
+
+
+@njit(cache=True, error_model="numpy")
+def add_unit_immediate(D, coef, n_gates, n_in, n, rec, j, x, h):
+    """Add unit ``j``'s immediate partial to its rows ``r n + j`` of ``D``: for each gate g,
+    ``C_ih[r, g] x`` on W_ih row g n + j, ``C_whh[r, g] h_in`` on W_hh row g n + j, ``C_ih[r, g]``
+    on its b_ih and ``C_bhh[r, g]`` on its b_hh (the nonzeros of I, O(R G (n_in + rec)))."""
+    R = coef.shape[0]
+    rows = n_gates * n
+    o_hh = rows * n_in
+    o_bih = o_hh + rows * rec
+    o_bhh = o_bih + rows
+    for r in range(R):
+        d = D[r * n + j]
+        for g in range(n_gates):
+            gr = g * n + j
+            c_ih = coef[r, R + g]
+            c_whh = coef[r, R + n_gates + g]
+            seg = d[gr * n_in : (gr + 1) * n_in]
+            for k in range(n_in):
+                seg[k] += c_ih * x[k]
+            seg = d[o_hh + gr * rec : o_hh + (gr + 1) * rec]
+            if rec == 1:
+                seg[0] += c_whh * h[j]
+            else:
+                for k in range(rec):
+                    seg[k] += c_whh * h[k]
+            d[o_bih + gr] += c_ih
+            d[o_bhh + gr] += coef[r, R + 2 * n_gates + g]
+
+
+@njit(cache=True, error_model="numpy")
+def finish_unit_rows(D, coef, n, j, M_prev, M_new, g_j, grad, scatter):
+    """Unit ``j``'s new influence rows from ``D = J M_h + I``: ``M_new[j] = D[j] (+ A[0, 1] M_prev[n + j])``
+    and, with two rows (LSTM), ``M_new[n + j] = D[n + j] + A[1, 1] M_prev[n + j]`` (in place allowed).
+    With ``scatter``, ``grad += g_j M_new[j]`` (``grad`` is written, not added to, for j = 0).
+    Returns True when a new value is not finite."""
+    bad = False
+    dh = D[j]
+    mh = M_new[j]
+    P = dh.shape[0]
+    first = j == 0
+    if coef.shape[0] == 1:
+        if not scatter:
+            for p in range(P):
+                v = dh[p]
+                mh[p] = v
+                bad |= (v - v) != 0.0
+        elif first:
+            for p in range(P):
+                v = dh[p]
+                mh[p] = v
+                bad |= (v - v) != 0.0
+                grad[p] = g_j * v
+        else:
+            for p in range(P):
+                v = dh[p]
+                mh[p] = v
+                bad |= (v - v) != 0.0
+                grad[p] += g_j * v
+        return bad
+    a01 = coef[0, 1]
+    a11 = coef[1, 1]
+    dc = D[n + j]
+    mc_old = M_prev[n + j]
+    mc = M_new[n + j]
+    for p in range(P):
+        c_old = mc_old[p]
+        vh = dh[p] + a01 * c_old
+        vc = dc[p] + a11 * c_old
+        mh[p] = vh
+        mc[p] = vc
+        bad |= ((vh - vh) != 0.0) | ((vc - vc) != 0.0)
+    if scatter:
+        if first:
+            for p in range(P):
+                grad[p] = g_j * mh[p]
+        else:
+            for p in range(P):
+                grad[p] += g_j * mh[p]
+    return bad
 
 
 # --- Per-unit influence: unit i's own parameters on unit i only ------------------------------
