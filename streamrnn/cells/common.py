@@ -18,6 +18,8 @@ and reverse-mode (BPTT) derivatives alike.
 import numpy as np
 from numba import njit
 
+from .blas import gemm_block
+
 
 @njit(cache=True, error_model="numpy")
 def n_cell_params(n_gates, n_in, n, rec):
@@ -143,6 +145,15 @@ def hh_transpose_product(w, n_gates, n_in, n, rec, da_hh, out):
 
 # Below this width the influence product J M_h runs as a plain loop, from it as a BLAS GEMM.
 GEMM_MIN_WIDTH = 16
+# The product and the pass after it go over column blocks of M of about this many bytes of D, so that
+# the block of D the GEMM writes is still in cache when the pass reads it and rewrites that block of M.
+BLOCK_BYTES = 1 << 18
+
+
+def block_columns(rows, n_cols, itemsize):
+    """Columns of M per block of the influence update (a multiple of 8, at least 64, at most n_cols)."""
+    w = max(64, (BLOCK_BYTES // (rows * itemsize)) // 8 * 8)
+    return int(min(n_cols, w))
 
 
 @njit(cache=True, error_model="numpy")
@@ -168,129 +179,153 @@ def jacobian_rows(W_hh, n_gates, n, rec, j, coef, direct_h, J):
 
 
 @njit(cache=True, error_model="numpy")
-def _rows_times(J, Mh, D, i0, i1):
-    """``D[i] = J[i] M_h`` for rows i in [i0, i1): four rows of M_h per pass over the output row, so
-    the loop over columns vectorises and each pass loads the output row once per four products."""
-    K = Mh.shape[0]
-    P = Mh.shape[1]
+def _rows_times(J, M, c0, w, D):
+    """``D[i, :w] = J[i] M[:K, c0:c0 + w]``: four rows of M per pass over the output row, so the loop
+    over columns vectorises and each pass loads and stores the output row once per four products."""
+    K = J.shape[1]
     head = K - K % 4
-    for i in range(i0, i1):
-        d = D[i]
+    for i in range(D.shape[0]):
+        d = D[i, :w]
         a = J[i]
         if head == 0:
-            for p in range(P):
+            for p in range(w):
                 d[p] = 0.0
         for k in range(0, head, 4):
             a0, a1, a2, a3 = a[k], a[k + 1], a[k + 2], a[k + 3]
-            m0, m1, m2, m3 = Mh[k], Mh[k + 1], Mh[k + 2], Mh[k + 3]
+            m0, m1, m2, m3 = M[k, c0 : c0 + w], M[k + 1, c0 : c0 + w], M[k + 2, c0 : c0 + w], M[k + 3, c0 : c0 + w]
             if k == 0:
-                for p in range(P):
+                for p in range(w):
                     d[p] = a0 * m0[p] + a1 * m1[p] + a2 * m2[p] + a3 * m3[p]
             else:
-                for p in range(P):
+                for p in range(w):
                     d[p] += a0 * m0[p] + a1 * m1[p] + a2 * m2[p] + a3 * m3[p]
         for k in range(head, K):
             ak = a[k]
-            mk = Mh[k]
-            for p in range(P):
+            mk = M[k, c0 : c0 + w]
+            for p in range(w):
                 d[p] += ak * mk[p]
 
 
 @njit(cache=True, error_model="numpy")
-def jacobian_product(J, Mh, D, n, rec, use_blas):
-    """``D = J M_h`` (R n x P): a BLAS GEMM with ``use_blas``, else the plain loop (same result to
-    rounding); for ``rec = 1`` the diagonal J scales the rows of M_h (O(R n P))."""
+def jacobian_product(J, M, c0, w, D, n, rec, use_blas):
+    """``D[:, :w] = J M_h[:, c0:c0 + w]`` (M_h the first n rows of M): a BLAS GEMM reading M in place
+    with ``use_blas``, else the plain loop (the same to rounding); for ``rec = 1`` the diagonal J
+    scales the rows of M_h (O(R n w))."""
     if rec == 1:
         for i in range(D.shape[0]):
             a = J[i, 0]
-            m = Mh[i % n]
-            d = D[i]
-            for p in range(d.shape[0]):
+            m = M[i % n, c0 : c0 + w]
+            d = D[i, :w]
+            for p in range(w):
                 d[p] = a * m[p]
     elif use_blas:
-        np.dot(J, Mh, D)
+        gemm_block(J, M, c0, w, D)
     else:
-        _rows_times(J, Mh, D, 0, D.shape[0])
+        _rows_times(J, M, c0, w, D)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _add_region(D, coefs, col, n, grad_row, g_h, c0, c1, start, width, n_rows, u, mode):
+    """The immediate partial on the columns [c0, c1) of one parameter region: ``n_rows`` gate rows
+    gr = g n + j, each owning ``width`` consecutive columns from ``start + gr width``, whose column
+    holds (``mode``) 0: ``u[k]`` for the k-th column of the row; 1: ``u[j]``; 2: 1; times the row's
+    coefficient ``coefs[j, r, col + g]`` in D's state row r n + j, and also times
+    ``g_h[j] coefs[j, 0, col + g]`` in D's row ``grad_row`` when that is >= 0."""
+    lo = max(start, c0)
+    hi = min(start + n_rows * width, c1)
+    if lo >= hi:
+        return
+    R = coefs.shape[1]
+    for gr in range((lo - start) // width, (hi - 1 - start) // width + 1):
+        g = gr // n
+        j = gr - g * n
+        base = start + gr * width
+        q0 = max(lo, base)
+        q1 = min(hi, base + width)
+        for r in range(-1 if grad_row >= 0 else 0, R):
+            if r < 0:
+                c = g_h[j] * coefs[j, 0, col + g]
+                d = D[grad_row]
+            else:
+                c = coefs[j, r, col + g]
+                d = D[r * n + j]
+            if mode == 0:
+                for q in range(q0, q1):
+                    d[q - c0] += c * u[q - base]
+            else:
+                d[q0 - c0] += c * u[j] if mode == 1 else c
 
 
 @njit(cache=True, error_model="numpy")
-def add_unit_immediate(D, coef, n_gates, n_in, n, rec, j, x, h):
-    """Add unit ``j``'s immediate partial to its rows ``r n + j`` of ``D``: for each gate g,
-    ``C_ih[r, g] x`` on W_ih row g n + j, ``C_whh[r, g] h_in`` on W_hh row g n + j, ``C_ih[r, g]``
-    on its b_ih and ``C_bhh[r, g]`` on its b_hh (the nonzeros of I, O(R G (n_in + rec)))."""
-    R = coef.shape[0]
+def add_block_immediate(D, coefs, n_gates, n_in, n, rec, x, h, c0, c1, grad_row, g_h):
+    """Add the columns [c0, c1) of the immediate partial I to D (column q of I in column q - c0):
+    gate row gr = g n + j of each block feeds unit j's state rows r n + j, with coefficient
+    ``C_ih[r, g]`` on x (W_ih) and on 1 (b_ih), ``C_whh[r, g]`` on h_in (W_hh), ``C_bhh[r, g]`` on 1 (b_hh).
+    With ``grad_row >= 0`` also ``Σ_j g_h[j] I[j]`` into that row of D. Region by region, so the cost is
+    O(R (c1 - c0)) plus a constant per gate row, however the block cuts the regions."""
+    R = coefs.shape[1]
     rows = n_gates * n
     o_hh = rows * n_in
     o_bih = o_hh + rows * rec
     o_bhh = o_bih + rows
-    for r in range(R):
-        d = D[r * n + j]
-        for g in range(n_gates):
-            gr = g * n + j
-            c_ih = coef[r, R + g]
-            c_whh = coef[r, R + n_gates + g]
-            seg = d[gr * n_in : (gr + 1) * n_in]
-            for k in range(n_in):
-                seg[k] += c_ih * x[k]
-            seg = d[o_hh + gr * rec : o_hh + (gr + 1) * rec]
-            if rec == 1:
-                seg[0] += c_whh * h[j]
-            else:
-                for k in range(rec):
-                    seg[k] += c_whh * h[k]
-            d[o_bih + gr] += c_ih
-            d[o_bhh + gr] += coef[r, R + 2 * n_gates + g]
+    c_ih, c_whh, c_bhh = R, R + n_gates, R + 2 * n_gates
+    _add_region(D, coefs, c_ih, n, grad_row, g_h, c0, c1, 0, n_in, rows, x, 0)
+    if rec == 1:  # element-wise cells: gate row gr reads its own unit's h
+        _add_region(D, coefs, c_whh, n, grad_row, g_h, c0, c1, o_hh, 1, rows, h, 1)
+    else:
+        _add_region(D, coefs, c_whh, n, grad_row, g_h, c0, c1, o_hh, rec, rows, h, 0)
+    _add_region(D, coefs, c_ih, n, grad_row, g_h, c0, c1, o_bih, 1, rows, h, 2)
+    _add_region(D, coefs, c_bhh, n, grad_row, g_h, c0, c1, o_bhh, 1, rows, h, 2)
 
 
 @njit(cache=True, error_model="numpy")
-def finish_unit_rows(D, coef, n, j, M_prev, M_new, g_j, grad, scatter):
-    """Unit ``j``'s new influence rows from ``D = J M_h + I``: ``M_new[j] = D[j] (+ A[0, 1] M_prev[n + j])``
-    and, with two rows (LSTM), ``M_new[n + j] = D[n + j] + A[1, 1] M_prev[n + j]`` (in place allowed).
-    With ``scatter``, ``grad += g_j M_new[j]`` (``grad`` is written, not added to, for j = 0).
+def finish_unit_rows(D, coef, n, j, M_prev, M_new, c0, c1, g_j, grad, scatter):
+    """Columns [c0, c1) of unit ``j``'s new influence rows from ``D = J M_h + I`` (its columns from 0):
+    ``M_new[j] = D[j]`` (one row per unit: the gradient comes from D's gradient row, see
+    :func:`cell_tangent`) or, with two rows (LSTM), ``M_new[j] = D[j] + A[0, 1] M_prev[n + j]`` and
+    ``M_new[n + j] = D[n + j] + A[1, 1] M_prev[n + j]`` (in place allowed) and, with ``scatter``,
+    ``grad += g_j M_new[j]`` on those columns (written, not added to, for j = 0).
     Returns True when a new value is not finite."""
     bad = False
-    dh = D[j]
-    mh = M_new[j]
-    P = dh.shape[0]
-    first = j == 0
+    w = c1 - c0
+    dh = D[j, :w]
+    mh = M_new[j, c0:c1]
     if coef.shape[0] == 1:
-        if not scatter:
-            for p in range(P):
-                v = dh[p]
-                mh[p] = v
-                bad |= (v - v) != 0.0
-        elif first:
-            for p in range(P):
-                v = dh[p]
-                mh[p] = v
-                bad |= (v - v) != 0.0
-                grad[p] = g_j * v
-        else:
-            for p in range(P):
-                v = dh[p]
-                mh[p] = v
-                bad |= (v - v) != 0.0
-                grad[p] += g_j * v
+        for p in range(w):
+            v = dh[p]
+            mh[p] = v
+            bad |= (v - v) != 0.0
         return bad
+    # Two loops of few arrays each (the h row reads the old c row, so it goes first): one loop over
+    # all six would need more run-time alias checks than LLVM makes, and would not vectorise.
     a01 = coef[0, 1]
     a11 = coef[1, 1]
-    dc = D[n + j]
-    mc_old = M_prev[n + j]
-    mc = M_new[n + j]
-    for p in range(P):
-        c_old = mc_old[p]
-        vh = dh[p] + a01 * c_old
-        vc = dc[p] + a11 * c_old
-        mh[p] = vh
-        mc[p] = vc
-        bad |= ((vh - vh) != 0.0) | ((vc - vc) != 0.0)
-    if scatter:
-        if first:
-            for p in range(P):
-                grad[p] = g_j * mh[p]
-        else:
-            for p in range(P):
-                grad[p] += g_j * mh[p]
+    mc = M_new[n + j, c0:c1]
+    mc_old = M_prev[n + j, c0:c1]
+    if not scatter:
+        for p in range(w):
+            v = dh[p] + a01 * mc_old[p]
+            mh[p] = v
+            bad |= (v - v) != 0.0
+    elif j == 0:
+        gr = grad[c0:c1]
+        for p in range(w):
+            v = dh[p] + a01 * mc_old[p]
+            mh[p] = v
+            bad |= (v - v) != 0.0
+            gr[p] = g_j * v
+    else:
+        gr = grad[c0:c1]
+        for p in range(w):
+            v = dh[p] + a01 * mc_old[p]
+            mh[p] = v
+            bad |= (v - v) != 0.0
+            gr[p] += g_j * v
+    dc = D[n + j, :w]
+    for p in range(w):
+        v = dc[p] + a11 * mc_old[p]
+        mc[p] = v
+        bad |= (v - v) != 0.0
     return bad
 
 

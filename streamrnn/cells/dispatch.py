@@ -15,7 +15,8 @@ from numba import njit
 
 from .common import (
     GEMM_MIN_WIDTH,
-    add_unit_immediate,
+    add_block_immediate,
+    block_columns,
     all_finite,
     finish_unit_rows,
     jacobian_product,
@@ -100,13 +101,16 @@ def unit_coefficient_shape(cell, n):
 
 def tangent_scratch(cell, n, n_cols, dtype):
     """Scratch of :func:`cell_tangent` for ``n_cols`` columns of M: ``(J, D, coefs)`` with J
-    (R n x rec), D = J M_h + I (R n x n_cols) and every unit's coefficients (n, R, R + 3G); a
+    (R n + 1 x rec), D = J M_h + I on one column block (R n + 1 x w, ``common.block_columns``; the
+    last row for the gradient) and every unit's coefficients (n, R, R + 3G); a
     token (1 x 1) J and D for DLRU, whose tangent needs neither."""
     R, width = unit_coefficient_shape(cell, n)
     if cell == DLRU:
         J, D = np.zeros((1, 1), dtype), np.zeros((1, 1), dtype)
     else:
-        J, D = np.zeros((R * n, recurrent_width(cell, n)), dtype), np.zeros((R * n, n_cols), dtype)
+        rows = R * n + 1  # one more row for the gradient (cells with one state row per unit)
+        w = block_columns(rows, n_cols, np.dtype(dtype).itemsize)
+        J, D = np.zeros((rows, recurrent_width(cell, n)), dtype), np.zeros((rows, w), dtype)
     return J, D, np.zeros((n, R, width), dtype)
 
 
@@ -131,7 +135,8 @@ def cell_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, J, D,
     without, any directions in state space (a Jacobian-vector product, UORO). ``J``, ``D`` and ``coefs``
     are scratch (:func:`tangent_scratch`). J = ds'/dh is formed first (O(R G n²)), then ``D = J M_h`` is
     one GEMM-shaped product (R n² P multiply-adds; BLAS from ``GEMM_MIN_WIDTH``) and one pass per row
-    adds the immediate partial and the diagonal couplings. With ``scatter``, also writes the cell part
+    adds the immediate partial and the diagonal couplings, block of columns by block (the width of
+    ``D``), so each block of D is read back from cache. With ``scatter``, also writes the cell part
     of the gradient, ``grad[:P] = g_h · M_new[:n]``. Returns True when ``M_new`` is finite.
     """
     base, rec = base_cell(cell), recurrent_width(cell, n)
@@ -143,18 +148,58 @@ def cell_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, J, D,
     G = n_gates(cell)
     W_hh = param_views(w, G, n_in, n, rec)[1]
     h = s_prev[:n]
+    R = coefs.shape[1]
     for j in range(n):
         coef = coefs[j]
         cell_unit_coefficients(base, W_hh, n, rec, j, s_prev, s_new, cache, coef)
         jacobian_rows(W_hh, G, n, rec, j, coef, gru_direct_slope(cache, n, j) if base == GRU else 0.0, J)
-    jacobian_product(J, M_prev[:n], D, n, rec, n >= GEMM_MIN_WIDTH)
+    # One row per unit: the gradient g_h · M_new = (g_h J) M_h + g_h · I is one more row of the
+    # product (n P multiply-adds in the GEMM instead of a pass over M); LSTM adds it up in its pass.
+    grad_row = n if (R == 1 and scatter) else -1
+    rows = n + 1 if grad_row >= 0 else R * n
+    if grad_row >= 0:
+        Jg = J[n]
+        for k in range(rec):
+            Jg[k] = 0.0
+        for j in range(n):
+            gj = g_h[j]
+            Jj = J[j]
+            for k in range(rec):
+                Jg[k] += gj * Jj[k]
+        if rec == 1:  # diagonal J: its gradient row mixes units, so the loop below forms it
+            rows = n
+    P = M_prev.shape[1]
+    width = D.shape[1]
     bad = False
-    for j in range(n):
-        coef = coefs[j]
+    for c0 in range(0, P, width):
+        c1 = min(P, c0 + width)
+        Db = D[:rows]
+        jacobian_product(J[:rows], M_prev, c0, c1 - c0, Db, n, rec, n >= GEMM_MIN_WIDTH)
+        if grad_row >= 0 and rec == 1:
+            gradient_row_diagonal(J, M_prev, c0, c1, n, g_h, D[n])
         if immediate:
-            add_unit_immediate(D, coef, G, n_in, n, rec, j, x, h)
-        bad |= finish_unit_rows(D, coef, n, j, M_prev, M_new, g_h[j], grad, scatter)
+            add_block_immediate(D, coefs, G, n_in, n, rec, x, h, c0, c1, grad_row, g_h)
+        for j in range(n):
+            bad |= finish_unit_rows(D, coefs[j], n, j, M_prev, M_new, c0, c1, g_h[j], grad, scatter)
+        if grad_row >= 0:
+            gb = grad[c0:c1]
+            dg = D[n, : c1 - c0]
+            for p in range(c1 - c0):
+                gb[p] = dg[p]
     return not bad
+
+
+@njit(cache=True, error_model="numpy")
+def gradient_row_diagonal(J, M, c0, c1, n, g_h, out):
+    """``out[:c1 - c0] = Σ_j g_h[j] J[j, 0] M[j, c0:c1]``: the gradient row of a diagonal J (rec = 1)."""
+    w = c1 - c0
+    for p in range(w):
+        out[p] = 0.0
+    for j in range(n):
+        a = g_h[j] * J[j, 0]
+        m = M[j, c0:c1]
+        for p in range(w):
+            out[p] += a * m[p]
 
 
 @njit(cache=True, error_model="numpy")
