@@ -41,7 +41,22 @@ def _xgemm(typingctx, m, n, k, a, a_off, lda, b, ldb, c, ldc):
         beta = cgutils.alloca_once_value(builder, context.get_constant_generic(builder, dtype, 0.0))
         fnty = ir.FunctionType(
             ir.IntType(32),
-            [_char, _char, _char, _intp, _intp, _intp, _void_p, _void_p, _intp, _void_p, _intp, _void_p, _void_p, _intp],
+            [
+                _char,
+                _char,
+                _char,
+                _intp,
+                _intp,
+                _intp,
+                _void_p,
+                _void_p,
+                _intp,
+                _void_p,
+                _intp,
+                _void_p,
+                _void_p,
+                _intp,
+            ],
         )
         fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
         notrans = ir.Constant(_char, ord("n"))

@@ -236,6 +236,23 @@ def _add_region(D, coefs, col, n, grad_row, g_h, c0, c1, start, width, n_rows, u
     if lo >= hi:
         return
     R = coefs.shape[1]
+    if lo == start and hi == start + n_rows * width:  # the whole region is in the block: no clipping
+        n_gates = n_rows // n
+        for r in range(-1 if grad_row >= 0 else 0, R):
+            d = D[grad_row if r < 0 else r * n]
+            for g in range(n_gates):
+                for j in range(n):
+                    c = g_h[j] * coefs[j, 0, col + g] if r < 0 else coefs[j, r, col + g]
+                    q0 = start + (g * n + j) * width - c0
+                    if r >= 0:
+                        d = D[r * n + j]
+                    if mode == 0:
+                        seg = d[q0 : q0 + width]
+                        for k in range(width):
+                            seg[k] += c * u[k]
+                    else:
+                        d[q0] += c * u[j] if mode == 1 else c
+        return
     for gr in range((lo - start) // width, (hi - 1 - start) // width + 1):
         g = gr // n
         j = gr - g * n
@@ -279,53 +296,58 @@ def add_block_immediate(D, coefs, n_gates, n_in, n, rec, x, h, c0, c1, grad_row,
 
 
 @njit(cache=True, error_model="numpy")
-def finish_unit_rows(D, coef, n, j, M_prev, M_new, c0, c1, g_j, grad, scatter):
-    """Columns [c0, c1) of unit ``j``'s new influence rows from ``D = J M_h + I`` (its columns from 0):
-    ``M_new[j] = D[j]`` (one row per unit: the gradient comes from D's gradient row, see
-    :func:`cell_tangent`) or, with two rows (LSTM), ``M_new[j] = D[j] + A[0, 1] M_prev[n + j]`` and
-    ``M_new[n + j] = D[n + j] + A[1, 1] M_prev[n + j]`` (in place allowed) and, with ``scatter``,
-    ``grad += g_j M_new[j]`` on those columns (written, not added to, for j = 0).
+def finish_rows(D, coefs, n, M_prev, M_new, c0, c1, g_h, grad, scatter):
+    """Columns [c0, c1) of the new influence rows from ``D = J M_h + I`` (its columns from 0), every
+    unit in one call: ``M_new[j] = D[j]`` (one row per unit: the gradient comes from D's gradient
+    row, see ``dispatch.cell_tangent``) or, with two rows (LSTM), ``M_new[j] = D[j] + A[0, 1]
+    M_prev[n + j]`` and ``M_new[n + j] = D[n + j] + A[1, 1] M_prev[n + j]`` (in place allowed)
+    and, with ``scatter``, ``grad = Σ_j g_h[j] M_new[j]`` on those columns.
     Returns True when a new value is not finite."""
     bad = False
     w = c1 - c0
-    dh = D[j, :w]
-    mh = M_new[j, c0:c1]
-    if coef.shape[0] == 1:
-        for p in range(w):
-            v = dh[p]
-            mh[p] = v
-            bad |= (v - v) != 0.0
+    if coefs.shape[1] == 1:
+        for j in range(n):
+            dh = D[j, :w]
+            mh = M_new[j, c0:c1]
+            for p in range(w):
+                v = dh[p]
+                mh[p] = v
+                bad |= (v - v) != 0.0
         return bad
-    # Two loops of few arrays each (the h row reads the old c row, so it goes first): one loop over
-    # all six would need more run-time alias checks than LLVM makes, and would not vectorise.
-    a01 = coef[0, 1]
-    a11 = coef[1, 1]
-    mc = M_new[n + j, c0:c1]
-    mc_old = M_prev[n + j, c0:c1]
-    if not scatter:
+    # Per unit, two loops over few arrays each (the h row reads the old c row, so it goes first):
+    # one loop over all of them needs more run-time alias checks than LLVM makes, and stays scalar.
+    gr = grad[c0:c1]
+    in_place = M_prev.ctypes.data == M_new.ctypes.data
+    for j in range(n):
+        a01 = coefs[j, 0, 1]
+        a11 = coefs[j, 1, 1]
+        dh = D[j, :w]
+        mh = M_new[j, c0:c1]
+        mc_old = M_prev[n + j, c0:c1]
         for p in range(w):
             v = dh[p] + a01 * mc_old[p]
             mh[p] = v
             bad |= (v - v) != 0.0
-    elif j == 0:
-        gr = grad[c0:c1]
-        for p in range(w):
-            v = dh[p] + a01 * mc_old[p]
-            mh[p] = v
-            bad |= (v - v) != 0.0
-            gr[p] = g_j * v
-    else:
-        gr = grad[c0:c1]
-        for p in range(w):
-            v = dh[p] + a01 * mc_old[p]
-            mh[p] = v
-            bad |= (v - v) != 0.0
-            gr[p] += g_j * v
-    dc = D[n + j, :w]
-    for p in range(w):
-        v = dc[p] + a11 * mc_old[p]
-        mc[p] = v
-        bad |= (v - v) != 0.0
+        if scatter:
+            g_j = g_h[j]
+            if j == 0:
+                for p in range(w):
+                    gr[p] = g_j * mh[p]
+            else:
+                for p in range(w):
+                    gr[p] += g_j * mh[p]
+        dc = D[n + j, :w]
+        mc = M_new[n + j, c0:c1]
+        if in_place:  # read and write through one view: overlapping views would fail LLVM's alias check
+            for p in range(w):
+                v = dc[p] + a11 * mc[p]
+                mc[p] = v
+                bad |= (v - v) != 0.0
+        else:
+            for p in range(w):
+                v = dc[p] + a11 * mc_old[p]
+                mc[p] = v
+                bad |= (v - v) != 0.0
     return bad
 
 

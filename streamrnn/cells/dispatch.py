@@ -16,9 +16,9 @@ from numba import njit
 from .common import (
     GEMM_MIN_WIDTH,
     add_block_immediate,
-    block_columns,
     all_finite,
-    finish_unit_rows,
+    block_columns,
+    finish_rows,
     jacobian_product,
     jacobian_rows,
     param_views,
@@ -145,6 +145,35 @@ def cell_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, J, D,
         if scatter:
             scatter_gradient(M_new, n, g_h, grad)
         return all_finite(M_new)
+    return dense_tangent(
+        cell,
+        w,
+        n_in,
+        n,
+        x,
+        s_prev,
+        s_new,
+        cache,
+        M_prev,
+        M_new,
+        J,
+        D,
+        coefs,
+        immediate,
+        g_h,
+        grad,
+        scatter,
+        n >= GEMM_MIN_WIDTH,
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def dense_tangent(
+    cell, w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, J, D, coefs, immediate, g_h, grad, scatter, use_blas
+):
+    """:func:`cell_tangent` for the cells with a dense J (all but DLRU), the product J M_h by BLAS
+    with ``use_blas``, else by the plain loop (tests run both on the same step)."""
+    base, rec = base_cell(cell), recurrent_width(cell, n)
     G = n_gates(cell)
     W_hh = param_views(w, G, n_in, n, rec)[1]
     h = s_prev[:n]
@@ -174,13 +203,12 @@ def cell_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, J, D,
     for c0 in range(0, P, width):
         c1 = min(P, c0 + width)
         Db = D[:rows]
-        jacobian_product(J[:rows], M_prev, c0, c1 - c0, Db, n, rec, n >= GEMM_MIN_WIDTH)
+        jacobian_product(J[:rows], M_prev, c0, c1 - c0, Db, n, rec, use_blas)
         if grad_row >= 0 and rec == 1:
             gradient_row_diagonal(J, M_prev, c0, c1, n, g_h, D[n])
         if immediate:
             add_block_immediate(D, coefs, G, n_in, n, rec, x, h, c0, c1, grad_row, g_h)
-        for j in range(n):
-            bad |= finish_unit_rows(D, coefs[j], n, j, M_prev, M_new, c0, c1, g_h[j], grad, scatter)
+        bad |= finish_rows(D, coefs, n, M_prev, M_new, c0, c1, g_h, grad, scatter)
         if grad_row >= 0:
             gb = grad[c0:c1]
             dg = D[n, : c1 - c0]
