@@ -20,7 +20,8 @@ subprocess importing ``streamrnn`` from DIR (for example an export of the previo
 commit), so before and after come from one run on one machine state.
 
 Then one JSON line with every row. BLAS and Numba are pinned to one thread (set
-before NumPy is imported). With ``--numpy-rtrl`` also the steps/s of a
+before NumPy is imported); every rate is per CPU-second of the measuring thread, best of
+five windows (the machine may be shared; wall-clock would count other processes' work). With ``--numpy-rtrl`` also the steps/s of a
 straightforward NumPy RTRL step (checked against the kernel's predictions on raw inputs).
 
     python scripts/bench_step.py [--seconds 1.0] [--cells gru,lstm] [--sizes 8,32,64]
@@ -133,16 +134,17 @@ class NumpyRTRL:
 
 
 def rate(fn, seconds, unit_count, windows=5):
-    """Calls of ``fn`` per second (times ``unit_count``): the best of ``windows`` timed windows
-    (the machine is shared: the best window is the least disturbed one)."""
+    """Calls of ``fn`` per CPU-second of this thread (times ``unit_count``), the best of ``windows``
+    timed windows. CPU time, not wall-clock: on a shared machine a thread that waits for a core
+    would otherwise count the other processes' work as its own (everything here runs on one thread)."""
     fn()
     best = 0.0
     for _ in range(windows):
-        reps, start = 0, time.perf_counter()
+        reps, start = 0, time.thread_time()
         while True:
             fn()
             reps += 1
-            elapsed = time.perf_counter() - start
+            elapsed = time.thread_time() - start
             if elapsed >= seconds / windows:
                 break
         best = max(best, reps * unit_count / elapsed)
@@ -164,13 +166,10 @@ def model_steps_per_s(sr, cell, n, dtype, seconds, n_inputs=8):
     model = sr.Model(cell=cell, n_inputs=n_inputs, n_hidden=n, n_outputs=1, seed=0, dtype=dtype)
     X = rng.normal(size=(4096, n_inputs))
     Y = rng.normal(size=(4096, 1))
-    start = time.perf_counter()
+    model.step_many(X[:8], Y[:8])  # compiles or loads the cached kernels
+    start = time.thread_time()
     model.step_many(X[:8], Y[:8])
-    per_step = (time.perf_counter() - start) / 8  # includes compilation or cache load: an upper bound
-    model.step_many(X[:8], Y[:8])
-    start = time.perf_counter()
-    model.step_many(X[:8], Y[:8])
-    per_step = min(per_step, (time.perf_counter() - start) / 8)
+    per_step = max(time.thread_time() - start, 1e-6) / 8
     batch = int(min(4096, max(8, 0.02 / per_step)))  # calls of about 20 ms
     Xb, Yb = X[:batch], Y[:batch]
     return model, rate(lambda: model.step_many(Xb, Yb), seconds, batch)

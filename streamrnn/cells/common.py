@@ -147,7 +147,7 @@ def hh_transpose_product(w, n_gates, n_in, n, rec, da_hh, out):
 GEMM_MIN_WIDTH = 16
 # The product and the pass after it go over column blocks of M of about this many bytes of D, so that
 # the block of D the GEMM writes is still in cache when the pass reads it and rewrites that block of M.
-BLOCK_BYTES = 1 << 18
+BLOCK_BYTES = 1 << 19
 
 
 def block_columns(rows, n_cols, itemsize):
@@ -314,8 +314,9 @@ def finish_rows(D, coefs, n, M_prev, M_new, c0, c1, g_h, grad, scatter):
                 mh[p] = v
                 bad |= (v - v) != 0.0
         return bad
-    # Per unit, two loops over few arrays each (the h row reads the old c row, so it goes first):
-    # one loop over all of them needs more run-time alias checks than LLVM makes, and stays scalar.
+    # Per unit, one loop for the h row (and the gradient) and one for the c row, which the h row reads
+    # first: a loop writing both rows would make LLVM's run-time alias checks fail when M is updated
+    # in place (the old and new c row are the same memory), and run scalar.
     gr = grad[c0:c1]
     in_place = M_prev.ctypes.data == M_new.ctypes.data
     for j in range(n):
@@ -324,18 +325,24 @@ def finish_rows(D, coefs, n, M_prev, M_new, c0, c1, g_h, grad, scatter):
         dh = D[j, :w]
         mh = M_new[j, c0:c1]
         mc_old = M_prev[n + j, c0:c1]
-        for p in range(w):
-            v = dh[p] + a01 * mc_old[p]
-            mh[p] = v
-            bad |= (v - v) != 0.0
-        if scatter:
-            g_j = g_h[j]
-            if j == 0:
-                for p in range(w):
-                    gr[p] = g_j * mh[p]
-            else:
-                for p in range(w):
-                    gr[p] += g_j * mh[p]
+        g_j = g_h[j]
+        if not scatter:
+            for p in range(w):
+                v = dh[p] + a01 * mc_old[p]
+                mh[p] = v
+                bad |= (v - v) != 0.0
+        elif j == 0:
+            for p in range(w):
+                v = dh[p] + a01 * mc_old[p]
+                mh[p] = v
+                bad |= (v - v) != 0.0
+                gr[p] = g_j * v
+        else:
+            for p in range(w):
+                v = dh[p] + a01 * mc_old[p]
+                mh[p] = v
+                bad |= (v - v) != 0.0
+                gr[p] += g_j * v
         dc = D[n + j, :w]
         mc = M_new[n + j, c0:c1]
         if in_place:  # read and write through one view: overlapping views would fail LLVM's alias check
