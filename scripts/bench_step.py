@@ -7,8 +7,9 @@ RTRL learning (one key, every sample labelled) and two multiply-add counts per s
 
 - ``necessary``: what the mathematics needs for M' = J M + I with J formed first,
   n²P for rnn and gru, 2n²P for lstm (P the cell's parameters);
-- ``implemented``: what the kernel does, the product J M_h plus forming J (R G n² for
-  R state rows and G gates); the earlier kernel did G n²P (``W_hh M``).
+- ``implemented``: what the kernel does: forming J (R G n² for R state rows and G gates),
+  the product J M_h and the gradient g_h · M (n P more); the earlier kernel did G n²P
+  (``W_hh M``) plus the same gradient.
 
 Each count is turned into GMAC/s and divided by the rate of the single-thread NumPy
 ``(n x n) @ (n x P)`` product in the same dtype, measured in the same run next to it.
@@ -21,8 +22,9 @@ commit), so before and after come from one run on one machine state.
 
 Then one JSON line with every row. BLAS and Numba are pinned to one thread (set
 before NumPy is imported); every rate is per CPU-second of the measuring thread, best of
-five windows (the machine may be shared; wall-clock would count other processes' work). With ``--numpy-rtrl`` also the steps/s of a
-straightforward NumPy RTRL step (checked against the kernel's predictions on raw inputs).
+five windows (the machine may be shared; wall-clock would count other processes' work).
+With ``--numpy-rtrl`` also the steps/s of a straightforward NumPy RTRL step (checked
+against the kernel's predictions on raw inputs).
 
     python scripts/bench_step.py [--seconds 1.0] [--cells gru,lstm] [--sizes 8,32,64]
         [--dtypes float64,float32] [--small-rounds 3] [--baseline-tree /tmp/base]
@@ -157,8 +159,12 @@ def necessary_macs(cell, n, P):
 
 
 def implemented_macs(cell, n, P):
-    """What the kernel does: J M_h, (R n x n)(n x P), plus forming J from W_hh (R G n²)."""
-    return ROWS[cell] * n * n * P + ROWS[cell] * GATES[cell] * n * n
+    """What the kernel does: forming J from W_hh (R G n²), the product J M_h ((R n x n)(n x P)) and
+    the gradient g_h · M_new: for rnn and gru one more row of the product ((g_h J) M_h, n P, with
+    g_h J at n²), for lstm n P multiply-adds in the pass over M."""
+    R, G = ROWS[cell], GATES[cell]
+    grad = n * P + (n * n if R == 1 else 0)
+    return R * n * n * P + R * G * n * n + grad
 
 
 def model_steps_per_s(sr, cell, n, dtype, seconds, n_inputs=8):

@@ -34,7 +34,8 @@ from .registry import LearnerSpec, register
 UOROKeyState = namedtuple("UOROKeyState", ["hidden", "uoro_state", "uoro_params"])
 
 # The model's seed of the random signs, and the scratch of one step: the new state, the cell's cache, the
-# tangent's J, D (S x 1) and coefficients and J s̃ (S x 1), the signs ν, the reverse pass's dL/ds_prev and pre-activation
+# tangent's scratch (J, D, coefficients: cells.dispatch.tangent_scratch) and J s̃ (S x 1), the signs ν, the
+# reverse pass's dL/ds_prev and pre-activation
 # gradients, νᵀI (P_cell), logits and their gradient, dL/dh, and the gradient estimate of the step.
 UOROWorkspace = namedtuple(
     "UOROWorkspace",
