@@ -1,18 +1,33 @@
-"""Speed of online RTRL learning through ``Model.step_many``, with its baselines measured in the same run.
+"""Speed of exact online RTRL through ``Model.step_many``, against a same-shape NumPy matmul measured in the same run.
 
-For cell in {rnn, gru, lstm} and n in {8, 16, 32, 64} (8 inputs, one regression
-output, Adam) it prints:
+Part 1, the influence update at the GEMM limit. For cell in {rnn, gru, lstm}, n in
+{8, 16, 32, 64} (8 inputs, one regression output, the Model's defaults otherwise:
+Adam, standardisation on) and each dtype it prints steps/s of ``step_many`` with
+RTRL learning (one key, every sample labelled) and two multiply-add counts per step:
 
-- steps/s of ``step_many`` with RTRL learning (one key, every sample labelled);
-- MAC/step: multiply-adds of the influence update's product ``W_hh M`` (G n · n · P);
-- GMAC/s achieved on that product, the single-thread NumPy matmul rate for the
-  same (G n x n)·(n x P) shape, and their ratio;
-- steps/s of a straightforward NumPy implementation of the same RTRL step
-  (checked to give the same predictions), and the speed-up over it.
+- ``necessary``: what the mathematics needs for M' = J M + I with J formed first,
+  n²P for rnn and gru, 2n²P for lstm (P the cell's parameters);
+- ``implemented``: what the kernel does: forming J (R G n² for R state rows and G gates),
+  the product J M_h and the gradient g_h · M (n P more); the earlier kernel did G n²P
+  (``W_hh M``) plus the same gradient.
 
-Then one JSON line with every row. BLAS and Numba are pinned to one thread.
+Each count is turned into GMAC/s and divided by the rate of the single-thread NumPy
+``(n x n) @ (n x P)`` product in the same dtype, measured in the same run next to it.
+With two dtypes it also prints float32 steps/s over float64 steps/s.
 
-    python scripts/bench_step.py [--seconds 1.0] [--cells gru] [--sizes 8,32]
+Part 2, small cells: steps/s of GRU n=8 and LSTM n=8 (defaults, exact RTRL). With
+``--baseline-tree DIR`` the same measurement runs, interleaved round by round, in a
+subprocess importing ``streamrnn`` from DIR (for example an export of the previous
+commit), so before and after come from one run on one machine state.
+
+Then one JSON line with every row. BLAS and Numba are pinned to one thread (set
+before NumPy is imported); every rate is per CPU-second of the measuring thread, best of
+five windows (the machine may be shared; wall-clock would count other processes' work).
+With ``--numpy-rtrl`` also the steps/s of a straightforward NumPy RTRL step (checked
+against the kernel's predictions on raw inputs).
+
+    python scripts/bench_step.py [--seconds 1.0] [--cells gru,lstm] [--sizes 8,32,64]
+        [--dtypes float64,float32] [--small-rounds 3] [--baseline-tree /tmp/base]
 """
 
 import os
@@ -22,13 +37,15 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
 
-import streamrnn as sr
-
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+ROWS = {"rnn": 1, "gru": 1, "lstm": 2}  # state rows per unit: J M_h is (R n x n)(n x P)
+SMALL = (("gru", 8), ("lstm", 8))
 
 
 def sigmoid(v):
@@ -36,7 +53,8 @@ def sigmoid(v):
 
 
 class NumpyRTRL:
-    """RTRL written the obvious way in NumPy: dense immediate partials, vectorised gate algebra."""
+    """RTRL written the obvious way in NumPy: dense immediate partials, vectorised gate algebra.
+    For a model built with ``standardize=False`` (it sees the raw inputs)."""
 
     def __init__(self, model):
         self.cell = model.config["cell"]
@@ -117,85 +135,209 @@ class NumpyRTRL:
         return yhat
 
 
-def rate(fn, seconds, unit_count):
-    """Calls of ``fn`` per second (times ``unit_count``), best of three timed windows."""
+def rate(fn, seconds, unit_count, windows=5):
+    """Calls of ``fn`` per CPU-second of this thread (times ``unit_count``), the best of ``windows``
+    timed windows. CPU time, not wall-clock: on a shared machine a thread that waits for a core
+    would otherwise count the other processes' work as its own (everything here runs on one thread)."""
     fn()
     best = 0.0
-    for _ in range(3):
-        reps, start = 0, time.perf_counter()
+    for _ in range(windows):
+        reps, start = 0, time.thread_time()
         while True:
             fn()
             reps += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds / 3:
+            elapsed = time.thread_time() - start
+            if elapsed >= seconds / windows:
                 break
         best = max(best, reps * unit_count / elapsed)
     return best
 
 
-def bench(cell, n, seconds, n_inputs=8):
+def necessary_macs(cell, n, P):
+    """Multiply-adds M' = J M + I needs with J formed first: R n² P (R = 1 for rnn/gru, 2 for lstm)."""
+    return ROWS[cell] * n * n * P
+
+
+def implemented_macs(cell, n, P):
+    """What the kernel does: forming J from W_hh (R G n²), the product J M_h ((R n x n)(n x P)) and
+    the gradient g_h · M_new: for rnn and gru one more row of the product ((g_h J) M_h, n P, with
+    g_h J at n²), for lstm n P multiply-adds in the pass over M."""
+    R, G = ROWS[cell], GATES[cell]
+    grad = n * P + (n * n if R == 1 else 0)
+    return R * n * n * P + R * G * n * n + grad
+
+
+def model_steps_per_s(sr, cell, n, dtype, seconds, n_inputs=8):
     rng = np.random.default_rng(0)
-    model = sr.Model(cell=cell, n_inputs=n_inputs, n_hidden=n, n_outputs=1, lr=1e-3, seed=0)
-    P = model.n_params_cell
-    G = GATES[cell]
-    batch = 4096 if n <= 16 else 256
-    X = rng.normal(size=(batch, n_inputs))
-    Y = rng.normal(size=(batch, 1))
+    model = sr.Model(cell=cell, n_inputs=n_inputs, n_hidden=n, n_outputs=1, seed=0, dtype=dtype)
+    X = rng.normal(size=(4096, n_inputs))
+    Y = rng.normal(size=(4096, 1))
+    model.step_many(X[:8], Y[:8])  # compiles or loads the cached kernels
+    start = time.thread_time()
+    model.step_many(X[:8], Y[:8])
+    per_step = max(time.thread_time() - start, 1e-6) / 8
+    batch = int(min(4096, max(8, 0.02 / per_step)))  # calls of about 20 ms
+    Xb, Yb = X[:batch], Y[:batch]
+    return model, rate(lambda: model.step_many(Xb, Yb), seconds, batch)
 
-    # Same predictions from both implementations before timing: the baseline is the same step.
+
+def matmul_gmacs(n, P, dtype, seconds):
+    """Single-thread NumPy (n x n) @ (n x P) in ``dtype``, GMAC/s."""
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(n, n)).astype(dtype)
+    B = rng.normal(size=(n, P)).astype(dtype)
+    C = np.empty((n, P), dtype)
+    return rate(lambda: np.dot(A, B, out=C), seconds, n * n * P) / 1e9
+
+
+def check_against_numpy(sr, cell, n, n_inputs=8):
+    """The kernel's RTRL step and the NumPy one give the same predictions (raw inputs, float64)."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(20, n_inputs)), rng.normal(size=(20, 1))
+    model = sr.Model(cell=cell, n_inputs=n_inputs, n_hidden=n, n_outputs=1, seed=0, standardize=False)
     baseline = NumpyRTRL(model)
-    check = sr.Model(cell=cell, n_inputs=n_inputs, n_hidden=n, n_outputs=1, lr=1e-3, seed=0)
-    ours = check.step_many(X[:20], Y[:20])
-    theirs = np.array([baseline.step(x, y) for x, y in zip(X[:20], Y[:20])])
+    ours = model.step_many(X, Y)
+    theirs = np.array([baseline.step(x, y) for x, y in zip(X, Y)])
     np.testing.assert_allclose(ours, theirs, rtol=1e-8, atol=1e-10)
+    return baseline, X, Y
 
-    steps_per_s = rate(lambda: model.step_many(X, Y), seconds, batch)
-    numpy_steps_per_s = rate(lambda: [baseline.step(x, y) for x, y in zip(X[:16], Y[:16])], seconds / 2, 16)
-    W = rng.normal(size=(G * n, n))
-    M = rng.normal(size=(n, P))
-    D = np.empty((G * n, P))
-    macs = G * n * n * P
-    matmul_gmacs = rate(lambda: np.dot(W, M, out=D), seconds / 2, macs) / 1e9
-    achieved = steps_per_s * macs / 1e9
-    return {
+
+def bench(sr, cell, n, dtype, seconds, numpy_rtrl):
+    model, steps = model_steps_per_s(sr, cell, n, dtype, seconds)
+    P = model.n_params_cell
+    ref = matmul_gmacs(n, P, dtype, seconds / 2)
+    nec, imp = necessary_macs(cell, n, P), implemented_macs(cell, n, P)
+    row = {
         "cell": cell,
         "n": n,
-        "inputs": n_inputs,
+        "dtype": dtype,
         "params_cell": P,
-        "steps_per_s": steps_per_s,
-        "mac_per_step": macs,
-        "gmac_per_s": achieved,
-        "numpy_matmul_gmac_per_s": matmul_gmacs,
-        "ratio_to_matmul": achieved / matmul_gmacs,
-        "numpy_rtrl_steps_per_s": numpy_steps_per_s,
-        "speedup_over_numpy": steps_per_s / numpy_steps_per_s,
+        "steps_per_s": steps,
+        "necessary_mac_per_step": nec,
+        "implemented_mac_per_step": imp,
+        "necessary_gmac_per_s": steps * nec / 1e9,
+        "implemented_gmac_per_s": steps * imp / 1e9,
+        "numpy_matmul_shape": [n, n, P],
+        "numpy_matmul_gmac_per_s": ref,
+        "necessary_ratio_to_matmul": steps * nec / 1e9 / ref,
+        "implemented_ratio_to_matmul": steps * imp / 1e9 / ref,
     }
+    if numpy_rtrl and dtype == "float64":
+        baseline, X, Y = check_against_numpy(sr, cell, n)
+        row["numpy_rtrl_steps_per_s"] = rate(
+            lambda: [baseline.step(x, y) for x, y in zip(X[:8], Y[:8])], seconds / 2, 8
+        )
+    return row
+
+
+def small_cells(seconds):
+    """Steps/s of GRU-8 and LSTM-8 (defaults, exact RTRL) with the ``streamrnn`` this process imports."""
+    import streamrnn as sr
+
+    return {f"{cell}-{n}": model_steps_per_s(sr, cell, n, "float64", seconds)[1] for cell, n in SMALL}
+
+
+def small_in_tree(tree, seconds):
+    """:func:`small_cells` in a subprocess importing ``streamrnn`` from ``tree`` (same pinning)."""
+    code = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]); "
+        "import bench_step, streamrnn; assert streamrnn.__file__.startswith(sys.argv[1]), streamrnn.__file__; "
+        "print(json.dumps(bench_step.small_cells(float(sys.argv[3]))))"
+    )
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH="")
+    out = subprocess.run(
+        [sys.executable, "-c", code, os.path.abspath(tree), here, str(seconds)],
+        env=env,
+        cwd="/",
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=1.5, help="timing budget per measurement")
+    ap.add_argument("--seconds", type=float, default=1.0, help="timing budget per measurement")
     ap.add_argument("--cells", default="rnn,gru,lstm")
     ap.add_argument("--sizes", default="8,16,32,64")
+    ap.add_argument("--dtypes", default="float64,float32")
+    ap.add_argument("--small-rounds", type=int, default=3, help="rounds of the GRU-8/LSTM-8 measurement (0: skip)")
+    ap.add_argument("--baseline-tree", help="directory holding another streamrnn/ to measure the small cells with")
+    ap.add_argument("--numpy-rtrl", action="store_true", help="also time a plain NumPy RTRL step (float64)")
     args = ap.parse_args(argv)
+    import streamrnn as sr
+
+    print(f"streamrnn from {os.path.dirname(sr.__file__)}; BLAS and Numba pinned to one thread")
+    dtypes = args.dtypes.split(",")
     rows = []
-    header = (
-        f"{'cell':<5}{'n':>4}{'P':>7}{'steps/s':>11}{'MAC/step':>11}{'GMAC/s':>8}"
-        f"{'np matmul':>10}{'ratio':>7}{'np RTRL/s':>11}{'speedup':>9}"
+    head = (
+        f"{'cell':<5}{'n':>4}{'dtype':>8}{'P':>7}{'steps/s':>10}{'counted':>12}{'MAC/step':>11}{'GMAC/s':>8}"
+        f"{'np matmul':>10}{'ratio':>7}"
     )
-    print(header)
-    print("-" * len(header))
+    print("\ninfluence update: MAC rate over the same-shape single-thread NumPy (n x n)@(n x P) rate")
+    print(head)
+    print("-" * len(head))
     for cell in args.cells.split(","):
         for n in map(int, args.sizes.split(",")):
-            r = bench(cell, n, args.seconds)
-            rows.append(r)
-            print(
-                f"{cell:<5}{n:>4}{r['params_cell']:>7}{r['steps_per_s']:>11.0f}{r['mac_per_step']:>11}"
-                f"{r['gmac_per_s']:>8.2f}{r['numpy_matmul_gmac_per_s']:>10.2f}{r['ratio_to_matmul']:>7.2f}"
-                f"{r['numpy_rtrl_steps_per_s']:>11.0f}{r['speedup_over_numpy']:>8.1f}x",
-                flush=True,
-            )
-    print(json.dumps({"benchmark": "bench_step", "rows": rows}))
+            for dtype in dtypes:
+                r = bench(sr, cell, n, dtype, args.seconds, args.numpy_rtrl)
+                rows.append(r)
+                for which in ("necessary", "implemented"):
+                    lead = (
+                        f"{cell:<5}{n:>4}{dtype:>8}{r['params_cell']:>7}{r['steps_per_s']:>10.0f}"
+                        if which == "necessary"
+                        else " " * 34
+                    )
+                    print(
+                        f"{lead}{which:>12}{r[which + '_mac_per_step']:>11}{r[which + '_gmac_per_s']:>8.2f}"
+                        f"{r['numpy_matmul_gmac_per_s']:>10.2f}{r[which + '_ratio_to_matmul']:>7.2f}"
+                        + (
+                            f"   numpy RTRL {r['numpy_rtrl_steps_per_s']:.0f}/s"
+                            if which == "necessary" and "numpy_rtrl_steps_per_s" in r
+                            else ""
+                        ),
+                        flush=True,
+                    )
+    speedups = []
+    if "float32" in dtypes and "float64" in dtypes:
+        print("\nfloat32 over float64 (steps/s)")
+        by = {(r["cell"], r["n"], r["dtype"]): r for r in rows}
+        for cell in args.cells.split(","):
+            for n in map(int, args.sizes.split(",")):
+                s = by[(cell, n, "float32")]["steps_per_s"] / by[(cell, n, "float64")]["steps_per_s"]
+                speedups.append({"cell": cell, "n": n, "float32_over_float64": s})
+                print(f"{cell:<5}{n:>4}{s:>8.2f}x")
+
+    small = []
+    if args.small_rounds > 0:
+        print(
+            "\nsmall cells, exact RTRL, model defaults, steps/s"
+            + (" (this tree / baseline tree)" if args.baseline_tree else "")
+        )
+        for k in range(args.small_rounds):
+            mine = small_cells(args.seconds)
+            entry = {"round": k, "this_tree": mine}
+            line = f"round {k}: " + "  ".join(f"{name} {v:>8.0f}" for name, v in mine.items())
+            if args.baseline_tree:
+                base = small_in_tree(args.baseline_tree, args.seconds)
+                entry["baseline_tree"] = base
+                line += "   |  baseline: " + "  ".join(f"{name} {v:>8.0f}" for name, v in base.items())
+                line += "   |  ratio: " + "  ".join(f"{name} {mine[name] / base[name]:.2f}" for name in mine)
+            small.append(entry)
+            print(line, flush=True)
+    print(
+        json.dumps(
+            {
+                "benchmark": "bench_step",
+                "rows": rows,
+                "float32_over_float64": speedups,
+                "small_cells": small,
+                "baseline_tree": args.baseline_tree,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

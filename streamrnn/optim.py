@@ -62,19 +62,24 @@ def state_shape(optimizer, n_params):
 @njit(cache=True, error_model="numpy")
 def squared_norm(g):
     """Σ g², with eight independent partial sums: a serial float sum cannot be vectorised
-    (reassociation would change the result); fixed partial sums can, deterministically."""
-    parts = np.zeros(8)
+    (reassociation would change the result); fixed partial sums can, deterministically.
+    The partial sums are scalars, not an array: no allocation per call (it runs every update)."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
     P = g.shape[0]
     head = P - P % 8
     for p in range(0, head, 8):
-        for k in range(8):
-            parts[k] += g[p + k] * g[p + k]
+        s0 += g[p] * g[p]
+        s1 += g[p + 1] * g[p + 1]
+        s2 += g[p + 2] * g[p + 2]
+        s3 += g[p + 3] * g[p + 3]
+        s4 += g[p + 4] * g[p + 4]
+        s5 += g[p + 5] * g[p + 5]
+        s6 += g[p + 6] * g[p + 6]
+        s7 += g[p + 7] * g[p + 7]
     total = 0.0
     for p in range(head, P):
         total += g[p] * g[p]
-    for k in range(8):
-        total += parts[k]
-    return total
+    return total + s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7
 
 
 @njit(cache=True, error_model="numpy")
@@ -279,11 +284,11 @@ def optimizer_step(kind, theta, grad, state, step, hyper):
     """Apply one update; ``step`` is the 1-based index of this update.
 
     The arithmetic is in the parameters' dtype, as PyTorch's: float32 parameters take float32
-    steps (which also halves the cost of Adam's square root and division per parameter)."""
-    k = np.empty(9, theta.dtype)  # the scalars below, in that dtype
-    k[0] = hyper[LR]
-    k[1] = hyper[WEIGHT_DECAY]
-    lr, wd = k[0], k[1]
+    steps (which also halves the cost of Adam's square root and division per parameter). The
+    scalars are cast to that dtype one by one (no scratch array: this runs every update)."""
+    dt = theta.dtype.type
+    lr = dt(hyper[LR])
+    wd = dt(hyper[WEIGHT_DECAY])
     P = theta.shape[0]
     if state.shape[0] < state_rows(kind, P):
         raise ValueError("optimizer state has too few rows for this optimizer (see optim.state_shape)")
@@ -294,29 +299,43 @@ def optimizer_step(kind, theta, grad, state, step, hyper):
         cocob_step(theta, grad, state, step, hyper)
         return
     if kind == SGD:
-        k[2] = hyper[MOMENTUM]
-        mom = k[2]
-        buf = state[0]
-        for p in range(P):
-            g = grad[p] + wd * theta[p]
-            if mom != 0.0:
-                g = g if step == 1 else mom * buf[p] + g
-                buf[p] = g
-            theta[p] -= lr * g
+        sgd_update(theta, grad, state[0], lr, wd, dt(hyper[MOMENTUM]), step)
         return
-    m = state[0]
-    v = state[1]
-    k[2] = hyper[BETA1]
-    k[3] = 1.0 - hyper[BETA1]
-    k[4] = hyper[BETA2]
-    k[5] = 1.0 - hyper[BETA2]
     rate = adam_hd_rate(theta, grad, state, step, hyper) if kind == ADAM_HD else hyper[LR]
-    k[6] = rate / (1.0 - hyper[BETA1] ** step)  # lr / bias correction 1
-    k[7] = np.sqrt(1.0 - hyper[BETA2] ** step)  # sqrt(bias correction 2)
-    b1, one_b1, b2, one_b2, step_size, sqrt_bias2 = k[2], k[3], k[4], k[5], k[6], k[7]
-    k[8] = hyper[EPS]
-    eps = k[8]
-    for p in range(P):
+    adam_update(
+        theta,
+        grad,
+        state[0],
+        state[1],
+        wd,
+        dt(hyper[BETA1]),
+        dt(1.0 - hyper[BETA1]),
+        dt(hyper[BETA2]),
+        dt(1.0 - hyper[BETA2]),
+        dt(rate / (1.0 - hyper[BETA1] ** step)),  # lr / bias correction 1
+        dt(np.sqrt(1.0 - hyper[BETA2] ** step)),  # sqrt(bias correction 2)
+        dt(hyper[EPS]),
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def sgd_update(theta, grad, buf, lr, wd, mom, step):
+    """SGD with momentum (PyTorch's: the first step sets the buffer to the gradient)."""
+    if mom != 0.0:
+        for p in range(theta.shape[0]):
+            g = grad[p] + wd * theta[p]
+            g = g if step == 1 else mom * buf[p] + g
+            buf[p] = g
+            theta[p] -= lr * g
+    else:
+        for p in range(theta.shape[0]):
+            theta[p] -= lr * (grad[p] + wd * theta[p])
+
+
+@njit(cache=True, error_model="numpy")
+def adam_update(theta, grad, m, v, wd, b1, one_b1, b2, one_b2, step_size, sqrt_bias2, eps):
+    """Adam's moments and step over every parameter, scalars in the parameters' dtype."""
+    for p in range(theta.shape[0]):
         g = grad[p] + wd * theta[p]
         m[p] = b1 * m[p] + one_b1 * g
         v[p] = b2 * v[p] + one_b2 * g * g

@@ -18,6 +18,8 @@ and reverse-mode (BPTT) derivatives alike.
 import numpy as np
 from numba import njit
 
+from .blas import gemm_block
+
 
 @njit(cache=True, error_model="numpy")
 def n_cell_params(n_gates, n_in, n, rec):
@@ -42,7 +44,8 @@ def hh_in(h, j, n, rec, k):
     return h[j % n] if rec == 1 else h[k]
 
 
-# Below this width a plain loop beats a BLAS call; above it the loop's serial sum is the bottleneck.
+# Below this width a plain loop beats a BLAS call for the matrix-vector products of one step
+# (forward, backward); above it the loop's serial sum is the bottleneck.
 BLAS_MIN_WIDTH = 32
 
 
@@ -69,31 +72,6 @@ def preactivations(w, n_gates, n_in, n, rec, x, h, a_ih, a_hh):
 
 
 @njit(cache=True, error_model="numpy")
-def add_ih_immediate(D, row_start, row_stop, n_gates, n_in, n, rec, x):
-    """Add d(W_ih x + b_ih)_j / dθ to rows ``j`` in [row_start, row_stop) of ``D`` (rows x P)."""
-    rows = n_gates * n
-    o_bih = rows * (n_in + rec)
-    for j in range(row_start, row_stop):
-        base = j * n_in
-        for k in range(n_in):
-            D[j, base + k] += x[k]
-        D[j, o_bih + j] += 1.0
-
-
-@njit(cache=True, error_model="numpy")
-def add_hh_immediate(D, row_start, row_stop, n_gates, n_in, n, rec, h):
-    """Add d(W_hh h + b_hh)_j / dθ (``h`` held fixed) to rows [row_start, row_stop) of ``D``."""
-    rows = n_gates * n
-    o_hh = rows * n_in
-    o_bhh = rows * (n_in + rec + 1)
-    for j in range(row_start, row_stop):
-        base = o_hh + j * rec
-        for k in range(rec):
-            D[j, base + k] += hh_in(h, j, n, rec, k)
-        D[j, o_bhh + j] += 1.0
-
-
-@njit(cache=True, error_model="numpy")
 def accumulate_param_grad(grad, n_gates, n_in, n, rec, x, h, da_ih, da_hh):
     """Reverse mode: ``grad += dL/dθ`` given dL/d(a_ih) and dL/d(a_hh) for one step."""
     rows = n_gates * n
@@ -113,6 +91,20 @@ def accumulate_param_grad(grad, n_gates, n_in, n, rec, x, h, da_ih, da_hh):
                 grad[base + k] += gh * hh_in(h, j, n, rec, k)
         grad[o_bih + j] += gi
         grad[o_bhh + j] += gh
+
+
+@njit(cache=True, error_model="numpy")
+def all_finite(a):
+    """True when every entry of ``a`` (any shape) is finite; one pass, no allocation.
+
+    ``v - v`` is 0 for finite ``v`` and NaN otherwise; an OR over integers
+    vectorises, where a floating-point sum would be a serial dependency chain.
+    """
+    flat = a.reshape(a.size)
+    bad = False
+    for p in range(flat.shape[0]):
+        bad |= (flat[p] - flat[p]) != 0.0
+    return not bad
 
 
 @njit(cache=True, error_model="numpy")
@@ -139,28 +131,231 @@ def hh_transpose_product(w, n_gates, n_in, n, rec, da_hh, out):
                     out[k] += W_hh[j, k] * g
 
 
-@njit(cache=True, error_model="numpy")
-def hh_influence(w, n_gates, n_in, n, rec, x, h, M_h, D, ih_rows, immediate):
-    """``D = d(a_hh)/dθ`` for every gate row, plus ``d(a_ih)/dθ`` for the first ``ih_rows``.
+# --- Dense influence update (exact RTRL): M' = J M + I, J formed first --------------------------
+# A cell with R state rows per unit (h, and c for LSTM) supplies, per unit j, the scalars of its
+# per-unit update (``coef`` below: C_ih, C_whh, C_bhh per gate and the unit-local couplings A) and
+# its direct h -> h' slope (GRU's z, the one path that skips W_hh). The rows of J over h are then
+#
+#     J[r n + j, k] = Σ_g C_whh[r, g] W_hh[g n + j, k]  (+ the direct slope on k = j, row h)
+#
+# (R G n² operations), the product J M_h is one GEMM-shaped (R n x n)(n x P) product, R n² P
+# multiply-adds (n² P for rnn and gru, 2 n² P for lstm, against G n² P for W_hh M_h), and one pass
+# per row adds the sparse immediate partial, the diagonal couplings to the other state rows (LSTM's
+# c), checks finiteness and accumulates the gradient, with no dense immediate or second S x P buffer.
 
-    ``d(a_hh)/dθ = W_hh M_h`` (the O(G n^2 P) product, done by BLAS) plus, with
-    ``immediate``, the immediate partial of ``W_hh h + b_hh`` and of ``W_ih x + b_ih``.
-    Cells that sum both maps take ``ih_rows = G n``; GRU's ``n`` gate scales its
-    ``a_hh`` part by ``r`` and adds its ``a_ih`` part itself. Without ``immediate``
-    the columns of ``M_h`` may be any directions in state space: ``D = W_hh M_h``
-    is then the first half of a state Jacobian-vector product (UORO).
-    """
-    W_hh = param_views(w, n_gates, n_in, n, rec)[1]
+# Below this width the influence product J M_h runs as a plain loop, from it as a BLAS GEMM.
+GEMM_MIN_WIDTH = 16
+# The product and the pass after it go over column blocks of M of about this many bytes of D, so that
+# the block of D the GEMM writes is still in cache when the pass reads it and rewrites that block of M.
+BLOCK_BYTES = 1 << 19
+
+
+def block_columns(rows, n_cols, itemsize):
+    """Columns of M per block of the influence update (a multiple of 8, at least 64, at most n_cols)."""
+    w = max(64, (BLOCK_BYTES // (rows * itemsize)) // 8 * 8)
+    return int(min(n_cols, w))
+
+
+@njit(cache=True, error_model="numpy")
+def jacobian_rows(W_hh, n_gates, n, rec, j, coef, direct_h, J):
+    """Rows ``r n + j`` (r < R = coef.shape[0]) of ``J = d(state rows)/dh``, shape (R n, rec):
+    ``Σ_g C_whh[r, g] W_hh[g n + j, :]`` plus ``direct_h`` on h_j in row 0. For ``rec = 1``
+    (element-wise cells) J is diagonal and column 0 holds it."""
+    R = coef.shape[0]
+    c_whh = R + n_gates
+    own = 0 if rec == 1 else j
+    for r in range(R):
+        Jr = J[r * n + j]
+        c0 = coef[r, c_whh]
+        W0 = W_hh[j]
+        for k in range(rec):
+            Jr[k] = c0 * W0[k]
+        for g in range(1, n_gates):
+            c = coef[r, c_whh + g]
+            Wg = W_hh[g * n + j]
+            for k in range(rec):
+                Jr[k] += c * Wg[k]
+    J[j, own] += direct_h
+
+
+@njit(cache=True, error_model="numpy")
+def _rows_times(J, M, c0, w, D):
+    """``D[i, :w] = J[i] M[:K, c0:c0 + w]``: four rows of M per pass over the output row, so the loop
+    over columns vectorises and each pass loads and stores the output row once per four products."""
+    K = J.shape[1]
+    head = K - K % 4
+    for i in range(D.shape[0]):
+        d = D[i, :w]
+        a = J[i]
+        if head == 0:
+            for p in range(w):
+                d[p] = 0.0
+        for k in range(0, head, 4):
+            a0, a1, a2, a3 = a[k], a[k + 1], a[k + 2], a[k + 3]
+            m0, m1, m2, m3 = M[k, c0 : c0 + w], M[k + 1, c0 : c0 + w], M[k + 2, c0 : c0 + w], M[k + 3, c0 : c0 + w]
+            if k == 0:
+                for p in range(w):
+                    d[p] = a0 * m0[p] + a1 * m1[p] + a2 * m2[p] + a3 * m3[p]
+            else:
+                for p in range(w):
+                    d[p] += a0 * m0[p] + a1 * m1[p] + a2 * m2[p] + a3 * m3[p]
+        for k in range(head, K):
+            ak = a[k]
+            mk = M[k, c0 : c0 + w]
+            for p in range(w):
+                d[p] += ak * mk[p]
+
+
+@njit(cache=True, error_model="numpy")
+def jacobian_product(J, M, c0, w, D, n, rec, use_blas):
+    """``D[:, :w] = J M_h[:, c0:c0 + w]`` (M_h the first n rows of M): a BLAS GEMM reading M in place
+    with ``use_blas``, else the plain loop (the same to rounding); for ``rec = 1`` the diagonal J
+    scales the rows of M_h (O(R n w))."""
     if rec == 1:
-        for j in range(n_gates * n):
-            wj = W_hh[j, 0]
-            for p in range(D.shape[1]):
-                D[j, p] = wj * M_h[j % n, p]
+        for i in range(D.shape[0]):
+            a = J[i, 0]
+            m = M[i % n, c0 : c0 + w]
+            d = D[i, :w]
+            for p in range(w):
+                d[p] = a * m[p]
+    elif use_blas:
+        gemm_block(J, M, c0, w, D)
     else:
-        np.dot(W_hh, M_h, D)
-    if immediate:
-        add_hh_immediate(D, 0, n_gates * n, n_gates, n_in, n, rec, h)
-        add_ih_immediate(D, 0, ih_rows, n_gates, n_in, n, rec, x)
+        _rows_times(J, M, c0, w, D)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _add_region(D, coefs, col, n, grad_row, g_h, c0, c1, start, width, n_rows, u, mode):
+    """The immediate partial on the columns [c0, c1) of one parameter region: ``n_rows`` gate rows
+    gr = g n + j, each owning ``width`` consecutive columns from ``start + gr width``, whose column
+    holds (``mode``) 0: ``u[k]`` for the k-th column of the row; 1: ``u[j]``; 2: 1; times the row's
+    coefficient ``coefs[j, r, col + g]`` in D's state row r n + j, and also times
+    ``g_h[j] coefs[j, 0, col + g]`` in D's row ``grad_row`` when that is >= 0."""
+    lo = max(start, c0)
+    hi = min(start + n_rows * width, c1)
+    if lo >= hi:
+        return
+    R = coefs.shape[1]
+    if lo == start and hi == start + n_rows * width:  # the whole region is in the block: no clipping
+        n_gates = n_rows // n
+        for r in range(-1 if grad_row >= 0 else 0, R):
+            d = D[grad_row if r < 0 else r * n]
+            for g in range(n_gates):
+                for j in range(n):
+                    c = g_h[j] * coefs[j, 0, col + g] if r < 0 else coefs[j, r, col + g]
+                    q0 = start + (g * n + j) * width - c0
+                    if r >= 0:
+                        d = D[r * n + j]
+                    if mode == 0:
+                        seg = d[q0 : q0 + width]
+                        for k in range(width):
+                            seg[k] += c * u[k]
+                    else:
+                        d[q0] += c * u[j] if mode == 1 else c
+        return
+    for gr in range((lo - start) // width, (hi - 1 - start) // width + 1):
+        g = gr // n
+        j = gr - g * n
+        base = start + gr * width
+        q0 = max(lo, base)
+        q1 = min(hi, base + width)
+        for r in range(-1 if grad_row >= 0 else 0, R):
+            if r < 0:
+                c = g_h[j] * coefs[j, 0, col + g]
+                d = D[grad_row]
+            else:
+                c = coefs[j, r, col + g]
+                d = D[r * n + j]
+            if mode == 0:
+                for q in range(q0, q1):
+                    d[q - c0] += c * u[q - base]
+            else:
+                d[q0 - c0] += c * u[j] if mode == 1 else c
+
+
+@njit(cache=True, error_model="numpy")
+def add_block_immediate(D, coefs, n_gates, n_in, n, rec, x, h, c0, c1, grad_row, g_h):
+    """Add the columns [c0, c1) of the immediate partial I to D (column q of I in column q - c0):
+    gate row gr = g n + j of each block feeds unit j's state rows r n + j, with coefficient
+    ``C_ih[r, g]`` on x (W_ih) and on 1 (b_ih), ``C_whh[r, g]`` on h_in (W_hh), ``C_bhh[r, g]`` on 1 (b_hh).
+    With ``grad_row >= 0`` also ``Σ_j g_h[j] I[j]`` into that row of D. Region by region, so the cost is
+    O(R (c1 - c0)) plus a constant per gate row, however the block cuts the regions."""
+    R = coefs.shape[1]
+    rows = n_gates * n
+    o_hh = rows * n_in
+    o_bih = o_hh + rows * rec
+    o_bhh = o_bih + rows
+    c_ih, c_whh, c_bhh = R, R + n_gates, R + 2 * n_gates
+    _add_region(D, coefs, c_ih, n, grad_row, g_h, c0, c1, 0, n_in, rows, x, 0)
+    if rec == 1:  # element-wise cells: gate row gr reads its own unit's h
+        _add_region(D, coefs, c_whh, n, grad_row, g_h, c0, c1, o_hh, 1, rows, h, 1)
+    else:
+        _add_region(D, coefs, c_whh, n, grad_row, g_h, c0, c1, o_hh, rec, rows, h, 0)
+    _add_region(D, coefs, c_ih, n, grad_row, g_h, c0, c1, o_bih, 1, rows, h, 2)
+    _add_region(D, coefs, c_bhh, n, grad_row, g_h, c0, c1, o_bhh, 1, rows, h, 2)
+
+
+@njit(cache=True, error_model="numpy")
+def finish_rows(D, coefs, n, M_prev, M_new, c0, c1, g_h, grad, scatter):
+    """Columns [c0, c1) of the new influence rows from ``D = J M_h + I`` (its columns from 0), every
+    unit in one call: ``M_new[j] = D[j]`` (one row per unit: the gradient comes from D's gradient
+    row, see ``dispatch.cell_tangent``) or, with two rows (LSTM), ``M_new[j] = D[j] + A[0, 1]
+    M_prev[n + j]`` and ``M_new[n + j] = D[n + j] + A[1, 1] M_prev[n + j]`` (in place allowed)
+    and, with ``scatter``, ``grad = Σ_j g_h[j] M_new[j]`` on those columns.
+    Returns True when a new value is not finite."""
+    bad = False
+    w = c1 - c0
+    if coefs.shape[1] == 1:
+        for j in range(n):
+            dh = D[j, :w]
+            mh = M_new[j, c0:c1]
+            for p in range(w):
+                v = dh[p]
+                mh[p] = v
+                bad |= (v - v) != 0.0
+        return bad
+    # Per unit, one loop for the h row (and the gradient) and one for the c row, which the h row reads
+    # first: a loop writing both rows would make LLVM's run-time alias checks fail when M is updated
+    # in place (the old and new c row are the same memory), and run scalar.
+    gr = grad[c0:c1]
+    in_place = M_prev.ctypes.data == M_new.ctypes.data
+    for j in range(n):
+        a01 = coefs[j, 0, 1]
+        a11 = coefs[j, 1, 1]
+        dh = D[j, :w]
+        mh = M_new[j, c0:c1]
+        mc_old = M_prev[n + j, c0:c1]
+        g_j = g_h[j]
+        if not scatter:
+            for p in range(w):
+                v = dh[p] + a01 * mc_old[p]
+                mh[p] = v
+                bad |= (v - v) != 0.0
+        elif j == 0:
+            for p in range(w):
+                v = dh[p] + a01 * mc_old[p]
+                mh[p] = v
+                bad |= (v - v) != 0.0
+                gr[p] = g_j * v
+        else:
+            for p in range(w):
+                v = dh[p] + a01 * mc_old[p]
+                mh[p] = v
+                bad |= (v - v) != 0.0
+                gr[p] += g_j * v
+        dc = D[n + j, :w]
+        mc = M_new[n + j, c0:c1]
+        if in_place:  # read and write through one view: overlapping views would fail LLVM's alias check
+            for p in range(w):
+                v = dc[p] + a11 * mc[p]
+                mc[p] = v
+                bad |= (v - v) != 0.0
+        else:
+            for p in range(w):
+                v = dc[p] + a11 * mc_old[p]
+                mc[p] = v
+                bad |= (v - v) != 0.0
+    return bad
 
 
 # --- Per-unit influence: unit i's own parameters on unit i only ------------------------------

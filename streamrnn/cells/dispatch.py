@@ -13,17 +13,27 @@ Cell 6 ("dlru") is a diagonal linear recurrence with a tanh readout, element-wis
 import numpy as np
 from numba import njit
 
-from .common import param_views, unit_influence_update
+from .common import (
+    GEMM_MIN_WIDTH,
+    add_block_immediate,
+    all_finite,
+    block_columns,
+    finish_rows,
+    jacobian_product,
+    jacobian_rows,
+    param_views,
+    unit_influence_update,
+)
 from .dlru import N_GATES as DLRU_GATES
 from .dlru import STATE_FACTOR as DLRU_STATE
 from .dlru import dlru_backward, dlru_forward, dlru_tangent, dlru_unit_coefficients
 from .gru import N_GATES as GRU_GATES
-from .gru import gru_backward, gru_forward, gru_tangent, gru_unit_coefficients
+from .gru import gru_backward, gru_direct_slope, gru_forward, gru_unit_coefficients
 from .lstm import N_GATES as LSTM_GATES
 from .lstm import STATE_FACTOR as LSTM_STATE
-from .lstm import lstm_backward, lstm_forward, lstm_tangent, lstm_unit_coefficients
+from .lstm import lstm_backward, lstm_forward, lstm_unit_coefficients
 from .rnn import N_GATES as RNN_GATES
-from .rnn import rnn_backward, rnn_forward, rnn_tangent, rnn_unit_coefficients
+from .rnn import rnn_backward, rnn_forward, rnn_unit_coefficients
 
 RNN, GRU, LSTM, ERNN, EGRU, ELSTM, DLRU = 0, 1, 2, 3, 4, 5, 6
 CELL_IDS = {"rnn": RNN, "gru": GRU, "lstm": LSTM, "ernn": ERNN, "egru": EGRU, "elstm": ELSTM, "dlru": DLRU}
@@ -83,27 +93,154 @@ def cell_forward(cell, w, n_in, n, x, s_prev, s_new, cache):
         dlru_forward(w, n_in, n, rec, x, s_prev, s_new, cache)
 
 
-@njit(cache=True, error_model="numpy")
-def cell_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
-    """``M_new = J M_prev (+ I with immediate)``: forward mode through one step.
-
-    With ``immediate`` the columns of M are parameters (RTRL's influence
-    matrix); without, they are any state-space directions (``J v``)."""
-    base, rec = base_cell(cell), recurrent_width(cell, n)
-    if base == RNN:
-        rnn_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, immediate)
-    elif base == GRU:
-        gru_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, immediate)
-    elif base == LSTM:
-        lstm_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, immediate)
-    else:
-        dlru_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, immediate)
-
-
 def unit_coefficient_shape(cell, n):
     """Shape of the scratch ``coef`` of :func:`cell_unit_tangent`: (R, R + 3G), R state rows per unit."""
     R = state_size(cell, n) // n
     return R, R + 3 * n_gates(cell)
+
+
+def tangent_scratch(cell, n, n_cols, dtype):
+    """Scratch of :func:`cell_tangent` for ``n_cols`` columns of M: ``(J, D, coefs)`` with J
+    (R n + 1 x rec), D = J M_h + I on one column block (R n + 1 x w, ``common.block_columns``; the
+    last row for the gradient) and every unit's coefficients (n, R, R + 3G); a
+    token (1 x 1) J and D for DLRU, whose tangent needs neither."""
+    R, width = unit_coefficient_shape(cell, n)
+    if cell == DLRU:
+        J, D = np.zeros((1, 1), dtype), np.zeros((1, 1), dtype)
+    else:
+        rows = R * n + 1  # one more row for the gradient (cells with one state row per unit)
+        w = block_columns(rows, n_cols, np.dtype(dtype).itemsize)
+        J, D = np.zeros((rows, recurrent_width(cell, n)), dtype), np.zeros((rows, w), dtype)
+    return J, D, np.zeros((n, R, width), dtype)
+
+
+@njit(cache=True, error_model="numpy")
+def cell_unit_coefficients(base, W_hh, n, rec, j, s_prev, s_new, cache, coef):
+    """Unit ``j``'s per-unit coefficients (``cells.common``) into ``coef``."""
+    if base == RNN:
+        rnn_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef)
+    elif base == GRU:
+        gru_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef)
+    elif base == LSTM:
+        lstm_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef)
+    else:
+        dlru_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef)
+
+
+@njit(cache=True, error_model="numpy")
+def cell_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, J, D, coefs, immediate, g_h, grad, scatter):
+    """``M_new = J M_prev (+ I with immediate)``: forward mode through one step (in place allowed).
+
+    With ``immediate`` the columns of M are parameters (RTRL's influence ``ds/dθ_cell``, S x P_cell);
+    without, any directions in state space (a Jacobian-vector product, UORO). ``J``, ``D`` and ``coefs``
+    are scratch (:func:`tangent_scratch`). J = ds'/dh is formed first (O(R G n²)), then ``D = J M_h`` is
+    one GEMM-shaped product (R n² P multiply-adds; BLAS from ``GEMM_MIN_WIDTH``) and one pass per row
+    adds the immediate partial and the diagonal couplings, block of columns by block (the width of
+    ``D``), so each block of D is read back from cache. With ``scatter``, also writes the cell part
+    of the gradient, ``grad[:P] = g_h · M_new[:n]``. Returns True when ``M_new`` is finite.
+    """
+    base, rec = base_cell(cell), recurrent_width(cell, n)
+    if base == DLRU:
+        dlru_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, immediate)
+        if scatter:
+            scatter_gradient(M_new, n, g_h, grad)
+        return all_finite(M_new)
+    return dense_tangent(
+        cell,
+        w,
+        n_in,
+        n,
+        x,
+        s_prev,
+        s_new,
+        cache,
+        M_prev,
+        M_new,
+        J,
+        D,
+        coefs,
+        immediate,
+        g_h,
+        grad,
+        scatter,
+        n >= GEMM_MIN_WIDTH,
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def dense_tangent(
+    cell, w, n_in, n, x, s_prev, s_new, cache, M_prev, M_new, J, D, coefs, immediate, g_h, grad, scatter, use_blas
+):
+    """:func:`cell_tangent` for the cells with a dense J (all but DLRU), the product J M_h by BLAS
+    with ``use_blas``, else by the plain loop (tests run both on the same step)."""
+    base, rec = base_cell(cell), recurrent_width(cell, n)
+    G = n_gates(cell)
+    W_hh = param_views(w, G, n_in, n, rec)[1]
+    h = s_prev[:n]
+    R = coefs.shape[1]
+    for j in range(n):
+        coef = coefs[j]
+        cell_unit_coefficients(base, W_hh, n, rec, j, s_prev, s_new, cache, coef)
+        jacobian_rows(W_hh, G, n, rec, j, coef, gru_direct_slope(cache, n, j) if base == GRU else 0.0, J)
+    # One row per unit: the gradient g_h · M_new = (g_h J) M_h + g_h · I is one more row of the
+    # product (n P multiply-adds in the GEMM instead of a pass over M); LSTM adds it up in its pass.
+    grad_row = n if (R == 1 and scatter) else -1
+    rows = n + 1 if grad_row >= 0 else R * n
+    if grad_row >= 0:
+        Jg = J[n]
+        for k in range(rec):
+            Jg[k] = 0.0
+        for j in range(n):
+            gj = g_h[j]
+            Jj = J[j]
+            for k in range(rec):
+                Jg[k] += gj * Jj[k]
+        if rec == 1:  # diagonal J: its gradient row mixes units, so the loop below forms it
+            rows = n
+    P = M_prev.shape[1]
+    width = D.shape[1]
+    bad = False
+    for c0 in range(0, P, width):
+        c1 = min(P, c0 + width)
+        Db = D[:rows]
+        jacobian_product(J[:rows], M_prev, c0, c1 - c0, Db, n, rec, use_blas)
+        if grad_row >= 0 and rec == 1:
+            gradient_row_diagonal(J, M_prev, c0, c1, n, g_h, D[n])
+        if immediate:
+            add_block_immediate(D, coefs, G, n_in, n, rec, x, h, c0, c1, grad_row, g_h)
+        bad |= finish_rows(D, coefs, n, M_prev, M_new, c0, c1, g_h, grad, scatter)
+        if grad_row >= 0:
+            gb = grad[c0:c1]
+            dg = D[n, : c1 - c0]
+            for p in range(c1 - c0):
+                gb[p] = dg[p]
+    return not bad
+
+
+@njit(cache=True, error_model="numpy")
+def gradient_row_diagonal(J, M, c0, c1, n, g_h, out):
+    """``out[:c1 - c0] = Σ_j g_h[j] J[j, 0] M[j, c0:c1]``: the gradient row of a diagonal J (rec = 1)."""
+    w = c1 - c0
+    for p in range(w):
+        out[p] = 0.0
+    for j in range(n):
+        a = g_h[j] * J[j, 0]
+        m = M[j, c0:c1]
+        for p in range(w):
+            out[p] += a * m[p]
+
+
+@njit(cache=True, error_model="numpy")
+def scatter_gradient(M, n, g_h, grad):
+    """``grad[:P] = g_h · M[:n]`` (P the columns of M)."""
+    P = M.shape[1]
+    for p in range(P):
+        grad[p] = 0.0
+    for k in range(n):
+        gk = g_h[k]
+        m = M[k]
+        for p in range(P):
+            grad[p] += gk * m[p]
 
 
 @njit(cache=True, error_model="numpy")
@@ -118,14 +255,7 @@ def cell_unit_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M, coef, grad, 
     W_hh = param_views(w, G, n_in, n, rec)[1]
     finite = True
     for j in range(n):
-        if base == RNN:
-            rnn_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef)
-        elif base == GRU:
-            gru_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef)
-        elif base == LSTM:
-            lstm_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef)
-        else:
-            dlru_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef)
+        cell_unit_coefficients(base, W_hh, n, rec, j, s_prev, s_new, cache, coef)
         finite &= unit_influence_update(M, R, coef, G, n_in, n, rec, j, x, u, grad, g_h[j], scatter)
     return finite
 

@@ -41,7 +41,7 @@ def dlru_forward(w, n_in, n, rec, x, s_prev, s_new, cache):
 
 
 @njit(cache=True, error_model="numpy")
-def dlru_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
+def dlru_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, immediate):
     """``M_new = J M_prev (+ I)``: ``ds' = λ ds (+ I)``, ``dh' = (1 - h'^2) ds'`` (in place allowed)."""
     o_hh = n * n_in
     o_bih = o_hh + n

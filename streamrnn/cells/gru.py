@@ -16,8 +16,6 @@ from numba import njit
 
 from .common import (
     accumulate_param_grad,
-    add_ih_immediate,
-    hh_influence,
     hh_transpose_product,
     own_recurrent_weight,
     preactivations,
@@ -59,36 +57,14 @@ def gru_unit_slopes(cache, n, j, h_prev):
 
 
 @njit(cache=True, error_model="numpy")
-def gru_unit_mix(r, c, D_r, D_n):
-    """``D_n <- d(r * hn)`` + (a_in's part, added by the caller): from ``D_r = da_r`` and ``D_n = d hn``."""
-    for p in range(D_n.shape[0]):
-        D_n[p] = r * D_n[p] + c * D_r[p]
-
-
-@njit(cache=True, error_model="numpy")
-def gru_unit_influence(z, c_n, c_z, D_z, D_n, M_prev_row, M_new_row):
-    """``dh' = (1 - z) dn + (h - n) dz + z dh`` for one unit (in place allowed)."""
-    for p in range(D_n.shape[0]):
-        M_new_row[p] = c_n * D_n[p] + c_z * D_z[p] + z * M_prev_row[p]
-
-
-@njit(cache=True, error_model="numpy")
-def gru_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
-    """``M_new = dh'/dθ`` from ``M_prev = dh/dθ`` (forward mode over all P parameters)."""
-    hh_influence(w, 3, n_in, n, rec, x, s_prev, M_prev, D, 2 * n, immediate)
-    for j in range(n):
-        r, _, c, _, _ = gru_unit_slopes(cache, n, j, s_prev[j])
-        gru_unit_mix(r, c, D[j], D[2 * n + j])
-    if immediate:
-        add_ih_immediate(D, 2 * n, 3 * n, 3, n_in, n, rec, x)
-    for j in range(n):
-        _, z, _, c_n, c_z = gru_unit_slopes(cache, n, j, s_prev[j])
-        gru_unit_influence(z, c_n, c_z, D[n + j], D[2 * n + j], M_prev[j], M_new[j])
+def gru_direct_slope(cache, n, j):
+    """``z``: the slope of ``h' = ... + z h`` on ``h_j`` that does not pass through ``W_hh``."""
+    return cache[n + j]
 
 
 @njit(cache=True, error_model="numpy")
 def gru_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef):
-    """Unit j's per-unit influence update (``cells.common``), from ``gru_tangent``'s algebra:
+    """Unit j's per-unit influence update (``cells.common``):
     ``dh' = c_n (r d(hn) + c d a_r + d a_in) + c_z d a_z + z dh`` with ``c = hn r (1 - r)``."""
     r, z, c, c_n, c_z = gru_unit_slopes(cache, n, j, s_prev[j])
     w_r = own_recurrent_weight(W_hh, j, j, rec)

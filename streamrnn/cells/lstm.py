@@ -15,7 +15,6 @@ from numba import njit
 
 from .common import (
     accumulate_param_grad,
-    hh_influence,
     hh_transpose_product,
     own_recurrent_weight,
     preactivations,
@@ -63,39 +62,10 @@ def lstm_unit_slopes(cache, n, j, c_prev):
 
 
 @njit(cache=True, error_model="numpy")
-def lstm_unit_influence(cache, n, j, c_prev, D_i, D_f, D_g, D_o, Mc_prev_row, Mh_new_row, Mc_new_row):
-    """``dc' = f dc + c df + i dg + g di`` and ``dh' = o (1 - tanh²c') dc' + tanh(c') do`` for unit j."""
-    f, k_i, k_f, k_g, k_o, k_c = lstm_unit_slopes(cache, n, j, c_prev)
-    for p in range(D_i.shape[0]):
-        dc = f * Mc_prev_row[p] + k_f * D_f[p] + k_g * D_g[p] + k_i * D_i[p]
-        Mc_new_row[p] = dc
-        Mh_new_row[p] = k_c * dc + k_o * D_o[p]
-
-
-@njit(cache=True, error_model="numpy")
-def lstm_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
-    """``M_new = d(h', c')/dθ`` from ``M_prev = d(h, c)/dθ``."""
-    hh_influence(w, 4, n_in, n, rec, x, s_prev[:n], M_prev[:n], D, 4 * n, immediate)
-    for j in range(n):
-        lstm_unit_influence(
-            cache,
-            n,
-            j,
-            s_prev[n + j],
-            D[j],
-            D[n + j],
-            D[2 * n + j],
-            D[3 * n + j],
-            M_prev[n + j],
-            M_new[j],
-            M_new[n + j],
-        )
-
-
-@njit(cache=True, error_model="numpy")
 def lstm_unit_coefficients(W_hh, n, rec, j, s_prev, s_new, cache, coef):
     """Unit j's per-unit influence update (``cells.common``; rows h then c), from
-    ``lstm_unit_influence``: ``dc' = f dc + β dh + Σ k_g I_g`` and ``dh' = k_c dc' + k_o (w_o dh + I_o)``
+    ``dc' = f dc + c df + i dg + g di`` and ``dh' = o (1 - tanh²c') dc' + tanh(c') do``:
+    ``dc' = f dc + β dh + Σ k_g I_g`` and ``dh' = k_c dc' + k_o (w_o dh + I_o)``
     with ``β = Σ_{g in i,f,g} k_g w_g``."""
     f, k_i, k_f, k_g, k_o, k_c = lstm_unit_slopes(cache, n, j, s_prev[n + j])
     beta = (

@@ -8,7 +8,6 @@ from numba import njit
 
 from .common import (
     accumulate_param_grad,
-    hh_influence,
     hh_transpose_product,
     own_recurrent_weight,
     preactivations,
@@ -26,22 +25,6 @@ def rnn_forward(w, n_in, n, rec, x, s_prev, s_new, cache):
     preactivations(w, 1, n_in, n, rec, x, s_prev, a_ih, a_hh)
     for j in range(n):
         s_new[j] = np.tanh(a_ih[j] + a_hh[j])
-
-
-@njit(cache=True, error_model="numpy")
-def rnn_tangent(w, n_in, n, rec, x, s_prev, s_new, cache, M_prev, M_new, D, immediate):
-    """``M_new = dh'/dθ = diag(1 - h'^2) (W_hh M_prev + immediate)``."""
-    hh_influence(w, 1, n_in, n, rec, x, s_prev, M_prev, D, n, immediate)
-    for j in range(n):
-        rnn_unit_influence(s_new[j], D[j], M_new[j])
-
-
-@njit(cache=True, error_model="numpy")
-def rnn_unit_influence(h_new, D_a, M_new_row):
-    """One unit's row of the influence update, from its pre-activation's derivative ``D_a``."""
-    d = 1.0 - h_new * h_new
-    for p in range(D_a.shape[0]):
-        M_new_row[p] = d * D_a[p]
 
 
 @njit(cache=True, error_model="numpy")

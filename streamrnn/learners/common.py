@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
-from ..cells.common import n_cell_params
+from ..cells.common import all_finite, n_cell_params  # noqa: F401  (all_finite: learners import it from here)
 from ..cells.dispatch import cache_size, cell_forward, n_gates, recurrent_width
 from ..losses import loss_and_grad, predict_output, readout, readout_backward
 from ..optim import CLIP, clip_grad_norm, optimizer_step, squared_norm
@@ -74,20 +74,6 @@ def settle_sample(outcome, has_y, loss, opt_kind, theta, grad, opt_state, hyper,
         return np.nan
     guarded_update(opt_kind, theta, grad, opt_state, hyper, counters, loss)
     return loss
-
-
-@njit(cache=True, error_model="numpy")
-def all_finite(a):
-    """True when every entry of ``a`` (any shape) is finite; one pass, no allocation.
-
-    ``v - v`` is 0 for finite ``v`` and NaN otherwise; an OR over integers
-    vectorises, where a floating-point sum would be a serial dependency chain.
-    """
-    flat = a.reshape(a.size)
-    bad = False
-    for p in range(flat.shape[0]):
-        bad |= (flat[p] - flat[p]) != 0.0
-    return not bad
 
 
 @njit(cache=True, error_model="numpy")

@@ -17,7 +17,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from ..cells.dispatch import cache_size, cell_forward, cell_tangent, n_gates
+from ..cells.dispatch import cache_size, cell_forward, cell_tangent, tangent_scratch
 from .common import (
     APPLIED,
     INFLUENCE_RESET,
@@ -33,9 +33,10 @@ from .common import (
 )
 from .registry import LearnerSpec, register
 
-# Scratch of one step: the new state, D = W_hh M + I (G n x P_cell, large for big n), the cell's
-# cache, logits and their gradient, dL/dh, and the gradient of the step.
-RTRLWorkspace = namedtuple("RTRLWorkspace", ["s_new", "D", "cache", "logits", "dlogits", "g_h", "grad"])
+# Scratch of one step: the new state, the tangent's J (S x n), D = J M_h + I (S x P_cell, large for
+# big n) and per-unit coefficients, the cell's cache, logits and their gradient, dL/dh, and the
+# gradient of the step.
+RTRLWorkspace = namedtuple("RTRLWorkspace", ["s_new", "J", "D", "coefs", "cache", "logits", "dlogits", "g_h", "grad"])
 
 
 def make_workspace(dims):
@@ -43,7 +44,7 @@ def make_workspace(dims):
     dt, n = dims.dtype, dims.n_hidden
     return RTRLWorkspace(
         np.zeros(dims.state_size, dt),
-        np.zeros((n_gates(dims.cell) * n, dims.n_params_cell), dt),
+        *tangent_scratch(dims.cell, n, dims.n_params_cell, dt),
         np.zeros(cache_size(dims.cell, n), dt),
         np.zeros(dims.n_outputs, dt),
         np.zeros(dims.n_outputs, dt),
@@ -67,9 +68,10 @@ def rtrl_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, keyed, slot, dra
     the key is left as it was and ``pred`` is NaN. ``INFLUENCE_RESET``:
     the state advanced but ``M`` overflowed and was zeroed (no gradient).
 
-    ``M`` is updated in place: once ``D = W_hh M + I`` is formed, every entry of
-    the new ``M`` reads only the same entry of the old one, so no second S x P
-    buffer (nor a copy of it) is needed.
+    ``M`` is updated in place (the product ``J M_h`` goes to ``ws.D``, every other term of a new
+    entry reads the same entry of the old ``M``), and in the same pass its finiteness is checked
+    and, with a target, the cell part of ``ws.grad`` written: the readout runs first, so ``dL/dh``
+    is known by then.
     """
     s, M = keyed.hidden[slot], keyed.influence[slot]
     s_new, g_h, grad = ws.s_new, ws.g_h, ws.grad
@@ -78,18 +80,14 @@ def rtrl_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, keyed, slot, dra
     if not all_finite(s_new):
         pred[:] = np.nan
         return REJECTED, 0.0
-    cell_tangent(cell, theta, n_in, n, x, s, s_new, ws.cache, M, M, ws.D, True)
+    loss = readout_step(task, theta[Pc:], 0, n, n_out, s_new, x, y, has_y, ws.logits, pred, ws.dlogits, grad[Pc:], g_h)
+    finite = cell_tangent(
+        cell, theta, n_in, n, x, s, s_new, ws.cache, M, M, ws.J, ws.D, ws.coefs, True, g_h, grad, has_y
+    )
     s[:] = s_new
-    loss = readout_step(task, theta, Pc, n, n_out, s, x, y, has_y, ws.logits, pred, ws.dlogits, grad, g_h)
-    if not all_finite(M):
+    if not finite:
         M[:] = 0.0
         return INFLUENCE_RESET, loss
-    if has_y:
-        # dL/dθ_cell = g_h · M_h, accumulated onto the zeroed cell part of grad.
-        for k in range(n):
-            gk = g_h[k]
-            for p in range(Pc):
-                grad[p] += gk * M[k, p]
     return APPLIED, loss
 
 

@@ -17,7 +17,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from ..cells.dispatch import cache_size, cell_backward, cell_forward, cell_tangent, n_gates
+from ..cells.dispatch import cache_size, cell_backward, cell_forward, cell_tangent, n_gates, tangent_scratch
 from .common import (
     APPLIED,
     INFLUENCE_RESET,
@@ -34,11 +34,29 @@ from .registry import LearnerSpec, register
 UOROKeyState = namedtuple("UOROKeyState", ["hidden", "uoro_state", "uoro_params"])
 
 # The model's seed of the random signs, and the scratch of one step: the new state, the cell's cache, the
-# tangent's D (G n x 1) and J s̃ (S x 1), the signs ν, the reverse pass's dL/ds_prev and pre-activation
+# tangent's scratch (J, D, coefficients: cells.dispatch.tangent_scratch) and J s̃ (S x 1), the signs ν, the
+# reverse pass's dL/ds_prev and pre-activation
 # gradients, νᵀI (P_cell), logits and their gradient, dL/dh, and the gradient estimate of the step.
 UOROWorkspace = namedtuple(
     "UOROWorkspace",
-    ["seed", "s_new", "cache", "D1", "js", "nu", "g_prev", "da_ih", "da_hh", "vI", "logits", "dlogits", "g_h", "grad"],
+    [
+        "seed",
+        "s_new",
+        "cache",
+        "J",
+        "D1",
+        "coefs",
+        "js",
+        "nu",
+        "g_prev",
+        "da_ih",
+        "da_hh",
+        "vI",
+        "logits",
+        "dlogits",
+        "g_h",
+        "grad",
+    ],
 )
 
 
@@ -50,7 +68,7 @@ def make_workspace(dims):
         int(dims.seed),
         np.zeros(S, dt),
         np.zeros(cache_size(dims.cell, n), dt),
-        np.zeros((rows, 1), dt),
+        *tangent_scratch(dims.cell, n, 1, dt),
         np.zeros((S, 1), dt),
         np.zeros(S, dt),
         np.zeros(S, dt),
@@ -116,7 +134,25 @@ def uoro_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, keyed, slot, dra
     if not all_finite(s_new):
         pred[:] = np.nan
         return REJECTED, 0.0
-    cell_tangent(cell, theta, n_in, n, x, s, s_new, cache, s_tilde.reshape((S, 1)), js, ws.D1, False)
+    cell_tangent(
+        cell,
+        theta,
+        n_in,
+        n,
+        x,
+        s,
+        s_new,
+        cache,
+        s_tilde.reshape((S, 1)),
+        js,
+        ws.J,
+        ws.D1,
+        ws.coefs,
+        False,
+        g_h,
+        grad,
+        False,
+    )
     random_signs(ws.seed, draw, nu)
     vI[:] = 0.0
     cell_backward(cell, theta, n_in, n, x, s, s_new, cache, nu, ws.g_prev, vI, ws.da_ih, ws.da_hh)
