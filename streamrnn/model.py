@@ -506,7 +506,8 @@ class Model:
 
     @property
     def state_bytes_per_key(self) -> int:
-        """Bytes of learner state held per key (state plus influence matrix, or the TBPTT window)."""
+        """Bytes of state held per key: the learner's (state plus influence matrix, or the TBPTT window)
+        and, with target feedback or the linear head, the key's buffer of last targets."""
         return self._keyed.bytes_per_key
 
     # ------------------------------------------------------------------ streaming

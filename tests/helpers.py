@@ -29,3 +29,16 @@ def rel_err(a, b):
         den = max(np.abs(b[k]).max() for k in b)
         return num / den
     return np.abs(a - b).max() / np.abs(b).max()
+
+
+def lag_buffer_bytes(model):
+    """Per-key bytes of the target-feedback buffer, by formula from the model's config: ``depth`` =
+    max(target_lags, head_lags + 1) targets of width w (n_outputs; 1 for binary) and their observed
+    flags, plus one flag (the key has had a target) with the head or baseline "last"; float64."""
+    c = model.config
+    depth = max(c["target_lags"], c["head_lags"] + 1 if c["head_lags"] else 0)
+    if depth == 0:
+        return 0
+    w = 1 if c["task"] == "binary" else c["n_outputs"]
+    ext = 1 if (c["head_lags"] or c["baseline"] == "last") else 0
+    return 8 * (depth * w + depth + ext)

@@ -191,7 +191,8 @@ def test_bad_samples_raise_and_leave_the_model_untouched():
         (dict(X=np.full((2, 3), "a")), r"real numbers"),
         (dict(X=X[10:12], Y=[[1.0, np.inf], [0.0, 0.0]]), r"Y row 0 contains inf"),
         (dict(X=X[10:12], Y=[[1.0, np.nan], [0.0, 0.0]]), r"partly NaN"),
-        (dict(X=X[10:12], Y=[[1.0], [0.0]]), r"Y must have shape \(2, 2\)"),
+        (dict(X=X[10:12], Y=[[1.0], [0.0]]), r"Y row 0 has 1 values; expected 2"),
+        (dict(X=X[10:12], Y=np.zeros((2, 1))), r"Y must have shape \(2, 2\)"),
         (dict(X=X[10:12], keys=["a", ("tuple",)]), r"key must be a str or an int"),
         (dict(X=X[10:12], keys=["a"]), r"keys has 1 entries for 2 samples"),
     ]

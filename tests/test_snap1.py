@@ -12,7 +12,7 @@ import pytest
 import streamrnn as sr
 from streamrnn.cells.dispatch import CELL_IDS, cache_size, cell_forward, cell_jacobians, state_size
 
-from .helpers import CELLS, N_OUTPUTS, TASKS, random_sequence, rel_err
+from .helpers import CELLS, N_OUTPUTS, TASKS, lag_buffer_bytes, random_sequence, rel_err
 
 N_IN, N, T = 3, 5, 30
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -98,8 +98,9 @@ def test_snap1_online_memory_is_O_P_and_replay_is_bit_identical(cell, tmp_path):
     G = GATES[cell]
     S = state_size(CELL_IDS[cell], N)
     P_cell = G * N * (N_IN + N + 2)
-    assert m.state_bytes_per_key == 8 * S * (1 + P_cell // N)  # O(P) per key ...
-    assert make_model(cell).state_bytes_per_key == 8 * S * (1 + P_cell)  # ... where RTRL holds O(nP)
+    assert m.state_bytes_per_key == 8 * S * (1 + P_cell // N) + lag_buffer_bytes(m)  # O(P) per key ...
+    rtrl = make_model(cell)
+    assert rtrl.state_bytes_per_key == 8 * S * (1 + P_cell) + lag_buffer_bytes(rtrl)  # ... where RTRL holds O(nP)
     X, Y = random_sequence("regression", n_steps=200, n_inputs=N_IN, seed=6)
     keys = [i % 3 for i in range(200)]
     a = m

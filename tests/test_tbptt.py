@@ -10,7 +10,7 @@ from streamrnn.learners.bptt import bptt_sequence_gradient
 from streamrnn.learners.rtrl import rtrl_sample
 from streamrnn.losses import TASK_IDS
 
-from .helpers import CELLS, N_OUTPUTS, TASKS, random_sequence, rel_err
+from .helpers import CELLS, N_OUTPUTS, TASKS, lag_buffer_bytes, random_sequence, rel_err
 
 N_IN, N, T = 3, 5, 32
 
@@ -135,7 +135,7 @@ def test_tbptt_memory_is_bounded_by_the_window():
     assert sum(a.nbytes for a in m._keyed.arrays.values()) == per_key
     S, C, k, width = N, 6 * N, 4, 2
     # float64 state + window of (input, state, cache, target); one bool flag per step; an int64 count
-    assert per_key == 8 * (S + k * (N_IN + S + C + width)) + k * 1 + 8
+    assert per_key == 8 * (S + k * (N_IN + S + C + width)) + k * 1 + 8 + lag_buffer_bytes(m)
 
 
 def test_tbptt_arguments_are_checked():

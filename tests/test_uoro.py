@@ -7,7 +7,7 @@ import streamrnn as sr
 from streamrnn.cells.dispatch import CELL_IDS, cache_size, cell_forward, cell_jacobians, state_size
 from streamrnn.learners.uoro import random_signs
 
-from .helpers import CELLS, random_sequence, rel_err
+from .helpers import CELLS, lag_buffer_bytes, random_sequence, rel_err
 
 N_IN, N, T = 3, 4, 10
 
@@ -73,7 +73,7 @@ def test_uoro_is_unbiased(cell):
 def test_uoro_online_is_deterministic_and_O_P(cell, tmp_path):
     m = make_model(cell, learner="uoro", lr=0.01)
     S = state_size(CELL_IDS[cell], N)
-    assert m.state_bytes_per_key == 8 * (2 * S + m.n_params_cell)
+    assert m.state_bytes_per_key == 8 * (2 * S + m.n_params_cell) + lag_buffer_bytes(m)
     X, Y = random_sequence("regression", n_steps=120, n_inputs=N_IN, seed=4)
     keys = [i % 3 for i in range(120)]
     m.step_many(X[:60], Y[:60], keys[:60])
