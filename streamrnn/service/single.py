@@ -7,13 +7,16 @@ import os
 import time
 
 from streamrnn.checkpoint import CheckpointError
+from streamrnn.forecast import _ARRAY as FORECAST_ARRAY
 from streamrnn.forecast import NextRecordForecaster
 from streamrnn.model import Model
+from streamrnn.state_checks import check_finite, check_keys, check_model_header
 
-from .checkpoints import load_checkpoint, save_checkpoint, set_aside
+from .checkpoints import check_daemon_meta, load_checkpoint, save_checkpoint, set_aside
 from .loop import PERSISTED_STATS, Daemon
 
 log = logging.getLogger("streamrnn.daemon")  # one logger for the whole service: operators filter on it
+_MODEL_HINT = " (the config's [model] differs from the checkpoint's; move the checkpoint away to start afresh)"
 
 
 class SingleDaemon(Daemon):
@@ -23,23 +26,48 @@ class SingleDaemon(Daemon):
         self.model = Model(**config["model"])
         self.forecaster = NextRecordForecaster(self.model) if config["schema"].get("forecast") else None
         self._resume = (
-            load_checkpoint(self.ckpt_path, restore=self._restore, allocate=self.model.allocate_for_load)
+            load_checkpoint(
+                self.ckpt_path,
+                restore=self._restore,
+                allocate=self.model.allocate_for_load,
+                check=self._check_header,
+            )
             if self.ckpt_path
             else None
         )
         if self._resume is not None and self._resume[2] != self.ckpt_path and os.path.exists(self.ckpt_path):
             set_aside(self.ckpt_path)
 
+    def _check_header(self, layout, meta):
+        """A generation's header against this config, before anything is read or allocated: a daemon
+        checkpoint, of this [model] (configuration, array shapes, unique keys within max_keys), of
+        this schema mode (forecast state or none)."""
+        check_daemon_meta(meta)
+        extra = {}
+        if self.forecaster is not None:
+            if FORECAST_ARRAY not in layout:
+                raise CheckpointError(
+                    "no forecast-mode state (was it written with schema.forecast = false?); "
+                    "move the checkpoint away to start afresh"
+                )
+            pending = check_keys(meta.get("forecast_keys"), "saved forecast keys", self.model.max_keys)
+            extra[FORECAST_ARRAY] = ((len(pending), self.model.n_inputs), self.model.dtype)
+        elif FORECAST_ARRAY in layout:
+            raise CheckpointError(
+                "written in forecast mode (schema.forecast = true), and this config is not; "
+                "move the checkpoint away to start afresh"
+            )
+        check_model_header(layout, meta["model"], self.model, hint=_MODEL_HINT, extra=extra)
+
     def _restore(self, arrays, meta, used):
         """Load one checkpoint generation into the model, or raise CheckpointError (nothing changed)."""
+        check_finite(arrays, used)
         try:
             self.model.load_state(arrays, meta["model"], source=used)
             if self.forecaster is not None:
                 self.forecaster.load_state(arrays, meta, source=used)
         except CheckpointError as exc:
-            raise CheckpointError(
-                f"{exc} (the config's [model] differs from the checkpoint's; move the checkpoint away to start afresh)"
-            ) from None
+            raise CheckpointError(f"{exc}{_MODEL_HINT}") from None
 
     def _resume_source(self):
         if self._resume is None:
