@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -18,8 +19,17 @@ def _load(path, group=None):
     return load_config(path, group=group)
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def _run(cfg, args):
-    from .service import run_config
+    """Run the daemon of a validated config; 0 once its final checkpoint is durable.
+
+    A stop request (SIGTERM, SIGINT) is honoured from the moment the daemon is being built (one
+    arriving before it exists stops it at once, after its first checkpoint), and ignored once the
+    run is over: a signal storm that outlasts the final checkpoint cannot turn the exit status 0
+    into -15 (the interpreter restores the default handlers while it shuts down)."""
+    from .service import Daemon
 
     if getattr(args, "max_records", None):
         cfg["daemon"]["max_records"] = args.max_records
@@ -27,7 +37,16 @@ def _run(cfg, args):
         cfg["daemon"]["progress"] = False
     if getattr(args, "metrics_port", None) is not None:
         cfg["daemon"]["metrics_port"] = args.metrics_port
-    run_config(cfg)
+    early = []
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: early.append(signum))
+    args.daemon_run = True  # main() ignores stop signals once this returns or raises
+    d = Daemon(cfg)
+    d.install_signal_handlers()
+    if early:
+        d.stop()
+    d.run()
+    print(d.summary(), flush=True)
     return 0
 
 
@@ -45,7 +64,12 @@ def cmd_status(args):
     cfg = _load(args.config, group=args.group)
     if not cfg.get("group"):
         raise ConfigError("group: missing (give the config a [group] section or --group NAME)")
-    status = group_status(cfg)
+    from streamrnn.connectors.kafka.errors import retry_retriable
+
+    # right after a broker starts its group coordinator is not there yet (retriable errors)
+    status = retry_retriable(
+        lambda: group_status(cfg), cfg["source"]["bootstrap"], f"reading the status of group {cfg['group']['name']!r}"
+    )
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
 
@@ -239,8 +263,12 @@ def main(argv=None):
     try:
         return args.func(args)
     except (ConfigError, CheckpointError, SourceError) as exc:
-        print(f"streamrnn: error: {exc}", file=sys.stderr)
+        print(f"streamrnn: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    finally:
+        if getattr(args, "daemon_run", False):  # the daemon is done: no late signal changes the status
+            for sig in _STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,15 @@ bit-identical to a run over the good records only (nothing lost, nothing applied
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -66,6 +69,15 @@ def assert_same_weights(model, ref):
     assert a.keys() == b.keys()
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+
+
+def wait_lines(path, n, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path) and sum(1 for _ in open(path)) >= n:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{path} did not reach {n} lines")
 
 
 def forge(header, body=b"", version=ckpt.FORMAT_VERSION):
@@ -442,3 +454,227 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
         (tmp_path / name).write_bytes(b"partial")
     ckpt.save_newest(path, ckpt.pieces({"a": np.ones(1)}, {}))
     assert sorted(os.listdir(tmp_path)) == ["d.ckpt"]
+
+
+# ---------------------------------------------------------------------------- item 5: collisions, the lock
+def run_cli(cfg, tmp_path, capsys, name="c.toml"):
+    """``streamrnn run`` in this process: (exit status, the last stderr line, all of stderr)."""
+    from streamrnn.cli import main
+
+    (tmp_path / name).write_text(toml(cfg))
+    code = main(["run", str(tmp_path / name), "--no-progress"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    return code, (lines[-1] if lines else ""), err
+
+
+def _same_as_sink(c, t):
+    c["checkpoint"]["path"] = c["sink"]["path"]
+
+
+def _dotted_spelling(c, t):
+    c["checkpoint"]["path"] = os.path.join(str(t), ".", "sub", "..", "out.jsonl")
+    os.makedirs(t / "sub", exist_ok=True)
+
+
+def _hard_link(c, t):
+    os.link(t / "out.jsonl", t / "link.ckpt")
+    c["checkpoint"]["path"] = str(t / "link.ckpt")
+
+
+def _symlink(c, t):
+    os.symlink(t / "out.jsonl", t / "sym.ckpt")
+    c["checkpoint"]["path"] = str(t / "sym.ckpt")
+
+
+def _prev_is_sink(c, t):
+    c["checkpoint"]["path"] = str(t / "out")
+    c["sink"]["path"] = str(t / "out.prev")
+    (t / "out.prev").write_text((t / "out.jsonl").read_text())
+
+
+def _source_is_dead_letter(c, t):
+    c["dead_letter"]["path"] = c["source"]["path"]
+    c["source"]["follow"] = True
+
+
+def _source_is_sink(c, t):
+    c["sink"]["path"] = c["source"]["path"]
+
+
+def _sink_is_dead_letter(c, t):
+    c["dead_letter"]["path"] = c["sink"]["path"]
+
+
+def _checkpoint_is_source(c, t):
+    c["checkpoint"]["path"] = c["source"]["path"]
+
+
+COLLISIONS = {
+    "checkpoint = sink": (_same_as_sink, "checkpoint.path", "sink.path"),
+    "checkpoint = sink, spelled ./sub/..": (_dotted_spelling, "checkpoint.path", "sink.path"),
+    "checkpoint a hard link of the sink": (_hard_link, "checkpoint.path", "sink.path"),
+    "checkpoint a symlink to the sink": (_symlink, "checkpoint.path", "sink.path"),
+    "checkpoint.prev = sink": (_prev_is_sink, "checkpoint.path", "sink.path"),
+    "source = dead letters, followed": (_source_is_dead_letter, "dead_letter.path", "source.path"),
+    "source = sink": (_source_is_sink, "sink.path", "source.path"),
+    "sink = dead letters": (_sink_is_dead_letter, "dead_letter.path", "sink.path"),
+    "checkpoint = source": (_checkpoint_is_source, "checkpoint.path", "source.path"),
+}
+
+
+@pytest.mark.parametrize("name", list(COLLISIONS))
+def test_colliding_paths_are_refused_at_start_and_nothing_is_touched(tmp_path, capsys, name):
+    src = tmp_path / "in.jsonl"
+    write_stream(src)
+    (tmp_path / "out.jsonl").write_text('{"earlier": "predictions"}\n')
+    cfg = config(tmp_path, src, max_records=50)
+    mutate, key, other = COLLISIONS[name]
+    mutate(cfg, tmp_path)
+    before = {p: open(p, "rb").read() for p in (src, tmp_path / "out.jsonl")}
+    code, last, err = run_cli(cfg, tmp_path, capsys)
+    assert code == 2, err
+    assert last.startswith(f"streamrnn: error: {key}: ") and f"is the same file as {other} = " in last, last
+    assert "Traceback" not in err
+    assert {p: open(p, "rb").read() for p in before} == before  # the predictions are intact
+
+
+def test_a_second_daemon_on_one_checkpoint_refuses_while_the_first_runs(tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    rows = write_stream(src)
+    first = config(tmp_path, src, every=50)
+    first["source"]["follow"] = True
+    (tmp_path / "first.toml").write_text(toml(first))
+    p = cli("run", str(tmp_path / "first.toml"), "--no-progress")
+    try:
+        wait_lines(tmp_path / "out.jsonl", N)
+        second = config(tmp_path, src)  # another sink, the same checkpoint
+        second["sink"]["path"] = str(tmp_path / "out2.jsonl")
+        second["dead_letter"]["path"] = str(tmp_path / "dead2.jsonl")
+        code, last, err = run_cli(second, tmp_path, capsys, "second.toml")
+        assert code == 2, err
+        assert last == (
+            f"streamrnn: error: checkpoint.path: {str(tmp_path / 'd.ckpt')!r} is in use by another daemon "
+            f"(pid {p.pid} holds {str(tmp_path / 'd.ckpt.lock')!r}); two daemons on one checkpoint would apply "
+            "records twice"
+        )
+        assert not os.path.exists(tmp_path / "out2.jsonl")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    arrays, meta, _ = load_checkpoint(str(tmp_path / "d.ckpt"))
+    assert meta["positions"] == {str(src): N}
+    assert_same_weights(streamrnn.Model.from_state(arrays, meta["model"]), reference(rows))
+    # the lock went with the first daemon: the second may run now (nothing left to apply)
+    code, last, err = run_cli(second, tmp_path, capsys, "second.toml")
+    assert code == 0, err
+
+
+# ---------------------------------------------------------------------------- items 6, 9: durations, keep, mode
+DURATIONS = [
+    ("daemon", "poll_timeout"),
+    ("daemon", "log_every_seconds"),
+    ("daemon", "retry_backoff"),
+    ("daemon", "retry_backoff_max"),
+    ("daemon", "retry_give_up_seconds"),
+    ("checkpoint", "every_seconds"),
+    ("source", "speed"),
+]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "1e9"])
+@pytest.mark.parametrize("section, key", DURATIONS)
+def test_non_finite_or_endless_durations_are_refused(tmp_path, capsys, section, key, value):
+    src = tmp_path / "in.jsonl"
+    write_stream(src, n=10)
+    cfg = config(tmp_path, src)
+    if key == "speed":
+        cfg["source"] = {"type": "replay", "path": str(src)}
+    cfg[section].pop(key, None)
+    text = toml(cfg).replace(f"[{section}]\n", f"[{section}]\n{key} = {value}\n", 1)
+    (tmp_path / "c.toml").write_text(text)
+    from streamrnn.cli import main
+
+    assert main(["run", str(tmp_path / "c.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"streamrnn: error: {section}.{key}: expected a number from 0 to "), err
+    assert not os.path.exists(tmp_path / "out.jsonl")
+
+
+def test_group_stale_seconds_must_be_finite():
+    from streamrnn.service import ConfigError
+
+    raw = {
+        "source": {"type": "kafka", "bootstrap": "h:1", "topic": "t"},
+        "schema": {"features": ["a"]},
+        "checkpoint": {"path": "/tmp/x"},
+        "group": {"stale_seconds": float("inf")},
+    }
+    with pytest.raises(ConfigError, match=r"^group.stale_seconds: expected a number from 0 to 604800, got inf$"):
+        validate_config(raw)
+
+
+def test_sigterm_is_honoured_within_a_second_whatever_the_poll_timeout(tmp_path):
+    src = tmp_path / "in.jsonl"
+    rows = write_stream(src)
+    cfg = config(tmp_path, src, every=100000, poll_timeout=60)
+    cfg["source"]["follow"] = True
+    (tmp_path / "c.toml").write_text(toml(cfg))
+    p = cli("run", str(tmp_path / "c.toml"), "--no-progress")
+    wait_lines(tmp_path / "out.jsonl", N)
+    time.sleep(0.3)  # inside the poll's wait now
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=30)
+    took = time.monotonic() - t0
+    assert p.returncode == 0, err
+    assert took < 2.0, f"SIGTERM took {took:.1f} s with poll_timeout = 60"
+    arrays, meta, _ = load_checkpoint(str(tmp_path / "d.ckpt"))
+    assert meta["positions"] == {str(src): N}
+    assert_same_weights(streamrnn.Model.from_state(arrays, meta["model"]), reference(rows))
+
+
+@pytest.mark.parametrize("keep, ok", [(2, True), (5, False), (1, False), (0, False), ("2", False)])
+def test_checkpoint_keep_is_the_two_generations_kept(tmp_path, keep, ok):
+    from streamrnn.service import ConfigError
+
+    cfg = config(tmp_path, tmp_path / "in.jsonl")
+    cfg["checkpoint"]["keep"] = keep
+    if ok:
+        assert validate_config(cfg)["checkpoint"]["keep"] == 2
+    else:
+        with pytest.raises(ConfigError) as exc:
+            validate_config(cfg)
+        assert str(exc.value) == (
+            f"checkpoint.keep: expected 2 (the newest and the previous generation are kept), got {keep!r}"
+        )
+
+
+@pytest.mark.parametrize("mode", ["r", "r+", "x", "ab", "", 1])
+def test_sink_mode_other_than_a_or_w_is_refused(tmp_path, capsys, mode):
+    src = tmp_path / "in.jsonl"
+    write_stream(src, n=10)
+    cfg = config(tmp_path, src)
+    cfg["sink"]["mode"] = mode
+    code, last, err = run_cli(cfg, tmp_path, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert last == f"streamrnn: error: sink.mode: expected one of a, w, got {mode!r}"
+
+
+def test_sink_mode_w_does_not_erase_outputs_across_a_restart(tmp_path):
+    src = tmp_path / "in.jsonl"
+    rows = write_stream(src)
+    cfg = config(tmp_path, src, max_records=120)
+    cfg["sink"]["mode"] = cfg["dead_letter"]["mode"] = "w"
+    (tmp_path / "out.jsonl").write_text('{"from": "an earlier run"}\n')
+    Daemon(validate_config(copy.deepcopy(cfg))).run()  # afresh: "w" empties the file
+    outs = [json.loads(x) for x in open(tmp_path / "out.jsonl")]
+    assert [o["position"][1] for o in outs] == list(range(120))
+    cfg["daemon"].pop("max_records")
+    d = Daemon(validate_config(copy.deepcopy(cfg)))  # resumes: appends
+    assert d.stats["resumed_from"] == str(tmp_path / "d.ckpt")
+    d.run()
+    outs = [json.loads(x) for x in open(tmp_path / "out.jsonl")]
+    assert [o["position"][1] for o in outs] == list(range(N))
+    assert_same_weights(d.model, reference(rows))

@@ -85,6 +85,41 @@ def first_usable(generations, restore=None, new_allocate=lambda: None, what=""):
     return None
 
 
+def hold_lock(path):
+    """An exclusive ``fcntl.flock`` on ``PATH.lock`` (created if missing, never through a symlink),
+    held until :func:`release_lock`: the open file descriptor. A second daemon on the same
+    checkpoint gets ConfigError naming checkpoint.path and the holder's pid. (A lock file, not the
+    checkpoint itself: every save renames a new file over the checkpoint.)"""
+    import fcntl
+
+    from .config import ConfigError
+
+    lock = f"{path}.lock"
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(lock, flags, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"checkpoint.path: cannot open the lock file {lock!r}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(
+            f"checkpoint.path: {path!r} is in use by another daemon (pid {holder} holds {lock!r}); "
+            "two daemons on one checkpoint would apply records twice"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def release_lock(fd):
+    """Release a lock of :func:`hold_lock` (closing its descriptor); None does nothing."""
+    if fd is not None:
+        os.close(fd)
+
+
 def set_aside(path):
     """Rename an unusable newest generation out of the way (kept for inspection), so that the next
     save does not rotate it over the good previous generation the daemon resumed from."""
