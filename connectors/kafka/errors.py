@@ -76,7 +76,7 @@ def retry_retriable(
     give_up_seconds: float = 60.0,
     backoff: float = 0.5,
     backoff_max: float = 8.0,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> T:
     """``call()``, tried again while it raises a *retriable* kafka-python error (``exc.retriable``:
     CoordinatorNotAvailableError right after a broker starts, NotCoordinatorError, a timeout ...),
@@ -105,8 +105,11 @@ def retry_retriable(
                 waited = time.monotonic() - start
                 if not getattr(exc, "retriable", False) or attempt >= attempts or waited >= give_up_seconds:
                     if getattr(exc, "retriable", False):
-                        raise type(exc)(f"{exc} (still after {attempt} attempts over {waited:.1f} s)") from None
+                        raise SourceError(
+                            f"Kafka broker at {bootstrap!r}: {what}: {exc} "
+                            f"(still after {attempt} attempts over {waited:.1f} s)"
+                        ) from None
                     raise
                 delay = min(backoff_max, backoff * 2 ** (attempt - 1), max(0.0, give_up_seconds - waited))
                 log.warning("%s: %s: %s; retrying in %.1f s", bootstrap, what, type(exc).__name__, delay)
-        sleep(delay)
+        (sleep or time.sleep)(delay)
