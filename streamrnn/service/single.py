@@ -101,19 +101,14 @@ class SingleDaemon(Daemon):
         this schema mode (forecast state or none)."""
         check_daemon_meta(meta)
         extra = {}
-        if self.forecaster is not None:
-            if FORECAST_ARRAY not in layout:
-                raise CheckpointError(
-                    "no forecast-mode state (was it written with schema.forecast = false?); "
-                    "move the checkpoint away to start afresh"
-                )
-            pending = check_keys(meta.get("forecast_keys"), "saved forecast keys", self.model.max_keys)
-            extra[FORECAST_ARRAY] = ((len(pending), self.model.n_inputs), self.model.dtype)
-        elif FORECAST_ARRAY in layout:
+        if self.forecaster is not None and FORECAST_ARRAY not in layout:
             raise CheckpointError(
-                "written in forecast mode (schema.forecast = true), and this config is not; "
+                "no forecast-mode state (was it written with schema.forecast = false?); "
                 "move the checkpoint away to start afresh"
             )
+        if FORECAST_ARRAY in layout:  # checked in both modes (plain mode ignores the pending inputs)
+            pending = check_keys(meta.get("forecast_keys"), "saved forecast keys", self.model.max_keys)
+            extra[FORECAST_ARRAY] = ((len(pending), self.model.n_inputs), self.model.dtype)
         check_model_header(layout, meta["model"], self.model, hint=_MODEL_HINT, extra=extra)
 
     def _restore(self, arrays, meta, used):
