@@ -2,7 +2,7 @@
 
 Nothing is allocated to estimate: the sizes follow from the same arithmetic the Model uses
 (its parameter count, the learner's per-key layout). The estimate counts the parameters and
-the optimizer state, the learner's workspace (bounded by exact RTRL's, the largest), and each
+the optimizer state, the learner's workspace (an upper bound of it), and each
 key's state times the number of keys the model may hold (``max_keys`` for a daemon, the saved
 keys for ``Model.load``). A configuration whose estimate exceeds the bound is refused with a
 :class:`MemoryLimitError` naming the estimate and the bound, before anything is allocated:
@@ -130,7 +130,10 @@ def estimate_model_bytes(config, n_keys=None, parts=False):
     p_cell = n_cell_params(G, m, n, rec)
     p = p_cell + n_out * (n + 1 + (m if config.get("readout_skip") else 0))
     fixed = members * p * dtype * (1 + rows) + 8 * (n_in + n_out) * 4  # theta, optimizer, statistics
-    workspace = dtype * (G * n * p_cell + 2 * p + 8 * S)  # exact RTRL's, the largest of the learners
+    if spec.name == "rtrl":  # exact RTRL of a dense cell: the immediate influence (G n x P_cell)
+        workspace = dtype * (G * n * p_cell + 2 * p + 8 * S)
+    else:  # SnAp-1 (and RTRL of element-wise cells), UORO, TBPTT: a few vectors of theta's size
+        workspace = dtype * (3 * p + 8 * S)
     dims = ModelDims(
         cell, task, m, n, n_out, S, target_width(task, n_out), p_cell, p, np.dtype("float64"), 0, truncation, None
     )
