@@ -96,15 +96,29 @@ def check_model_header(layout, meta, model, hint="", extra=None):
     return keys
 
 
+_STRICT = ("theta", "opt_state", "counters")  # and every per-key array (key.*): what sizes the model
+
+
+def _family(name):
+    return name.split(".", 1)[0] if "." in name else name
+
+
 def check_layout(layout, expected, hint=""):
-    """The file's arrays are exactly ``expected`` (name -> (shape, dtype)); CheckpointError naming
-    the first that differs."""
-    missing = [n for n in expected if n not in layout]
-    unknown = [n for n in layout if n not in expected]
-    if missing or unknown:
-        what = f"missing array {missing[0]!r}" if missing else f"unexpected array {unknown[0]!r}"
-        raise CheckpointError(f"{what}{hint}")
-    for name, (shape, dtype) in expected.items():
+    """The file's arrays against ``expected`` (name -> (shape, dtype)); CheckpointError naming the
+    first that differs. Exact for the parameters, the optimizer state, the counters and the per-key
+    arrays (what sizes the model and its key slots) and any ``extra``; the other arrays (the
+    preprocessing statistics, a race's scores) are the model's to check, which accepts older
+    layouts of them: here they need only belong to a family the model has (``standardize.``, ...)."""
+    strict = {n for n in expected if n in _STRICT or n.startswith("key.") or n.startswith("forecast.")}
+    families = {_family(n) for n in expected}
+    for name in layout:
+        if name not in expected and (name.startswith("key.") or _family(name) not in families):
+            raise CheckpointError(f"unexpected array {name!r}{hint}")
+    for name in expected:
+        if name in strict and name not in layout:
+            raise CheckpointError(f"missing array {name!r}{hint}")
+    for name in strict:
+        shape, dtype = expected[name]
         got_shape, got_dtype = layout[name]
         if name.startswith("key.") and got_shape[:1] != shape[:1] and got_shape[1:] == tuple(shape[1:]):
             raise CheckpointError(

@@ -197,6 +197,18 @@ CRAFTED = {
     "theta of integers": (_theta_int, "array 'theta' is int64[101], expected float64[101]"),
     "more key rows than keys": (_extra_key_rows, "saved keys: 5 rows of keys, but 6 rows of per-key state"),
     "unexpected array": (_extra_array, "unexpected array 'junk'"),
+    "statistics of another shape": (
+        lambda a, m, s: a.__setitem__("standardize.x_stats", np.zeros((3, 7))),
+        "array 'standardize.x_stats' missing, of the wrong shape or not valid statistics",
+    ),
+    "NaN statistics": (
+        lambda a, m, s: a["standardize.x_stats"].__setitem__((1, 0), np.nan),
+        "array 'standardize.x_stats' missing, of the wrong shape or not valid statistics",
+    ),
+    "per-key array unknown": (
+        lambda a, m, s: a.__setitem__("key.extra", np.zeros((5, 2))),
+        "unexpected array 'key.extra'",
+    ),
     "missing array": (_no_influence, "missing array 'key.influence'"),
     "position a string": (_set(("positions", "SRC"), "abc"), "not an integer position >= 0: abc"),
     "position a float": (_set(("positions", "SRC"), 150.5), "not an integer position >= 0: 150.5"),
