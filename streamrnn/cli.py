@@ -98,8 +98,19 @@ def cmd_demo(args):
     return _run(validate_config(raw), args)
 
 
+def _check_seconds(option, value, key):
+    """A command-line duration checked as the config's ``key`` is (finite, in its range)."""
+    from .service import ConfigError
+
+    if not key.valid(value):
+        raise ConfigError(f"{option}: expected {key.expected()}, got {value!r}")
+
+
 def cmd_replay(args):
     """Feed a recorded stream into the model (with a config) or into a Kafka topic."""
+    from .service.config import SOURCE
+
+    _check_seconds("--speed", args.speed, SOURCE.key("speed"))
     if args.to_topic:
         from streamrnn.connectors.kafka import KafkaSink
         from streamrnn.connectors.replay import ReplaySource
@@ -130,6 +141,9 @@ def cmd_record(args):
     """Copy a Kafka topic (or a JSONL/CSV file) into a recorded stream file."""
     from streamrnn.connectors.codec import JSONDecodeError, dumps, loads
 
+    from .service.config import DAY, Key
+
+    _check_seconds("--idle-timeout", args.idle_timeout, Key("idle_timeout", "number", "", minimum=0, maximum=DAY))
     if args.topic:
         from streamrnn.connectors.kafka import KafkaSource
 

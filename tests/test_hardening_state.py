@@ -1176,9 +1176,16 @@ def test_every_prometheus_metric_has_its_exact_value(tmp_path, monkeypatch):
     assert m["streamrnn_checkpoint_failures_total"] == 1.0
     d._report(d._last_ckpt)
     assert _scrape(port)["streamrnn_checkpoint_age_seconds"] == 0.0
-    # non-finite updates skipped and states rejected are the model's own counts
-    assert m["streamrnn_skipped_updates_total"] == float(d.model.stats["skipped_nonfinite"])
-    assert m["streamrnn_rejected_samples_total"] == float(d.model.stats["rejected_nonfinite_state"])
+    # non-finite updates skipped and states rejected: the model's own counts, carried per batch
+    from streamrnn.learners.common import REJECTED_STATE, SKIPPED_NONFINITE
+
+    assert m["streamrnn_skipped_updates_total"] == 0.0 and m["streamrnn_rejected_samples_total"] == 0.0
+    d.model.counters[SKIPPED_NONFINITE] += 3  # as the kernel counts them
+    d.model.counters[REJECTED_STATE] += 2
+    d._poll_once(10, None)
+    m = _scrape(port)
+    assert m["streamrnn_skipped_updates_total"] == 3.0 and m["streamrnn_rejected_samples_total"] == 2.0
+    assert m["streamrnn_records_total"] == 60.0
     d.run()
     assert d.stats["records"] == 120
 
@@ -1303,3 +1310,31 @@ def test_a_million_distinct_keys_with_small_max_keys_keep_memory_flat(tmp_path):
     assert outputs[0]["prediction"] == float(fresh[0])
     assert d.model.key_state(key) is not None and len(d.model.keys) == 64  # held again, another evicted
     d.close()
+
+
+_IDLE = "expected a number from 0 to 86400, got "
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["replay", "X", "--speed", "nan", "--config", "C"], "--speed: expected a number from 0 to 1e+06, got nan"),
+        (["replay", "X", "--speed", "inf", "--to-topic", "t"], "--speed: expected a number from 0 to 1e+06, got inf"),
+        (["replay", "X", "--speed", "-1", "--config", "C"], "--speed: expected a number from 0 to 1e+06, got -1.0"),
+        (
+            ["record", "--file", "X", "--out", "O", "--idle-timeout", "inf"],
+            "--idle-timeout: expected a number from 0 to 86400, got inf",
+        ),
+        (
+            ["record", "--file", "X", "--out", "O", "--idle-timeout", "nan"],
+            "--idle-timeout: expected a number from 0 to 86400, got nan",
+        ),
+    ],
+)
+def test_command_line_durations_are_checked_like_the_config(tmp_path, capsys, argv, message):
+    from streamrnn.cli import main
+
+    argv = [str(tmp_path / a) if a in ("X", "C", "O") else a for a in argv]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"streamrnn: error: {message}\n"
+    assert not os.path.exists(tmp_path / "O")
