@@ -1338,3 +1338,69 @@ def test_command_line_durations_are_checked_like_the_config(tmp_path, capsys, ar
     assert main(argv) == 2
     assert capsys.readouterr().err == f"streamrnn: error: {message}\n"
     assert not os.path.exists(tmp_path / "O")
+
+
+# ---------------------------------------------------------------------------- item 3 for a group member
+class _PartitionSource(_GeneratedSource):
+    """Records of partition t:0 (positions (topic, partition, offset)), as a Kafka source gives them."""
+
+    on_assign = on_revoke = None
+
+    def positions(self):
+        return {"t:0": self.i}
+
+    def poll(self, max_records=1000, timeout=0.0):
+        from streamrnn.connectors.base import Record
+
+        out = []
+        while self.i < self.n and len(out) < max_records:
+            out.append(Record(value=self.make(self.i), key=None, position=("t", 0, self.i)))
+            self.i += 1
+        return out
+
+
+@pytest.mark.parametrize("name", ["duplicate keys", "all-NaN theta", "position a string", "theta one too wide"])
+def test_group_member_falls_back_from_a_crafted_partition_checkpoint(tmp_path, name, caplog):
+    """The store of a consumer group ([group] store = "dir") holds a crafted newest generation of
+    partition t:0: the member refuses it and resumes the partition from the previous one."""
+    from streamrnn.connectors.base import NullSink
+
+    rows = []
+
+    def make(i):
+        a, b = (i % 7) / 7.0, (i % 3) / 3.0
+        rows.append((f"k{i % 5}", [a, b], round(a - b, 6)))
+        return json.dumps({"key": f"k{i % 5}", "a": a, "b": b, "y": round(a - b, 6)})
+
+    cfg = {
+        "source": {"type": "kafka", "bootstrap": "127.0.0.1:1", "topic": "t"},
+        "schema": {"features": ["a", "b"], "target": "y", "key": "key"},
+        "model": dict(MODEL),
+        "checkpoint": {"path": str(tmp_path / "store"), "every_records": 0, "every_seconds": 0},
+        "daemon": {"batch_size": 50, "progress": False},
+        "group": {"name": "g", "member": "m1"},
+    }
+    for n in (100, 200):  # two generations of partition t:0: at offsets 100 (.prev) and 200
+        src = _PartitionSource(n, make)
+        d = Daemon(validate_config(copy.deepcopy(cfg)), source=src, sink=NullSink(), dead_letter=NullSink())
+        src.seek({"gen": d._partitions_assigned(["t:0"]).get("t:0") or 0})
+        rows.clear()
+        while not src.exhausted:
+            d._poll_once(50, None)
+        d.checkpoint()
+        d.close()
+    path = str(tmp_path / "store" / "t" / "0.ckpt")
+    arrays, meta = ckpt.load(path)
+    assert meta["positions"] == {"t:0": 200} and ckpt.load(path + ".prev")[1]["positions"] == {"t:0": 100}
+    mutate, reason = CRAFTED[name]
+    mutate(arrays, meta, "t:0")
+    with open(path, "wb") as fh:
+        fh.write(ckpt.dumps(arrays, meta))
+    d = Daemon(
+        validate_config(copy.deepcopy(cfg)), source=_PartitionSource(300, make), sink=NullSink(), dead_letter=NullSink()
+    )
+    assert d._partitions_assigned(["t:0"]) == {"t:0": 100}
+    assert d._fatal is None
+    warned = [r.getMessage() for r in caplog.records if "unusable" in r.getMessage()]
+    assert any(reason in m for m in warned), warned
+    d.close()
