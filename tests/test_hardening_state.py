@@ -1404,3 +1404,61 @@ def test_group_member_falls_back_from_a_crafted_partition_checkpoint(tmp_path, n
     warned = [r.getMessage() for r in caplog.records if "unusable" in r.getMessage()]
     assert any(reason in m for m in warned), warned
     d.close()
+
+
+def test_fuzzed_headers_with_valid_checksums_only_ever_raise_checkpoint_error(tmp_path, two_generations):
+    """1 000 random edits of a real daemon checkpoint's header (a character replaced, inserted or
+    deleted; the checksum recomputed): the daemon's check and Model.load raise CheckpointError or
+    load a model, never another exception."""
+    import random
+
+    from streamrnn.service.checkpoints import check_daemon_meta
+    from streamrnn.state_checks import check_model_file
+
+    src, rows, ck = two_generations
+    data = open(ck, "rb").read()
+    header_len = struct.unpack("<8sIQ", data[:20])[2]
+    header, body = data[20 : 20 + header_len], data[20 + header_len : -32]
+    d = Daemon(validate_config(config(tmp_path, src)))
+    m = streamrnn.Model(n_inputs=2, n_hidden=3)
+    arrays_m, meta_m = m.state_arrays()
+    model_file = ckpt.dumps(arrays_m, json.loads(json.dumps(meta_m)))
+    m_len = struct.unpack("<8sIQ", model_file[:20])[2]
+    m_header, m_body = model_file[20 : 20 + m_len], model_file[20 + m_len : -32]
+    rng = random.Random(16)
+    alphabet = b'0123456789-.eE"[]{},:nulltruefalse \\\\x'
+    outcomes = {"refused": 0, "loaded": 0}
+
+    def edit(text):
+        i = rng.randrange(len(text))
+        op = rng.randrange(3)
+        c = bytes([rng.choice(alphabet)])
+        return (
+            text[:i] + c + text[i + 1 :]
+            if op == 0
+            else text[:i] + c + text[i:]
+            if op == 1
+            else text[:i] + text[i + 1 :]
+        )
+
+    for trial in range(1000):
+        daemon_file = trial % 2 == 0
+        h, b = (header, body) if daemon_file else (m_header, m_body)
+        for _ in range(rng.randrange(1, 4)):
+            h = edit(h)
+        p = tmp_path / f"fuzz-{trial % 2}.ckpt"
+        p.write_bytes(forge(h, b))
+        try:
+            if daemon_file:
+                arrays, meta = ckpt.load(p, allocate=d.model.allocate_for_load, check=d._check_header)
+                check_daemon_meta(meta)
+                d._restore(arrays, meta, str(p))
+            else:
+                ckpt.load(p, check=check_model_file)
+                streamrnn.Model.load(p)
+            outcomes["loaded"] += 1
+        except CheckpointError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] + outcomes["loaded"] == 1000
+    assert outcomes["refused"] > 900, outcomes
+    d.close()

@@ -118,6 +118,8 @@ class SingleDaemon(Daemon):
             self.model.load_state(arrays, meta["model"], source=used)
             if self.forecaster is not None:
                 self.forecaster.load_state(arrays, meta, source=used)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:  # checked above: a fault not foreseen
+            raise CheckpointError(f"{used}: unusable state: {type(exc).__name__}: {exc}") from None
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}{_MODEL_HINT}") from None
 
