@@ -38,9 +38,10 @@ def _run(cfg, args):
     if getattr(args, "metrics_port", None) is not None:
         cfg["daemon"]["metrics_port"] = args.metrics_port
     early = []
-    for sig in _STOP_SIGNALS:
-        signal.signal(sig, lambda signum, frame: early.append(signum))
-    args.daemon_run = True  # main() ignores stop signals once this returns or raises
+    # main() restores these (or, for the command line itself, ignores the signals) once this returns
+    args.signal_handlers = {
+        sig: signal.signal(sig, lambda signum, frame: early.append(signum)) for sig in _STOP_SIGNALS
+    }
     d = Daemon(cfg)
     d.install_signal_handlers()
     if early:
@@ -280,9 +281,11 @@ def main(argv=None):
         print(f"streamrnn: error: {exc}", file=sys.stderr, flush=True)
         return 2
     finally:
-        if getattr(args, "daemon_run", False):  # the daemon is done: no late signal changes the status
-            for sig in _STOP_SIGNALS:
-                signal.signal(sig, signal.SIG_IGN)
+        # The daemon is done (its final checkpoint durable, or it failed): as the command line, no
+        # late signal may change the exit status; called from Python (argv given), the caller's
+        # handlers come back.
+        for sig, previous in getattr(args, "signal_handlers", {}).items():
+            signal.signal(sig, signal.SIG_IGN if argv is None else previous)
 
 
 if __name__ == "__main__":
