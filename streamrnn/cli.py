@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -18,8 +19,17 @@ def _load(path, group=None):
     return load_config(path, group=group)
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def _run(cfg, args):
-    from .service import run_config
+    """Run the daemon of a validated config; 0 once its final checkpoint is durable.
+
+    A stop request (SIGTERM, SIGINT) is honoured from the moment the daemon is being built (one
+    arriving before it exists stops it at once, after its first checkpoint), and ignored once the
+    run is over: a signal storm that outlasts the final checkpoint cannot turn the exit status 0
+    into -15 (the interpreter restores the default handlers while it shuts down)."""
+    from .service import Daemon
 
     if getattr(args, "max_records", None):
         cfg["daemon"]["max_records"] = args.max_records
@@ -27,7 +37,17 @@ def _run(cfg, args):
         cfg["daemon"]["progress"] = False
     if getattr(args, "metrics_port", None) is not None:
         cfg["daemon"]["metrics_port"] = args.metrics_port
-    run_config(cfg)
+    early = []
+    # main() restores these (or, for the command line itself, ignores the signals) once this returns
+    args.signal_handlers = {
+        sig: signal.signal(sig, lambda signum, frame: early.append(signum)) for sig in _STOP_SIGNALS
+    }
+    d = Daemon(cfg)
+    d.install_signal_handlers()
+    if early:
+        d.stop()
+    d.run()
+    print(d.summary(), flush=True)
     return 0
 
 
@@ -45,7 +65,12 @@ def cmd_status(args):
     cfg = _load(args.config, group=args.group)
     if not cfg.get("group"):
         raise ConfigError("group: missing (give the config a [group] section or --group NAME)")
-    status = group_status(cfg)
+    from streamrnn.connectors.kafka.errors import retry_retriable
+
+    # right after a broker starts its group coordinator is not there yet (retriable errors)
+    status = retry_retriable(
+        lambda: group_status(cfg), cfg["source"]["bootstrap"], f"reading the status of group {cfg['group']['name']!r}"
+    )
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
 
@@ -74,8 +99,19 @@ def cmd_demo(args):
     return _run(validate_config(raw), args)
 
 
+def _check_seconds(option, value, key):
+    """A command-line duration checked as the config's ``key`` is (finite, in its range)."""
+    from .service import ConfigError
+
+    if not key.valid(value):
+        raise ConfigError(f"{option}: expected {key.expected()}, got {value!r}")
+
+
 def cmd_replay(args):
     """Feed a recorded stream into the model (with a config) or into a Kafka topic."""
+    from .service.config import SOURCE
+
+    _check_seconds("--speed", args.speed, SOURCE.key("speed"))
     if args.to_topic:
         from streamrnn.connectors.kafka import KafkaSink
         from streamrnn.connectors.replay import ReplaySource
@@ -106,6 +142,9 @@ def cmd_record(args):
     """Copy a Kafka topic (or a JSONL/CSV file) into a recorded stream file."""
     from streamrnn.connectors.codec import JSONDecodeError, dumps, loads
 
+    from .service.config import DAY, Key
+
+    _check_seconds("--idle-timeout", args.idle_timeout, Key("idle_timeout", "number", "", minimum=0, maximum=DAY))
     if args.topic:
         from streamrnn.connectors.kafka import KafkaSource
 
@@ -239,8 +278,14 @@ def main(argv=None):
     try:
         return args.func(args)
     except (ConfigError, CheckpointError, SourceError) as exc:
-        print(f"streamrnn: error: {exc}", file=sys.stderr)
+        print(f"streamrnn: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    finally:
+        # The daemon is done (its final checkpoint durable, or it failed): as the command line, no
+        # late signal may change the exit status; called from Python (argv given), the caller's
+        # handlers come back.
+        for sig, previous in getattr(args, "signal_handlers", {}).items():
+            signal.signal(sig, signal.SIG_IGN if argv is None else previous)
 
 
 if __name__ == "__main__":

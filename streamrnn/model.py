@@ -908,7 +908,13 @@ class Model:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Model:
         """Read a file written by :meth:`save`; a corrupt or foreign file raises ``CheckpointError``."""
-        arrays, meta = checkpoint.load(path)
+        # -- hardening (#16 items 3, 7; streamrnn/state_checks.py): the header is checked (memory,
+        # configuration, shapes, unique keys) before anything is allocated, and theta after reading
+        from .state_checks import check_finite, check_model_file
+
+        arrays, meta = checkpoint.load(path, check=check_model_file)
+        check_finite(arrays, str(path))
+        # -- end hardening
         return cls.from_state(arrays, meta, source=str(path))
 
     def __repr__(self) -> str:

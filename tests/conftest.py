@@ -9,12 +9,64 @@ import uuid
 
 import pytest
 
+# A test module that imports kafka-python (or the Kafka connectors) at its top cannot even be
+# imported without it. Such a module is skipped then, or under STREAMRNN_REQUIRE_KAFKA=1 it fails:
+# a run that must exercise Kafka never passes by skipping it (module-level importorskip did).
+_KAFKA_IMPORT = re.compile(
+    r"^(import kafka\b|from kafka\b|from streamrnn\.connectors\.kafka\b|from streamrnn\.connectors import kafka\b"
+    r"|kafka = require_kafka_python\(\))",
+    re.M,
+)
+
+
+class _NeedsKafkaPython(pytest.Module):
+    """Stands in for a Kafka test module when kafka-python is missing: skipped, or failed."""
+
+    def collect(self):
+        from tests.kafka_broker import kafka_python_missing, kafka_skip_or_fail
+
+        kafka_skip_or_fail(f"{self.path.name}: {kafka_python_missing()}")
+        return []
+
+
+def _needs_missing_kafka_python(path) -> bool:
+    """Whether ``path`` is a Kafka test module and kafka-python is missing."""
+    if path.suffix != ".py":
+        return False
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    if not _KAFKA_IMPORT.search(text):
+        return False
+    from tests.kafka_broker import kafka_python_missing
+
+    return kafka_python_missing() is not None
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    if _needs_missing_kafka_python(module_path):
+        return _NeedsKafkaPython.from_parent(parent, path=module_path)
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collect_file(file_path, parent):
+    """Without kafka-python a Kafka test module is not imported for its doctests either (that
+    import error would hide the skip, or the failure, of :class:`_NeedsKafkaPython`)."""
+    collected = yield
+    if collected and _needs_missing_kafka_python(file_path):
+        return [c for c in collected if isinstance(c, _NeedsKafkaPython)]
+    return collected
+
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory):
     """The session's local KafkaBroker, or None when STREAMRNN_KAFKA_BOOTSTRAP is set."""
-    from tests.kafka_broker import KafkaBroker, kafka_skip_or_fail, missing_tools
+    from tests.kafka_broker import KafkaBroker, kafka_python_missing, kafka_skip_or_fail, missing_tools
 
+    if kafka_python_missing() is not None:  # a broker without a client to reach it is of no use
+        kafka_skip_or_fail(kafka_python_missing())
     if os.environ.get("STREAMRNN_KAFKA_BOOTSTRAP"):
         yield None
         return

@@ -40,6 +40,28 @@ def kafka_skip_or_fail(reason: str):
     pytest.skip(reason)
 
 
+def kafka_python_missing() -> str | None:
+    """Why kafka-python cannot be imported, or None if it can."""
+    try:
+        import kafka  # noqa: F401
+    except ImportError as exc:
+        return f"kafka-python is not installed ({exc}): pip install 'streamrnn[kafka]'"
+    return None
+
+
+def require_kafka_python():
+    """The ``kafka`` module, or (at module level too) a skip, or a failure under
+    STREAMRNN_REQUIRE_KAFKA=1: what ``pytest.importorskip("kafka")`` does, minus ignoring the flag."""
+    why = kafka_python_missing()
+    if why is not None:
+        if os.environ.get("STREAMRNN_REQUIRE_KAFKA") == "1":
+            pytest.fail(why, pytrace=False)
+        pytest.skip(why, allow_module_level=True)
+    import kafka
+
+    return kafka
+
+
 def kafka_cache_dir() -> Path:
     default = Path.home() / ".cache" / "streamrnn" / f"kafka-{KAFKA_VERSION}"
     return Path(os.environ.get("STREAMRNN_KAFKA_CACHE", str(default)))

@@ -11,8 +11,11 @@ its outputs; a failed offset commit is logged) catch :data:`UNREACHABLE` or ``Ka
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import kafka.errors
 from kafka.errors import KafkaError
@@ -59,3 +62,54 @@ def translate_broker_errors(bootstrap: str, what: str, failure: type[Exception] 
         raise BrokerUnavailable(f"Kafka broker at {bootstrap!r} is unreachable: {what}: {exc}") from None
     except KafkaError as exc:
         raise failure(f"Kafka broker at {bootstrap!r}: {what}: {exc}") from None
+
+
+T = TypeVar("T")
+log = logging.getLogger("streamrnn.kafka")
+
+
+def retry_retriable(
+    call: Callable[[], T],
+    bootstrap: str,
+    what: str,
+    attempts: int = 8,
+    give_up_seconds: float = 60.0,
+    backoff: float = 0.5,
+    backoff_max: float = 8.0,
+    sleep: Callable[[float], None] | None = None,
+) -> T:
+    """``call()``, tried again while it raises a *retriable* kafka-python error (``exc.retriable``:
+    CoordinatorNotAvailableError right after a broker starts, NotCoordinatorError, a timeout ...),
+    with exponential backoff, at most ``attempts`` times and ``give_up_seconds`` in all. Then, or
+    for an error that is not retriable, it is raised as :func:`translate_broker_errors` says
+    (BrokerUnavailable, or SourceError naming the broker, what was done and the attempts made).
+
+    >>> from kafka.errors import CoordinatorNotAvailableError
+    >>> calls = []
+    >>> def flaky():
+    ...     calls.append(1)
+    ...     if len(calls) < 3:
+    ...         raise CoordinatorNotAvailableError("coordinator not ready")
+    ...     return "status"
+    >>> retry_retriable(flaky, "h:9092", "reading the group's status", sleep=lambda s: None), len(calls)
+    ('status', 3)
+    """
+    start = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        with translate_broker_errors(bootstrap, what):
+            try:
+                return call()
+            except KafkaError as exc:
+                waited = time.monotonic() - start
+                if not getattr(exc, "retriable", False) or attempt >= attempts or waited >= give_up_seconds:
+                    if getattr(exc, "retriable", False):
+                        raise SourceError(
+                            f"Kafka broker at {bootstrap!r}: {what}: {exc} "
+                            f"(still after {attempt} attempts over {waited:.1f} s)"
+                        ) from None
+                    raise
+                delay = min(backoff_max, backoff * 2 ** (attempt - 1), max(0.0, give_up_seconds - waited))
+                log.warning("%s: %s: %s; retrying in %.1f s", bootstrap, what, type(exc).__name__, delay)
+        (sleep or time.sleep)(delay)

@@ -3,11 +3,18 @@
 A checkpoint holds the model, per-key state and the source positions together (see
 :mod:`streamrnn.checkpoint` for the file format); the same fallback serves the per-partition
 stores of a consumer group (:func:`first_usable`).
+
+A checkpoint is trusted data: whoever can write the checkpoint directory decides the model the
+daemon resumes. Everything a file says is checked before it is used (:func:`check_daemon_meta`,
+:mod:`streamrnn.state_checks`), and a malformed generation is a CheckpointError, which falls
+back to the previous one. For a shared checkpoint directory set ``STREAMRNN_CHECKPOINT_KEY``
+(checkpoints are then signed and verified with HMAC-SHA256, see :mod:`streamrnn.checkpoint`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 
@@ -17,7 +24,29 @@ from streamrnn.checkpoint import CheckpointError
 log = logging.getLogger("streamrnn.daemon")  # one logger for the whole service: operators filter on it
 
 
-def load_checkpoint(path, restore=None, allocate=None):
+def check_daemon_meta(meta, streams=None):
+    """CheckpointError unless ``meta`` is a daemon checkpoint's: a "model" object and "positions"
+    mapping each source stream (a file path, a Kafka "topic:partition") to a position >= 0."""
+    positions = meta.get("positions")
+    if not isinstance(positions, dict) or not isinstance(meta.get("model"), dict):
+        raise CheckpointError("not a daemon checkpoint (no positions)")
+    for stream, pos in positions.items():
+        if len(stream) > 4096:
+            raise CheckpointError("positions: a stream name longer than 4096 characters")
+        if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos < 2**63:
+            raise CheckpointError(f"positions: {stream[:200]!r}: not an integer position >= 0: {str(pos)[:40]}")
+    if streams is not None:
+        for stream in streams:
+            if stream not in positions:
+                raise CheckpointError(f"not a checkpoint of partition {stream}")
+    daemon = meta.get("daemon", {})
+    if not isinstance(daemon, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in daemon.values()
+    ):
+        raise CheckpointError("daemon: the saved counts are not finite numbers")
+
+
+def load_checkpoint(path, restore=None, allocate=None, check=None):
     """Newest usable checkpoint generation as (arrays, meta, used_path), or None when none exists.
 
     A generation that is truncated, corrupted, of another format version, not a daemon
@@ -25,9 +54,10 @@ def load_checkpoint(path, restore=None, allocate=None):
     CheckpointError if it does not fit, e.g. another model configuration) is skipped with a
     warning and the previous one is tried. If generations exist but none is usable,
     CheckpointError names each one's problem; no file is changed. ``allocate`` is passed on to
-    :func:`streamrnn.checkpoint.load` (where to read each array).
+    :func:`streamrnn.checkpoint.load` (where to read each array), ``check(layout, meta)`` too (the
+    header against the configuration, before anything is allocated).
     """
-    return first_usable(ckpt.generations(path), restore, lambda: allocate)
+    return first_usable(ckpt.generations(path, check=check), restore, lambda: allocate)
 
 
 def first_usable(generations, restore=None, new_allocate=lambda: None, what=""):
@@ -39,8 +69,10 @@ def first_usable(generations, restore=None, new_allocate=lambda: None, what=""):
     for where, load in generations:
         try:
             arrays, meta = load(new_allocate())
-            if "positions" not in meta or "model" not in meta:
-                raise CheckpointError(f"{where}: not a daemon checkpoint (no positions)")
+            try:
+                check_daemon_meta(meta)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{where}: {exc}") from None
             if restore is not None:
                 restore(arrays, meta, where)
         except CheckpointError as exc:
@@ -51,6 +83,41 @@ def first_usable(generations, restore=None, new_allocate=lambda: None, what=""):
     if errors:
         raise CheckpointError(f"{what}no usable checkpoint: " + "; ".join(errors))
     return None
+
+
+def hold_lock(path):
+    """An exclusive ``fcntl.flock`` on ``PATH.lock`` (created if missing, never through a symlink),
+    held until :func:`release_lock`: the open file descriptor. A second daemon on the same
+    checkpoint gets ConfigError naming checkpoint.path and the holder's pid. (A lock file, not the
+    checkpoint itself: every save renames a new file over the checkpoint.)"""
+    import fcntl
+
+    from .config import ConfigError
+
+    lock = f"{path}.lock"
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(lock, flags, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"checkpoint.path: cannot open the lock file {lock!r}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(
+            f"checkpoint.path: {path!r} is in use by another daemon (pid {holder} holds {lock!r}); "
+            "two daemons on one checkpoint would apply records twice"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def release_lock(fd):
+    """Release a lock of :func:`hold_lock` (closing its descriptor); None does nothing."""
+    if fd is not None:
+        os.close(fd)
 
 
 def set_aside(path):

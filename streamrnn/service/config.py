@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from streamrnn.memory import MemoryLimitError, check_memory, parse_size
 from streamrnn.model import Model
 from streamrnn.partitioned import MODES
 
@@ -28,6 +29,7 @@ class ConfigError(ValueError):
 
 
 NO_DEFAULT = object()  # a key without a default: required, or absent unless given
+DAY = 86400.0  # the longest duration a [checkpoint] or [daemon] cadence may have (finite: no endless wait)
 
 SOURCE_TYPES = ("jsonl", "csv", "replay", "kafka")
 SINK_TYPES = ("jsonl", "csv", "kafka", "none")
@@ -38,8 +40,9 @@ FILE_TYPES = ("jsonl", "csv", "replay")
 class Key:
     """One key of a section: how it is checked and how the reference describes it.
 
-    ``type`` is one of "string", "boolean", "integer", "number", "path" (a string; relative paths
-    resolve against the config file's folder) and "list of strings". A ``required`` key with
+    ``type`` is one of "string", "boolean", "integer", "number" (finite), "path" (a string; relative
+    paths resolve against the config file's folder), "size" (bytes: an integer, or a string such as
+    "8GiB") and "list of strings". A ``required`` key with
     ``used_by`` source/sink types is required, and checked, only for those types; any other key is
     checked whenever present. ``fill``: the validator writes the default into the normalised config
     (otherwise the reader of the key applies it). ``checked = False``: passed on as given.
@@ -69,6 +72,8 @@ class Key:
             return f"one of {', '.join(self.choices)}"
         if self.type == "boolean":
             return "true or false"
+        if self.type == "size":
+            return 'a size in bytes (an integer, or a string such as "8GiB")'
         kind = "an integer" if self.type == "integer" else "a number"
         if self.maximum is not None:
             return f"{kind} from {self.minimum:g} to {self.maximum:g}"
@@ -84,6 +89,12 @@ class Key:
         """Whether ``value`` has this key's type and lies in its choices or range."""
         if self.type == "boolean":
             return isinstance(value, bool)
+        if self.type == "size":
+            try:
+                parse_size(value)
+            except ValueError:
+                return False
+            return True
         if self.type in ("string", "path"):
             ok = isinstance(value, str) and (bool(value) or not self.nonempty)
         elif self.type == "list of strings":
@@ -96,8 +107,8 @@ class Key:
         return ok and (not self.choices or value in self.choices)
 
     def _in_range(self, value) -> bool:
-        if isinstance(value, float) and math.isnan(value):
-            return False  # no count of records or seconds
+        if isinstance(value, float) and not math.isfinite(value):
+            return False  # no count of records or seconds (inf: a wait without end)
         low = self.minimum is None or (value > self.minimum if self.above else value >= self.minimum)
         return low and (self.maximum is None or value <= self.maximum)
 
@@ -150,7 +161,14 @@ def _endpoint_keys(types: tuple, file_types: tuple, what: str) -> tuple[Key, ...
 
 
 _SINK_MODE = Key(
-    "mode", "string", 'file open mode: "a" appends, "w" truncates', default="a", used_by=("jsonl", "csv"), checked=False
+    "mode",
+    "string",
+    '"a": append to the file; "w": empty it when the daemon starts afresh (no checkpoint to resume '
+    "from); a daemon that resumes from a checkpoint always appends, so outputs are never erased "
+    "across a restart",
+    default="a",
+    choices=("a", "w"),
+    used_by=("jsonl", "csv"),
 )
 
 SOURCE = Section(
@@ -165,6 +183,7 @@ SOURCE = Section(
             "0 = as fast as possible, else the recorded pace times speed",
             default=0.0,
             minimum=0,
+            maximum=1e6,
             used_by=("replay",),
         ),
         Key(
@@ -348,13 +367,33 @@ CHECKPOINT = Section(
             "seconds between checkpoints, when records arrived (0 = off)",
             default=30.0,
             minimum=0,
+            maximum=DAY,
             fill=True,
         ),
-        Key("keep", "integer", "accepted for compatibility; unused (two generations are kept)", checked=False),
+        Key(
+            "keep",
+            "integer",
+            "generations kept: the newest and the previous one (PATH.prev); only 2 is accepted",
+            default=2,
+            choices=(2,),
+            what="2 (the newest and the previous generation are kept)",
+        ),
     ),
     notes="""\
 The previous generation is kept as PATH.prev. An unusable newest one (corrupt, or of another
-[model]) is renamed PATH.unusable-TIME and the daemon resumes from PATH.prev.""",
+[model]) is renamed PATH.unusable-TIME and the daemon resumes from PATH.prev.
+
+A checkpoint is trusted data: whoever can write the checkpoint's directory decides the model the
+daemon resumes. Every checkpoint read is checked before anything is allocated for it (its
+structure, the shapes against [model], sizes against the file's size, unique keys within
+max_keys, finite parameters, integer positions); one that fails is unusable as above. Where
+the directory is shared, set the environment variable `STREAMRNN_CHECKPOINT_KEY` to a secret:
+checkpoints are then signed (HMAC-SHA256) and a file without that signature is unusable.
+
+A single daemon holds an exclusive lock (`fcntl.flock`) on PATH.lock for its life: a second
+daemon on the same checkpoint refuses to start. Paths that collide (the checkpoint, the
+source, the sink and the dead-letter file: the same file under any spelling) are refused at
+start.""",
 )
 
 DAEMON = Section(
@@ -362,7 +401,15 @@ DAEMON = Section(
     "The loop: batching, polling, logging, limits and the retry policy.",
     (
         Key("batch_size", "integer", "most records per batch (one compiled step)", default=500, minimum=1, fill=True),
-        Key("poll_timeout", "number", "seconds a poll waits for records", default=0.5, minimum=0, fill=True),
+        Key(
+            "poll_timeout",
+            "number",
+            "seconds a poll waits for records (a stop request is honoured within 0.5 s whatever this is)",
+            default=0.5,
+            minimum=0,
+            maximum=60,
+            fill=True,
+        ),
         Key(
             "metrics_port",
             "integer",
@@ -378,10 +425,20 @@ DAEMON = Section(
             "seconds between progress log lines (0 = none)",
             default=10.0,
             minimum=0,
+            maximum=DAY,
             fill=True,
         ),
         Key("progress", "boolean", "a progress bar when reading a finite file", default=True, fill=True),
         Key("max_records", "integer", "stop after this many records (0 = no limit)", default=0, minimum=0, fill=True),
+        Key(
+            "max_memory",
+            "size",
+            "most memory the model may need, as estimated from [model] before anything is allocated "
+            "(parameters, optimizer state, the learner's workspace, and max_keys keys' state); a larger "
+            "model is refused at start; 0 = the machine's memory (which always bounds it)",
+            default=0,
+            fill=True,
+        ),
         Key(
             "max_record_bytes",
             "integer",
@@ -404,15 +461,17 @@ DAEMON = Section(
             "seconds before the first retry, doubling each time ...",
             default=0.5,
             minimum=0,
+            maximum=3600,
             fill=True,
         ),
-        Key("retry_backoff_max", "number", "... up to this", default=30.0, minimum=0, fill=True),
+        Key("retry_backoff_max", "number", "... up to this", default=30.0, minimum=0, maximum=3600, fill=True),
         Key(
             "retry_give_up_seconds",
             "number",
             "give up after retrying this long (0 = that bound off; not both bounds off)",
             default=600.0,
             minimum=0,
+            maximum=7 * DAY,
             fill=True,
         ),
     ),
@@ -494,6 +553,7 @@ GROUP = Section(
             "shared mode: parameters published longer ago are ignored",
             default=300.0,
             minimum=0,
+            maximum=7 * DAY,
             above=True,
             fill=True,
         ),
@@ -603,6 +663,13 @@ def _validate_model(cfg, raw, base_dir):
         raise ConfigError(f"model.n_inputs: {model['n_inputs']!r} differs from len(schema.features) = {n_features}")
     if "betas" in model and isinstance(model["betas"], list):
         model["betas"] = tuple(model["betas"])  # TOML has arrays, Model takes a tuple
+    # the memory the model needs, before Model() allocates any of it (a bound of daemon.max_memory)
+    daemon = cfg["daemon"]
+    check_key("daemon", daemon, DAEMON.key("max_memory"))
+    try:
+        check_memory(model, limit=parse_size(daemon.get("max_memory", 0)), what="the model")
+    except MemoryLimitError as exc:
+        raise ConfigError(f"model: {exc}") from None
     try:
         Model(**model)
     except (TypeError, ValueError) as exc:
@@ -729,6 +796,121 @@ def load_config(path, group=None):
         if isinstance(raw.get("source"), dict) and "group" in raw["source"]:
             raw["source"]["group"] = group  # the command line wins
     return validate_config(raw, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+# ---------------------------------------------------------------------------- checks at start
+def _identity(path):
+    """(device, inode) of an existing file, else None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def file_paths(cfg) -> list[tuple[str, str]]:
+    """The files a single daemon's config names, as (key, path): the source, the sinks, the checkpoint."""
+    out = []
+    if cfg["source"].get("type") in FILE_TYPES and cfg["source"].get("path"):
+        out.append(("source.path", cfg["source"]["path"]))
+    for section in ("sink", "dead_letter"):
+        if cfg[section].get("type") in ("jsonl", "csv") and cfg[section].get("path"):
+            out.append((f"{section}.path", cfg[section]["path"]))
+    if cfg["checkpoint"].get("path") and not cfg.get("group"):
+        out.append(("checkpoint.path", cfg["checkpoint"]["path"]))
+    return out
+
+
+def check_collisions(cfg) -> None:
+    """ConfigError if two of the source, the sinks and the checkpoint (with PATH.prev and PATH.lock)
+    are the same file, under any spelling (canonical paths, or the same device and inode: a hard
+    link): a checkpoint over the predictions destroys them, a source that is its own dead-letter
+    file feeds on its output."""
+    seen = {}
+    for key, path in file_paths(cfg):
+        names = [path]
+        if key == "checkpoint.path":
+            names += [path + ".prev", path + ".lock"]
+        for name in names:
+            ids = {("path", os.path.realpath(name))}
+            identity = _identity(name)
+            if identity is not None:
+                ids.add(("inode", identity))
+            for ident in ids:
+                if ident in seen and seen[ident][0] != key:
+                    other_key, other = seen[ident]
+                    raise ConfigError(
+                        f"{key}: {path!r} is the same file as {other_key} = {other!r}; give each its own file"
+                    )
+            for ident in ids:
+                seen.setdefault(ident, (key, path))
+
+
+def _check_writable_file(key, path) -> None:
+    if os.path.isdir(path):
+        raise ConfigError(f"{key}: {path!r} is a directory, not a file")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{key}: the directory {folder!r} does not exist")
+    try:  # open as the sink will (creating it, appending: nothing written, nothing truncated)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot write {path!r}: {exc.strerror}") from None
+    os.close(fd)
+
+
+def check_start(cfg, source=True, sink=True, dead_letter=True) -> None:
+    """What can be known before processing, checked before it: colliding paths; a source file that
+    exists and is a readable file; sink files that can be written in a directory that exists; a
+    checkpoint directory that exists (a single daemon; a group's store is created); a free metrics
+    port. ConfigError naming the key. ``source``, ``sink``, ``dead_letter`` False: that one is given
+    otherwise (an injected connector) and not checked."""
+    check_collisions(cfg)
+    src = cfg["source"]
+    if source and src.get("type") in FILE_TYPES:
+        path = src["path"]
+        if os.path.isdir(path):
+            raise ConfigError(f"source.path: {path!r} is a directory, not a file")
+        if not os.path.exists(path):
+            raise ConfigError(f"source.path: {path!r} does not exist")
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"source.path: cannot read {path!r}")
+    for section, check in (("sink", sink), ("dead_letter", dead_letter)):
+        table = cfg[section]
+        if check and table.get("type") in ("jsonl", "csv"):
+            _check_writable_file(f"{section}.path", table["path"])
+    check_checkpoint_path(cfg)
+    port = cfg["daemon"].get("metrics_port")
+    if port:
+        check_port_free(port)
+
+
+def check_checkpoint_path(cfg) -> None:
+    """A single daemon's checkpoint.path: not a directory, in a directory that exists and can be
+    written (found at start, not at the first checkpoint after the whole stream)."""
+    ck = cfg["checkpoint"].get("path")
+    if ck and not cfg.get("group"):
+        if os.path.isdir(ck):
+            raise ConfigError(f"checkpoint.path: {ck!r} is a directory, not a file")
+        folder = os.path.dirname(os.path.abspath(ck))
+        if not os.path.isdir(folder):
+            raise ConfigError(f"checkpoint.path: the directory {folder!r} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"checkpoint.path: cannot write in the directory {folder!r}")
+
+
+def check_port_free(port) -> None:
+    """ConfigError naming daemon.metrics_port if 127.0.0.1:``port`` cannot be bound."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ConfigError(
+                f"daemon.metrics_port: cannot serve metrics on 127.0.0.1:{port}: {exc.strerror}"
+            ) from None
 
 
 # ---------------------------------------------------------------------------- the reference page

@@ -16,16 +16,30 @@ from collections import Counter
 
 from streamrnn.checkpoint import CheckpointError
 from streamrnn.extras import require
+from streamrnn.forecast import _ARRAY as FORECAST_ARRAY
+from streamrnn.model import Model
 from streamrnn.partitioned import PartitionedModel
+from streamrnn.state_checks import check_finite, check_keys, check_model_header
 
-from .checkpoints import first_usable
+from .checkpoints import check_daemon_meta, first_usable
+from .config import check_start
 from .loop import Daemon
+from .single import STOP_LATENCY, append_on_resume, close_opened
 
 log = logging.getLogger("streamrnn.daemon")  # one logger for the whole service: operators filter on it
 
 
 class GroupDaemon(Daemon):
     """A consumer-group member: state per owned partition, saved to and loaded from the store."""
+
+    def __init__(self, config, source=None, sink=None, dead_letter=None, progress=None):
+        check_start(config, source=source is None, sink=sink is None, dead_letter=dead_letter is None)
+        try:
+            super().__init__(config, source, sink, dead_letter, progress)
+        except BaseException:
+            close_opened(self)
+            raise
+        self.poll_timeout = min(self.poll_timeout, STOP_LATENCY)
 
     def _open_state(self, config):
         from streamrnn.scaleout import ParameterExchange, make_store
@@ -40,6 +54,12 @@ class GroupDaemon(Daemon):
             "open the checkpoint store", lambda: make_store(g, config["checkpoint"], src["bootstrap"])
         )
         self.ckpt_path = repr(self.store)
+        self._template = Model(**config["model"])  # what a partition's checkpoint must fit
+        try:
+            if self.store.streams():  # partitions saved before: a restart, outputs stay
+                append_on_resume(config)
+        except Exception as exc:  # noqa: BLE001 - the listing is best effort; "w" then truncates
+            log.warning("could not list the checkpoint store %s: %s", self.ckpt_path, exc)
         self._dirty_streams = set()  # partitions with records since their last save
         self._tokens = {}  # partition -> token of the checkpoint it was loaded from or saved as
         self._part_counts = {}  # partition -> [records, applied] over its whole history
@@ -90,8 +110,17 @@ class GroupDaemon(Daemon):
         self._tokens[stream] = self.store.newest_token(stream)
 
         def restore(arrays, meta, where):
-            if stream not in meta["positions"]:
-                raise CheckpointError(f"{where}: not a checkpoint of partition {stream}")
+            try:
+                check_daemon_meta(meta, streams=[stream])
+                layout = {name: (arr.shape, arr.dtype.newbyteorder("<")) for name, arr in arrays.items()}
+                extra = {}
+                if FORECAST_ARRAY in layout or self.parts.forecast:
+                    pending = check_keys(meta.get("forecast_keys"), "saved forecast keys", self._template.max_keys)
+                    extra[FORECAST_ARRAY] = ((len(pending), self._template.n_inputs), self._template.dtype)
+                check_model_header(layout, meta["model"], self._template, extra=extra)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{where}: {exc}") from None
+            check_finite(arrays, where)
             try:
                 self.parts.load(stream, arrays, meta, source=where, adopt_parameters=not self._have_params)
             except CheckpointError as exc:

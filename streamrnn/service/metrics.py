@@ -56,7 +56,14 @@ class Metrics:
         )
         self.retries = pc.Counter("streamrnn_broker_retries", "failed attempts to reach the broker", registry=reg)
         self.ckpt_failures = pc.Counter("streamrnn_checkpoint_failures", "checkpoint writes that failed", registry=reg)
-        self.server, self.thread = pc.start_http_server(port, addr="127.0.0.1", registry=reg)
+        try:
+            self.server, self.thread = pc.start_http_server(port, addr="127.0.0.1", registry=reg)
+        except OSError as exc:  # the port was taken since the check at start
+            from .config import ConfigError
+
+            raise ConfigError(
+                f"daemon.metrics_port: cannot serve metrics on 127.0.0.1:{port}: {exc.strerror}"
+            ) from None
         self.enabled = True
 
     def observe_batch(self, n_records, n_dead, seconds, outputs, n_keys, model_stats, lag=None):

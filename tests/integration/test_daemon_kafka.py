@@ -14,7 +14,9 @@ import pytest
 
 pytestmark = pytest.mark.kafka
 
-kafka = pytest.importorskip("kafka")
+from tests.kafka_broker import require_kafka_python  # noqa: E402
+
+kafka = require_kafka_python()  # fails, not skips, under STREAMRNN_REQUIRE_KAFKA=1
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
 import streamrnn  # noqa: E402

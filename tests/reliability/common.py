@@ -15,7 +15,6 @@ import uuid
 import numpy as np
 
 import streamrnn
-from streamrnn.connectors.kafka import await_offset_validation
 from streamrnn.service import dump_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -193,6 +192,8 @@ class TopicReader:
                 time.sleep(0.2)
                 continue
             if not batches:  # the workaround KafkaSource applies (kafka-python#3106)
+                from streamrnn.connectors.kafka import await_offset_validation
+
                 try:
                     await_offset_validation(self.consumer)
                 except Exception:  # noqa: BLE001 - as above

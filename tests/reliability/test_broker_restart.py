@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from streamrnn.service import load_checkpoint
-from tests.kafka_broker import KafkaBroker, create_topic, kafka_skip_or_fail, missing_tools
+from tests.kafka_broker import KafkaBroker, create_topic, kafka_python_missing, kafka_skip_or_fail, missing_tools
 from tests.reliability.common import (
     FEATURES,
     MODEL,
@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    why = missing_tools()
+    why = kafka_python_missing() or missing_tools()
     if why is not None:
         kafka_skip_or_fail(f"cannot start a local Kafka broker: {why}")
     b = KafkaBroker(tmp_path_factory.mktemp("restartable-kafka"))

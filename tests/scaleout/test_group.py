@@ -18,7 +18,7 @@ import pytest
 
 import streamrnn
 from streamrnn.connectors.checkpoint_store import DirectoryStore
-from streamrnn.scaleout import group_status
+from streamrnn.scaleout import group_status as _group_status
 from streamrnn.service import Daemon, validate_config
 from tests.reliability.common import (
     FEATURES,
@@ -95,6 +95,14 @@ def _wait(predicate, timeout, what):
             return value
         time.sleep(0.2)
     raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def group_status(cfg):
+    """The group's status as ``streamrnn status`` reads it: retriable broker errors retried (right
+    after a broker starts the group coordinator is not there yet: CoordinatorNotAvailableError)."""
+    from streamrnn.connectors.kafka.errors import retry_retriable
+
+    return retry_retriable(lambda: _group_status(cfg), cfg["source"]["bootstrap"], "reading the group's status")
 
 
 def _owned(status):
