@@ -75,7 +75,7 @@ class Model:
 
     Parameters
     ----------
-    cell : {"rnn", "gru", "lstm", "ernn", "egru", "elstm", "dlru"}
+    cell : {"gru", "rnn", "lstm", "ernn", "egru", "elstm", "dlru"}
         Recurrent cell, with PyTorch's equations, gate order and parameter names.
         The ``e`` cells are element-wise: one recurrent weight per gate row, on
         its own unit (``weight_hh_l0`` of shape (G·n,)); exact RTRL for them
@@ -83,9 +83,12 @@ class Model:
         ``"dlru"`` is a diagonal linear recurrent unit with a tanh readout,
         ``s' = σ(ν) ⊙ s + W_ih x + b_ih + b_hh``, ``h' = tanh(s')``, with the
         decay logits ν in ``weight_hh_l0`` (n,); element-wise as well.
-    n_inputs, n_hidden, n_outputs : int
-        Input width, hidden units, readout width (number of classes for
-        ``task="classification"``, 1 for ``"binary"``).
+    n_inputs : int
+        Input width (the features of a row).
+    n_hidden : int
+        Hidden units.
+    n_outputs : int
+        Readout width (number of classes for ``task="classification"``, 1 for ``"binary"``).
     task : {"regression", "classification", "binary"}
         Per-step loss: ½‖ŷ − y‖², softmax cross-entropy, or logistic loss.
     learner : {"rtrl", "snap1", "uoro", "tbptt"}
@@ -99,9 +102,12 @@ class Model:
         ``"tbptt"`` is truncated BPTT: every ``stride`` steps of a key, the
         losses of those steps are backpropagated through the last
         ``truncation`` steps; O(truncation·(S + inputs)) memory per key.
-    truncation, stride : int, only for ``learner="tbptt"``
-        Window length k and update stride h (1 <= h <= k; default h = k).
-    optimizer : {"adam", "sgd", "adam_hd", "cocob", "mechanic", "race"} (see streamrnn.optim)
+    truncation : int or None
+        TBPTT's window length k (``learner="tbptt"`` only).
+    stride : int or None
+        TBPTT's update stride h (1 <= h <= k; default h = k).
+    optimizer : {"adam", "sgd", "adam_hd", "cocob", "mechanic", "race"}
+        See :mod:`streamrnn.optim`.
         ``"race"`` needs no learning rate to be tuned: K = ``len(optim.RACE_FACTORS)`` Adam members
         at rates ``lr × RACE_FACTORS`` (0.3, 1, 3), the same seed and initial weights, each with its
         own parameters, Adam state, counters, workspace and per-key learner state, run over every
@@ -116,16 +122,25 @@ class Model:
         ``gradient``, ``last_gradient``, ``hidden_state``, ``predict_from_state``, ``stats``;
         ``set_weights`` sets every member. ``momentum`` (an SGD setting) is refused.
     lr : float
+        Learning rate (of every member's base rate under a race).
     clip : float or None
         Global gradient-norm clipping per update (as ``clip_grad_norm_``).
     seed : int
         Seeds PyTorch-style initialisation, U(−1/√n, 1/√n) for every parameter.
     dtype : {"float64", "float32"}
+        Parameters' and states' floating-point type.
     max_keys : int
         Most keys holding a recurrent state at once. A new key beyond that evicts
         the least recently used key, whose state is dropped (it restarts from
         zero if it comes back). Memory grows with the keys actually seen.
-    betas, eps, momentum, weight_decay : optimizer hyper-parameters (PyTorch meaning).
+    betas : tuple of float
+        Adam's moment decays (PyTorch's meaning).
+    eps : float
+        Adam's denominator term.
+    momentum : float
+        SGD's momentum.
+    weight_decay : float
+        L2 weight decay (PyTorch's meaning).
     readout_skip : bool
         Let the readout also see the step's input: ``ŷ = W_out h + S x + b_out``
         with ``S = readout.skip_weight`` (n_outputs, n_inputs), which starts at
