@@ -74,6 +74,7 @@ class DirectoryStore(_Store):
         return f"DirectoryStore({self.path!r})"
 
     def file(self, stream):
+        """The checkpoint file of ``stream`` (``TOPIC:PARTITION``): ``PATH/TOPIC/PARTITION.ckpt``."""
         topic, partition = _split(stream)
         return os.path.join(self.path, topic, f"{partition}.ckpt")
 
@@ -97,6 +98,7 @@ class DirectoryStore(_Store):
         return None
 
     def streams(self):
+        """The streams (``TOPIC:PARTITION``) that have a checkpoint file, sorted by topic and partition."""
         out = []
         for topic in sorted(os.listdir(self.path)):
             folder = os.path.join(self.path, topic)
@@ -115,6 +117,7 @@ class DirectoryStore(_Store):
         return sorted(set(out), key=_split)
 
     def close(self):
+        """Nothing to release (files are opened per read and write)."""
         pass
 
 
@@ -141,6 +144,9 @@ class KafkaTopicStore(_Store):
         self._kv.put(stream, data)
 
     def generations(self, stream):
+        """[(where, load(allocate) -> (arrays, meta))] of the topic's retained values for ``stream``,
+        newest first; [] if none is stored.
+        """
         values = self._kv.latest(stream)
         where = f"kafka:{self.topic}[{stream}]"
         return [
@@ -149,11 +155,16 @@ class KafkaTopicStore(_Store):
         ]
 
     def newest_meta(self, stream, refresh=True):
+        """The newest value's metadata (header only, unverified), or None; ``refresh`` reads the topic
+        to its end first.
+        """
         values = self._kv.latest(stream, refresh=refresh)
         return ckpt.peek_meta(io.BytesIO(values[0][1]), f"kafka:{self.topic}[{stream}]") if values else None
 
     def streams(self):
+        """The streams (``TOPIC:PARTITION``) with a checkpoint in the topic, sorted."""
         return sorted((k for k in self._kv.keys() if k and ":" in k), key=_split)
 
     def close(self):
+        """Close the topic's producer and consumer."""
         self._kv.close()

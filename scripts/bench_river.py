@@ -22,7 +22,7 @@ Speed target (>= 20 000 samples/s for GRU-8 through the river API)
   stream repeated to >= 20 000 samples; the headline is the smaller of the two streams' figures, each the
   best of 5 passes (the median is in the JSON too; on a shared machine slower passes time other
   processes). In the same interleaved passes: the same estimator without the linear head (``head_lags=0``:
-  what the head costs), and ``Model.step_many`` on the same rows (the compiled kernel alone, no per-sample
+  what the head costs), with ``optimizer="race"`` (what the learning-rate race costs), and ``Model.step_many`` on the same rows (the compiled kernel alone, no per-sample
   Python), so api / step_many is what the river layer costs. BLAS and Numba pinned
   to one thread; the 1-minute load average at the start and end is in the JSON.
 
@@ -93,46 +93,51 @@ def pipeline_speed(data, make, min_samples=2000):
     return len(data) / (time.perf_counter() - t0)
 
 
+# Variants timed in the same interleaved passes as the default: what the linear head costs, and what the
+# learning-rate race (``optimizer="race"``: three Adam rates advanced together) costs.
+VARIANTS = {
+    "api": {},
+    "api_no_head": {"head_lags": 0},
+    "api_race": {"optimizer": "race"},
+}
+
+
 def bare_speed(data, min_samples=20_000, repeats=5):
-    """Samples/s of the bare estimator through the river API (predict_one + learn_one on pre-scaled dicts)
-    and of ``Model.step_many`` on the same rows, over ``repeats`` interleaved passes."""
+    """Samples/s of the bare estimator through the river API (predict_one + learn_one on pre-scaled dicts),
+    for each of ``VARIANTS``, and of ``Model.step_many`` on the same rows, over ``repeats`` interleaved
+    passes."""
     scaler, rows = preprocessing.StandardScaler(), []
     for x, y in data:
         scaler.learn_one(x)
         rows.append((scaler.transform_one(x), y))
     rows = rows * -(-min_samples // len(rows))
-    reg = RNNRegressor(**OURS)
-    no_head = RNNRegressor(head_lags=0, **OURS)  # what the linear head costs, in the same passes
+    regs = {name: RNNRegressor(**OURS, **extra) for name, extra in VARIANTS.items()}
     for x, y in rows[:50]:  # compile outside the clock
-        for r in (reg, no_head):
+        for r in regs.values():
             r.predict_one(x)
             r.learn_one(x, y)
     model = RNNRegressor(**OURS).model
     width = model.n_inputs
     X = np.zeros((len(rows), width))
     for i, (x, _) in enumerate(rows):
-        for j, name in enumerate(reg.features[:width]):
+        for j, name in enumerate(regs["api"].features[:width]):
             X[i, j] = x.get(name, 0.0)
     Y = np.array([[y] for _, y in rows])
     model.step_many(X[:50], Y[:50])
-    api, kernel, api_no_head = [], [], []
+    passes = {name: [] for name in (*VARIANTS, "step_many")}
     for _ in range(repeats):
-        for r, into in ((reg, api), (no_head, api_no_head)):
+        for name, r in regs.items():
             t0 = time.perf_counter()
             for x, y in rows:
                 r.predict_one(x)
                 r.learn_one(x, y)
-            into.append(len(rows) / (time.perf_counter() - t0))
+            passes[name].append(len(rows) / (time.perf_counter() - t0))
         t0 = time.perf_counter()
         model.step_many(X, Y)
-        kernel.append(len(rows) / (time.perf_counter() - t0))
-    return {
-        "api": max(api),
-        "api_median": float(np.median(api)),
-        "api_no_head": max(api_no_head),
-        "step_many": max(kernel),
-        "step_many_median": float(np.median(kernel)),
-    }
+        passes["step_many"].append(len(rows) / (time.perf_counter() - t0))
+    out = {name: max(v) for name, v in passes.items()}
+    out.update({f"{name}_median": float(np.median(v)) for name, v in passes.items()})
+    return out
 
 
 def main(argv=None):
@@ -156,6 +161,7 @@ def main(argv=None):
             rows.append((name, f"{label}, StandardScaler | model", sps))
         rows.append((name, f"{LABEL}: bare predict_one+learn_one", speed["api"]))
         rows.append((name, f"{LABEL}: bare, head_lags=0 (no linear head)", speed["api_no_head"]))
+        rows.append((name, f"{LABEL}: bare, optimizer='race' (3 Adam rates)", speed["api_race"]))
         rows.append((name, f"{LABEL}: Model.step_many, same rows", speed["step_many"]))
         result["streams"][name] = {
             "n_samples": len(data),
@@ -164,6 +170,7 @@ def main(argv=None):
             "gru8_river_api_samples_per_s": speed["api"],
             "gru8_river_api_samples_per_s_median": speed["api_median"],
             "gru8_river_api_no_head_samples_per_s": speed["api_no_head"],
+            "gru8_river_api_race_samples_per_s": speed["api_race"],
             "gru8_step_many_samples_per_s": speed["step_many"],
             "gru8_step_many_samples_per_s_median": speed["step_many_median"],
             "river_api_to_step_many_ratio": speed["api"] / speed["step_many"],

@@ -368,6 +368,17 @@ def peek_meta(fh, source="<checkpoint>"):
 
 
 def save(path, arrays, meta):
+    """Write ``arrays`` and ``meta`` to ``path`` atomically (a temporary file, fsync, rename).
+
+    Parameters
+    ----------
+    path : str
+        The file to (re)place.
+    arrays : dict of str to ndarray
+        The named arrays, written in this order.
+    meta : dict
+        JSON-serialisable header, with the arrays' layout and checksum added by :func:`pieces`.
+    """
     write_atomic(path, pieces(arrays, meta))
 
 

@@ -52,6 +52,7 @@ def _run(cfg, args):
 
 
 def cmd_run(args):
+    """``streamrnn run CONFIG``: run the daemon the config describes (exit status of :func:`_run`)."""
     return _run(_load(args.config, group=args.group), args)
 
 
@@ -76,6 +77,9 @@ def cmd_status(args):
 
 
 def cmd_demo(args):
+    """``streamrnn demo``: the bundled example config on the bundled recorded stream, with outputs
+    and checkpoints in a directory of the caller's choice (no Kafka needed).
+    """
     import tomllib
 
     from .service import validate_config
@@ -183,6 +187,12 @@ def cmd_record(args):
 
 
 def build_parser():
+    """The ``streamrnn`` command line: one subcommand per ``cmd_*`` function of this module.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
     from . import __version__
 
     p = argparse.ArgumentParser(prog="streamrnn", description="Streaming online learning with recurrent cells.")

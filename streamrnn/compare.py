@@ -101,6 +101,30 @@ def _held_state_bytes(learner):
 
 @dataclass
 class LearnerRun:
+    """One learner's run over the stream with one seed: what a row of the table is made of.
+
+    Attributes
+    ----------
+    learner : str
+        Its spec, as :func:`parse_learner` reads it (or a naive baseline's name).
+    seed : int
+        The seed of its initialisation.
+    prequential : float
+        The metric over every labelled sample, each predicted before it was learned.
+    tail : float
+        The same over the samples after ``train_fraction`` of the stream.
+    steps_per_s : float
+        Samples per wall-clock second of the learner's own calls.
+    state_bytes_per_key : int or None
+        Bytes of per-key state by the learner's layout (None: the offline learner).
+    state_bytes_at_10pct, state_bytes_at_end : int
+        Per-key bytes allocated at 10 % of the stream and at its end.
+    peak_rss_bytes : int
+        Peak resident memory of the process after the run.
+    curve : list of (int, float)
+        (step, metric over the preceding chunk): the learning curve.
+    """
+
     learner: str
     seed: int
     prequential: float
@@ -338,12 +362,51 @@ def run(
     baseline=None,
     head_lags=None,
 ):
-    """Run every learner (for every seed) over the stream ``X, Y`` (NaN targets: none) and collect runs.
+    """Run every learner (for every seed) over the stream ``X, Y`` and collect the runs.
 
-    ``target_lags``, ``standardize``, ``baseline`` and ``head_lags`` (None: the Model's default, the linear head
-    for regression) go to every :class:`Model` learner (``window:W`` and ``bidir`` have none of them). With
-    ``naive`` the naive baselines (:func:`naive_predictions`: persistence and the running mean) are scored on the
-    same samples and appear as rows beside the learners."""
+    Every online learner predicts each sample before learning from it (progressive validation);
+    ``bidir`` trains offline on the first ``train_fraction`` of the stream and is scored on the rest.
+
+    Parameters
+    ----------
+    X : array_like
+        ``(N, n_inputs)`` inputs in arrival order.
+    Y : array_like
+        ``(N,)`` or ``(N, width)`` targets; NaN: a row without a target.
+    keys : sequence or None
+        The key of each row (per-key state); None: one stream.
+    learners : sequence of str
+        Specs as :func:`parse_learner` reads them, e.g. ``"rtrl"``, ``"tbptt:16"``, ``"window:10"``.
+    cell : str
+        The recurrent cell of every Model learner.
+    n_hidden : int
+        Hidden units (and the window baseline's hidden width).
+    task : {"regression", "binary", "classification"}
+    metric : {"nmse", "mse", "logloss", "accuracy"} or None
+        None: NMSE for regression, log loss otherwise.
+    lr, optimizer, clip, dtype
+        As :class:`streamrnn.Model` takes them, for every learner.
+    seeds : sequence of int
+        One run per learner and seed.
+    train_fraction : float
+        Where the tail metric (and the offline learner's test part) starts.
+    n_chunks : int
+        Points of the learning curves.
+    bidir_epochs : int
+        Epochs of the offline bidirectional learner.
+    progress : bool
+        Show a progress bar (tqdm).
+    target_lags, standardize, baseline, head_lags
+        As :class:`streamrnn.Model` takes them (None: the Model's default), for every Model learner;
+        ``window:W`` and ``bidir`` have none of them.
+    naive : bool
+        Also score the naive baselines (:func:`naive_predictions`: persistence and the running mean)
+        on the same samples, as rows beside the learners.
+
+    Returns
+    -------
+    Comparison
+    """
     X = np.ascontiguousarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
     if Y.ndim == 1:
@@ -508,6 +571,17 @@ def _mean_std(values):
 
 @dataclass
 class Comparison:
+    """Every :class:`LearnerRun` of one :func:`run`, with the metric's name and the setup it ran with.
+
+    Attributes
+    ----------
+    runs : list of LearnerRun
+    metric : str
+        ``"nmse"``, ``"mse"``, ``"logloss"`` or ``"accuracy"``.
+    setup : dict
+        The arguments of :func:`run` that define the experiment (cell, size, rates, seeds, ...).
+    """
+
     runs: list
     metric: str
     setup: dict
@@ -530,6 +604,9 @@ class Comparison:
         return rows
 
     def table(self):
+        """The comparison as a text table, one line per learner (mean ± std over seeds): prequential and
+        tail metric, steps/s, state bytes per key, state bytes held at 10 % of the stream and at its end,
+        peak RSS."""
         m = self.metric
         head = (
             f"{'learner':<12}{'prequential ' + m:>24}{'tail ' + m:>24}{'steps/s':>10}"
@@ -548,6 +625,7 @@ class Comparison:
         return "\n".join(lines)
 
     def to_json(self):
+        """The comparison as one JSON-serialisable dict: metric, setup, summary and every run."""
         return {
             "metric": self.metric,
             "setup": self.setup,
@@ -569,6 +647,7 @@ class Comparison:
             self.plot(os.path.join(out_dir, "learning_curves.png"))
 
     def plot(self, path):
+        """Draw each learner's prequential-loss curve to the image file ``path`` (matplotlib, Agg)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -618,6 +697,12 @@ def _datasets():
 
 
 def build_parser(parser=None):
+    """The ``streamrnn compare`` options, added to ``parser`` (a new parser if None).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
     import argparse
 
     p = parser or argparse.ArgumentParser(prog="streamrnn compare", description=__doc__.split("\n\n")[0])

@@ -10,12 +10,28 @@ import numpy as np
 def binary_add_task(n_steps, seed=0, lags=(3, 8)):
     """The "add task" of the RTRL literature: a binary stream whose label needs memory.
 
-    ``x_t ~ Bernoulli(0.5)`` and ``P(y_t = 1) = 0.5 + 0.5 x_{t-a} − 0.25 x_{t-b}``
-    with ``(a, b) = lags``. The best achievable cross-entropy is 0.6616 nats
-    with no memory, 0.5192 remembering ``x_{t-a}`` and 0.4545 remembering both.
+    ``x_t ~ Bernoulli(0.5)`` and ``P(y_t = 1) = 0.5 + 0.5 x_{t-a} − 0.25 x_{t-b}`` with
+    ``(a, b) = lags``. The best achievable cross-entropy is 0.6616 nats with no memory, 0.5192
+    remembering ``x_{t-a}`` and 0.4545 remembering both (:func:`binary_add_task_floors`).
 
-    Returns ``X`` (n_steps, 1) float and ``Y`` (n_steps,) in {0, 1}.
+    Parameters
+    ----------
+    n_steps : int
+        Length of the stream.
+    seed : int
+        Seed of ``numpy.random.default_rng`` (inputs and labels).
+    lags : tuple of 2 ints
+        ``(a, b)``, the delays of the two dependencies.
 
+    Returns
+    -------
+    X : numpy.ndarray
+        ``(n_steps, 1)`` float inputs in {0, 1}.
+    Y : numpy.ndarray
+        ``(n_steps,)`` float labels in {0, 1}.
+
+    Examples
+    --------
     >>> X, Y = binary_add_task(5, seed=0)
     >>> X.shape, Y.shape
     ((5, 1), (5,))
@@ -31,7 +47,23 @@ def binary_add_task(n_steps, seed=0, lags=(3, 8)):
 
 
 def binary_add_task_floors(lags=(3, 8)):
-    """Expected cross-entropy (nats) of the optimal predictor with 0, 1 or 2 dependencies known."""
+    """Expected cross-entropy (nats) of the optimal predictor of :func:`binary_add_task`.
+
+    Parameters
+    ----------
+    lags : tuple of 2 ints
+        The task's ``(a, b)``.
+
+    Returns
+    -------
+    dict
+        ``{"none": ..., "first": ..., "both": ...}``: knowing nothing, ``x_{t-a}``, or both inputs.
+
+    Examples
+    --------
+    >>> {k: round(v, 4) for k, v in binary_add_task_floors().items()}
+    {'none': 0.6616, 'first': 0.5192, 'both': 0.4545}
+    """
 
     def h(p):
         return 0.0 if p in (0.0, 1.0) else -(p * np.log(p) + (1 - p) * np.log(1 - p))
@@ -39,16 +71,35 @@ def binary_add_task_floors(lags=(3, 8)):
     both = np.mean([h(0.5 + 0.5 * xa - 0.25 * xb) for xa in (0, 1) for xb in (0, 1)])
     first = np.mean([h(0.5 + 0.5 * xa - 0.125) for xa in (0, 1)])
     none = h(0.5 + 0.25 - 0.125)
-    return {"none": none, "first": first, "both": both}
+    return {"none": float(none), "first": float(first), "both": float(both)}
 
 
 def mackey_glass(n_steps, tau=17, beta=0.2, gamma=0.1, power=10, x0=1.2, washout=500):
     """Mackey–Glass series by Euler steps of size 1: ``x' = β x(t−τ)/(1 + x(t−τ)^p) − γ x(t)``.
 
-    The history before ``t = 0`` is constant ``x0``; the first ``washout`` values
-    are dropped. Returns the raw series (n_steps,). For one-step prediction use
+    The history before ``t = 0`` is constant ``x0``. For one-step prediction use
     :func:`one_step_ahead`.
 
+    Parameters
+    ----------
+    n_steps : int
+        Samples returned (after the washout).
+    tau : int
+        The delay τ (17: the chaotic regime of the literature).
+    beta, gamma, power : float
+        β, γ and the exponent p.
+    x0 : float
+        The constant history before ``t = 0``.
+    washout : int
+        Leading samples dropped.
+
+    Returns
+    -------
+    numpy.ndarray
+        The raw series, ``(n_steps,)``.
+
+    Examples
+    --------
     >>> x = mackey_glass(3000)
     >>> x.shape, round(float(x.min()), 2) > 0
     ((3000,), True)
@@ -152,8 +203,27 @@ def lorenz(
 def one_step_ahead(series, standardize=True):
     """``X[t] = s[t]``, ``Y[t] = s[t+1]``: one-step prediction of a scalar series.
 
-    With ``standardize`` the series is scaled to zero mean and unit variance
-    first, so the mean squared error of a prediction is its NMSE.
+    Parameters
+    ----------
+    series : array_like
+        The scalar series, ``(T,)``.
+    standardize : bool
+        Scale the series to zero mean and unit variance first (over the whole series: an offline
+        convenience; the Model standardises online), so that the mean squared error of a prediction
+        is its NMSE.
+
+    Returns
+    -------
+    X : numpy.ndarray
+        ``(T − 1, 1)``.
+    Y : numpy.ndarray
+        ``(T − 1,)``.
+
+    Examples
+    --------
+    >>> X, Y = one_step_ahead([1.0, 2.0, 3.0], standardize=False)
+    >>> X[:, 0].tolist(), Y.tolist()
+    ([1.0, 2.0], [2.0, 3.0])
     """
     s = np.asarray(series, dtype=np.float64)
     if standardize:
@@ -164,8 +234,29 @@ def one_step_ahead(series, standardize=True):
 def narma10(n_steps, seed=0, washout=200):
     """NARMA-10: ``y[t+1] = 0.3 y[t] + 0.05 y[t] Σ_{i<10} y[t−i] + 1.5 u[t−9] u[t] + 0.1``, ``u ~ U[0, 0.5]``.
 
-    Returns ``X = u`` (n_steps, 1) and ``Y = y[t+1]`` (n_steps,): the target of
-    step t is the system's next output, which depends on the last 10 inputs.
+    The target of step t is the system's next output, which depends on the last 10 inputs.
+
+    Parameters
+    ----------
+    n_steps : int
+        Samples returned (after the washout).
+    seed : int
+        Seed of the input draws.
+    washout : int
+        Leading samples dropped.
+
+    Returns
+    -------
+    X : numpy.ndarray
+        ``(n_steps, 1)``, the inputs ``u``.
+    Y : numpy.ndarray
+        ``(n_steps,)``, ``y[t+1]``.
+
+    Examples
+    --------
+    >>> X, Y = narma10(100)
+    >>> X.shape, Y.shape, bool((X >= 0).all() and (X <= 0.5).all())
+    ((100, 1), (100,), True)
     """
     rng = np.random.default_rng(seed)
     total = n_steps + washout
@@ -180,10 +271,33 @@ def narma10(n_steps, seed=0, washout=200):
 def adding_problem(n_sequences, length=50, seed=0):
     """Hochreiter & Schmidhuber's adding problem as a keyed stream of episodes.
 
-    Each episode (its own key) has ``length`` steps of two inputs: a value in
-    U[0, 1] and a marker that is 1 at two random steps (one in each half). The
-    target, given only at the last step, is the sum of the two marked values;
-    elsewhere it is NaN (no target). Returns ``X`` (N, 2), ``Y`` (N,), ``keys``.
+    Each episode (its own key) has ``length`` steps of two inputs: a value in U[0, 1] and a marker
+    that is 1 at two random steps (one in each half). The target, given only at the last step, is
+    the sum of the two marked values; elsewhere it is NaN (no target).
+
+    Parameters
+    ----------
+    n_sequences : int
+        Episodes.
+    length : int
+        Steps per episode.
+    seed : int
+        Seed of the draws.
+
+    Returns
+    -------
+    X : numpy.ndarray
+        ``(n_sequences · length, 2)``.
+    Y : numpy.ndarray
+        ``(n_sequences · length,)``, NaN but at each episode's last step.
+    keys : list of int
+        The episode of each row.
+
+    Examples
+    --------
+    >>> X, Y, keys = adding_problem(2, length=4)
+    >>> X.shape, int((~np.isnan(Y)).sum()), keys
+    ((8, 2), 2, [0, 0, 0, 0, 1, 1, 1, 1])
     """
     rng = np.random.default_rng(seed)
     X = np.zeros((n_sequences * length, 2))
@@ -202,11 +316,37 @@ def adding_problem(n_sequences, length=50, seed=0):
 def copy_task(n_sequences, n_symbols=4, length=5, delay=10, seed=0):
     """Copy task as a keyed stream of episodes, targets as class indices.
 
-    Inputs are one-hot over ``n_symbols`` symbols plus a blank and a "go"
-    channel (``n_symbols + 2`` inputs). An episode shows ``length`` random
-    symbols, then ``delay`` blanks with "go" on the last, then ``length``
-    blanks during which the targets are the symbols shown, in order (NaN
-    elsewhere). Returns ``X``, ``Y`` (class indices in [0, n_symbols)), ``keys``.
+    Inputs are one-hot over ``n_symbols`` symbols plus a blank and a "go" channel (``n_symbols + 2``
+    inputs). An episode shows ``length`` random symbols, then ``delay`` blanks with "go" on the last,
+    then ``length`` blanks during which the targets are the symbols shown, in order (NaN elsewhere).
+
+    Parameters
+    ----------
+    n_sequences : int
+        Episodes.
+    n_symbols : int
+        Alphabet size.
+    length : int
+        Symbols to copy per episode.
+    delay : int
+        Blank steps between the symbols and the recall.
+    seed : int
+        Seed of the symbols.
+
+    Returns
+    -------
+    X : numpy.ndarray
+        ``(n_sequences · (2 length + delay), n_symbols + 2)``.
+    Y : numpy.ndarray
+        Class indices in ``[0, n_symbols)`` during the recall, NaN elsewhere.
+    keys : list of int
+        The episode of each row.
+
+    Examples
+    --------
+    >>> X, Y, keys = copy_task(1, n_symbols=3, length=2, delay=1)
+    >>> X.shape, int((~np.isnan(Y)).sum())
+    ((5, 5), 2)
     """
     rng = np.random.default_rng(seed)
     blank, go = n_symbols, n_symbols + 1
@@ -227,8 +367,38 @@ def write_stream(path, X, Y=None, keys=None, feature_names=None, target_name="y"
     """Write samples as a recorded stream file (JSON Lines), the format the replay and file connectors read.
 
     One line per sample: ``{"ts": t0 + i dt, "key": key, "value": {feature: x, ..., target_name: y}}``;
-    the target is left out where ``Y`` is NaN. Feature names default to ``x0, x1, ...``.
-    Returns the feature names.
+    the target is left out where ``Y`` is NaN.
+
+    Parameters
+    ----------
+    path : str
+        The file written (replaced).
+    X : array_like
+        ``(N, n_features)`` inputs.
+    Y : array_like or None
+        ``(N,)`` or ``(N, width)`` targets, NaN where a row has none; None: no targets.
+    keys : sequence or None
+        The key of each row (None: every line's key is null).
+    feature_names : sequence of str or None
+        Defaults to ``x0, x1, ...``.
+    target_name : str
+        The value field holding the target.
+    t0, dt : float
+        Timestamp of the first line and the spacing (seconds), for replay.
+
+    Returns
+    -------
+    list of str
+        The feature names.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "s.jsonl")
+    >>> write_stream(path, [[1.0], [2.0]], [0.5, np.nan])
+    ['x0']
+    >>> open(path).read().splitlines()[1]
+    '{"ts":1700000000.01,"key":null,"value":{"x0":2.0}}'
     """
     import json
 
@@ -253,10 +423,41 @@ def write_stream(path, X, Y=None, keys=None, feature_names=None, target_name="y"
 def read_stream(path, features, target=None, key=None):
     """Read a recorded stream file into ``(X, Y, keys, n_skipped)`` for offline use (e.g. ``compare``).
 
-    ``features`` names the value fields that form X, ``target`` the target field
-    (missing: NaN), ``key`` the field holding the entity key (default: the line's
-    ``key``). Lines that are not valid records, or whose features are missing or
-    not finite numbers, are skipped and counted.
+    Lines that are not valid records, or whose features are missing or not finite numbers, are
+    skipped and counted.
+
+    Parameters
+    ----------
+    path : str
+        A JSON Lines stream as :func:`write_stream` writes it.
+    features : sequence of str
+        The value fields that form ``X``, in order.
+    target : str or None
+        The target field (missing: NaN); None: no targets (all NaN).
+    key : str or None
+        The value field holding the entity key; None: the line's ``key``.
+
+    Returns
+    -------
+    X : numpy.ndarray
+        ``(N, len(features))``.
+    Y : numpy.ndarray
+        ``(N,)``, NaN where a line has no target.
+    keys : list
+        The key of each row.
+    n_skipped : int
+        Lines skipped.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "s.jsonl")
+    >>> _ = write_stream(path, [[1.0], [2.0]], [0.5, 1.5])
+    >>> with open(path, "a") as fh:
+    ...     _ = fh.write("not json\\n")
+    >>> X, Y, keys, n_skipped = read_stream(path, ["x0"], target="y")
+    >>> X[:, 0].tolist(), Y.tolist(), keys, n_skipped
+    ([1.0, 2.0], [0.5, 1.5], [None, None], 1)
     """
     import json
 

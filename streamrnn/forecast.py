@@ -103,6 +103,9 @@ class NextRecordForecaster:
         return {_ARRAY: inputs}, {"forecast_keys": [encode_key(k) for k in keys]}
 
     def load_state(self, arrays, meta, source="<state>"):
+        """Restore the pending inputs from a checkpoint written by :meth:`state`; CheckpointError if the
+        checkpoint holds no forecast-mode state (it was written in another schema mode).
+        """
         encoded = meta.get("forecast_keys")
         inputs = arrays.get(_ARRAY)
         if encoded is None or inputs is None or inputs.shape != (len(encoded), self.model.n_inputs):

@@ -103,6 +103,7 @@ class PartitionedModel:
 
     @property
     def n_keys(self):
+        """Keys held, over every partition's model."""
         return sum(len(m.keys) for m, _ in self._parts.values())
 
     @property

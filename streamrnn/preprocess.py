@@ -57,6 +57,9 @@ TASK, STANDARDIZE, CLIP_AT, WARMUP_N, N_INPUTS, BASELINE, CELL_LAGS, HEAD_LAGS, 
 
 
 def settings(task_id, standardize, n_inputs, clip=CLIP, warmup=WARMUP, baseline=None, target_lags=0, head_lags=0):
+    """The settings vector :func:`prepare_rows` reads (fields ``TASK`` ... ``HEAD_LAGS``): one float64
+    array, because a compiled call dispatches an array faster than as many scalars.
+    """
     out = np.zeros(N_SETTINGS, np.float64)
     out[[TASK, STANDARDIZE, CLIP_AT, WARMUP_N, N_INPUTS, BASELINE, CELL_LAGS, HEAD_LAGS]] = (
         task_id,
@@ -426,6 +429,7 @@ class Preprocessor:
         return list(zip(rls.STATE_NAMES, self.head)) if self.head_lags else []
 
     def state_arrays(self):
+        """The statistics (and the head's arrays) a checkpoint holds, by name; empty without standardisation."""
         return dict(self._stat_arrays() + self._head_arrays()) if self.standardize else {}
 
     def check_state(self, arrays, source, error):

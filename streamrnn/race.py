@@ -63,6 +63,7 @@ class Race:
 
     @property
     def leader(self):
+        """The member with the lowest discounted loss so far: the one whose prediction is reported next."""
         return int(np.argmin(self.scores))
 
     def __getstate__(self):
@@ -128,6 +129,7 @@ class Race:
             race_step(outs, member_losses, self.scores, self.decay, picked, out, losses)
 
     def check_state(self, arrays, source, error):
+        """Raise ``error`` unless ``arrays`` holds valid race scores (shape, dtype, no NaN) for this race."""
         got = arrays.get(SCORES)
         if (
             got is None

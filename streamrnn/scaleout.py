@@ -205,6 +205,7 @@ def _stream_order(stream):
 
 
 def format_status(status):
+    """The text ``streamrnn status`` prints for :func:`group_status`'s dict."""
     lines = [
         f"group {status['group']} ({status['state']}), mode {status['mode']}, store {status['store']}",
         f"members: {len(status['members'])}",

@@ -89,6 +89,7 @@ class WindowFF:
 
     @property
     def keys(self):
+        """The keys held, least recently used first."""
         return self._keyed.keys
 
     @property
@@ -98,13 +99,16 @@ class WindowFF:
 
     @property
     def state_bytes_per_key(self):
+        """Bytes of per-key state: the key's window of the last ``window`` inputs."""
         return self._keyed.bytes_per_key
 
     @property
     def stats(self):
+        """Counts: ``steps`` (samples seen) and ``updates`` (optimizer steps taken)."""
         return {"steps": int(self.counters[STEPS]), "updates": int(self.counters[UPDATES])}
 
     def step(self, x, y=None, key=None):
+        """One sample: :meth:`step_many` of a single row; returns its prediction (made before learning)."""
         return self.step_many(
             np.asarray(x)[None, :] if np.ndim(x) == 1 else x, None if y is None else [y], None if key is None else [key]
         )[0]

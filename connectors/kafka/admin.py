@@ -136,11 +136,13 @@ class CompactedTopic:
         return list(reversed(self._values.get(key, ())))
 
     def keys(self, refresh: bool = True) -> list[str | None]:
+        """The keys with a retained value; ``refresh`` reads the topic to its end first."""
         if refresh:
             self.refresh()
         return list(self._values)
 
     def close(self) -> None:
+        """Close the producer (bounded wait) and the consumer."""
         try:
             self.producer.close(timeout=5)
         finally:

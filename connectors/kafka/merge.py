@@ -112,6 +112,7 @@ class TimestampMerge:
                     self.blocked_since[tp] = since + away
 
     def end_poll(self, now: float) -> None:
+        """Record that the consumer's poll returned at ``now`` (time.monotonic)."""
         self.left_poll = now
 
     # -- records in, records out

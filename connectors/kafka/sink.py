@@ -70,6 +70,9 @@ class KafkaSink:
         self._unreachable = False  # the last flush timed out
 
     def write(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Send outputs (dicts with ``key`` and the prediction fields), JSON-encoded, in order; delivery
+        is confirmed by :meth:`flush`.
+        """
         self.write_encoded(encode_outputs(records))
 
     def write_encoded(self, pairs: list[EncodedOutput]) -> None:
@@ -121,6 +124,7 @@ class KafkaSink:
                 raise RuntimeError(f"Kafka produce to {self.topic!r} failed: {f.exception}")
 
     def close(self) -> None:
+        """Flush (unless the broker was found unreachable) and close the producer."""
         try:
             if not self._unreachable:
                 self.flush()

@@ -92,12 +92,15 @@ class KafkaSinkProcess:
         raise _ERROR_KINDS.get(kind, RuntimeError)(text)
 
     def write(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Encode outputs here and hand them to the sink process, which produces them in order."""
         self._send(("write", encode_outputs(records)))
 
     def flush(self) -> None:
+        """Wait until the sink process has every output acknowledged; its error is raised here."""
         self._call("flush")
 
     def close(self) -> None:
+        """Ask the sink process to deliver what it holds and exit, then reap it (bounded)."""
         try:
             if self._proc.poll() is None:
                 self._call("close")

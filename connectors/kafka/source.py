@@ -178,6 +178,9 @@ class KafkaSource:
                 self.consumer.seek(tp, int(pos))
 
     def seek(self, positions: dict[str, int] | None) -> None:
+        """Resume at ``positions`` ({``TOPIC:PARTITION``: next offset}); partitions not named start
+        where the group's committed offset (or ``auto_offset_reset``) says, now or when assigned.
+        """
         self._start = {k: int(v) for k, v in (positions or {}).items() if k.startswith(self.topic + ":")}
         self._next.update(self._start)
         for tp in self.consumer.assignment():
@@ -303,6 +306,7 @@ class KafkaSource:
         return sum(max(0, ends[tp] - self._next.get(stream_id(tp.topic, tp.partition), 0)) for tp in assigned)
 
     def close(self) -> None:
+        """Leave the consumer group (bounded wait) without committing offsets: only checkpoints commit."""
         # Leaving the group revokes the partitions; the owner has checkpointed (or is giving up
         # and must not), so no checkpoint from the rebalance callback now.
         self.on_revoke = None

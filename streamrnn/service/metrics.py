@@ -96,21 +96,26 @@ class Metrics:
                 self._counted[name] = stats[name]
 
     def count_retry(self):
+        """Count one retried operation (``streamrnn_retries_total``)."""
         if self.enabled:
             self.retries.inc()
 
     def count_checkpoint_failure(self):
+        """Count one failed checkpoint write (``streamrnn_checkpoint_failures_total``)."""
         if self.enabled:
             self.ckpt_failures.inc()
 
     def set_checkpoint_age(self, seconds):
+        """Set the seconds since the last durable checkpoint (``streamrnn_checkpoint_age_seconds``)."""
         if self.enabled:
             self.ckpt_age.set(seconds)
 
     def set_rate(self, records_per_second):
+        """Set the recent processing rate (``streamrnn_records_per_second``)."""
         if self.enabled:
             self.rate.set(records_per_second)
 
     def close(self):
+        """Stop the metrics HTTP server, if one was started."""
         if self.enabled and hasattr(self, "server"):
             self.server.shutdown()
