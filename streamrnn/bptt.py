@@ -322,7 +322,7 @@ class OfflineModel:
 
     def _decoder_start(self, states):
         """The decoder's initial states (L, 1, B, S): each encoder layer's final state, directions summed."""
-        S0 = np.ascontiguousarray(states[:, :1, -1])
+        S0 = states[:, :1, -1].copy()  # a copy: the sum below must not write into the encoder's states
         if self.bidirectional:
             S0 += states[:, 1:2, -1]
         return S0
