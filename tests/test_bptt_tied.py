@@ -150,3 +150,60 @@ def test_fit_save_load(tmp_path):
     m.save(tmp_path / "t.ckpt")
     m2 = bptt.load(tmp_path / "t.ckpt")
     assert m2.tie_directions and np.array_equal(m.predict(X), m2.predict(X))
+
+
+def test_compare_offline_rows_parse():
+    from streamrnn import compare
+
+    assert compare.parse_learner("bidir") == ("bidir", {})
+    assert compare.parse_learner("bidir:40") == ("bidir", {"window": 40})
+    assert compare.parse_learner("bidir:40:sum") == ("bidir", {"window": 40, "merge": "sum"})
+    assert compare.parse_learner("bidir-tied:30:concat") == (
+        "bidir",
+        {"window": 30, "merge": "concat", "tie_directions": True},
+    )
+    assert compare.parse_learner("bidir-tied") == ("bidir", {"tie_directions": True})
+    assert compare.parse_learner("unidir:20") == ("bidir", {"window": 20, "bidirectional": False})
+    for bad in ("bidir:40:mean", "bidir:x", "unidir:20:sum", "bidir:1:sum:2", "bidirtied"):
+        with pytest.raises(ValueError, match="unknown learner"):
+            compare.parse_learner(bad)
+
+
+def test_lead_lag_stream():
+    from streamrnn import compare
+
+    task, make = compare.DATASETS["lead_lag"]
+    X, Y = make(50, 3)
+    x = X[:, 0]
+    assert task == "regression" and X.shape == (50, 1) and Y.shape == (50,)
+    assert np.array_equal(x, np.random.default_rng(3).normal(size=50))
+    t = np.arange(2, 48)
+    assert np.array_equal(Y[t], x[t - 2] + x[t + 2])
+    assert np.array_equal(Y[:2], x[2:4]) and np.array_equal(Y[-2:], x[-4:-2])
+
+
+@pytest.mark.parametrize(
+    "spec, kw",
+    [
+        ("bidir-tied:20:sum", dict(bidirectional=True, tie_directions=True, merge="sum")),
+        ("unidir:20", dict(bidirectional=False)),
+    ],
+)
+def test_compare_offline_row_is_the_windowed_fit_scored_on_the_tail(spec, kw):
+    from streamrnn import compare
+
+    X, Y = compare.DATASETS["lead_lag"][1](1000, 0)
+    result = compare.run(X, Y, learners=[spec], n_hidden=4, lr=1e-2, bidir_epochs=2, progress=False)
+    row = result.summary()[0]
+    assert row["learner"] == spec
+    # train on the first 800 steps in 40 windows of 20, predict the last 200 in 10 windows
+
+    def windows(a, lo, hi):
+        return np.ascontiguousarray(a[lo:hi].reshape(-1, 20, 1).transpose(1, 0, 2))
+
+    fitted = bptt.fit(
+        windows(X, 0, 800), windows(Y[:, None], 0, 800), cell="gru", n_hidden=4, lr=1e-2, epochs=2, seed=0, **kw
+    )
+    p = fitted.predict(windows(X, 800, 1000)).transpose(1, 0, 2).reshape(-1)
+    y = Y[800:]
+    assert row["tail"] == pytest.approx(np.mean((p - y) ** 2) / np.mean((y - y.mean()) ** 2), rel=1e-12)
