@@ -90,7 +90,9 @@ def _act_grad(name, a):
 class OfflineModel:
     """A recurrent network trained offline with full BPTT; see the module docstring.
 
-    Built by :func:`fit`, or directly (then the weights are PyTorch-style random)."""
+    Built by :func:`fit`, or directly (then the weights are PyTorch-style random), with the
+    keywords of :func:`fit` that describe the network, and ``output_steps``: for seq2seq,
+    how many steps :meth:`predict` runs by default (:func:`fit` sets it to ``T_out``)."""
 
     def __init__(
         self,
