@@ -36,7 +36,7 @@ METRICS = ("nmse", "mse", "logloss", "accuracy")
 
 def parse_learner(spec):
     """``"rtrl"``, ``"snap1"``, ``"uoro"``, ``"tbptt:16"`` (or ``"tbptt:16:4"`` with a stride), ``"window:10"``,
-    ``"bidir"``."""
+    ``"bidir"``; the offline rows (:func:`_parse_offline`) parse to the kind ``"bidir"``."""
     name, _, arg = spec.partition(":")
     if name in registry.names():
         if not registry.get(name).windowed and not arg:
@@ -49,9 +49,37 @@ def parse_learner(spec):
             return name, kw
     if name == "window" and arg:
         return name, {"window": int(arg)}
-    if name == "bidir":
-        return name, {"window": int(arg)} if arg else {}
-    raise ValueError(f"unknown learner {spec!r}: use rtrl, snap1, uoro, tbptt:K[:STRIDE], window:W or bidir[:LENGTH]")
+    if name in OFFLINE:
+        return _parse_offline(spec)
+    raise ValueError(
+        f"unknown learner {spec!r}: use rtrl, snap1, uoro, tbptt:K[:STRIDE], window:W, bidir[:LENGTH[:sum|concat]], "
+        "bidir-tied[:LENGTH[:sum|concat]] or unidir[:LENGTH]"
+    )
+
+
+OFFLINE = ("bidir", "bidir-tied", "unidir")
+
+
+def _parse_offline(spec):
+    """Offline full-BPTT rows over windows of LENGTH steps (default 50), all of the kind ``"bidir"``:
+    ``bidir[:LENGTH[:MERGE]]`` bidirectional (merge ``concat``, the default, or ``sum``),
+    ``bidir-tied[:LENGTH[:MERGE]]`` the same with the reverse direction sharing the forward weights
+    (``tie_directions``), ``unidir[:LENGTH]`` one direction (what hindsight within a window adds is the gap)."""
+    name, *args = spec.split(":")
+    if len(args) > (1 if name == "unidir" else 2) or (args and not args[0].isdigit()):
+        raise ValueError(
+            f"unknown learner {spec!r}: use {name}[:LENGTH" + ("]" if name == "unidir" else "[:sum|concat]]")
+        )
+    kw = {"window": int(args[0])} if args else {}
+    if len(args) == 2:
+        if args[1] not in ("sum", "concat"):
+            raise ValueError(f"unknown learner {spec!r}: the merge is sum or concat")
+        kw["merge"] = args[1]
+    if name == "bidir-tied":
+        kw["tie_directions"] = True
+    if name == "unidir":
+        kw["bidirectional"] = False
+    return "bidir", kw
 
 
 def score(metric, task, preds, Y, has_y):
@@ -316,8 +344,9 @@ def _run_bidir(spec, X, Y, has_y, tail_start, metric, task, cell, n_hidden, lr, 
         Ytr,
         cell=cell,
         n_hidden=n_hidden,
-        bidirectional=True,
-        merge="concat",
+        bidirectional=kw.get("bidirectional", True),
+        merge=kw.get("merge", "concat"),
+        tie_directions=kw.get("tie_directions", False),
         task=task,
         lr=lr,
         epochs=epochs,
@@ -696,6 +725,20 @@ def _datasets():
     return datasets
 
 
+def _lead_lag(n_steps, seed=0, lag=2):
+    """``x_t ~ N(0, 1)``, ``y_t = x_{t-lag} + x_{t+lag}`` (a missing term at either end is 0): half of each
+    target lies in the future, so a causal predictor's NMSE is at best 0.5, a bidirectional one's 0 (but at
+    window edges). Returns ``X`` (n_steps, 1) and ``Y`` (n_steps,)."""
+    x = np.random.default_rng(seed).normal(size=n_steps)
+    y = np.zeros(n_steps)
+    y[lag:] += x[:-lag]
+    y[:-lag] += x[lag:]
+    return x[:, None], y
+
+
+DATASETS["lead_lag"] = ("regression", _lead_lag)  # for the offline rows: the future helps
+
+
 def build_parser(parser=None):
     """The ``streamrnn compare`` options, added to ``parser`` (a new parser if None).
 
@@ -726,7 +769,8 @@ def build_parser(parser=None):
     p.add_argument(
         "--learners",
         default="rtrl,tbptt:4,window:9",
-        help="comma-separated: rtrl, snap1, uoro, tbptt:K[:STRIDE], window:W, bidir[:LENGTH]",
+        help="comma-separated: rtrl, snap1, uoro, tbptt:K[:STRIDE], window:W, bidir[:LENGTH[:sum|concat]], "
+        "bidir-tied[:LENGTH[:sum|concat]], unidir[:LENGTH]",
     )
     p.add_argument("--cell", default="gru", choices=tuple(CELL_IDS))
     p.add_argument("--hidden", type=int, default=16)

@@ -5,8 +5,13 @@ Arrays are time-major, ``(T, B, ·)``. The recurrent stack has ``L`` layers of
 ``theta[offs[l*D + d] : offs[l*D + d] + sizes[l*D + d]]`` in the layout of
 :mod:`streamrnn.cells.common`. Layer 0 reads ``X``; layer ``l > 0`` reads the
 concatenation of both directions of layer ``l - 1`` (as ``torch.nn.GRU``).
-The reverse direction runs ``t = T-1 .. 0`` from a zero state; its step ``k``
-handles time ``T-1-k``. Each step calls the per-step cell kernels
+The reverse direction runs ``t = T-1 .. 0``; its step ``k`` handles time
+``T-1-k``. Every direction starts from a zero state unless an initial state
+``S0`` is given (an encoder-decoder's decoder starts from the encoder's final
+states); :func:`stack_backward` then also returns ``dL/dS0`` and accepts a
+gradient on the final states. Two directions may share their parameters
+(``offs[l*D] == offs[l*D + 1]``, tied directions): their gradients then add up
+in the shared block. Each step calls the per-step cell kernels
 ``cell_forward`` / ``cell_backward`` of :mod:`streamrnn.cells.dispatch`; the
 only extra piece is ``dL/dx = W_ih^T da_ih``, the gradient into a layer's input.
 """
@@ -25,9 +30,12 @@ def _time_of(d, k, T):
 
 
 @njit(cache=True, error_model="numpy")
-def stack_forward(cell, L, D, n, theta, offs, X, states, caches, outputs):
+def stack_forward(cell, L, D, n, theta, offs, X, states, caches, outputs, S0=None):
     """Run the stack. ``states``: (L, D, T+1, B, S), ``caches``: (L, D, T, B, C),
-    ``outputs``: (L, T, B, D*n) -- layer ``l``'s output at time t, directions side by side."""
+    ``outputs``: (L, T, B, D*n) -- layer ``l``'s output at time t, directions side by side.
+
+    ``S0`` (L, D, B, S), optional: the initial state of every layer-direction (zero without it);
+    ``states[l, d, 0] = S0[l, d]``, and ``states[l, d, T]`` is the final state of either direction."""
     T, B = X.shape[0], X.shape[1]
     xbuf = np.empty(max(X.shape[2], D * n), theta.dtype)
     for l in range(L):
@@ -37,7 +45,10 @@ def stack_forward(cell, L, D, n, theta, offs, X, states, caches, outputs):
             Pc = n_gates(cell) * n * (n_in + recurrent_width(cell, n) + 2)
             w = theta[offs[ld] : offs[ld] + Pc]
             for b in range(B):
-                states[l, d, 0, b, :] = 0.0
+                if S0 is None:
+                    states[l, d, 0, b, :] = 0.0
+                else:
+                    states[l, d, 0, b, :] = S0[l, d, b]
                 for k in range(T):
                     t = _time_of(d, k, T)
                     x = xbuf[:n_in]
@@ -48,9 +59,13 @@ def stack_forward(cell, L, D, n, theta, offs, X, states, caches, outputs):
 
 
 @njit(cache=True, error_model="numpy")
-def stack_backward(cell, L, D, n, theta, offs, X, states, caches, outputs, G_top, grad, G_X):
+def stack_backward(cell, L, D, n, theta, offs, X, states, caches, outputs, G_top, grad, G_X, G_ST=None, G_S0=None):
     """Reverse mode through the stack: ``grad += dL/dθ`` (cell blocks only) and ``G_X = dL/dX``,
-    given ``G_top = dL/d(outputs[L-1])`` (T, B, D*n). ``G_top`` is overwritten (used as scratch)."""
+    given ``G_top = dL/d(outputs[L-1])`` (T, B, D*n). ``G_top`` is not written.
+
+    Optional, both (L, D, B, S): ``G_ST`` is ``dL/d(states[l, d, T])``, a loss term on the final
+    states (an encoder read by a decoder), added to what flows back through the outputs; ``G_S0``
+    receives ``dL/dS0``, the gradient w.r.t. the initial states (``states[l, d, 0]``)."""
     T, B = X.shape[0], X.shape[1]
     S = state_size(cell, n)
     rows = n_gates(cell) * n
@@ -74,7 +89,10 @@ def stack_backward(cell, L, D, n, theta, offs, X, states, caches, outputs, G_top
             gw = grad[offs[ld] : offs[ld] + Pc]
             W_ih = param_views(w, n_gates(cell), n_in, n, rec)[0]
             for b in range(B):
-                g_s[:] = 0.0
+                if G_ST is None:
+                    g_s[:] = 0.0
+                else:
+                    g_s[:] = G_ST[l, d, b]
                 for k in range(T - 1, -1, -1):
                     t = _time_of(d, k, T)
                     for j in range(n):
@@ -102,6 +120,8 @@ def stack_backward(cell, L, D, n, theta, offs, X, states, caches, outputs, G_top
                             for i in range(n_in):
                                 G_below[t, b, i] += W_ih[r, i] * g
                     g_s[:] = g_prev
+                if G_S0 is not None:
+                    G_S0[l, d, b, :] = g_s
         G_in = G_below
 
 
