@@ -637,14 +637,16 @@ class Comparison:
         tail metric, steps/s, state bytes per key, state bytes held at 10 % of the stream and at its end,
         peak RSS."""
         m = self.metric
+        rows = self.summary()
+        w = max([12] + [len(r["learner"]) + 2 for r in rows])  # the learner column fits the longest spec
         head = (
-            f"{'learner':<12}{'prequential ' + m:>24}{'tail ' + m:>24}{'steps/s':>10}"
+            f"{'learner':<{w}}{'prequential ' + m:>24}{'tail ' + m:>24}{'steps/s':>10}"
             f"{'state B/key':>12}{'held @10%':>11}{'held @end':>11}{'peak RSS MiB':>13}"
         )
         lines = [head, "-" * len(head)]
-        for r in self.summary():
+        for r in rows:
             lines.append(
-                f"{r['learner']:<12}{_pm(r['prequential'], r['prequential_std']):>24}"
+                f"{r['learner']:<{w}}{_pm(r['prequential'], r['prequential_std']):>24}"
                 f"{_pm(r['tail'], r['tail_std']):>24}"
                 f"{'-' if r['steps_per_s'] is None else format(r['steps_per_s'], '.0f'):>10}"
                 f"{_or_dash(r['state_bytes_per_key']):>12}{_or_dash(r['state_bytes_at_10pct']):>11}"
