@@ -254,6 +254,15 @@ def build_parser():
     cp = sub.add_parser("compare", help="run several learners on one stream: table, JSON/CSV, plot")
     compare_parser(cp)
     cp.set_defaults(func=lambda args: compare_main(args=args))
+
+    from .diagnose import build_parser as diagnose_parser
+    from .diagnose import main as diagnose_main
+
+    dg = sub.add_parser(
+        "diagnose", help="how far back each cell remembers: input-sensitivity and gradient-flow curves (CSV, PNG)"
+    )
+    diagnose_parser(dg)
+    dg.set_defaults(func=lambda args: diagnose_main(args=args))
     return p
 
 

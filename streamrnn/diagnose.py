@@ -27,6 +27,8 @@ Examples
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from .cells.dispatch import cache_size, cell_backward, cell_forward, n_gates
@@ -235,7 +237,61 @@ def write_curves(result, out_dir):
     return paths + [png]
 
 
+def rows_from_config(path, max_records=0, idle_seconds=5.0):
+    """The rows of a daemon config's source, read and decoded as the daemon would (its connector and
+    its :class:`~streamrnn.service.Decoder`), of one key: ``(X, Y, task, n_hidden, n_bad)``.
+
+    The curves are of one sequence, so on a keyed stream the rows are those of the key with the most
+    rows (the first such key on a tie).
+
+    A file or replay source is read to its end; a Kafka topic until ``idle_seconds`` pass without a
+    record. ``max_records`` > 0 stops after that many records. Records the daemon would dead-letter
+    are skipped and counted (``n_bad``). ``task`` and ``n_hidden`` are the config's [model] ones.
+    ConfigError if the config is not valid or no record is usable.
+    """
+    import inspect
+
+    from .model import Model
+    from .service import BadRecord, ConfigError, Decoder, load_config, make_source
+
+    cfg = load_config(path)
+    decoder = Decoder(cfg["schema"], cfg["model"], cfg["daemon"]["max_record_bytes"])
+    source = make_source({**cfg["source"], "speed": 0.0} if cfg["source"]["type"] == "replay" else cfg["source"])
+    rows, n_bad, n_read, idle_since = {}, 0, 0, time.monotonic()
+    try:
+        while not max_records or n_read < max_records:
+            records = source.poll(1000 if not max_records else min(1000, max_records - n_read), timeout=0.2)
+            if records:
+                idle_since = time.monotonic()
+            elif getattr(source, "exhausted", False) or time.monotonic() - idle_since > idle_seconds:
+                break
+            for record in records:
+                n_read += 1
+                try:
+                    x, y, key = decoder.decode(record)
+                except BadRecord:
+                    n_bad += 1
+                    continue
+                rows.setdefault(key, []).append((x, y))
+    finally:
+        source.close()
+    if not rows:
+        raise ConfigError(f"{path}: the source gave no usable record ({n_bad} bad)")
+    longest = max(rows.values(), key=len)
+    X, Y = [x for x, _ in longest], [y for _, y in longest]
+    defaults = inspect.signature(Model).parameters  # [model] holds Model's keywords; absent: Model's default
+    model = {name: cfg["model"].get(name, defaults[name].default) for name in ("task", "n_hidden")}
+    Y = np.array(Y, np.float64).reshape(len(Y), -1)
+    return np.array(X, np.float64), Y, model["task"], model["n_hidden"], n_bad
+
+
 def build_parser(parser=None):
+    """The ``streamrnn diagnose`` options, added to ``parser`` (a new parser if None).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
     import argparse
 
     from .compare import DATASETS
@@ -244,11 +300,18 @@ def build_parser(parser=None):
     p.add_argument("--dataset", choices=sorted(DATASETS), default="add_task", help="generated stream (no --stream)")
     p.add_argument("--steps", type=int, default=5_000, help="generated stream length")
     p.add_argument("--stream", metavar="PATH", help="a recorded stream file (JSON Lines)")
+    p.add_argument(
+        "--config",
+        metavar="TOML",
+        help="a daemon config: its source, read and decoded as the daemon does (schema features, target), "
+        "and its [model] task and n_hidden",
+    )
+    p.add_argument("--max-records", type=int, default=0, help="with --config: read at most this many records")
     p.add_argument("--features", help="with --stream: comma-separated feature fields")
     p.add_argument("--target", default="y", help="with --stream: the target field")
     p.add_argument("--task", choices=("regression", "classification", "binary"), help="default: the stream's")
     p.add_argument("--cells", default="rnn,gru,lstm", help="comma-separated cells to draw")
-    p.add_argument("--hidden", type=int, default=16)
+    p.add_argument("--hidden", type=int, default=None, help="hidden units (default: the config's, else 16)")
     p.add_argument("--window", type=int, default=50, help="the last rows the curves are measured on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="diagnose-out", help="directory for diagnose.csv and diagnose.png")
@@ -261,7 +324,12 @@ def main(argv=None, args=None):
     from .datasets import read_stream
 
     args = args or build_parser().parse_args(argv)
-    if args.stream:
+    hidden = 16
+    if args.config:
+        X, Y, task, hidden, n_bad = rows_from_config(args.config, args.max_records)
+        task = args.task or task
+        print(f"{args.config}: {len(X)} rows of the longest key ({n_bad} records the daemon would dead-letter skipped)")
+    elif args.stream:
         if not args.features:
             raise SystemExit("streamrnn diagnose: --stream needs --features")
         X, Y, _, _ = read_stream(args.stream, args.features.split(","), args.target)
@@ -270,8 +338,9 @@ def main(argv=None, args=None):
         task, make = DATASETS[args.dataset]
         task = args.task or task
         X, Y = make(args.steps, args.seed)[:2]
+    hidden = args.hidden or hidden
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
-    result = curves(X, Y, task, cells, n_hidden=args.hidden, window=args.window, seed=args.seed)
+    result = curves(X, Y, task, cells, n_hidden=hidden, window=args.window, seed=args.seed)
     for c, (s, f) in result.items():
         far = next((k for k in range(len(s)) if s[k] < 1e-3 * s[0]), None)
         print(
@@ -281,3 +350,4 @@ def main(argv=None, args=None):
         )
     for path in write_curves(result, args.out):
         print(f"wrote {path}")
+    return 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import streamrnn as sr
-from streamrnn import diagnose
+from streamrnn import datasets, diagnose
 
 EPS = 1e-6
 
@@ -129,3 +129,46 @@ def test_command_writes_the_curves(tmp_path, capsys):
     ]
     assert len(lines) == 21 and all(float(v) > 0 for v in lines[1].split(",")[1:])
     assert "gru: sensitivity at lag 0" in capsys.readouterr().out
+
+
+def _config(tmp_path, stream):
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(
+        f'[source]\ntype = "replay"\npath = "{stream}"\n[schema]\nfeatures = ["x0"]\ntarget = "y"\n'
+        '[model]\nn_hidden = 3\n'
+    )
+    return cfg
+
+
+def test_the_config_source_is_read_as_the_daemon_reads_it_one_key(tmp_path):
+    """``--config``: the rows are the longest key's, in order, decoded by the daemon's decoder; a line the
+    daemon would dead-letter is skipped and counted."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((30, 1))
+    Y = rng.standard_normal(30)
+    keys = ["a" if i % 3 else "b" for i in range(30)]  # a: 20 rows, b: 10
+    stream = tmp_path / "s.jsonl"
+    datasets.write_stream(stream, X, Y, keys=keys)
+    with open(stream, "a") as fh:
+        fh.write('{"ts": 1, "key": "a", "value": {"x0": "not a number", "y": 1.0}}\nnot json\n')
+    got_X, got_Y, task, n_hidden, n_bad = diagnose.rows_from_config(_config(tmp_path, stream))
+    a = [i for i, k in enumerate(keys) if k == "a"]
+    assert (got_X == X[a]).all() and (got_Y[:, 0] == Y[a]).all()
+    assert (task, n_hidden, n_bad) == ("regression", 3, 2)
+
+
+def test_the_command_line_diagnoses_a_config_and_refuses_an_unusable_one(tmp_path, capsys):
+    from streamrnn import cli
+
+    stream = tmp_path / "s.jsonl"
+    datasets.write_stream(stream, np.linspace(0, 1, 60)[:, None], np.sin(np.arange(60.0)))
+    out = tmp_path / "out"
+    argv = ["diagnose", "--config", str(_config(tmp_path, stream)), "--cells", "gru", "--window", "10"]
+    assert cli.main(argv + ["--out", str(out)]) == 0
+    lines = (out / "diagnose.csv").read_text().splitlines()
+    assert lines[0] == "lag,gru_input_sensitivity,gru_gradient_flow" and len(lines) == 11
+    assert "60 rows of the longest key (0 records" in capsys.readouterr().out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"ts": 1, "key": "a", "value": {"q": 1}}\n')
+    assert cli.main(["diagnose", "--config", str(_config(tmp_path, bad)), "--out", str(out)]) == 2
+    assert "the source gave no usable record (1 bad)" in capsys.readouterr().err
