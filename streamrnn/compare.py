@@ -29,6 +29,7 @@ import numpy as np
 from .cells.dispatch import CELL_IDS
 from .learners import registry
 from .model import Model
+from .optim import DEFAULT_LR
 from .window_ff import WindowFF
 
 METRICS = ("nmse", "mse", "logloss", "accuracy")
@@ -376,7 +377,7 @@ def run(
     n_hidden=16,
     task="regression",
     metric=None,
-    lr=1e-3,
+    lr=DEFAULT_LR,
     optimizer="adam",
     clip=None,
     seeds=(0,),
@@ -776,7 +777,7 @@ def build_parser(parser=None):
     )
     p.add_argument("--cell", default="gru", choices=tuple(CELL_IDS))
     p.add_argument("--hidden", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=DEFAULT_LR, help="every learner's rate (default: the Model's)")
     p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
     p.add_argument("--clip", type=float, default=None)
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")

@@ -31,7 +31,7 @@ from .learners.common import (
 )
 from .learners.registry import ModelDims
 from .losses import TASK_IDS
-from .optim import OPTIMIZER_IDS, state_shape
+from .optim import DEFAULT_LR, OPTIMIZER_IDS, state_shape
 from .preprocess import Preprocessor
 from .race import Race, member_layout
 from .validation import (
@@ -122,7 +122,9 @@ class Model:
         ``gradient``, ``last_gradient``, ``hidden_state``, ``predict_from_state``, ``stats``;
         ``set_weights`` sets every member. ``momentum`` (an SGD setting) is refused.
     lr : float
-        Learning rate (of every member's base rate under a race).
+        Learning rate (of every member's base rate under a race). The default, 7e-4, was chosen on
+        tuning streams as the rate closest to the best fixed rate on all of them
+        (``scripts/study_lr.py --default-lr``; :data:`streamrnn.optim.DEFAULT_LR`).
     clip : float or None
         Global gradient-norm clipping per update (as ``clip_grad_norm_``).
     seed : int
@@ -200,7 +202,7 @@ class Model:
         task: str = "regression",
         learner: str = "rtrl",
         optimizer: str = "adam",
-        lr: float = 1e-3,
+        lr: float = DEFAULT_LR,
         clip: float | None = None,
         seed: int = 0,
         dtype: str = "float64",
