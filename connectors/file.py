@@ -453,6 +453,21 @@ class CsvSource(LineSource):
         """The next record's fields (a list), _BLANK, an Unreadable, or None (none complete yet);
         the position advances past what was returned."""
         start, line = self._offset, self._line
+        limit = self.max_record_bytes + 2
+        raw = self._fh.readline(limit + 1)
+        if raw[-1:] == b"\n" and b'"' not in raw and len(raw) <= limit and not (start == 0 and raw[:3] == BOM):
+            # the common line without quotes: its fields are what the csv parser would give
+            body = raw[:-2] if raw[-2:] == b"\r\n" else raw[:-1]
+            if b"\r" not in body:
+                self._offset, self._line = start + len(raw), line + 1
+                if len(body) > self.max_record_bytes:
+                    return self._too_long(len(body), body, "")
+                try:
+                    text = body.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    return _utf8_error(body, exc)
+                return text.split(",") if text.strip() else _BLANK
+        self._fh.seek(start)
         if csv.field_size_limit() < self.max_record_bytes + 2:  # the record's bound is ours
             csv.field_size_limit(self.max_record_bytes + 2)
         lines = _CsvLines(self, final)
