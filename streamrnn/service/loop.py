@@ -436,9 +436,11 @@ class Daemon:
             self.source.switched = False
             self._retrying("flush the outputs and checkpoint", self.checkpoint)
             return True
-        elif getattr(self.source, "exhausted", False):
+        if records:
+            return True
+        if getattr(self.source, "exhausted", False):
             return False
-        elif self._dirty:
+        if self._dirty:
             # idle: make outputs visible without waiting for a checkpoint
             self._retrying("flush the outputs", self._flush_sinks)
             self._dirty = False
