@@ -1,9 +1,12 @@
 """The connector protocol: sources yield positioned records, sinks accept encoded records.
 
 A *position* names where a record came from and is JSON-able:
-``("topic", partition, offset)`` for Kafka, ``(path, line)`` for files (line numbers from 0).
-``Source.positions()`` maps a stream id (``"topic:partition"`` or the file path) to the
-*next unread* offset/line; ``Source.seek(positions)`` restores exactly that mapping.
+``("topic", partition, offset)`` for Kafka, ``(path, line)`` for files (line numbers from 0, the
+record's first line; ``path`` is the file's canonical path, ``os.path.realpath``).
+``Source.positions()`` maps a stream id (``"topic:partition"`` or the file's canonical path) to
+the *next unread* offset/line; ``Source.seek(positions)`` restores exactly that mapping. File
+sources also say which file they read (``identity()``) and resume only in that file
+(``resume(positions, identity)``): see :mod:`streamrnn.connectors.file`.
 """
 
 from __future__ import annotations
@@ -48,6 +51,26 @@ class Record:
         return (
             f"Record(value={self.value!r}, key={self.key!r}, position={self.position!r}, timestamp={self.timestamp!r})"
         )
+
+
+class Unreadable:
+    """The value of a record a source could not read whole or parse (a line longer than
+    ``max_record_bytes``, malformed CSV, a CSV row of the wrong width, invalid UTF-8): ``reason``
+    says why (the dead letter's reason), ``raw`` is at most a bounded prefix of its bytes."""
+
+    __slots__ = ("reason", "raw")
+
+    def __init__(self, reason: str, raw: bytes = b""):
+        self.reason = reason
+        self.raw = raw
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Unreadable and (self.reason, self.raw) == (other.reason, other.raw)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"Unreadable({self.reason!r}, {self.raw[:80]!r})"
 
 
 class SourceError(RuntimeError):

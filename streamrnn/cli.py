@@ -143,7 +143,13 @@ def cmd_replay(args):
 
 
 def cmd_record(args):
-    """Copy a Kafka topic (or a JSONL/CSV file) into a recorded stream file."""
+    """Copy a Kafka topic (or a JSONL/CSV file) into a recorded stream file.
+
+    A value that is not a JSON object is recorded as its text (a replay gives the daemon the same
+    verdict as the original); one the source could not read (a line longer than 1 MiB, a malformed
+    CSV row or one of the wrong width, invalid UTF-8) is skipped with a warning naming its position
+    and reason, and counted."""
+    from streamrnn.connectors.base import Unreadable
     from streamrnn.connectors.codec import JSONDecodeError, dumps, loads
 
     from .service.config import DAY, Key
@@ -157,32 +163,44 @@ def cmd_record(args):
         from streamrnn.connectors.file import CsvSource, JsonLinesSource
 
         src = (CsvSource if args.file.endswith(".csv") else JsonLinesSource)(args.file)
-    n = 0
+    n = skipped = 0
     idle_since = time.monotonic()
-    with open(args.out, "w", encoding="utf-8") as fh:
-        while not args.max_records or n < args.max_records:
-            limit = 5000 if not args.max_records else min(5000, args.max_records - n)
-            recs = src.poll(limit, 0.5)
-            if not recs:
-                if getattr(src, "exhausted", False) or time.monotonic() - idle_since > args.idle_timeout:
-                    break
-                continue
-            idle_since = time.monotonic()
-            for r in recs:
-                value = r.value
-                if isinstance(value, (bytes, bytearray)):
-                    value = value.decode("utf-8", errors="replace")
-                if isinstance(value, str):
-                    try:
-                        value = loads(value)  # the daemon's parser: what it rejects stays text
-                    except JSONDecodeError:
-                        pass
-                key = r.key.decode("utf-8", errors="replace") if isinstance(r.key, (bytes, bytearray)) else r.key
-                ts = r.timestamp if r.timestamp is not None else time.time()
-                fh.write(dumps({"ts": ts, "key": key, "value": value, "position": list(r.position)}).decode() + "\n")
-            n += len(recs)
-    src.close()
-    print(f"recorded {n} records into {args.out}")
+    try:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            while not args.max_records or n < args.max_records:
+                limit = 5000 if not args.max_records else min(5000, args.max_records - n)
+                recs = src.poll(limit, 0.5)
+                if not recs:
+                    if getattr(src, "exhausted", False) or time.monotonic() - idle_since > args.idle_timeout:
+                        break
+                    continue
+                idle_since = time.monotonic()
+                for r in recs:
+                    value = r.value
+                    if type(value) is Unreadable:
+                        print(
+                            f"streamrnn record: skipped the record at {list(r.position)}: {value.reason}",
+                            file=sys.stderr,
+                        )
+                        skipped += 1
+                        continue
+                    if isinstance(value, (bytes, bytearray)):
+                        value = value.decode("utf-8", errors="replace")
+                    if isinstance(value, str):
+                        try:
+                            parsed = loads(value)  # the daemon's parser: what it rejects stays text
+                        except JSONDecodeError:
+                            parsed = None
+                        if isinstance(parsed, dict):  # a replayed string is parsed again: the same verdict
+                            value = parsed
+                    key = r.key.decode("utf-8", errors="replace") if isinstance(r.key, (bytes, bytearray)) else r.key
+                    ts = r.timestamp if r.timestamp is not None else time.time()
+                    line = {"ts": ts, "key": key, "value": value, "position": list(r.position)}
+                    fh.write(dumps(line).decode() + "\n")
+                    n += 1
+    finally:
+        src.close()
+    print(f"recorded {n} records into {args.out}" + (f" ({skipped} unreadable, skipped)" if skipped else ""))
     return 0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from streamrnn.connectors import CsvSink, CsvSource, JsonLinesSink, JsonLinesSource, ListSink, ReplaySource, SourceError
-from streamrnn.connectors.base import Sink, Source
+from streamrnn.connectors.base import Sink, Source, Unreadable
 
 
 def _write(path, text):
@@ -56,7 +56,7 @@ def test_csv_source_rows_and_seek(tmp_path):
     src = CsvSource(p)
     recs = src.poll(10)
     assert recs[0].value == {"x": "1", "y": "2", "key": "a"} and recs[0].position == (p, 1)
-    assert recs[1].value == "3,4"  # wrong width: left as text for the daemon
+    assert recs[1].value == Unreadable("CSV row of 2 fields, the header has 3", b"3,4")  # the daemon dead-letters it
     assert recs[2].position == (p, 3)
     assert src.positions() == {p: 4}
     src.seek({p: 0})  # line 0 is the header: skipped
@@ -79,10 +79,14 @@ def test_replay_source_deterministic_and_paced(tmp_path):
     assert [r.value for r in a[:5]] == [{"x": i} for i in range(5)]
     assert [r.key for r in a[:5]] == ["k0", "k1", "k0", "k1", "k0"]
     assert a[2].timestamp == pytest.approx(100.2) and a[2].position == (p, 2)
-    assert a[5].value == b"garbage"  # handed on as read; the daemon dead-letters it
+    assert a[5].value == Unreadable(
+        "replay line: invalid JSON: unexpected character, expected a JSON value at char 0", b"garbage"
+    )
     t0 = time.monotonic()
-    paced = ReplaySource(p, speed=2.0).poll(100)  # 0.4 s of recorded time at 2x -> >= 0.2 s
-    assert time.monotonic() - t0 >= 0.18
+    src, paced = ReplaySource(p, speed=2.0), []
+    while not src.exhausted:  # a poll returns what is due (waiting at most 0.5 s)
+        paced += src.poll(100)
+    assert time.monotonic() - t0 >= 0.18  # 0.4 s of recorded time at 2x -> >= 0.2 s
     assert paced == a
 
 

@@ -343,7 +343,10 @@ def test_csv_source_through_the_daemon(tmp_path):
     outs = read_jsonl(tmp_path / "out.jsonl")
     assert [(o["position"][1], o["key"], o["target"]) for o in outs] == [(1, "k0", 0.3), (3, "k0", None)]
     dead = read_jsonl(tmp_path / "dead.jsonl")
-    assert [(x["position"][1], x["reason"].split(":")[0]) for x in dead] == [(2, "field 'b'"), (4, "invalid JSON")]
+    assert [(x["position"][1], x["reason"].split(":")[0]) for x in dead] == [
+        (2, "field 'b'"),
+        (4, "CSV row of 2 fields, the header has 4"),
+    ]
     m = streamrnn.Model(n_inputs=2, **MODEL)
     m.step_many(np.array([[0.1, 0.2], [0.5, 0.6]]), np.array([[0.3], [np.nan]]), ["k0", "k0"])
     assert_same_weights(d.model.get_weights(), m.get_weights())

@@ -24,9 +24,14 @@ from streamrnn.checkpoint import CheckpointError
 log = logging.getLogger("streamrnn.daemon")  # one logger for the whole service: operators filter on it
 
 
+FILE_IDENTITY = ("offset", "dev", "ino", "head", "tail")  # a file source's identity at its position
+
+
 def check_daemon_meta(meta, streams=None):
     """CheckpointError unless ``meta`` is a daemon checkpoint's: a "model" object and "positions"
-    mapping each source stream (a file path, a Kafka "topic:partition") to a position >= 0."""
+    mapping each source stream (a file's canonical path, a Kafka "topic:partition") to a position
+    >= 0; "files" (optional: a file source) maps file streams of the positions to their identity
+    (:meth:`streamrnn.connectors.file.LineSource.identity`: integers >= 0)."""
     positions = meta.get("positions")
     if not isinstance(positions, dict) or not isinstance(meta.get("model"), dict):
         raise CheckpointError("not a daemon checkpoint (no positions)")
@@ -35,6 +40,18 @@ def check_daemon_meta(meta, streams=None):
             raise CheckpointError("positions: a stream name longer than 4096 characters")
         if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos < 2**63:
             raise CheckpointError(f"positions: {stream[:200]!r}: not an integer position >= 0: {str(pos)[:40]}")
+    files = meta.get("files")
+    if files is not None:
+        if not isinstance(files, dict) or len(files) > len(positions):
+            raise CheckpointError("files: not a mapping of the positions' file streams")
+        for stream, ident in files.items():
+            if stream not in positions:
+                raise CheckpointError(f"files: {stream[:200]!r} has no position")
+            if not isinstance(ident, dict) or set(ident) != set(FILE_IDENTITY):
+                raise CheckpointError(f"files: {stream[:200]!r}: expected the fields {', '.join(FILE_IDENTITY)}")
+            for field, v in ident.items():
+                if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**64:
+                    raise CheckpointError(f"files: {stream[:200]!r}: {field} is not an integer >= 0: {str(v)[:40]}")
     if streams is not None:
         for stream in streams:
             if stream not in positions:

@@ -176,7 +176,16 @@ SOURCE = Section(
     "Where the records come from (required).",
     _endpoint_keys(SOURCE_TYPES, FILE_TYPES, "records are read")
     + (
-        Key("follow", "boolean", "keep reading a growing file (tail -f)", default=False, used_by=("jsonl", "csv")),
+        Key(
+            "follow",
+            "boolean",
+            "keep reading a growing file, following its name as `tail -F` does: when the file is "
+            "rotated (renamed, and a new one created at the path) the old one is read to its end and "
+            "the new one from its start; when it is truncated in place it is read again from its "
+            "start; positions (and the checkpoint, written at once) then refer to the new file",
+            default=False,
+            used_by=("jsonl", "csv"),
+        ),
         Key(
             "speed",
             "number",
@@ -240,7 +249,19 @@ SOURCE = Section(
     notes="""\
 With `order = "timestamp"` the source waits for partitions that have records on the broker: a
 restart replays the same order (bit-identical results) for records that were on the broker when
-first read; live records reaching a caught-up partition merge as they arrive.""",
+first read; live records reaching a caught-up partition merge as they arrive.
+
+A file source is identified by its canonical path and its contents, never by the spelling of its
+path: the checkpoint holds, beside the next line, the byte offset, the device and inode, and
+hashes of the bytes before that offset. A restart resumes only in that file (under any spelling
+of its path, or moved elsewhere with the same contents); a checkpoint of another file, or of one
+rewritten or truncated since, is refused with exit status 2 instead of reading it again from the
+start (which would apply records twice). Every read is bounded by daemon.max_record_bytes, and a
+UTF-8 byte-order mark at the start of a file is dropped. CSV is RFC 4180 (a quoted field may hold
+newlines); a row of another width than the header's is a dead letter, and a header lacking a
+column the [schema] names (feature, target or key) stops the daemon at start with status 2.
+With `speed` > 0 a replay waits in steps of at most 0.5 s, so a stop request is honoured even
+across a long recorded gap.""",
 )
 
 SINK = Section(
@@ -442,8 +463,18 @@ DAEMON = Section(
         Key(
             "max_record_bytes",
             "integer",
-            "larger records go to the dead-letter sink unparsed",
+            "larger records go to the dead-letter sink unparsed; it also bounds every read of a file "
+            "source (a longer line is skipped to its end in bounded chunks, never held in memory)",
             default=1 << 20,
+            minimum=1,
+            fill=True,
+        ),
+        Key(
+            "max_key_bytes",
+            "integer",
+            "a record whose key is longer (in UTF-8) goes to the dead-letter sink (keys are kept "
+            "in memory and in every checkpoint)",
+            default=1024,
             minimum=1,
             fill=True,
         ),

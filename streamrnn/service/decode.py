@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from streamrnn.connectors.base import Unreadable
 from streamrnn.connectors.codec import JSONDecodeError, loads
 
 
@@ -49,8 +50,9 @@ def _number(name, v, max_abs=float("inf")):
 class Decoder:
     """Turns a Record into (features, target row, key) or raises BadRecord with a reason."""
 
-    def __init__(self, schema, model_config, max_record_bytes=1 << 20):
+    def __init__(self, schema, model_config, max_record_bytes=1 << 20, max_key_bytes=1024):
         self.max_record_bytes = max_record_bytes
+        self.max_key_bytes = max_key_bytes
         self.features = list(schema["features"])
         self.target = schema.get("target")
         self.key_field = schema.get("key")
@@ -62,6 +64,8 @@ class Decoder:
 
     def decode(self, record):
         value = record.value
+        if type(value) is Unreadable:  # the source could not read it whole (it says why)
+            raise BadRecord(value.reason)
         if isinstance(value, (bytes, bytearray, str)):
             if len(value) > self.max_record_bytes:  # a str's length is a lower bound of its bytes
                 raise BadRecord(
@@ -71,9 +75,9 @@ class Decoder:
             try:
                 value = loads(value)  # bytes: UTF-8 is validated while parsing
             except JSONDecodeError as exc:
-                raise BadRecord(f"invalid JSON: {exc.msg} at char {exc.pos}") from None
+                raise BadRecord(_json_error(record.value, exc)) from None
         if not isinstance(value, dict):
-            raise BadRecord(f"expected a JSON object (or CSV row of the header's width), got {type(value).__name__}")
+            raise BadRecord(f"expected a JSON object, got {type(value).__name__}")
         try:
             x = [value[f] for f in self.features]
         except KeyError:
@@ -120,15 +124,58 @@ class Decoder:
             key = record.key
             if isinstance(key, (bytes, bytearray)):
                 key = key.decode("utf-8", errors="replace")
-        if key is not None and type(key) is not str and (isinstance(key, bool) or not isinstance(key, int)):
-            raise BadRecord(f"key must be a string or an integer, got {type(key).__name__} {key!r}")
-        return key
+        if type(key) is str:
+            if len(key) * 4 > self.max_key_bytes and len(key.encode("utf-8", "surrogatepass")) > self.max_key_bytes:
+                raise BadRecord(
+                    f"key of {len(key.encode('utf-8', 'surrogatepass'))} bytes exceeds "
+                    f"daemon.max_key_bytes = {self.max_key_bytes}"
+                )
+            return key
+        if key is None:
+            return key
+        if type(key) is int or (isinstance(key, int) and not isinstance(key, bool)):
+            if not -(2**63) <= key < 2**64:
+                raise BadRecord(f"key: the integer {str(key)[:40]} does not fit in 64 bits")
+            return key
+        if type(key) is float and self.key_field is not None and math.isfinite(key) and abs(key) >= 2.0**63:
+            exact = _exact_field(record.value, self.key_field)
+            if type(exact) is int:  # orjson reads an integer beyond 64 bits as a float
+                raise BadRecord(
+                    f"key: the integer {str(exact)[:40]} does not fit in 64 bits (keys are strings or 64-bit integers)"
+                )
+        shown = repr(key)
+        shown = shown if len(shown) <= 80 else f"{shown[:80]}..."
+        raise BadRecord(f"key must be a string or an integer, got {type(key).__name__} {shown}")
+
+
+def _json_error(raw, exc):
+    """The reason a JSON record failed to parse: invalid UTF-8 (where), or the parser's message."""
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return f"invalid UTF-8 at byte {bad.start} of the record"
+    return f"invalid JSON: {exc.msg} at char {exc.pos}"
+
+
+def _exact_field(raw, name):
+    """Field ``name`` of the JSON object ``raw`` as the standard library reads it (integers of
+    any size stay integers), or None."""
+    if not isinstance(raw, (bytes, bytearray, str)):
+        return None
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return obj.get(name) if isinstance(obj, dict) else None
 
 
 _DEAD_VALUE_CHARS = 1 << 16  # dead letters carry at most this much of the record (Kafka caps messages)
 
 
 def _raw_text(value):
+    if type(value) is Unreadable:
+        value = value.raw
     if isinstance(value, (bytes, bytearray)):
         text = bytes(value[: _DEAD_VALUE_CHARS * 4]).decode("utf-8", errors="replace")
     elif isinstance(value, str):

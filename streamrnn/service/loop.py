@@ -48,7 +48,12 @@ class Daemon:
 
     def __init__(self, config, source=None, sink=None, dead_letter=None, progress=None):
         self.cfg = config
-        self.decoder = Decoder(config["schema"], config["model"], config["daemon"]["max_record_bytes"])
+        self.decoder = Decoder(
+            config["schema"],
+            config["model"],
+            config["daemon"]["max_record_bytes"],
+            config["daemon"].get("max_key_bytes", 1024),
+        )
         self.ckpt_path = config["checkpoint"].get("path")
         self.batch_size = config["daemon"]["batch_size"]
         self.poll_timeout = config["daemon"]["poll_timeout"]
@@ -91,6 +96,9 @@ class Daemon:
             else self._retrying("connect to the source", lambda: make_source(config["source"]))
         )
         try:
+            if hasattr(self.source, "max_record_bytes"):  # a file source: every read bounded by it
+                self.source.max_record_bytes = config["daemon"]["max_record_bytes"]
+            self._check_source()
             self._resume_source()
             self.sink = (
                 sink if sink is not None else self._retrying("connect to the sink", lambda: make_sink(config["sink"]))
@@ -114,6 +122,15 @@ class Daemon:
 
     def _resume_source(self):
         """Seek the freshly opened source to the resumed checkpoint's positions (if any)."""
+
+    def _check_source(self):
+        """What the opened source must have for the schema: a CSV header with every column the
+        schema names (SourceError naming the missing ones: every record would be a dead letter)."""
+        require = getattr(self.source, "require", None)
+        if require is not None:
+            schema = self.cfg["schema"]
+            names = [*schema["features"], *(schema[k] for k in ("target", "key") if schema.get(k) is not None)]
+            require(names, "[schema]")
 
     def _attach_rebalance_callbacks(self):
         """Hook the runner into the source's partition assignment (Kafka), if it has one."""
@@ -413,9 +430,17 @@ class Daemon:
             self._dirty = True
             if bar is not None:
                 bar.update(len(records))
-        elif getattr(self.source, "exhausted", False):
+        if getattr(self.source, "switched", False):
+            # a followed file was rotated or truncated: its positions now name the new file, so
+            # checkpoint at once (a restart must not look for the old file's position in the new one)
+            self.source.switched = False
+            self._retrying("flush the outputs and checkpoint", self.checkpoint)
+            return True
+        if records:
+            return True
+        if getattr(self.source, "exhausted", False):
             return False
-        elif self._dirty:
+        if self._dirty:
             # idle: make outputs visible without waiting for a checkpoint
             self._retrying("flush the outputs", self._flush_sinks)
             self._dirty = False
@@ -449,7 +474,7 @@ class Daemon:
 
             path = getattr(self.source, "path", None)
             total = count_lines(path) if path else None
-            start = self.source.positions().get(path, 0) if path else 0
+            start = self.source.positions().get(getattr(self.source, "stream", path), 0) if path else 0
             return tqdm(total=total, initial=start, unit="rec", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
         except Exception:  # noqa: BLE001 - a progress bar is optional
             return None

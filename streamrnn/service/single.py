@@ -127,7 +127,11 @@ class SingleDaemon(Daemon):
         if self._resume is None:
             return
         arrays, meta, used = self._resume
-        self.source.seek(meta["positions"])
+        resume = getattr(self.source, "resume", None)
+        if resume is not None:  # a file: only in the file the checkpoint read (SourceError otherwise)
+            resume(meta["positions"], meta.get("files"))
+        else:
+            self.source.seek(meta["positions"])
         for k in PERSISTED_STATS:
             self.stats[k] = meta.get("daemon", {}).get(k, self.stats[k])
         self.stats["resumed_from"] = used
@@ -154,9 +158,13 @@ class SingleDaemon(Daemon):
         save_checkpoint(self.ckpt_path, *self._checkpoint_contents(positions))
 
     def _checkpoint_contents(self, positions):
-        """(arrays, meta) of the checkpoint: model, forecast state, positions, counts."""
+        """(arrays, meta) of the checkpoint: model, forecast state, positions (and, for a file, its
+        identity at them: "files"), counts."""
         arrays, mmeta = self.model.state_arrays()
         meta = {"model": mmeta, "positions": positions, "daemon": self._persisted_stats(), "saved_at": time.time()}
+        identity = getattr(self.source, "identity", None)
+        if identity is not None:
+            meta["files"] = identity()
         if self.forecaster is not None:
             f_arrays, f_meta = self.forecaster.state_arrays()
             arrays = {**arrays, **f_arrays}
