@@ -1,6 +1,6 @@
 """Sources and sinks for the streamrnn daemon: files, recorded-stream replay, Kafka."""
 
-from .base import BrokerUnavailable, ListSink, Record, Sink, Source, SourceError
+from .base import BrokerUnavailable, ListSink, Record, Sink, Source, SourceError, Unreadable
 from .file import CsvSink, CsvSource, JsonLinesSink, JsonLinesSource, LineSource
 from .replay import ReplaySource
 
@@ -10,6 +10,7 @@ __all__ = [
     "Sink",
     "SourceError",
     "BrokerUnavailable",
+    "Unreadable",
     "ListSink",
     "LineSource",
     "JsonLinesSource",

@@ -22,7 +22,8 @@ Speed target (>= 20 000 samples/s for GRU-8 through the river API)
   stream repeated to >= 20 000 samples; the headline is the smaller of the two streams' figures, each the
   best of 5 passes (the median is in the JSON too; on a shared machine slower passes time other
   processes). In the same interleaved passes: the same estimator without the linear head (``head_lags=0``:
-  what the head costs), with ``optimizer="race"`` (what the learning-rate race costs), and ``Model.step_many`` on the same rows (the compiled kernel alone, no per-sample
+  what the head costs), with ``optimizer="race"`` (what the learning-rate race costs), and
+  ``Model.step_many`` on the same rows (the compiled kernel alone, no per-sample
   Python), so api / step_many is what the river layer costs. BLAS and Numba pinned
   to one thread; the 1-minute load average at the start and end is in the JSON.
 

@@ -256,7 +256,8 @@ def rows_from_config(path, max_records=0, idle_seconds=5.0):
 
     cfg = load_config(path)
     decoder = Decoder(cfg["schema"], cfg["model"], cfg["daemon"]["max_record_bytes"])
-    source = make_source({**cfg["source"], "speed": 0.0} if cfg["source"]["type"] == "replay" else cfg["source"])
+    section = {**cfg["source"], "speed": 0.0} if cfg["source"]["type"] == "replay" else cfg["source"]
+    source = make_source(section, cfg["daemon"]["max_record_bytes"])
     rows, n_bad, n_read, idle_since = {}, 0, 0, time.monotonic()
     try:
         while not max_records or n_read < max_records:

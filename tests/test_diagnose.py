@@ -135,7 +135,7 @@ def _config(tmp_path, stream):
     cfg = tmp_path / "d.toml"
     cfg.write_text(
         f'[source]\ntype = "replay"\npath = "{stream}"\n[schema]\nfeatures = ["x0"]\ntarget = "y"\n'
-        '[model]\nn_hidden = 3\n'
+        "[model]\nn_hidden = 3\n"
     )
     return cfg
 

@@ -20,22 +20,24 @@ def _kafka():
     return kafka
 
 
-def make_source(section):
-    """The source of a validated [source] section (defaults from the schema for keys not given)."""
+def make_source(section, max_record_bytes=None):
+    """The source of a validated [source] section (defaults from the schema for keys not given); a file
+    source bounds every read by ``max_record_bytes`` (the daemon's ``daemon.max_record_bytes``; None: the
+    connector's default)."""
     opt = {**SOURCE.defaults(), **section}
     t = section["type"]
     if t == "jsonl":
         from streamrnn.connectors.file import JsonLinesSource
 
-        return JsonLinesSource(section["path"], follow=opt["follow"])
+        return JsonLinesSource(section["path"], follow=opt["follow"], max_record_bytes=max_record_bytes)
     if t == "csv":
         from streamrnn.connectors.file import CsvSource
 
-        return CsvSource(section["path"], follow=opt["follow"])
+        return CsvSource(section["path"], follow=opt["follow"], max_record_bytes=max_record_bytes)
     if t == "replay":
         from streamrnn.connectors.replay import ReplaySource
 
-        return ReplaySource(section["path"], speed=opt["speed"])
+        return ReplaySource(section["path"], speed=opt["speed"], max_record_bytes=max_record_bytes)
     return _kafka().KafkaSource(
         section["bootstrap"],
         section["topic"],

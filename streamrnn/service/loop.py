@@ -90,14 +90,15 @@ class Daemon:
         self.retry = RetryPolicy.from_config(config["daemon"])
         self.metrics = Metrics(0)  # replaced by the real endpoint below
         self._open_state(config)
+        limit = config["daemon"]["max_record_bytes"]
         self.source = (
             source
             if source is not None
-            else self._retrying("connect to the source", lambda: make_source(config["source"]))
+            else self._retrying("connect to the source", lambda: make_source(config["source"], limit))
         )
         try:
-            if hasattr(self.source, "max_record_bytes"):  # a file source: every read bounded by it
-                self.source.max_record_bytes = config["daemon"]["max_record_bytes"]
+            if source is not None and hasattr(source, "max_record_bytes"):  # a given file source is bounded too
+                source.max_record_bytes = limit
             self._check_source()
             self._resume_source()
             self.sink = (
