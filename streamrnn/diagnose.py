@@ -269,7 +269,7 @@ def rows_from_config(path, max_records=0, idle_seconds=5.0):
             for record in records:
                 n_read += 1
                 try:
-                    x, y, key = decoder.decode(record)
+                    x, y, key, _ = decoder.decode(record)
                 except BadRecord:
                     n_bad += 1
                     continue

@@ -117,8 +117,9 @@ class PartitionedModel:
         return total or {k: 0 for k in Model(**self.config).stats}
 
     # ------------------------------------------------------------------ learning
-    def step_many(self, X, Y, keys, streams):
-        """``Model.step_many`` of each record on its partition's model, in record order.
+    def step_many(self, X, Y, keys, streams, resets=None):
+        """``Model.step_many`` of each record on its partition's model, in record order; ``resets``
+        (bool per record, or None) as ``Model.step_many`` takes them.
 
         Consecutive records of one partition go to its model in one compiled call. Returns the
         predictions ``(N, n_outputs)`` and losses ``(N,)``. All or nothing per call: a row the
@@ -142,7 +143,9 @@ class PartitionedModel:
             if forecaster is not None:
                 p, l = forecaster.process(X[a:b], Y[a:b], k)
             else:
-                p, l = model.step_many(X[a:b], Y[a:b], k, return_loss=True)
+                p, l = model.step_many(
+                    X[a:b], Y[a:b], k, return_loss=True, resets=None if resets is None else resets[a:b]
+                )
             preds[a:b] = p
             losses[a:b] = l
         return preds, losses

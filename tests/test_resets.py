@@ -116,3 +116,115 @@ def test_river_reset_feature_is_step_many_resets():
     m = sr.Model(n_inputs=2, n_hidden=3, seed=2, lr=0.01, clip=1.0, target_lags=1, baseline="last")
     want = m.step_many(X, Y, keys, resets=resets)[:, 0]
     np.testing.assert_array_equal(np.array(preds), want)
+
+
+# ---------------------------------------------------------------- the daemon's [schema] reset
+DAEMON_MODEL = dict(cell="gru", n_hidden=3, lr=0.01, seed=1)
+
+
+def _daemon_config(tmp_path, src, kind="jsonl", **schema):
+    return {
+        "source": {"type": kind, "path": str(src)},
+        "sink": {"type": "jsonl", "path": str(tmp_path / "out.jsonl")},
+        "dead_letter": {"type": "jsonl", "path": str(tmp_path / "dead.jsonl")},
+        "schema": {"features": ["a"], "target": "y", "key": "k", "reset": "start", **schema},
+        "model": dict(DAEMON_MODEL),
+        "daemon": {"batch_size": 7, "progress": False},
+    }
+
+
+def _read(path):
+    import json
+
+    with open(path) as fh:
+        return [json.loads(line) for line in fh]
+
+
+def test_the_daemon_resets_where_the_reset_field_is_truthy(tmp_path):
+    """Predictions through the daemon equal ``Model.step_many(resets=...)`` on the same rows (and differ
+    from the same rows without boundaries); every spelling of true and false is read as such, and a
+    value that is neither is a dead letter that changes nothing."""
+    import json
+
+    from streamrnn.service import Daemon, validate_config
+
+    rng = np.random.default_rng(4)
+    spellings = [True, 1, 2.5, "true", "1", "yes", "TRUE"], [False, 0, 0.0, "false", "0", "no", "", None]
+    lines, X, Y, keys, resets = [], [], [], [], []
+    for i in range(60):
+        key, start = f"k{i % 2}", i % 2 == 0 and (i // 2) % 5 == 0  # each key: an episode every 5 rows
+        pool = spellings[0] if start else spellings[1]
+        a, y = float(rng.standard_normal()), float(rng.standard_normal())
+        rec = {"k": key, "a": a, "y": y}
+        if pool[i % len(pool)] is not None:
+            rec["start"] = pool[i % len(pool)]
+        lines.append(json.dumps(rec))
+        X.append([a]), Y.append([y]), keys.append(key), resets.append(start)
+    lines.insert(31, json.dumps({"k": "k0", "a": 0.5, "y": 1.0, "start": "maybe"}))
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    d = Daemon(validate_config(_daemon_config(tmp_path, src)))
+    d.run()
+    got = np.array([o["prediction"] for o in _read(tmp_path / "out.jsonl")])
+    dead = _read(tmp_path / "dead.jsonl")
+    assert len(dead) == 1 and dead[0]["reason"] == "field 'start': expected a boolean (true/false, 1/0), got 'maybe'"
+    want = sr.Model(n_inputs=1, **DAEMON_MODEL).step_many(np.array(X), np.array(Y), keys, resets=resets)[:, 0]
+    unbounded = sr.Model(n_inputs=1, **DAEMON_MODEL).step_many(np.array(X), np.array(Y), keys)[:, 0]
+    assert np.array_equal(got, want)
+    assert not np.allclose(got, unbounded)
+
+
+def test_a_csv_stream_with_a_reset_column_and_the_header_check(tmp_path):
+    from streamrnn import cli
+    from streamrnn.service import Daemon, validate_config
+
+    (tmp_path / "in.csv").write_text("k,a,y,start\nx,0.1,0.2,1\nx,0.3,0.4,0\nx,0.5,0.6,true\n")
+    d = Daemon(validate_config(_daemon_config(tmp_path, tmp_path / "in.csv", kind="csv")))
+    d.run()
+    got = [o["prediction"] for o in _read(tmp_path / "out.jsonl")]
+    X, Y = np.array([[0.1], [0.3], [0.5]]), np.array([[0.2], [0.4], [0.6]])
+    want = sr.Model(n_inputs=1, **DAEMON_MODEL).step_many(X, Y, ["x"] * 3, resets=[True, False, True])[:, 0]
+    assert got == want.tolist()
+    (tmp_path / "no_reset.csv").write_text("k,a,y\nx,0.1,0.2\n")
+    cfg = _daemon_config(tmp_path, tmp_path / "no_reset.csv", kind="csv")
+    toml = tmp_path / "c.toml"  # the CLI reads TOML; a header without the reset column: exit 2 at start
+    toml.write_text(
+        "\n".join(
+            f"[{sec}]\n" + "\n".join(f"{k} = {_toml_value(v)}" for k, v in body.items()) for sec, body in cfg.items()
+        )
+    )
+    assert cli.main(["run", str(toml), "--no-progress"]) == 2
+
+
+def _toml_value(v):
+    import json
+
+    return json.dumps(v) if not isinstance(v, bool) else str(v).lower()
+
+
+def test_reset_is_refused_in_forecast_mode_and_must_name_a_field():
+    from streamrnn.service import ConfigError, validate_config
+
+    base = {"source": {"type": "jsonl", "path": "in.jsonl"}, "schema": {"features": ["a"], "target": "y"}}
+    with pytest.raises(ConfigError, match="schema.reset: not available in forecast mode"):
+        validate_config({**base, "schema": {**base["schema"], "reset": "start", "forecast": True}})
+    with pytest.raises(ConfigError, match="schema.reset"):
+        validate_config({**base, "schema": {**base["schema"], "reset": ""}})
+
+
+def test_partitioned_models_take_resets_per_partition():
+    """Group mode: each partition's rows go to its model with their own flags."""
+    from streamrnn.partitioned import PartitionedModel
+
+    rng = np.random.default_rng(2)
+    X, Y = rng.standard_normal((8, 1)), rng.standard_normal((8, 1))
+    keys, streams = ["a"] * 8, ["t:0", "t:1"] * 4
+    resets = [True, False, False, True, False, False, True, True]
+    pm = PartitionedModel(dict(n_inputs=1, **DAEMON_MODEL))
+    preds, _ = pm.step_many(X, Y, keys, streams, resets)
+    for part in (0, 1):
+        rows = [i for i, s in enumerate(streams) if s == f"t:{part}"]
+        want = sr.Model(n_inputs=1, **DAEMON_MODEL).step_many(
+            X[rows], Y[rows], ["a"] * 4, resets=[resets[i] for i in rows]
+        )
+        assert np.array_equal(preds[rows], want)

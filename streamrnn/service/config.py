@@ -315,6 +315,15 @@ RECORD_FIELDS = Section(
             what="a field name",
         ),
         Key(
+            "reset",
+            "string",
+            "the field that marks a record starting a new sequence of its key (a session, a trip, a "
+            'batch): when truthy (true, a nonzero number, "true"/"1"/"yes") the key\'s state is '
+            "zeroed before the record, as `Model.step_many(resets=...)`; absent: no sequence boundaries",
+            nonempty=True,
+            what="a field name",
+        ),
+        Key(
             "forecast",
             "boolean",
             "the target of a record is the `target` field of the next record of the same key (streamrnn.forecast)",
@@ -684,6 +693,8 @@ def _validate_schema(cfg, raw, base_dir):
         raise ConfigError(
             "schema.target: missing (forecast mode reads the target from the next record's field of this name)"
         )
+    if schema["forecast"] and "reset" in schema:
+        raise ConfigError("schema.reset: not available in forecast mode (a forecast spans two records of a key)")
 
 
 def _validate_model(cfg, raw, base_dir):

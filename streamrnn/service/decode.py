@@ -1,9 +1,9 @@
-"""Decoding: a source's Record -> (features, target row, key), or a dead letter saying why not.
+"""Decoding: a source's Record -> (features, target row, key, reset), or a dead letter saying why not.
 
 >>> from streamrnn.connectors.base import Record
 >>> dec = Decoder({"features": ["a", "b"], "target": "y"}, {"n_inputs": 2})
 >>> dec.decode(Record(value=b'{"a": 1, "b": 2.5, "y": 0.5}', key=b"k1", position=("f", 0)))
-([1, 2.5], [0.5], 'k1')
+([1, 2.5], [0.5], 'k1', False)
 >>> dec.decode(Record(value=b'{"a": 1}', key=None, position=("f", 1)))
 Traceback (most recent call last):
 ...
@@ -47,8 +47,19 @@ def _number(name, v, max_abs=float("inf")):
     return f
 
 
+# The values of a ``[schema] reset`` field that mean "this record starts a new sequence" and "it does
+# not": JSON booleans and numbers, and their spellings in CSV cells (which are strings).
+_RESET_TRUE = frozenset(("true", "1", "yes"))
+_RESET_FALSE = frozenset(("false", "0", "no", ""))
+
+
 class Decoder:
-    """Turns a Record into (features, target row, key) or raises BadRecord with a reason."""
+    """Turns a Record into (features, target row, key, reset) or raises BadRecord with a reason.
+
+    ``reset`` is True when the schema names a ``reset`` field and the record's is truthy (true, a
+    nonzero number, or "true"/"1"/"yes"): the record starts a new sequence of its key. A missing or
+    null field, false, 0 and "false"/"0"/"no"/"" are False; anything else is a BadRecord.
+    """
 
     def __init__(self, schema, model_config, max_record_bytes=1 << 20, max_key_bytes=1024):
         self.max_record_bytes = max_record_bytes
@@ -56,6 +67,7 @@ class Decoder:
         self.features = list(schema["features"])
         self.target = schema.get("target")
         self.key_field = schema.get("key")
+        self.reset_field = schema.get("reset")
         self.task = model_config.get("task", "regression")
         self.n_outputs = model_config.get("n_outputs", 1)
         self.width = self.n_outputs if self.task == "regression" else 1
@@ -90,12 +102,26 @@ class Decoder:
             if (type(v) is not float and type(v) is not int) or not -top <= v <= top:
                 x = [_number(f, value[f], top) for f in self.features]
                 break
+        reset = self._reset(value) if self.reset_field is not None else False
         t = value.get(self.target) if self.target is not None else None
         if t is None or t == "":
-            return x, self._no_target, self._key(record, value)
+            return x, self._no_target, self._key(record, value), reset
         if self.width == 1 and self.task == "regression" and type(t) is float and -top <= t <= top:
-            return x, [t], self._key(record, value)
-        return x, self._target(t), self._key(record, value)
+            return x, [t], self._key(record, value), reset
+        return x, self._target(t), self._key(record, value), reset
+
+    def _reset(self, value):
+        """The record's reset flag (see the class docstring), or BadRecord."""
+        r = value.get(self.reset_field)
+        if r is None or r is False:
+            return False
+        if r is True:
+            return True
+        if type(r) in (int, float) and r == r:
+            return r != 0
+        if isinstance(r, str) and r.strip().lower() in _RESET_TRUE | _RESET_FALSE:
+            return r.strip().lower() in _RESET_TRUE
+        raise BadRecord(f"field {self.reset_field!r}: expected a boolean (true/false, 1/0), got {str(r)[:40]!r}")
 
     def _target(self, t):
         """The target row of a present target field, or BadRecord."""

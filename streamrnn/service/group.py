@@ -176,8 +176,8 @@ class GroupDaemon(Daemon):
     def _streams_of(self, records):
         return [f"{r.position[0]}:{r.position[1]}" for r in records]
 
-    def _learn(self, X, Y, keys, streams=None):
-        return self.parts.step_many(X, Y, keys, streams)
+    def _learn(self, X, Y, keys, streams=None, resets=None):
+        return self.parts.step_many(X, Y, keys, streams, resets)
 
     def _count_batch(self, records, applied_streams):
         """Records read and applied per partition; those with records need saving."""

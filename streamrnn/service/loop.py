@@ -130,14 +130,15 @@ class Daemon:
         require = getattr(self.source, "require", None)
         if require is not None:
             schema = self.cfg["schema"]
-            names = [*schema["features"], *(schema[k] for k in ("target", "key") if schema.get(k) is not None)]
+            names = [*schema["features"], *(schema[k] for k in ("target", "key", "reset") if schema.get(k) is not None)]
             require(names, "[schema]")
 
     def _attach_rebalance_callbacks(self):
         """Hook the runner into the source's partition assignment (Kafka), if it has one."""
 
-    def _learn(self, X, Y, keys, streams=None):
-        """Predictions and losses of validated-by-the-model rows, in one pass (all or nothing)."""
+    def _learn(self, X, Y, keys, streams=None, resets=None):
+        """Predictions and losses of validated-by-the-model rows, in one pass (all or nothing); ``resets``
+        (bool per row, or None) marks the rows that start a new sequence of their key."""
         raise NotImplementedError
 
     def _streams_of(self, records):
@@ -183,10 +184,10 @@ class Daemon:
     def process(self, records):
         t0 = time.perf_counter()
         dec = self.decoder.decode
-        good, X, Y, keys, dead = [], [], [], [], []
+        good, X, Y, keys, resets, dead = [], [], [], [], [], []
         for r in records:
             try:
-                x, y, k = dec(r)
+                x, y, k, reset = dec(r)
             except BadRecord as exc:
                 dead.append(dead_letter(r, str(exc)))
                 continue
@@ -194,20 +195,24 @@ class Daemon:
             X.append(x)
             Y.append(y)
             keys.append(k)
+            resets.append(reset)
+        resets = resets if self.decoder.reset_field is not None else None
         outputs, streams = [], self._streams_of(good)
         if good:
             Xa = np.asarray(X, dtype=np.float64)  # the Model casts to its dtype and checks
             Ya = np.asarray(Y, dtype=np.float64)
             # The compiled step releases the GIL: it runs on the worker thread while this one
             # hands the previous batch's outputs to the sinks (kafka-python's Python-heavy send).
-            learning = self._worker.submit(self._learn, Xa, Ya, keys, streams)
+            learning = self._worker.submit(self._learn, Xa, Ya, keys, streams, resets)
             self._write_unwritten()
             try:
                 preds, losses = learning.result()
             except ValueError:
                 # The model refused a row the decoder passed; step_many applied nothing, so
                 # isolate the refused rows record by record and apply the rest in order.
-                good, X, Y, keys, streams, preds, losses = self._apply_one_by_one(good, X, Y, keys, streams, dead)
+                good, X, Y, keys, streams, preds, losses = self._apply_one_by_one(
+                    good, X, Y, keys, streams, resets, dead
+                )
             outputs = self._outputs(good, keys, preds, losses, Y)
         self._write_unwritten()
         # written at the next batch (or flush, checkpoint), overlapping its learning step
@@ -287,12 +292,16 @@ class Daemon:
             f"the model's mean loss on the same {c} records: {s['persistence_model_loss_sum'] / c:.6g})"
         )
 
-    def _apply_one_by_one(self, good, X, Y, keys, streams, dead):
+    def _apply_one_by_one(self, good, X, Y, keys, streams, resets, dead):
         kept, preds, losses = [], [], []
         for i, r in enumerate(good):
             try:
                 pred, loss = self._learn(
-                    np.asarray([X[i]]), np.asarray([Y[i]]), [keys[i]], None if streams is None else [streams[i]]
+                    np.asarray([X[i]]),
+                    np.asarray([Y[i]]),
+                    [keys[i]],
+                    None if streams is None else [streams[i]],
+                    None if resets is None else [resets[i]],
                 )
             except ValueError as exc:
                 dead.append(dead_letter(r, f"refused by the model: {exc}"))

@@ -145,10 +145,10 @@ class SingleDaemon(Daemon):
             # block on net.run() from the IO thread"); the checkpoint holds the positions anyway.
             self.source.on_revoke = lambda streams: self.checkpoint(commit_offsets=False)
 
-    def _learn(self, X, Y, keys, streams=None):
-        if self.forecaster is not None:
+    def _learn(self, X, Y, keys, streams=None, resets=None):
+        if self.forecaster is not None:  # (the config refuses schema.reset in forecast mode)
             return self.forecaster.process(X, Y, keys)
-        return self.model.step_many(X, Y, keys, return_loss=True)
+        return self.model.step_many(X, Y, keys, return_loss=True, resets=resets)
 
     @property
     def saves_checkpoints(self):
