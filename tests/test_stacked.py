@@ -17,6 +17,7 @@ from .helpers import (
     random_sequence,
     rel_err,
     rtrl_bytes_per_key,
+    tbptt_bytes_per_key,
 )
 from .test_forward_pytorch import pytorch_reference
 
@@ -303,3 +304,66 @@ def test_input_sensitivity_of_a_stack_equals_finite_differences(cell):
             J[:, c] = (last_top_h(up) - last_top_h(down)) / 2e-6
         want[len(X) - 1 - t] = np.linalg.norm(J)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------- TBPTT
+@pytest.mark.parametrize("preprocess", [False, True], ids=["raw", "standardize+lags"])
+@pytest.mark.parametrize("cell,n_layers", CASES)
+def test_tbptt_with_a_window_past_the_sequence_equals_bptt(cell, n_layers, preprocess):
+    kw = dict(standardize=True, target_lags=2) if preprocess else {}
+    m = make(cell, n_layers, learner="tbptt", truncation=T, **kw)
+    X, Y = random_sequence("regression", n_steps=T, n_inputs=N_IN, seed=7)
+    g_bptt = m.gradient(X, Y, method="bptt")
+    assert rel_err(m.gradient(X, Y, method="tbptt"), g_bptt) < 1e-9
+    assert rel_err(m.gradient(X, Y, method="tbptt", truncation=T + 5, stride=5), g_bptt) < 1e-9
+    assert rel_err(g_bptt, finite_differences(m, X, Y)) < 1e-6
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_tbptt_windows_are_bptt_from_each_window_start(cell):
+    """TBPTT(k, k): each window's gradient is full BPTT over its k rows from the state the stack
+    reached before them (``bptt_sequence_gradient`` from that state, held constant)."""
+    from streamrnn.learners.bptt import bptt_sequence_gradient
+
+    k = 6
+    m = make(cell, 2, learner="tbptt", truncation=k)
+    X, Y = random_sequence("regression", n_steps=T, n_inputs=N_IN, seed=5)
+    Yf, has_y = m._targets(Y, T)
+    want = np.zeros(m.n_params)
+    s, nxt, out = np.zeros(m.dims.state_size), np.zeros(m.dims.state_size), np.zeros(m.n_outputs)
+    for start in range(0, T, k):
+        g = np.zeros(m.n_params)
+        end = start + k
+        args = (CELL_IDS[cell], 0, N_IN, N, 2, m.theta, m.n_params_cell)
+        bptt_sequence_gradient(*args, X[start:end], Yf[start:end], has_y[start:end], s, g)
+        want += g
+        for x in X[start:end]:
+            m.predict_from_state(x, s, out, nxt)
+            s, nxt = nxt.copy(), s
+    got = m.gradient(X, Y, method="tbptt")
+    assert rel_err(got, m.unflatten(want)) < 1e-9
+    assert rel_err(got, m.gradient(X, Y, method="bptt")) > 1e-3  # truncation matters here
+
+
+@pytest.mark.parametrize("n", [8, 16])
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_tbptt_state_bytes_per_key_by_formula(n_layers, n):
+    m = sr.Model(cell="lstm", n_inputs=N_IN, n_hidden=n, n_layers=n_layers, learner="tbptt", truncation=5, head_lags=0)
+    assert m.state_bytes_per_key == tbptt_bytes_per_key("lstm", N_IN, n, n_layers, 5, 1)
+    _ = m.step([0.1, 0.2, 0.3], y=[1.0], key="a")
+    assert sum(a.nbytes for a in m.key_state("a").values()) == m.state_bytes_per_key
+
+
+def test_online_tbptt_stack_survives_save_and_load(tmp_path):
+    X, Y = random_sequence("regression", n_steps=50, n_inputs=N_IN, seed=1)
+    keys = ["a", "b"] * 25
+    a = sr.Model(
+        cell="gru", n_inputs=N_IN, n_hidden=N, n_outputs=2, n_layers=2, learner="tbptt", truncation=4, stride=2, lr=1e-2
+    )
+    a.step_many(X[:25], Y[:25], keys=keys[:25])
+    a.save(tmp_path / "a.ckpt")
+    b = sr.Model.load(tmp_path / "a.ckpt")
+    pa = a.step_many(X[25:], Y[25:], keys=keys[25:])
+    pb = b.step_many(X[25:], Y[25:], keys=keys[25:])
+    assert np.array_equal(pa, pb) and np.array_equal(a.theta, b.theta)
+    assert a.stats["updates"] > 0
