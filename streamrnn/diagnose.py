@@ -10,10 +10,12 @@ Two curves, both at a model's current weights, over a sequence run from a zero r
 
 ``x`` is the cell's input as the Model feeds it: the features standardised with the current
 statistics (:meth:`streamrnn.Model.cell_sequence`); the target-feedback columns are left out. ``h``
-is what the readout sees (the first ``n_hidden`` state entries; the LSTM's ``h``, not ``c``).
-Everything is reverse mode through the cells' own backward kernels
-(:func:`streamrnn.cells.dispatch.cell_backward`): one backward pass per hidden unit for the
-sensitivity, one per labelled row for the flow. Meant for analysis, not for the hot path.
+is what the readout sees (the first ``n_hidden`` state entries; the LSTM's ``h``, not ``c``; the top
+layer's of a stack, whose ``s`` is every layer's state). Everything is reverse mode through the
+cells' own backward kernels (:func:`streamrnn.cells.stack.stack_backward`, which also forms the
+input gradient ``W_ih^T da_ih`` a layer passes down, :func:`streamrnn.cells.common.ih_transpose_product`):
+one backward pass per hidden unit for the sensitivity, one per labelled row for the flow. Meant for
+analysis, not for the hot path.
 
 Examples
 --------
@@ -31,7 +33,8 @@ import time
 
 import numpy as np
 
-from .cells.dispatch import cache_size, cell_backward, cell_forward, n_gates
+from .cells.dispatch import cache_size, n_gates, state_size
+from .cells.stack import stack_backward, stack_forward
 from .learners.common import readout_step
 
 __all__ = ["input_sensitivity", "gradient_flow", "Trace"]
@@ -50,9 +53,10 @@ class Trace:
         self.Y = np.ascontiguousarray(self.Y, np.float64)
         T = self.X.shape[0]
         self.states = np.zeros((T + 1, d.state_size))
-        self.caches = np.zeros((T, cache_size(d.cell, d.n_hidden)))
+        self.caches = np.zeros((T, d.n_layers * cache_size(d.cell, d.n_hidden)))
+        self.top = (d.n_layers - 1) * state_size(d.cell, d.n_hidden)  # the readout's h in the state
         for t in range(T):
-            cell_forward(
+            stack_forward(
                 d.cell,
                 self.theta,
                 d.n_inputs,
@@ -65,12 +69,13 @@ class Trace:
         rows = n_gates(d.cell) * d.n_hidden
         self._da_ih, self._da_hh = np.empty(rows), np.empty(rows)
         self._grad = np.zeros(d.n_params)
-        self.weight_ih = model.unflatten(self.theta)["weight_ih_l0"]  # (gates·n, n_cell_inputs)
+        self._dx = np.zeros(max(d.n_inputs, d.n_hidden))
 
     def back(self, t, g_new, g_prev):
-        """``g_prev = (∂s_t/∂s_{t−1})ᵀ g_new``; returns ``(∂s_t/∂x_t)ᵀ g_new`` (n_cell_inputs,)."""
+        """``g_prev = (∂s_t/∂s_{t−1})ᵀ g_new``; returns ``(∂s_t/∂x_t)ᵀ g_new`` (n_cell_inputs,; a view of
+        scratch, valid until the next call). ``g_new`` is scratch for a stack."""
         d = self.dims
-        cell_backward(
+        stack_backward(
             d.cell,
             self.theta,
             d.n_inputs,
@@ -84,8 +89,10 @@ class Trace:
             self._grad,
             self._da_ih,
             self._da_hh,
+            self._dx,
+            True,
         )
-        return self.weight_ih.T @ self._da_ih
+        return self._dx[: d.n_inputs]
 
 
 def input_sensitivity(model, X, key=None) -> np.ndarray:
@@ -113,7 +120,7 @@ def input_sensitivity(model, X, key=None) -> np.ndarray:
     g, g_prev = np.zeros(S), np.zeros(S)
     for unit in range(d.n_hidden):  # one reverse pass per row of the Jacobian
         g[:] = 0.0
-        g[unit] = 1.0
+        g[tr.top + unit] = 1.0
         for t in range(T - 1, -1, -1):
             dx = tr.back(t, g, g_prev)
             sq[T - 1 - t] += float(dx[:m] @ dx[:m])
@@ -145,7 +152,7 @@ def gradient_flow(model, X, Y, max_lag=50, key=None) -> np.ndarray:
     for t in range(T):
         if not tr.learn[t]:
             continue
-        h = tr.states[t + 1]
+        h = tr.states[t + 1, tr.top :]
         readout_step(
             d.task,
             tr.theta,
@@ -163,7 +170,7 @@ def gradient_flow(model, X, Y, max_lag=50, key=None) -> np.ndarray:
             g_h,
         )
         g[:] = 0.0
-        g[:n] = g_h
+        g[tr.top : tr.top + n] = g_h
         for k in range(min(max_lag, t) + 1):
             total[k] += float(np.sqrt(g @ g))
             count[k] += 1

@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import checkpoint, parameters, race, rls
-from .cells.common import n_cell_params
 from .cells.dispatch import CELL_IDS, ELEMENTWISE, n_gates, recurrent_width, state_size
+from .cells.stack import stack_params
 from .keyed_state import KeyedState, normalize_key
 from .learners import registry
 from .learners.bptt import bptt_sequence_gradient
@@ -55,7 +55,14 @@ LEARNERS = registry.names()
 GRADIENT_METHODS = LEARNERS + ("bptt",)
 _FORMAT_KIND = "streamrnn.Model"
 # What a checkpoint written before an option existed implies for it.
-_OLD_DEFAULTS = {"readout_skip": False, "target_lags": 0, "standardize": False, "baseline": None, "head_lags": 0}
+_OLD_DEFAULTS = {
+    "readout_skip": False,
+    "target_lags": 0,
+    "standardize": False,
+    "baseline": None,
+    "head_lags": 0,
+    "n_layers": 1,
+}
 
 ArrayLike = Any  # what np.asarray accepts
 Key = str | int | None
@@ -89,6 +96,15 @@ class Model:
         Hidden units.
     n_outputs : int
         Readout width (number of classes for ``task="classification"``, 1 for ``"binary"``).
+    n_layers : int
+        Stacked recurrent layers (:mod:`streamrnn.cells.stack`), as PyTorch's ``num_layers``: layer
+        ``l > 0`` reads layer ``l - 1``'s hidden output of the same step, has ``n_hidden`` units
+        and parameters ``weight_ih_l<l>`` (G·n, n), ``weight_hh_l<l>``, ``bias_ih_l<l>``,
+        ``bias_hh_l<l>``; the readout reads the top layer (``readout_skip`` the input). A key's
+        recurrent state is every layer's, bottom first (``L·S`` values). Learners ``"rtrl"`` (exact
+        through the stack: the influence of layer k's parameters on every layer l >= k, also for
+        the element-wise cells, which then run the dense form) and ``"tbptt"``; ``"snap1"`` and
+        ``"uoro"`` refuse ``n_layers > 1``.
     task : {"regression", "classification", "binary"}
         Per-step loss: ½‖ŷ − y‖², softmax cross-entropy, or logistic loss.
     learner : {"rtrl", "snap1", "uoro", "tbptt"}
@@ -218,6 +234,7 @@ class Model:
         standardize: bool = True,
         baseline: str | None = None,
         head_lags: int | None = None,
+        n_layers: int = 1,
     ) -> None:
         choice("cell", cell, tuple(CELL_IDS))
         choice("task", task, tuple(TASK_IDS))
@@ -227,6 +244,8 @@ class Model:
         n_hidden = positive_int("n_hidden", n_hidden)
         n_outputs = positive_int("n_outputs", n_outputs)
         max_keys = positive_int("max_keys", max_keys)
+        n_layers = positive_int("n_layers", n_layers)
+        registry.resolve(learner, CELL_IDS[cell], n_layers)  # refuses a learner that does not run stacks
         if registry.get(learner).windowed:
             if truncation is None:
                 raise ValueError(f"learner={learner!r} needs truncation=k (a positive integer)")
@@ -257,6 +276,7 @@ class Model:
             n_hidden=n_hidden,
             n_outputs=n_outputs,
             task=task,
+            n_layers=n_layers,
             learner=learner,
             seed=seed,
             dtype=dtype,
@@ -276,6 +296,7 @@ class Model:
         self._opt = OPTIMIZER_IDS["adam" if self.race else optimizer]  # a race's members are Adam
         self.dtype = np.dtype(dtype)
         self.n_inputs, self.n_hidden, self.n_outputs = n_inputs, n_hidden, n_outputs
+        self.n_layers = n_layers
         self.max_keys = max_keys
         self._pre = Preprocessor(
             self._task,
@@ -289,9 +310,9 @@ class Model:
         )
         self.n_cell_inputs = n_cell_inputs = self._pre.n_cell_inputs  # n_inputs + the target-feedback columns
         self._gates = n_gates(self._cell)
-        self._state_size = state_size(self._cell, n_hidden)
+        self._state_size = n_layers * state_size(self._cell, n_hidden)  # a stack's composite state
         self._rec = recurrent_width(self._cell, n_hidden)
-        self.n_params_cell = n_cell_params(self._gates, n_cell_inputs, n_hidden, self._rec)
+        self.n_params_cell = int(stack_params(self._cell, n_cell_inputs, n_hidden, n_layers))
         self.readout_skip = bool(readout_skip)
         self.n_params = self.n_params_cell + n_outputs * (n_hidden + 1 + (n_cell_inputs if self.readout_skip else 0))
 
@@ -318,8 +339,9 @@ class Model:
             seed,
             truncation,
             stride,
+            n_layers,
         )
-        self._spec = registry.resolve(learner, self._cell)  # whose arrays and kernels run the learner
+        self._spec = registry.resolve(learner, self._cell, n_layers)  # whose arrays and kernels run the learner
         learner_layout = self._spec.key_layout(self._dims)
         if self.race:
             learner_layout = member_layout(learner_layout, self.n_members)
@@ -341,7 +363,7 @@ class Model:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._spec = registry.resolve(self.learner, self._cell)
+        self._spec = registry.resolve(self.learner, self._cell, self.config.get("n_layers", 1))
 
     @property
     def dims(self) -> ModelDims:
@@ -384,14 +406,15 @@ class Model:
         """The parameter blocks ``(name, shape, offset, size)``, in the order of the flat vector."""
         G, n, m, o = self._gates, self.n_hidden, self.n_cell_inputs, self.n_outputs
         hh_shape = (G * n,) if self._cell in ELEMENTWISE else (G * n, n)
-        layout = [
-            ("weight_ih_l0", (G * n, m)),
-            ("weight_hh_l0", hh_shape),
-            ("bias_ih_l0", (G * n,)),
-            ("bias_hh_l0", (G * n,)),
-            ("readout.weight", (o, n)),
-            ("readout.bias", (o,)),
-        ]
+        layout = []
+        for layer in range(self.n_layers):  # PyTorch's names; layer l > 0 reads the n outputs below
+            layout += [
+                (f"weight_ih_l{layer}", (G * n, m if layer == 0 else n)),
+                (f"weight_hh_l{layer}", hh_shape),
+                (f"bias_ih_l{layer}", (G * n,)),
+                (f"bias_hh_l{layer}", (G * n,)),
+            ]
+        layout += [("readout.weight", (o, n)), ("readout.bias", (o,))]
         return parameters.blocks(layout + [("readout.skip_weight", (o, m))] if self.readout_skip else layout)
 
     def _initial_parameters(self, seed):
@@ -811,7 +834,7 @@ class Model:
         if method not in GRADIENT_METHODS:
             raise ValueError(f"method must be one of {GRADIENT_METHODS}; got {method!r}")
         dims = self._dims._replace(seed=self._dims.seed if seed is None else int(seed))
-        spec = None if method == "bptt" else registry.resolve(method, self._cell)
+        spec = None if method == "bptt" else registry.resolve(method, self._cell, self.n_layers)
         if spec is not None and spec.windowed:
             k = truncation if truncation is not None else self.truncation
             if k is None or int(k) < 1:
@@ -872,7 +895,10 @@ class Model:
             **self._pre.state_arrays(),
             **({race.SCORES: self.race_scores} if self.race else {}),
         }
-        meta = {"kind": _FORMAT_KIND, "config": self.config, "keys": keys}
+        config = self.config
+        if config["n_layers"] == 1:  # one layer: the file is byte for byte what it was before stacks
+            config = {k: v for k, v in config.items() if k != "n_layers"}
+        meta = {"kind": _FORMAT_KIND, "config": config, "keys": keys}
         return arrays, meta
 
     @classmethod
@@ -938,6 +964,8 @@ class Model:
         c = self.config
         return (
             f"Model(cell={c['cell']!r}, n_inputs={c['n_inputs']}, n_hidden={c['n_hidden']}, "
-            f"n_outputs={c['n_outputs']}, task={c['task']!r}, learner={c['learner']!r}, "
+            f"n_outputs={c['n_outputs']}, task={c['task']!r}, "
+            + (f"n_layers={c['n_layers']}, " if c["n_layers"] > 1 else "")
+            + f"learner={c['learner']!r}, "
             f"optimizer={c['optimizer']!r}, lr={c['lr']}, dtype={c['dtype']!r})"
         )

@@ -42,3 +42,31 @@ def lag_buffer_bytes(model):
     w = 1 if c["task"] == "binary" else c["n_outputs"]
     ext = 1 if (c["head_lags"] or c["baseline"] == "last") else 0
     return 8 * (depth * w + depth + ext)
+
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4, "ernn": 1, "egru": 3, "elstm": 4, "dlru": 1}
+STATE_ROWS = {"rnn": 1, "gru": 1, "lstm": 2, "ernn": 1, "egru": 1, "elstm": 2, "dlru": 2}  # S / n
+
+
+def layer_param_count(cell, n_in, n):
+    """P of one layer by formula: G·n·(inputs + recurrent width + 2), recurrent width n (1 element-wise)."""
+    rec = n if cell in ("rnn", "gru", "lstm") else 1
+    return GATES[cell] * n * (n_in + rec + 2)
+
+
+def rtrl_bytes_per_key(cell, n_in, n, n_layers, itemsize=8):
+    """Per-key bytes of exact RTRL's dense form, by formula: the state, L·S values, and the influence
+    of layer k's parameters on every layer l >= k, S·P_k values each (block lower triangular):
+    S·Σ_{l<L} Σ_{k<=l} P_k = S·(L·P_0 + L(L-1)/2·P_1), with P_0 reading the n_in inputs, P_1 the n below."""
+    S = STATE_ROWS[cell] * n
+    P0, P1 = layer_param_count(cell, n_in, n), layer_param_count(cell, n, n)
+    return itemsize * (n_layers * S + S * (n_layers * P0 + n_layers * (n_layers - 1) // 2 * P1))
+
+
+def tbptt_bytes_per_key(cell, n_in, n, n_layers, k, target_width, itemsize=8):
+    """Per-key bytes of TBPTT(k), by formula: the state (L·S), and per step of the window its input,
+    the state before it (L·S), every layer's cache (L·2·G·n), its target and whether it had one
+    (1 byte), and the step count (8 bytes)."""
+    S, C = STATE_ROWS[cell] * n, 2 * GATES[cell] * n
+    L = n_layers
+    return itemsize * (L * S + k * (n_in + L * S + L * C + target_width)) + k + 8

@@ -131,6 +131,25 @@ def hh_transpose_product(w, n_gates, n_in, n, rec, da_hh, out):
                     out[k] += W_hh[j, k] * g
 
 
+@njit(cache=True, error_model="numpy")
+def ih_transpose_product(w, n_gates, n_in, n, rec, da_ih, out):
+    """``out = W_ih^T da_ih`` (n_in,): how a gate gradient flows back into the step's input ``x``
+    (into the layer below in a stack; the input sensitivity of ``diagnose``). Every cell's backward
+    kernel leaves ``dL/d(W_ih x)`` in ``da_ih``."""
+    W_ih = param_views(w, n_gates, n_in, n, rec)[0]
+    if n_in >= BLAS_MIN_WIDTH:
+        np.dot(W_ih.T, da_ih, out)
+        return
+    for k in range(n_in):
+        out[k] = 0.0
+    for j in range(n_gates * n):
+        g = da_ih[j]
+        if g != 0.0:
+            Wj = W_ih[j]
+            for k in range(n_in):
+                out[k] += Wj[k] * g
+
+
 # --- Dense influence update (exact RTRL): M' = J M + I, J formed first --------------------------
 # A cell with R state rows per unit (h, and c for LSTM) supplies, per unit j, the scalars of its
 # per-unit update (``coef`` below: C_ih, C_whh, C_bhh per gate and the unit-local couplings A) and
@@ -157,25 +176,33 @@ def block_columns(rows, n_cols, itemsize):
 
 
 @njit(cache=True, error_model="numpy")
+def gate_rows(W, n_gates, n, j, coef, col, J):
+    """Rows ``r n + j`` (r < R = coef.shape[0]) of ``J = Σ_g coef[r, col + g] W[g n + j, :]``: how unit
+    j's state rows move with what the rows of ``W`` read. With ``W_hh`` and the ``C_whh`` columns
+    (``col = R + G``) that is the recurrent Jacobian (:func:`jacobian_rows`); with ``W_ih`` and the
+    ``C_ih`` columns (``col = R``) the input Jacobian ``ds'/dx`` (``dispatch.input_jacobian``)."""
+    R = coef.shape[0]
+    width = W.shape[1]
+    for r in range(R):
+        Jr = J[r * n + j]
+        c0 = coef[r, col]
+        W0 = W[j]
+        for k in range(width):
+            Jr[k] = c0 * W0[k]
+        for g in range(1, n_gates):
+            c = coef[r, col + g]
+            Wg = W[g * n + j]
+            for k in range(width):
+                Jr[k] += c * Wg[k]
+
+
+@njit(cache=True, error_model="numpy")
 def jacobian_rows(W_hh, n_gates, n, rec, j, coef, direct_h, J):
     """Rows ``r n + j`` (r < R = coef.shape[0]) of ``J = d(state rows)/dh``, shape (R n, rec):
     ``Σ_g C_whh[r, g] W_hh[g n + j, :]`` plus ``direct_h`` on h_j in row 0. For ``rec = 1``
     (element-wise cells) J is diagonal and column 0 holds it."""
-    R = coef.shape[0]
-    c_whh = R + n_gates
-    own = 0 if rec == 1 else j
-    for r in range(R):
-        Jr = J[r * n + j]
-        c0 = coef[r, c_whh]
-        W0 = W_hh[j]
-        for k in range(rec):
-            Jr[k] = c0 * W0[k]
-        for g in range(1, n_gates):
-            c = coef[r, c_whh + g]
-            Wg = W_hh[g * n + j]
-            for k in range(rec):
-                Jr[k] += c * Wg[k]
-    J[j, own] += direct_h
+    gate_rows(W_hh, n_gates, n, j, coef, coef.shape[0] + n_gates, J)
+    J[j, 0 if rec == 1 else j] += direct_h
 
 
 @njit(cache=True, error_model="numpy")

@@ -19,6 +19,7 @@ from .common import (
     all_finite,
     block_columns,
     finish_rows,
+    gate_rows,
     jacobian_product,
     jacobian_rows,
     param_views,
@@ -258,6 +259,21 @@ def cell_unit_tangent(cell, w, n_in, n, x, s_prev, s_new, cache, M, coef, grad, 
         cell_unit_coefficients(base, W_hh, n, rec, j, s_prev, s_new, cache, coef)
         finite &= unit_influence_update(M, R, coef, G, n_in, n, rec, j, x, u, grad, g_h[j], scatter)
     return finite
+
+
+@njit(cache=True, error_model="numpy")
+def input_jacobian(cell, w, n_in, n, s_prev, s_new, cache, coef, Jx):
+    """``Jx[:S] = ds'/dx`` (S x n_in) of one step, forward mode, for every cell: unit j's state rows
+    are ``Σ_g C_ih[r, g] W_ih[g n + j, :]`` with its per-unit coefficients (``coef``: (R, R + 3G)
+    scratch), the same slopes that carry the immediate partial on ``W_ih``. A stack's influence
+    crosses layers through it (:mod:`.stack`); its reverse form is ``common.ih_transpose_product``."""
+    base, rec = base_cell(cell), recurrent_width(cell, n)
+    G = n_gates(cell)
+    W_ih, W_hh = param_views(w, G, n_in, n, rec)[:2]
+    R = coef.shape[0]
+    for j in range(n):
+        cell_unit_coefficients(base, W_hh, n, rec, j, s_prev, s_new, cache, coef)
+        gate_rows(W_ih, G, n, j, coef, R, Jx)
 
 
 @njit(cache=True, error_model="numpy")

@@ -11,7 +11,8 @@ from numba import njit
 from numba.extending import overload
 
 from ..cells.common import all_finite, n_cell_params  # noqa: F401  (all_finite: learners import it from here)
-from ..cells.dispatch import cache_size, cell_forward, n_gates, recurrent_width
+from ..cells.dispatch import cache_size, n_gates, recurrent_width
+from ..cells.stack import stack_depth, stack_forward, top_offset
 from ..losses import loss_and_grad, predict_output, readout, readout_backward
 from ..optim import CLIP, clip_grad_norm, optimizer_step, squared_norm
 
@@ -80,15 +81,16 @@ def settle_sample(outcome, has_y, loss, opt_kind, theta, grad, opt_state, hyper,
 def predict_from_state(cell, task, n_in, n, n_out, theta, Pc, x, s, pred, s_next):
     """The prediction one more sample would get from state ``s`` (unchanged) into ``pred``, and the
     state it would reach into ``s_next`` unless that is None (``Model.peek``; forecasts run forward
-    from a copy of a state)."""
+    from a copy of a state). ``s`` is the composite state of a stack (``cells.stack``)."""
     if s_next is None:  # resolved at compile time: None is its own type
         s_new = np.empty_like(s)
     else:
         s_new = s_next
-    cache = np.empty(cache_size(cell, n), theta.dtype)
+    L = stack_depth(cell, n, s)
+    cache = np.empty(cache_size(cell, n) * L, theta.dtype)
     logits = np.empty(n_out, theta.dtype)
-    cell_forward(cell, theta, n_in, n, x, s, s_new, cache)
-    readout(theta, Pc, n, n_out, s_new, x, logits)
+    stack_forward(cell, theta, n_in, n, x, s, s_new, cache)
+    readout(theta, Pc, n, n_out, s_new[top_offset(cell, n, s) :], x, logits)
     predict_output(task, logits, pred)
 
 

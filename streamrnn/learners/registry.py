@@ -56,7 +56,7 @@ class ModelDims(NamedTuple):
     n_inputs: int
     n_hidden: int
     n_outputs: int
-    state_size: int  # S: n, or 2n for LSTM's (h, c)
+    state_size: int  # S: n, or 2n for LSTM's (h, c); L times that for a stack (its composite state)
     target_width: int  # columns of a validated target row
     n_params_cell: int  # P_cell: the cell's block of theta, before the readout
     n_params: int
@@ -64,6 +64,7 @@ class ModelDims(NamedTuple):
     seed: int  # UORO's random signs
     truncation: int | None  # TBPTT's window k
     stride: int | None  # TBPTT's update stride h
+    n_layers: int = 1  # L: stacked layers (streamrnn.cells.stack)
 
 
 Layout = list  # [(name, shape, dtype)] of the arrays one key owns
@@ -89,7 +90,11 @@ class LearnerSpec:
         step (TBPTT); the others take neither.
     elementwise_runs_as
         Name of the learner whose kernels run this one for element-wise cells (exact RTRL runs on
-        SnAp-1's per-unit kernels there: no other influence entry is non-zero, O(P) instead of O(nP)).
+        SnAp-1's per-unit kernels there: no other influence entry is non-zero, O(P) instead of O(nP)),
+        for one layer (in a stack a layer's state depends on every parameter below it).
+    stacks
+        The kernels run stacks of layers (``n_layers > 1``, :mod:`streamrnn.cells.stack`); a Model
+        refuses ``n_layers > 1`` with a learner that does not.
     """
 
     name: str
@@ -100,6 +105,7 @@ class LearnerSpec:
     sequence_gradient: Any
     windowed: bool = False
     elementwise_runs_as: str | None = None
+    stacks: bool = False
 
     def new_key_state(self, dims: ModelDims, n_slots: int = 1):
         """Zeroed per-key arrays for ``n_slots`` keys, as the kernels take them (``sequence_gradient``:
@@ -149,8 +155,9 @@ def get(name: str) -> LearnerSpec:
         raise ValueError(f"learner must be one of {names()}; got {name!r}") from None
 
 
-def resolve(name: str, cell: int) -> LearnerSpec:
-    """The spec whose arrays and kernels run learner ``name`` on cell id ``cell``.
+def resolve(name: str, cell: int, n_layers: int = 1) -> LearnerSpec:
+    """The spec whose arrays and kernels run learner ``name`` on cell id ``cell`` in a stack of
+    ``n_layers``; ``ValueError`` if that learner does not run stacks.
 
     >>> from streamrnn.cells.dispatch import CELL_IDS
     >>> resolve("rtrl", CELL_IDS["egru"]).name, resolve("rtrl", CELL_IDS["gru"]).name
@@ -159,6 +166,11 @@ def resolve(name: str, cell: int) -> LearnerSpec:
     from ..cells.dispatch import ELEMENTWISE
 
     spec = get(name)
+    if n_layers > 1:
+        if not spec.stacks:
+            runs = ", ".join(repr(s) for s in names() if get(s).stacks)
+            raise ValueError(f"learner {name!r} does not support n_layers > 1 (stacked layers); use {runs}")
+        return spec
     if spec.elementwise_runs_as is not None and cell in ELEMENTWISE:
         return get(spec.elementwise_runs_as)
     return spec

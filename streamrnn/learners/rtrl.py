@@ -9,7 +9,12 @@ O(G n P) element-wise work that exploits the sparse immediate partial.
 For the element-wise cells the only non-zero entries of ``M`` are each unit's
 own parameters, so the Model runs exact RTRL for them in the compact O(P) form
 of :mod:`streamrnn.learners.snap1`; this dense form serves them too (checks,
-``compare.gradient_alignment``).
+``compare.gradient_alignment``), and stacks of them (``n_layers > 1``), where a
+layer's state depends on every parameter of the layers below.
+
+A stack of ``L`` layers (:mod:`streamrnn.cells.stack`) carries the block-lower-triangular
+influence of its composite state, ``M^{l,k} = ds^l/dθ^k`` for ``k <= l``, in one flat array per
+key; the readout reads the top layer.
 """
 
 from collections import namedtuple
@@ -17,14 +22,22 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from ..cells.dispatch import cache_size, cell_forward, cell_tangent, tangent_scratch
+from ..cells.dispatch import cache_size, tangent_scratch
+from ..cells.stack import (
+    influence_shape,
+    input_tangent_scratch,
+    stack_depth,
+    stack_forward,
+    stack_params,
+    stack_tangent,
+    top_offset,
+)
 from .common import (
     APPLIED,
     INFLUENCE_RESET,
     REJECTED,
     InfluenceKeyState,
     all_finite,
-    cell_params_end,
     clear_influence_key,
     online_sequence_gradient,
     online_step_many,
@@ -34,29 +47,37 @@ from .common import (
 from .registry import LearnerSpec, register
 
 # Scratch of one step: the new state, the tangent's J (S x n), D = J M_h + I (S x P_cell, large for
-# big n) and per-unit coefficients, the cell's cache, logits and their gradient, dL/dh, and the
-# gradient of the step.
-RTRLWorkspace = namedtuple("RTRLWorkspace", ["s_new", "J", "D", "coefs", "cache", "logits", "dlogits", "g_h", "grad"])
+# big n) and per-unit coefficients, the cell's cache, logits and their gradient, dL/dh, the
+# gradient of the step, and a stack's input Jacobian and its product (cells.stack; tokens for one layer).
+RTRLWorkspace = namedtuple(
+    "RTRLWorkspace", ["s_new", "J", "D", "coefs", "cache", "logits", "dlogits", "g_h", "grad", "Jx", "Dx"]
+)
 
 
 def make_workspace(dims):
     """The workspace of one RTRL step for a model of ``dims``, allocated once per Model."""
-    dt, n = dims.dtype, dims.n_hidden
+    dt, n, L = dims.dtype, dims.n_hidden, dims.n_layers
+    J, D, coefs = tangent_scratch(dims.cell, n, dims.n_params_cell, dt)
     return RTRLWorkspace(
         np.zeros(dims.state_size, dt),
-        *tangent_scratch(dims.cell, n, dims.n_params_cell, dt),
-        np.zeros(cache_size(dims.cell, n), dt),
+        J,
+        D,
+        coefs,
+        np.zeros(L * cache_size(dims.cell, n), dt),
         np.zeros(dims.n_outputs, dt),
         np.zeros(dims.n_outputs, dt),
         np.zeros(n, dt),
         np.zeros(dims.n_params, dt),
+        *input_tangent_scratch(dims.cell, n, L, D.shape[1], dt),
     )
 
 
 def key_layout(dims):
-    """A key's state (S,) and dense influence matrix (S, P_cell)."""
+    """A key's state (S,) and dense influence matrix (S, P_cell); for a stack its composite state (L S,)
+    and the flat buffer of its influence blocks (``cells.stack.influence_shape``)."""
     S, dt = dims.state_size, dims.dtype
-    return [("hidden", (S,), dt), ("influence", (S, dims.n_params_cell), dt)]
+    shape = influence_shape(dims.cell, dims.n_inputs, dims.n_hidden, dims.n_layers)
+    return [("hidden", (S,), dt), ("influence", shape, dt)]
 
 
 @njit(cache=True, error_model="numpy")
@@ -75,14 +96,17 @@ def rtrl_sample(cell, task, n_in, n, n_out, theta, x, y, has_y, keyed, slot, dra
     """
     s, M = keyed.hidden[slot], keyed.influence[slot]
     s_new, g_h, grad = ws.s_new, ws.g_h, ws.grad
-    Pc = cell_params_end(cell, n_in, n)
-    cell_forward(cell, theta, n_in, n, x, s, s_new, ws.cache)
+    Pc = stack_params(cell, n_in, n, stack_depth(cell, n, s))
+    stack_forward(cell, theta, n_in, n, x, s, s_new, ws.cache)
     if not all_finite(s_new):
         pred[:] = np.nan
         return REJECTED, 0.0
-    loss = readout_step(task, theta[Pc:], 0, n, n_out, s_new, x, y, has_y, ws.logits, pred, ws.dlogits, grad[Pc:], g_h)
-    finite = cell_tangent(
-        cell, theta, n_in, n, x, s, s_new, ws.cache, M, M, ws.J, ws.D, ws.coefs, True, g_h, grad, has_y
+    top = top_offset(cell, n, s)
+    loss = readout_step(
+        task, theta[Pc:], 0, n, n_out, s_new[top:], x, y, has_y, ws.logits, pred, ws.dlogits, grad[Pc:], g_h
+    )
+    finite = stack_tangent(
+        cell, theta, n_in, n, x, s, s_new, ws.cache, M, ws.J, ws.D, ws.coefs, ws.Jx, ws.Dx, g_h, grad, has_y
     )
     s[:] = s_new
     if not finite:
@@ -149,5 +173,6 @@ SPEC = register(
         step_many=rtrl_step_many,
         sequence_gradient=online_sequence_gradient,
         elementwise_runs_as="snap1",
+        stacks=True,
     )
 )

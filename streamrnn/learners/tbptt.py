@@ -6,7 +6,9 @@ key, independent of stream length. Every ``h`` steps of a key (the stride,
 ``h <= k``) it backpropagates the losses of those last ``h`` steps through the
 last ``k`` steps and updates the parameters. With ``h = k`` the windows do not
 overlap and the summed gradient equals RTRL's with the influence matrix reset
-at every window start; with ``k >= T`` it is full BPTT.
+at every window start; with ``k >= T`` it is full BPTT. A stack of layers
+(:mod:`streamrnn.cells.stack`) keeps its composite state and cache per step and
+backpropagates through every layer of each step, top first.
 """
 
 from collections import namedtuple
@@ -14,8 +16,9 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from ..cells.dispatch import cache_size, cell_backward, cell_forward, n_gates
-from .common import REJECTED_STATE, STEPS, all_finite, cell_params_end, guarded_update, readout_step
+from ..cells.dispatch import cache_size, n_gates
+from ..cells.stack import stack_backward, stack_depth, stack_forward, stack_params, top_offset
+from .common import REJECTED_STATE, STEPS, all_finite, guarded_update, readout_step
 from .registry import LearnerSpec, register
 
 # The arrays a key owns (a slot axis first): its state, and the ring of its last k steps (input, state
@@ -35,7 +38,8 @@ TBPTTKeyState = namedtuple(
 
 # The update stride h, and the scratch: the new state and cache of a forward step, the backward pass's
 # dL/ds and dL/ds_prev, pre-activation gradients, logits, a prediction, their gradient, dL/dh, one
-# step's readout gradient, and ``grad``, the window's summed gradient (the one applied).
+# step's readout gradient, ``grad``, the window's summed gradient (the one applied), and ``dx``, the
+# gradient into a layer's input (a stack's; empty for one layer).
 TBPTTWorkspace = namedtuple(
     "TBPTTWorkspace",
     [
@@ -52,18 +56,19 @@ TBPTTWorkspace = namedtuple(
         "g_h",
         "step_grad",
         "grad",
+        "dx",
     ],
 )
 
 
 def make_workspace(dims):
     """The workspace of TBPTT(``dims.truncation``, ``dims.stride``) for a model of ``dims``."""
-    dt, S, n, o = dims.dtype, dims.state_size, dims.n_hidden, dims.n_outputs
+    dt, S, n, o, L = dims.dtype, dims.state_size, dims.n_hidden, dims.n_outputs, dims.n_layers
     rows = n_gates(dims.cell) * n
     return TBPTTWorkspace(
         int(dims.stride),
         np.zeros(S, dt),
-        np.zeros(cache_size(dims.cell, n), dt),
+        np.zeros(L * cache_size(dims.cell, n), dt),
         np.zeros(S, dt),
         np.zeros(S, dt),
         np.zeros(rows, dt),
@@ -74,6 +79,7 @@ def make_workspace(dims):
         np.zeros(n, dt),
         np.zeros(dims.n_params, dt),
         np.zeros(dims.n_params, dt),
+        np.zeros(max(dims.n_inputs, n) if L > 1 else 0, dt),
     )
 
 
@@ -83,7 +89,7 @@ def key_layout(dims):
         ("hidden", (S,), dt),
         ("window_inputs", (k, dims.n_inputs), dt),
         ("window_states", (k, S), dt),
-        ("window_caches", (k, cache_size(dims.cell, dims.n_hidden)), dt),
+        ("window_caches", (k, dims.n_layers * cache_size(dims.cell, dims.n_hidden)), dt),
         ("window_targets", (k, dims.target_width), dt),
         ("window_has_target", (k,), np.dtype(np.bool_)),
         ("window_count", (), np.dtype(np.int64)),
@@ -119,6 +125,7 @@ def tbptt_backprop(
     """
     g_s, g_prev, da_ih, da_hh, step_grad, g_h = ws.g_s, ws.g_prev, ws.da_ih, ws.da_hh, ws.step_grad, ws.g_h
     k = win_x.shape[0]
+    top = top_offset(cell, n, s_last)
     grad[:] = 0.0
     g_s[:] = 0.0
     total = 0.0
@@ -133,7 +140,7 @@ def tbptt_backprop(
                 Pc,
                 n,
                 n_out,
-                s_after,
+                s_after[top:],
                 win_x[idx],
                 win_y[idx],
                 True,
@@ -145,9 +152,23 @@ def tbptt_backprop(
             )
             grad[Pc:] += step_grad[Pc:]
             for j in range(n):
-                g_s[j] += g_h[j]
-        cell_backward(
-            cell, theta, n_in, n, win_x[idx], win_s[idx], s_after, win_c[idx], g_s, g_prev, grad, da_ih, da_hh
+                g_s[top + j] += g_h[j]
+        stack_backward(
+            cell,
+            theta,
+            n_in,
+            n,
+            win_x[idx],
+            win_s[idx],
+            s_after,
+            win_c[idx],
+            g_s,
+            g_prev,
+            grad,
+            da_ih,
+            da_hh,
+            ws.dx,
+            False,
         )
         g_s[:] = g_prev
     return total
@@ -160,7 +181,7 @@ def tbptt_advance(
     """Step one key forward, recording the step in its window. False (and nothing changed) when
     the new state is not finite."""
     s_new, cache = ws.s_new, ws.cache
-    cell_forward(cell, theta, n_in, n, x, s, s_new, cache)
+    stack_forward(cell, theta, n_in, n, x, s, s_new, cache)
     if not all_finite(s_new):
         pred[:] = np.nan
         return False, 0.0
@@ -171,7 +192,10 @@ def tbptt_advance(
     win_y[idx] = y
     win_has[idx] = has_y
     s[:] = s_new
-    loss = readout_step(task, theta, Pc, n, n_out, s, x, y, has_y, ws.logits, pred, ws.dlogits, ws.step_grad, ws.g_h)
+    top = top_offset(cell, n, s)
+    loss = readout_step(
+        task, theta, Pc, n, n_out, s[top:], x, y, has_y, ws.logits, pred, ws.dlogits, ws.step_grad, ws.g_h
+    )
     return True, loss
 
 
@@ -245,7 +269,7 @@ def tbptt_records(
     losses,
 ):
     """Test-then-train over records in arrival order, one TBPTT window per key slot."""
-    Pc = cell_params_end(cell, n_in, n)
+    Pc = stack_params(cell, n_in, n, stack_depth(cell, n, keyed.hidden[0]))
     H, W_x, W_s, W_c = keyed.hidden, keyed.window_inputs, keyed.window_states, keyed.window_caches
     W_y, W_has, W_count = keyed.window_targets, keyed.window_has_target, keyed.window_count
     k = W_x.shape[1]
@@ -319,7 +343,7 @@ def tbptt_sequence_gradient(cell, task, n_in, n, n_out, theta, X, Y, has_y, keye
     """``Σ`` of the gradients TBPTT(k, stride) would apply over one sequence from a zero state (``keyed``:
     one zeroed slot, its window of k steps), parameters fixed; losses after the last full stride are
     flushed at the end."""
-    Pc = cell_params_end(cell, n_in, n)
+    Pc = stack_params(cell, n_in, n, stack_depth(cell, n, keyed.hidden[0]))
     s, win_x, win_s, win_c = keyed.hidden[0], keyed.window_inputs[0], keyed.window_states[0], keyed.window_caches[0]
     win_y, win_has = keyed.window_targets[0], keyed.window_has_target[0]
     k = win_x.shape[0]
@@ -391,5 +415,6 @@ SPEC = register(
         step_many=tbptt_step_many,
         sequence_gradient=tbptt_sequence_gradient,
         windowed=True,
+        stacks=True,
     )
 )
