@@ -37,7 +37,18 @@ METRICS = ("nmse", "mse", "logloss", "accuracy")
 
 def parse_learner(spec):
     """``"rtrl"``, ``"snap1"``, ``"uoro"``, ``"tbptt:16"`` (or ``"tbptt:16:4"`` with a stride), ``"window:10"``,
-    ``"bidir"``; the offline rows (:func:`_parse_offline`) parse to the kind ``"bidir"``."""
+    ``"bidir"``; the offline rows (:func:`_parse_offline`) parse to the kind ``"bidir"``. An online Model
+    learner may end in ``@L``: ``L`` stacked layers (``"rtrl@2"``, ``"tbptt:16@2"``).
+
+    >>> parse_learner("tbptt:16@2")
+    ('tbptt', {'truncation': 16, 'n_layers': 2})
+    """
+    base, at, layers = spec.partition("@")
+    if at:
+        name, kw = parse_learner(base)
+        if name not in registry.names() or not layers.isdigit() or int(layers) < 1:
+            raise ValueError(f"unknown learner {spec!r}: @L (L stacked layers) follows an online Model learner")
+        return name, {**kw, "n_layers": int(layers)}
     name, _, arg = spec.partition(":")
     if name in registry.names():
         if not registry.get(name).windowed and not arg:
@@ -53,8 +64,8 @@ def parse_learner(spec):
     if name in OFFLINE:
         return _parse_offline(spec)
     raise ValueError(
-        f"unknown learner {spec!r}: use rtrl, snap1, uoro, tbptt:K[:STRIDE], window:W, bidir[:LENGTH[:sum|concat]], "
-        "bidir-tied[:LENGTH[:sum|concat]] or unidir[:LENGTH]"
+        f"unknown learner {spec!r}: use rtrl, snap1, uoro, tbptt:K[:STRIDE] (each optionally @L, L stacked layers), "
+        "window:W, bidir[:LENGTH[:sum|concat]], bidir-tied[:LENGTH[:sum|concat]] or unidir[:LENGTH]"
     )
 
 
@@ -772,8 +783,8 @@ def build_parser(parser=None):
     p.add_argument(
         "--learners",
         default="rtrl,tbptt:4,window:9",
-        help="comma-separated: rtrl, snap1, uoro, tbptt:K[:STRIDE], window:W, bidir[:LENGTH[:sum|concat]], "
-        "bidir-tied[:LENGTH[:sum|concat]], unidir[:LENGTH]",
+        help="comma-separated: rtrl, snap1, uoro, tbptt:K[:STRIDE] (each optionally @L: L stacked layers), "
+        "window:W, bidir[:LENGTH[:sum|concat]], bidir-tied[:LENGTH[:sum|concat]], unidir[:LENGTH]",
     )
     p.add_argument("--cell", default="gru", choices=tuple(CELL_IDS))
     p.add_argument("--hidden", type=int, default=16)

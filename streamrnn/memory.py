@@ -101,19 +101,22 @@ def estimate_model_bytes(config, n_keys=None, parts=False):
 
     None when ``config`` is not one the Model accepts (the Model then says why, before it
     allocates anything)."""
-    from .cells.common import n_cell_params
-    from .cells.dispatch import CELL_IDS, n_gates, recurrent_width, state_size
+    from .cells.dispatch import CELL_IDS, n_gates, state_size
+    from .cells.stack import stack_params
     from .learners import registry
     from .learners.registry import ModelDims
-    from .losses import TASK_IDS
-    from .narx import lag_inputs
+    from .losses import REGRESSION, TASK_IDS
+    from .narx import lag_inputs, lag_width
     from .optim import OPTIMIZER_IDS, RACE_FACTORS, state_rows
+    from .preprocess import lag_buffer
+    from .rls import HEAD_LAGS
     from .validation import target_width
 
     try:
         cell, task = CELL_IDS[config.get("cell", "gru")], TASK_IDS[config.get("task", "regression")]
         n_in, n, n_out = _int(config, "n_inputs", 1), _int(config, "n_hidden", 16), _int(config, "n_outputs", 1)
         max_keys, k = _int(config, "max_keys", 1024), _int(config, "target_lags", 0)
+        n_layers = _int(config, "n_layers", 1)
         dtype = {"float64": 8, "float32": 4}[config.get("dtype", "float64")]
         optimizer = config.get("optimizer", "adam")
         race = optimizer == "race"
@@ -122,12 +125,12 @@ def estimate_model_bytes(config, n_keys=None, parts=False):
         truncation = config.get("truncation")
         if truncation is not None:
             truncation = _int(config, "truncation", 1)
-        spec = registry.resolve(config.get("learner", "rtrl"), cell)
+        spec = registry.resolve(config.get("learner", "rtrl"), cell, n_layers)
     except (KeyError, TypeError, ValueError):
         return None
-    G, S, rec = n_gates(cell), state_size(cell, n), recurrent_width(cell, n)
+    G, S = n_gates(cell), n_layers * state_size(cell, n)  # a stack's composite state
     m = n_in + lag_inputs(task, n_out, k)
-    p_cell = n_cell_params(G, m, n, rec)
+    p_cell = int(stack_params(cell, m, n, n_layers))
     p = p_cell + n_out * (n + 1 + (m if config.get("readout_skip") else 0))
     fixed = members * p * dtype * (1 + rows) + 8 * (n_in + n_out) * 4  # theta, optimizer, statistics
     if spec.name == "rtrl":  # exact RTRL of a dense cell: the immediate influence (G n x P_cell)
@@ -135,7 +138,20 @@ def estimate_model_bytes(config, n_keys=None, parts=False):
     else:  # SnAp-1 (and RTRL of element-wise cells), UORO, TBPTT: a few vectors of theta's size
         workspace = dtype * (3 * p + 8 * S)
     dims = ModelDims(
-        cell, task, m, n, n_out, S, target_width(task, n_out), p_cell, p, np.dtype("float64"), 0, truncation, None
+        cell,
+        task,
+        m,
+        n,
+        n_out,
+        S,
+        target_width(task, n_out),
+        p_cell,
+        p,
+        np.dtype("float64"),
+        0,
+        truncation,
+        None,
+        n_layers,
     )
     try:
         layout = spec.key_layout(dims)
@@ -144,7 +160,11 @@ def estimate_model_bytes(config, n_keys=None, parts=False):
     per_key = members * sum(
         math.prod(shape) * (dtype if np.dtype(dt).kind == "f" else np.dtype(dt).itemsize) for _, shape, dt in layout
     )
-    per_key += dtype * k * (target_width(task, n_out) + 2)  # target feedback
+    head = config.get("head_lags")
+    if head is None:  # the Model's default: the linear head for regression with standardisation
+        head = HEAD_LAGS if (task == REGRESSION and config.get("standardize", True)) else 0
+    depth, extra = lag_buffer(k, head, config.get("baseline"))
+    per_key += 8 * (depth * lag_width(task, n_out) + depth + extra)  # target feedback and the head (float64)
     keys = max_keys if n_keys is None else min(n_keys, max_keys)
     total = fixed + workspace + per_key * keys
     return (total, fixed, workspace, per_key, keys) if parts else total

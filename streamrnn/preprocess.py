@@ -200,6 +200,13 @@ def combine_and_finish(Y, has_y, y_ls, out, losses, Z, Ys, has_learn, P, W, mix_
     finish_rows(Y, has_y, y_ls, out, losses)
 
 
+def lag_buffer(target_lags, head_lags, baseline):
+    """``(depth, extra)`` of a key's lag buffer: ``lag_values`` holds ``depth`` rows, ``lag_observed``
+    ``depth + extra`` flags (the extra one: the key has had a target, for baseline "last" and the head)."""
+    depth = max(int(target_lags), int(head_lags) + 1 if head_lags else 0)
+    return depth, 1 if (baseline == "last" or head_lags) else 0
+
+
 class Preprocessor:
     """The Model's standardisation statistics, target-feedback layout and linear head, and the calls
     around its learner. Inactive (``active`` False) when ``standardize`` is off and ``target_lags``
@@ -236,10 +243,8 @@ class Preprocessor:
         self.task, self.n_inputs, self.n_outputs = task_id, n_inputs, n_outputs
         self.k, self.standardize = int(target_lags), bool(standardize)
         self.head_lags = int(head_lags)
-        self.depth = max(self.k, self.head_lags + 1 if self.head_lags else 0)
+        self.depth, self._ext = lag_buffer(self.k, self.head_lags, baseline)
         self.baseline = baseline
-        # lag_observed's extra column (the key has had a target), and the statistics of the changes
-        self._ext = 1 if (baseline == "last" or self.head_lags) else 0
         self.dtype = np.dtype(dtype)
         self.clip, self.warmup = float(clip), float(warmup)
         self._cfg = settings(task_id, standardize, n_inputs, clip, warmup, baseline, self.k, self.head_lags)

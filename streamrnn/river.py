@@ -105,6 +105,7 @@ class _Core:
         target_lags,
         baseline=None,
         head_lags=None,
+        n_layers=1,
     ):
         kw = {} if truncation is None else {"truncation": truncation}
         self.model = Model(
@@ -125,6 +126,7 @@ class _Core:
             target_lags=target_lags,
             baseline=baseline,
             head_lags=head_lags,
+            n_layers=n_layers,
             **kw,
         )
         self.keyed = keyed
@@ -225,6 +227,7 @@ class _Recurrent:
             self.target_lags,
             self._baseline(),
             self._head_lags(),
+            getattr(self, "n_layers", 1),
         )
         return self._core
 
@@ -346,6 +349,9 @@ _PARAM_DOC = """
         Target feedback (``Model(target_lags=k)``): the key's last ``k`` targets (a label one-hot for
         the classifier), as given to ``learn_one``, are extra inputs at the next ``predict_one`` and
         ``learn_one`` of that key, with flags saying which were observed.
+    n_layers : int
+        Stacked recurrent layers (``Model(n_layers=L)``, PyTorch's ``weight_ih_l1``, ...), learned
+        through the whole stack by ``"rtrl"`` or ``"tbptt"``.
 """
 
 _BASELINE_DOC = """    baseline : {"last", None}
@@ -430,6 +436,7 @@ class RNNRegressor(_Recurrent, base.Regressor):
         target_lags: int = 1,
         baseline: str | None = "last",
         head_lags: int | None = None,
+        n_layers: int = 1,
     ) -> None:
         self.cell = cell
         self.n_hidden = n_hidden
@@ -449,6 +456,7 @@ class RNNRegressor(_Recurrent, base.Regressor):
         self.target_lags = target_lags
         self.baseline = baseline
         self.head_lags = head_lags
+        self.n_layers = n_layers
         self._reset()
 
     @classmethod
@@ -457,6 +465,7 @@ class RNNRegressor(_Recurrent, base.Regressor):
         yield {"n_hidden": 3, "n_inputs": 4, "standardize": False, "target_lags": 0, "baseline": None}
         yield {"cell": "lstm", "n_hidden": 3, "n_inputs": 4, "learner": "tbptt", "truncation": 4, "key": "dummy"}
         yield {"cell": "egru", "n_hidden": 4, "n_inputs": 6, "readout_skip": True}
+        yield {"n_hidden": 3, "n_inputs": 4, "n_layers": 2}
 
     def learn_one(self, x: dict, y: float | None) -> None:
         """Advance ``x``'s entity and learn from ``y``; ``y`` None or NaN: a sample without a target
@@ -539,6 +548,7 @@ class RNNClassifier(_Recurrent, base.Classifier):
         readout_skip: bool = False,
         standardize: bool = True,
         target_lags: int = 0,
+        n_layers: int = 1,
     ) -> None:
         self.cell = cell
         self.n_hidden = n_hidden
@@ -557,6 +567,7 @@ class RNNClassifier(_Recurrent, base.Classifier):
         self.readout_skip = readout_skip
         self.standardize = standardize
         self.target_lags = target_lags
+        self.n_layers = n_layers
         if int(n_classes) < 2:
             raise ValueError(f"n_classes must be >= 2; got {n_classes}")
         self._reset()
@@ -697,6 +708,7 @@ class RNNForecaster(_Recurrent, Forecaster):
         target_lags: int = 1,
         baseline: str | None = "last",
         head_lags: int | None = None,
+        n_layers: int = 1,
     ) -> None:
         self.cell = cell
         self.n_hidden = n_hidden
@@ -716,6 +728,7 @@ class RNNForecaster(_Recurrent, Forecaster):
         self.target_lags = target_lags
         self.baseline = baseline
         self.head_lags = head_lags
+        self.n_layers = n_layers
         if isinstance(target_lags, bool) or not isinstance(target_lags, (int, np.integer)) or target_lags < 1:
             raise ValueError(f"RNNForecaster needs target_lags >= 1 (its input is the series); got {target_lags!r}")
         self._reset()

@@ -18,9 +18,23 @@ def test_parse_learner():
     assert compare.parse_learner("tbptt:16") == ("tbptt", {"truncation": 16})
     assert compare.parse_learner("tbptt:16:4") == ("tbptt", {"truncation": 16, "stride": 4})
     assert compare.parse_learner("window:9") == ("window", {"window": 9})
-    for bad in ("tbptt", "window", "magic", "rtrl:3"):
+    assert compare.parse_learner("rtrl@2") == ("rtrl", {"n_layers": 2})
+    assert compare.parse_learner("tbptt:16:4@3") == ("tbptt", {"truncation": 16, "stride": 4, "n_layers": 3})
+    for bad in ("tbptt", "window", "magic", "rtrl:3", "window:9@2", "bidir@2", "rtrl@0", "rtrl@x", "rtrl@"):
         with pytest.raises(ValueError, match="unknown learner"):
             compare.parse_learner(bad)
+
+
+def test_a_stacked_row_is_the_stacked_model_run_directly():
+    X, Y = binary_add_task(600, seed=1)
+    result = compare.run(
+        X, Y, learners=["rtrl@2"], n_hidden=3, task="binary", seeds=(0,), n_chunks=5, progress=False, naive=False
+    )
+    (row,) = result.summary()
+    m = sr.Model(n_inputs=1, n_hidden=3, task="binary", n_layers=2, seed=0)
+    p = m.step_many(X, Y)
+    assert row["prequential"] == compare.score("logloss", "binary", p, Y[:, None], np.ones(len(Y), bool))
+    assert row["state_bytes_per_key"] == m.state_bytes_per_key
 
 
 def test_scores():

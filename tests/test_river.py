@@ -97,6 +97,24 @@ def test_regressor_with_readout_skip_matches_model_bit_for_bit():
     assert twin.predict_one(x) == reg.predict_one(x) and twin.clone().readout_skip
 
 
+def test_a_stacked_regressor_matches_a_stacked_model_bit_for_bit():
+    """``n_layers=2`` through the estimator: the Model's stack (PyTorch's ``_l1`` parameters), the same
+    predictions and weights as a Model built with the estimator's defaults."""
+    reg = RNNRegressor(n_inputs=3, n_layers=2, **PARAMS)
+    m = sr.Model(n_inputs=3, n_outputs=1, task="regression", target_lags=1, baseline="last", n_layers=2, **PARAMS)
+    order = ["b", "a", "c"]
+    for t, (x, y) in enumerate(_stream(40)):
+        if t > 0:
+            known = {k: v for k, v in x.items() if k in reg.features}
+            assert reg.predict_one(x) == m.peek(_mapped(known, order))[0]
+        reg.learn_one(x, y)
+        m.step(_mapped(x, order), [y])
+    w = reg.model.get_weights()
+    assert "weight_hh_l1" in w
+    for name, v in m.get_weights().items():
+        np.testing.assert_array_equal(w[name], v)
+
+
 def test_dict_order_never_matters():
     reg, reg2 = RNNRegressor(n_inputs=4, **PARAMS), RNNRegressor(n_inputs=4, **PARAMS)
     for x, y in _stream(30):

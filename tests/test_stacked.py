@@ -367,3 +367,53 @@ def test_online_tbptt_stack_survives_save_and_load(tmp_path):
     pb = b.step_many(X[25:], Y[25:], keys=keys[25:])
     assert np.array_equal(pa, pb) and np.array_equal(a.theta, b.theta)
     assert a.stats["updates"] > 0
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "egru", "dlru"])
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+@pytest.mark.parametrize(
+    "kw", [{}, {"target_lags": 2}, {"standardize": False}, {"learner": "tbptt", "truncation": 4}, {"optimizer": "race"}]
+)
+def test_the_memory_estimate_of_a_stack_is_its_measured_state(cell, n_layers, kw):
+    """The daemon's memory bound (streamrnn.memory, before anything is allocated) counts a stack's per-key
+    state as the Model then allocates it, the target-feedback and head buffers included."""
+    from streamrnn.memory import estimate_model_bytes
+
+    cfg = dict(cell=cell, n_inputs=3, n_hidden=8, n_layers=n_layers, max_keys=10, **kw)
+    per_key = estimate_model_bytes(cfg, n_keys=10, parts=True)[3]
+    assert per_key == sr.Model(**cfg).state_bytes_per_key
+
+
+def test_the_daemon_runs_a_stack_from_its_model_section(tmp_path):
+    """``[model] n_layers = 2``: the daemon's predictions are those of ``Model(n_layers=2).step_many`` on the
+    same rows, and the checkpoint restores the stack."""
+    import json
+
+    from streamrnn.service import Daemon, validate_config
+
+    rng = np.random.default_rng(5)
+    X, Y = rng.standard_normal((40, 1)), rng.standard_normal((40, 1))
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        "".join(json.dumps({"k": "a", "x": float(x), "y": float(y)}) + "\n" for x, y in zip(X[:, 0], Y[:, 0]))
+    )
+    model = dict(cell="lstm", n_hidden=3, n_layers=2, lr=0.01, seed=2)
+    cfg = {
+        "source": {"type": "jsonl", "path": str(src)},
+        "sink": {"type": "jsonl", "path": str(tmp_path / "out.jsonl")},
+        "schema": {"features": ["x"], "target": "y", "key": "k"},
+        "model": model,
+        "checkpoint": {"path": str(tmp_path / "d.ckpt")},
+        "daemon": {"batch_size": 9, "progress": False},
+    }
+    d = Daemon(validate_config(cfg))
+    d.run()
+    with open(tmp_path / "out.jsonl") as fh:
+        got = [json.loads(line)["prediction"] for line in fh]
+    want = sr.Model(n_inputs=1, **model).step_many(X, Y, ["a"] * 40)[:, 0]
+    assert got == want.tolist()
+    again = Daemon(validate_config(cfg))  # resumes from the checkpoint: the stack, at the end of the file
+    assert again.model.n_layers == 2 and again.model.get_weights().keys() == d.model.get_weights().keys()
+    for name, w in d.model.get_weights().items():
+        np.testing.assert_array_equal(again.model.get_weights()[name], w)
+    again.close()
