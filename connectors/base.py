@@ -98,21 +98,25 @@ class Source(Protocol):
     def positions(self) -> Positions:
         """The next unread offset or line per stream id."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the file or the consumer (nothing is committed here: checkpoints commit)."""
 
 
 @runtime_checkable
 class Sink(Protocol):
     """Accepts output records (dicts); :meth:`flush` returns once they are durable."""
 
-    def write(self, records: list[Mapping[str, Any]]) -> None: ...
+    def write(self, records: list[Mapping[str, Any]]) -> None:
+        """Queue ``records`` (dicts: position, key, prediction, target, loss; or dead letters) in order."""
 
-    def flush(self) -> None: ...
+    def flush(self) -> None:
+        """Return once every record written so far is durable (on disk, or acknowledged by the broker)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Flush what is pending and release the file or the producer."""
 
 
-class NullSink:
+class NullSink(Sink):
     """Discards what it is given (a daemon configured without a sink): holds nothing, so a run of
     any length uses no memory for it."""
 
@@ -126,7 +130,7 @@ class NullSink:
         pass
 
 
-class ListSink:
+class ListSink(Sink):
     """An in-memory sink (tests, embedding)."""
 
     def __init__(self) -> None:

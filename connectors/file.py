@@ -75,9 +75,11 @@ class LineSource:
 
     @property
     def exhausted(self):
+        """True once the file has been read to its end and it is not followed."""
         return self._eof and not self.follow
 
     def positions(self):
+        """``{canonical path: next unread line}``."""
         return {self.stream: self._line}
 
     # -- where to resume
@@ -289,6 +291,10 @@ class LineSource:
         return True
 
     def poll(self, max_records=1000, timeout=0.0):
+        """Up to ``max_records`` records, waiting up to ``timeout`` s for new lines when followed; records
+        that cannot be read whole or parsed come back with an :class:`~streamrnn.connectors.base.Unreadable`
+        value (a dead letter for the daemon).
+        """
         out = []
         deadline = time.monotonic() + timeout
         final = not self.follow
@@ -318,6 +324,7 @@ class LineSource:
         return out
 
     def close(self):
+        """Close the file."""
         self._fh.close()
 
 
@@ -554,6 +561,7 @@ class JsonLinesSink(_FileSink):
         self._fh = open(self.path, mode, encoding="utf-8")
 
     def write(self, records):
+        """Append ``records`` as JSON lines (durable at :meth:`flush`)."""
         if records:
             self._fh.write(b"\n".join(map(dumps, records)).decode("utf-8") + "\n")
 
@@ -569,6 +577,7 @@ class CsvSink(_FileSink):
         self._new = new
 
     def write(self, records):
+        """Append ``records`` as CSV rows (lists and dicts JSON-encoded), the header first in a new file."""
         for r in records:
             flat = {k: (_dumps(v) if isinstance(v, (list, dict, tuple)) else v) for k, v in r.items()}
             if self._writer is None:

@@ -39,6 +39,10 @@ def _exact_key(raw):
 
 
 class ReplaySource(LineSource):
+    """A recorded stream file as a source (the module docstring gives the format), at ``speed``
+    times the recorded pace (0: as fast as possible); positions are lines, as for a file.
+    """
+
     def __init__(self, path, speed=0.0, max_record_bytes=None):
         super().__init__(path, follow=False, max_record_bytes=max_record_bytes)
         self.speed = float(speed)
@@ -90,6 +94,9 @@ class ReplaySource(LineSource):
         return self._t0_wall + (ts - self._t0_rec) / self.speed - now
 
     def poll(self, max_records=1000, timeout=0.0):
+        """The records due by now, up to ``max_records``; waits at most ``timeout`` (between 10 ms and
+        0.5 s) for the next one, so that a recorded gap of any length never blocks a stop request.
+        """
         out = []
         budget = min(max(timeout, WAIT_MIN), WAIT_CAP)
         deadline = time.monotonic() + budget

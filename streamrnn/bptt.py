@@ -512,6 +512,9 @@ class OfflineModel:
 
     @classmethod
     def load(cls, path):
+        """The :class:`OfflineModel` saved by :meth:`save` at ``path`` (weights, config, training history);
+        CheckpointError if the file is not one.
+        """
         arrays, meta = checkpoint.load(path)
         if meta.get("kind") != "streamrnn.bptt.OfflineModel":
             raise checkpoint.CheckpointError(f"{path}: not an offline BPTT model")

@@ -56,10 +56,12 @@ class KeyedState:
 
     @property
     def keys(self):
+        """The keys held, least recently used first."""
         return list(self.slots)
 
     @property
     def bytes_per_key(self):
+        """Bytes one key's rows take, over every array of the layout."""
         return sum(int(np.prod(shape)) * np.dtype(dt).itemsize for _, shape, dt in self.layout)
 
     def row(self, name, key):
@@ -88,6 +90,9 @@ class KeyedState:
         return reservation[: shape[0]]
 
     def ensure_capacity(self, n_slots):
+        """Grow the arrays to hold at least ``n_slots`` rows (doubling, at most ``max_keys``); rows that
+        exist keep their values.
+        """
         cap = next(iter(self.arrays.values())).shape[0]
         if n_slots <= cap:
             return
@@ -199,6 +204,10 @@ class KeyedState:
             done[i] = True
 
     def restore(self, encoded_keys, arrays, source):
+        """Adopt the keys and their rows from a checkpoint (``key.NAME`` arrays, checked against the
+        layout and ``max_keys`` first: CheckpointError naming ``source``); arrays read in place are
+        adopted without a copy.
+        """
         keys = [None if tag == "n" else value for tag, value in encoded_keys]
         n_keys = len(keys)
         for name, shape, _ in self.layout:

@@ -903,6 +903,10 @@ class Model:
 
     @classmethod
     def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], source: str = "<state>") -> Model:
+        """The Model whose state :meth:`state_arrays` gave as ``(arrays, meta)``; options a state written
+        before they existed take their old defaults. CheckpointError (naming ``source``) if it is not
+        a Model's state or does not fit its config.
+        """
         if meta.get("kind") != _FORMAT_KIND:
             raise checkpoint.CheckpointError(f"{source}: not a streamrnn Model (kind {meta.get('kind')!r})")
         model = cls(**{**_OLD_DEFAULTS, **meta["config"]})

@@ -34,18 +34,21 @@ OPTIMIZERS = tuple(OPTIMIZER_IDS) + (RACE,)
 
 
 def choice(name, value, allowed):
+    """``value`` if it is one of ``allowed``, else ValueError naming ``name``."""
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
     return value
 
 
 def positive_int(name, value):
+    """``value`` as an int if it is an integer >= 1 (not a bool), else ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
     return int(value)
 
 
 def finite_nonneg(name, value):
+    """``value`` as a float if it is a finite number >= 0 (not a bool), else ValueError naming ``name``."""
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float, np.floating, np.integer))
@@ -57,12 +60,14 @@ def finite_nonneg(name, value):
 
 
 def check_seed(seed):
+    """``seed`` as an int if it is an integer (not a bool), else ValueError."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an integer; got {seed!r}")
     return int(seed)
 
 
 def check_task_outputs(task, n_outputs):
+    """ValueError unless ``n_outputs`` fits ``task``: at least 2 classes, exactly one output for binary."""
     if task == "classification" and n_outputs < 2:
         raise ValueError(f"classification needs n_outputs >= 2 classes; got {n_outputs}")
     if task == "binary" and n_outputs != 1:
@@ -128,6 +133,7 @@ def check_inputs(X, n_inputs, dtype):
 
 
 def target_width(task_id, n_outputs):
+    """Columns of a validated target row: ``n_outputs`` for regression, 1 (the label) otherwise."""
     return n_outputs if task_id == REGRESSION else 1
 
 

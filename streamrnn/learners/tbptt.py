@@ -84,6 +84,9 @@ def make_workspace(dims):
 
 
 def key_layout(dims):
+    """A key's state (S,) and its window of the last ``k`` inputs, states, cell caches, targets and
+    target flags, with the count of rows the window holds.
+    """
     S, dt, k = dims.state_size, dims.dtype, dims.truncation
     return [
         ("hidden", (S,), dt),

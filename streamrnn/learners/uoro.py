@@ -83,6 +83,9 @@ def make_workspace(dims):
 
 
 def key_layout(dims):
+    """A key's state (S,) and UORO's rank-one influence estimate: the state-side vector (S,) and the
+    parameter-side vector (P_cell,).
+    """
     S, dt = dims.state_size, dims.dtype
     return [("hidden", (S,), dt), ("uoro_state", (S,), dt), ("uoro_params", (dims.n_params_cell,), dt)]
 

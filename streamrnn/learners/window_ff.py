@@ -17,6 +17,9 @@ WindowFFWorkspace = namedtuple("WindowFFWorkspace", ["z", "logits", "dlogits", "
 
 
 def make_workspace(n_hidden, n_out, n_params, dtype):
+    """The scratch of one window-MLP step: hidden activations, logits and their gradient, dL/dh and
+    the gradient.
+    """
     return WindowFFWorkspace(
         np.zeros(n_hidden, dtype),
         np.zeros(n_out, dtype),

@@ -113,6 +113,7 @@ class Key:
         return low and (self.maximum is None or value <= self.maximum)
 
     def reference_default(self) -> str:
+        """The key's default as the reference page shows it: its text, ``required``, ``(none)`` or the JSON value."""
         if self.default_text:
             return self.default_text
         if self.default is NO_DEFAULT:
@@ -129,6 +130,7 @@ class Section:
     open_keys: bool = False  # [model]: keyword arguments checked by Model itself
 
     def key(self, name: str) -> Key:
+        """The key ``name`` of this section."""
         return next(k for k in self.keys if k.name == name)
 
     def defaults(self) -> dict:
@@ -638,6 +640,7 @@ def check_keys(cfg: dict, section: Section, endpoint_type: str | None = None) ->
 
 
 def fill_defaults(table: dict, section: Section) -> None:
+    """Set, in ``table``, the default of every key of ``section`` that is filled in when absent."""
     for key in section.keys:
         if key.fill:
             table.setdefault(key.name, key.default)

@@ -75,6 +75,9 @@ class Decoder:
         self._no_target = [math.nan] * self.width
 
     def decode(self, record):
+        """``(features, target row, key, reset)`` of ``record`` (see the class docstring), or BadRecord
+        with the reason a dead letter gives.
+        """
         value = record.value
         if type(value) is Unreadable:  # the source could not read it whole (it says why)
             raise BadRecord(value.reason)

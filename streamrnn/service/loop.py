@@ -182,6 +182,11 @@ class Daemon:
 
     # -- one batch
     def process(self, records):
+        """Decode, learn and queue the outputs of one polled batch: returns ``(outputs, dead letters)``.
+
+        Records that cannot be decoded, or that the model refuses, become dead letters and change
+        nothing; the rest are applied in order in one compiled call.
+        """
         t0 = time.perf_counter()
         dec = self.decoder.decode
         good, X, Y, keys, resets, dead = [], [], [], [], [], []
@@ -518,6 +523,7 @@ class Daemon:
         return f"{self.stats['loss_sum'] / c:.6g}" if c else "n/a"
 
     def close(self):
+        """Close the sinks, the source and whatever the runner opened, logging (not raising) what fails."""
         self._worker.shutdown()
         for obj in (self.sink, self.dead, self.source, *self._closeables()):
             if obj is None:
@@ -529,6 +535,9 @@ class Daemon:
         self.metrics.close()
 
     def summary(self):
+        """The run's summary as text: records, applied, dead letters, outputs, the mean loss beside the
+        persistence baseline's, rates and batch latencies.
+        """
         s = self.stats
         lat = np.asarray(self.latencies) if self.latencies else np.zeros(1)
         elapsed = s.get("elapsed", 0.0) or 1e-9
@@ -557,9 +566,11 @@ class Daemon:
 
     # -- control
     def stop(self, *_):
+        """Ask the loop to stop after the current batch (it then checkpoints): the SIGTERM/SIGINT handler."""
         self._stop = True
 
     def install_signal_handlers(self):
+        """Make SIGTERM and SIGINT call :meth:`stop`."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 

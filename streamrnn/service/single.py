@@ -71,6 +71,7 @@ class SingleDaemon(Daemon):
         self.poll_timeout = min(self.poll_timeout, STOP_LATENCY)
 
     def close(self):
+        """Close as the Daemon does, then release the checkpoint's lock."""
         try:
             super().close()
         finally:
