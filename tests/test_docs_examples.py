@@ -6,16 +6,18 @@ Blocks of one page share their names, in page order (a page reads as one session
 import doctest
 import pathlib
 import re
+import textwrap
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
-BLOCK = re.compile(r"^```pycon\n(.*?)^```", re.S | re.M)
+# A block may be indented (inside a list item): its fence's indentation is removed from its lines.
+BLOCK = re.compile(r"^([ \t]*)```pycon\n(.*?)^\1```", re.S | re.M)
 
 
 def examples(page):
-    return "\n".join(m.group(1) for m in BLOCK.finditer(page.read_text(encoding="utf-8")))
+    return "\n".join(textwrap.dedent(m.group(2)) for m in BLOCK.finditer(page.read_text(encoding="utf-8")))
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if examples(p)], ids=lambda p: str(p.relative_to(ROOT)))
@@ -30,4 +32,4 @@ def test_page_examples_run(page):
 
 def test_every_page_with_examples_is_found():
     found = {p.name for p in PAGES if examples(p)}
-    assert {"getting-started.md", "concepts.md", "river.md"} <= found
+    assert {"getting-started.md", "concepts.md", "river.md", "model.md", "bptt.md", "README.md"} <= found
