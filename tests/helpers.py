@@ -70,3 +70,23 @@ def tbptt_bytes_per_key(cell, n_in, n, n_layers, k, target_width, itemsize=8):
     S, C = STATE_ROWS[cell] * n, 2 * GATES[cell] * n
     L = n_layers
     return itemsize * (L * S + k * (n_in + L * S + L * C + target_width)) + k + 8
+
+
+def offline_fd_check(om, X, Y, eps=1e-6):
+    """An offline model's analytic gradient (``om.gradient``, flattened in ``get_weights`` order) against
+    central differences of ``om.loss``, ``(L(θ + ε e_p) − L(θ − ε e_p)) / 2ε`` for every parameter p:
+    ``(relative error, analytic gradient)``. ``om.theta`` is left as it was."""
+    names = list(om.get_weights())
+    grads = om.gradient(X, Y)
+    g = np.concatenate([np.asarray(grads[k]).ravel() for k in names])
+    theta = om.theta.copy()
+    num = np.empty_like(theta)
+    for p in range(theta.size):
+        om.theta[:] = theta
+        om.theta[p] += eps
+        lp = om.loss(X, Y)
+        om.theta[p] -= 2 * eps
+        lm = om.loss(X, Y)
+        num[p] = (lp - lm) / (2 * eps)
+    om.theta[:] = theta
+    return rel_err(g, num), g

@@ -7,6 +7,8 @@ import streamrnn as sr
 from streamrnn import bptt
 from streamrnn.bptt import OfflineModel
 
+from .helpers import offline_fd_check
+
 
 def rel_err(a, b):
     return np.abs(a - b).max() / max(np.abs(a).max(), np.abs(b).max(), 1e-300)
@@ -37,18 +39,7 @@ def test_unidirectional_matches_model_bptt(cell):
 
 
 def fd_check(om, X, Y, eps=1e-6):
-    g = flat(om.gradient(X, Y), om.get_weights().keys())
-    theta = om.theta.copy()
-    num = np.empty_like(theta)
-    for p in range(theta.shape[0]):
-        om.theta[:] = theta
-        om.theta[p] += eps
-        lp = om.loss(X, Y)
-        om.theta[p] -= 2 * eps
-        lm = om.loss(X, Y)
-        num[p] = (lp - lm) / (2 * eps)
-    om.theta[:] = theta
-    return rel_err(g, num)
+    return offline_fd_check(om, X, Y, eps)[0]
 
 
 CASES = [

@@ -9,6 +9,8 @@ import pytest
 from streamrnn import bptt
 from streamrnn.bptt import OfflineModel
 
+from .helpers import offline_fd_check
+
 
 def rel_err(a, b):
     return np.abs(a - b).max() / max(np.abs(a).max(), np.abs(b).max(), 1e-300)
@@ -83,19 +85,7 @@ def test_forward_equals_the_gru_equations_with_shared_weights(merge):
 
 
 def fd_rel_err(om, X, Y, eps=1e-6):
-    """Analytic gradient against central differences (L(θ + ε e_p) − L(θ − ε e_p)) / 2ε, every p."""
-    g = np.concatenate([v.ravel() for v in om.gradient(X, Y).values()])
-    theta = om.theta.copy()
-    num = np.empty_like(theta)
-    for p in range(theta.size):
-        om.theta[:] = theta
-        om.theta[p] += eps
-        lp = om.loss(X, Y)
-        om.theta[p] -= 2 * eps
-        lm = om.loss(X, Y)
-        num[p] = (lp - lm) / (2 * eps)
-    om.theta[:] = theta
-    return rel_err(g, num)
+    return offline_fd_check(om, X, Y, eps)[0]
 
 
 CASES = [

@@ -10,6 +10,8 @@ from streamrnn.bptt import OfflineModel
 from streamrnn.cells.dispatch import CELL_IDS, state_size
 from streamrnn.learners.bptt_batch import allocate, stack_backward, stack_forward
 
+from .helpers import offline_fd_check
+
 
 def rel_err(a, b):
     return np.abs(a - b).max() / max(np.abs(a).max(), np.abs(b).max(), 1e-300)
@@ -133,20 +135,7 @@ def test_classification_decoder_reads_one_hot_targets_and_its_argmax():
 
 
 def fd_rel_err(om, X, Y, eps=1e-6):
-    """Analytic gradient against central differences (L(θ + ε e_p) − L(θ − ε e_p)) / 2ε, every p."""
-    names = list(om.get_weights())
-    g = np.concatenate([om.gradient(X, Y)[k].ravel() for k in names])
-    theta = om.theta.copy()
-    num = np.empty_like(theta)
-    for p in range(theta.size):
-        om.theta[:] = theta
-        om.theta[p] += eps
-        lp = om.loss(X, Y)
-        om.theta[p] -= 2 * eps
-        lm = om.loss(X, Y)
-        num[p] = (lp - lm) / (2 * eps)
-    om.theta[:] = theta
-    return rel_err(g, num), g
+    return offline_fd_check(om, X, Y, eps)
 
 
 SEQ_CASES = [
