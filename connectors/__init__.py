@@ -1,6 +1,6 @@
 """Sources and sinks for the streamrnn daemon: files, recorded-stream replay, Kafka."""
 
-from .base import BrokerUnavailable, ListSink, Record, Sink, Source, SourceError, Unreadable
+from .base import BrokerUnavailable, ListSink, Record, Sink, SinkError, Source, SourceError, Unreadable
 from .file import CsvSink, CsvSource, JsonLinesSink, JsonLinesSource, LineSource
 from .replay import ReplaySource
 
@@ -9,6 +9,7 @@ __all__ = [
     "Source",
     "Sink",
     "SourceError",
+    "SinkError",
     "BrokerUnavailable",
     "Unreadable",
     "ListSink",

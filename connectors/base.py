@@ -77,6 +77,11 @@ class SourceError(RuntimeError):
     """A source that cannot be opened or read (missing file, unreachable broker, missing topic)."""
 
 
+class SinkError(RuntimeError):
+    """A sink that cannot be written (a full disk, an I/O error): what was not made durable lies past the
+    last checkpoint, which the daemon then does not advance, so a restart writes it again."""
+
+
 class BrokerUnavailable(SourceError):
     """The broker cannot be reached now (down, restarting, network); trying later may succeed.
 

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 
-from .base import Record, SourceError, Unreadable
+from .base import Record, SinkError, SourceError, Unreadable
 from .codec import dumps
 
 DEFAULT_MAX_RECORD_BYTES = 1 << 20  # daemon.max_record_bytes's default
@@ -537,13 +537,56 @@ def _dumps(obj):
     return dumps(obj).decode("utf-8")
 
 
+def _drop_incomplete_last_line(path):
+    """Cut an incomplete last line (no line end after it) off the file at ``path``, if it exists."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        end = size
+        while end > 0:  # back to the last line end, in bounded reads
+            start = max(0, end - 65536)
+            chunk = os.pread(fd, end - start, start)
+            i = chunk.rfind(b"\n")
+            if i >= 0:
+                end = start + i + 1
+                break
+            end = start
+        if end < size:
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class _FileSink:
-    """What both file sinks share: an open text file made durable on flush."""
+    """What both file sinks share: an open text file made durable on flush. A write or flush that fails
+    (a full disk, an I/O error) raises SinkError naming the file. A file whose last line is incomplete
+    (the tail of a write that never finished: a flush, and so every checkpoint, ends at a line end) has
+    that tail cut off when it is opened for appending, so the records written again after a restart
+    start on a line of their own."""
+
+    def _open(self, path, mode, **kw):
+        self.path = os.fspath(path)
+        try:
+            if mode == "a":
+                _drop_incomplete_last_line(self.path)
+            return open(self.path, mode, encoding="utf-8", **kw)
+        except OSError as exc:
+            raise SinkError(f"{self.path}: cannot open for writing: {exc.strerror or exc}") from None
+
+    def _failed(self, exc):
+        return SinkError(f"{self.path}: cannot write: {exc.strerror or exc}")
 
     def flush(self):
         """Durable on return: written to the OS and fsynced."""
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise self._failed(exc) from None
 
     def close(self):
         if not self._fh.closed:
@@ -555,29 +598,34 @@ class JsonLinesSink(_FileSink):
     """Appends one JSON object per line; ``flush`` makes them durable (fsync)."""
 
     def __init__(self, path, mode="a"):
-        self.path = os.fspath(path)
-        d = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(d, exist_ok=True)
-        self._fh = open(self.path, mode, encoding="utf-8")
+        os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
+        self._fh = self._open(path, mode)
 
     def write(self, records):
         """Append ``records`` as JSON lines (durable at :meth:`flush`)."""
         if records:
-            self._fh.write(b"\n".join(map(dumps, records)).decode("utf-8") + "\n")
+            try:
+                self._fh.write(b"\n".join(map(dumps, records)).decode("utf-8") + "\n")
+            except OSError as exc:
+                raise self._failed(exc) from None
 
 
 class CsvSink(_FileSink):
     """Writes dict records as CSV rows (header from the first record's keys)."""
 
     def __init__(self, path, mode="a"):
-        self.path = os.fspath(path)
-        new = mode == "w" or not os.path.exists(self.path) or os.path.getsize(self.path) == 0
-        self._fh = open(self.path, mode, encoding="utf-8", newline="")
+        self._fh = self._open(path, mode, newline="")
         self._writer = None
-        self._new = new
+        self._new = mode == "w" or os.path.getsize(self.path) == 0
 
     def write(self, records):
         """Append ``records`` as CSV rows (lists and dicts JSON-encoded), the header first in a new file."""
+        try:
+            self._write_rows(records)
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def _write_rows(self, records):
         for r in records:
             flat = {k: (_dumps(v) if isinstance(v, (list, dict, tuple)) else v) for k, v in r.items()}
             if self._writer is None:

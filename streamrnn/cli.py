@@ -297,7 +297,7 @@ def main(argv=None):
     Returns
     -------
     int
-        The exit status: 0 on success, 2 when the config, a checkpoint or the source cannot be
+        The exit status: 0 on success, 2 when the config, a checkpoint, the source or a sink cannot be
         used (the error is printed to stderr as ``streamrnn: error: ...``).
     """
     args = build_parser().parse_args(argv)
@@ -305,17 +305,23 @@ def main(argv=None):
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from streamrnn.connectors.base import SinkError, SourceError
+
     from .checkpoint import CheckpointError
     from .service import ConfigError
 
     try:
-        from streamrnn.connectors.base import SourceError
-    except ImportError:  # pragma: no cover
-        SourceError = RuntimeError
-    try:
         return args.func(args)
     except (ConfigError, CheckpointError, SourceError) as exc:
         print(f"streamrnn: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except SinkError as exc:
+        print(
+            f"streamrnn: error: {exc}; nothing after the last checkpoint was committed: "
+            "a restart once the sink can be written writes it again",
+            file=sys.stderr,
+            flush=True,
+        )
         return 2
     finally:
         # The daemon is done (its final checkpoint durable, or it failed): as the command line, no
