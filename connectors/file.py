@@ -51,6 +51,15 @@ class LineSource:
     :meth:`positions`) and its contents: :meth:`identity` gives the byte offset, device, inode and
     hashes of the bytes before the position; :meth:`resume` refuses (SourceError) a checkpoint
     taken in another file or in a file rewritten since, so that no record is applied twice.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file (SourceError if it does not exist).
+    follow : bool
+        Keep reading as the file grows, and across rotation and truncation (``tail -F``).
+    max_record_bytes : int or None
+        Longest record read whole (None: the class default, 1 MiB).
     """
 
     max_record_bytes = DEFAULT_MAX_RECORD_BYTES
@@ -294,6 +303,17 @@ class LineSource:
         """Up to ``max_records`` records, waiting up to ``timeout`` s for new lines when followed; records
         that cannot be read whole or parsed come back with an :class:`~streamrnn.connectors.base.Unreadable`
         value (a dead letter for the daemon).
+
+        Parameters
+        ----------
+        max_records : int
+            Most records returned.
+        timeout : float
+            Seconds to wait for more lines when following (0: return what is there).
+
+        Returns
+        -------
+        list of Record
         """
         out = []
         deadline = time.monotonic() + timeout
@@ -406,7 +426,15 @@ class CsvSource(LineSource):
 
     def require(self, names, what="[schema]"):
         """SourceError unless the header has every column of ``names`` (checked now if the header
-        is read, else when it is)."""
+        is read, else when it is).
+
+        Parameters
+        ----------
+        names : sequence of str
+            The columns the schema names (features, target, key, reset).
+        what : str
+            Where they come from, for the error message.
+        """
         self._required = (tuple(names), what)
         self._check_header()
 
@@ -595,7 +623,15 @@ class _FileSink:
 
 
 class JsonLinesSink(_FileSink):
-    """Appends one JSON object per line; ``flush`` makes them durable (fsync)."""
+    """Appends one JSON object per line; ``flush`` makes them durable (fsync).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file (its folder is created if missing).
+    mode : {"a", "w"}
+        Append (the default: outputs survive a restart) or start the file afresh.
+    """
 
     def __init__(self, path, mode="a"):
         os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
@@ -611,7 +647,15 @@ class JsonLinesSink(_FileSink):
 
 
 class CsvSink(_FileSink):
-    """Writes dict records as CSV rows (header from the first record's keys)."""
+    """Writes dict records as CSV rows (header from the first record's keys).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    mode : {"a", "w"}
+        Append (a header only in a new or empty file) or start the file afresh.
+    """
 
     def __init__(self, path, mode="a"):
         self._fh = self._open(path, mode, newline="")

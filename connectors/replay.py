@@ -41,6 +41,15 @@ def _exact_key(raw):
 class ReplaySource(LineSource):
     """A recorded stream file as a source (the module docstring gives the format), at ``speed``
     times the recorded pace (0: as fast as possible); positions are lines, as for a file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The recorded stream file.
+    speed : float
+        0: as fast as possible; else the recorded gaps divided by ``speed``.
+    max_record_bytes : int or None
+        Longest line read whole (None: the file sources' default).
     """
 
     def __init__(self, path, speed=0.0, max_record_bytes=None):
@@ -96,6 +105,17 @@ class ReplaySource(LineSource):
     def poll(self, max_records=1000, timeout=0.0):
         """The records due by now, up to ``max_records``; waits at most ``timeout`` (between 10 ms and
         0.5 s) for the next one, so that a recorded gap of any length never blocks a stop request.
+
+        Parameters
+        ----------
+        max_records : int
+            Most records returned.
+        timeout : float
+            Seconds to wait for the next record to be due (clamped to [0.01, 0.5]).
+
+        Returns
+        -------
+        list of Record
         """
         out = []
         budget = min(max(timeout, WAIT_MIN), WAIT_CAP)

@@ -477,12 +477,35 @@ class OfflineModel:
         return e / e.sum(axis=-1, keepdims=True)
 
     def loss(self, X, Y):
-        """Mean over samples of the summed per-step loss (seq2seq: with teacher forcing)."""
+        """Mean over samples of the summed per-step loss (seq2seq: with teacher forcing).
+
+        Parameters
+        ----------
+        X : ndarray (T, n_samples, n_inputs)
+        Y : ndarray
+            ``(T, n_samples[, n_outputs])`` (many to many), ``(n_samples[, n_outputs])`` (many to one) or
+            ``(T_out, n_samples[, n_outputs])`` (seq2seq).
+
+        Returns
+        -------
+        float
+        """
         X = self._check_X(X)
         return float(self._loss_grad(self.theta, X, self._check_Y(Y, X), want_grad=False)[0])
 
     def gradient(self, X, Y):
-        """Gradient of :meth:`loss` at the current weights, keyed like ``get_weights()``."""
+        """Gradient of :meth:`loss` at the current weights, keyed like ``get_weights()``.
+
+        Parameters
+        ----------
+        X, Y
+            As :meth:`loss` takes them.
+
+        Returns
+        -------
+        dict of str to ndarray
+            One array per parameter, shaped as in ``get_weights()``.
+        """
         X = self._check_X(X)
         return parameters.unflatten(self._loss_grad(self.theta, X, self._check_Y(Y, X))[1], self._blocks)
 

@@ -95,7 +95,23 @@ def _parse_offline(spec):
 
 
 def score(metric, task, preds, Y, has_y):
-    """The metric over the samples with targets (lower is better, but accuracy)."""
+    """The metric over the samples with targets (lower is better, but accuracy).
+
+    Parameters
+    ----------
+    metric : {"nmse", "mse", "logloss", "accuracy"}
+    task : {"regression", "binary", "classification"}
+    preds : ndarray (N, n_outputs)
+        Predictions made before each sample was learned.
+    Y : ndarray (N, width)
+        Targets.
+    has_y : ndarray of bool (N,)
+        The samples that have a target.
+
+    Returns
+    -------
+    float
+    """
     if not has_y.any():
         return float("nan")
     p, y = preds[has_y], Y[has_y]
@@ -560,6 +576,18 @@ def gradient_alignment(model, X, Y):
     the same, changing weights; returns the cosine at every labelled step (the model must be
     built with ``standardize=False`` and ``target_lags=0``). Used
     for the approximations (``snap1``, ``uoro``); an exact learner gives 1.
+
+    Parameters
+    ----------
+    model : streamrnn.Model
+        The learner to measure (it learns from the stream).
+    X : array_like (N, n_inputs)
+    Y : array_like (N,) or (N, width)
+
+    Returns
+    -------
+    ndarray
+        The cosine at every labelled step.
     """
     from .learners.rtrl import rtrl_sample
 
@@ -677,7 +705,15 @@ class Comparison:
         }
 
     def write(self, out_dir, plot=True):
-        """``comparison.json``, ``comparison.csv`` and (with matplotlib) ``learning_curves.png``."""
+        """``comparison.json``, ``comparison.csv`` and (with matplotlib) ``learning_curves.png``.
+
+        Parameters
+        ----------
+        out_dir : str
+            The folder written (created if missing).
+        plot : bool
+            Also draw the learning curves (needs matplotlib).
+        """
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "comparison.json"), "w") as fh:
             json.dump(self.to_json(), fh, indent=1)
@@ -825,7 +861,20 @@ def build_parser(parser=None):
 
 
 def main(argv=None, args=None):
-    """``streamrnn compare``: print the table, write JSON, CSV and the learning-curve plot."""
+    """``streamrnn compare``: print the table, write JSON, CSV and the learning-curve plot.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+    args : argparse.Namespace, optional
+        Already parsed arguments (``streamrnn compare`` passes them).
+
+    Returns
+    -------
+    int
+        0.
+    """
     args = args or build_parser().parse_args(argv)
     from .datasets import read_stream, write_stream
 

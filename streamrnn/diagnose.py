@@ -41,7 +41,19 @@ __all__ = ["input_sensitivity", "gradient_flow", "Trace"]
 
 
 class Trace:
-    """One sequence run forward from a zero state: the cell's inputs, every state and cache."""
+    """One sequence run forward from a zero state: the cell's inputs, every state and cache.
+
+    Parameters
+    ----------
+    model : streamrnn.Model
+        Whose weights (a race: its leader's) and input transformation are used; nothing changes.
+    X : array_like (T, n_inputs)
+        The sequence.
+    Y : array_like or None
+        Its targets (for the gradient-flow curve).
+    key : str, int or None
+        Whose target-feedback buffer the inputs are transformed with (None: a fresh key's).
+    """
 
     def __init__(self, model, X, Y=None, key=None):
         self.model = model
@@ -184,7 +196,33 @@ def gradient_flow(model, X, Y, max_lag=50, key=None) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- command
 def curves(X, Y, task, cells=("rnn", "gru", "lstm"), n_hidden=16, window=50, max_lag=None, seed=0, **model_kw):
     """Per cell: a Model trained test-then-train on all rows but the last ``window``, then both curves
-    on those last rows. Returns ``{cell: (sensitivity (window,), flow (max_lag + 1,))}``."""
+    on those last rows. Returns ``{cell: (sensitivity (window,), flow (max_lag + 1,))}``.
+
+    Parameters
+    ----------
+    X : array_like (N, n_inputs)
+        The stream's inputs, in order (one sequence).
+    Y : array_like (N,) or (N, width)
+        Its targets; NaN: no target.
+    task : {"regression", "binary", "classification"}
+    cells : sequence of str
+        The cells to compare.
+    n_hidden : int
+        Hidden units of each.
+    window : int
+        The last rows the curves are measured on (the model learns from the rows before them).
+    max_lag : int or None
+        Longest lag of the gradient-flow curve (None: ``window - 1``).
+    seed : int
+        Seed of every model.
+    **model_kw
+        Other :class:`streamrnn.Model` keywords.
+
+    Returns
+    -------
+    dict
+        ``{cell: (input sensitivity (window,), gradient flow (max_lag + 1,))}``.
+    """
     from .model import Model
 
     X = np.asarray(X, np.float64)
@@ -203,7 +241,20 @@ def curves(X, Y, task, cells=("rnn", "gru", "lstm"), n_hidden=16, window=50, max
 
 
 def write_curves(result, out_dir):
-    """``diagnose.csv`` (lag, then each cell's two curves) and, with matplotlib, ``diagnose.png``."""
+    """``diagnose.csv`` (lag, then each cell's two curves) and, with matplotlib, ``diagnose.png``.
+
+    Parameters
+    ----------
+    result : dict
+        What :func:`curves` returns.
+    out_dir : str
+        The folder written (created if missing).
+
+    Returns
+    -------
+    list of str
+        The files written.
+    """
     import csv
     import os
 
@@ -327,7 +378,20 @@ def build_parser(parser=None):
 
 
 def main(argv=None, args=None):
-    """``streamrnn diagnose``: train each cell on the stream, then write both curves (CSV, PNG)."""
+    """``streamrnn diagnose``: train each cell on the stream, then write both curves (CSV, PNG).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+    args : argparse.Namespace, optional
+        Already parsed arguments (``streamrnn diagnose`` passes them).
+
+    Returns
+    -------
+    int
+        0.
+    """
     from .compare import DATASETS
     from .datasets import read_stream
 
