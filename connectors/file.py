@@ -599,9 +599,9 @@ class _FileSink:
     def _open(self, path, mode, **kw):
         self.path = os.fspath(path)
         try:
-            if mode == "a":
+            if mode.startswith("a"):
                 _drop_incomplete_last_line(self.path)
-            return open(self.path, mode, encoding="utf-8", **kw)
+            return open(self.path, mode, **kw)
         except OSError as exc:
             raise SinkError(f"{self.path}: cannot open for writing: {exc.strerror or exc}") from None
 
@@ -635,13 +635,13 @@ class JsonLinesSink(_FileSink):
 
     def __init__(self, path, mode="a"):
         os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
-        self._fh = self._open(path, mode)
+        self._fh = self._open(path, mode + "b")  # orjson gives UTF-8 bytes: written as they are
 
     def write(self, records):
         """Append ``records`` as JSON lines (durable at :meth:`flush`)."""
         if records:
             try:
-                self._fh.write(b"\n".join(map(dumps, records)).decode("utf-8") + "\n")
+                self._fh.write(b"\n".join(map(dumps, records)) + b"\n")
             except OSError as exc:
                 raise self._failed(exc) from None
 
@@ -658,7 +658,7 @@ class CsvSink(_FileSink):
     """
 
     def __init__(self, path, mode="a"):
-        self._fh = self._open(path, mode, newline="")
+        self._fh = self._open(path, mode, encoding="utf-8", newline="")
         self._writer = None
         self._new = mode == "w" or os.path.getsize(self.path) == 0
 

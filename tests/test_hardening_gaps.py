@@ -86,15 +86,14 @@ class _FullDisk:
     def __init__(self, fh, room):
         self._fh, self.room = fh, room
 
-    def write(self, text):
-        data = text.encode("utf-8")
+    def write(self, data):
         if len(data) > self.room:
-            self._fh.write(data[: self.room].decode("utf-8", errors="ignore"))
+            self._fh.write(data[: self.room])
             self._fh.flush()
             self.room = 0
             raise OSError(errno.ENOSPC, "No space left on device")
         self.room -= len(data)
-        return self._fh.write(text)
+        return self._fh.write(data)
 
     def __getattr__(self, name):
         return getattr(self._fh, name)
