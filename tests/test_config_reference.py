@@ -38,3 +38,15 @@ def test_filled_defaults_are_the_schema_defaults():
         for key in section.keys:
             if key.fill:
                 assert cfg[section.name][key.name] == key.default, f"{section.name}.{key.name}"
+
+
+def test_the_metrics_reference_lists_every_metric_the_daemon_serves():
+    """docs/daemon.md holds the generated table of every metric, and the table names what the daemon's
+    registry serves (each metric created from the same list)."""
+    import pathlib
+
+    from streamrnn.service.metrics import METRICS, metrics_markdown
+
+    page = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "daemon.md").read_text(encoding="utf-8")
+    assert metrics_markdown() in page
+    assert len({name for _, _, name, _ in METRICS}) == len(METRICS) == 12

@@ -19,6 +19,40 @@ log = logging.getLogger("streamrnn.daemon")  # one logger for the whole service:
 _MODEL_COUNTERS = {"skipped_nonfinite": "skipped", "rejected_nonfinite_state": "rejected"}
 
 
+# Every metric: (attribute of Metrics, type, name, meaning). The reference in docs/daemon.md is
+# metrics_markdown() of this table (tests/test_config_reference.py checks it).
+METRICS = (
+    ("records", "counter", "streamrnn_records", "records consumed"),
+    ("dead", "counter", "streamrnn_dead_letters", "records sent to the dead-letter sink"),
+    ("latency", "histogram", "streamrnn_batch_seconds", "batch processing latency"),
+    ("rate", "gauge", "streamrnn_records_per_second", "records/s over the last log interval"),
+    ("loss", "gauge", "streamrnn_loss", "mean loss of the last batch"),
+    ("keys", "gauge", "streamrnn_keys", "keys holding state"),
+    ("lag", "gauge", "streamrnn_lag", "records behind the end of the source (when known)"),
+    ("ckpt_age", "gauge", "streamrnn_checkpoint_age_seconds", "seconds since the last checkpoint"),
+    ("skipped", "counter", "streamrnn_skipped_updates", "updates skipped: non-finite loss or gradient"),
+    (
+        "rejected",
+        "counter",
+        "streamrnn_rejected_samples",
+        "samples rejected: they would make the recurrent state non-finite",
+    ),
+    ("retries", "counter", "streamrnn_broker_retries", "failed attempts to reach the broker"),
+    ("ckpt_failures", "counter", "streamrnn_checkpoint_failures", "checkpoint writes that failed"),
+)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+def metrics_markdown():
+    """The metrics reference table (docs/daemon.md): every metric as Prometheus exposes it."""
+    exposed = {"counter": "{}_total", "gauge": "{}", "histogram": "{}_bucket, {}_sum, {}_count"}
+    rows = ["| metric | type | meaning |", "|---|---|---|"]
+    for _, kind, name, meaning in METRICS:
+        names = ", ".join(f"`{n}`" for n in exposed[kind].replace("{}", name).split(", "))
+        rows.append(f"| {names} | {kind} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
 class Metrics:
     """The daemon's counters, gauges and batch-latency histogram, served on 127.0.0.1:``port``."""
 
@@ -33,29 +67,13 @@ class Metrics:
             log.warning("%s; metrics off", exc)
             return
         reg = pc.CollectorRegistry()
-        self.records = pc.Counter("streamrnn_records", "records consumed", registry=reg)
-        self.dead = pc.Counter("streamrnn_dead_letters", "records sent to the dead-letter sink", registry=reg)
-        self.latency = pc.Histogram(
-            "streamrnn_batch_seconds",
-            "batch processing latency",
-            registry=reg,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-        )
-        self.rate = pc.Gauge("streamrnn_records_per_second", "records/s over the last log interval", registry=reg)
-        self.loss = pc.Gauge("streamrnn_loss", "mean loss of the last batch", registry=reg)
-        self.keys = pc.Gauge("streamrnn_keys", "keys holding state", registry=reg)
-        self.lag = pc.Gauge("streamrnn_lag", "records behind the end of the source (when known)", registry=reg)
-        self.ckpt_age = pc.Gauge("streamrnn_checkpoint_age_seconds", "seconds since the last checkpoint", registry=reg)
-        self.skipped = pc.Counter(
-            "streamrnn_skipped_updates", "updates skipped: non-finite loss or gradient", registry=reg
-        )
-        self.rejected = pc.Counter(
-            "streamrnn_rejected_samples",
-            "samples rejected: they would make the recurrent state non-finite",
-            registry=reg,
-        )
-        self.retries = pc.Counter("streamrnn_broker_retries", "failed attempts to reach the broker", registry=reg)
-        self.ckpt_failures = pc.Counter("streamrnn_checkpoint_failures", "checkpoint writes that failed", registry=reg)
+        make = {"counter": pc.Counter, "gauge": pc.Gauge}
+        for attr, kind, name, meaning in METRICS:
+            if kind == "histogram":
+                metric = pc.Histogram(name, meaning, registry=reg, buckets=LATENCY_BUCKETS)
+            else:
+                metric = make[kind](name, meaning, registry=reg)
+            setattr(self, attr, metric)
         try:
             self.server, self.thread = pc.start_http_server(port, addr="127.0.0.1", registry=reg)
         except OSError as exc:  # the port was taken since the check at start
