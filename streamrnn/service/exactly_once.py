@@ -180,10 +180,10 @@ class ExactlyOnceDaemon(SingleDaemon):
         try:
             self.writer.commit(messages, offsets, group)
         except ProducerFenced as exc:
-            self._fenced(exc)
+            self._rewind(f"{exc} (no other daemon has claimed the id: the transaction timed out)", exc)
             return False
         except TransactionAborted as exc:
-            self._rewind(str(exc))
+            self._rewind(str(exc), exc)
             return False
         except BrokerUnavailable:
             if not hasattr(self.writer, "pid"):
@@ -202,29 +202,25 @@ class ExactlyOnceDaemon(SingleDaemon):
         if self._since_ckpt or self._unwritten[0] or self._unwritten[1]:
             self.checkpoint()
 
-    def _fenced(self, exc):
-        """A fenced producer: stop if another incarnation has claimed the transactional id since
-        (this daemon is a zombie), else (the transaction timed out) take over again and rewind."""
+    def _rewind(self, why, exc=None):
+        """A transaction did not commit: stop if another incarnation has claimed the transactional id
+        since this one did (this daemon is a zombie: ProducerFenced); else back to the last committed
+        checkpoint: a new producer, the model, the source positions and the counts as the checkpoint
+        has them. The interval that did not commit is done again."""
         from streamrnn.connectors.kafka.transactional import ProducerFenced
 
+        self._unwritten = ([], [])
         self._retrying("read the checkpoint topic", self.store.refresh)
         owner = self.store.claim()
         if owner != self._incarnation:
-            self._unwritten = ([], [])
             msg = (
-                f"{exc}; another daemon (incarnation {owner}) has taken transactional id {self.txid!r} over "
-                "since this one started: stopping, nothing of this daemon's open transaction is visible"
+                f"{exc or why}; another daemon (incarnation {owner}) has taken transactional id {self.txid!r} "
+                "over since this one started: stopping, nothing of this daemon's open transaction is visible"
             )
             log.error("%s", msg)
             self._stop = True
             raise ProducerFenced(msg) from None
-        self._rewind(f"{exc} (no other daemon has claimed the id: the transaction timed out)")
-
-    def _rewind(self, why):
-        """Back to the last committed checkpoint: a new producer, the model and the source positions
-        as the checkpoint has them, the counts too; the aborted interval is done again."""
         log.warning("transaction not committed: %s; rewinding to the last committed checkpoint", why)
-        self._unwritten = ([], [])
         self._take_over()
         found, self._resume = self._resume, None
         positions = found[1]["positions"] if found is not None else {}

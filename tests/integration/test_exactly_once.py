@@ -213,3 +213,95 @@ def test_sigkill_20_times_each_output_exactly_once(tmp_path, kafka_bootstrap, to
             }
         )
     )
+
+
+# ---------------------------------------------------------------------------- zombie, timeout
+def stop_mid_interval(proc, committed, uncommitted, timeout=60):
+    """SIGSTOP ``proc`` while its open transaction holds outputs (a read_uncommitted consumer sees
+    more than a read_committed one, and still does once it is stopped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if uncommitted.count() > committed.count():
+            proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.5)  # what the sink process was sending arrives; a commit in flight ends
+            if uncommitted.count() > committed.count():
+                return uncommitted.count() - committed.count()
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
+    raise TimeoutError("no open transaction with outputs to stop the daemon in")
+
+
+def _run_to_end(cfg_path, log_path, timeout=300):
+    proc = start_daemon(cfg_path, log_path, verbose=True)
+    rc = proc.wait(timeout)
+    assert rc == 0, log_path.read_text(errors="replace")[-5000:]
+
+
+def test_a_fenced_zombie_stops_and_nothing_it_wrote_is_visible(tmp_path, kafka_bootstrap, topics):
+    n = 6000
+    stream = keyed_stream(n, seed=12)
+    where = produce(kafka_bootstrap, topics["in"], stream)
+    cfg = eos_config(tmp_path, kafka_bootstrap, topics, n)
+    cfg_path = write_config(tmp_path, cfg)
+    committed = TopicReader(kafka_bootstrap, topics["out"], isolation_level="read_committed")
+    uncommitted = TopicReader(kafka_bootstrap, topics["out"])
+    try:
+        zombie = start_daemon(cfg_path, tmp_path / "zombie.log", verbose=True)
+        committed.wait_for(lambda v: len(v) >= 1000, timeout=120, what="the first daemon's outputs")
+        in_transaction = stop_mid_interval(zombie, committed, uncommitted)
+        # its successor fences it (init_transactions aborts its open transaction) and finishes the stream
+        _run_to_end(cfg_path, tmp_path / "successor.log")
+        n_committed = committed.count()
+        zombie.send_signal(signal.SIGCONT)
+        rc = zombie.wait(120)
+        zombie_log = (tmp_path / "zombie.log").read_text(errors="replace")
+        time.sleep(1.0)
+        outputs = committed.snapshot()
+    finally:
+        if zombie.poll() is None:
+            zombie.kill()
+            zombie.wait(10)
+        committed.close()
+        uncommitted.close()
+    assert rc == 2, zombie_log[-4000:]
+    assert "has taken transactional id" in zombie_log and "nothing of this daemon's open transaction is visible" in (
+        zombie_log
+    ), zombie_log[-4000:]
+    assert len(outputs) == n_committed  # nothing became visible after the zombie resumed
+    assert in_transaction > 0
+    check_exactly_once(kafka_bootstrap, topics, stream, where, cfg, outputs, n)
+
+
+def test_a_transaction_past_its_timeout_is_aborted_and_redone_once(tmp_path, kafka_bootstrap, topics):
+    n = 5000
+    stream = keyed_stream(n, seed=13)
+    where = produce(kafka_bootstrap, topics["in"], stream)
+    cfg = eos_config(tmp_path, kafka_bootstrap, topics, n, transaction_timeout_seconds=3)
+    cfg["source"]["session_timeout_ms"] = 45000  # the consumer stays in the group over the pause
+    cfg_path = write_config(tmp_path, cfg)
+    log_path = tmp_path / "daemon.log"
+    committed = TopicReader(kafka_bootstrap, topics["out"], isolation_level="read_committed")
+    uncommitted = TopicReader(kafka_bootstrap, topics["out"])
+    try:
+        proc = start_daemon(cfg_path, log_path, verbose=True)
+        committed.wait_for(lambda v: len(v) >= 1000, timeout=120, what="the first outputs")
+        in_transaction = stop_mid_interval(proc, committed, uncommitted)
+        # the broker aborts transactions past their timeout every 10 s
+        # (transaction.abort.timed.out.transaction.cleanup.interval.ms)
+        time.sleep(16)
+        proc.send_signal(signal.SIGCONT)
+        rc = proc.wait(300)
+        text = log_path.read_text(errors="replace")
+        assert rc == 0, text[-5000:]
+        committed.wait_for(lambda v: len(v) >= n * 0.98, timeout=60, what="every output")
+        time.sleep(1.0)
+        outputs = committed.snapshot()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        committed.close()
+        uncommitted.close()
+    assert in_transaction > 0
+    assert "the transaction timed out" in text and "rewinding to the last committed checkpoint" in text, text[-4000:]
+    check_exactly_once(kafka_bootstrap, topics, stream, where, cfg, outputs, n)
