@@ -305,3 +305,60 @@ def test_a_transaction_past_its_timeout_is_aborted_and_redone_once(tmp_path, kaf
     assert in_transaction > 0
     assert "the transaction timed out" in text and "rewinding to the last committed checkpoint" in text, text[-4000:]
     check_exactly_once(kafka_bootstrap, topics, stream, where, cfg, outputs, n)
+
+
+# ---------------------------------------------------------------------------- broker restart
+@pytest.fixture(scope="module")
+def restartable_broker(tmp_path_factory):
+    """A broker of this module's own, so that restarting it disturbs no other test."""
+    from tests.kafka_broker import KafkaBroker, kafka_python_missing, kafka_skip_or_fail, missing_tools
+
+    why = kafka_python_missing() or missing_tools()
+    if why is not None:
+        kafka_skip_or_fail(f"cannot start a local Kafka broker: {why}")
+    b = KafkaBroker(tmp_path_factory.mktemp("eos-restartable-kafka"))
+    try:
+        b.start()
+    except Exception as exc:  # noqa: BLE001
+        b.stop()
+        kafka_skip_or_fail(f"could not start a dedicated Kafka broker: {exc}")
+    yield b
+    b.stop()
+
+
+def test_a_broker_restart_mid_transaction(tmp_path, restartable_broker):
+    bootstrap = restartable_broker.bootstrap
+    gen = fresh_topics(bootstrap, "eosr", **{"in": 2, "out": 2, "dead": 1})
+    topics = next(gen)
+    n = 6000
+    stream = keyed_stream(n, seed=14)
+    where = produce(bootstrap, topics["in"], stream)
+    cfg = eos_config(tmp_path, bootstrap, topics, n)
+    cfg_path = write_config(tmp_path, cfg)
+    log_path = tmp_path / "daemon.log"
+    committed = TopicReader(bootstrap, topics["out"], isolation_level="read_committed")
+    uncommitted = TopicReader(bootstrap, topics["out"])
+    proc = start_daemon(cfg_path, log_path, verbose=True)
+    try:
+        committed.wait_for(lambda v: len(v) >= 1000, timeout=120, what="the first outputs")
+        in_transaction = stop_mid_interval(proc, committed, uncommitted)
+        restartable_broker.kill()  # the open transaction is in the coordinator's log, not completed
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(3)  # the daemon runs into the outage (it retries)
+        restartable_broker.start()
+        rc = proc.wait(300)
+        text = log_path.read_text(errors="replace")
+        assert rc == 0, text[-5000:]
+        committed.wait_for(lambda v: len(v) >= n * 0.98, timeout=60, what="every output")
+        time.sleep(1.0)
+        outputs = committed.snapshot()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        committed.close()
+        uncommitted.close()
+    assert in_transaction > 0
+    check_exactly_once(bootstrap, topics, stream, where, cfg, outputs, n)
+    for _ in gen:  # delete the topics
+        pass
