@@ -87,6 +87,9 @@ class KafkaSource:
         max(10 * max_poll_records, 50 000).
     on_revoke : callable or None
         Called with the sorted stream ids of revoked partitions before they go (a checkpoint).
+    isolation_level : {"read_uncommitted", "read_committed"}
+        ``"read_committed"`` (exactly-once mode): records of open or aborted transactions of the
+        input topic are never handed out.
     on_assign : callable or None
         Scale-out: called with the sorted stream ids of assigned partitions; returns
         ``{stream id: offset}`` to resume from (a partition without one starts at its beginning).
@@ -112,6 +115,7 @@ class KafkaSource:
         max_buffered: int | None = None,
         on_assign: Callable[[list[str]], dict[str, int] | None] | None = None,
         session_timeout_ms: int | None = None,
+        isolation_level: Literal["read_uncommitted", "read_committed"] = "read_uncommitted",
     ):
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
@@ -141,6 +145,7 @@ class KafkaSource:
                 auto_offset_reset="earliest",
                 max_poll_records=max_poll_records,
                 request_timeout_ms=request_timeout_ms,
+                isolation_level=isolation_level,
                 **bootstrap_timeout(KafkaConsumer, bootstrap_timeout_ms),
                 **extra,
             )
@@ -187,6 +192,22 @@ class KafkaSource:
             pos = self._start.get(stream_id(tp.topic, tp.partition))
             if pos is not None:
                 self.merge.forget(tp)
+                self.consumer.seek(tp, pos)
+
+    def rewind(self, positions: dict[str, int] | None) -> None:
+        """Go back to ``positions`` (exactly-once, after an aborted transaction): every assigned
+        partition is read again from its position there, or from its beginning if it has none;
+        records fetched but not handed out are dropped.
+        """
+        self._start = {k: int(v) for k, v in (positions or {}).items() if k.startswith(self.topic + ":")}
+        self._next.clear()
+        self._next.update(self._start)
+        for tp in self.consumer.assignment():
+            self.merge.forget(tp)
+            pos = self._start.get(stream_id(tp.topic, tp.partition))
+            if pos is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
                 self.consumer.seek(tp, pos)
 
     def positions(self) -> dict[str, int]:

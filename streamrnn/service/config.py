@@ -34,6 +34,7 @@ DAY = 86400.0  # the longest duration a [checkpoint] or [daemon] cadence may hav
 SOURCE_TYPES = ("jsonl", "csv", "replay", "kafka")
 SINK_TYPES = ("jsonl", "csv", "kafka", "none")
 FILE_TYPES = ("jsonl", "csv", "replay")
+GUARANTEES = ("at-least-once", "exactly-once")
 
 
 @dataclass(frozen=True)
@@ -410,6 +411,23 @@ CHECKPOINT = Section(
             choices=(2,),
             what="2 (the newest and the previous generation are kept)",
         ),
+        Key(
+            "topic",
+            "string",
+            'processing_guarantee = "exactly-once": the compacted topic holding the checkpoints, '
+            "written in the same Kafka transaction as the outputs",
+            nonempty=True,
+            default_text='`"<source.group>-checkpoints"`',
+        ),
+        Key(
+            "chunk_bytes",
+            "integer",
+            'processing_guarantee = "exactly-once": most checkpoint bytes per message of the '
+            "checkpoint topic (a larger state spans several messages of one transaction)",
+            default=512 * 1024,
+            minimum=1024,
+            maximum=8 << 20,
+        ),
     ),
     notes="""\
 The previous generation is kept as PATH.prev. An unusable newest one (corrupt, or of another
@@ -507,6 +525,33 @@ DAEMON = Section(
             fill=True,
         ),
         Key("retry_backoff_max", "number", "... up to this", default=30.0, minimum=0, maximum=3600, fill=True),
+        Key(
+            "processing_guarantee",
+            "string",
+            '"at-least-once": every record is applied once, every input gets an output at least once '
+            '(after a crash, the outputs since the last checkpoint again); "exactly-once": outputs, dead '
+            "letters, checkpoint and offsets commit in one Kafka transaction per checkpoint interval, so a "
+            "read_committed consumer sees each output once (needs Kafka source and sink)",
+            default="at-least-once",
+            choices=GUARANTEES,
+        ),
+        Key(
+            "transactional_id",
+            "string",
+            "exactly-once: the producer's transactional id, stable across restarts (a restarted or "
+            "zombie daemon with the same id is fenced)",
+            nonempty=True,
+            default_text='`"streamrnn-<source.group>-<source.topic>"`',
+        ),
+        Key(
+            "transaction_timeout_seconds",
+            "number",
+            "exactly-once: the broker aborts a transaction open longer than this (more than "
+            "checkpoint.every_seconds; at most the broker's transaction.max.timeout.ms)",
+            default=60.0,
+            minimum=1,
+            maximum=900,
+        ),
         Key(
             "retry_give_up_seconds",
             "number",
@@ -766,6 +811,60 @@ def _validate_group(cfg, raw, base_dir):
         raise _key_error("source", timeout, src["session_timeout_ms"])
 
 
+def _validate_guarantee(cfg):
+    """processing_guarantee = "exactly-once": Kafka in and out (dead letters too, or none), the
+    checkpoint in the transaction (a topic, not checkpoint.path), a commit within the timeout."""
+    d, src, ck = cfg["daemon"], cfg["source"], cfg["checkpoint"]
+    if d.get("processing_guarantee", "at-least-once") != "exactly-once":
+        for name in ("transactional_id", "transaction_timeout_seconds"):
+            if name in d:
+                raise ConfigError(f'daemon.{name}: only with daemon.processing_guarantee = "exactly-once"')
+        for name in ("topic", "chunk_bytes"):
+            if name in ck:
+                raise ConfigError(f'checkpoint.{name}: only with daemon.processing_guarantee = "exactly-once"')
+        return
+    eos = 'daemon.processing_guarantee: "exactly-once"'
+    if src["type"] != "kafka":
+        raise ConfigError(
+            f'{eos} needs source.type = "kafka" (a transaction commits Kafka offsets), not {src["type"]!r}'
+        )
+    if cfg["sink"]["type"] != "kafka":
+        raise ConfigError(
+            f'{eos} needs sink.type = "kafka" (outputs are written in the transaction), not {cfg["sink"]["type"]!r}'
+        )
+    if cfg["dead_letter"]["type"] not in ("kafka", "none"):
+        raise ConfigError(
+            f'{eos} needs dead_letter.type = "kafka" or "none" (dead letters are written in the transaction), '
+            f"not {cfg['dead_letter']['type']!r}"
+        )
+    if cfg.get("group"):
+        raise ConfigError(f"{eos} is not supported with a [group] yet (run one daemon, or at-least-once)")
+    if ck.get("path"):
+        raise ConfigError(
+            "checkpoint.path: with exactly-once the checkpoint is written in the Kafka transaction, to "
+            "checkpoint.topic; remove checkpoint.path"
+        )
+    timeout = d.get("transaction_timeout_seconds", 60.0)
+    if not 0 < ck["every_seconds"] < timeout:
+        raise ConfigError(
+            f"checkpoint.every_seconds: with exactly-once a transaction lasts one checkpoint interval, which "
+            f"must be bounded and shorter than daemon.transaction_timeout_seconds = {timeout:g}; got "
+            f"{ck['every_seconds']!r}"
+        )
+    group = src.get("group", "streamrnn")
+    if not isinstance(group, str) or not group:
+        raise ConfigError(f"source.group: exactly-once commits offsets to a consumer group; got {group!r}")
+    d.setdefault("transactional_id", f"streamrnn-{group}-{src['topic']}")
+    d.setdefault("transaction_timeout_seconds", 60.0)
+    ck.setdefault("topic", f"{group}-checkpoints")
+    ck.setdefault("chunk_bytes", CHECKPOINT.key("chunk_bytes").default)
+
+
+def _validate_group_then_guarantee(cfg, raw, base_dir):
+    _validate_group(cfg, raw, base_dir)
+    _validate_guarantee(cfg)  # last: it reads every section
+
+
 SCHEMA = (SOURCE, SINK, DEAD_LETTER, RECORD_FIELDS, MODEL, CHECKPOINT, DAEMON, GROUP)  # in validation order
 SECTIONS = {section.name: section for section in SCHEMA}
 # one validator per section: the schema's checks and the rules between keys, in the order of SCHEMA
@@ -777,7 +876,7 @@ VALIDATORS = {
     "model": _validate_model,
     "checkpoint": _validate_checkpoint,
     "daemon": _validate_daemon,
-    "group": _validate_group,
+    "group": _validate_group_then_guarantee,
 }
 
 

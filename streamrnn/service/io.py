@@ -20,10 +20,10 @@ def _kafka():
     return kafka
 
 
-def make_source(section, max_record_bytes=None):
+def make_source(section, max_record_bytes=None, isolation_level="read_uncommitted"):
     """The source of a validated [source] section (defaults from the schema for keys not given); a file
     source bounds every read by ``max_record_bytes`` (the daemon's ``daemon.max_record_bytes``; None: the
-    connector's default)."""
+    connector's default); a Kafka source reads with ``isolation_level``."""
     opt = {**SOURCE.defaults(), **section}
     t = section["type"]
     if t == "jsonl":
@@ -47,6 +47,7 @@ def make_source(section, max_record_bytes=None):
         order=opt["order"],
         instance_id=section.get("instance_id"),
         session_timeout_ms=section.get("session_timeout_ms"),
+        isolation_level=isolation_level,
     )
 
 

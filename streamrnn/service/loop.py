@@ -44,6 +44,10 @@ class Daemon:
             from .single import SingleDaemon
 
             cls = GroupDaemon if config.get("group") else SingleDaemon
+            if config["daemon"].get("processing_guarantee") == "exactly-once" and cls is SingleDaemon:
+                from .exactly_once import ExactlyOnceDaemon
+
+                cls = ExactlyOnceDaemon
         return super().__new__(cls)
 
     def __init__(self, config, source=None, sink=None, dead_letter=None, progress=None):
@@ -94,7 +98,7 @@ class Daemon:
         self.source = (
             source
             if source is not None
-            else self._retrying("connect to the source", lambda: make_source(config["source"], limit))
+            else self._retrying("connect to the source", lambda: self._make_source(config["source"], limit))
         )
         try:
             if source is not None and hasattr(source, "max_record_bytes"):  # a given file source is bounded too
@@ -102,12 +106,14 @@ class Daemon:
             self._check_source()
             self._resume_source()
             self.sink = (
-                sink if sink is not None else self._retrying("connect to the sink", lambda: make_sink(config["sink"]))
+                sink
+                if sink is not None
+                else self._retrying("connect to the sink", lambda: self._make_sink(config["sink"]))
             )
             self.dead = (
                 dead_letter
                 if dead_letter is not None
-                else self._retrying("connect to the dead-letter sink", lambda: make_sink(config["dead_letter"]))
+                else self._retrying("connect to the dead-letter sink", lambda: self._make_sink(config["dead_letter"]))
             )
         except BaseException:
             self.source.close()
@@ -117,6 +123,14 @@ class Daemon:
         self.metrics.carry_model_stats(self._model_stats())
 
     # -- what a runner provides
+    def _make_source(self, section, max_record_bytes):
+        """The source of the [source] section (a runner may read it otherwise)."""
+        return make_source(section, max_record_bytes)
+
+    def _make_sink(self, section):
+        """The sink of a [sink] or [dead_letter] section (a runner may write it otherwise)."""
+        return make_sink(section)
+
     def _open_state(self, config):
         """Build the model state and load what the checkpoints hold (before the source is opened)."""
         raise NotImplementedError

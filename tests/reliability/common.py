@@ -167,13 +167,18 @@ def produce(bootstrap, topic, stream):
 
 
 class TopicReader:
-    """Reads every partition of a topic from the beginning in a background thread."""
+    """Reads every partition of a topic from the beginning in a background thread (with
+    ``isolation_level``: "read_committed" sees only committed transactions' records)."""
 
-    def __init__(self, bootstrap, topic):
+    def __init__(self, bootstrap, topic, isolation_level="read_uncommitted"):
         from kafka import KafkaConsumer, TopicPartition
 
         self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, request_timeout_ms=30000
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            request_timeout_ms=30000,
+            isolation_level=isolation_level,
         )
         tps = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic))]
         self.consumer.assign(tps)

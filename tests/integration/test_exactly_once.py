@@ -1,0 +1,364 @@
+"""Exactly-once end to end with Kafka transactions (issue 18), against the real broker.
+
+A read_committed consumer of the output (and dead-letter) topic must see every input's output
+exactly once, each equal to an uninterrupted run's, and the final checkpoint (in the checkpoint
+topic) must hold a model bit-identical to that run's: under 20 SIGKILLs, a fenced zombie, a
+transaction that outlives its timeout, and a broker restart mid-transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+import uuid
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from tests.reliability.common import (
+    FEATURES,
+    MODEL,
+    TopicReader,
+    assert_same_state,
+    fresh_topics,
+    keyed_stream,
+    produce,
+    reference,
+    start_daemon,
+    toml,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+SEED = 20261125
+
+
+@pytest.fixture
+def topics(kafka_bootstrap):
+    yield from fresh_topics(kafka_bootstrap, "eos", **{"in": 2, "out": 2, "dead": 1})
+
+
+def eos_config(tmp_path, bootstrap, topics, n_records, **daemon):
+    group = f"eos-{uuid.uuid4().hex[:8]}"
+    return {
+        "source": {
+            "type": "kafka",
+            "bootstrap": bootstrap,
+            "topic": topics["in"],
+            "group": group,
+            "instance_id": "eos-member-0",
+        },
+        "sink": {"type": "kafka", "bootstrap": bootstrap, "topic": topics["out"]},
+        "dead_letter": {"type": "kafka", "bootstrap": bootstrap, "topic": topics["dead"]},
+        "schema": {"features": FEATURES, "target": "y", "key": "key"},
+        "model": dict(MODEL),
+        # a state of ~170 kB in chunks of 16 kB: each checkpoint spans about 11 messages
+        "checkpoint": {"every_records": 250, "every_seconds": 2, "chunk_bytes": 16384, "topic": f"{group}-ck"},
+        "daemon": {
+            "batch_size": 50,
+            "poll_timeout": 0.2,
+            "max_records": n_records,
+            "progress": False,
+            "processing_guarantee": "exactly-once",
+            **daemon,
+        },
+    }
+
+
+def write_config(tmp_path, cfg):
+    path = tmp_path / "eos.toml"
+    path.write_text(toml(cfg))
+    return path
+
+
+def final_checkpoint(bootstrap, cfg):
+    """The newest committed checkpoint of the daemon (arrays, meta), read with read_committed."""
+    from streamrnn import checkpoint as ckpt
+    from streamrnn.connectors.kafka.transactional import CheckpointTopic
+    from streamrnn.service.config import validate_config
+
+    c = validate_config(cfg)
+    store = CheckpointTopic(bootstrap, c["checkpoint"]["topic"], c["daemon"]["transactional_id"])
+    try:
+        store.refresh()
+        token, data = store.checkpoints()[0]
+        assert data is not None
+        n_chunks = len(data) // 16384 + 1
+        return ckpt.loads(data, "final"), n_chunks
+    finally:
+        store.close()
+
+
+def check_exactly_once(bootstrap, topics, stream, where, cfg, outputs, n_records):
+    """Each good input's output exactly once (read_committed), equal to the uninterrupted run's; the
+    dead letters exactly once; the final model bit-identical. Returns (missing, duplicated, chunks)."""
+    good = [i for i, s in enumerate(stream) if s[2] is not None]
+    bad = {i: s[3] for i, s in enumerate(stream) if s[2] is None}
+    counts = Counter(tuple(o["position"]) for o in outputs)
+    expected = {(topics["in"], *where[i]) for i in good}
+    missing = expected - set(counts)
+    duplicated = {p: n for p, n in counts.items() if n > 1}
+    assert not missing and not duplicated and set(counts) == expected, (len(missing), len(duplicated))
+    ref, preds, losses = reference([stream[i][2] for i in good])
+    outs = {tuple(o["position"]): o for o in outputs}
+    for j, i in enumerate(good):
+        o = outs[(topics["in"], *where[i])]
+        assert o["key"] == stream[i][0] and o["prediction"] == float(preds[j, 0])
+        assert o["loss"] == (None if np.isnan(losses[j]) else float(losses[j]))
+
+    dead_reader = TopicReader(bootstrap, topics["dead"], isolation_level="read_committed")
+    try:
+        dead_reader.wait_for(lambda v: len(v) >= len(bad), timeout=60, what="every dead letter")
+        time.sleep(0.5)
+        dead = dead_reader.snapshot()
+    finally:
+        dead_reader.close()
+    dead_counts = Counter(tuple(d["position"]) for d in dead)
+    assert dead_counts == Counter({(topics["in"], *where[i]): 1 for i in bad})  # each exactly once
+    by_pos = {tuple(d["position"]): d for d in dead}
+    for i, reason in bad.items():
+        d = by_pos[(topics["in"], *where[i])]
+        assert reason in d["reason"] and d["value"] == stream[i][1]
+
+    (arrays, meta), chunks = final_checkpoint(bootstrap, cfg)
+    assert_same_state(arrays, meta["model"], ref)
+    ends = {}
+    for p, off in where.values():
+        ends[f"{topics['in']}:{p}"] = max(ends.get(f"{topics['in']}:{p}", 0), off + 1)
+    assert meta["positions"] == ends
+    assert meta["daemon"]["records"] == n_records and meta["daemon"]["applied"] == len(good)
+    return len(missing), len(duplicated), chunks
+
+
+def committed_offsets(bootstrap, group, topic):
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {p: c.committed(TopicPartition(topic, p)) for p in sorted(c.partitions_for_topic(topic))}
+    finally:
+        c.close(autocommit=False)
+
+
+# ---------------------------------------------------------------------------- kill -9, 20 times
+N_RECORDS = 24_000
+N_KILLS = 20
+
+
+def test_sigkill_20_times_each_output_exactly_once(tmp_path, kafka_bootstrap, topics):
+    t_start = time.monotonic()
+    stream = keyed_stream(N_RECORDS, seed=11)
+    where = produce(kafka_bootstrap, topics["in"], stream)
+    good = [i for i, s in enumerate(stream) if s[2] is not None]
+    cfg = eos_config(tmp_path, kafka_bootstrap, topics, N_RECORDS)
+    cfg_path = write_config(tmp_path, cfg)
+    log_path = tmp_path / "daemon.log"
+    rng = random.Random(SEED)
+    thresholds = sorted(rng.sample(range(len(good) // 40, len(good) // 2), N_KILLS))
+    committed = TopicReader(kafka_bootstrap, topics["out"], isolation_level="read_committed")
+    uncommitted = TopicReader(kafka_bootstrap, topics["out"])
+    kills = []
+    try:
+        for threshold in thresholds:
+            seen_before = committed.count()
+            proc = start_daemon(cfg_path, log_path)
+            committed.wait_for(
+                lambda v: proc.poll() is not None or (len(v) > seen_before and len(v) >= threshold),  # noqa: B023
+                timeout=120,
+                what=f"{threshold} committed outputs",
+            )
+            time.sleep(rng.uniform(0.0, 0.2))  # somewhere in the next interval (or its commit)
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            kills.append(committed.count())
+        proc = start_daemon(cfg_path, log_path)
+        rc = proc.wait(300)
+        assert rc == 0, log_path.read_text(errors="replace")[-5000:]
+        committed.wait_for(lambda v: len(v) >= len(good), timeout=60, what="an output for every good record")
+        time.sleep(1.0)  # anything more (a duplicate) would arrive now
+        outputs = committed.snapshot()
+        uncommitted.wait_for(lambda v: len(v) >= len(outputs), timeout=30, what="read_uncommitted catching up")
+        n_uncommitted = uncommitted.count()
+    finally:
+        committed.close()
+        uncommitted.close()
+    assert len(kills) == N_KILLS, f"only {len(kills)} kills landed before the end: {kills}"
+    missing, duplicated, chunks = check_exactly_once(kafka_bootstrap, topics, stream, where, cfg, outputs, N_RECORDS)
+    assert chunks > 1  # the checkpoint spans several messages of its transaction
+    # the group's offsets were committed in the transactions: they equal the checkpoint's positions
+    offsets = committed_offsets(kafka_bootstrap, cfg["source"]["group"], topics["in"])
+    ends = {}
+    for p, off in where.values():
+        ends[p] = max(ends.get(p, 0), off + 1)
+    assert offsets == ends
+    assert n_uncommitted > len(outputs)  # a read_uncommitted consumer also saw the aborted intervals
+    print(
+        json.dumps(
+            {
+                "test": "exactly_once_crash_loop",
+                "records": N_RECORDS,
+                "good": len(good),
+                "kills": len(kills),
+                "committed_outputs": len(outputs),
+                "missing": missing,
+                "duplicated": duplicated,
+                "read_uncommitted_outputs": n_uncommitted,
+                "checkpoint_chunks": chunks,
+                "wall_s": round(time.monotonic() - t_start, 1),
+            }
+        )
+    )
+
+
+# ---------------------------------------------------------------------------- zombie, timeout
+def stop_mid_interval(proc, committed, uncommitted, timeout=60):
+    """SIGSTOP ``proc`` while its open transaction holds outputs (a read_uncommitted consumer sees
+    more than a read_committed one, and still does once it is stopped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if uncommitted.count() > committed.count():
+            proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.5)  # what the sink process was sending arrives; a commit in flight ends
+            if uncommitted.count() > committed.count():
+                return uncommitted.count() - committed.count()
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
+    raise TimeoutError("no open transaction with outputs to stop the daemon in")
+
+
+def _run_to_end(cfg_path, log_path, timeout=300):
+    proc = start_daemon(cfg_path, log_path, verbose=True)
+    rc = proc.wait(timeout)
+    assert rc == 0, log_path.read_text(errors="replace")[-5000:]
+
+
+def test_a_fenced_zombie_stops_and_nothing_it_wrote_is_visible(tmp_path, kafka_bootstrap, topics):
+    n = 6000
+    stream = keyed_stream(n, seed=12)
+    where = produce(kafka_bootstrap, topics["in"], stream)
+    cfg = eos_config(tmp_path, kafka_bootstrap, topics, n)
+    cfg_path = write_config(tmp_path, cfg)
+    committed = TopicReader(kafka_bootstrap, topics["out"], isolation_level="read_committed")
+    uncommitted = TopicReader(kafka_bootstrap, topics["out"])
+    try:
+        zombie = start_daemon(cfg_path, tmp_path / "zombie.log", verbose=True)
+        committed.wait_for(lambda v: len(v) >= 1000, timeout=120, what="the first daemon's outputs")
+        in_transaction = stop_mid_interval(zombie, committed, uncommitted)
+        # its successor fences it (init_transactions aborts its open transaction) and finishes the stream
+        _run_to_end(cfg_path, tmp_path / "successor.log")
+        n_committed = committed.count()
+        zombie.send_signal(signal.SIGCONT)
+        rc = zombie.wait(120)
+        zombie_log = (tmp_path / "zombie.log").read_text(errors="replace")
+        time.sleep(1.0)
+        outputs = committed.snapshot()
+    finally:
+        if zombie.poll() is None:
+            zombie.kill()
+            zombie.wait(10)
+        committed.close()
+        uncommitted.close()
+    assert rc == 2, zombie_log[-4000:]
+    assert "has taken transactional id" in zombie_log and "nothing of this daemon's open transaction is visible" in (
+        zombie_log
+    ), zombie_log[-4000:]
+    assert len(outputs) == n_committed  # nothing became visible after the zombie resumed
+    assert in_transaction > 0
+    check_exactly_once(kafka_bootstrap, topics, stream, where, cfg, outputs, n)
+
+
+def test_a_transaction_past_its_timeout_is_aborted_and_redone_once(tmp_path, kafka_bootstrap, topics):
+    n = 5000
+    stream = keyed_stream(n, seed=13)
+    where = produce(kafka_bootstrap, topics["in"], stream)
+    cfg = eos_config(tmp_path, kafka_bootstrap, topics, n, transaction_timeout_seconds=3)
+    cfg["source"]["session_timeout_ms"] = 45000  # the consumer stays in the group over the pause
+    cfg_path = write_config(tmp_path, cfg)
+    log_path = tmp_path / "daemon.log"
+    committed = TopicReader(kafka_bootstrap, topics["out"], isolation_level="read_committed")
+    uncommitted = TopicReader(kafka_bootstrap, topics["out"])
+    try:
+        proc = start_daemon(cfg_path, log_path, verbose=True)
+        committed.wait_for(lambda v: len(v) >= 1000, timeout=120, what="the first outputs")
+        in_transaction = stop_mid_interval(proc, committed, uncommitted)
+        # the broker aborts transactions past their timeout every 10 s
+        # (transaction.abort.timed.out.transaction.cleanup.interval.ms)
+        time.sleep(16)
+        proc.send_signal(signal.SIGCONT)
+        rc = proc.wait(300)
+        text = log_path.read_text(errors="replace")
+        assert rc == 0, text[-5000:]
+        committed.wait_for(lambda v: len(v) >= n * 0.98, timeout=60, what="every output")
+        time.sleep(1.0)
+        outputs = committed.snapshot()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        committed.close()
+        uncommitted.close()
+    assert in_transaction > 0
+    assert "the transaction timed out" in text and "rewinding to the last committed checkpoint" in text, text[-4000:]
+    check_exactly_once(kafka_bootstrap, topics, stream, where, cfg, outputs, n)
+
+
+# ---------------------------------------------------------------------------- broker restart
+@pytest.fixture(scope="module")
+def restartable_broker(tmp_path_factory):
+    """A broker of this module's own, so that restarting it disturbs no other test."""
+    from tests.kafka_broker import KafkaBroker, kafka_python_missing, kafka_skip_or_fail, missing_tools
+
+    why = kafka_python_missing() or missing_tools()
+    if why is not None:
+        kafka_skip_or_fail(f"cannot start a local Kafka broker: {why}")
+    b = KafkaBroker(tmp_path_factory.mktemp("eos-restartable-kafka"))
+    try:
+        b.start()
+    except Exception as exc:  # noqa: BLE001
+        b.stop()
+        kafka_skip_or_fail(f"could not start a dedicated Kafka broker: {exc}")
+    yield b
+    b.stop()
+
+
+def test_a_broker_restart_mid_transaction(tmp_path, restartable_broker):
+    bootstrap = restartable_broker.bootstrap
+    gen = fresh_topics(bootstrap, "eosr", **{"in": 2, "out": 2, "dead": 1})
+    topics = next(gen)
+    n = 6000
+    stream = keyed_stream(n, seed=14)
+    where = produce(bootstrap, topics["in"], stream)
+    cfg = eos_config(tmp_path, bootstrap, topics, n)
+    cfg_path = write_config(tmp_path, cfg)
+    log_path = tmp_path / "daemon.log"
+    committed = TopicReader(bootstrap, topics["out"], isolation_level="read_committed")
+    uncommitted = TopicReader(bootstrap, topics["out"])
+    proc = start_daemon(cfg_path, log_path, verbose=True)
+    try:
+        committed.wait_for(lambda v: len(v) >= 1000, timeout=120, what="the first outputs")
+        in_transaction = stop_mid_interval(proc, committed, uncommitted)
+        restartable_broker.kill()  # the open transaction is in the coordinator's log, not completed
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(3)  # the daemon runs into the outage (it retries)
+        restartable_broker.start()
+        rc = proc.wait(300)
+        text = log_path.read_text(errors="replace")
+        assert rc == 0, text[-5000:]
+        committed.wait_for(lambda v: len(v) >= n * 0.98, timeout=60, what="every output")
+        time.sleep(1.0)
+        outputs = committed.snapshot()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        committed.close()
+        uncommitted.close()
+    assert in_transaction > 0
+    check_exactly_once(bootstrap, topics, stream, where, cfg, outputs, n)
+    for _ in gen:  # delete the topics
+        pass
