@@ -359,10 +359,9 @@ class _RebalanceListener(ConsumerRebalanceListener):
             return
         for tp in assigned:
             source.merge.forget(tp)
-            stream = stream_id(tp.topic, tp.partition)
-            pos = source._start.get(stream)
-            if pos is None:
-                pos = source._next.get(stream)
+            # Where this source is now (past its resume position once records were handed out; a
+            # rebalance after a resume must not go back there: those records are in the model).
+            pos = source._next.get(stream_id(tp.topic, tp.partition))
             if pos is not None:
                 source.consumer.seek(tp, int(pos))
 

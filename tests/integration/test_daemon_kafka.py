@@ -155,3 +155,38 @@ def test_kafka_startup_errors(tmp_path, kafka_bootstrap):
         KafkaSource(kafka_bootstrap, f"no-such-topic-{uuid.uuid4().hex[:8]}", group=None)
     with pytest.raises(SourceError, match="unreachable"):
         KafkaSource("127.0.0.1:1", "t", group=None, bootstrap_timeout_ms=2000)
+
+
+def test_a_rebalance_after_a_resume_applies_nothing_twice(tmp_path, kafka_bootstrap, topics):
+    """A daemon resumed from a checkpoint keeps going from where it is, not from where it resumed, when
+    another consumer joins its group and leaves again (two rebalances; the partition may move to the
+    intruder and back): the final weights are bit-identical to one pass over the good records."""
+    lines, good, _ = make_stream(n=500, seed=5)
+    produce(kafka_bootstrap, topics["in"], lines[:300])
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    cfg = kafka_config(tmp_path, kafka_bootstrap, topics, group, 150, every=40)
+    Daemon(validate_config(cfg)).run()  # the first 150 records, then a checkpoint
+    cfg["daemon"]["max_records"] = len(lines)  # the count resumes with the checkpoint: all of them
+    cfg_path = tmp_path / "k.toml"
+    cfg_path.write_text(_toml(cfg))
+    p = _daemon(cfg_path)  # resumes at 150
+    try:
+        n_before = sum(1 for g in good if g[0] < 300)
+        got = consume_all(kafka_bootstrap, topics["out"], n_before, timeout=90)
+        assert len(got) >= n_before  # the resumed daemon is past its resume position
+        intruder = KafkaConsumer(
+            topics["in"], bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False
+        )
+        deadline = time.monotonic() + 30
+        while not intruder.assignment() and time.monotonic() < deadline:
+            intruder.poll(timeout_ms=200, max_records=1)  # joins the group: a rebalance
+        intruder.close(autocommit=False)  # leaves: another rebalance
+        produce(kafka_bootstrap, topics["in"], lines[300:])
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err[-3000:]
+    arrays, meta, _ = load_checkpoint(str(tmp_path / "k.ckpt"))
+    assert meta["positions"] == {f"{topics['in']}:0": len(lines)}
+    assert_same_weights(streamrnn.Model.from_state(arrays, meta["model"]).get_weights(), reference_weights(good)[0])

@@ -120,7 +120,7 @@ def bad_record(draw):
         else:
             i = draw(st.integers(1, len(line) - 1))
             line = line[:i] + raw + line[i:]
-        return line, ("bad", "invalid JSON", kind)
+        return line, ("bad", "invalid UTF-8 at byte", kind)  # wherever the bytes are, the real reason
     if kind == "invalid json":
         how = draw(
             st.sampled_from(
