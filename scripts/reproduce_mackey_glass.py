@@ -172,8 +172,18 @@ def main(argv=None):
         if name in PUBLISHED_COSINE and args.cosine_seeds > 0:
             cosines = [
                 gradient_alignment(
+                    # the exact RTRL run alongside reads the rows as given: no standardisation inside
+                    # (the series is standardised already) and no head
                     sr.Model(
-                        cell="rnn", n_inputs=1, n_hidden=N_HIDDEN, n_outputs=1, optimizer="adam", seed=seed, **settings
+                        cell="rnn",
+                        n_inputs=1,
+                        n_hidden=N_HIDDEN,
+                        n_outputs=1,
+                        optimizer="adam",
+                        seed=seed,
+                        standardize=False,
+                        head_lags=0,
+                        **settings,
                     ),
                     X,
                     Y,
