@@ -29,6 +29,7 @@ Reverse mode (BPTT, TBPTT). Through one step, top layer first: layer ``l``'s bac
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
 from .common import GEMM_MIN_WIDTH, ih_transpose_product, jacobian_product, n_cell_params
 from .dispatch import (
@@ -100,10 +101,26 @@ def influence_shape(cell, n_in, n, n_layers):
     return (influence_offset(cell, n_in, n, n_layers, 0),)
 
 
+def as_block(M, S, P):
+    """A one-layer key's influence as an (S, P) matrix: the key's own 2-D array as it is, or the first
+    block of a flat buffer (resolved when the kernel compiles: the array's dimension is its type)."""
+    return M if M.ndim == 2 else M[: S * P].reshape((S, P))
+
+
+@overload(as_block)
+def _as_block(M, S, P):
+    if M.ndim == 2:
+        return lambda M, S, P: M
+    return lambda M, S, P: M[: S * P].reshape((S, P))
+
+
 @njit(cache=True, error_model="numpy")
 def stack_forward(cell, theta, n_in, n, x, s_prev, s_new, cache):
     """One step of every layer, bottom up: ``s_new``, ``cache`` (L S and L C) from ``s_prev`` and ``x``."""
     S, C = state_size(cell, n), cache_size(cell, n)
+    if s_prev.shape[0] == S:  # one layer: the cell itself, on the whole arrays
+        cell_forward(cell, theta, n_in, n, x, s_prev, s_new, cache)
+        return
     P0 = layer_params(cell, n_in, n, 0)
     cell_forward(cell, theta[:P0], n_in, n, x, s_prev[:S], s_new[:S], cache[:C])
     for layer in range(1, s_prev.shape[0] // S):
@@ -210,6 +227,11 @@ def stack_tangent(cell, theta, n_in, n, x, s_prev, s_new, cache, M, J, D, coefs,
     ``grad[:P_cell] = g_h · M^{L-1}[:n]`` (``g_h = dL/dh`` of the top layer). True when M stayed finite."""
     S, C = state_size(cell, n), cache_size(cell, n)
     L = s_prev.shape[0] // S
+    if L == 1:  # one layer: the cell's own tangent on M as the key holds it (no views)
+        M1 = as_block(M, S, layer_params(cell, n_in, n, 0))
+        return cell_tangent(
+            cell, theta, n_in, n, x, s_prev, s_new, cache, M1, M1, J, D, coefs, True, g_h, grad, scatter
+        )
     flat = M.reshape(M.size)
     use_blas = n >= GEMM_MIN_WIDTH
     finite = True
