@@ -282,10 +282,11 @@ class Daemon:
         target against this record's, beside the model's loss on the same record (records whose
         persistence loss overflows are left out of both)."""
         last, s = self._last_target, self.stats
-        rows = np.flatnonzero(has_y).tolist()
-        if Yg.shape[1] == 1:  # one target: Python floats (a tenth of the cost of 1-element arrays)
-            ys, ok, model_losses = Yg[:, 0].tolist(), known.tolist(), losses.tolist()
-            for i in rows:
+        one = Yg.shape[1] == 1  # one target: Python floats, a tenth of the cost of 1-element arrays
+        ys = Yg[:, 0].tolist() if one else Yg
+        ok, model_losses = known.tolist(), losses.tolist()
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i in np.flatnonzero(has_y).tolist():
                 key, y = keys[i], ys[i]
                 prev = last.get(key)
                 if prev is None:
@@ -294,29 +295,12 @@ class Daemon:
                 else:
                     last.move_to_end(key)
                     d = prev - y
-                    loss = 0.5 * (d * d)  # as 0.5 * (d @ d) of the 1-vectors: the same float
+                    loss = 0.5 * (d * d if one else float(d @ d))  # d * d: the float d @ d gives
                     if ok[i] and math.isfinite(loss):  # a target too large to square: not scored
                         s["persistence_loss_sum"] += loss
                         s["persistence_model_loss_sum"] += model_losses[i]
                         s["persistence_count"] += 1
-                last[key] = y
-            return
-        with np.errstate(over="ignore", invalid="ignore"):
-            for i in rows:
-                key, y = keys[i], Yg[i]
-                prev = last.get(key)
-                if prev is None:
-                    if len(last) >= self._last_target_cap:
-                        last.popitem(last=False)
-                else:
-                    last.move_to_end(key)
-                    d = prev - y
-                    loss = 0.5 * float(d @ d)
-                    if known[i] and math.isfinite(loss):  # a target too large to square: not scored
-                        s["persistence_loss_sum"] += loss
-                        s["persistence_model_loss_sum"] += float(losses[i])
-                        s["persistence_count"] += 1
-                last[key] = y.copy()
+                last[key] = y if one else y.copy()
 
     def _persistence_str(self):
         if not self._regression:
