@@ -42,6 +42,24 @@ def ensure_topic(
         admin.close()
 
 
+def read_to_end(consumer, tps, bootstrap, topic, timeout_s):
+    """The records of ``consumer``'s partitions ``tps`` up to their end offsets as of now (the last stable
+    offsets for a read_committed consumer), in poll order; BrokerUnavailable if that takes longer than
+    ``timeout_s`` or the broker cannot be reached."""
+    timeout_ms = int(timeout_s * 1000)
+    with translate_broker_errors(bootstrap, f"reading {topic!r}", failure=BrokerUnavailable):
+        ends = consumer.end_offsets(tps, timeout_ms=timeout_ms)
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp, timeout_ms=timeout_ms) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"reading Kafka topic {topic!r} did not reach its end within {timeout_s:g} s")
+            batches = consumer.poll(timeout_ms=200, max_records=10_000)
+            if not batches:
+                await_offset_validation(consumer)
+            for recs in batches.values():
+                yield from recs
+
+
 class CompactedTopic:
     """A compacted topic used as a key-value store: ``put`` is durable when it returns
     (acks=all, flushed), ``refresh`` reads what was added since the last read, and ``latest``
@@ -108,26 +126,13 @@ class CompactedTopic:
 
     def refresh(self) -> None:
         """Read the topic up to its end (as of now)."""
-        timeout_ms = int(self.timeout_s * 1000)
-        with translate_broker_errors(self.bootstrap, f"reading {self.topic!r}", failure=BrokerUnavailable):
-            ends = self.consumer.end_offsets(self._tps, timeout_ms=timeout_ms)
-            deadline = time.monotonic() + self.timeout_s
-            while any(self.consumer.position(tp, timeout_ms=timeout_ms) < ends[tp] for tp in self._tps):
-                if time.monotonic() > deadline:
-                    raise BrokerUnavailable(
-                        f"reading Kafka topic {self.topic!r} did not reach its end within {self.timeout_s:g} s"
-                    )
-                batches = self.consumer.poll(timeout_ms=200, max_records=10_000)
-                if not batches:
-                    await_offset_validation(self.consumer)
-                for recs in batches.values():
-                    for r in recs:
-                        key = r.key.decode("utf-8", errors="replace") if r.key is not None else None
-                        if r.value is None:
-                            self._values.pop(key, None)
-                            continue
-                        held = self._values.setdefault(key, deque(maxlen=self.keep))
-                        held.append((r.timestamp, r.value))
+        for r in read_to_end(self.consumer, self._tps, self.bootstrap, self.topic, self.timeout_s):
+            key = r.key.decode("utf-8", errors="replace") if r.key is not None else None
+            if r.value is None:
+                self._values.pop(key, None)
+                continue
+            held = self._values.setdefault(key, deque(maxlen=self.keep))
+            held.append((r.timestamp, r.value))
 
     def latest(self, key: str, refresh: bool = True) -> list[tuple[int, bytes]]:
         """The newest values of ``key``, newest first, as (timestamp ms, bytes); [] if none."""

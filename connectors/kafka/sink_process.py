@@ -45,25 +45,9 @@ class KafkaSinkProcess:
         # A plain child interpreter on two pipes, not multiprocessing: its "spawn" re-imports the
         # parent's __main__ (breaking scripts without a main guard), and a fork would copy the
         # client threads' locks.
-        to_child_r, to_child_w = os.pipe()
-        to_parent_r, to_parent_w = os.pipe()
-        args = {
-            "read_fd": to_child_r,
-            "write_fd": to_parent_w,
-            "bootstrap": bootstrap,
-            "topic": topic,
-            "options": sink_options,
-        }
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", _SINK_CHILD_CODE, json.dumps([p for p in sys.path if p]), json.dumps(args)],
-                pass_fds=(to_child_r, to_parent_w),
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            os.close(to_child_r)
-            os.close(to_parent_w)
-        self._conn = _Duplex(Connection(to_parent_r, writable=False), Connection(to_child_w, readable=False))
+        self._proc, self._conn = spawn_child(
+            _SINK_CHILD_CODE, {"bootstrap": bootstrap, "topic": topic, "options": sink_options}
+        )
         # however this process ends (an exception before close(), interpreter exit), the child sees
         # its pipe end and exits (it ignores SIGTERM: the daemon decides when to stop)
         self._finalizer = weakref.finalize(self, _stop_sink_process, self._conn, self._proc)
@@ -123,6 +107,24 @@ class _Duplex:
     def close(self) -> None:
         self.outgoing.close()
         self.incoming.close()
+
+
+def spawn_child(code: str, args: dict) -> tuple[subprocess.Popen, _Duplex]:
+    """A child interpreter running ``code`` (it reads ``sys.argv[1]``, the parent's path, and
+    ``sys.argv[2]``, ``args`` as JSON with ``read_fd``/``write_fd`` added), and the pipe pair to it."""
+    to_child_r, to_child_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    args = {**args, "read_fd": to_child_r, "write_fd": to_parent_w}
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, json.dumps([p for p in sys.path if p]), json.dumps(args)],
+            pass_fds=(to_child_r, to_parent_w),
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        os.close(to_child_r)
+        os.close(to_parent_w)
+    return proc, _Duplex(Connection(to_parent_r, writable=False), Connection(to_child_w, readable=False))
 
 
 def _stop_sink_process(conn: _Duplex, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:

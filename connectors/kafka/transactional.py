@@ -28,8 +28,6 @@ import io
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 import weakref
 from collections.abc import Iterable, Mapping
@@ -41,11 +39,10 @@ from kafka import errors as kerrors
 from kafka.structs import OffsetAndMetadata
 
 from ..base import BrokerUnavailable, SourceError
-from .admin import ensure_topic
+from .admin import ensure_topic, read_to_end
 from .errors import bootstrap_timeout, translate_broker_errors
 from .sink import EncodedOutput, encode_outputs
-from .sink_process import _Duplex, _stop_sink_process
-from .source import await_offset_validation
+from .sink_process import _Duplex, _stop_sink_process, spawn_child
 
 log = logging.getLogger("streamrnn.kafka")
 
@@ -281,25 +278,9 @@ class TransactionalProducerProcess:
     def __init__(self, bootstrap: str, transactional_id: str, commit_timeout_s: float = 600.0, **options: Any):
         self.bootstrap, self.transactional_id = bootstrap, transactional_id
         self.commit_timeout_s = commit_timeout_s
-        to_child_r, to_child_w = os.pipe()
-        to_parent_r, to_parent_w = os.pipe()
-        args = {
-            "read_fd": to_child_r,
-            "write_fd": to_parent_w,
-            "bootstrap": bootstrap,
-            "transactional_id": transactional_id,
-            "options": options,
-        }
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD_CODE, json.dumps([p for p in sys.path if p]), json.dumps(args)],
-                pass_fds=(to_child_r, to_parent_w),
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            os.close(to_child_r)
-            os.close(to_parent_w)
-        self._conn = _Duplex(Connection(to_parent_r, writable=False), Connection(to_child_w, readable=False))
+        self._proc, self._conn = spawn_child(
+            _CHILD_CODE, {"bootstrap": bootstrap, "transactional_id": transactional_id, "options": options}
+        )
         self._finalizer = weakref.finalize(self, _stop_sink_process, self._conn, self._proc)
         self._reply(commit_timeout_s)
 
@@ -534,30 +515,17 @@ class CheckpointTopic:
     # -- reading (read_committed)
     def refresh(self) -> None:
         """Read the topic's committed records up to its last stable offset (as of now)."""
-        timeout_ms = int(self.timeout_s * 1000)
-        with translate_broker_errors(self.bootstrap, f"reading {self.topic!r}", failure=BrokerUnavailable):
-            ends = self.consumer.end_offsets(self._tps, timeout_ms=timeout_ms)
-            deadline = time.monotonic() + self.timeout_s
-            prefix = f"{self.name}/"
-            while any(self.consumer.position(tp, timeout_ms=timeout_ms) < ends[tp] for tp in self._tps):
-                if time.monotonic() > deadline:
-                    raise BrokerUnavailable(
-                        f"reading Kafka topic {self.topic!r} did not reach its end within {self.timeout_s:g} s"
-                    )
-                batches = self.consumer.poll(timeout_ms=200, max_records=10_000)
-                if not batches:
-                    await_offset_validation(self.consumer)
-                for recs in batches.values():
-                    for r in recs:
-                        key = r.key.decode("utf-8", errors="replace") if r.key is not None else ""
-                        if not key.startswith(prefix):
-                            continue
-                        if r.value is None:
-                            self._values.pop(key, None)
-                            continue
-                        held = self._values.setdefault(key, [])
-                        held.append(r.value)
-                        del held[: -self.keep]
+        prefix = f"{self.name}/"
+        for r in read_to_end(self.consumer, self._tps, self.bootstrap, self.topic, self.timeout_s):
+            key = r.key.decode("utf-8", errors="replace") if r.key is not None else ""
+            if not key.startswith(prefix):
+                continue
+            if r.value is None:
+                self._values.pop(key, None)
+                continue
+            held = self._values.setdefault(key, [])
+            held.append(r.value)
+            del held[: -self.keep]
 
     def claim(self) -> str | None:
         """The incarnation of the newest committed claim (None: none)."""
