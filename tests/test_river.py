@@ -75,19 +75,24 @@ def test_regressor_matches_model_bit_for_bit_and_predict_is_pure():
     np.testing.assert_array_equal(reg.model.hidden_state(), m.hidden_state())
 
 
+def _beside(reg, m, n=40, order=("b", "a", "c")):
+    """Feed ``_stream(n)`` to the estimator and to the Model it should equal (features registered in
+    ``order``), asserting every prediction equal."""
+    for t, (x, y) in enumerate(_stream(n)):
+        if t > 0:
+            known = {k: v for k, v in x.items() if k in reg.features}
+            assert reg.predict_one(x) == m.peek(_mapped(known, list(order)))[0]
+        reg.learn_one(x, y)
+        m.step(_mapped(x, list(order)), [y])
+
+
 def test_regressor_with_readout_skip_matches_model_bit_for_bit():
     """ŷ = W_out h + S x + b through the estimator: the same predictions and weights as the Model."""
     reg = RNNRegressor(n_inputs=3, readout_skip=True, **PARAMS)
     m = sr.Model(
         n_inputs=3, n_outputs=1, task="regression", readout_skip=True, target_lags=1, baseline="last", **PARAMS
     )
-    order = ["b", "a", "c"]
-    for t, (x, y) in enumerate(_stream(40)):
-        if t > 0:
-            known = {k: v for k, v in x.items() if k in reg.features}
-            assert reg.predict_one(x) == m.peek(_mapped(known, order))[0]
-        reg.learn_one(x, y)
-        m.step(_mapped(x, order), [y])
+    _beside(reg, m)
     w = reg.model.get_weights()
     assert np.abs(w["readout.skip_weight"]).max() > 0  # the skip path learned
     for name, v in m.get_weights().items():
@@ -102,13 +107,7 @@ def test_a_stacked_regressor_matches_a_stacked_model_bit_for_bit():
     predictions and weights as a Model built with the estimator's defaults."""
     reg = RNNRegressor(n_inputs=3, n_layers=2, **PARAMS)
     m = sr.Model(n_inputs=3, n_outputs=1, task="regression", target_lags=1, baseline="last", n_layers=2, **PARAMS)
-    order = ["b", "a", "c"]
-    for t, (x, y) in enumerate(_stream(40)):
-        if t > 0:
-            known = {k: v for k, v in x.items() if k in reg.features}
-            assert reg.predict_one(x) == m.peek(_mapped(known, order))[0]
-        reg.learn_one(x, y)
-        m.step(_mapped(x, order), [y])
+    _beside(reg, m)
     w = reg.model.get_weights()
     assert "weight_hh_l1" in w
     for name, v in m.get_weights().items():

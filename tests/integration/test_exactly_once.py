@@ -231,6 +231,26 @@ def stop_mid_interval(proc, committed, uncommitted, timeout=60):
     raise TimeoutError("no open transaction with outputs to stop the daemon in")
 
 
+def _finish(proc, log_path, committed, n):
+    """Wait for the daemon to end with status 0 and for a read_committed consumer to have (almost) every
+    output: ``(outputs, the daemon's log)``."""
+    rc = proc.wait(300)
+    text = log_path.read_text(errors="replace")
+    assert rc == 0, text[-5000:]
+    committed.wait_for(lambda v: len(v) >= n * 0.98, timeout=60, what="every output")
+    time.sleep(1.0)  # anything more (a duplicate) would arrive now
+    return committed.snapshot(), text
+
+
+def _stop(proc, *readers):
+    """Kill the daemon if it still runs, and close the readers."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    for r in readers:
+        r.close()
+
+
 def _run_to_end(cfg_path, log_path, timeout=300):
     proc = start_daemon(cfg_path, log_path, verbose=True)
     rc = proc.wait(timeout)
@@ -290,18 +310,9 @@ def test_a_transaction_past_its_timeout_is_aborted_and_redone_once(tmp_path, kaf
         # transaction.abort.timed.out.transaction.cleanup.interval.ms = 1000): 3 s + 1 s, with margin
         time.sleep(16)
         proc.send_signal(signal.SIGCONT)
-        rc = proc.wait(300)
-        text = log_path.read_text(errors="replace")
-        assert rc == 0, text[-5000:]
-        committed.wait_for(lambda v: len(v) >= n * 0.98, timeout=60, what="every output")
-        time.sleep(1.0)
-        outputs = committed.snapshot()
+        outputs, text = _finish(proc, log_path, committed, n)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        committed.close()
-        uncommitted.close()
+        _stop(proc, committed, uncommitted)
     assert in_transaction > 0
     assert "the transaction timed out" in text and "rewinding to the last committed checkpoint" in text, text[-4000:]
     check_exactly_once(kafka_bootstrap, topics, stream, where, cfg, outputs, n)
@@ -346,18 +357,9 @@ def test_a_broker_restart_mid_transaction(tmp_path, restartable_broker):
         proc.send_signal(signal.SIGCONT)
         time.sleep(3)  # the daemon runs into the outage (it retries)
         restartable_broker.start()
-        rc = proc.wait(300)
-        text = log_path.read_text(errors="replace")
-        assert rc == 0, text[-5000:]
-        committed.wait_for(lambda v: len(v) >= n * 0.98, timeout=60, what="every output")
-        time.sleep(1.0)
-        outputs = committed.snapshot()
+        outputs, text = _finish(proc, log_path, committed, n)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        committed.close()
-        uncommitted.close()
+        _stop(proc, committed, uncommitted)
     assert in_transaction > 0
     check_exactly_once(bootstrap, topics, stream, where, cfg, outputs, n)
     for _ in gen:  # delete the topics
