@@ -217,17 +217,20 @@ def test_sigkill_20_times_each_output_exactly_once(tmp_path, kafka_bootstrap, to
 
 # ---------------------------------------------------------------------------- zombie, timeout
 def stop_mid_interval(proc, committed, uncommitted, timeout=60):
-    """SIGSTOP ``proc`` while its open transaction holds outputs (a read_uncommitted consumer sees
-    more than a read_committed one, and still does once it is stopped)."""
+    """SIGSTOP ``proc`` while its open transaction holds outputs: stopped, the readers catch up with
+    what it sent, and a read_uncommitted consumer then sees more than a read_committed one. A stop
+    that finds no open transaction (between two, or the readers behind) lets it run on a little and
+    stops it again, so the readers' lag cannot make every attempt miss."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.5)  # what the sink process was sending arrives; a commit in flight ends
         if uncommitted.count() > committed.count():
-            proc.send_signal(signal.SIGSTOP)
-            time.sleep(0.5)  # what the sink process was sending arrives; a commit in flight ends
-            if uncommitted.count() > committed.count():
-                return uncommitted.count() - committed.count()
-            proc.send_signal(signal.SIGCONT)
-        time.sleep(0.01)
+            return uncommitted.count() - committed.count()
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
     raise TimeoutError("no open transaction with outputs to stop the daemon in")
 
 
@@ -341,7 +344,7 @@ def test_a_broker_restart_mid_transaction(tmp_path, restartable_broker):
     bootstrap = restartable_broker.bootstrap
     gen = fresh_topics(bootstrap, "eosr", **{"in": 2, "out": 2, "dead": 1})
     topics = next(gen)
-    n = 6000
+    n = 12000  # long enough a run that it is caught mid-transaction
     stream = keyed_stream(n, seed=14)
     where = produce(bootstrap, topics["in"], stream)
     cfg = eos_config(tmp_path, bootstrap, topics, n)
