@@ -44,7 +44,12 @@ class KeyedState:
     writes them, and growing within the reservation moves nothing: no second copy
     of every key's state at the moment of growth, which for 100 000 keys would
     double the peak memory.
+
+    ``generation`` counts the times the arrays were replaced (grown, restored): a caller that keeps
+    references to them (the Model's one-sample path) rebuilds those when it changes.
     """
+
+    generation = 0  # (a class default: states pickled before it existed)
 
     def __init__(self, layout, max_keys):
         self.layout = list(layout)
@@ -105,6 +110,24 @@ class KeyedState:
                 self._reserved[name] = grown
         for name, arr in self._reserved.items():
             self.arrays[name] = arr[:new_cap]
+        self.generation += 1
+
+    def assign_one(self, key):
+        """``(slot, new)`` of one record of ``key`` (normalised): its slot (a new key takes the next
+        free one, or the least recently used key's beyond ``max_keys``) and whether it starts from a
+        zero state. The key becomes the most recently used."""
+        slots_of = self.slots
+        slot = slots_of.get(key)
+        if slot is not None:
+            slots_of.move_to_end(key)
+            return slot, False
+        if len(slots_of) < self.max_keys:
+            slot = len(slots_of)
+            self.ensure_capacity(slot + 1)
+        else:
+            _, slot = slots_of.popitem(last=False)
+        slots_of[key] = slot
+        return slot, True
 
     def assign(self, keys, n_rows):
         """Slot per record (LRU eviction) and whether it starts from a zero state.
@@ -113,22 +136,11 @@ class KeyedState:
         key evicted and reused within one batch is handled by the ``reset`` flag,
         so the compiled loop sees exactly the sequential semantics.
         """
-        slots_of = self.slots
         reset = np.zeros(n_rows, np.bool_)
         slots = np.empty(n_rows, np.int64)
+        assign_one = self.assign_one
         for i, key in enumerate((None,) * n_rows if keys is None else keys):
-            slot = slots_of.get(key)
-            if slot is None:
-                if len(slots_of) < self.max_keys:
-                    slot = len(slots_of)
-                    self.ensure_capacity(slot + 1)
-                else:
-                    _, slot = slots_of.popitem(last=False)
-                reset[i] = True
-                slots_of[key] = slot
-            else:
-                slots_of.move_to_end(key)
-            slots[i] = slot
+            slots[i], reset[i] = assign_one(key)
         return slots, reset
 
     def read(self, key):
@@ -218,6 +230,7 @@ class KeyedState:
             raise CheckpointError(f"{source}: {n_keys} keys saved, more than max_keys={self.max_keys}")
         staged, self._staged = self._staged, {}
         self.slots = OrderedDict((key, slot) for slot, key in enumerate(keys))
+        self.generation += 1
         if all(arrays[f"key.{name}"].base is staged.get(name) is not None for name in self.arrays):
             for name in self.arrays:  # read in place by allocate(): adopt, no copy
                 self._reserved[name] = staged[name]

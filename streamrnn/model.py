@@ -31,6 +31,7 @@ from .learners.common import (
 )
 from .learners.registry import ModelDims
 from .losses import TASK_IDS
+from .onesample import OneSamplePath, peek_one
 from .optim import DEFAULT_LR, OPTIMIZER_IDS, state_shape
 from .preprocess import Preprocessor
 from .race import Race, member_layout
@@ -359,6 +360,7 @@ class Model:
         # The spec holds compiled kernels: pickle the learner by name and look it up again on load.
         state = dict(self.__dict__)
         del state["_spec"]
+        state.pop("_peek_buffers", None)  # peek's scratch, not state
         return state
 
     def __setstate__(self, state):
@@ -638,21 +640,34 @@ class Model:
         slots, reset = self._keyed.assign(keys, X.shape[0])
         if resets is not None:
             reset |= resets
+        rows = self._pre.scratch(X.shape[0]) if self._pre.active else None
+        for kernel, args in self._learn_calls(X, Y, has_y, slots, reset, out, losses, rows):
+            kernel(*args)
+
+    def _learn_calls(self, X, Y, has_y, slots, reset, out, losses, rows):
+        """The compiled calls that apply rows whose slots are assigned (:meth:`apply_rows`), in order, as
+        ``(kernel, args)``: standardise and append the target feedback into ``rows`` (scratch from
+        ``Preprocessor.scratch`` or ``rows_scratch``; None without preprocessing), the learner (every
+        member's, and the pick, under a race), then the head and the way back to the target's units.
+        :mod:`streamrnn.onesample` binds the same calls once for its one-row buffers."""
         pre = self._pre
         Y_raw, has_y_raw, y_ls = Y, has_y, None
+        calls = []
         if pre.active:  # standardise, append target feedback (changes nothing the learner owns)
-            X, Y, has_y, y_ls = pre.prepare(X, Y, has_y, slots, reset, self._keyed.arrays)
+            views, Z = rows
+            calls.append(pre.prepare_call(X, Y, has_y, slots, reset, self._keyed.arrays, views, Z))
+            X, Y, has_y, y_ls = views
         if self.race:  # once preprocessed, for every member
-            self._race.apply(
+            calls += self._race.kernel_calls(
                 self, slots, reset, X, Y, has_y, Y_raw, has_y_raw, y_ls if pre.finishes_race else None, out, losses
             )
             if pre.head_lags:  # the race picked in standardised units; the head and the combiner follow
-                pre.finish(Y_raw, has_y_raw, y_ls, out, losses)
-            return
+                calls.append(pre.finish_call(Y_raw, has_y_raw, y_ls, out, losses, views, Z))
+            return calls
         per_key = tuple(self._keyed.arrays.values())
         if pre.active:
             per_key = per_key[: self._n_learner_arrays]
-        self._spec.step_many(
+        args = (
             self._cell,
             self._task,
             self._opt,
@@ -673,8 +688,25 @@ class Model:
             out,
             losses,
         )
-        if pre.active:  # predictions and losses back in the target's units
-            pre.finish(Y_raw, has_y_raw, y_ls, out, losses)
+        calls.append((self._spec.step_many, args))
+        finish = pre.finish_call(Y_raw, has_y_raw, y_ls, out, losses, views, Z) if pre.active else None
+        if finish is not None:  # predictions and losses back in the target's units
+            calls.append(finish)
+        return calls
+
+    def one_sample(self) -> OneSamplePath:
+        """A path that steps this model one sample at a time with its compiled calls bound once: for
+        adapters that call the model per sample (the river estimators). It owns the one-row
+        buffers the caller fills; its :meth:`~streamrnn.onesample.OneSamplePath.learn` and
+        :meth:`~streamrnn.onesample.OneSamplePath.peek` are :meth:`apply_rows` and :meth:`peek_into`
+        of that row, bit for bit, without the per-call cost of resolving some 80 argument types.
+
+        >>> import streamrnn as sr
+        >>> path = sr.Model(n_inputs=2, n_hidden=3).one_sample()
+        >>> path.x.shape, path.y.shape, path.pred.shape
+        ((1, 2), (1, 1), (1,))
+        """
+        return OneSamplePath(self)
 
     def last_gradient(self) -> np.ndarray:
         """A copy of the flat gradient the learner formed at its last labelled step (TBPTT: its last
@@ -714,16 +746,67 @@ class Model:
         >>> bool((m.peek_into(np.array([0.5, 1.0]), None, out) == m.peek([0.5, 1.0])).all())
         True
         """
-        s = None if reset else self._keyed.row(self._hidden_name(), key)  # None: a fresh key's state
-        pre = self._pre
-        if pre.active:  # on copies of the statistics and of the key's lag buffer
-            fresh = reset or not pre.depth
-            lags = () if fresh else (self._keyed.row("lag_values", key), self._keyed.row("lag_observed", key))
-            x, y_ls = pre.peek_row(x[None, :], *lags)
-        self.predict_from_state(x, self._zero_state if s is None else s, out)
-        if pre.active:
-            pre.peek_finish(out, y_ls)
+        if getattr(self, "_peek_buffers", None) is None:  # scratch, not state: not pickled
+            self._peek_buffers = (self._pre.peek_scratch(), np.empty(1, np.int64))
+        buffers, sel = self._peek_buffers
+        sel[0] = -1 if reset else self._keyed.slots.get(key, -1)
+        kernel, args = self._peek_call(x, sel, out, buffers, self.race_leader)
+        kernel(*args)
         return out
+
+    def _peek_call(self, x, sel, out, buffers, member):
+        """The compiled call of a prediction (:func:`streamrnn.onesample.peek_one`) of row ``x``
+        (n_inputs,) from slot ``sel[0]`` (-1: a fresh key's state) into ``out``, with the scratch
+        ``buffers`` (``Preprocessor.peek_scratch``) and the parameters and states of race member
+        ``member`` (0 without a race): ``(kernel, args)``."""
+        pre = self._pre
+        xs, ys, lv, lo, y0, has0, slot0, reset0, rows, ds, z, head_out = buffers
+        if pre.depth:
+            lags = (self._keyed.arrays["lag_values"], self._keyed.arrays["lag_observed"])
+        else:
+            lags = pre._no_lags
+            lv, lo = lags
+        W, mix_c = (
+            (pre.head[1], pre.head[3]) if pre.head_lags else (np.zeros((0, pre.width_y)), np.zeros((pre.width_y, 2)))
+        )
+        hidden = self._keyed.arrays[f"member{member}.hidden" if self.race else "hidden"]
+        args = (
+            pre.active,
+            bool(pre.head_lags),
+            pre.finishes,
+            pre._cfg,
+            x,
+            pre.x_stats,
+            pre.y_stats,
+            pre.d_stats,
+            *lags,
+            sel,
+            xs,
+            ys,
+            ds,
+            lv,
+            lo,
+            y0,
+            has0,
+            slot0,
+            reset0,
+            *rows,
+            z,
+            head_out,
+            W,
+            mix_c,
+            self._cell,
+            self._task,
+            self.n_cell_inputs,
+            self.n_hidden,
+            self.n_outputs,
+            self.theta[member] if self.race else self.theta,
+            self.n_params_cell,
+            hidden,
+            self._zero_state,
+            out,
+        )
+        return peek_one, args
 
     def forecast(self, X: ArrayLike, key: Key = None, reset: bool = False) -> np.ndarray:
         """Recursive forecast: the predictions for the next ``len(X)`` rows of ``key`` (inputs ``X``,

@@ -282,27 +282,39 @@ class Preprocessor:
     def _fresh_lags(self):
         return np.zeros((1, self.depth, self.w)), np.zeros((1, self.depth + self._ext))
 
+    def rows_scratch(self, n):
+        """New scratch for ``n`` rows: ``((Xa, Ys, has_learn, y_ls), Z)`` as :func:`prepare_rows` writes
+        them (the learner's inputs, targets, mask, the targets' location and scale; the head's features)."""
+        views = (
+            np.zeros((n, self.n_cell_inputs), self.dtype),
+            np.zeros((n, self.width_y), self.dtype),
+            np.zeros(n, np.bool_),
+            np.zeros((2, n, self.width_y)),
+        )
+        return views, np.zeros((n, self.n_head_features))
+
     def _grow(self, n):
         if n > self._cap:
             cap = max(n, 2 * self._cap)
-            self._Xa = np.zeros((cap, self.n_cell_inputs), self.dtype)
-            self._Ys = np.zeros((cap, self.width_y), self.dtype)
-            self._has = np.zeros(cap, np.bool_)
-            self._ls = np.zeros((2, cap, self.width_y))
-            self._Z = np.zeros((cap, self.n_head_features))
+            (self._Xa, self._Ys, self._has, self._ls), self._Z = self.rows_scratch(cap)
             self._cap = cap
         self._views_n = n
         self._views = (self._Xa[:n], self._Ys[:n], self._has[:n], self._ls[:, :n])
         self._Z_view = self._Z[:n]
 
-    def prepare(self, X, Y, has_y, slots, reset, keyed_arrays):
-        """The batch for the learner, ``(Xa, Ys, has_learn, y_ls)`` (views of scratch, valid until the
-        next call; ``y_ls[0]``, ``y_ls[1]`` each row's target location and scale), committing the
-        statistics and the keys' lag buffers. The head's features stay in scratch for :meth:`finish`."""
-        if X.shape[0] != self._views_n:
-            self._grow(X.shape[0])
+    def scratch(self, n):
+        """The batch scratch for ``n`` rows, ``((Xa, Ys, has_learn, y_ls), Z)``: views of arrays the
+        Preprocessor reuses (valid until the next call with another ``n``)."""
+        if n != self._views_n:
+            self._grow(n)
+        return self._views, self._Z_view
+
+    def prepare_call(self, X, Y, has_y, slots, reset, keyed_arrays, views, Z):
+        """The compiled call that transforms the rows for the learner into ``views`` and ``Z`` (from
+        :meth:`rows_scratch` or :meth:`scratch`), committing the statistics and the keys' lag
+        buffers: ``(kernel, args)``."""
         lags = (keyed_arrays["lag_values"], keyed_arrays["lag_observed"]) if self.depth else self._no_lags
-        prepare_rows(
+        return prepare_rows, (
             self._cfg,
             X,
             Y,
@@ -313,20 +325,38 @@ class Preprocessor:
             self.y_stats,
             self.d_stats,
             *lags,
-            *self._views,
-            self._Z_view,
+            *views,
+            Z,
         )
-        return self._views
+
+    def finish_call(self, Y, has_y, y_ls, out, losses, views, Z):
+        """The compiled call after the learner on the rows :meth:`prepare_call` transformed into
+        ``views`` and ``Z``: with the head, the combined prediction (and the head's and the combiner's
+        update); regression predictions and losses back in the target's units. ``(kernel, args)``, or
+        None where there is nothing to finish."""
+        if self.head_lags:
+            _, Ys, has_learn, _ = views
+            return combine_and_finish, (Y, has_y, y_ls, out, losses, Z, Ys, has_learn, *self.head, self._head_scratch)
+        if self.finishes:
+            return finish_rows, (Y, has_y, y_ls, out, losses)
+        return None
+
+    def prepare(self, X, Y, has_y, slots, reset, keyed_arrays):
+        """The batch for the learner, ``(Xa, Ys, has_learn, y_ls)`` (views of scratch, valid until the
+        next call; ``y_ls[0]``, ``y_ls[1]`` each row's target location and scale), committing the
+        statistics and the keys' lag buffers. The head's features stay in scratch for :meth:`finish`."""
+        views, Z = self.scratch(X.shape[0])
+        kernel, args = self.prepare_call(X, Y, has_y, slots, reset, keyed_arrays, views, Z)
+        kernel(*args)
+        return views
 
     def finish(self, Y, has_y, y_ls, out, losses):
         """After the learner, on the batch :meth:`prepare` gave it: with the head, the combined
         prediction (and the head's and the combiner's update); regression predictions and losses
         back in the target's units."""
-        if self.head_lags:
-            _, Ys, has_learn, _ = self._views
-            combine_and_finish(Y, has_y, y_ls, out, losses, self._Z_view, Ys, has_learn, *self.head, self._head_scratch)
-        elif self.finishes:
-            finish_rows(Y, has_y, y_ls, out, losses)
+        call = self.finish_call(Y, has_y, y_ls, out, losses, self._views, self._Z_view)
+        if call is not None:
+            call[0](*call[1])
 
     def transform_sequence(self, X, Y, has_y, lag_row=None):
         """New arrays ``(Xa, Ys, has_learn, y_ls)`` for one sequence of a fresh key (or of a
@@ -372,6 +402,30 @@ class Preprocessor:
         if self._ext:
             lag_observed[depth] = 1.0  # the key now has a last target
 
+    def peek_scratch(self):
+        """New scratch for predicting one row on copies (:meth:`peek_row`, the fused one-sample
+        prediction of :mod:`streamrnn.onesample`): copies of the statistics ``(xs, ys)``, of a lag
+        buffer ``(lv, lo)``, a row's target, flag, slot and reset ``(y0, has0, slot0, reset0)``, its
+        transformed row ``(Xa, Ys, has_learn, y_ls)``, ``ds`` (the changes' statistics), the head's
+        features ``z`` and its prediction."""
+        w = self.width_y
+        lv, lo = self._fresh_lags()
+        xa_row, z = self.rows_scratch(1)
+        return (
+            self.x_stats.copy(),
+            self.y_stats.copy(),
+            lv,
+            lo,
+            np.zeros((1, w), self.dtype),
+            np.zeros(1, np.bool_),
+            np.zeros(1, np.int64),
+            np.zeros(1, np.bool_),
+            xa_row,
+            self.d_stats.copy(),
+            z,
+            np.zeros(w),
+        )
+
     def peek_row(self, x, lag_values=None, lag_observed=None):
         """What one more row ``x`` (1, n_inputs) of a key with lag buffer ``(lag_values, lag_observed)``
         (None: a new key) would give the learner, changing nothing: ``(xa, y_ls)``, views of scratch
@@ -379,27 +433,7 @@ class Preprocessor:
         location and scale. With the head, :meth:`peek_finish` then gives the prediction. For
         ``Model.peek`` and the adapters' preallocated predict paths."""
         if not hasattr(self, "_peek"):
-            w = self.width_y
-            lv, lo = self._fresh_lags()
-            self._peek = (
-                self.x_stats.copy(),
-                self.y_stats.copy(),
-                lv,
-                lo,
-                np.zeros((1, w), self.dtype),
-                np.zeros(1, np.bool_),
-                np.zeros(1, np.int64),
-                np.zeros(1, np.bool_),
-                (
-                    np.zeros((1, self.n_cell_inputs), self.dtype),
-                    np.zeros((1, w), self.dtype),
-                    np.zeros(1, np.bool_),
-                    np.zeros((2, 1, w)),
-                ),
-                self.d_stats.copy(),
-                np.zeros((1, self.n_head_features)),
-                np.zeros(w),
-            )
+            self._peek = self.peek_scratch()
         xs, ys, lv, lo, y0, has0, slot0, reset0, out, ds, z, _ = self._peek
         xs[:] = self.x_stats
         ys[:] = self.y_stats

@@ -95,38 +95,56 @@ class Race:
             self._n_rows = n_rows
         return self._buf
 
-    def apply(self, model, slots, reset, X, Y, has_y, Y_raw, has_y_raw, y_ls, out, losses):
-        """Run every member's learner kernel over the (preprocessed) batch, then pick per row."""
+    def kernel_calls(self, model, slots, reset, X, Y, has_y, Y_raw, has_y_raw, y_ls, out, losses):
+        """The compiled calls that run every member's learner kernel over the (preprocessed) batch and
+        then pick per row, in order, as ``(kernel, args)`` (:meth:`apply` runs them; the Model's
+        one-sample path binds them once, :mod:`streamrnn.onesample`)."""
         outs, member_losses, picked = self._scratch(X.shape[0], model.n_outputs, model.dtype)
         arrays = tuple(model._keyed.arrays.values())
         n_arr = model._n_learner_arrays // self.n_members
         step_many, d = model._spec.step_many, model.dims
-        for k, (theta, opt_state, hyper, counters, ws) in enumerate(self._members(model)):
-            step_many(
-                d.cell,
-                d.task,
-                model._opt,
-                d.n_inputs,
-                d.n_hidden,
-                d.n_outputs,
-                theta,
-                opt_state,
-                hyper,
-                counters,
-                arrays[k * n_arr : (k + 1) * n_arr],
-                X,
-                Y,
-                has_y,
-                slots,
-                reset,
-                ws,
-                outs[k],
-                member_losses[k],
+        calls = [
+            (
+                step_many,
+                (
+                    d.cell,
+                    d.task,
+                    model._opt,
+                    d.n_inputs,
+                    d.n_hidden,
+                    d.n_outputs,
+                    theta,
+                    opt_state,
+                    hyper,
+                    counters,
+                    arrays[k * n_arr : (k + 1) * n_arr],
+                    X,
+                    Y,
+                    has_y,
+                    slots,
+                    reset,
+                    ws,
+                    outs[k],
+                    member_losses[k],
+                ),
             )
+            for k, (theta, opt_state, hyper, counters, ws) in enumerate(self._members(model))
+        ]
         if y_ls is not None:
-            _finish_and_pick(Y_raw, has_y_raw, y_ls, outs, member_losses, self.scores, self.decay, picked, out, losses)
+            calls.append(
+                (
+                    _finish_and_pick,
+                    (Y_raw, has_y_raw, y_ls, outs, member_losses, self.scores, self.decay, picked, out, losses),
+                )
+            )
         else:
-            race_step(outs, member_losses, self.scores, self.decay, picked, out, losses)
+            calls.append((race_step, (outs, member_losses, self.scores, self.decay, picked, out, losses)))
+        return calls
+
+    def apply(self, model, slots, reset, X, Y, has_y, Y_raw, has_y_raw, y_ls, out, losses):
+        """Run every member's learner kernel over the (preprocessed) batch, then pick per row."""
+        for kernel, args in self.kernel_calls(model, slots, reset, X, Y, has_y, Y_raw, has_y_raw, y_ls, out, losses):
+            kernel(*args)
 
     def check_state(self, arrays, source, error):
         """Raise ``error`` unless ``arrays`` holds valid race scores (shape, dtype, no NaN) for this race."""

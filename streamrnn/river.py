@@ -32,15 +32,18 @@ Lazy model
     time. Estimators pickle and deep-copy, and continue bit-identically.
 
 The per-sample path avoids ``Model.step``'s batch validation (the estimator
-checks its own inputs): it fills preallocated buffers and hands them to
-``Model.apply_rows``, the path ``Model.step_many`` takes after validating, for
-every learner, so predictions and weights are bit-identical to driving the
-``Model`` directly; predictions go through ``Model.peek_into`` the same way.
+checks its own inputs): it fills the buffers of ``Model.one_sample()`` and calls
+its ``learn`` and ``peek``, which run the compiled calls of ``Model.apply_rows``
+(the path ``Model.step_many`` takes after validating) and of ``Model.peek_into``
+for one row, bound once to those buffers, for every learner, so predictions and
+weights are bit-identical to driving the ``Model`` directly.
 """
 
 from __future__ import annotations
 
 import math
+import operator
+import struct
 from typing import Any
 
 import numpy as np
@@ -133,18 +136,23 @@ class _Core:
         self._scratch()
 
     def _scratch(self):
-        m = self.model
-        dt, n_in, n_out = m.dtype, m.n_inputs, m.n_outputs
-        self.x = np.zeros((1, n_in), dt)
-        self.x0 = self.x[0]
-        self.y = np.zeros((1, 1 if m.config["task"] != "regression" else n_out), dt)
-        self.has_y = np.ones(1, np.bool_)
-        self.out = np.zeros((1, n_out), dt)
-        self.loss = np.zeros(1, dt)
-        self.pred = np.zeros(n_out, dt)
-        self.resets = np.zeros(1, np.bool_)  # the sample starts a new sequence (the ``reset`` feature)
+        # The model's one-sample path owns the buffers and binds its compiled calls to them once.
+        path = self.path = self.model.one_sample()
+        self.x, self.y, self.has_y = path.x, path.y, path.has_y
+        self.labelled = bool(path.has_y[0])  # what has_y[0] holds
+        self.x0 = path.x[0]
+        self.starts = False  # the sample starts a new sequence (the ``reset`` feature)
+        self.plans = {}  # feature names of a dict, in order -> how they map to slots (``_Recurrent._plan``)
+        self.last_plan = ((), None)  # the plan used last, looked up without hashing the names
+        x0 = self.x0
+        if x0.dtype == np.float64:  # write a row of Python numbers into x0 without NumPy's conversion
+            pack_into = struct.Struct(f"={x0.shape[0]}d").pack_into
+            self.fill = lambda values: pack_into(x0, 0, *values)
+        else:
+            self.fill = lambda values: x0.__setitem__(slice(None), values)
 
-    _SCRATCH = ("x", "x0", "y", "has_y", "out", "loss", "pred", "resets")
+    MAX_PLANS = 64  # distinct dict layouts remembered (a stream's dicts usually share one or a few)
+    _SCRATCH = ("path", "x", "x0", "y", "has_y", "labelled", "starts", "plans", "last_plan", "fill")
 
     def __getstate__(self):
         # Scratch buffers are not state: leaving them out makes the pickle a function of the
@@ -160,21 +168,13 @@ class _Core:
         has = target is not None and target == target
         if has:
             self.y[0, 0] = target
-        self.has_y[0] = has
-        self.model.apply_rows(
-            self.x,
-            self.y,
-            self.has_y,
-            [key] if self.keyed else None,
-            self.out,
-            self.loss,
-            resets=self.resets if self.resets[0] else None,
-        )
-        return self.out[0]
+        if has is not self.labelled:  # (a NumPy item write costs more than this test)
+            self.has_y[0] = self.labelled = has
+        return self.path.learn(key, self.starts)
 
     def peek(self, key):
-        """``Model.peek(self.x, key)`` into ``self.pred``, changing nothing."""
-        return self.model.peek_into(self.x0, key, self.pred, reset=bool(self.resets[0]))
+        """``Model.peek(self.x, key)``, changing nothing (the path's prediction buffer, reused)."""
+        return self.path.peek(key, self.starts)
 
 
 def _missing(y):
@@ -184,6 +184,8 @@ def _missing(y):
 
 def _regression_target(y):
     """A finite float, or None for a sample without a target; ValueError for anything else."""
+    if y.__class__ is float and y - y == 0.0:  # the usual case first: a finite float
+        return y
     if _missing(y):
         return None
     if not _is_number(y) or isinstance(y, bool):
@@ -251,15 +253,37 @@ class _Recurrent:
         """Fill the input buffer from ``x``; returns the entity key. Raises before changing anything."""
         core = self._core or self._build()
         buf = core.x0
-        buf[:] = 0.0
-        core.resets[0] = False
-        if not x:
-            return None
-        index = self._index
         keyname = self.key
         resetname = getattr(self, "reset", None)
-        if resetname is not None and x.get(resetname):
-            core.resets[0] = True
+        core.starts = resetname is not None and bool(x) and bool(x.get(resetname))
+        if not x:
+            buf[:] = 0.0
+            return None
+        names = tuple(x)
+        last_names, plan = core.last_plan
+        if names != last_names:
+            plan = core.plans.get(names)
+            if plan is not None:
+                core.last_plan = names, plan
+        if plan is not None:  # a dict of these names, in this order, was mapped before
+            values, slots, tail = plan
+            v = values(x)
+            try:
+                total = sum(v)
+            except (TypeError, OverflowError):  # a str, None, a huge int: the general path says what
+                total = None
+            # The sum a finite float: every value is a real number (float, int, bool; a str, None or a
+            # complex would not sum to a float) and finite (NaN or ±inf would make the sum NaN or ±inf;
+            # a finite sum that overflows is left to the general path below).
+            if total.__class__ is float and total - total == 0.0:
+                if slots is None:  # the values fill the leading slots, in order
+                    core.fill(v + tail)
+                else:
+                    buf[:] = 0.0
+                    buf[slots] = v
+                return None if keyname is None else _entity(x.get(keyname))
+        buf[:] = 0.0
+        index = self._index
         new = None
         try:
             for name, v in x.items():
@@ -299,7 +323,35 @@ class _Recurrent:
                     i = len(index)
                     buf[i] = x[name]
                     index[name] = i
+        self._plan(core, names)
         return None if keyname is None else _entity(x.get(keyname))
+
+    def _plan(self, core, names):
+        """Remember how a dict with the names ``names`` (in this order) maps to input slots, once it
+        maps the same way whatever comes later: every name is registered, or no slot is free (a name
+        not registered then never is). Then the next such dict takes the fast path of ``_map``."""
+        index = self._index
+        special = {name for name in (self.key, getattr(self, "reset", None)) if name is not None}
+        inputs = [name for name in names if name not in special]
+        if len(core.plans) >= core.MAX_PLANS or (len(index) < self.n_inputs and any(n not in index for n in inputs)):
+            return
+        used = sorted((index[name], name) for name in inputs if name in index)
+        order = [name for _, name in used]
+        slots = [i for i, _ in used]
+        if len(order) == 1:
+            only = order[0]
+
+            def values(d):
+                return (d[only],)
+
+        else:
+            values = operator.itemgetter(*order) if order else (lambda d: ())
+        leading = slots == list(range(len(slots)))
+        core.plans[names] = (
+            values,
+            None if leading else np.array(slots, np.int64),
+            (0.0,) * (core.x0.shape[0] - len(slots)) if leading else (),
+        )
 
     @property
     def features(self) -> list:
@@ -757,6 +809,6 @@ class RNNForecaster(_Recurrent, Forecaster):
         reset = False
         for t in range(horizon):
             self._map(xs[t] if xs is not None and t < len(xs) else None, False)
-            reset = reset or (t == 0 and bool(core.resets[0]))  # the first sample starts a new sequence
+            reset = reset or (t == 0 and core.starts)  # the first sample starts a new sequence
             X[t] = core.x0
         return m.forecast(X, key, reset=reset)[:, 0].tolist()
