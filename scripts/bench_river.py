@@ -27,7 +27,12 @@ Speed target (>= 20 000 samples/s for GRU-8 through the river API)
   Python), so api / step_many is what the river layer costs. BLAS and Numba pinned
   to one thread; the 1-minute load average at the start and end is in the JSON.
 
-    PYTHONPATH=. python scripts/bench_river.py [--quick] [--mg-samples 5000] [--json-only]
+Before/after (``--baseline-tree DIR``, e.g. ``git worktree add --detach /tmp/base main``)
+  After each of our passes, the same pass runs in a subprocess importing ``streamrnn`` from DIR, so
+  the two trees are timed alternately under the same load; the table adds the baseline's best passes
+  and the JSON its passes and the median over passes of ours / baseline.
+
+    PYTHONPATH=. python scripts/bench_river.py [--quick] [--mg-samples 5000] [--json-only] [--baseline-tree DIR]
 """
 
 import os
@@ -37,6 +42,8 @@ for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from collections import deque
 
@@ -103,10 +110,19 @@ VARIANTS = {
 }
 
 
-def bare_speed(data, min_samples=20_000, repeats=5):
+BASELINE_ROWS = {
+    "api": "bare predict_one+learn_one",
+    "api_no_head": "bare, head_lags=0",
+    "api_race": "bare, optimizer='race'",
+    "step_many": "Model.step_many, same rows",
+}
+
+
+def bare_speed(data, min_samples=20_000, repeats=5, between=None):
     """Samples/s of the bare estimator through the river API (predict_one + learn_one on pre-scaled dicts),
     for each of ``VARIANTS``, and of ``Model.step_many`` on the same rows, over ``repeats`` interleaved
-    passes."""
+    passes: the best, the median (``<name>_median``) and every pass (``passes``). ``between()``, if
+    given, runs after each pass (the baseline tree's pass, interleaved)."""
     scaler, rows = preprocessing.StandardScaler(), []
     for x, y in data:
         scaler.learn_one(x)
@@ -136,9 +152,21 @@ def bare_speed(data, min_samples=20_000, repeats=5):
         t0 = time.perf_counter()
         model.step_many(X, Y)
         passes["step_many"].append(len(rows) / (time.perf_counter() - t0))
+        if between is not None:
+            between()
     out = {name: max(v) for name, v in passes.items()}
     out.update({f"{name}_median": float(np.median(v)) for name, v in passes.items()})
+    out["passes"] = passes
     return out
+
+
+def bare_in_tree(tree, stream, mg_samples):
+    """One pass of :func:`bare_speed` on ``stream`` in a subprocess importing ``streamrnn`` from ``tree``
+    (this script, the same pinning), for a before/after comparison in the same run."""
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
+    cmd = [sys.executable, os.path.abspath(__file__), "--bare-only", stream, "--mg-samples", str(mg_samples)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def main(argv=None):
@@ -148,22 +176,43 @@ def main(argv=None):
     ap.add_argument("--mg-samples", type=int, default=5000)
     ap.add_argument("--quick", action="store_true", help="1000 Mackey-Glass samples, 3 passes")
     ap.add_argument("--json-only", action="store_true")
+    ap.add_argument(
+        "--baseline-tree", help="directory holding another streamrnn/: its bare passes run interleaved with ours"
+    )
+    ap.add_argument("--bare-only", metavar="STREAM", help=argparse.SUPPRESS)  # one bare pass (--baseline-tree)
     args = ap.parse_args(argv)
     mg_samples = 1000 if args.quick else args.mg_samples
     repeats = 3 if args.quick else 5
     streams = make_streams(mg_samples)
+    if args.bare_only:
+        print(json.dumps(bare_speed(streams[args.bare_only], repeats=1)))
+        return
     pipeline_speed(streams["airline"][:20], MODELS[LABEL], 20)  # compile outside every clock
     load_start = os.getloadavg()[0]
     rows, result = [], {"bench": "river", "ours": OURS, "streams": {}}
     for name, data in streams.items():
         pipe = {label: pipeline_speed(data, make) for label, make in MODELS.items()}
-        speed = bare_speed(data, repeats=repeats)
+        base = []
+        between = None
+        if args.baseline_tree:
+
+            def between(name=name, base=base):
+                base.append(bare_in_tree(args.baseline_tree, name, mg_samples))
+
+        speed = bare_speed(data, repeats=repeats, between=between)
         for label, sps in pipe.items():
             rows.append((name, f"{label}, StandardScaler | model", sps))
         rows.append((name, f"{LABEL}: bare predict_one+learn_one", speed["api"]))
         rows.append((name, f"{LABEL}: bare, head_lags=0 (no linear head)", speed["api_no_head"]))
         rows.append((name, f"{LABEL}: bare, optimizer='race' (3 Adam rates)", speed["api_race"]))
         rows.append((name, f"{LABEL}: Model.step_many, same rows", speed["step_many"]))
+        if base:
+            base_best = {v: max(b[v] for b in base) for v in speed["passes"]}
+            for v, label in BASELINE_ROWS.items():
+                rows.append((name, f"baseline tree: {label}", base_best[v]))
+            ratios = {
+                v: float(np.median([ours / b[v] for ours, b in zip(speed["passes"][v], base)])) for v in speed["passes"]
+            }
         result["streams"][name] = {
             "n_samples": len(data),
             "lags": len(data[0][0]),
@@ -175,7 +224,15 @@ def main(argv=None):
             "gru8_step_many_samples_per_s": speed["step_many"],
             "gru8_step_many_samples_per_s_median": speed["step_many_median"],
             "river_api_to_step_many_ratio": speed["api"] / speed["step_many"],
+            "passes": speed["passes"],
         }
+        if base:
+            result["streams"][name]["baseline_tree"] = {
+                "best": base_best,
+                "median": {v: float(np.median([b[v] for b in base])) for v in speed["passes"]},
+                "passes": {v: [b[v] for b in base] for v in speed["passes"]},
+                "ours_over_baseline_median_of_pass_ratios": ratios,
+            }
     if not args.json_only:
         print(f"{'stream':<14} {'model':<72} {'samples/s':>10}")
         for name, label, sps in rows:
@@ -184,6 +241,8 @@ def main(argv=None):
     result["target_samples_per_s"] = TARGET
     result["target_speed_met"] = result["gru8_river_api_samples_per_s"] >= TARGET
     result["load_average_1min_start_end"] = [load_start, os.getloadavg()[0]]
+    if args.baseline_tree:
+        result["baseline_tree"] = os.path.abspath(args.baseline_tree)
     if not args.json_only:
         print(
             f"GRU-8 through the river API: {result['gru8_river_api_samples_per_s']:.0f} samples/s "

@@ -738,7 +738,8 @@ class Model:
 
         ``x`` is (n_inputs,) in this model's dtype, ``key`` normalised (str, int or None), ``out``
         (n_outputs,). ``reset``: as if the sample started a new sequence of ``key`` (from a fresh
-        key's state). Nothing is checked and nothing changes (the adapters' prediction path).
+        key's state). Nothing is checked and nothing changes (the adapters' prediction path). One
+        compiled call, :func:`streamrnn.onesample.peek_one` (:meth:`one_sample` binds it once).
 
         >>> import numpy as np, streamrnn as sr
         >>> m = sr.Model(n_inputs=2, n_hidden=3)

@@ -162,6 +162,10 @@ class OneSamplePath:
         self._bound_to = None  # the Model's arrays the calls are bound to
         self._learn = self._peeks = None
 
+    def __getstate__(self):
+        # Entry points do not pickle: a copy binds its calls again when first used.
+        return {**self.__dict__, "_bound_to": None, "_learn": None, "_peeks": None}
+
     def _model_arrays(self):
         m = self.model
         return (m.theta, m.opt_state, m.counters, m.hyper, m._keyed.generation)

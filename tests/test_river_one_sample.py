@@ -223,3 +223,22 @@ def test_the_path_rebinds_when_the_models_arrays_are_replaced():
         est.learn_one(x, y)
         twin.step_many(_row(est, x), [[y]], [x["k"]])
     np.testing.assert_array_equal(est.model.theta, twin.theta)
+
+
+def test_the_path_pickles_and_its_copy_continues_bit_identically():
+    """A pickled path (and the Model it steps) binds its calls again and continues exactly."""
+    import pickle
+
+    m = sr.Model(n_inputs=2, n_hidden=3, seed=1)
+    path = m.one_sample()
+    for t in range(5):
+        path.x[0] = [t * 0.1, -t * 0.2]
+        path.y[0, 0] = np.sin(t)
+        path.learn(None)
+    twin = pickle.loads(pickle.dumps(path))
+    for p in (path, twin):
+        p.x[0] = [0.3, 0.4]
+        p.y[0, 0] = 0.5
+    assert path.peek(None)[0] == twin.peek(None)[0]
+    assert path.learn(None)[0] == twin.learn(None)[0]
+    np.testing.assert_array_equal(path.model.theta, twin.model.theta)
