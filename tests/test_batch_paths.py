@@ -79,48 +79,75 @@ def test_block_reads_follow_a_growing_file(tmp_path):
 
 
 def _decode_each(decoder, records):
-    """The reference: the one-record decoder, record by record."""
-    good, X, Y, keys, resets, reasons = [], [], [], [], [], []
-    for r in records:
+    """The reference: the one-record decoder, record by record (a result or the reason why not)."""
+
+    def one(r):
         try:
-            x, y, k, reset = decoder.decode(r)
+            return decoder.decode(r)
         except BadRecord as exc:
-            reasons.append((r.position, str(exc)))
-            continue
-        good.append(r)
-        X.append(x)
-        Y.append(y)
-        keys.append(k)
-        resets.append(reset)
-    return good, X, Y, keys, resets, reasons
+            return str(exc)
+
+    results = [(r, one(r)) for r in records]
+    decoded = [(r, d) for r, d in results if type(d) is tuple]
+    reasons = [(r.position, d) for r, d in results if type(d) is str]
+    columns = list(zip(*(d for _, d in decoded))) or [[], [], [], []]
+    return [r for r, _ in decoded], *map(list, columns), reasons
 
 
-_VALUES = [
-    b'{"a": 1, "b": 2.5, "y": 0.5, "key": "k1"}',
-    b'{"a": -1e300, "b": 0, "y": null, "key": "k2"}',
+# Clean records of every schema below (one kind of key per batch): the bulk path decodes them.
+_CLEAN = [
+    b'{"a": 1, "b": 2.5, "y": 1.0, "key": "k1"}',
+    b'{"a": -1e30, "b": 0, "y": null, "key": "k2"}',
     b'{"a": 1, "b": 2, "key": "k1"}',
-    b'{"a": 1, "b": 2, "y": 3, "key": 7}',
-    b'{"a": 1, "b": 2, "y": 3, "key": 18446744073709551615}',
-    '{"a": 0.25, "b": 2, "y": 1, "key": "\u00e9t\u00e9"}',
+    '{"a": 0.25, "b": -2, "y": 0, "key": "\u00e9t\u00e9", "r": false}',
+    b'{"a": 3, "b": 2, "y": 1, "key": "k3", "r": true}',
+]
+_CLEAN_INT_KEYS = [
+    b'{"a": 1, "b": 2, "y": 1, "key": 7}',
+    b'{"a": 1, "b": 2, "y": 0, "key": 18446744073709551615}',
+    b'{"a": 1, "b": 2, "key": -9223372036854775808, "r": null}',
+]
+# Each is refused, or decoded otherwise, by a check of the bulk path (in some schema below).
+_HOSTILE = [
     b'{"a": true, "b": 2, "y": 1, "key": "k"}',
     b'{"a": "3", "b": 2, "y": 1, "key": "k"}',
     b'{"a": 1, "b": 2, "y": "", "key": "k"}',
-    b'{"a": 1, "b": 2, "y": [1.5], "key": "k"}',
+    b'{"a": 1, "b": 2, "y": [1], "key": "k"}',
     b'{"a": 1, "b": 2, "y": true, "key": "k"}',
+    b'{"a": 1, "b": 2, "y": 0.5, "key": "k"}',
+    b'{"a": 1, "b": 2, "y": 2, "key": "k"}',
+    b'{"a": 1, "b": 2, "y": 5, "key": "k"}',
+    b'{"a": 1, "b": 2, "y": -1, "key": "k"}',
     b'{"a": 1, "y": 1, "key": "k"}',
     b'{"a": 1, "b": 2, "y": 1}',
+    b'{"a": 1, "b": 2, "y": 1, "key": null}',
     b'{"a": 1, "b": 2, "y": 1, "key": 1.5}',
+    b'{"a": 1, "b": 2, "y": 1, "key": true}',
+    b'{"a": 1, "b": 2, "y": 1, "key": 7}',
     b'{"a": 1, "b": 2, "y": 1, "key": "' + b"k" * 300 + b'"}',
-    b'{"a": 1e39, "b": 2, "y": 1, "key": "k"}',
+    b'{"a": 1, "b": 2, "y": 1, "key": "' + b"k" * 70 + b'"}',
+    b'{"a": -1e300, "b": 2, "y": 1, "key": "k"}',
     b'{"a": 1, "b": 2, "y": 2e39, "key": "k"}',
-    b'{"a": 1, "b": 2, "y": 2, "key": "k", "r": true}',
     b'{"a": 1, "b": 2, "y": 0, "key": "k", "r": "yes"}',
     b'{"a": 1, "b": 2, "y": 1, "key": "k", "r": 2}',
     b"[1, 2]",
     b"{bad json",
+    b'{"a": 1, "b": 2, "y": 1, "key": "k", "pad": "' + b"p" * 70_000 + b'"}',
+    bytearray(b'{"a": 1, "b": 2, "y": 1, "key": "k"}'),
     Unreadable("record of 9 bytes exceeds daemon.max_record_bytes = 8", b"123456789"),
     {"a": 1, "b": 2, "y": 1, "key": "k"},
 ]
+
+
+def _assert_batch_is(got, reference, decoder):
+    good, X, Y, keys, resets, reasons = reference
+    assert got.records == good
+    assert got.keys == keys
+    assert [(d["position"], d["reason"]) for d in got.dead] == [(list(p), why) for p, why in reasons]
+    np.testing.assert_array_equal(got.X, np.asarray(X, dtype=np.float64).reshape(len(good), len(decoder.features)))
+    np.testing.assert_array_equal(got.Y, np.asarray(Y, dtype=np.float64).reshape(len(good), decoder.width))
+    assert got.resets == (resets if decoder.reset_field is not None else None)
+    assert got.X.dtype == got.Y.dtype == np.float64
 
 
 @pytest.mark.parametrize(
@@ -139,17 +166,17 @@ _VALUES = [
 def test_batch_decode_equals_record_by_record(schema, model):
     decoder = Decoder(schema, model, max_record_bytes=1 << 16, max_key_bytes=256)
     rng = random.Random(0)
-    batches = [[rng.choice(_VALUES[:6]) for _ in range(50)]]  # clean batches: the bulk path
-    batches += [[rng.choice(_VALUES) for _ in range(rng.randrange(1, 40))] for _ in range(200)]
-    for b, values in enumerate(batches):
-        records = [Record(v, key=rng.choice([None, b"rk", "\xff"]), position=("s", b, i)) for i, v in enumerate(values)]
-        good, X, Y, keys, resets, reasons = _decode_each(decoder, records)
-        got = decoder.decode_batch(records)
-        assert got.records == good
-        assert got.keys == keys
-        assert [(d["position"], d["reason"]) for d in got.dead] == [(list(p), why) for p, why in reasons]
-        width = decoder.width
-        np.testing.assert_array_equal(got.X, np.asarray(X, dtype=np.float64).reshape(len(good), len(decoder.features)))
-        np.testing.assert_array_equal(got.Y, np.asarray(Y, dtype=np.float64).reshape(len(good), width))
-        assert got.resets == (resets if decoder.reset_field is not None else None)
-        assert got.X.dtype == got.Y.dtype == np.float64
+    clean = [[rng.choice(_CLEAN) for _ in range(50)], [rng.choice(_CLEAN_INT_KEYS) for _ in range(20)]]
+    # clean but for one value: each of the bulk path's checks must see it
+    batches = [[*rng.sample(_CLEAN, 3), hostile, *rng.sample(_CLEAN, 2)] for hostile in _HOSTILE]
+    batches += [rng.choices(_CLEAN + _CLEAN_INT_KEYS + _HOSTILE, k=rng.randrange(1, 40)) for _ in range(100)]
+    for b, values in enumerate(clean + batches):
+        # the records' own keys (the key when the schema names no key field)
+        record_keys = (
+            [[None], [b"rk", b"\xff"]][b] if b < len(clean) else rng.choice([[None], [b"rk"], [None, b"rk", "s"]])
+        )
+        records = [Record(v, key=rng.choice(record_keys), position=("s", b, i)) for i, v in enumerate(values)]
+        reference = _decode_each(decoder, records)
+        _assert_batch_is(decoder.decode_batch(records), reference, decoder)
+        if b < len(clean) and decoder.width == 1:
+            _assert_batch_is(decoder._decode_clean(records), reference, decoder)  # in bulk

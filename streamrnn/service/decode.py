@@ -189,7 +189,7 @@ class Decoder:
         if kinds == {str}:
             if max(map(len, keys)) * 4 > self.max_key_bytes:  # maybe too long: _key measures it
                 raise _NotClean
-        elif kinds == {int}:
+        elif kinds == {int}:  # orjson reads no integer outside these bounds as one: a guard for other codecs
             if not (-(2**63) <= min(keys) and max(keys) < 2**64):
                 raise _NotClean
         elif kinds != {type(None)} or self.key_field is not None:
