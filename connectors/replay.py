@@ -52,6 +52,8 @@ class ReplaySource(LineSource):
         Longest line read whole (None: the file sources' default).
     """
 
+    _block_reads = False  # each line's record is made by _make (parsed, timed)
+
     def __init__(self, path, speed=0.0, max_record_bytes=None):
         super().__init__(path, follow=False, max_record_bytes=max_record_bytes)
         self.speed = float(speed)

@@ -20,7 +20,7 @@ import numpy as np
 
 from streamrnn.checkpoint import CheckpointError
 
-from .decode import BadRecord, Decoder, dead_letter
+from .decode import Decoder, dead_letter
 from .io import make_sink, make_source
 from .metrics import Metrics
 from .retry import RetryPolicy
@@ -202,27 +202,13 @@ class Daemon:
         nothing; the rest are applied in order in one compiled call.
         """
         t0 = time.perf_counter()
-        dec = self.decoder.decode
-        good, X, Y, keys, resets, dead = [], [], [], [], [], []
-        for r in records:
-            try:
-                x, y, k, reset = dec(r)
-            except BadRecord as exc:
-                dead.append(dead_letter(r, str(exc)))
-                continue
-            good.append(r)
-            X.append(x)
-            Y.append(y)
-            keys.append(k)
-            resets.append(reset)
-        resets = resets if self.decoder.reset_field is not None else None
+        batch = self.decoder.decode_batch(records)
+        good, X, Y, keys, resets, dead = batch.records, batch.X, batch.Y, batch.keys, batch.resets, batch.dead
         outputs, streams = [], self._streams_of(good)
         if good:
-            Xa = np.asarray(X, dtype=np.float64)  # the Model casts to its dtype and checks
-            Ya = np.asarray(Y, dtype=np.float64)
             # The compiled step releases the GIL: it runs on the worker thread while this one
             # hands the previous batch's outputs to the sinks (kafka-python's Python-heavy send).
-            learning = self._worker.submit(self._learn, Xa, Ya, keys, streams, resets)
+            learning = self._worker.submit(self._learn, X, Y, keys, streams, resets)
             self._write_unwritten()
             try:
                 preds, losses = learning.result()
