@@ -385,5 +385,8 @@ class _ConsumerOffsets:
     def position(self, tp):
         try:
             return self.source.consumer.position(tp, timeout_ms=self.source.probe_timeout_ms)
-        except KafkaError:
+        except (KafkaError, ValueError):  # not assigned (any more)
             return None
+
+    def seek(self, tp, offset):
+        self.source.consumer.seek(tp, int(offset))

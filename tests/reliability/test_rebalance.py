@@ -96,3 +96,44 @@ def test_skewed_partitions_merge_in_timestamp_order_with_bounded_buffers(kafka_b
         assert peak <= 400 + 200  # bounded: max_buffered (+ one fetch)
     finally:
         delete_topic(kafka_bootstrap, topic)
+
+
+def test_read_committed_merge_does_not_wait_for_transaction_markers(kafka_bootstrap, caplog):
+    """A topic written in transactions (an exactly-once stage upstream): each commit marker takes an
+    offset that a read_committed consumer never returns. The merge must not await those offsets (it
+    once waited max_wait at every marker, then merged without the partition), and its positions end
+    past them, at the end offsets."""
+    import logging
+
+    from kafka import KafkaProducer
+
+    topic = f"txin-{uuid.uuid4().hex[:10]}"
+    create_topic(kafka_bootstrap, topic, partitions=2)
+    try:
+        p = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"tx-{topic}", acks="all")
+        p.init_transactions()
+        t0, n = int(time.time() * 1000) - 100_000, 0
+        for _ in range(10):  # 10 transactions, each with records in both partitions
+            p.begin_transaction()
+            for _ in range(100):
+                p.send(topic, value=str(n).encode(), partition=n % 2, timestamp_ms=t0 + n)
+                n += 1
+            p.commit_transaction()
+        p.close()
+        src = KafkaSource(kafka_bootstrap, topic, group=None, isolation_level="read_committed", max_wait_ms=5000)
+        got, start = [], time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="streamrnn.kafka"):
+            while len(got) < n and time.monotonic() - start < 30:
+                got += [int(r.value) for r in src.poll(1000, 0.2)]
+            elapsed = time.monotonic() - start
+            deadline = time.monotonic() + 10
+            while src.positions() != {f"{topic}:0": 510, f"{topic}:1": 510} and time.monotonic() < deadline:
+                src.poll(1000, 0.1)
+        positions = src.positions()
+        src.close()
+        assert got == list(range(n))  # every record, in timestamp order
+        assert elapsed < 5.0, elapsed  # never held back max_wait by a marker
+        assert not [r for r in caplog.records if "none arrived" in r.getMessage()]
+        assert positions == {f"{topic}:0": 510, f"{topic}:1": 510}  # 500 records and 10 markers each
+    finally:
+        delete_topic(kafka_bootstrap, topic)
