@@ -93,6 +93,10 @@ class KafkaSource:
     on_assign : callable or None
         Scale-out: called with the sorted stream ids of assigned partitions; returns
         ``{stream id: offset}`` to resume from (a partition without one starts at its beginning).
+    on_lost : callable or None
+        Called with the sorted stream ids of partitions *lost* (the member was removed from the
+        group: its session expired, or it was fenced), which can no longer be committed; None: as
+        ``on_revoke``.
     """
 
     follow = True
@@ -132,6 +136,7 @@ class KafkaSource:
         self._last_contact = time.monotonic()
         self.on_revoke = on_revoke
         self.on_assign = on_assign
+        self.on_lost = None
         extra = {"group_instance_id": instance_id} if instance_id and group is not None else {}
         if session_timeout_ms is not None and group is not None:
             extra["session_timeout_ms"] = int(session_timeout_ms)
@@ -330,7 +335,7 @@ class KafkaSource:
         """Leave the consumer group (bounded wait) without committing offsets: only checkpoints commit."""
         # Leaving the group revokes the partitions; the owner has checkpointed (or is giving up
         # and must not), so no checkpoint from the rebalance callback now.
-        self.on_revoke = None
+        self.on_revoke = self.on_lost = None
         # bounded (the broker may be gone), but long enough to leave the group cleanly: otherwise
         # the partitions wait out the session timeout before another member gets them
         self.consumer.close(autocommit=False, timeout_ms=max(self.probe_timeout_ms, 5000))
@@ -351,6 +356,19 @@ class _RebalanceListener(ConsumerRebalanceListener):
                 log.warning("checkpoint on partition revocation failed: %s", exc)
         for tp in revoked:  # fetched, not handed out: the next owner reads them again
             source.merge.forget(tp)
+
+    def on_partitions_lost(self, lost):
+        source = self.source
+        if source.on_lost is None:
+            return self.on_partitions_revoked(lost)
+        if lost:
+            try:
+                source.on_lost(sorted(stream_id(tp.topic, tp.partition) for tp in lost))
+            except Exception as exc:  # noqa: BLE001 - the partitions go anyway; their owner reloads them
+                log.warning("giving up lost partitions failed: %s", exc)
+        for tp in lost:
+            source.merge.forget(tp)
+        return None
 
     def on_partitions_assigned(self, assigned):
         source = self.source

@@ -799,7 +799,8 @@ def _validate_group(cfg, raw, base_dir):
     g["name"] = src["group"] = name
     src.setdefault("order", "arrival")  # partitions are independent: no cross-partition merge
     check_keys(cfg, GROUP)
-    if g["store"] == "dir" and not cfg["checkpoint"].get("path"):
+    eos = cfg["daemon"].get("processing_guarantee") == "exactly-once"  # its own rules: _validate_guarantee
+    if g["store"] == "dir" and not cfg["checkpoint"].get("path") and not eos:
         raise ConfigError(
             'checkpoint.path: missing (with group.store = "dir" it is the directory of '
             "per-partition checkpoints, which every member must reach)"
@@ -837,8 +838,24 @@ def _validate_guarantee(cfg):
             f'{eos} needs dead_letter.type = "kafka" or "none" (dead letters are written in the transaction), '
             f"not {cfg['dead_letter']['type']!r}"
         )
-    if cfg.get("group"):
-        raise ConfigError(f"{eos} is not supported with a [group] yet (run one daemon, or at-least-once)")
+    g = cfg.get("group")
+    if g:
+        if g["mode"] != "independent":
+            raise ConfigError(
+                f'group.mode: {eos} needs "independent" (in "shared" mode parameters reach the other members '
+                f"outside the transactions); got {g['mode']!r}"
+            )
+        if g["store"] != "kafka":
+            raise ConfigError(
+                f"group.store: {eos} writes the per-partition checkpoints in the transaction, to a Kafka topic: "
+                f'set group.store = "kafka" (the topic: group.store_topic, or checkpoint.topic); got {g["store"]!r}'
+            )
+        ck.setdefault("topic", g["store_topic"])  # the group's checkpoints, now written in transactions
+        if not (g.get("member") or src.get("instance_id")):
+            raise ConfigError(
+                f"group.member: {eos} needs a member name stable across restarts (group.member or "
+                "source.instance_id): the member's transactional id is made of it"
+            )
     if ck.get("path"):
         raise ConfigError(
             "checkpoint.path: with exactly-once the checkpoint is written in the Kafka transaction, to "
