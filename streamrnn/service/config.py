@@ -415,9 +415,10 @@ CHECKPOINT = Section(
             "topic",
             "string",
             'processing_guarantee = "exactly-once": the compacted topic holding the checkpoints, '
-            "written in the same Kafka transaction as the outputs",
+            "written in the same Kafka transaction as the outputs (in a [group]: every member's "
+            "per-partition checkpoints)",
             nonempty=True,
-            default_text='`"<source.group>-checkpoints"`',
+            default_text='`"<source.group>-checkpoints"` (in a [group]: group.store_topic)',
         ),
         Key(
             "chunk_bytes",
@@ -539,7 +540,8 @@ DAEMON = Section(
             "transactional_id",
             "string",
             "exactly-once: the producer's transactional id, stable across restarts (a restarted or "
-            "zombie daemon with the same id is fenced)",
+            "zombie daemon with the same id is fenced); in a [group], a member's is this, a dash "
+            "and the member's name",
             nonempty=True,
             default_text='`"streamrnn-<source.group>-<source.topic>"`',
         ),
@@ -658,7 +660,9 @@ GROUP = Section(
 Revoked partitions are saved to the store and released; assigned ones are loaded from it and
 read from their saved offsets (from their beginning when they have no checkpoint). The
 [checkpoint] cadence saves every partition with new records. source.order defaults to
-"arrival" (partitions are independent).""",
+"arrival" (partitions are independent). With daemon.processing_guarantee = "exactly-once": mode
+"independent", store "kafka" (each member writes its partitions' checkpoints in its transactions,
+to checkpoint.topic) and a member name stable across restarts (member, or source.instance_id).""",
 )
 
 
