@@ -24,6 +24,11 @@ Failures:
 - Any other failure of a transaction (``TransactionAborted``): aborted; the daemon rewinds.
 - The broker unreachable: the producer retries its sends; a commit waits for the broker (at most
   ``daemon.retry_give_up_seconds``, then exit status 2).
+- A commit that never completes (kafka-python's ``commit_transaction`` waits without bound; seen
+  after a broker restart): with the producer in its child process, it is given up 15 s past
+  ``daemon.transaction_timeout_seconds`` (the broker has aborted the transaction by then, or
+  committed it), the child is stopped, and the daemon takes over again and rewinds to the newest
+  committed checkpoint.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from .loop import PERSISTED_STATS
 from .single import SingleDaemon
 
 log = logging.getLogger("streamrnn.daemon")  # one logger for the whole service: operators filter on it
+_COMMIT_MARGIN_S = 15.0  # a commit is given up this long after the transaction timeout
 
 
 class Transactional:
@@ -81,8 +87,12 @@ class Transactional:
         )
         bootstrap = cfg["sink"]["bootstrap"]
         if cfg["sink"].get("process", True):
+            # kafka-python's commit_transaction() waits without bound (after a broker restart it can
+            # wait for ever). Past the transaction timeout the broker has aborted the transaction
+            # anyway: the child is then stopped and the daemon rewinds with a new producer.
             give_up = cfg["daemon"]["retry_give_up_seconds"] or 600.0
-            return TransactionalProducerProcess(bootstrap, self.txid, commit_timeout_s=give_up, **options)
+            bound = min(give_up, cfg["daemon"]["transaction_timeout_seconds"] + _COMMIT_MARGIN_S)
+            return TransactionalProducerProcess(bootstrap, self.txid, commit_timeout_s=bound, **options)
         return TransactionalProducer(bootstrap, self.txid, **options)
 
     def _replace_writer(self):
