@@ -324,7 +324,10 @@ def test_a_transaction_past_its_timeout_is_aborted_and_redone_once(tmp_path, kaf
     finally:
         _stop(proc, committed, uncommitted)
     assert in_transaction > 0
-    assert "the transaction timed out" in text and "rewinding to the last committed checkpoint" in text, text[-4000:]
+    # kafka-python reports the broker's abort as fencing, or (while it bumps the producer epoch) as an
+    # IllegalStateError of the commit: either way the interval is redone from the last checkpoint
+    assert "transaction not committed" in text and "rewinding to the last committed checkpoint" in text, text[-4000:]
+    assert "the transaction timed out" in text or "BUMPING_PRODUCER_EPOCH" in text, text[-4000:]
     assert "lost membership" in text, text[-4000:]  # kafka-python's log: the member rejoined the group
     check_exactly_once(kafka_bootstrap, topics, stream, where, cfg, outputs, n)
 
