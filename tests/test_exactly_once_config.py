@@ -49,6 +49,17 @@ def test_exactly_once_fills_its_defaults():
     assert Daemon.__new__(Daemon, cfg).__class__ is ExactlyOnceDaemon
 
 
+def test_exactly_once_in_a_group_is_a_member_with_its_own_transactional_id():
+    cfg = validate_config(eos(group={"name": "g", "store": "kafka", "member": "m1"}))
+    assert cfg["checkpoint"]["topic"] == "g-checkpoints" == cfg["group"]["store_topic"]
+    from streamrnn.service.exactly_once_group import ExactlyOnceGroupDaemon
+    from streamrnn.service.loop import Daemon
+
+    assert Daemon.__new__(Daemon, cfg).__class__ is ExactlyOnceGroupDaemon
+    cfg = validate_config(eos(group={"name": "g", "store": "kafka"}, source={"instance_id": "i1"}))
+    assert cfg["source"]["instance_id"] == "i1"  # the member's name, as in any group
+
+
 @pytest.mark.parametrize(
     "over, message",
     [
@@ -70,8 +81,16 @@ def test_exactly_once_fills_its_defaults():
             'daemon.processing_guarantee: "exactly-once" needs dead_letter.type = "kafka" or "none"',
         ),
         (
+            {"group": {"name": "g", "member": "m"}},
+            'group.store: daemon.processing_guarantee: "exactly-once" writes the per-partition checkpoints',
+        ),
+        (
+            {"group": {"name": "g", "store": "kafka", "member": "m", "mode": "shared"}},
+            'group.mode: daemon.processing_guarantee: "exactly-once" needs "independent"',
+        ),
+        (
             {"group": {"name": "g", "store": "kafka"}},
-            'daemon.processing_guarantee: "exactly-once" is not supported with a [group]',
+            'group.member: daemon.processing_guarantee: "exactly-once" needs a member name stable across restarts',
         ),
         (
             {"checkpoint": {"path": "x.ckpt"}},

@@ -20,6 +20,7 @@ class FakeOffsets:
         self.broker_ends = dict(ends or {})  # what a request answers
         self.start = dict(start or {})
         self.requests = []
+        self.seeks = []  # the merge sends the client back (a partition awaited with nothing fetched)
         self.down = False
 
     def highwater(self, tp):
@@ -33,6 +34,9 @@ class FakeOffsets:
 
     def position(self, tp):
         return self.start.get(tp)
+
+    def seek(self, tp, offset):
+        self.seeks.append((tp, offset))
 
 
 class Clock:
@@ -244,3 +248,27 @@ def test_a_rebalance_during_a_take_ends_it():
 
 def test_stream_id():
     assert stream_id("events", 3) == "events:3"
+
+
+def test_offsets_a_read_committed_client_skips_are_not_awaited():
+    """Transaction markers (and aborted records) count in the end offset but are never returned: a
+    client past them is sent back once; past them again from there, the merge moves on."""
+    offsets = FakeOffsets(ends={P0: 10}, start={P0: 10})  # the client read up to the commit marker at 9
+    m = merge_of(offsets, next_offsets={"t:0": 9})
+    assert m.awaited(P0)  # maybe a lost seek: read again from 9
+    assert offsets.seeks == [(P0, 9)]
+    assert not m.awaited(P0)  # past 9 again, from 9, with nothing for the merge: unreadable
+    assert m.next_offsets == {"t:0": 10} and offsets.seeks == [(P0, 9)]
+
+
+def test_a_client_fetching_nothing_of_an_awaited_partition_is_sent_back_once():
+    clock = Clock()
+    offsets = FakeOffsets(ends={P0: 5}, start={P0: 2})
+    m = merge_of(offsets, max_wait_s=9.0, next_offsets={"t:0": 2}, clock=clock)
+    assert m.awaited(P0) and offsets.seeks == []
+    clock.now += 3.5  # a third of max_wait_s: reset the client's fetch state of the partition
+    assert m.awaited(P0) and offsets.seeks == [(P0, 2)]
+    clock.now += 3.0
+    assert m.awaited(P0) and offsets.seeks == [(P0, 2)]  # once per wait
+    m.add(P0, records(P0, [(2, 1.0)]))
+    assert m.sought == {} and m.blocked_since == {}

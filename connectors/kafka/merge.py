@@ -53,7 +53,10 @@ class PartitionOffsets(Protocol):
         """The end offsets on the broker; raises BrokerUnavailable if it does not answer."""
 
     def position(self, tp: Partition) -> int | None:
-        """Where the client starts reading ``tp`` (committed or earliest), None if not known yet."""
+        """Where the client reads ``tp`` next (committed or earliest at first), None if not known yet."""
+
+    def seek(self, tp: Partition, offset: int) -> None:
+        """Make the client read ``tp`` from ``offset`` next."""
 
 
 class TimestampMerge:
@@ -93,12 +96,14 @@ class TimestampMerge:
         self.ends: dict[Partition, int] = {}  # end offset last seen on the broker
         self.blocked_since: dict[Partition, float] = {}  # when the merge began waiting for it
         self.left_poll: float | None = None  # when the last poll ended
+        self.sought: dict[Partition, int] = {}  # offset the client was sent back to (see awaited)
 
     def forget(self, tp: Partition) -> None:
         """Drop what is held for ``tp`` (revoked, or about to be read again from a seek)."""
         self.buffers.pop(tp, None)
         self.ends.pop(tp, None)
         self.blocked_since.pop(tp, None)
+        self.sought.pop(tp, None)
 
     # -- the waits count time inside poll only
     def begin_poll(self, now: float) -> None:
@@ -128,6 +133,7 @@ class TimestampMerge:
         self.next_offsets.setdefault(stream_id(tp.topic, tp.partition), records[0].position[2])
         buf.extend(records)
         self.blocked_since.pop(tp, None)
+        self.sought.pop(tp, None)
         if len(buf) <= self.max_buffered:
             return None
         while len(buf) > self.max_buffered:
@@ -174,16 +180,33 @@ class TimestampMerge:
         if end < 0:
             self.refresh_ends([tp])
             end = self.ends[tp]
-        pos = self.next_offsets.get(stream_id(tp.topic, tp.partition))
+        stream = stream_id(tp.topic, tp.partition)
+        pos = self.next_offsets.get(stream)
         if pos is None:  # nothing handed out yet: where the client starts
             pos = self.offsets.position(tp)
             if pos is None:
                 pos = -1  # unknown yet: wait for it like a partition with records
+        elif pos < end:
+            pos = self._past_unreadable(tp, stream, pos)
         if pos >= end:
             self.blocked_since.pop(tp, None)
             return False
         now = self.clock()
         since = self.blocked_since.setdefault(tp, now)
+        if now - since > self.max_wait_s / 3 and pos >= 0 and tp not in self.sought:
+            # the client holds the partition but fetches nothing of it: seeking resets the client's
+            # fetch state of the partition (its position, validation and fetch-session entry)
+            log.info(
+                "partition %s: nothing fetched for %.1f s at %d although the broker has records up to %d: "
+                "reading again from %d",
+                stream,
+                now - since,
+                pos,
+                end,
+                pos,
+            )
+            self.offsets.seek(tp, pos)
+            self.sought[tp] = pos
         if now - since <= self.max_wait_s:
             return True
         if since != _WARNED:
@@ -197,6 +220,33 @@ class TimestampMerge:
             )
             self.blocked_since[tp] = _WARNED
         return False
+
+    def _past_unreadable(self, tp: Partition, stream: str, pos: int) -> int:
+        """The next offset to hand out of ``tp``, nothing buffered, below its end offset: where the client
+        reads next is normally that offset too. If the client is past it without a record for the merge,
+        either the offsets between are no records (transaction markers and aborted transactions, which a
+        read_committed consumer never returns: the end offset counts them) or the client's position was
+        lost (a seek undone by a rebalance). The client is sent back to ``pos`` once; if it comes past
+        ``pos`` again from there without a record, the offsets between are unreadable and ``pos`` moves
+        on to the client's position (else the merge would wait for them until ``max_wait_s``)."""
+        client = self.offsets.position(tp)
+        if client is None or client <= pos:
+            return pos
+        if self.sought.get(tp) == pos:
+            self.next_offsets[stream] = client
+            self.sought.pop(tp, None)
+            return client
+        log.info(
+            "partition %s: the client reads at %d, past the next offset to hand out %d with nothing fetched: "
+            "reading again from %d",
+            stream,
+            client,
+            pos,
+            pos,
+        )
+        self.offsets.seek(tp, pos)
+        self.sought[tp] = pos
+        return pos
 
     def refresh_ends(self, tps: list[Partition]) -> None:
         """Ask for the end offsets of ``tps``; BrokerUnavailable if the broker does not answer."""

@@ -9,7 +9,7 @@ from typing import Literal
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import MemberState, OffsetAndMetadata
 
 from ..base import BrokerUnavailable, Record, SourceError
 from .errors import bootstrap_timeout, translate_broker_errors
@@ -19,6 +19,7 @@ log = logging.getLogger("streamrnn.kafka")
 
 _PROBE_EVERY_S = 2.0  # idle polls probe the broker at most this often
 _MIN_POLL_S = 0.05  # shortest wait handed to the client's poll (see KafkaSource.poll)
+_JOIN_POLL_S = 5.0  # the client's poll wait while the member (re)joins its group (see KafkaSource._wait)
 
 
 def await_offset_validation(consumer: KafkaConsumer, timeout_ms: int = 2000) -> None:
@@ -93,6 +94,10 @@ class KafkaSource:
     on_assign : callable or None
         Scale-out: called with the sorted stream ids of assigned partitions; returns
         ``{stream id: offset}`` to resume from (a partition without one starts at its beginning).
+    on_lost : callable or None
+        Called with the sorted stream ids of partitions *lost* (the member was removed from the
+        group: its session expired, or it was fenced), which can no longer be committed; None: as
+        ``on_revoke``.
     """
 
     follow = True
@@ -132,6 +137,7 @@ class KafkaSource:
         self._last_contact = time.monotonic()
         self.on_revoke = on_revoke
         self.on_assign = on_assign
+        self.on_lost = None
         extra = {"group_instance_id": instance_id} if instance_id and group is not None else {}
         if session_timeout_ms is not None and group is not None:
             extra["session_timeout_ms"] = int(session_timeout_ms)
@@ -154,6 +160,7 @@ class KafkaSource:
             self.consumer.close()
             raise SourceError(f"Kafka topic {topic!r} does not exist on {bootstrap}")
         self.partitions = sorted(parts)
+        self._grouped = group is not None
         if group is None:
             tps = [TopicPartition(topic, p) for p in self.partitions]
             self.consumer.assign(tps)
@@ -234,8 +241,7 @@ class KafkaSource:
         assigned = self.consumer.assignment
         out = self.merge.take(assigned(), max_records)  # what is buffered already, without asking the client
         while not out:
-            # Never a near-zero wait: kafka-python 3.0.12 can lose a group join (the member then
-            # holds its partitions but never fetches) when polls keep returning before it completes.
+            # Never a near-zero wait (and a long one while the member joins: see _wait).
             fetched = self._fetch(max_records, max(deadline - time.monotonic(), _MIN_POLL_S))
             out = self.merge.take(assigned(), max_records)
             now = time.monotonic()
@@ -247,8 +253,20 @@ class KafkaSource:
                 break
         return out
 
+    def _wait(self, wait: float) -> float:
+        """The wait to hand the client's poll: ``wait``, or while the member is not a stable member of
+        its group (joining, or rejoining after a rebalance or a lost session) long enough for the join
+        to complete inside one poll. kafka-python 3.0.12 drops a JoinGroup/SyncGroup that completes
+        between two polls and sends a new JoinGroup (``join_group_async`` replaces a done join task
+        without reading it): polls shorter than the join's round trip, as under load, then never
+        complete the join, and the member holds no partition (or keeps ones it never fetches)."""
+        if self._grouped and self.consumer.group_metadata().state != MemberState.STABLE:
+            return max(wait, _JOIN_POLL_S)
+        return wait
+
     def _poll_arrival(self, max_records: int, timeout: float) -> list[Record]:
-        batches = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        wait = self._wait(timeout)
+        batches = self.consumer.poll(timeout_ms=int(wait * 1000), max_records=max_records)
         out = []
         for recs in batches.values():
             for r in recs:
@@ -275,7 +293,7 @@ class KafkaSource:
 
     def _fetch(self, max_records: int, wait: float) -> int:
         """Move what the client has (waiting up to ``wait`` s) into the merge's buffers."""
-        batches = self.consumer.poll(timeout_ms=int(wait * 1000), max_records=max_records)
+        batches = self.consumer.poll(timeout_ms=int(self._wait(wait) * 1000), max_records=max_records)
         n = 0
         make = self._record
         for tp, recs in batches.items():
@@ -330,7 +348,7 @@ class KafkaSource:
         """Leave the consumer group (bounded wait) without committing offsets: only checkpoints commit."""
         # Leaving the group revokes the partitions; the owner has checkpointed (or is giving up
         # and must not), so no checkpoint from the rebalance callback now.
-        self.on_revoke = None
+        self.on_revoke = self.on_lost = None
         # bounded (the broker may be gone), but long enough to leave the group cleanly: otherwise
         # the partitions wait out the session timeout before another member gets them
         self.consumer.close(autocommit=False, timeout_ms=max(self.probe_timeout_ms, 5000))
@@ -351,6 +369,19 @@ class _RebalanceListener(ConsumerRebalanceListener):
                 log.warning("checkpoint on partition revocation failed: %s", exc)
         for tp in revoked:  # fetched, not handed out: the next owner reads them again
             source.merge.forget(tp)
+
+    def on_partitions_lost(self, lost):
+        source = self.source
+        if source.on_lost is None:
+            return self.on_partitions_revoked(lost)
+        if lost:
+            try:
+                source.on_lost(sorted(stream_id(tp.topic, tp.partition) for tp in lost))
+            except Exception as exc:  # noqa: BLE001 - the partitions go anyway; their owner reloads them
+                log.warning("giving up lost partitions failed: %s", exc)
+        for tp in lost:
+            source.merge.forget(tp)
+        return None
 
     def on_partitions_assigned(self, assigned):
         source = self.source
@@ -385,5 +416,8 @@ class _ConsumerOffsets:
     def position(self, tp):
         try:
             return self.source.consumer.position(tp, timeout_ms=self.source.probe_timeout_ms)
-        except KafkaError:
+        except (KafkaError, ValueError):  # not assigned (any more)
             return None
+
+    def seek(self, tp, offset):
+        self.source.consumer.seek(tp, int(offset))

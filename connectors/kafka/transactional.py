@@ -445,6 +445,10 @@ class CheckpointTopic:
     transactional id over. The reader keeps the last ``keep`` values of each key, so the previous
     checkpoint is a fallback while compaction has not removed it.
 
+    Group mode (one topic for every member of a consumer group, ``name`` the group's): each
+    partition's checkpoint is a *part*, keyed ``NAME/PART/i`` (``part`` = "topic:partition"), and each
+    member's claim is keyed ``NAME/claim/MEMBER``.
+
     Parameters
     ----------
     bootstrap, topic, name : str
@@ -496,21 +500,28 @@ class CheckpointTopic:
     def __repr__(self) -> str:
         return f"CheckpointTopic({self.topic!r}, {self.name!r})"
 
+    # -- keys
+    def _chunk_key(self, i: int, part: str | None) -> str:
+        return f"{self.name}/{part}/{i}" if part is not None else f"{self.name}/{i}"
+
+    def _claim_key(self, member: str | None) -> str:
+        return f"{self.name}/claim/{member}" if member is not None else f"{self.name}/claim"
+
     # -- writing (the messages go into the daemon's transaction)
-    def messages(self, data: bytes, token: str) -> list[Message]:
-        """The messages of one checkpoint's bytes, tagged with ``token``."""
+    def messages(self, data: bytes, token: str, part: str | None = None) -> list[Message]:
+        """The messages of one checkpoint's bytes (of partition ``part`` in group mode), tagged with ``token``."""
         n = max(1, -(-len(data) // self.chunk_bytes))
         out = []
         for i in range(n):
             head = json.dumps({"token": token, "i": i, "n": n}).encode()
             chunk = data[i * self.chunk_bytes : (i + 1) * self.chunk_bytes]
-            out.append((self.topic, f"{self.name}/{i}".encode(), head + _SEP + chunk))
+            out.append((self.topic, self._chunk_key(i, part).encode(), head + _SEP + chunk))
         return out
 
-    def claim_message(self, incarnation: str) -> Message:
-        """The message saying that ``incarnation`` has taken the transactional id over."""
+    def claim_message(self, incarnation: str, member: str | None = None) -> Message:
+        """The message saying that ``incarnation`` has taken the transactional id (of ``member``) over."""
         body = {"incarnation": incarnation, "pid": os.getpid(), "host": os.uname().nodename, "at": time.time()}
-        return (self.topic, f"{self.name}/claim".encode(), json.dumps(body).encode())
+        return (self.topic, self._claim_key(member).encode(), json.dumps(body).encode())
 
     # -- reading (read_committed)
     def refresh(self) -> None:
@@ -527,9 +538,9 @@ class CheckpointTopic:
             held.append(r.value)
             del held[: -self.keep]
 
-    def claim(self) -> str | None:
-        """The incarnation of the newest committed claim (None: none)."""
-        values = self._values.get(f"{self.name}/claim")
+    def claim(self, member: str | None = None) -> str | None:
+        """The incarnation of the newest committed claim (of ``member``; None: none)."""
+        values = self._values.get(self._claim_key(member))
         if not values:
             return None
         try:
@@ -537,9 +548,9 @@ class CheckpointTopic:
         except (ValueError, AttributeError):
             return None
 
-    def _chunks(self, i: int) -> list[tuple[dict, bytes]]:
+    def _chunks(self, i: int, part: str | None) -> list[tuple[dict, bytes]]:
         out = []
-        for v in reversed(self._values.get(f"{self.name}/{i}", ())):
+        for v in reversed(self._values.get(self._chunk_key(i, part), ())):
             head, sep, chunk = v.partition(_SEP)
             try:
                 meta = json.loads(head) if sep else None
@@ -549,17 +560,18 @@ class CheckpointTopic:
                 out.append((meta, chunk))
         return out
 
-    def checkpoints(self) -> list[tuple[str, bytes | None]]:
-        """The retained checkpoints, newest first, as (token, bytes or None when a chunk is missing)."""
+    def checkpoints(self, part: str | None = None) -> list[tuple[str, bytes | None]]:
+        """The retained checkpoints (of ``part``), newest first, as (token, bytes or None when a chunk
+        is missing)."""
         out = []
-        for meta, _ in self._chunks(0):
+        for meta, _ in self._chunks(0, part):
             token, n = meta.get("token"), meta.get("n")
             if not isinstance(n, int) or n < 1 or n > 1 << 20:
                 out.append((str(token), None))
                 continue
             parts = []
             for i in range(n):
-                found = next((c for m, c in self._chunks(i) if m.get("token") == token and m.get("i") == i), None)
+                found = next((c for m, c in self._chunks(i, part) if m.get("token") == token and m.get("i") == i), None)
                 if found is None:
                     parts = None
                     break
@@ -567,9 +579,12 @@ class CheckpointTopic:
             out.append((str(token), None if parts is None else b"".join(parts)))
         return out
 
-    def generations(self, check=None) -> list:
-        """[(where, load(allocate) -> (arrays, meta))] of the retained checkpoints, newest first
-        (for :func:`streamrnn.service.checkpoints.first_usable`); ``check`` as in
+    def _where(self, part: str | None) -> str:
+        return f"kafka:{self.topic}[{self.name}" + (f"/{part}]" if part is not None else "]")
+
+    def generations(self, check=None, part: str | None = None) -> list:
+        """[(where, load(allocate) -> (arrays, meta))] of the retained checkpoints (of ``part``), newest
+        first (for :func:`streamrnn.service.checkpoints.first_usable`); ``check`` as in
         :func:`streamrnn.checkpoint.loads`."""
         from streamrnn import checkpoint as ckpt
         from streamrnn.checkpoint import CheckpointError
@@ -579,23 +594,82 @@ class CheckpointTopic:
                 raise CheckpointError(f"{where}: a chunk is missing")
             return ckpt.loads(data, where, allocate=allocate, check=check)
 
+        where = self._where(part)
         return [
-            (
-                f"kafka:{self.topic}[{self.name}]@{token}",
-                lambda a, d=data, w=f"kafka:{self.topic}[{self.name}]": load(a, d, w),
-            )
-            for token, data in self.checkpoints()
+            (f"{where}@{token}", lambda a, d=data, w=where: load(a, d, w)) for token, data in self.checkpoints(part)
         ]
 
-    def peek_newest(self) -> dict | None:
-        """The newest retained checkpoint's metadata (header only, unverified), or None."""
+    def peek_newest(self, part: str | None = None) -> dict | None:
+        """The newest retained checkpoint's metadata (of ``part``; header only, unverified), or None."""
         from streamrnn import checkpoint as ckpt
 
-        for _, data in self.checkpoints():
+        for _, data in self.checkpoints(part):
             if data is not None:
-                return ckpt.peek_meta(io.BytesIO(data), f"kafka:{self.topic}[{self.name}]")
+                return ckpt.peek_meta(io.BytesIO(data), self._where(part))
         return None
+
+    def parts(self) -> list[str]:
+        """The parts (group mode: partitions) that have a checkpoint chunk, sorted."""
+        prefix = f"{self.name}/"
+        found = set()
+        for key in self._values:
+            rest = key[len(prefix) :]
+            part, sep, i = rest.rpartition("/")
+            if sep and i.isdigit() and not part.startswith("claim"):
+                found.add(part)
+        return sorted(found)
 
     def close(self) -> None:
         """Close the consumer."""
+        self.consumer.close(autocommit=False)
+
+
+# ---------------------------------------------------------------------------- a group's stable offsets
+class StableOffsets:
+    """The consumer group's committed offsets, read *stable* (KIP-447): while a transaction that holds
+    offsets of a partition is still open, the broker answers UNSTABLE_OFFSET_COMMIT and the read waits
+    (kafka-python retries it) until that transaction commits or aborts.
+
+    A member taking a partition over (exactly-once group mode) reads it before the partition's
+    checkpoint, so a previous owner's transaction can no longer commit behind its back. It is a
+    consumer of its own (the rebalance callback that asks runs on the source consumer's I/O thread,
+    where the source's blocking calls are refused) that never joins the group.
+    """
+
+    def __init__(self, bootstrap: str, group: str, client_id: str, bootstrap_timeout_ms: int = 10000):
+        self.bootstrap, self.group = bootstrap, group
+        with translate_broker_errors(bootstrap, f"opening a reader of group {group!r}'s offsets"):
+            self.consumer = KafkaConsumer(
+                bootstrap_servers=bootstrap,
+                group_id=group,
+                client_id=f"{client_id}-offsets",
+                enable_auto_commit=False,
+                isolation_level="read_committed",  # require_stable in OffsetFetch
+                **bootstrap_timeout(KafkaConsumer, bootstrap_timeout_ms),
+            )
+
+    def read(self, streams: Iterable[str], timeout_s: float) -> dict[str, int | None]:
+        """{stream: committed offset or None} once no open transaction holds offsets of them.
+
+        Raises
+        ------
+        BrokerUnavailable
+            Not stable (or no answer) within ``timeout_s``.
+        """
+        out = {}
+        deadline = time.monotonic() + timeout_s
+        for stream in streams:
+            topic, _, p = stream.rpartition(":")
+            left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            try:
+                out[stream] = self.consumer.committed(TopicPartition(topic, int(p)), timeout_ms=left_ms)
+            except kerrors.KafkaTimeoutError:
+                raise BrokerUnavailable(
+                    f"Kafka broker at {self.bootstrap!r}: group {self.group!r}'s offset of {stream} not stable "
+                    f"within {timeout_s:g} s (an open transaction holds it)"
+                ) from None
+        return out
+
+    def close(self) -> None:
+        """Close the consumer (it never joined the group)."""
         self.consumer.close(autocommit=False)

@@ -415,9 +415,10 @@ CHECKPOINT = Section(
             "topic",
             "string",
             'processing_guarantee = "exactly-once": the compacted topic holding the checkpoints, '
-            "written in the same Kafka transaction as the outputs",
+            "written in the same Kafka transaction as the outputs (in a [group]: every member's "
+            "per-partition checkpoints)",
             nonempty=True,
-            default_text='`"<source.group>-checkpoints"`',
+            default_text='`"<source.group>-checkpoints"` (in a [group]: group.store_topic)',
         ),
         Key(
             "chunk_bytes",
@@ -539,7 +540,8 @@ DAEMON = Section(
             "transactional_id",
             "string",
             "exactly-once: the producer's transactional id, stable across restarts (a restarted or "
-            "zombie daemon with the same id is fenced)",
+            "zombie daemon with the same id is fenced); in a [group], a member's is this, a dash "
+            "and the member's name",
             nonempty=True,
             default_text='`"streamrnn-<source.group>-<source.topic>"`',
         ),
@@ -658,7 +660,9 @@ GROUP = Section(
 Revoked partitions are saved to the store and released; assigned ones are loaded from it and
 read from their saved offsets (from their beginning when they have no checkpoint). The
 [checkpoint] cadence saves every partition with new records. source.order defaults to
-"arrival" (partitions are independent).""",
+"arrival" (partitions are independent). With daemon.processing_guarantee = "exactly-once": mode
+"independent", store "kafka" (each member writes its partitions' checkpoints in its transactions,
+to checkpoint.topic) and a member name stable across restarts (member, or source.instance_id).""",
 )
 
 
@@ -799,7 +803,8 @@ def _validate_group(cfg, raw, base_dir):
     g["name"] = src["group"] = name
     src.setdefault("order", "arrival")  # partitions are independent: no cross-partition merge
     check_keys(cfg, GROUP)
-    if g["store"] == "dir" and not cfg["checkpoint"].get("path"):
+    eos = cfg["daemon"].get("processing_guarantee") == "exactly-once"  # its own rules: _validate_guarantee
+    if g["store"] == "dir" and not cfg["checkpoint"].get("path") and not eos:
         raise ConfigError(
             'checkpoint.path: missing (with group.store = "dir" it is the directory of '
             "per-partition checkpoints, which every member must reach)"
@@ -837,8 +842,24 @@ def _validate_guarantee(cfg):
             f'{eos} needs dead_letter.type = "kafka" or "none" (dead letters are written in the transaction), '
             f"not {cfg['dead_letter']['type']!r}"
         )
-    if cfg.get("group"):
-        raise ConfigError(f"{eos} is not supported with a [group] yet (run one daemon, or at-least-once)")
+    g = cfg.get("group")
+    if g:
+        if g["mode"] != "independent":
+            raise ConfigError(
+                f'group.mode: {eos} needs "independent" (in "shared" mode parameters reach the other members '
+                f"outside the transactions); got {g['mode']!r}"
+            )
+        if g["store"] != "kafka":
+            raise ConfigError(
+                f"group.store: {eos} writes the per-partition checkpoints in the transaction, to a Kafka topic: "
+                f'set group.store = "kafka" (the topic: group.store_topic, or checkpoint.topic); got {g["store"]!r}'
+            )
+        ck.setdefault("topic", g["store_topic"])  # the group's checkpoints, now written in transactions
+        if not (g.get("member") or src.get("instance_id")):
+            raise ConfigError(
+                f"group.member: {eos} needs a member name stable across restarts (group.member or "
+                "source.instance_id): the member's transactional id is made of it"
+            )
     if ck.get("path"):
         raise ConfigError(
             "checkpoint.path: with exactly-once the checkpoint is written in the Kafka transaction, to "

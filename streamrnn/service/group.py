@@ -106,9 +106,13 @@ class GroupDaemon(Daemon):
         log.info("member %s now owns %s", self.member, ", ".join(self.parts.streams) or "no partition")
         return positions
 
-    def _load_partition(self, stream):
+    def _partition_generations(self, stream):
+        """The checkpoint generations of ``stream`` in the store, newest first (the newest's token is
+        noted: a save is refused if another member has written the partition since)."""
         self._tokens[stream] = self.store.newest_token(stream)
+        return self.store.generations(stream)
 
+    def _load_partition(self, stream):
         def restore(arrays, meta, where):
             try:
                 check_daemon_meta(meta, streams=[stream])
@@ -126,7 +130,7 @@ class GroupDaemon(Daemon):
             except CheckpointError as exc:
                 raise CheckpointError(f"{exc} (the config's [model] may differ from the group's)") from None
 
-        generations = self.store.generations(stream)
+        generations = self._partition_generations(stream)
         found = first_usable(
             generations, restore, lambda: self.parts.allocate_for_load(stream), what=f"partition {stream}: "
         )
@@ -212,20 +216,25 @@ class GroupDaemon(Daemon):
         for stream in streams:
             if stream not in self._dirty_streams or positions.get(stream) is None:
                 continue
-            arrays, meta = self.parts.state_arrays(stream)
-            records, applied = self._part_counts.get(stream, (0, 0))
-            meta.update(
-                positions={stream: positions[stream]},
-                member=self.member,
-                mode=self.group["mode"],
-                saved_at=time.time(),
-                n_keys=len(self.parts.model(stream).keys),
-                daemon={"records": records, "applied": applied},
-            )
+            arrays, meta = self._partition_state(stream, positions)
             token = self.store.save(stream, arrays, meta, expect=self._tokens.get(stream))
             if token is not None:
                 self._tokens[stream] = token
             self._dirty_streams.discard(stream)
+
+    def _partition_state(self, stream, positions):
+        """(arrays, meta) of ``stream``'s checkpoint at ``positions``: its model, position, counts."""
+        arrays, meta = self.parts.state_arrays(stream)
+        records, applied = self._part_counts.get(stream, (0, 0))
+        meta.update(
+            positions={stream: positions[stream]},
+            member=self.member,
+            mode=self.group["mode"],
+            saved_at=time.time(),
+            n_keys=len(self.parts.model(stream).keys),
+            daemon={"records": records, "applied": applied},
+        )
+        return arrays, meta
 
     # -- reporting
     @property

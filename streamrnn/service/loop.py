@@ -44,10 +44,11 @@ class Daemon:
             from .single import SingleDaemon
 
             cls = GroupDaemon if config.get("group") else SingleDaemon
-            if config["daemon"].get("processing_guarantee") == "exactly-once" and cls is SingleDaemon:
-                from .exactly_once import ExactlyOnceDaemon
-
-                cls = ExactlyOnceDaemon
+            if config["daemon"].get("processing_guarantee") == "exactly-once":
+                if cls is SingleDaemon:
+                    from .exactly_once import ExactlyOnceDaemon as cls
+                else:
+                    from .exactly_once_group import ExactlyOnceGroupDaemon as cls
         return super().__new__(cls)
 
     def __init__(self, config, source=None, sink=None, dead_letter=None, progress=None):

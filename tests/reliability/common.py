@@ -166,6 +166,37 @@ def produce(bootstrap, topic, stream):
     return where
 
 
+class LiveProducer(threading.Thread):
+    """Produces the stream at ``rate`` records/s (Kafka key = record key); records where each went."""
+
+    def __init__(self, bootstrap, topic, stream, rate):
+        super().__init__(daemon=True)
+        from kafka import KafkaProducer
+
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        self.topic, self.stream, self.rate = topic, stream, rate
+        self.where = {}
+        self.sent = 0
+        self.error = None
+
+    def run(self):
+        try:
+            t0, chunk, futures = time.monotonic(), self.rate // 10, []
+            for start in range(0, len(self.stream), chunk):
+                for i in range(start, min(start + chunk, len(self.stream))):
+                    key, text, _, _ = self.stream[i]
+                    futures.append((i, self.producer.send(self.topic, key=str(key).encode(), value=text.encode())))
+                self.sent = min(start + chunk, len(self.stream))
+                time.sleep(max(0.0, t0 + self.sent / self.rate - time.monotonic()))
+            self.producer.flush()
+            for i, f in futures:
+                md = f.get(timeout=60)
+                self.where[i] = (md.partition, md.offset)
+            self.producer.close()
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+
 class TopicReader:
     """Reads every partition of a topic from the beginning in a background thread (with
     ``isolation_level``: "read_committed" sees only committed transactions' records)."""

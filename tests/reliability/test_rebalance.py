@@ -96,3 +96,73 @@ def test_skewed_partitions_merge_in_timestamp_order_with_bounded_buffers(kafka_b
         assert peak <= 400 + 200  # bounded: max_buffered (+ one fetch)
     finally:
         delete_topic(kafka_bootstrap, topic)
+
+
+def test_read_committed_merge_does_not_wait_for_transaction_markers(kafka_bootstrap, caplog):
+    """A topic written in transactions (an exactly-once stage upstream): each commit marker takes an
+    offset that a read_committed consumer never returns. The merge must not await those offsets (it
+    once waited max_wait at every marker, then merged without the partition), and its positions end
+    past them, at the end offsets."""
+    import logging
+
+    from kafka import KafkaProducer
+
+    topic = f"txin-{uuid.uuid4().hex[:10]}"
+    create_topic(kafka_bootstrap, topic, partitions=2)
+    try:
+        p = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"tx-{topic}", acks="all")
+        p.init_transactions()
+        t0, n = int(time.time() * 1000) - 100_000, 0
+        for _ in range(10):  # 10 transactions, each with records in both partitions
+            p.begin_transaction()
+            for _ in range(100):
+                p.send(topic, value=str(n).encode(), partition=n % 2, timestamp_ms=t0 + n)
+                n += 1
+            p.commit_transaction()
+        p.close()
+        src = KafkaSource(kafka_bootstrap, topic, group=None, isolation_level="read_committed", max_wait_ms=5000)
+        got, start = [], time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="streamrnn.kafka"):
+            while len(got) < n and time.monotonic() - start < 30:
+                got += [int(r.value) for r in src.poll(1000, 0.2)]
+            elapsed = time.monotonic() - start
+            deadline = time.monotonic() + 10
+            while src.positions() != {f"{topic}:0": 510, f"{topic}:1": 510} and time.monotonic() < deadline:
+                src.poll(1000, 0.1)
+        positions = src.positions()
+        src.close()
+        assert got == list(range(n))  # every record, in timestamp order
+        assert elapsed < 5.0, elapsed  # never held back max_wait by a marker
+        assert not [r for r in caplog.records if "none arrived" in r.getMessage()]
+        assert positions == {f"{topic}:0": 510, f"{topic}:1": 510}  # 500 records and 10 markers each
+    finally:
+        delete_topic(kafka_bootstrap, topic)
+
+
+def test_a_member_polled_with_tiny_waits_still_joins_its_group(kafka_bootstrap):
+    """kafka-python 3.0.12 drops a group join that completes between two polls and starts another:
+    polled with waits shorter than the join's round trip (as on a loaded machine) a consumer never
+    joins, and holds no partition for ever (issue #18: 'rejoined the group and then never fetched
+    again'). KafkaSource polls long enough while its membership is not stable."""
+    from kafka import KafkaConsumer
+
+    topic = f"tiny-{uuid.uuid4().hex[:10]}"
+    create_topic(kafka_bootstrap, topic, partitions=2)
+    try:
+        where = produce(kafka_bootstrap, topic, keyed_stream(300, seed=4))
+        bare = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=f"g-{uuid.uuid4().hex[:8]}")
+        bare.subscribe([topic])
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            bare.poll(timeout_ms=1)
+        stuck = (bare.assignment(), bare.group_metadata().state)
+        bare.close(autocommit=False)
+        assert stuck == (set(), "<rebalancing>")  # the client's defect this guards against
+        src = KafkaSource(kafka_bootstrap, topic, group=f"g-{uuid.uuid4().hex[:8]}", order="arrival")
+        got, deadline = [], time.monotonic() + 30
+        while len(got) < len(where) and time.monotonic() < deadline:
+            got += src.poll(500, 0.0)
+        src.close()
+        assert sorted(r.position[1:] for r in got) == sorted(where.values())
+    finally:
+        delete_topic(kafka_bootstrap, topic)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 import uuid
 
@@ -23,6 +22,7 @@ from streamrnn.service import Daemon, validate_config
 from tests.reliability.common import (
     FEATURES,
     MODEL,
+    LiveProducer,
     TopicReader,
     by_position,
     fresh_topics,
@@ -41,37 +41,6 @@ RATE = 2_000  # records/s produced while the group runs
 @pytest.fixture
 def topics(kafka_bootstrap):
     yield from fresh_topics(kafka_bootstrap, "so", **{"in": PARTITIONS, "out": 3, "dead": 1})
-
-
-class LiveProducer(threading.Thread):
-    """Produces the stream at RATE records/s (Kafka key = record key); records where each went."""
-
-    def __init__(self, bootstrap, topic, stream):
-        super().__init__(daemon=True)
-        from kafka import KafkaProducer
-
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-        self.topic, self.stream = topic, stream
-        self.where = {}
-        self.sent = 0
-        self.error = None
-
-    def run(self):
-        try:
-            t0, chunk, futures = time.monotonic(), RATE // 10, []
-            for start in range(0, len(self.stream), chunk):
-                for i in range(start, min(start + chunk, len(self.stream))):
-                    key, text, _, _ = self.stream[i]
-                    futures.append((i, self.producer.send(self.topic, key=str(key).encode(), value=text.encode())))
-                self.sent = min(start + chunk, len(self.stream))
-                time.sleep(max(0.0, t0 + self.sent / RATE - time.monotonic()))
-            self.producer.flush()
-            for i, f in futures:
-                md = f.get(timeout=60)
-                self.where[i] = (md.partition, md.offset)
-            self.producer.close()
-        except Exception as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
 
 
 def _config(bootstrap, topics, group, store_dir, member):
@@ -123,7 +92,7 @@ def test_three_members_one_killed_every_input_answered_and_partitions_bit_identi
         procs[m] = start_daemon(cfg_path, logs[m], verbose=True)
     cfg = validate_config(_config(kafka_bootstrap, topics, group, store_dir, "status"))
     outputs = TopicReader(kafka_bootstrap, topics["out"])
-    producer = LiveProducer(kafka_bootstrap, topics["in"], stream)
+    producer = LiveProducer(kafka_bootstrap, topics["in"], stream, RATE)
     try:
         # all three members hold two partitions each before any record is produced
         _wait(
