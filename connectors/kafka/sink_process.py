@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import weakref
 from collections.abc import Iterable, Mapping
 from multiprocessing.connection import Connection
@@ -109,12 +111,35 @@ class _Duplex:
         self.incoming.close()
 
 
+# How long a child outlives its parent: time to deliver what it holds once its pipe closes.
+ORPHAN_GRACE_S = 60.0
+
+
+def exit_when_orphaned(parent_pid: int, grace_s: float = ORPHAN_GRACE_S) -> None:
+    """In a child: end this process ``grace_s`` seconds after its parent ``parent_pid`` died.
+
+    A child stuck in a client call that waits without limit (kafka-python's
+    ``send_offsets_to_transaction`` after a broker restart) never reads its closed pipe and ignores
+    SIGTERM; without this it would outlive a SIGKILLed daemon for good. A watchdog thread checks
+    the parent once a second.
+    """
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        time.sleep(grace_s)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="orphan-watchdog", daemon=True).start()
+
+
 def spawn_child(code: str, args: dict) -> tuple[subprocess.Popen, _Duplex]:
     """A child interpreter running ``code`` (it reads ``sys.argv[1]``, the parent's path, and
-    ``sys.argv[2]``, ``args`` as JSON with ``read_fd``/``write_fd`` added), and the pipe pair to it."""
+    ``sys.argv[2]``, ``args`` as JSON with ``read_fd``/``write_fd`` and ``parent_pid`` added), and
+    the pipe pair to it."""
     to_child_r, to_child_w = os.pipe()
     to_parent_r, to_parent_w = os.pipe()
-    args = {**args, "read_fd": to_child_r, "write_fd": to_parent_w}
+    args = {**args, "read_fd": to_child_r, "write_fd": to_parent_w, "parent_pid": os.getpid()}
     try:
         proc = subprocess.Popen(
             [sys.executable, "-c", code, json.dumps([p for p in sys.path if p]), json.dumps(args)],
@@ -138,6 +163,7 @@ def _stop_sink_process(conn: _Duplex, proc: subprocess.Popen, timeout_s: float =
 
 def _sink_process_entry(args: dict[str, Any]) -> None:
     """The child's entry point (see ``_SINK_CHILD_CODE``)."""
+    exit_when_orphaned(args["parent_pid"])
     conn = _Duplex(Connection(args["read_fd"], writable=False), Connection(args["write_fd"], readable=False))
     _sink_process_main(conn, args["bootstrap"], args["topic"], args["options"])
 

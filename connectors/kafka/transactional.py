@@ -42,7 +42,7 @@ from ..base import BrokerUnavailable, SourceError
 from .admin import ensure_topic, read_to_end
 from .errors import bootstrap_timeout, translate_broker_errors
 from .sink import EncodedOutput, encode_outputs
-from .sink_process import _Duplex, _stop_sink_process, spawn_child
+from .sink_process import _Duplex, _stop_sink_process, exit_when_orphaned, spawn_child
 
 log = logging.getLogger("streamrnn.kafka")
 
@@ -352,6 +352,7 @@ def _child_entry(args: dict[str, Any]) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    exit_when_orphaned(args["parent_pid"])
     conn = _Duplex(Connection(args["read_fd"], writable=False), Connection(args["write_fd"], readable=False))
     try:
         producer = TransactionalProducer(args["bootstrap"], args["transactional_id"], **args["options"])
