@@ -60,7 +60,7 @@ def dense_reference(cell_id, theta, x, s, s_new, cache, M, n):
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("n", [GEMM_MIN_WIDTH, 32, 37])
+@pytest.mark.parametrize("n", [GEMM_MIN_WIDTH, 8, 32, 37])
 def test_blas_path_equals_loop_path_and_dense_reference(cell, n):
     c, theta, x, s, s_new, cache, M, g_h, n_params = one_step(cell, n)
     M_blas, g_blas, ok_blas = tangent(c, theta, x, s, s_new, cache, M, g_h, n_params, n, True)
