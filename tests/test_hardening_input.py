@@ -495,7 +495,7 @@ def test_replay_across_a_huge_recorded_gap_stops_at_once_on_sigterm(tmp_path):
             p.kill()
     took = time.monotonic() - t0
     assert p.returncode == 0, err
-    assert took < 2.0, f"SIGTERM took {took:.1f} s"
+    assert took < 5.0, f"SIGTERM took {took:.1f} s"  # against a 60 s poll timeout; slack for a loaded CI
     arrays, meta, _ = load_checkpoint(str(tmp_path / "d.ckpt"))
     assert meta["positions"] == {str(src): 1} and meta["daemon"]["applied"] == 1
     assert_same_weights(streamrnn.Model.from_state(arrays, meta["model"]), ref_of([("k0", 0.1, 0.2, 0.3)]))

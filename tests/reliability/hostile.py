@@ -77,6 +77,7 @@ def good_record(draw):
 
 
 # ---------------------------------------------------------------------------- bad records
+BOM = b"\xef\xbb\xbf"
 INVALID_UTF8 = [
     b"\xff",
     b"\xfe\xfe",
@@ -136,7 +137,7 @@ def bad_record(draw):
         elif how == "garbage after":
             line = line + b" " + draw(st.sampled_from([b"x", b"{}", b"1", b"]"]))
         elif how == "bom":
-            line = b"\xef\xbb\xbf" + line
+            line = BOM + line
         elif how == "bare word":
             line = draw(st.sampled_from([b"hello", b"{", b"}", b"[1,", b'"unterminated', b"nul", b"tru"]))
         else:

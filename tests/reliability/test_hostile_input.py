@@ -14,11 +14,11 @@ import uuid
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 
 from streamrnn.service import Daemon, validate_config
 from tests.reliability.common import by_position, read_jsonl, reference
-from tests.reliability.hostile import MAX_RECORD_BYTES, records
+from tests.reliability.hostile import BOM, MAX_RECORD_BYTES, records
 
 MODEL = dict(
     cell="gru", n_inputs=2, n_hidden=3, task="regression", learner="rtrl", optimizer="adam", lr=0.01, clip=1.0, seed=9
@@ -75,6 +75,9 @@ def test_fuzz_file_source(tmp_path_factory):
     @FUZZ
     @given(records(50, 70))
     def run(recs):
+        if recs[0][0].startswith(BOM):  # a file's first BOM is its encoding mark (stripped, as
+            recs = recs[1:] + recs[:1]  # test_hardening_input checks): hostile only further in
+            assume(not recs[0][0].startswith(BOM))
         tmp = tmp_path_factory.mktemp("fuzz")
         src = tmp / "in.jsonl"
         src.write_bytes(b"".join(line + b"\n" for line, _ in recs))
