@@ -143,21 +143,13 @@ def test_a_member_polled_with_tiny_waits_still_joins_its_group(kafka_bootstrap):
     """kafka-python 3.0.12 drops a group join that completes between two polls and starts another:
     polled with waits shorter than the join's round trip (as on a loaded machine) a consumer never
     joins, and holds no partition for ever (issue #18: 'rejoined the group and then never fetched
-    again'). KafkaSource polls long enough while its membership is not stable."""
-    from kafka import KafkaConsumer
-
+    again'). KafkaSource polls long enough while its membership is not stable. (A bare consumer
+    polled with 1 ms waits here usually never joins, but not always: the join's round trip varies,
+    so the defect itself is not asserted.)"""
     topic = f"tiny-{uuid.uuid4().hex[:10]}"
     create_topic(kafka_bootstrap, topic, partitions=2)
     try:
         where = produce(kafka_bootstrap, topic, keyed_stream(300, seed=4))
-        bare = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=f"g-{uuid.uuid4().hex[:8]}")
-        bare.subscribe([topic])
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            bare.poll(timeout_ms=1)
-        stuck = (bare.assignment(), bare.group_metadata().state)
-        bare.close(autocommit=False)
-        assert stuck == (set(), "<rebalancing>")  # the client's defect this guards against
         src = KafkaSource(kafka_bootstrap, topic, group=f"g-{uuid.uuid4().hex[:8]}", order="arrival")
         got, deadline = [], time.monotonic() + 30
         while len(got) < len(where) and time.monotonic() < deadline:
