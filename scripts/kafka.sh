@@ -150,7 +150,9 @@ EOF
 }
 
 port_open() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    # Bounded: a listener that is bound but not accepting yet (a restarted broker waits for its old
+    # session to expire before it accepts) can leave a connect hanging on SYN retries.
+    timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$1" 2>/dev/null
 }
 
 prop() {  # prop FILE KEY -> value

@@ -116,3 +116,13 @@ def kafka_topic(kafka_bootstrap, request):
         delete_topic(kafka_bootstrap, name)
     except Exception:  # noqa: BLE001 - best effort (the broker may be down)
         pass
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``--dist loadgroup``) every test that talks to the broker runs on one
+    worker, in file order: one broker serves them, and a test that restarts it cannot disturb
+    another's. The other tests are shared out by load."""
+    kafka = pytest.mark.xdist_group("kafka")
+    for item in items:
+        if {"kafka_broker", "kafka_bootstrap"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(kafka)

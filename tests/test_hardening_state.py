@@ -1021,7 +1021,7 @@ def test_kafka_modules_fail_not_skip_without_kafka_python_when_kafka_is_required
 
     def pytest(*args):
         return subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:warnings", *args],
+            [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-p", "no:warnings", *args],
             cwd=ROOT,
             env=env,
             capture_output=True,
