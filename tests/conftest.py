@@ -5,6 +5,9 @@
 # ---------------------------------------------------------------------------
 import os
 import re
+import subprocess
+import sys
+import tempfile
 import uuid
 
 import pytest
@@ -126,3 +129,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if {"kafka_broker", "kafka_bootstrap"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(kafka)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist the controller first runs the bundled demo once, so the daemon's compiled
+    kernels are in Numba's disk cache before any worker starts. Two processes that compile new
+    signatures of one function at once each rewrite its cache index, and one's entries are lost; a
+    daemon subprocess started by a test would then compile for minutes before its first output.
+    Entries written before the workers start are in every index they read, so they survive."""
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    with tempfile.TemporaryDirectory() as out:
+        demo = subprocess.run(
+            [sys.executable, "-m", "streamrnn", "demo", "--out-dir", out],
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            env=dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"),
+            capture_output=True,
+            text=True,
+        )
+    if demo.returncode != 0:
+        raise pytest.UsageError(f"the warm-up run of `streamrnn demo` failed:\n{demo.stderr[-3000:]}")
