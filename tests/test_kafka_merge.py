@@ -198,6 +198,27 @@ def test_time_outside_poll_is_not_time_spent_waiting():
     assert m.blocked_since == {P1: -1.0}  # a warned partition's mark is not moved
 
 
+def test_time_the_member_spends_rejoining_is_not_time_spent_waiting():
+    clock = Clock(0.0)
+    offsets = FakeOffsets(ends={P0: 1, P1: 1})
+    m = merge_of(offsets, max_wait_s=10.0, next_offsets={"t:1": 0}, clock=clock)
+    m.add(P0, records(P0, [(0, 5.0)]))
+    assert m.take([P0, P1], 100) == []  # the wait for P1 starts at 0
+    clock.now = 25.0  # 25 s inside one poll, 22 of them rejoining the group
+    m.excuse(22.0)
+    assert m.blocked_since == {P1: 22.0}
+    assert m.take([P0, P1], 100) == []  # 3 s of waiting: still awaited, and not sought yet
+    assert offsets.seeks == []
+    clock.now = 26.0
+    assert m.take([P0, P1], 100) == [] and offsets.seeks == [(P1, 0)]  # 4 s: sent back once (past 10/3 s)
+    clock.now = 31.0
+    assert m.take([P0, P1], 100) == []  # 9 s
+    clock.now = 32.5
+    assert values(m.take([P0, P1], 100)) == ["0/0"]  # 10.5 s: past max_wait_s
+    m.excuse(5.0)
+    assert m.blocked_since == {P1: -1.0}  # a warned partition's mark is not moved
+
+
 def test_add_bounds_each_buffer_and_says_where_to_fetch_again():
     offsets = FakeOffsets(ends={P0: 10})
     m = merge_of(offsets, max_buffered=4)

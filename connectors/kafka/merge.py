@@ -4,7 +4,8 @@ Records fetched from the assigned partitions wait in per-partition buffers and a
 in (timestamp, partition, offset) order, always taking the smallest head. A partition with no
 record buffered but some on the broker (its end offset beyond the next offset to hand out) is
 *awaited*: the merge does not move past it, for at most ``max_wait_s`` of time spent inside
-``poll`` (time the caller spends elsewhere is not waiting). The order then depends only on the
+``poll`` (time the caller spends elsewhere, or the member spends rejoining its group, is not
+waiting). The order then depends only on the
 topic's contents and the start positions, so a restart from a checkpoint replays the order of an
 uninterrupted run.
 
@@ -110,11 +111,16 @@ class TimestampMerge:
         """A poll starts: time spent outside polls since the last one (the caller busy, or
         retrying its sink through an outage) is not time spent waiting for a partition, so move
         each wait's start forward by it."""
-        away = now - self.left_poll if self.left_poll is not None else 0.0
-        if away > 0:
+        self.excuse(now - self.left_poll if self.left_poll is not None else 0.0)
+
+    def excuse(self, seconds: float) -> None:
+        """``seconds`` just spent were no partition's fault (away from polls, or the member
+        rejoining its group: its client fetches nothing then): move each wait's start forward by
+        them, so that they do not count towards ``max_wait_s``."""
+        if seconds > 0:
             for tp, since in self.blocked_since.items():
                 if since != _WARNED:
-                    self.blocked_since[tp] = since + away
+                    self.blocked_since[tp] = since + seconds
 
     def end_poll(self, now: float) -> None:
         """Record that the consumer's poll returned at ``now`` (time.monotonic)."""

@@ -260,9 +260,11 @@ class KafkaSource:
         between two polls and sends a new JoinGroup (``join_group_async`` replaces a done join task
         without reading it): polls shorter than the join's round trip, as under load, then never
         complete the join, and the member holds no partition (or keeps ones it never fetches)."""
-        if self._grouped and self.consumer.group_metadata().state != MemberState.STABLE:
-            return max(wait, _JOIN_POLL_S)
-        return wait
+        return max(wait, _JOIN_POLL_S) if self._joining() else wait
+
+    def _joining(self) -> bool:
+        """Whether the member is (re)joining its group (not a stable member of it)."""
+        return self._grouped and self.consumer.group_metadata().state != MemberState.STABLE
 
     def _poll_arrival(self, max_records: int, timeout: float) -> list[Record]:
         wait = self._wait(timeout)
@@ -293,7 +295,15 @@ class KafkaSource:
 
     def _fetch(self, max_records: int, wait: float) -> int:
         """Move what the client has (waiting up to ``wait`` s) into the merge's buffers."""
-        batches = self.consumer.poll(timeout_ms=int(self._wait(wait) * 1000), max_records=max_records)
+        joining = self._joining()
+        if joining:
+            wait = max(wait, _JOIN_POLL_S)  # see _wait
+        start = time.monotonic()
+        batches = self.consumer.poll(timeout_ms=int(wait * 1000), max_records=max_records)
+        if joining or self._joining():
+            # a member (re)joining fetches nothing: not a partition's fault, so no reason to
+            # give up the order after max_wait_s (under load a rejoin can take longer than that)
+            self.merge.excuse(time.monotonic() - start)
         n = 0
         make = self._record
         for tp, recs in batches.items():
