@@ -206,27 +206,26 @@ def persistence_mae(rows, key):
 
 
 def seasonal_references(streams, naive):
-    """river's HoltWinters (as bench_quality.py configures it for a monthly series) and the seasonal naive
-    forecast on the monthly tuning streams, as MAE / persistence MAE: the scale the grid's ratios are on."""
+    """river's HoltWinters (as bench_quality.py configures it for a monthly series, additive and
+    multiplicative) and the seasonal naive forecast on the monthly tuning streams, run by
+    bench_quality's own loops, as MAE / persistence MAE: the scale the grid's ratios are on."""
+    from bench_quality import Stream, forecaster_learner, naive_predictions, run_regression
     from river import time_series
+
+    def holt_winters(multiplicative):
+        return lambda stream, seed: time_series.HoltWinters(
+            alpha=0.3, beta=0.1, gamma=0.6, seasonality=stream.season, multiplicative=multiplicative
+        )
 
     out = {}
     for name in ("elnino", "co2-monthly"):
-        ys = [y for _, y in streams[name][0]]
+        stream = Stream(name, [({}, y) for _, y in streams[name][0]], series=True, season=12)
         row = {}
         for label, mult in (("holt_winters_additive", False), ("holt_winters_multiplicative", True)):
-            hw = time_series.HoltWinters(alpha=0.3, beta=0.1, gamma=0.6, seasonality=12, multiplicative=mult)
-            errs = []
-            for i, y in enumerate(ys):
-                try:
-                    p = hw.forecast(1)[0]
-                except Exception:  # noqa: BLE001 - before a season is seen: the running mean, as bench_quality
-                    p = float(np.mean(ys[:i])) if i else 0.0
-                errs.append(abs(p - y))
-                hw.learn_one(y)
-            row[label] = float(np.mean(errs)) / naive[name]
-        seasonal = [abs((ys[i - 12] if i >= 12 else ys[i - 1] if i else 0.0) - ys[i]) for i in range(len(ys))]
-        row["seasonal_naive"] = float(np.mean(seasonal)) / naive[name]
+            preds, _, _ = run_regression(stream, forecaster_learner(holt_winters(mult), False), 0, False)
+            row[label] = float(np.mean(np.abs(preds - stream.y))) / naive[name]
+        seasonal = naive_predictions(stream)["naive seasonal (y[t-12])"]
+        row["seasonal_naive"] = float(np.mean(np.abs(seasonal - stream.y))) / naive[name]
         out[name] = row
         print(f"{name}: " + " ".join(f"{k}={v:.3f}" for k, v in row.items()))
     return out
