@@ -234,12 +234,15 @@ def forecaster_learner(make, pass_x=True):
     return build
 
 
-def river_forecaster(kind):
+def river_forecaster(kind, multiplicative=True):
+    """A factory of river's HoltWinters (``kind="hw"``; on a seasonal stream ``multiplicative`` as
+    AirlinePassengers' docstring example has it) or SNARIMAX, configured for ``stream``."""
+
     def make(stream, seed):
         if stream.season:
             if kind == "hw":
                 return time_series.HoltWinters(
-                    alpha=0.3, beta=0.1, gamma=0.6, seasonality=stream.season, multiplicative=True
+                    alpha=0.3, beta=0.1, gamma=0.6, seasonality=stream.season, multiplicative=multiplicative
                 )
             return time_series.SNARIMAX(p=12, d=1, q=12, m=stream.season, sd=1)
         if kind == "hw":

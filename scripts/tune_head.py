@@ -209,20 +209,14 @@ def seasonal_references(streams, naive):
     """river's HoltWinters (as bench_quality.py configures it for a monthly series, additive and
     multiplicative) and the seasonal naive forecast on the monthly tuning streams, run by
     bench_quality's own loops, as MAE / persistence MAE: the scale the grid's ratios are on."""
-    from bench_quality import Stream, forecaster_learner, naive_predictions, run_regression
-    from river import time_series
-
-    def holt_winters(multiplicative):
-        return lambda stream, seed: time_series.HoltWinters(
-            alpha=0.3, beta=0.1, gamma=0.6, seasonality=stream.season, multiplicative=multiplicative
-        )
+    from bench_quality import Stream, forecaster_learner, naive_predictions, river_forecaster, run_regression
 
     out = {}
     for name in ("elnino", "co2-monthly"):
         stream = Stream(name, [({}, y) for _, y in streams[name][0]], series=True, season=12)
         row = {}
         for label, mult in (("holt_winters_additive", False), ("holt_winters_multiplicative", True)):
-            preds, _, _ = run_regression(stream, forecaster_learner(holt_winters(mult), False), 0, False)
+            preds, _, _ = run_regression(stream, forecaster_learner(river_forecaster("hw", mult), False), 0, False)
             row[label] = float(np.mean(np.abs(preds - stream.y))) / naive[name]
         seasonal = naive_predictions(stream)["naive seasonal (y[t-12])"]
         row["seasonal_naive"] = float(np.mean(np.abs(seasonal - stream.y))) / naive[name]
