@@ -33,6 +33,7 @@ import numpy as np
 from numba import njit
 
 from . import narx, rls
+from .cells.borrow import borrowed
 from .losses import REGRESSION
 from .standardize import (
     CLIP,
@@ -74,7 +75,7 @@ def settings(task_id, standardize, n_inputs, clip=CLIP, warmup=WARMUP, baseline=
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # the daemon overlaps the learning calls with its sink writes
 def prepare_rows(
     cfg, X, Y, has_y, slots, reset, x_stats, y_stats, d_stats, lag_values, lag_observed, Xa, Ys, has_learn, y_ls, Z
 ):
@@ -84,6 +85,11 @@ def prepare_rows(
     learner's inputs ``Xa`` (N, n_in + k(w+1)), targets ``Ys``, mask ``has_learn``, for regression
     each row's target location and scale ``y_ls[0]``, ``y_ls[1]`` (N, width), and with a linear head
     its features ``Z`` (N, :func:`streamrnn.rls.n_features`)."""
+    cfg, X, Y, has_y, slots, reset = borrowed((cfg, X, Y, has_y, slots, reset))
+    x_stats, y_stats, d_stats, lag_values, lag_observed = borrowed(
+        (x_stats, y_stats, d_stats, lag_values, lag_observed)
+    )
+    Xa, Ys, has_learn, y_ls, Z = borrowed((Xa, Ys, has_learn, y_ls, Z))
     task = int(cfg[TASK])
     standardize = cfg[STANDARDIZE] != 0.0
     clip = cfg[CLIP_AT]
@@ -173,7 +179,7 @@ def head_features(xa, n_in, w, kh, vals, obs, ever, y_stats, d_stats, clip, z):
     z[col + kh] = 1.0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def finish_rows(Y, has_y, y_ls, out, losses):
     """Regression with standardisation: predictions back to target units (``y_ls[0] + y_ls[1] · out``),
     losses in target units."""
@@ -192,10 +198,12 @@ def finish_rows(Y, has_y, y_ls, out, losses):
             losses[i] = np.nan
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def combine_and_finish(Y, has_y, y_ls, out, losses, Z, Ys, has_learn, P, W, mix_P, mix_c, scratch):
     """The linear head and the combiner over the batch (:func:`streamrnn.rls.head_rows`), then
     :func:`finish_rows`: one compiled call after the learner."""
+    Y, has_y, y_ls, out, losses, Z, Ys, has_learn = borrowed((Y, has_y, y_ls, out, losses, Z, Ys, has_learn))
+    P, W, mix_P, mix_c, scratch = borrowed((P, W, mix_P, mix_c, scratch))
     rls.head_rows(Z, Ys, has_learn, out, P, W, mix_P, mix_c, scratch)
     finish_rows(Y, has_y, y_ls, out, losses)
 

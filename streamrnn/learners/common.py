@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
+from ..cells.borrow import borrowed
 from ..cells.common import all_finite, n_cell_params  # noqa: F401  (all_finite: learners import it from here)
 from ..cells.dispatch import cache_size, n_gates, recurrent_width
 from ..cells.stack import stack_depth, stack_forward, top_offset
@@ -189,6 +190,8 @@ def online_step_many(
     had no target or was rejected. ``draw``, the sample's index for random draws, is the count of
     applied steps, so a replay (also across a save and load) draws the same.
     """
+    theta, opt_state, hyper, counters = borrowed((theta, opt_state, hyper, counters))
+    keyed, ws, X, Y, has_y, slots, reset, out, losses = borrowed((keyed, ws, X, Y, has_y, slots, reset, out, losses))
     for i in range(X.shape[0]):
         slot = slots[i]
         if reset[i]:

@@ -16,6 +16,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
+from ..cells.borrow import borrowed
 from ..cells.dispatch import cache_size, n_gates
 from ..cells.stack import stack_backward, stack_depth, stack_forward, stack_params, top_offset
 from .common import REJECTED_STATE, STEPS, all_finite, guarded_update, readout_step
@@ -272,6 +273,8 @@ def tbptt_records(
     losses,
 ):
     """Test-then-train over records in arrival order, one TBPTT window per key slot."""
+    theta, opt_state, hyper, counters = borrowed((theta, opt_state, hyper, counters))
+    keyed, ws, X, Y, has_y, slots, reset, out, losses = borrowed((keyed, ws, X, Y, has_y, slots, reset, out, losses))
     Pc = stack_params(cell, n_in, n, stack_depth(cell, n, keyed.hidden[0]))
     H, W_x, W_s, W_c = keyed.hidden, keyed.window_inputs, keyed.window_states, keyed.window_caches
     W_y, W_has, W_count = keyed.window_targets, keyed.window_has_target, keyed.window_count

@@ -10,6 +10,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
+from ..cells.borrow import borrowed
 from .common import STEPS, guarded_update, readout_step
 
 # Scratch of one step: hidden activations, logits and their gradient, dL/dz, and the gradient.
@@ -50,6 +51,10 @@ def window_ff_step_many(
     losses,
 ):
     """Test-then-train over records in arrival order; ``windows[slot]`` is the key's (w, m) window."""
+    theta, opt_state, hyper, counters = borrowed((theta, opt_state, hyper, counters))
+    windows, ws, X, Y, has_y, slots, reset, out, losses = borrowed(
+        (windows, ws, X, Y, has_y, slots, reset, out, losses)
+    )
     z, logits, dlogits, g_z, grad = ws.z, ws.logits, ws.dlogits, ws.g_z, ws.grad
     w, m = windows.shape[1], windows.shape[2]
     D = w * m
