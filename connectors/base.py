@@ -11,11 +11,32 @@ sources also say which file they read (``identity()``) and resume only in that f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import gc
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 Position = tuple[Any, ...]  # ("topic", partition, offset) or (path, line); () when unknown
 Positions = dict[str, int]  # stream id -> next unread offset or line
+
+# Allocations of container objects between two young-generation collections while records move a
+# batch at a time (Python's default is 700). A batch makes several short-lived containers per record
+# (records, decoded dicts, outputs), nearly all freed by their reference counts. At the default,
+# collecting them and promoting the part of the batch still in use took a fifth of the daemon's CPU
+# (perf, 2026-12-03, file -> file: 91 000 records/s at 700, 122 000 at this value).
+BATCH_GC_THRESHOLD = 50_000
+
+
+@contextmanager
+def batch_gc() -> Iterator[None]:
+    """Run the block with the young-generation threshold at least :data:`BATCH_GC_THRESHOLD`, and put
+    the previous thresholds back after it. Cycles are still collected, only less often."""
+    before = gc.get_threshold()
+    gc.set_threshold(max(BATCH_GC_THRESHOLD, before[0]), *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 class Record:

@@ -9,7 +9,7 @@ import os
 import time
 
 from .base import Record, SinkError, SourceError, Unreadable
-from .codec import dumps
+from .codec import dumps, dumps_lines
 
 DEFAULT_MAX_RECORD_BYTES = 1 << 20  # daemon.max_record_bytes's default
 HEAD_BYTES = 1 << 16  # identity: the hash of the file's first bytes up to the position ...
@@ -688,7 +688,7 @@ class JsonLinesSink(_FileSink):
         """Append ``records`` as JSON lines (durable at :meth:`flush`)."""
         if records:
             try:
-                self._fh.write(b"\n".join(map(dumps, records)) + b"\n")
+                self._fh.write(dumps_lines(records))
             except OSError as exc:
                 raise self._failed(exc) from None
 

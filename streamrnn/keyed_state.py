@@ -11,6 +11,8 @@ import numpy as np
 
 from .checkpoint import CheckpointError
 
+NORMAL_KEY_TYPES = frozenset({str, int, type(None)})  # the types normalize_key returns (bool is not int)
+
 
 def normalize_key(key):
     """Keys are str or int (None is the default stream); anything else is a bad record."""
@@ -136,6 +138,18 @@ class KeyedState:
         key evicted and reused within one batch is handled by the ``reset`` flag,
         so the compiled loop sees exactly the sequential semantics.
         """
+        if keys is not None and n_rows:
+            slots_of = self.slots
+            try:  # every key already holds a slot (a stream's steady state): no Python step per record
+                slots = np.array(list(map(slots_of.__getitem__, keys)), np.int64)
+            except KeyError:
+                pass
+            else:
+                # the same LRU order as moving each record's key to the end in turn: the batch's keys
+                # last, in the order of their last records
+                for key in reversed(list(dict.fromkeys(reversed(keys)))):
+                    slots_of.move_to_end(key)
+                return slots, np.zeros(n_rows, np.bool_)
         reset = np.zeros(n_rows, np.bool_)
         slots = np.empty(n_rows, np.int64)
         assign_one = self.assign_one

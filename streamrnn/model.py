@@ -17,7 +17,7 @@ import numpy as np
 from . import checkpoint, parameters, race, rls
 from .cells.dispatch import CELL_IDS, ELEMENTWISE, n_gates, recurrent_width, state_size
 from .cells.stack import stack_params
-from .keyed_state import KeyedState, normalize_key
+from .keyed_state import NORMAL_KEY_TYPES, KeyedState, normalize_key
 from .learners import registry
 from .learners.bptt import bptt_sequence_gradient
 from .learners.common import (
@@ -487,7 +487,10 @@ class Model:
                 raise ValueError(f"keys must be a sequence with one key per row, not a {type(keys).__name__}")
             if len(keys) != n_rows:
                 raise ValueError(f"keys has {len(keys)} entries for {n_rows} samples")
-            keys = [normalize_key(k) for k in keys]
+            if set(map(type, keys)) <= NORMAL_KEY_TYPES:  # normal already (the common case): no call per key
+                keys = list(keys)
+            else:
+                keys = [normalize_key(k) for k in keys]
         return ValidatedRows(X, Y, has_y, keys)
 
     # ------------------------------------------------------------------ per-key state

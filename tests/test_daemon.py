@@ -1,3 +1,4 @@
+import gc
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import pytest
 
 import streamrnn
 from streamrnn.checkpoint import CheckpointError
+from streamrnn.connectors.base import BATCH_GC_THRESHOLD, batch_gc
 from streamrnn.service import ConfigError, Daemon, load_checkpoint, load_config, validate_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -451,3 +453,46 @@ def test_config_checks_target_lags_and_standardize(tmp_path, stream):
         raw["model"].update(bad)
         with pytest.raises(ConfigError, match=f"model.{next(iter(bad))}"):
             validate_config(raw)
+
+
+class ThresholdSink(CrashingSink):
+    """Records the young-generation GC threshold at every write."""
+
+    def __init__(self, path, after):
+        super().__init__(path, after)
+        self.seen = []
+
+    def write(self, records):
+        self.seen.append(gc.get_threshold()[0])
+        super().write(records)
+
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_the_daemon_collects_young_garbage_a_batch_at_a_time_and_restores_the_threshold(tmp_path, stream, crash):
+    src, good, bad = stream
+    before = gc.get_threshold()
+    sink = ThresholdSink(str(tmp_path / "out.jsonl"), after=2 if crash else 10**9)
+    d = Daemon(validate_config(config(tmp_path, src)), sink=sink)
+    if crash:
+        with pytest.raises(Boom):
+            d.run()
+    else:
+        d.run()
+        assert len(read_jsonl(tmp_path / "out.jsonl")) == len(good)
+    assert sink.seen and set(sink.seen) == {max(BATCH_GC_THRESHOLD, before[0])}
+    assert gc.get_threshold() == before
+
+
+def test_batch_gc_keeps_a_higher_threshold_and_the_older_generations():
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(BATCH_GC_THRESHOLD * 2, 7, 3)
+        with batch_gc():
+            assert gc.get_threshold() == (BATCH_GC_THRESHOLD * 2, 7, 3)
+        gc.set_threshold(100, 7, 3)
+        with pytest.raises(Boom), batch_gc():
+            assert gc.get_threshold() == (BATCH_GC_THRESHOLD, 7, 3)
+            raise Boom("inside")
+        assert gc.get_threshold() == (100, 7, 3)
+    finally:
+        gc.set_threshold(*before)

@@ -9,7 +9,7 @@ from typing import Any
 from kafka import KafkaProducer
 
 from ..base import BrokerUnavailable
-from ..codec import dumps
+from ..codec import dumps, dumps_each
 from .errors import UNREACHABLE, bootstrap_timeout, translate_broker_errors
 
 log = logging.getLogger("streamrnn.kafka")
@@ -27,7 +27,8 @@ def _key_bytes(k: Any) -> bytes | None:
 
 def encode_outputs(records: Iterable[Mapping[str, Any]]) -> list[EncodedOutput]:
     """Output dicts as Kafka (key, value) bytes: the record's key as UTF-8, the dict as JSON."""
-    return [(_key_bytes(r.get("key")), dumps(r)) for r in records]
+    records = list(records)
+    return list(zip([_key_bytes(r.get("key")) for r in records], dumps_each(records)))
 
 
 class KafkaSink:

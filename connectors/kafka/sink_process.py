@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..base import BrokerUnavailable, SourceError
+from ..base import BrokerUnavailable, SourceError, batch_gc
 from .sink import KafkaSink, encode_outputs
 
 # The child's program: the parent's import path first, so it runs the same streamrnn.
@@ -165,7 +165,8 @@ def _sink_process_entry(args: dict[str, Any]) -> None:
     """The child's entry point (see ``_SINK_CHILD_CODE``)."""
     exit_when_orphaned(args["parent_pid"])
     conn = _Duplex(Connection(args["read_fd"], writable=False), Connection(args["write_fd"], readable=False))
-    _sink_process_main(conn, args["bootstrap"], args["topic"], args["options"])
+    with batch_gc():  # outputs arrive a batch at a time, as in the daemon
+        _sink_process_main(conn, args["bootstrap"], args["topic"], args["options"])
 
 
 def _reply_error(conn: _Duplex, exc: Exception) -> None:

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from streamrnn.checkpoint import CheckpointError
+from streamrnn.connectors.base import batch_gc
 
 from .decode import Decoder, dead_letter
 from .io import make_sink, make_source
@@ -413,25 +414,26 @@ class Daemon:
         bar = self._progress_bar()
         self._last_log, self._last_count = time.monotonic(), self.stats["records"]
         try:
-            while not self._stop:
-                limit = self.batch_size
-                if self.max_records:
-                    limit = min(limit, self.max_records - self.stats["records"])
-                    if limit <= 0:
+            with batch_gc():  # records move a batch at a time (see batch_gc)
+                while not self._stop:
+                    limit = self.batch_size
+                    if self.max_records:
+                        limit = min(limit, self.max_records - self.stats["records"])
+                        if limit <= 0:
+                            break
+                    if not self._poll_once(limit, bar):
                         break
-                if not self._poll_once(limit, bar):
-                    break
-                if self._due():
-                    self._retrying("flush the outputs and checkpoint", self.checkpoint)
-                self._report(time.monotonic())
-            if (
-                self._since_ckpt
-                or self._ckpt_failures
-                or (self.stats["checkpoints"] == 0 and self.stats["resumed_from"] is None)
-            ):
-                self._retrying("flush the outputs and checkpoint", lambda: self.checkpoint(final=True))
-            else:
-                self._retrying("flush the outputs", self._flush_sinks)
+                    if self._due():
+                        self._retrying("flush the outputs and checkpoint", self.checkpoint)
+                    self._report(time.monotonic())
+                if (
+                    self._since_ckpt
+                    or self._ckpt_failures
+                    or (self.stats["checkpoints"] == 0 and self.stats["resumed_from"] is None)
+                ):
+                    self._retrying("flush the outputs and checkpoint", lambda: self.checkpoint(final=True))
+                else:
+                    self._retrying("flush the outputs", self._flush_sinks)
         finally:
             if bar is not None:
                 bar.close()
