@@ -128,3 +128,14 @@ def test_kafka_connectors_without_kafka_python_name_the_extra():
     assert done.stdout.strip() == (
         "MissingExtra the Kafka connectors needs the 'kafka' package: pip install 'streamrnn[kafka]'"
     )
+
+
+def test_the_kafka_sink_child_imports_no_model_and_no_numba():
+    """The sink's child process imports only the connectors (each child start paid 0.6 CPU-seconds
+    for Numba and the model before the package loaded them lazily)."""
+    code = (
+        "import sys; from streamrnn.connectors.kafka.sink_process import _sink_process_entry; "
+        "print(sorted(m for m in ('numba', 'streamrnn.model', 'streamrnn.cells') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
