@@ -138,8 +138,11 @@ class KeyedState:
         key evicted and reused within one batch is handled by the ``reset`` flag,
         so the compiled loop sees exactly the sequential semantics.
         """
+        slots_of = self.slots
+        if keys is None and n_rows and None in slots_of:  # the default stream, which holds a slot
+            slots_of.move_to_end(None)
+            return np.full(n_rows, slots_of[None], np.int64), np.zeros(n_rows, np.bool_)
         if keys is not None and n_rows:
-            slots_of = self.slots
             try:  # every key already holds a slot (a stream's steady state): no Python step per record
                 slots = np.array(list(map(slots_of.__getitem__, keys)), np.int64)
             except KeyError:

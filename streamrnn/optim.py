@@ -339,12 +339,18 @@ def sgd_update(theta, grad, buf, lr, wd, mom, step):
 
 @njit(cache=True, error_model="numpy")
 def adam_update(theta, grad, m, v, wd, b1, one_b1, b2, one_b2, step_size, sqrt_bias2, eps):
-    """Adam's moments and step over every parameter, scalars in the parameters' dtype."""
+    """Adam's moments and step over every parameter, scalars in the parameters' dtype.
+
+    PyTorch's step ``step_size m / (√v / √bc2 + eps)`` is computed as ``(step_size √bc2) m / (√v +
+    eps √bc2)``: the same value to rounding, with one division per parameter instead of two (the
+    divisions bound this loop: GRU-8 RTRL 141 000 -> 147 000 steps/s, measured 2026-12-03)."""
+    scaled_step = step_size * sqrt_bias2
+    scaled_eps = eps * sqrt_bias2
     for p in range(theta.shape[0]):
         g = grad[p] + wd * theta[p]
         m[p] = b1 * m[p] + one_b1 * g
         v[p] = b2 * v[p] + one_b2 * g * g
-        theta[p] -= step_size * m[p] / (np.sqrt(v[p]) / sqrt_bias2 + eps)
+        theta[p] -= scaled_step * m[p] / (np.sqrt(v[p]) + scaled_eps)
 
 
 # ---------------------------------------------------------------- race of learning rates

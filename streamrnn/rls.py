@@ -63,13 +63,18 @@ def rls_update(P, W, z, t, lam, bound, Pz):
     ``z`` (d,), with the inverse-information matrix ``P`` (d, d) kept symmetric and its diagonal
     at most ``bound``. ``Pz`` (d,) is scratch."""
     d = z.shape[0]
+    # P z summed over b in order for every a at once: row b of P is column b (P is exactly
+    # symmetric), so each sum is the one a row-by-row loop forms, in a loop that vectorises.
+    for a in range(d):
+        Pz[a] = 0.0
+    for b in range(d):
+        Pb = P[b]
+        zb = z[b]
+        for a in range(d):
+            Pz[a] += Pb[a] * zb
     denom = lam
     for a in range(d):
-        s = 0.0
-        for b in range(d):
-            s += P[a, b] * z[b]
-        Pz[a] = s
-        denom += z[a] * s
+        denom += z[a] * Pz[a]
     for q in range(W.shape[1]):
         err = t[q]
         for a in range(d):
@@ -83,11 +88,14 @@ def rls_update(P, W, z, t, lam, bound, Pz):
         for b in range(a, d):
             P[a, b] = (P[a, b] - ca * Pz[b]) * inv_lam
             P[b, a] = P[a, b]
+    over = False
     for a in range(d):  # the bound: D P D with D_aa = sqrt(bound / P_aa) where P_aa > bound
+        over |= P[a, a] > bound
         Pz[a] = np.sqrt(bound / P[a, a]) if P[a, a] > bound else 1.0
-    for a in range(d):
-        for b in range(d):
-            P[a, b] *= Pz[a] * Pz[b]
+    if over:  # (else D = I: nothing to scale)
+        for a in range(d):
+            for b in range(d):
+                P[a, b] *= Pz[a] * Pz[b]
 
 
 @njit(cache=True)

@@ -30,13 +30,18 @@ def reference_assign(lru, max_keys, keys):
 @settings(max_examples=200, deadline=None)
 @given(
     max_keys=st.integers(1, 5),
-    batches=st.lists(st.lists(st.sampled_from(["a", "b", "c", 0, 1])), max_size=6),
+    # a batch: keys, or the number of rows of a batch without keys (the default stream, key None)
+    batches=st.lists(st.one_of(st.lists(st.sampled_from(["a", "b", "c", 0, 1])), st.integers(0, 3)), max_size=6),
 )
 def test_assign_follows_the_record_by_record_lru(max_keys, batches):
     state = KeyedState([("h", (2,), np.float64)], max_keys)
     lru = OrderedDict()
     for keys in batches:
-        slots, resets = state.assign(keys, len(keys))
+        if isinstance(keys, int):
+            slots, resets = state.assign(None, keys)
+            keys = [None] * keys
+        else:
+            slots, resets = state.assign(keys, len(keys))
         want_slots, want_resets = reference_assign(lru, max_keys, keys)
         assert slots.tolist() == want_slots
         assert resets.tolist() == want_resets
