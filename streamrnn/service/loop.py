@@ -249,8 +249,10 @@ class Daemon:
         # null where there is no target, the update was skipped as non-finite, or (forecast
         # mode) the key had no previous forecast
         known = has_y & np.isfinite(losses)
+        loss_sum = self.stats["loss_sum"]
         for loss in losses[known].tolist():  # in record order: the sum is batch-independent
-            self.stats["loss_sum"] += loss
+            loss_sum += loss
+        self.stats["loss_sum"] = loss_sum
         self.stats["loss_count"] += int(known.sum())
         if self._regression:
             self._score_persistence(keys, Yg, has_y, losses, known)
@@ -269,26 +271,30 @@ class Daemon:
         """Persistence baseline, in record order: the loss ½‖y_last − y‖² of the key's previous
         target against this record's, beside the model's loss on the same record (records whose
         persistence loss overflows are left out of both)."""
-        last, s = self._last_target, self.stats
+        last, s, cap = self._last_target, self.stats, self._last_target_cap
         one = Yg.shape[1] == 1  # one target: Python floats, a tenth of the cost of 1-element arrays
         ys = Yg[:, 0].tolist() if one else Yg
         ok, model_losses = known.tolist(), losses.tolist()
+        # the sums in locals, added to in record order as before: the same floats, no dict per record
+        total, model_total, count = s["persistence_loss_sum"], s["persistence_model_loss_sum"], 0
         with np.errstate(over="ignore", invalid="ignore"):
             for i in np.flatnonzero(has_y).tolist():
                 key, y = keys[i], ys[i]
                 prev = last.get(key)
                 if prev is None:
-                    if len(last) >= self._last_target_cap:
+                    if len(last) >= cap:
                         last.popitem(last=False)
                 else:
                     last.move_to_end(key)
                     d = prev - y
                     loss = 0.5 * (d * d if one else float(d @ d))  # d * d: the float d @ d gives
                     if ok[i] and math.isfinite(loss):  # a target too large to square: not scored
-                        s["persistence_loss_sum"] += loss
-                        s["persistence_model_loss_sum"] += model_losses[i]
-                        s["persistence_count"] += 1
+                        total += loss
+                        model_total += model_losses[i]
+                        count += 1
                 last[key] = y if one else y.copy()
+        s["persistence_loss_sum"], s["persistence_model_loss_sum"] = total, model_total
+        s["persistence_count"] += count
 
     def _persistence_str(self):
         if not self._regression:
