@@ -6,6 +6,12 @@ such as the connectors in the Kafka sink's child process, does not import the mo
 """
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what the names are, for type checkers and the API reference (not run)
+    from . import bptt, diagnose
+    from .checkpoint import CheckpointError
+    from .model import Model
 
 __all__ = ["Model", "CheckpointError", "bptt", "diagnose"]
 __version__ = "0.1.0"
