@@ -19,8 +19,6 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-_void_p = ir.IntType(8).as_pointer()
-
 
 def _borrowable(ty):
     if isinstance(ty, types.Array):
