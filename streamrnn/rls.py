@@ -35,6 +35,8 @@ not report (``scripts/bench_quality.py``'s docstring lists them).
 import numpy as np
 from numba import njit
 
+from .cells.common import combine_rows
+
 LAMBDA = 0.995
 LAMBDA_MIX = 0.99
 PRIOR = 1.0  # P₀ = PRIOR · I, the weights' prior variance in standardised units; also P's bound
@@ -63,15 +65,9 @@ def rls_update(P, W, z, t, lam, bound, Pz):
     ``z`` (d,), with the inverse-information matrix ``P`` (d, d) kept symmetric and its diagonal
     at most ``bound``. ``Pz`` (d,) is scratch."""
     d = z.shape[0]
-    # P z summed over b in order for every a at once: row b of P is column b (P is exactly
-    # symmetric), so each sum is the one a row-by-row loop forms, in a loop that vectorises.
-    for a in range(d):
-        Pz[a] = 0.0
-    for b in range(d):
-        Pb = P[b]
-        zb = z[b]
-        for a in range(d):
-            Pz[a] += Pb[a] * zb
+    # P z as z^T P: row b of P is column b (P is exactly symmetric), so each entry is the sum a
+    # row-by-row product forms, over b in order, in a loop that vectorises
+    combine_rows(P, z, d, Pz)
     denom = lam
     for a in range(d):
         denom += z[a] * Pz[a]

@@ -107,6 +107,19 @@ def all_finite(a):
     return not bad
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def combine_rows(A, c, n_rows, out):
+    """``out = Σ_{j < n_rows} c[j] A[j]``, each entry summed in row order, in a loop over each row
+    that vectorises (a loop over the entries with a sum per entry would be a chain of dependent adds)."""
+    for k in range(out.shape[0]):
+        out[k] = 0.0
+    for j in range(n_rows):
+        cj = c[j]
+        Aj = A[j]
+        for k in range(out.shape[0]):
+            out[k] += cj * Aj[k]
+
+
 @njit(cache=True, error_model="numpy")
 def sigmoid(v):
     return 1.0 / (1.0 + np.exp(-v))

@@ -18,6 +18,7 @@ from .common import (
     add_block_immediate,
     all_finite,
     block_columns,
+    combine_rows,
     finish_rows,
     gate_rows,
     jacobian_product,
@@ -188,14 +189,7 @@ def dense_tangent(
     grad_row = n if (R == 1 and scatter) else -1
     rows = n + 1 if grad_row >= 0 else R * n
     if grad_row >= 0:
-        Jg = J[n]
-        for k in range(rec):
-            Jg[k] = 0.0
-        for j in range(n):
-            gj = g_h[j]
-            Jj = J[j]
-            for k in range(rec):
-                Jg[k] += gj * Jj[k]
+        combine_rows(J, g_h, n, J[n])  # g_h J, the gradient row's product with M_h
         if rec == 1:  # diagonal J: its gradient row mixes units, so the loop below forms it
             rows = n
     P = M_prev.shape[1]
