@@ -139,10 +139,9 @@ class KeyedState:
         so the compiled loop sees exactly the sequential semantics.
         """
         slots_of = self.slots
-        if keys is None and n_rows and None in slots_of:  # the default stream, which holds a slot
-            slots_of.move_to_end(None)
-            return np.full(n_rows, slots_of[None], np.int64), np.zeros(n_rows, np.bool_)
-        if keys is not None and n_rows:
+        if keys is None:
+            keys = (None,) * n_rows
+        if n_rows:
             try:  # every key already holds a slot (a stream's steady state): no Python step per record
                 slots = np.array(list(map(slots_of.__getitem__, keys)), np.int64)
             except KeyError:
@@ -156,7 +155,7 @@ class KeyedState:
         reset = np.zeros(n_rows, np.bool_)
         slots = np.empty(n_rows, np.int64)
         assign_one = self.assign_one
-        for i, key in enumerate((None,) * n_rows if keys is None else keys):
+        for i, key in enumerate(keys):
             slots[i], reset[i] = assign_one(key)
         return slots, reset
 
